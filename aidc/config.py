@@ -1,0 +1,385 @@
+"""Site configuration: YAML validated into typed objects (pydantic).
+
+A user's mistake becomes one line, ``FILE:LINE: field: what was expected``, never a
+traceback. Secrets are written as ``${ENV_VAR}`` or ``file:/path`` and resolved at load into
+``SecretStr`` values, so they never appear in reprs or logs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+Protocol = Literal["modbus", "snmp", "opcua"]
+
+
+class ConfigError(Exception):
+    """A mistake in a site file, located at its line."""
+
+    def __init__(self, path: str, line: int | None, field: str, message: str):
+        self.path, self.line, self.field, self.message = path, line, field, message
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- protocol settings
+
+
+class ModbusSettings(Strict):
+    unit_id: int = Field(1, ge=0, le=255)
+
+
+class SnmpSettings(Strict):
+    version: Literal["2c", "3"] = "2c"
+    community: SecretStr = SecretStr("public")
+    user: str | None = None
+    auth_protocol: Literal["none", "SHA", "SHA256"] = "none"
+    auth_key: SecretStr | None = None
+    priv_protocol: Literal["none", "AES128"] = "none"
+    priv_key: SecretStr | None = None
+    max_varbinds: int = Field(24, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _v3_needs_user(self) -> SnmpSettings:
+        if self.version == "3" and not self.user:
+            raise ValueError("SNMPv3 needs 'user'")
+        if self.auth_protocol != "none" and self.auth_key is None:
+            raise ValueError("auth_protocol set but no auth_key")
+        if self.priv_protocol != "none" and self.auth_protocol == "none":
+            raise ValueError("privacy (authPriv) needs an auth_protocol too")
+        if self.priv_protocol != "none" and self.priv_key is None:
+            raise ValueError("priv_protocol set but no priv_key")
+        return self
+
+
+class OpcuaSettings(Strict):
+    security: str = "None"  # e.g. "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"
+    username: str | None = None
+    password: SecretStr | None = None
+    mode: Literal["subscribe", "poll"] = "subscribe"
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DeviceBase(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    protocol: Protocol
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    profile: str
+    poll_s: float | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+    modbus: ModbusSettings = ModbusSettings()
+    snmp: SnmpSettings = SnmpSettings()
+    opcua: OpcuaSettings = OpcuaSettings()
+
+
+class Pdu(DeviceBase):
+    """A rack PDU: one feed (A or B) of one rack. Inlet breaker sets its capacity."""
+
+    kind: Literal["pdu"]
+    upstream: str  # id of the rectifier or UPS that feeds it
+    breaker_a: float = Field(gt=0)
+    voltage_v: float = Field(gt=0)  # line-to-line for 3 phases, line for 1, bus for DC
+    phases: Literal[1, 3, "dc"] = 3
+    power_factor: float = Field(0.95, gt=0, le=1)
+    continuous_derating: float = Field(0.8, gt=0, le=1)  # NEC 210.20(A): 80 % continuous
+
+
+class PowerSource(DeviceBase):
+    """A rectifier system or UPS: the upstream of PDU feeds."""
+
+    kind: Literal["rectifier", "ups"]
+    rating_kw: float = Field(gt=0)  # usable capacity with its redundancy already removed
+    redundancy: Literal["N", "N+1", "2N"] = "N+1"
+    efficiency: float = Field(0.96, gt=0, le=1)  # for simulators and loss estimates
+
+
+class Cdu(DeviceBase):
+    kind: Literal["cdu"]
+    rated_kw: float = Field(gt=0)
+
+
+class Supercap(DeviceBase):
+    kind: Literal["supercap"]
+    capacitance_f: float = Field(gt=0)
+    vmax_v: float = Field(gt=0)
+    vmin_v: float = Field(ge=0)
+
+
+class Meter(DeviceBase):
+    kind: Literal["meter"]
+    role: Literal["facility", "cooling", "other"] = "other"
+
+
+Device = Annotated[Pdu | PowerSource | Cdu | Supercap | Meter, Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------- topology
+
+
+class Rack(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    room: str
+    row: str
+    design_kw: float = Field(gt=0)
+    capture_ratio: float = Field(0.85, ge=0, le=1)  # heat to liquid / rack power
+    air_kw: float | None = Field(None, ge=0)  # air-cooling allowance for the residual heat
+    feed_a: str
+    feed_b: str | None = None
+    loop: str | None = None
+    supercap: str | None = None
+
+
+class Loop(Strict):
+    id: str
+    cdus: list[str] = Field(min_length=1)
+    redundancy: Literal["N", "N+1"] = "N+1"
+    fluid: Literal["water", "PG25"] = "PG25"
+    ashrae_class: Literal["W17", "W27", "W32", "W40", "W45", "W+"] = "W32"
+
+
+class Room(Strict):
+    id: str
+    name: str | None = None
+
+
+class Webhook(Strict):
+    name: str = "webhook"
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    secret: SecretStr | None = None  # HMAC-SHA256 key for the X-Aidc-Signature header
+    format: Literal["generic", "alertmanager"] = "generic"
+    timeout_s: float = Field(5, gt=0)
+
+
+class Alerts(Strict):
+    unreachable_intervals: int = Field(3, ge=1)
+    repeat_s: float = Field(4 * 3600, gt=0)
+    webhooks: list[Webhook] = []
+
+
+class Store(Strict):
+    backend: Literal["embedded", "influxdb"] = "embedded"
+    path: str = "data/aidc.sqlite"  # embedded, relative to the site file's data dir
+    url: str = "http://127.0.0.1:8086"  # influxdb
+    database: str = "aidc"  # 1.x database, or 2.x bucket
+    org: str | None = None
+    token: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    batch_size: int = Field(5000, ge=1)
+    flush_s: float = Field(1.0, gt=0)
+
+
+class Model(Strict):
+    tick_s: float = Field(5, gt=0)
+    pue_target: float = Field(1.3, ge=1)
+
+
+class Defaults(Strict):
+    poll_s: float = Field(5, gt=0)
+    timeout_s: float = Field(2, gt=0)
+
+
+class Site(Strict):
+    site: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    defaults: Defaults = Defaults()
+    store: Store = Store()
+    model: Model = Model()
+    alerts: Alerts = Alerts()
+    rooms: list[Room] = Field(min_length=1)
+    devices: list[Device] = Field(min_length=1)
+    racks: list[Rack] = Field(min_length=1)
+    loops: list[Loop] = []
+
+    def device(self, device_id: str) -> Any:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+    def poll_s(self, device: DeviceBase) -> float:
+        return device.poll_s or self.defaults.poll_s
+
+    def timeout_s(self, device: DeviceBase) -> float:
+        return device.timeout_s or self.defaults.timeout_s
+
+    def devices_of(self, kind: str) -> list[Any]:
+        return [d for d in self.devices if d.kind == kind]
+
+
+# ---------------------------------------------------------------- cross references
+
+
+def _references(site: Site) -> list[tuple[tuple, str]]:
+    """Every id that must name something else in the file: (location, message)."""
+    errors: list[tuple[tuple, str]] = []
+    for section, items, key in (
+        (("devices",), site.devices, "id"),
+        (("racks",), site.racks, "id"),
+        (("loops",), site.loops, "id"),
+        (("alerts", "webhooks"), site.alerts.webhooks, "name"),
+    ):
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            value = getattr(item, key)
+            if value in seen:
+                errors.append(((*section, i, key), f"{key} '{value}' is used twice"))
+            seen.add(value)
+    kinds = {d.id: d.kind for d in site.devices}
+    rooms = {r.id for r in site.rooms}
+    loops = {lp.id for lp in site.loops}
+
+    def need(loc: tuple, ref: str | None, allowed: set[str], what: str) -> None:
+        if ref is not None and kinds.get(ref) not in allowed:
+            found = f"a {kinds[ref]}" if ref in kinds else "nothing"
+            errors.append((loc, f"expected the id of a {what}, '{ref}' names {found}"))
+
+    for i, d in enumerate(site.devices):
+        if d.kind == "pdu":
+            need(("devices", i, "upstream"), d.upstream, {"rectifier", "ups"}, "rectifier or ups")
+    for i, r in enumerate(site.racks):
+        need(("racks", i, "feed_a"), r.feed_a, {"pdu"}, "pdu")
+        need(("racks", i, "feed_b"), r.feed_b, {"pdu"}, "pdu")
+        need(("racks", i, "supercap"), r.supercap, {"supercap"}, "supercap")
+        if r.room not in rooms:
+            errors.append((("racks", i, "room"), f"expected one of the rooms {sorted(rooms)}"))
+        if r.loop is not None and r.loop not in loops:
+            errors.append((("racks", i, "loop"), f"expected one of the loops {sorted(loops)}"))
+        if r.feed_b is not None and r.feed_b == r.feed_a:
+            errors.append((("racks", i, "feed_b"), "feed B must be another PDU than feed A"))
+    for i, lp in enumerate(site.loops):
+        for j, c in enumerate(lp.cdus):
+            need(("loops", i, "cdus", j), c, {"cdu"}, "cdu")
+    fed = [r.feed_a for r in site.racks] + [r.feed_b for r in site.racks if r.feed_b]
+    for i, d in enumerate(site.devices):
+        if d.kind == "pdu" and fed.count(d.id) > 1:
+            errors.append((("devices", i, "id"), f"pdu '{d.id}' feeds more than one rack"))
+    return errors
+
+
+# ---------------------------------------------------------------- secrets and loading
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _resolve_secrets(node: yaml.Node, path: str, base: Path) -> None:
+    """Replace ``${VAR}`` by the environment and ``file:PATH`` by the file's first line."""
+    if isinstance(node, yaml.MappingNode):
+        for _, value in node.value:
+            _resolve_secrets(value, path, base)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _resolve_secrets(item, path, base)
+    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):
+        line = node.start_mark.line + 1
+
+        def env(m: re.Match[str]) -> str:
+            if m.group(1) not in os.environ:
+                raise ConfigError(path, line, "", f"environment variable {m.group(1)} is not set")
+            return os.environ[m.group(1)]
+
+        value = _ENV.sub(env, node.value)
+        if value.startswith("file:"):
+            secret_file = (base / value[5:]).expanduser()
+            try:
+                value = secret_file.read_text().strip()
+            except OSError as e:
+                raise ConfigError(path, line, "", f"cannot read {secret_file}: {e.strerror}")
+        if value != node.value:
+            node.value, node.tag = value, "tag:yaml.org,2002:str"
+
+
+def _line_of(node: yaml.Node, loc: tuple) -> int | None:
+    """The line of the deepest YAML node that ``loc`` reaches."""
+    line = node.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == key]
+            if not match:  # a missing field, or pydantic's union tag: stay on this node
+                continue
+            k, node = match[0]
+            line = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(
+            node.value
+        ):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        # a union tag such as 'pdu' in pydantic's loc has no YAML node: skip it
+    return line
+
+
+def _field_name(loc: tuple) -> str:
+    out = ""
+    for key in loc:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif key in ("pdu", "rectifier", "ups", "cdu", "supercap", "meter") and out.endswith("]"):
+            continue  # pydantic's discriminated-union tag
+        else:
+            out += f".{key}" if out else str(key)
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field (check its spelling)"
+    if kind == "union_tag_invalid":
+        return f"expected kind one of {err['ctx']['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return "each device needs a 'kind' (pdu, rectifier, ups, cdu, supercap, meter)"
+    return msg.removeprefix("Value error, ")
+
+
+def load_site(path: str | os.PathLike[str]) -> Site:
+    """Read and validate a site file; raise ConfigError with the line of the first mistake."""
+    name = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(name, None, "", f"cannot read the file: {e.strerror}") from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        message = f"not valid YAML: {getattr(e, 'problem', e)}"
+        if context is not None and getattr(e, "context", None):
+            message += f" ({e.context} at line {context.line + 1})"
+        raise ConfigError(name, mark.line + 1 if mark else None, "", message) from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise ConfigError(name, 1, "", "expected a mapping with site, rooms, devices, racks")
+    _resolve_secrets(root, name, Path(path).parent)
+    data = yaml.safe_load(yaml.serialize(root))
+    try:
+        site = Site.model_validate(data)
+    except ValidationError as e:
+        err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # typos first
+        loc = tuple(err["loc"])
+        if err["type"] == "union_tag_invalid":
+            loc += ("kind",)
+        raise ConfigError(name, _line_of(root, loc), _field_name(loc), _message(err)) from None
+    problems = _references(site)
+    if problems:
+        loc, message = problems[0]
+        raise ConfigError(name, _line_of(root, loc), _field_name(loc), message)
+    return site

@@ -1,0 +1,87 @@
+"""Canonical samples: what every collector produces and every store keeps.
+
+A sample is one field of one series: measurement (device kind such as ``cdu``, or a derived
+level such as ``rack``), tags (site, room, row, rack, device), a canonical field name with its
+unit in the name (``supply_temp_c``), a value, a timestamp and a quality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    STALE = "stale"  # not refreshed within its poll interval
+    BAD = "bad"  # the device said so: sentinel, exception code, noSuchObject, OPC-UA Bad
+    OUT_OF_RANGE = "out_of_range"  # outside the profile's plausible limits
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    measurement: str
+    tags: dict[str, str]
+    field: str
+    value: float | None
+    ts: float  # unix seconds
+    quality: Quality = Quality.GOOD
+
+    @property
+    def good(self) -> bool:
+        return self.quality is Quality.GOOD and self.value is not None
+
+    @property
+    def device(self) -> str:
+        return self.tags.get("device", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One metric as a collector read it, before the runtime adds topology tags."""
+
+    metric: str
+    value: float | None
+    quality: Quality = Quality.GOOD
+    raw: object = field(default=None, compare=False)  # register words / SNMP value, for probe
+
+
+def check_limits(value: float | None, low: float | None, high: float | None) -> Quality:
+    """Quality of a decoded value against a profile's plausible limits."""
+    if value is None:
+        return Quality.BAD
+    if (low is not None and value < low) or (high is not None and value > high):
+        return Quality.OUT_OF_RANGE
+    return Quality.GOOD
+
+
+@dataclass(slots=True)
+class DeviceHealth:
+    """How polling one device goes: what `/metrics`, the API and the unreachable rule read."""
+
+    id: str
+    kind: str
+    poll_s: float
+    state: str = "unknown"  # up | down | unknown (never polled yet)
+    since: float | None = None  # when the state last changed
+    last_ok: float | None = None
+    failures: int = 0  # consecutive
+    error: str = ""
+    polls_total: int = 0
+    errors_total: int = 0
+    last_poll_ms: float = 0.0
+
+    def ok(self, now: float, poll_ms: float) -> None:
+        if self.state != "up":
+            self.state, self.since = "up", now
+        self.last_ok, self.failures, self.error = now, 0, ""
+        self.polls_total += 1
+        self.last_poll_ms = poll_ms
+
+    def fail(self, now: float, error: str) -> None:
+        if self.state != "down":
+            self.state, self.since = "down", now
+        self.failures += 1
+        self.error = error
+        self.polls_total += 1
+        self.errors_total += 1

@@ -1,0 +1,76 @@
+"""The site as a graph: which rack a PDU feeds, which source feeds a PDU, the tags of a series.
+
+Tags stay bounded by the topology (site, room, row, rack, device): never values or times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from aidc.config import Rack, Site
+
+
+@dataclass(frozen=True)
+class Topology:
+    site: Site
+
+    @cached_property
+    def rack_of_pdu(self) -> dict[str, Rack]:
+        out = {}
+        for r in self.site.racks:
+            out[r.feed_a] = r
+            if r.feed_b:
+                out[r.feed_b] = r
+        return out
+
+    @cached_property
+    def device_tags(self) -> dict[str, dict[str, str]]:
+        """Tags of every device's series: a PDU carries its rack's room/row/rack."""
+        tags = {}
+        for d in self.site.devices:
+            t = {"site": self.site.site, "device": d.id}
+            rack = self.rack_of_pdu.get(d.id)
+            if rack is not None:
+                t |= {"room": rack.room, "row": rack.row, "rack": rack.id}
+            tags[d.id] = t
+        return tags
+
+    def rack_tags(self, rack: Rack) -> dict[str, str]:
+        return {"site": self.site.site, "room": rack.room, "row": rack.row, "rack": rack.id}
+
+    def summary(self) -> str:
+        """A human-readable topology summary (what `aidc check` prints)."""
+        s = self.site
+        lines = [f"site {s.site}: {len(s.rooms)} room(s), {len(s.racks)} racks, {len(s.devices)} devices"]
+        by_kind: dict[str, int] = {}
+        for d in s.devices:
+            by_kind[d.kind] = by_kind.get(d.kind, 0) + 1
+        lines.append("  devices: " + ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())))
+        by_proto: dict[str, int] = {}
+        for d in s.devices:
+            by_proto[d.protocol] = by_proto.get(d.protocol, 0) + 1
+        lines.append("  protocols: " + ", ".join(f"{n} {p}" for p, n in sorted(by_proto.items())))
+        for src in s.devices_of("rectifier") + s.devices_of("ups"):
+            fed = [p.id for p in s.devices_of("pdu") if p.upstream == src.id]
+            racks = sorted({self.rack_of_pdu[p].id for p in fed if p in self.rack_of_pdu})
+            lines.append(
+                f"  {src.kind} {src.id} ({src.rating_kw:g} kW, {src.redundancy}) -> "
+                f"{len(fed)} PDU feeds -> racks {', '.join(racks) or '-'}"
+            )
+        for lp in s.loops:
+            racks = [r.id for r in s.racks if r.loop == lp.id]
+            lines.append(
+                f"  loop {lp.id} ({lp.fluid}, {lp.ashrae_class}, {lp.redundancy}): "
+                f"CDUs {', '.join(lp.cdus)} -> racks {', '.join(racks) or '-'}"
+            )
+        rows: dict[tuple[str, str], list[Rack]] = {}
+        for r in s.racks:
+            rows.setdefault((r.room, r.row), []).append(r)
+        for (room, row), racks in sorted(rows.items()):
+            design = sum(r.design_kw for r in racks)
+            ab = sum(1 for r in racks if r.feed_b)
+            lines.append(
+                f"  {room} row {row}: {len(racks)} racks, {design:g} kW design, {ab} with A/B feeds"
+            )
+        return "\n".join(lines)

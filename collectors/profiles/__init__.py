@@ -1,0 +1,101 @@
+"""Device profiles: register, OID and node maps as data (one YAML file per device model).
+
+A profile maps a vendor's points onto canonical metrics (see aidc.metrics). Collectors decode
+with it and simulators encode with it; the two share these files and nothing else, so that a
+bug in one encoder cannot hide itself in the other.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+PROFILE_DIR = Path(__file__).parent
+ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+
+
+class _Point(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metric: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    scale: float = 1.0  # value = raw * scale + offset
+    offset: float = 0.0
+    enum: dict[int, float] | None = None  # raw code -> canonical value (e.g. 5 -> on_battery 1)
+    sentinels: list[int] = []  # raw values that mean "sensor fault": quality bad
+    min: float | None = None  # plausible limits: outside gives quality out_of_range
+    max: float | None = None
+
+
+class ModbusPoint(_Point):
+    table: Literal["holding", "input", "coil", "discrete"] = "input"
+    address: int = Field(ge=0, le=65535)  # zero-based protocol address (40001 -> holding 0)
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bool"] = "uint16"
+    byte_order: ByteOrder | None = None  # overrides the profile's byte_order
+    bit: int | None = Field(None, ge=0, le=15)  # a single bit of a 16-bit register
+
+
+class SnmpPoint(_Point):
+    oid: str | list[str]  # several OIDs are combined with `reduce` (e.g. three output lines)
+    reduce: Literal["sum", "mean", "max"] = "sum"
+
+
+class OpcuaPoint(_Point):
+    node: str  # NodeId string ("ns=2;s=Supercap.Voltage") or browse path ("0:Objects/2:SC/2:V")
+
+
+class _Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    description: str = ""
+    kind: Literal["cdu", "rectifier", "ups", "supercap", "pdu", "meter"]
+
+
+class ModbusProfile(_Profile):
+    protocol: Literal["modbus"]
+    byte_order: ByteOrder = "ABCD"
+    max_registers: int = Field(100, ge=1, le=125)  # per read request (FC03/FC04 allow 125)
+    max_gap: int = Field(8, ge=0)  # unmapped registers a coalesced read may span
+    points: list[ModbusPoint] = Field(min_length=1)
+
+
+class SnmpProfile(_Profile):
+    protocol: Literal["snmp"]
+    points: list[SnmpPoint] = Field(min_length=1)
+
+
+class OpcuaProfile(_Profile):
+    protocol: Literal["opcua"]
+    namespace: str = "urn:aidc:simulator"
+    points: list[OpcuaPoint] = Field(min_length=1)
+
+
+Profile = Annotated[
+    Union[ModbusProfile, SnmpProfile, OpcuaProfile], Field(discriminator="protocol")
+]
+_adapter: TypeAdapter[Profile] = TypeAdapter(Profile)
+
+
+class ProfileError(Exception):
+    pass
+
+
+@cache
+def load_profile(name: str) -> ModbusProfile | SnmpProfile | OpcuaProfile:
+    """Load ``name`` (a file in collectors/profiles, or a path to a YAML file)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError:
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise ProfileError(f"profile '{name}' not found (known: {known})") from None
+    except yaml.YAMLError as e:
+        raise ProfileError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return _adapter.validate_python(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(k) for k in err["loc"])
+        raise ProfileError(f"{path}: {where}: {err['msg']}") from None
