@@ -1,0 +1,57 @@
+"""Storage: one interface, two backends (embedded SQLite, InfluxDB), and a disk spool.
+
+Only ``good`` values count in history queries and aggregates; samples of any other quality
+are kept (with their quality) so that they can be shown, never silently averaged in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aidc.config import Store as StoreConfig
+from aidc.metrics import Sample
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached; the samples were not written (retry later)."""
+
+
+@dataclass(frozen=True)
+class Series:
+    measurement: str
+    tags: dict[str, str]
+    field: str
+    points: list[tuple[float, float]]  # (unix seconds, value), oldest first
+
+
+class Store(Protocol):
+    def write(self, samples: Sequence[Sample]) -> None:
+        """Write a batch; raise StoreUnavailable when the store cannot take it now."""
+
+    def history(
+        self,
+        measurement: str,
+        field: str,
+        start: float,
+        end: float,
+        where: dict[str, str] | None = None,
+        every_s: float | None = None,
+    ) -> list[Series]:
+        """Good values of ``field`` in [start, end], one Series per tag set; with
+        ``every_s``, the mean over windows of that length (window start as timestamp)."""
+
+    def close(self) -> None: ...
+
+
+def open_store(config: StoreConfig, data_dir: Path) -> Store:
+    if config.backend == "influxdb":
+        from aidc.store.influx import InfluxStore
+
+        return InfluxStore(config)
+    from aidc.store.sqlite import SqliteStore
+
+    path = Path(config.path)
+    return SqliteStore(path if path.is_absolute() else data_dir / path)

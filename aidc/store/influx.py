@@ -1,0 +1,135 @@
+"""InfluxDB backend: line protocol writes and InfluxQL queries over the v1 HTTP API.
+
+The server's version is read from the ``X-Influxdb-Version`` header of ``/ping``, never
+assumed. 1.x is spoken natively (``/write?db=``, ``/query``, user/password); 2.x and 3.x
+expose the same endpoints for v1 compatibility with token auth (the bucket is the database),
+so one code path serves all three. Points are rendered by influxdb-client's ``Point``, which
+owns the escaping rules of line protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from itertools import groupby
+
+import httpx
+from influxdb_client import Point, WritePrecision
+
+from aidc.config import Store as StoreConfig
+from aidc.metrics import Quality, Sample
+from aidc.store import Series, StoreUnavailable
+
+log = logging.getLogger("aidc.store.influx")
+
+
+def to_line_protocol(samples: Sequence[Sample]) -> str:
+    """One line per (measurement, tags, timestamp); good values as ``field=value``, other
+    qualities as ``<field>_quality="bad"`` (and ``<field>_raw`` when a value was read)."""
+
+    def key(s: Sample) -> tuple:
+        return (s.measurement, tuple(sorted(s.tags.items())), round(s.ts * 1000))
+
+    lines = []
+    for (measurement, tags, ts_ms), group in groupby(sorted(samples, key=key), key=key):
+        point = Point(measurement).time(ts_ms, WritePrecision.MS)
+        for k, v in tags:
+            point.tag(k, v)
+        for s in group:
+            if s.quality is Quality.GOOD and s.value is not None:
+                point.field(s.field, float(s.value))
+            else:
+                point.field(f"{s.field}_quality", str(s.quality))
+                if s.value is not None:
+                    point.field(f"{s.field}_raw", float(s.value))
+        lines.append(point.to_line_protocol())
+    return "\n".join(lines)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class InfluxStore:
+    def __init__(self, config: StoreConfig, timeout_s: float = 5.0):
+        self.config = config
+        headers, params = {}, {"db": config.database}
+        if config.token:
+            headers["Authorization"] = f"Token {config.token.get_secret_value()}"
+        if config.username:
+            params["u"] = config.username
+            params["p"] = config.password.get_secret_value() if config.password else ""
+        self._http = httpx.Client(base_url=config.url, headers=headers, timeout=timeout_s)
+        self._params = params
+        self.version: str | None = None
+
+    def _connect(self) -> None:
+        """Detect the server version once; on 1.x make sure the database exists."""
+        if self.version is not None:
+            return
+        try:
+            ping = self._http.get("/ping")
+        except httpx.HTTPError as e:
+            raise StoreUnavailable(f"InfluxDB at {self.config.url} unreachable: {e}") from None
+        version = ping.headers.get("X-Influxdb-Version", "")
+        if ping.status_code != 204 or not version:
+            raise StoreUnavailable(f"{self.config.url} does not answer /ping like InfluxDB")
+        if version.lstrip("v").startswith("1."):
+            self._post("/query", {"q": f"CREATE DATABASE {_ident(self.config.database)}"})
+        self.version = version
+        log.info("event=influx_connected url=%s version=%s", self.config.url, version)
+
+    def _post(self, path: str, params: dict, content: str | None = None) -> httpx.Response:
+        try:
+            r = self._http.post(path, params={**self._params, **params}, content=content)
+        except httpx.HTTPError as e:
+            raise StoreUnavailable(f"InfluxDB at {self.config.url} unreachable: {e}") from None
+        if r.status_code >= 500:
+            raise StoreUnavailable(f"InfluxDB answered {r.status_code}: {r.text[:200]}")
+        if r.status_code >= 400:
+            raise ValueError(f"InfluxDB rejected {path}: {r.status_code} {r.text[:300]}")
+        return r
+
+    def write(self, samples: Sequence[Sample]) -> None:
+        if not samples:
+            return
+        self._connect()
+        self._post("/write", {"precision": "ms"}, to_line_protocol(samples))
+
+    def history(
+        self,
+        measurement: str,
+        field: str,
+        start: float,
+        end: float,
+        where: dict[str, str] | None = None,
+        every_s: float | None = None,
+    ) -> list[Series]:
+        self._connect()
+        conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}"]
+        conditions += [f"{_ident(k)} = {_literal(v)}" for k, v in (where or {}).items()]
+        select = f"mean({_ident(field)})" if every_s else _ident(field)
+        group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s else "*"
+        q = (
+            f"SELECT {select} FROM {_ident(measurement)} "
+            f"WHERE {' AND '.join(conditions)} GROUP BY {group}"
+        )
+        result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
+        if "error" in result:
+            raise ValueError(f"InfluxDB query failed: {result['error']}")
+        return [
+            Series(
+                measurement,
+                {k: v for k, v in s.get("tags", {}).items() if v},
+                field,
+                [(t / 1000, v) for t, v in s["values"] if v is not None],
+            )
+            for s in result.get("series", [])
+        ]
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,122 @@
+"""Embedded store: SQLite in WAL mode, zero set-up (the default and `aidc demo`'s store)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aidc.metrics import Sample
+from aidc.store import Series
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+  id INTEGER PRIMARY KEY,
+  measurement TEXT NOT NULL,
+  tags TEXT NOT NULL,            -- JSON object, keys sorted
+  field TEXT NOT NULL,
+  UNIQUE (measurement, tags, field)
+);
+CREATE TABLE IF NOT EXISTS samples (
+  series INTEGER NOT NULL REFERENCES series(id),
+  ts REAL NOT NULL,
+  value REAL,
+  quality TEXT NOT NULL,
+  PRIMARY KEY (series, ts)
+) WITHOUT ROWID;
+"""
+
+
+class SqliteStore:
+    """Samples in one SQLite file; old samples are deleted after ``retention_days``."""
+
+    def __init__(self, path: Path, retention_days: float = 30):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.retention_s = path, retention_days * 86400
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str, str], int] = {
+            (m, t, f): i for i, m, t, f in self._db.execute("SELECT id, measurement, tags, field FROM series")
+        }
+        self._next_retention = 0.0
+
+    def _series_id(self, measurement: str, tags: str, field: str) -> int:
+        key = (measurement, tags, field)
+        if key not in self._series:
+            cur = self._db.execute(
+                "INSERT INTO series (measurement, tags, field) VALUES (?, ?, ?)", key
+            )
+            self._series[key] = cur.lastrowid
+        return self._series[key]
+
+    def write(self, samples: Sequence[Sample]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                rows = [
+                    (
+                        self._series_id(s.measurement, json.dumps(s.tags, sort_keys=True), s.field),
+                        s.ts,
+                        s.value,
+                        str(s.quality),
+                    )
+                    for s in samples
+                ]
+                self._db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._series = {
+                    (m, t, f): i
+                    for i, m, t, f in self._db.execute("SELECT id, measurement, tags, field FROM series")
+                }
+                raise
+            if time.time() >= self._next_retention:
+                self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        self._db.execute("DELETE FROM samples WHERE ts < ?", (time.time() - self.retention_s,))
+        self._next_retention = time.time() + 3600
+
+    def history(
+        self,
+        measurement: str,
+        field: str,
+        start: float,
+        end: float,
+        where: dict[str, str] | None = None,
+        every_s: float | None = None,
+    ) -> list[Series]:
+        tag_sql = "".join(f" AND json_extract(s.tags, '$.{k}') = ?" for k in (where or {}))
+        args: list = [measurement, field, *(where or {}).values(), start, end]
+        if every_s:
+            select = "s.tags, CAST(p.ts / ? AS INTEGER) * ? AS t, avg(p.value)"
+            group = " GROUP BY s.id, t"
+            args = [every_s, every_s, *args]
+        else:
+            select, group = "s.tags, p.ts AS t, p.value", ""
+        sql = (
+            f"SELECT {select} FROM samples p JOIN series s ON s.id = p.series "
+            f"WHERE s.measurement = ? AND s.field = ?{tag_sql} AND p.ts BETWEEN ? AND ? "
+            f"AND p.quality = 'good' AND p.value IS NOT NULL{group} ORDER BY s.id, t"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        out: dict[str, list[tuple[float, float]]] = {}
+        for tags, t, value in rows:
+            out.setdefault(tags, []).append((float(t), value))
+        return [Series(measurement, json.loads(t), field, pts) for t, pts in out.items()]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM samples").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
