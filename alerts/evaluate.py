@@ -1,0 +1,233 @@
+"""Evaluation: conditions in, alert state changes out (inactive -> pending -> firing -> resolved).
+
+An alert is identified by its fingerprint (rule name + labels). A condition that holds starts a
+*pending* alert; once it has held for the rule's ``for_s`` the alert is *firing* and one
+``firing`` transition is emitted. While it fires, a ``repeat`` transition is emitted every
+``repeat_s`` since the last notification unless someone acknowledged it. When the condition
+clears, a firing alert emits ``resolved`` (acknowledged or not); a pending one is dropped
+silently.
+
+State lives in the ``alert_state`` table of the outbox's SQLite file and is written in the same
+transaction as the outbox rows of its transitions, so a restart neither re-sends ``firing`` for
+an alert already notified nor forgets one that cleared while the process was down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from alerts.outbox import Outbox
+
+AlertState = Literal["pending", "firing"]
+TransitionKind = Literal["firing", "resolved", "repeat"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alert_state (
+    fingerprint TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    value REAL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'firing')),
+    active_since REAL NOT NULL,
+    starts_at REAL,
+    last_notified_at REAL,
+    acked_by TEXT,
+    acked_at REAL
+)
+"""
+_COLUMNS = (
+    "fingerprint", "rule", "labels", "severity", "summary", "value", "state",
+    "active_since", "starts_at", "last_notified_at", "acked_by", "acked_at",
+)  # fmt: skip
+
+
+def fingerprint(rule: str, labels: Mapping[str, str]) -> str:
+    """First 16 hex chars of sha256 over the rule name and the labels sorted by name."""
+    identity = json.dumps([rule, sorted(labels.items())], separators=(",", ":"))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One rule's verdict for one subject (rack, device, loop...) at one evaluation."""
+
+    rule: str
+    labels: Mapping[str, str]
+    active: bool
+    value: float | None = None
+    summary: str = ""
+    severity: str = "warning"
+    for_s: float = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.rule, self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A pending or firing alert (``ends_at`` is set only on the snapshot of a resolved one)."""
+
+    fingerprint: str
+    rule: str
+    labels: dict[str, str]
+    severity: str
+    summary: str
+    value: float | None
+    state: AlertState
+    active_since: float  # unix s the condition started to hold
+    starts_at: float | None = None  # unix s it started firing
+    last_notified_at: float | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
+    ends_at: float | None = None
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.acked_by is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Something on-call must hear about: the alert as it was at ``at`` (unix s)."""
+
+    kind: TransitionKind
+    alert: Alert
+    at: float
+
+    @property
+    def status(self) -> Literal["firing", "resolved"]:
+        return "resolved" if self.kind == "resolved" else "firing"
+
+
+Notify = Callable[[Sequence[Transition]], None]
+
+
+class Evaluator:
+    """The alert state machine, persisted beside the outbox.
+
+    ``notify`` (normally ``Notifier.notify``) is called inside the transaction that records
+    the state change, so the outbox rows and the new state commit together or not at all; if
+    it raises, nothing changes, in the file or in memory, and the next step notifies again.
+    Use from the thread that owns the outbox (the event loop's).
+    """
+
+    def __init__(self, store: Outbox, *, repeat_s: float = 4 * 3600, notify: Notify | None = None):
+        self._store, self._repeat_s, self._notify = store, repeat_s, notify
+        with store.transaction() as db:
+            db.execute(_SCHEMA)
+            self._alerts = _load(db)
+
+    def step(self, now: float, conditions: Iterable[Condition]) -> list[Transition]:
+        """Advance every alert to ``now``; a known alert absent from ``conditions`` has cleared.
+
+        Pass every condition of the evaluation: an alert is only kept alive by its condition.
+        """
+        held = _merge(conditions)
+        alerts: dict[str, Alert] = {}
+        transitions: list[Transition] = []
+        for fp in [*self._alerts, *(fp for fp in held if fp not in self._alerts)]:
+            alert, transition = _advance(self._alerts.get(fp), held.get(fp), now, self._repeat_s)
+            if alert is not None:
+                alerts[fp] = alert
+            if transition is not None:
+                transitions.append(transition)
+        with self._store.transaction() as db:
+            _save(db, [a for fp, a in alerts.items() if self._alerts.get(fp) != a])
+            _delete(db, [fp for fp in self._alerts if fp not in alerts])
+            if transitions and self._notify is not None:
+                self._notify(transitions)
+        self._alerts = alerts
+        return transitions
+
+    def active_alerts(self) -> list[Alert]:
+        """Pending and firing alerts, oldest first."""
+        return sorted(self._alerts.values(), key=lambda a: (a.active_since, a.fingerprint))
+
+    def acknowledge(self, fingerprint: str, by: str, at: float | None = None) -> Alert:
+        """Mark an active alert acknowledged: no repeats until it resolves. KeyError if unknown."""
+        acked_at = time.time() if at is None else at
+        alert = replace(self._alerts[fingerprint], acked_by=by, acked_at=acked_at)
+        with self._store.transaction() as db:
+            _save(db, [alert])
+        self._alerts[fingerprint] = alert
+        return alert
+
+
+def _merge(conditions: Iterable[Condition]) -> dict[str, Condition]:
+    """One condition per fingerprint; if a subject is reported twice, an active one wins."""
+    held: dict[str, Condition] = {}
+    for c in conditions:
+        fp = c.fingerprint
+        if fp not in held or c.active:
+            held[fp] = c
+    return held
+
+
+def _advance(
+    alert: Alert | None, cond: Condition | None, now: float, repeat_s: float
+) -> tuple[Alert | None, Transition | None]:
+    """The alert after this evaluation, and the transition to notify if any."""
+    if cond is None or not cond.active:
+        return _clear(alert, now)
+    if alert is None:
+        alert = Alert(
+            fingerprint=cond.fingerprint, rule=cond.rule, labels=dict(cond.labels),
+            severity=cond.severity, summary=cond.summary, value=cond.value,
+            state="pending", active_since=now,
+        )  # fmt: skip
+    alert = replace(alert, severity=cond.severity, summary=cond.summary, value=cond.value)
+    if alert.state == "pending":
+        if now - alert.active_since < cond.for_s:
+            return alert, None
+        fired = replace(alert, state="firing", starts_at=now, last_notified_at=now)
+        return fired, Transition("firing", fired, now)
+    return _repeat(alert, now, repeat_s)
+
+
+def _clear(alert: Alert | None, now: float) -> tuple[None, Transition | None]:
+    if alert is None or alert.state == "pending":
+        return None, None
+    return None, Transition("resolved", replace(alert, ends_at=now), now)
+
+
+def _repeat(alert: Alert, now: float, repeat_s: float) -> tuple[Alert, Transition | None]:
+    last = alert.last_notified_at if alert.last_notified_at is not None else alert.active_since
+    if alert.acknowledged or now - last < repeat_s:
+        return alert, None
+    again = replace(alert, last_notified_at=now)
+    return again, Transition("repeat", again, now)
+
+
+def _load(db: sqlite3.Connection) -> dict[str, Alert]:
+    alerts: dict[str, Alert] = {}
+    for row in db.execute(f"SELECT {', '.join(_COLUMNS)} FROM alert_state ORDER BY active_since"):
+        fields = dict(zip(_COLUMNS, row, strict=True))
+        fields["labels"] = json.loads(fields["labels"])
+        alerts[fields["fingerprint"]] = Alert(**fields)
+    return alerts
+
+
+def _save(db: sqlite3.Connection, alerts: list[Alert]) -> None:
+    placeholders = ", ".join("?" for _ in _COLUMNS)
+    db.executemany(
+        f"INSERT OR REPLACE INTO alert_state ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
+        [
+            (a.fingerprint, a.rule, json.dumps(a.labels), a.severity, a.summary, a.value,
+             a.state, a.active_since, a.starts_at, a.last_notified_at, a.acked_by, a.acked_at)
+            for a in alerts
+        ],
+    )  # fmt: skip
+
+
+def _delete(db: sqlite3.Connection, fingerprints: list[str]) -> None:
+    db.executemany("DELETE FROM alert_state WHERE fingerprint = ?", [(fp,) for fp in fingerprints])

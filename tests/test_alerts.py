@@ -1,0 +1,505 @@
+"""Alert pipeline: state machine, formats, signature, durable outbox against a real receiver.
+
+The receiver is a real HTTP server on 127.0.0.1 that records every request and answers the
+statuses a test scripts; "down" means its port is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from pydantic import SecretStr
+
+from aidc.config import Webhook
+from aidc.net import free_port
+from alerts.evaluate import Condition, Evaluator, Transition, fingerprint
+from alerts.formats import alertmanager_payload, generic_payload, signature_headers
+from alerts.notify import Notifier
+from alerts.outbox import Outbox, RetryPolicy, parse_retry_after
+
+FAST = RetryPolicy(base_s=0.01, cap_s=0.05)
+SECRET = "s3cret-hmac-key"
+LEAK = Condition("leak", {"device": "cdu-1", "rack": "r01"}, True, 1.0, "leak at cdu-1", "critical")
+
+
+# ---------------------------------------------------------------- receiver
+
+
+@dataclass(frozen=True)
+class Request:
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A webhook receiver on a fixed 127.0.0.1 port; closed until ``start()``."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[Request] = []
+        self.answers: list[tuple[int, dict[str, str]]] = []  # answered first, then 200
+        self.delay_s = 0.0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                time.sleep(receiver.delay_s)
+                with receiver._lock:
+                    receiver.requests.append(Request(self.path, headers, body))
+                    status, extra = receiver.answers.pop(0) if receiver.answers else (200, {})
+                self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        serve = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+        serve.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def open_outbox(tmp_path):
+    """Opens Outboxes on one SQLite file (as successive or concurrent processes would)."""
+    opened: list[Outbox] = []
+
+    def open_(webhooks: Iterable[Webhook] = ()) -> Outbox:
+        opened.append(Outbox(tmp_path / "alerts.sqlite", webhooks, retry=FAST))
+        return opened[-1]
+
+    yield open_
+    for outbox in opened:
+        outbox.close()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def webhook(receiver: Receiver, secret: str | None = SECRET, **kw) -> Webhook:
+    return Webhook(
+        name=kw.pop("name", "oncall"),
+        url=kw.pop("url", receiver.url()),
+        secret=SecretStr(secret) if secret else None,
+        timeout_s=1.0,
+        **kw,
+    )
+
+
+OpenOutbox = Callable[..., Outbox]
+
+
+@dataclass
+class Pipeline:
+    outbox: Outbox
+    evaluator: Evaluator
+
+
+def pipeline(open_outbox: OpenOutbox, webhooks: list[Webhook], repeat_s: float = 3600) -> Pipeline:
+    outbox = open_outbox(webhooks)
+    notifier = Notifier("demo", webhooks, outbox)
+    return Pipeline(outbox, Evaluator(outbox, repeat_s=repeat_s, notify=notifier.notify))
+
+
+def deliver_until(outbox: Outbox, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Run the delivery worker until ``done()`` holds (or fail after ``timeout_s``)."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(outbox.deliver_forever(stop, idle_s=0.02))
+        deadline = time.monotonic() + timeout_s
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await worker
+
+    asyncio.run(run())
+    assert done(), "delivery did not finish in time"
+
+
+def kinds(transitions: list[Transition]) -> list[str]:
+    return [t.kind for t in transitions]
+
+
+# ---------------------------------------------------------------- state machine
+
+
+def test_pending_fires_after_for_s_then_resolves(open_outbox):
+    ev = Evaluator(open_outbox())
+    cond = replace(LEAK, for_s=30)
+    assert ev.step(1000, [cond]) == []
+    assert [(a.state, a.active_since) for a in ev.active_alerts()] == [("pending", 1000)]
+    assert ev.step(1029, [cond]) == []
+    fired = ev.step(1030, [cond])
+    assert kinds(fired) == ["firing"]
+    assert (fired[0].alert.starts_at, fired[0].alert.ends_at) == (1030, None)
+    assert ev.step(1100, [cond]) == []
+    resolved = ev.step(1200, [replace(cond, active=False)])
+    assert kinds(resolved) == ["resolved"]
+    assert (resolved[0].alert.starts_at, resolved[0].alert.ends_at) == (1030, 1200)
+    assert ev.active_alerts() == []
+
+
+def test_pending_that_clears_never_notifies(open_outbox):
+    ev = Evaluator(open_outbox())
+    cond = replace(LEAK, for_s=60)
+    assert ev.step(0, [cond]) == []
+    assert ev.step(30, [replace(cond, active=False)]) == []
+    assert ev.active_alerts() == []
+    assert ev.step(40, [cond]) == []  # the for_s clock starts again
+    assert ev.step(99, [cond]) == []
+    assert kinds(ev.step(100, [cond])) == ["firing"]
+
+
+def test_absent_condition_counts_as_cleared(open_outbox):
+    ev = Evaluator(open_outbox())
+    assert kinds(ev.step(0, [LEAK])) == ["firing"]
+    assert kinds(ev.step(5, [])) == ["resolved"]
+
+
+def test_fingerprint_is_stable_across_label_order():
+    a = Condition("leak", {"rack": "r01", "device": "cdu-1"}, True)
+    b = Condition("leak", {"device": "cdu-1", "rack": "r01"}, False)
+    assert a.fingerprint == b.fingerprint == fingerprint("leak", {"device": "cdu-1", "rack": "r01"})
+    assert len(a.fingerprint) == 16 and int(a.fingerprint, 16) >= 0
+    identity = json.dumps(["leak", [["device", "cdu-1"], ["rack", "r01"]]], separators=(",", ":"))
+    assert a.fingerprint == hashlib.sha256(identity.encode()).hexdigest()[:16]
+    assert fingerprint("leak", {"rack": "r02", "device": "cdu-1"}) != a.fingerprint
+    assert fingerprint("flow_low", {"rack": "r01", "device": "cdu-1"}) != a.fingerprint
+
+
+def test_repeat_until_acknowledged_and_resolved_still_sent(open_outbox):
+    ev = Evaluator(open_outbox(), repeat_s=100)
+    assert kinds(ev.step(0, [LEAK])) == ["firing"]
+    assert ev.step(99, [LEAK]) == []
+    assert kinds(ev.step(100, [LEAK])) == ["repeat"]
+    assert ev.step(150, [LEAK]) == []
+    acked = ev.acknowledge(LEAK.fingerprint, "alice", at=160)
+    assert (acked.acked_by, acked.acked_at) == ("alice", 160)
+    assert ev.step(500, [LEAK]) == []
+    assert Evaluator(open_outbox(), repeat_s=100).active_alerts()[0].acknowledged
+    assert kinds(ev.step(600, [replace(LEAK, active=False)])) == ["resolved"]
+    with pytest.raises(KeyError):
+        ev.acknowledge(LEAK.fingerprint, "alice")
+
+
+def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
+    """A failure while enqueuing leaves no trace: the next evaluation notifies again."""
+    outbox = open_outbox([webhook(receiver)])
+    notifier = Notifier("demo", [webhook(receiver)], outbox)
+
+    def crash(transitions) -> None:
+        notifier.notify(transitions)
+        raise RuntimeError("process died here")
+
+    ev = Evaluator(outbox, notify=crash)
+    with pytest.raises(RuntimeError):
+        ev.step(0, [LEAK])
+    assert outbox.backlog() == 0 and ev.active_alerts() == []
+    assert Evaluator(open_outbox()).active_alerts() == []
+    ev = Evaluator(outbox, notify=notifier.notify)
+    assert kinds(ev.step(1, [LEAK])) == ["firing"]
+    assert outbox.backlog() == 1
+
+
+# ---------------------------------------------------------------- formats and signature
+
+
+def test_generic_payload_schema(open_outbox):
+    ev = Evaluator(open_outbox())
+    [fired] = ev.step(1_700_000_000, [LEAK])
+    assert generic_payload(fired, "demo") == {
+        "version": "1",
+        "status": "firing",
+        "fingerprint": LEAK.fingerprint,
+        "rule": "leak",
+        "severity": "critical",
+        "labels": {"device": "cdu-1", "rack": "r01"},
+        "summary": "leak at cdu-1",
+        "value": 1.0,
+        "starts_at": "2023-11-14T22:13:20.000Z",
+        "ends_at": None,
+        "site": "demo",
+    }
+    [resolved] = ev.step(1_700_000_060.5, [])
+    body = generic_payload(resolved, "demo")
+    assert (body["status"], body["ends_at"]) == ("resolved", "2023-11-14T22:14:20.500Z")
+
+
+def test_signature_known_vector():
+    mac = hmac.new(b"whsec-test", b'1700000000.{"status":"firing"}', hashlib.sha256).hexdigest()
+    assert mac == "0b68c02352e42a5d9b0380a3d362785a58e35dfe10798ea980da8b06a3c7d7f6"
+    assert signature_headers(b"whsec-test", b'{"status":"firing"}', 1_700_000_000) == {
+        "X-Aidc-Timestamp": "1700000000",
+        "X-Aidc-Signature": f"sha256={mac}",
+    }
+
+
+def test_delivered_signature_verifies_with_the_key_only(open_outbox, receiver):
+    p = pipeline(open_outbox, [webhook(receiver.start())])
+    p.evaluator.step(time.time(), [LEAK])
+    deliver_until(p.outbox, lambda: len(receiver.requests) == 1)
+    req = receiver.requests[0]
+    ts = req.headers["x-aidc-timestamp"]
+    signed = ts.encode() + b"." + req.body
+
+    def expected(key: bytes) -> str:
+        return "sha256=" + hmac.new(key, signed, hashlib.sha256).hexdigest()
+
+    assert req.headers["x-aidc-signature"] == expected(SECRET.encode())
+    assert req.headers["x-aidc-signature"] != expected(b"wrong-key")
+    assert abs(int(ts) - time.time()) < 5  # signed when sent, inside a replay window
+    assert req.headers["content-type"] == "application/json"
+    assert req.json["fingerprint"] == LEAK.fingerprint
+
+
+def test_unsigned_without_secret(open_outbox, receiver):
+    p = pipeline(open_outbox, [webhook(receiver.start(), secret=None)])
+    p.evaluator.step(time.time(), [LEAK])
+    deliver_until(p.outbox, lambda: len(receiver.requests) == 1)
+    assert "x-aidc-signature" not in receiver.requests[0].headers
+
+
+def test_alertmanager_v4_payload_has_the_fields_receivers_parse(open_outbox, receiver):
+    am = Webhook(name="am", url=receiver.url("/am"), format="alertmanager", timeout_s=1.0)
+    p = pipeline(open_outbox, [am])
+    p.evaluator.step(1_700_000_000, [LEAK])
+    p.evaluator.step(1_700_000_300, [])
+    receiver.start()
+    deliver_until(p.outbox, lambda: len(receiver.requests) == 2)
+    firing, resolved = (r.json for r in receiver.requests)
+    assert set(firing) >= {
+        "version", "groupKey", "status", "receiver", "groupLabels", "commonLabels",
+        "commonAnnotations", "externalURL", "alerts",
+    }  # fmt: skip
+    assert (firing["version"], firing["status"], firing["receiver"]) == ("4", "firing", "am")
+    labels = {"alertname": "leak", "severity": "critical", "site": "demo", "device": "cdu-1",
+              "rack": "r01"}  # fmt: skip
+    assert firing["commonLabels"] == firing["groupLabels"] == labels
+    assert firing["groupKey"] == (
+        '{}:{alertname="leak",device="cdu-1",rack="r01",severity="critical",site="demo"}'
+    )
+    [alert] = firing["alerts"]
+    assert alert == {
+        "status": "firing",
+        "labels": labels,
+        "annotations": {"summary": "leak at cdu-1", "value": "1"},
+        "startsAt": "2023-11-14T22:13:20.000Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "",
+        "fingerprint": LEAK.fingerprint,
+    }
+    assert resolved["status"] == resolved["alerts"][0]["status"] == "resolved"
+    assert resolved["alerts"][0]["endsAt"] == "2023-11-14T22:18:20.000Z"
+    assert resolved["groupKey"] == firing["groupKey"]
+
+
+def test_alertmanager_group_shares_common_labels(open_outbox):
+    ev = Evaluator(open_outbox())
+    other = Condition("leak", {"device": "cdu-2", "rack": "r01"}, True, None, "leak", "critical")
+    grouped = alertmanager_payload(ev.step(0, [LEAK, other]), site="demo", receiver="am")
+    assert grouped["commonLabels"] == {
+        "alertname": "leak", "severity": "critical", "site": "demo", "rack": "r01"
+    }  # fmt: skip
+    assert grouped["commonAnnotations"] == {}
+    assert [a["annotations"] for a in grouped["alerts"]][1] == {"summary": "leak"}  # null value
+
+
+# ---------------------------------------------------------------- outbox delivery
+
+
+def test_receiver_down_then_up_gets_each_notification_once_in_order(open_outbox, receiver):
+    p = pipeline(open_outbox, [webhook(receiver)])
+    flow = Condition("flow_low", {"loop": "L1"}, True, 80.0, "low flow", "warning")
+    now = time.time()
+    p.evaluator.step(now, [LEAK])
+    p.evaluator.step(now + 1, [LEAK, flow])
+    p.evaluator.step(now + 2, [flow])
+    keys = [r.idempotency_key for r in p.outbox.pending()]
+    for _ in range(3):  # port closed: connection refused, three times
+        asyncio.run(p.outbox.deliver_due())
+        time.sleep(FAST.cap_s + 0.01)
+    assert [r.attempts for r in p.outbox.pending()] == [3, 0, 0]  # the head blocks its queue
+    assert p.outbox.backlog() == 3 and p.outbox.oldest_age_s() > 0
+    receiver.start()
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    time.sleep(0.1)  # nothing more arrives
+    got = [(r.json["rule"], r.json["status"]) for r in receiver.requests]
+    assert got == [("leak", "firing"), ("flow_low", "firing"), ("leak", "resolved")]
+    assert [r.headers["idempotency-key"] for r in receiver.requests] == keys
+    assert p.outbox.oldest_age_s() == 0.0 and p.outbox.dead_letters() == []
+
+
+def test_500_then_200_is_retried_with_the_same_key(open_outbox, receiver):
+    receiver.answers = [(500, {}), (503, {})]
+    p = pipeline(open_outbox, [webhook(receiver.start())])
+    p.evaluator.step(time.time(), [LEAK])
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    assert len(receiver.requests) == 3
+    assert len({r.headers["idempotency-key"] for r in receiver.requests}) == 1
+    assert len({r.body for r in receiver.requests}) == 1
+
+
+def test_429_retry_after_is_honoured(open_outbox, receiver):
+    receiver.answers = [(429, {"Retry-After": "30"})]
+    p = pipeline(open_outbox, [webhook(receiver.start())])
+    p.evaluator.step(time.time(), [LEAK])
+    before = time.time()
+    assert asyncio.run(p.outbox.deliver_due()) == 0
+    [row] = p.outbox.pending()
+    assert (row.attempts, row.last_error) == (1, "http_429")
+    assert row.next_attempt_at >= before + 30
+    assert asyncio.run(p.outbox.deliver_due(now=before + 31)) == 1
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("120", 0) == 120
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470) == 10
+    assert parse_retry_after("soon", 0) is None
+    assert parse_retry_after(None, 0) is None
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped():
+    policy, rng = RetryPolicy(base_s=1, cap_s=300), random.Random(7)
+    for attempts, ceiling in [(1, 1), (2, 2), (5, 16), (9, 256), (10, 300), (5000, 300)]:
+        delays = [policy.delay_s(attempts, rng, None) for _ in range(200)]
+        assert 0 <= min(delays) and max(delays) <= ceiling
+        assert max(delays) > ceiling / 2  # spread over the whole range, not a fixed value
+    assert policy.delay_s(1, rng, retry_after_s=60) == 60
+    assert policy.delay_s(1, rng, retry_after_s=10**6) == 3600
+
+
+def test_400_is_dead_lettered_once_and_the_queue_moves_on(open_outbox, receiver):
+    receiver.answers = [(400, {})]
+    p = pipeline(open_outbox, [webhook(receiver.start())])
+    now = time.time()
+    p.evaluator.step(now, [LEAK])
+    p.evaluator.step(now + 1, [])
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    time.sleep(0.1)
+    assert [r.json["status"] for r in receiver.requests] == ["firing", "resolved"]
+    [dead] = p.outbox.dead_letters()
+    assert (dead.attempts, dead.last_error, json.loads(dead.body)["status"]) == (
+        1, "http_400", "firing",
+    )  # fmt: skip
+
+
+def test_restart_sends_no_duplicate_and_delivers_the_backlog(open_outbox, receiver):
+    hooks = [webhook(receiver)]
+    first = pipeline(open_outbox, hooks)
+    now = time.time()
+    pue = Condition("pue_high", {}, True, for_s=600)
+    first.evaluator.step(now, [LEAK])  # firing queued, receiver down
+    first.evaluator.step(now, [pue])  # leak resolved, pue_high pending
+    first.evaluator.step(now + 1, [LEAK, pue])
+    first.outbox.close()  # the process dies: leak firing again, pue_high pending
+
+    second = pipeline(open_outbox, hooks)
+    assert [(a.rule, a.state) for a in second.evaluator.active_alerts()] == [
+        ("pue_high", "pending"), ("leak", "firing"),
+    ]  # fmt: skip
+    assert second.evaluator.step(now + 2, [LEAK, pue]) == []
+    assert kinds(second.evaluator.step(now + 3, [])) == ["resolved"]  # cleared while down
+    receiver.start()
+    deliver_until(second.outbox, lambda: second.outbox.backlog() == 0)
+    time.sleep(0.1)
+    got = [r.json["status"] for r in receiver.requests]
+    assert got == ["firing", "resolved", "firing", "resolved"]
+    assert len({r.headers["idempotency-key"] for r in receiver.requests}) == 4
+
+
+def test_two_workers_never_send_the_same_row_twice(open_outbox, receiver):
+    receiver.delay_s = 0.2
+    hooks = [webhook(receiver.start())]
+    p = pipeline(open_outbox, hooks)
+    now = time.time()
+    p.evaluator.step(now, [LEAK])
+    p.evaluator.step(now + 1, [])
+    other_process = open_outbox(hooks)
+
+    async def race() -> list[int]:
+        workers = [p.outbox.deliver_due(), other_process.deliver_due(), p.outbox.deliver_due()]
+        return await asyncio.gather(*workers)
+
+    assert sum(asyncio.run(race())) == 2
+    assert [r.json["status"] for r in receiver.requests] == ["firing", "resolved"]
+
+
+def test_webhooks_are_independent_queues(open_outbox, receiver):
+    down = Receiver()  # never started
+    hooks = [webhook(receiver.start()), webhook(down, name="backup", url=down.url())]
+    p = pipeline(open_outbox, hooks)
+    p.evaluator.step(time.time(), [LEAK])
+    deliver_until(p.outbox, lambda: len(receiver.requests) == 1)
+    assert [r.webhook for r in p.outbox.pending()] == ["backup"]
+
+
+def test_rows_of_a_removed_webhook_become_dead_letters(open_outbox, receiver):
+    pipeline(open_outbox, [webhook(receiver)]).evaluator.step(time.time(), [LEAK])
+    outbox = open_outbox([])
+    assert asyncio.run(outbox.deliver_due()) == 0
+    assert [d.last_error for d in outbox.dead_letters()] == ["webhook_not_configured"]
+
+
+def test_duplicate_webhook_names_are_refused(open_outbox, receiver):
+    with pytest.raises(ValueError, match="used twice"):
+        open_outbox([webhook(receiver), webhook(receiver)])
+
+
+def test_logs_name_the_host_and_never_a_secret(open_outbox, receiver, caplog):
+    caplog.set_level(logging.DEBUG, logger="alerts")
+    token = "tok-in-query-8c1f"
+    hook = webhook(receiver, url=receiver.url(f"/hook?token={token}"))
+    p = pipeline(open_outbox, [hook])
+    p.evaluator.step(time.time(), [LEAK])
+    asyncio.run(p.outbox.deliver_due())  # refused: retry logged
+    receiver.answers = [(403, {})]
+    receiver.start()
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    assert receiver.requests[0].path.endswith(token)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("alerts")]
+    assert any("event=alert_delivery_retry" in m and "host=127.0.0.1" in m for m in lines)
+    assert any("event=alert_dead_letter" in m and "error=http_403" in m for m in lines)
+    assert not [m for m in lines if token in m or SECRET in m or "/hook" in m]
