@@ -1,0 +1,50 @@
+"""Collectors: one module per protocol, each turning one device's profile into Readings.
+
+Collectors are read-only: no Modbus write function code, SNMP SET or OPC-UA Write is ever sent.
+They import aidc (config, metrics) and the profiles, never models or dashboards.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from aidc.metrics import Reading
+from collectors.profiles import load_profile
+
+
+class DeviceUnreachable(Exception):
+    """The device did not answer (connect refused, timeout, transport error)."""
+
+
+class Collector(ABC):
+    """Reads one device once per call to :meth:`read`."""
+
+    def __init__(self, device: Any, profile: Any, timeout_s: float):
+        self.device, self.profile, self.timeout_s = device, profile, timeout_s
+
+    @abstractmethod
+    async def read(self) -> list[Reading]:
+        """One reading per profile point, each with its quality; raise DeviceUnreachable
+        when the device cannot be reached at all. A point the device rejects gives a
+        Reading with quality bad, never an exception for the whole device."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the next read() reconnects."""
+
+
+def make_collector(device: Any, timeout_s: float) -> Collector:
+    """The collector for ``device`` (an aidc.config device) by its protocol."""
+    profile = load_profile(device.profile)
+    if profile.protocol != device.protocol:
+        raise ValueError(
+            f"device {device.id}: profile {device.profile} is for {profile.protocol}, "
+            f"not {device.protocol}"
+        )
+    if device.protocol == "modbus":
+        from collectors.modbus import ModbusCollector as cls
+    elif device.protocol == "snmp":
+        from collectors.snmp import SnmpCollector as cls
+    else:
+        from collectors.opcua import OpcuaCollector as cls
+    return cls(device, profile, timeout_s)
