@@ -1,0 +1,224 @@
+"""Shared fixtures: real servers on 127.0.0.1, never mocks of our own boundaries.
+
+A required server or browser that is missing FAILS the test (never skips): `make test`
+installs them (tests/system-deps.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aidc.net import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} not found: install the Debian package '{package}' (make system-deps)")
+    return path
+
+
+# ---------------------------------------------------------------- browser (dash[testing])
+
+
+def pytest_setup_options():
+    from selenium.webdriver.chrome.options import Options
+
+    require("chromium", "chromium")
+    require("chromedriver", "chromium-driver")
+    options = Options()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"):
+        options.add_argument(arg)
+    return options
+
+
+# ---------------------------------------------------------------- InfluxDB (Debian influxdb 1.x)
+
+INFLUXD_CONF = """
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{dir}/meta"
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[subscriber]
+  enabled = false
+"""
+
+
+class Influxd:
+    def __init__(self, tmp: Path):
+        self.binary = require("influxd", "influxdb")
+        self.dir, self.port = tmp, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        conf = tmp / "influxdb.conf"
+        conf.write_text(INFLUXD_CONF.format(dir=tmp, rpc_port=free_port(), http_port=self.port))
+        self.conf = conf
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.dir / "influxd.log", "ab") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen([self.binary, "-config", str(self.conf)],
+                                         stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 204:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"influxd did not answer /ping: {(self.dir / 'influxd.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def influxd(tmp_path_factory):
+    server = Influxd(tmp_path_factory.mktemp("influxd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------- webhook receiver
+
+
+class Receiver:
+    """A real HTTP receiver on 127.0.0.1 that records every webhook it gets."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.status = 200
+        received = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body,
+                     "json": json.loads(body) if body else None, "at": time.time()}
+                )
+                self.send_response(received.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def bodies(self) -> list[dict]:
+        return [r["json"] for r in self.requests]
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+# ---------------------------------------------------------------- a live simulated site
+
+
+class LiveSite:
+    """Simulators + runtime of the demo site on free ports, on an event loop in a thread."""
+
+    def __init__(self, site, data_dir: Path):
+        import asyncio
+
+        from simulators.site import SimulatedSite
+
+        self.site, self.data_dir = site, data_dir
+        self.loop = asyncio.new_event_loop()
+        self.simulated = SimulatedSite(site)
+        self.runtime = None  # made in the loop's thread: it owns SQLite handles
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    def _run(self):
+        import asyncio
+
+        from aidc.runtime import Runtime
+
+        asyncio.set_event_loop(self.loop)
+
+        async def main():
+            self.runtime = Runtime(self.site, self.data_dir)
+            await self.simulated.start()
+            self._ready.set()
+            try:
+                await self.runtime.run(self._stop)
+            finally:
+                await self.simulated.stop()
+
+        self.loop.run_until_complete(main())
+
+    def start(self, ticks: int = 2, timeout_s: float = 30):
+        self._thread.start()
+        deadline = time.time() + timeout_s
+        while not (self.runtime and self.runtime.ticks >= ticks and self.runtime.status
+                   and self.runtime.status.pue):
+            if time.time() > deadline or not self._thread.is_alive():
+                pytest.fail("the simulated site did not produce a PUE in time")
+            time.sleep(0.1)
+
+    def call(self, coro, timeout_s: float = 10):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=15)
+
+
+@pytest.fixture
+def live_site(tmp_path):
+    from aidc.config import Defaults, Model, load_site
+    from simulators.site import on_free_ports
+
+    site = on_free_ports(load_site(ROOT / "site_configs" / "demo.yaml")).model_copy(
+        update={"defaults": Defaults(poll_s=0.5, timeout_s=0.4), "model": Model(tick_s=0.5)}
+    )
+    live = LiveSite(site, tmp_path / "data")
+    live.start()
+    yield live
+    live.stop()

@@ -1,0 +1,144 @@
+"""Both store backends against the same expectations; InfluxDB is a real influxd."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aidc.config import Store as StoreConfig
+from aidc.metrics import Quality, Sample
+from aidc.net import free_port
+from aidc.store.influx import InfluxStore, to_line_protocol
+from aidc.store.spool import SpooledWriter
+from aidc.store.sqlite import SqliteStore
+from tests.conftest import Influxd
+
+T0 = float(int(time.time()) // 10 * 10 - 3600)  # an hour ago (inside retention), on a 10 s edge
+CDU = {"site": "s", "device": "cdu-1"}
+CDU2 = {"site": "s", "device": "cdu-2"}
+
+
+def samples() -> list[Sample]:
+    return [
+        Sample("cdu", CDU, "supply_temp_c", 40.0, T0),
+        Sample("cdu", CDU, "supply_temp_c", 42.0, T0 + 4),
+        Sample("cdu", CDU, "supply_temp_c", None, T0 + 8, Quality.BAD),  # sensor fault
+        Sample("cdu", CDU, "supply_temp_c", 99.5, T0 + 9, Quality.OUT_OF_RANGE),
+        Sample("cdu", CDU, "supply_temp_c", 44.0, T0 + 12),
+        Sample("cdu", CDU2, "supply_temp_c", 30.0, T0 + 1),
+        Sample("rack", {"site": "s", "room": "hall 1,west", "rack": "A=1"}, "power_kw", 80.5, T0),
+    ]
+
+
+@pytest.fixture(params=["sqlite", "influxdb"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "aidc.sqlite")
+    else:
+        influxd = request.getfixturevalue("influxd")
+        s = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database=f"t{free_port()}"))
+    yield s
+    s.close()
+
+
+def by_device(series):
+    return {s.tags.get("device", s.tags.get("rack")): s.points for s in series}
+
+
+def test_history_holds_only_good_values(store):
+    store.write(samples())
+    got = by_device(store.history("cdu", "supply_temp_c", T0 - 1, T0 + 60))
+    assert got == {"cdu-1": [(T0, 40.0), (T0 + 4, 42.0), (T0 + 12, 44.0)], "cdu-2": [(T0 + 1, 30.0)]}
+
+
+def test_history_filters_by_tag_and_time(store):
+    store.write(samples())
+    got = store.history("cdu", "supply_temp_c", T0 + 2, T0 + 60, where={"device": "cdu-1"})
+    assert by_device(got) == {"cdu-1": [(T0 + 4, 42.0), (T0 + 12, 44.0)]}
+
+
+def test_window_means(store):
+    store.write(samples())
+    got = store.history("cdu", "supply_temp_c", T0, T0 + 19.999, where={"device": "cdu-1"}, every_s=10)
+    # window [T0, T0+10): mean(40, 42) = 41 (the bad and out-of-range samples are not averaged in)
+    # window [T0+10, T0+20): 44
+    assert by_device(got) == {"cdu-1": [(T0, 41.0), (T0 + 10, 44.0)]}
+
+
+def test_tags_with_spaces_commas_and_equals_round_trip(store):
+    store.write(samples())
+    (series,) = store.history("rack", "power_kw", T0 - 1, T0 + 1)
+    assert series.tags == {"site": "s", "room": "hall 1,west", "rack": "A=1"}
+    assert series.points == [(T0, 80.5)]
+
+
+def test_line_protocol_marks_quality_instead_of_hiding_it():
+    lines = to_line_protocol(samples()[2:4]).splitlines()
+    ms = int(T0 * 1000)
+    assert lines == [
+        f'cdu,device=cdu-1,site=s supply_temp_c_quality="bad" {ms + 8000}',
+        f'cdu,device=cdu-1,site=s supply_temp_c_quality="out_of_range",supply_temp_c_raw=99.5 {ms + 9000}',
+    ]
+
+
+def test_influx_version_is_detected(influxd):
+    s = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database="ver"))
+    s.write(samples()[:1])
+    assert s.version.startswith("1.6")
+
+
+def test_spool_keeps_everything_through_an_influxdb_outage_and_replays_in_order(tmp_path):
+    (tmp_path / "influxd").mkdir()
+    server = Influxd(tmp_path / "influxd")  # configured, not started: the store is down
+    store = InfluxStore(StoreConfig(backend="influxdb", url=server.url, database="outage"), timeout_s=1)
+    writer = SpooledWriter(store, tmp_path / "spool.sqlite")
+    batches = [
+        [Sample("pdu", {"device": "pdu-1"}, "power_kw", float(i), T0 + i)] for i in range(50)
+    ]
+    for b in batches[:30]:
+        writer.write(b)
+    assert not writer.store_up
+    assert writer.spooled_samples() == 30
+    server.start()
+    try:
+        for b in batches[30:]:
+            writer.write(b)
+        assert writer.store_up and writer.spooled_samples() == 0 and writer.dropped_samples == 0
+        (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 100)
+        assert series.points == [(T0 + i, float(i)) for i in range(50)]
+    finally:
+        server.stop()
+        writer.close()
+
+
+def test_spool_bound_drops_oldest_and_counts_them(tmp_path):
+    down = InfluxStore(StoreConfig(backend="influxdb", url=f"http://127.0.0.1:{free_port()}"), timeout_s=0.5)
+    writer = SpooledWriter(down, tmp_path / "spool.sqlite", max_samples=10)
+    for i in range(4):
+        writer.write([Sample("pdu", {"device": "p"}, "power_kw", float(j), T0 + 4 * i + j) for j in range(4)])
+    # 16 samples offered, bound 10: the two oldest batches (8 samples) are dropped
+    assert writer.spooled_samples() == 8
+    assert writer.dropped_samples == 8
+    writer.close()
+
+
+def test_sqlite_store_survives_reopen(tmp_path):
+    s = SqliteStore(tmp_path / "a.sqlite")
+    s.write(samples())
+    s.close()
+    s = SqliteStore(tmp_path / "a.sqlite")
+    s.write([Sample("cdu", CDU, "supply_temp_c", 46.0, T0 + 14)])
+    got = by_device(s.history("cdu", "supply_temp_c", T0 - 1, T0 + 60, where={"device": "cdu-1"}))
+    assert got["cdu-1"][-1] == (T0 + 14, 46.0)
+    assert s.count() == 8
+    s.close()
+
+
+def test_sqlite_retention_deletes_old_samples(tmp_path):
+    s = SqliteStore(tmp_path / "r.sqlite", retention_days=1)
+    now = time.time()
+    s.write([Sample("pdu", {"device": "p"}, "power_kw", 1.0, now - 2 * 86400),
+             Sample("pdu", {"device": "p"}, "power_kw", 2.0, now)])
+    assert by_device(s.history("pdu", "power_kw", 0, now + 1)) == {"p": [(now, 2.0)]}
+    s.close()
