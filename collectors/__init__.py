@@ -29,7 +29,7 @@ class Collector(ABC):
         when the device cannot be reached at all. A point the device rejects gives a
         Reading with quality bad, never an exception for the whole device."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release connections; the next read() reconnects."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -73,7 +73,7 @@ class OpcuaProfile(_Profile):
 
 
 Profile = Annotated[
-    Union[ModbusProfile, SnmpProfile, OpcuaProfile], Field(discriminator="protocol")
+    ModbusProfile | SnmpProfile | OpcuaProfile, Field(discriminator="protocol")
 ]
 _adapter: TypeAdapter[Profile] = TypeAdapter(Profile)
 
