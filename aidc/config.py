@@ -196,6 +196,7 @@ class Model(Strict):
 class Defaults(Strict):
     poll_s: float = Field(5, gt=0)
     timeout_s: float = Field(2, gt=0)
+    backoff_max_s: float = Field(30, gt=0)  # longest wait between polls of a dead device
 
 
 class Site(Strict):

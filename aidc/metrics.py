@@ -44,6 +44,18 @@ class Reading:
     value: float | None
     quality: Quality = Quality.GOOD
     raw: object = field(default=None, compare=False)  # register words / SNMP value, for probe
+    labels: dict[str, str] = field(default_factory=dict)  # a table row: {"phase": "2"}
+
+    @property
+    def key(self) -> str:
+        """The metric with its row labels, unique within one device: ``current_a{phase=2}``."""
+        return series_key(self.metric, self.labels)
+
+
+def series_key(metric: str, labels: dict[str, str]) -> str:
+    if not labels:
+        return metric
+    return metric + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
 
 
 def check_limits(value: float | None, low: float | None, high: float | None) -> Quality:
@@ -70,6 +82,7 @@ class DeviceHealth:
     polls_total: int = 0
     errors_total: int = 0
     last_poll_ms: float = 0.0
+    retry_in_s: float = 0.0  # the current wait before the next poll (grows while down)
 
     def ok(self, now: float, poll_ms: float) -> None:
         if self.state != "up":
@@ -77,6 +90,7 @@ class DeviceHealth:
         self.last_ok, self.failures, self.error = now, 0, ""
         self.polls_total += 1
         self.last_poll_ms = poll_ms
+        self.retry_in_s = self.poll_s
 
     def fail(self, now: float, error: str) -> None:
         if self.state != "down":
@@ -85,3 +99,11 @@ class DeviceHealth:
         self.error = error
         self.polls_total += 1
         self.errors_total += 1
+
+
+def backoff_s(poll_s: float, failures: int, grace: int, cap_s: float) -> float:
+    """Wait before the next poll: the poll interval until ``grace`` polls failed in a row
+    (the unreachable alert needs them), then doubling per failure up to ``cap_s``."""
+    if failures < grace:
+        return poll_s
+    return min(poll_s * 2 ** (failures - grace + 1), max(cap_s, poll_s))

@@ -68,3 +68,11 @@ def test_console_script_gives_one_line_not_a_traceback(tmp_path):
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert "rooms: List should have at least 1 item" in run.stderr
+
+
+def test_backoff_waits_for_the_alert_then_doubles_to_its_cap():
+    from aidc.metrics import backoff_s
+
+    # poll 2 s, alert after 3 failures, cap 30 s: 2, 2, 2 (failures 0-2), then 4, 8, 16, 30, 30
+    assert [backoff_s(2, f, 3, 30) for f in range(8)] == [2, 2, 2, 4, 8, 16, 30, 30]
+    assert backoff_s(60, 5, 3, 30) == 60  # never faster than the poll interval

@@ -29,17 +29,29 @@ class _Point(BaseModel):
     max: float | None = None
 
 
+class Rows(BaseModel):
+    """A point repeated once per row of a table: rows are labelled ``label=1..count``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    label: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # e.g. phase, outlet, module
+    count: int = Field(ge=1, le=1024)  # Modbus: rows in the map; SNMP: the most rows walked
+    stride: int = Field(0, ge=0)  # Modbus only: registers from one row to the next
+
+
 class ModbusPoint(_Point):
     table: Literal["holding", "input", "coil", "discrete"] = "input"
     address: int = Field(ge=0, le=65535)  # zero-based protocol address (40001 -> holding 0)
     type: Literal["int16", "uint16", "int32", "uint32", "float32", "float64", "bool"] = "uint16"
     byte_order: ByteOrder | None = None  # overrides the profile's byte_order
     bit: int | None = Field(None, ge=0, le=15)  # a single bit of a 16-bit register
+    rows: Rows | None = None  # row r (1-based) is at address + (r - 1) x stride
 
 
 class SnmpPoint(_Point):
     oid: str | list[str]  # several OIDs are combined with `reduce` (e.g. three output lines)
     reduce: Literal["sum", "mean", "max"] = "sum"
+    rows: Rows | None = None  # oid is a table column: walked with GETBULK, row index -> label
+    counter_bits: Literal[32, 64] | None = None  # a wrapping counter (energy): wrap handled
 
 
 class OpcuaPoint(_Point):

@@ -1,0 +1,105 @@
+"""The query surface every user-facing part reads through: Dash, REST and the CLI.
+
+It reads the runtime's latest status (an immutable snapshot swapped in each model tick)
+and the store's history; it never talks to devices.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from aidc.runtime import Runtime
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class SiteAPI:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    @property
+    def site_name(self) -> str:
+        return self.runtime.site.site
+
+    def site(self) -> dict[str, Any]:
+        s = self.runtime.status
+        return {
+            "site": self.site_name,
+            "pue": s.pue if s else None,
+            "pue_category": s.pue_category if s else None,
+            "pue_target": self.runtime.site.model.pue_target,
+            "it_kw": s.it_kw if s else None,
+            "facility_kw": s.facility_kw if s else None,
+            "cooling_kw": s.cooling_kw if s else None,
+            "updated_at": iso(s.updated_at) if s else None,
+            "missing": s.missing if s else [],
+        }
+
+    def racks(self) -> list[dict[str, Any]]:
+        s = self.runtime.status
+        return [asdict(r) for r in s.racks] if s else []
+
+    def devices(self) -> list[dict[str, Any]]:
+        out = []
+        for h in self.runtime.health.values():
+            d = asdict(h)
+            d["last_ok"], d["since"] = iso(h.last_ok), iso(h.since)
+            out.append(d)
+        return out
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return [
+            {**asdict(a), "starts_at": iso(a.starts_at or a.active_since), "state": str(a.state)}
+            for a in self.runtime.evaluator.active_alerts()
+        ]
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the model ticks; device outages are reported, not unhealthy."""
+        rt, now = self.runtime, time.time()
+        tick_age = now - rt.status.updated_at if rt.status else now - rt.started_at
+        ok = tick_age < 3 * rt.site.model.tick_s + 5
+        return ok, {
+            "status": "ok" if ok else "stalled",
+            "last_tick_age_s": round(tick_age, 2),
+            "devices_up": sum(h.state == "up" for h in rt.health.values()),
+            "devices_total": len(rt.health),
+            "store_up": rt.writer.store_up,
+        }
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of aidc's own health."""
+        rt = self.runtime
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+        hs = list(rt.health.values())
+        metric("aidc_polls_total", "counter", "Polls attempted per device.",
+               [(f'{{device="{h.id}"}}', h.polls_total) for h in hs])
+        metric("aidc_poll_errors_total", "counter", "Polls that failed per device.",
+               [(f'{{device="{h.id}"}}', h.errors_total) for h in hs])
+        metric("aidc_device_up", "gauge", "1 when the last poll succeeded.",
+               [(f'{{device="{h.id}"}}', float(h.state == "up")) for h in hs])
+        metric("aidc_poll_duration_ms", "gauge", "Duration of the last good poll.",
+               [(f'{{device="{h.id}"}}', h.last_poll_ms) for h in hs])
+        metric("aidc_poll_backoff_seconds", "gauge", "Wait before the next poll (grows while down).",
+               [(f'{{device="{h.id}"}}', h.retry_in_s) for h in hs])
+        metric("aidc_spool_samples", "gauge", "Samples waiting on disk for the store.",
+               [("", rt.writer.spooled_samples())])
+        metric("aidc_spool_dropped_samples_total", "counter", "Samples dropped past the spool bound.",
+               [("", rt.writer.dropped_samples)])
+        metric("aidc_store_up", "gauge", "1 when the last store write succeeded.",
+               [("", float(rt.writer.store_up))])
+        metric("aidc_model_ticks_total", "counter", "Model ticks run.", [("", rt.ticks)])
+        metric("aidc_model_tick_ms", "gauge", "Duration of the last model tick.", [("", rt.last_tick_ms)])
+        metric("aidc_notifier_backlog", "gauge", "Notifications waiting for delivery.",
+               [("", rt.notifier_backlog)])
+        return "\n".join(lines) + "\n"

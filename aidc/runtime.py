@@ -1,0 +1,158 @@
+"""The running system: poll loops, batched writes, the model tick, alerts and notifications.
+
+Every device has its own asyncio task, interval and timeout, so a dead or slow device never
+delays another. Samples go to the in-memory latest view at once and to the store in batches
+through the disk spool. Every model tick turns the latest good samples into derived values,
+writes them back to the store and evaluates the alert rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from aidc.config import Site
+from aidc.derive import SiteModel, SiteStatus
+from aidc.metrics import DeviceHealth, Quality, Sample, backoff_s
+from aidc.store import Store, open_store
+from aidc.store.spool import SpooledWriter
+from aidc.topology import Topology
+from alerts.evaluate import Evaluator
+from alerts.notify import Notifier
+from alerts.outbox import Outbox
+from alerts.rules import builtin_conditions
+from collectors import DeviceUnreachable, make_collector
+
+log = logging.getLogger("aidc.runtime")
+
+
+class Runtime:
+    def __init__(self, site: Site, data_dir: Path, store: Store | None = None):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.site, self.data_dir = site, data_dir
+        self.topology = Topology(site)
+        self.store = store or open_store(site.store, data_dir)
+        self.writer = SpooledWriter(self.store, data_dir / "spool.sqlite")
+        self.latest: dict[tuple[str, str], Sample] = {}  # (device, Reading.key) -> newest
+        self.health = {
+            d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
+        }
+        self.model = SiteModel(site)
+        self.status: SiteStatus | None = None
+        self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
+        self.notifier = Notifier(site.site, site.alerts.webhooks, self.outbox)
+        self.evaluator = Evaluator(
+            self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify
+        )
+        self.notifier_backlog = 0  # read by /metrics from the web thread
+        self.started_at = time.time()
+        self.ticks = 0
+        self.last_tick_ms = 0.0
+        self._pending: list[Sample] = []
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then flush what is pending and close cleanly."""
+        tasks = [asyncio.create_task(self._poll(d), name=f"poll-{d.id}") for d in self.site.devices]
+        tasks += [
+            asyncio.create_task(self._flush_forever(), name="writer"),
+            asyncio.create_task(self._tick_forever(), name="model"),
+            asyncio.create_task(self.outbox.deliver_forever(stop), name="notifier"),
+        ]
+        log.info("event=runtime_started site=%s devices=%d", self.site.site, len(self.site.devices))
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(self._flush)
+            self.writer.close()
+            self.store.close()
+            self.outbox.close()
+            log.info("event=runtime_stopped")
+
+    async def _poll(self, device) -> None:
+        collector = make_collector(device, self.site.timeout_s(device))
+        health = self.health[device.id]
+        tags = self.topology.device_tags[device.id]
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        # a collector respects its own timeout; this deadline only guards against a bug
+        deadline_s = max(self.site.timeout_s(device) * 3, 1.0)
+        try:
+            while True:
+                started, now = loop.time(), time.time()
+                try:
+                    readings = await asyncio.wait_for(collector.read(), deadline_s)
+                except (DeviceUnreachable, TimeoutError) as e:
+                    self._device_failed(device, health, now, str(e) or type(e).__name__)
+                    await collector.close()
+                except Exception as e:  # a bug: keep polling the others, log the traceback
+                    log.exception("event=poll_error device=%s", device.id)
+                    self._device_failed(device, health, now, f"internal error: {e!r}")
+                    await collector.close()
+                else:
+                    health.ok(now, (loop.time() - started) * 1000)
+                    for r in readings:
+                        s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
+                                   r.value, now, r.quality)
+                        self.latest[(device.id, r.key)] = s
+                        self._pending.append(s)
+                health.retry_in_s = backoff_s(health.poll_s, health.failures,
+                                              self.site.alerts.unreachable_intervals,
+                                              self.site.defaults.backoff_max_s)
+                next_at += health.retry_in_s
+                if next_at < loop.time():  # missed ticks are skipped, not bunched
+                    next_at = loop.time() + health.retry_in_s
+                await asyncio.sleep(next_at - loop.time())
+        finally:
+            await collector.close()
+
+    def _device_failed(self, device, health: DeviceHealth, now: float, error: str) -> None:
+        if health.state != "down":
+            log.warning("event=device_unreachable device=%s error=%r", device.id, error)
+        health.fail(now, error)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self.writer.write(batch)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.site.store.flush_s)
+            await asyncio.to_thread(self._flush)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.site.model.tick_s)
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("event=model_tick_error")
+
+    # ------------------------------------------------------------------ the model tick
+
+    def fresh_latest(self, now: float) -> dict[tuple[str, str], Sample]:
+        """Latest samples with those not refreshed in 2.5 poll intervals marked stale."""
+        out = {}
+        for key, s in self.latest.items():
+            if s.quality is Quality.GOOD and now - s.ts > 2.5 * self.health[key[0]].poll_s:
+                s = Sample(s.measurement, s.tags, s.field, s.value, s.ts, Quality.STALE)
+            out[key] = s
+        return out
+
+    def tick(self, now: float) -> SiteStatus:
+        t0 = time.perf_counter()
+        status = self.model.evaluate(self.fresh_latest(now), now)
+        self.status = status
+        self._pending.extend(self.model.derived_samples(status))
+        conditions = builtin_conditions(self.site, self.health.values(), status, now)
+        self.evaluator.step(now, conditions)  # notifications commit with the state change
+        self.notifier_backlog = self.outbox.backlog()
+        self.ticks += 1
+        self.last_tick_ms = (time.perf_counter() - t0) * 1000
+        return status
