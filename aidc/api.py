@@ -6,12 +6,28 @@ and the store's history; it never talks to devices.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
+from aidc.derive import RackStatus, what_if
 from aidc.runtime import Runtime
+
+
+def by_limit_json(values: dict[str, float | None], key: str, infinite: str) -> dict[str, Any]:
+    """Limits as JSON can carry them: finite values, and the names of the unknown ones and
+    of those that set no bound (+inf), which JSON numbers cannot express."""
+    return {
+        key: {k: v for k, v in values.items() if v is not None and math.isfinite(v)},
+        "unknown": [k for k, v in values.items() if v is None],
+        infinite: [k for k, v in values.items() if v is not None and not math.isfinite(v)],
+    }
+
+
+def rack_json(rack: RackStatus) -> dict[str, Any]:
+    return asdict(rack) | by_limit_json(rack.limits_kw, "limits_kw", "not_applicable")
 
 
 def iso(ts: float | None) -> str | None:
@@ -36,13 +52,55 @@ class SiteAPI:
             "it_kw": s.it_kw if s else None,
             "facility_kw": s.facility_kw if s else None,
             "cooling_kw": s.cooling_kw if s else None,
+            "cooling_ppue": s.cooling_ppue if s else None,
+            "power_ppue": s.power_ppue if s else None,
+            "conversion_loss_kw": s.conversion_loss_kw if s else None,
+            "measured_share": s.measured_share if s else None,
             "updated_at": iso(s.updated_at) if s else None,
             "missing": s.missing if s else [],
         }
 
     def racks(self) -> list[dict[str, Any]]:
         s = self.runtime.status
-        return [asdict(r) for r in s.racks] if s else []
+        return [rack_json(r) for r in s.racks] if s else []
+
+    def rack_headroom(self, rack_id: str) -> dict[str, Any] | None:
+        """One rack, every limit with its value, and the shared pools it draws on."""
+        s = self.runtime.status
+        rack = next((r for r in s.racks if r.id == rack_id), None) if s else None
+        if rack is None:
+            return None
+        return rack_json(rack) | {"pools": [asdict(p) for p in s.pools if rack_id in p.racks]}
+
+    def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:
+        """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool: the
+        per-rack figures of a shared pool must not be added up."""
+        s = self.runtime.status
+        racks = [
+            r for r in (s.racks if s else [])
+            if (row is None or r.row == row)
+            and (min_kw is None or (r.headroom_kw is not None and r.headroom_kw >= min_kw))
+        ]
+        return {"racks": [rack_json(r) for r in racks],
+                "pools": [asdict(p) for p in s.pools] if s else [],
+                "updated_at": iso(s.updated_at) if s else None}
+
+    def what_if(self, row: str, racks: int, kw: float, capture: float = 0.85,
+                feed_kw: float | None = None, air_kw: float | None = None) -> dict[str, Any]:
+        s = self.runtime.status
+        if s is None:
+            raise ValueError("no model result yet: wait for the first model tick")
+        w = what_if(self.runtime.model, s, row, racks, kw, capture, feed_kw, air_kw)
+        return asdict(w) | by_limit_json(w.racks_fit_by_limit, "racks_fit_by_limit", "unlimited")
+
+    def backup(self) -> list[dict[str, Any]]:
+        s = self.runtime.status
+        return [asdict(b) for b in s.backup] if s else []
+
+    def acknowledge(self, fingerprint: str, by: str) -> dict[str, Any]:
+        """Acknowledge an active alert (runs on the runtime's loop, which owns the state)."""
+        alert = self.runtime.call_soon(self.runtime.evaluator.acknowledge, fingerprint, by)
+        return {**asdict(alert), "starts_at": iso(alert.starts_at or alert.active_since)}
 
     def devices(self) -> list[dict[str, Any]]:
         out = []

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from aidc.config import ConfigError, Site, Webhook, load_site
@@ -74,10 +76,15 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
         simulated = SimulatedSite(site)
         await simulated.start()
     runtime = Runtime(site, data_dir)
-    web = WebServer(SiteAPI(runtime), host, web_port)
+    token = site.web.api_token.get_secret_value() if site.web.api_token else None
+    if token is None and simulate:
+        token = _demo_token(data_dir)
+    web = WebServer(SiteAPI(runtime), host, web_port, token)
     web.start()
     print(f"aidc {'demo ' if simulate else ''}running: {web.url}  (API: {web.url}api/v1/site)"
           "  Ctrl-C stops.", flush=True)
+    if token and simulate and not site.web.api_token:
+        print(f"write actions (alert ack) take the bearer token in {data_dir / 'api-token'}")
     try:
         await runtime.run(stop)
     finally:
@@ -85,6 +92,18 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
         if simulated:
             await simulated.stop()
         print("aidc stopped.", flush=True)
+
+
+def _demo_token(data_dir: Path) -> str:
+    """A random token for the demo's write actions, kept in a file only its owner reads."""
+    import secrets
+
+    path = data_dir / "api-token"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -106,6 +125,101 @@ def cmd_demo(args: argparse.Namespace) -> int:
         site = site.model_copy(update={"alerts": site.alerts.model_copy(update={"webhooks": hooks})})
     asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate=True))
     return 0
+
+
+def _store_status(args: argparse.Namespace):
+    from aidc.snapshot import NoRecentData, status_from_store
+    from aidc.store import StoreUnavailable, open_store
+
+    site = _load(args.site)
+    store = open_store(site.store, Path(args.data_dir))
+    try:
+        return status_from_store(site, store)
+    except (NoRecentData, StoreUnavailable) as e:
+        sys.exit(_fail(str(e)))
+    finally:
+        store.close()
+
+
+def _kw(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def cmd_headroom(args: argparse.Namespace) -> int:
+    from aidc.api import rack_json
+
+    _, status = _store_status(args)
+    racks = [
+        r for r in status.racks
+        if (args.row is None or r.row == args.row)
+        and (args.min_kw is None or (r.headroom_kw is not None and r.headroom_kw >= args.min_kw))
+    ]
+    if args.json:
+        print(json.dumps({"racks": [rack_json(r) for r in racks],
+                          "pools": [asdict(p) for p in status.pools]}, indent=2))
+        return 0
+    print(f"{'rack':<8}{'row':<5}{'power kW':>10}{'peak kW':>10}{'headroom kW':>13}  limiting")
+    for r in racks:
+        note = "" if r.complete else "  (upper bound: some limits unknown)"
+        print(f"{r.id:<8}{r.row:<5}{_kw(r.power_kw):>10}{_kw(r.power_kw_peak):>10}"
+              f"{_kw(r.headroom_kw):>13}  {r.limiting}{note}")
+    print("shared pools (racks draw on them together: do not add the per-rack figures up):")
+    for p in status.pools:
+        unit = "kW of heat" if p.kind == "loop" else "kW"
+        print(f"  {p.kind} {p.id}: {_kw(p.left_kw)} {unit} left of {_kw(p.capacity_kw)} "
+              f"(load {_kw(p.load_kw)}) for {len(p.racks)} racks")
+    return 0
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    from aidc.derive import what_if
+
+    model, status = _store_status(args)
+    try:
+        w = what_if(model, status, args.row, args.racks, args.kw, args.capture, args.feed_kw, args.air_kw)
+    except ValueError as e:
+        return _fail(str(e))
+    if args.json:
+        print(json.dumps(asdict(w), indent=2, default=str))
+        return 0
+    verdict = "fits" if w.feasible else "does NOT fit"
+    print(f"{w.racks_requested} racks of {w.rack_kw:g} kW (capture {w.capture_ratio:g}) in row "
+          f"{w.row}: {verdict}; {w.racks_fit if w.racks_fit is not None else '?'} fit, "
+          f"first to break: {w.first_to_break}")
+    for name, n in w.racks_fit_by_limit.items():
+        shown = "unknown" if n is None else "all fit" if n == float("inf") else f"{n:g} racks"
+        print(f"  {name:<13}{shown}")
+    return 0 if w.feasible else 1
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from collectors import DeviceUnreachable, make_collector
+    from collectors.profiles import load_profile
+
+    site = _load(args.site)
+    try:
+        device = site.device(args.device)
+    except KeyError:
+        return _fail(f"no device '{args.device}' in {args.site}")
+
+    async def probe() -> int:
+        collector = make_collector(device, site.timeout_s(device))
+        try:
+            readings = await collector.read()
+        except DeviceUnreachable as e:
+            return _fail(f"{device.id} at {device.host}:{device.port} did not answer: {e}")
+        finally:
+            await collector.close()
+        profile = load_profile(device.profile)
+        print(f"{device.id}: {device.kind} over {device.protocol} at {device.host}:{device.port}, "
+              f"profile {profile.name}")
+        print(f"{'metric':<34}{'raw':>22}{'value':>14}  quality")
+        for r in readings:
+            value = "-" if r.value is None else f"{r.value:g}"
+            print(f"{r.key:<34}{r.raw!s:>22}{value:>14}  {r.quality}")
+        return 0
+
+    return asyncio.run(probe())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -130,6 +244,28 @@ def parser() -> argparse.ArgumentParser:
             r.add_argument("--port-offset", type=int, default=0,
                            help="add to every simulated device's port (to run two demos)")
             r.add_argument("--webhook", help="also send alert webhooks to this URL")
+    for name, helptext in (("headroom", "kW headroom per rack, the binding limit, the pools"),
+                           ("whatif", "can a row take N more racks of X kW?")):
+        h = sub.add_parser(name, help=helptext)
+        h.add_argument("--site", required=True, help="site file (its store is read)")
+        h.add_argument("--data-dir", default="data/run", help="where `aidc run` keeps its data")
+        h.add_argument("--row", required=name == "whatif")
+        h.add_argument("--json", action="store_true")
+        if name == "headroom":
+            h.add_argument("--min-kw", type=float, help="only racks with at least this headroom")
+            h.set_defaults(func=cmd_headroom)
+        else:
+            h.set_defaults(func=cmd_whatif)
+            h.add_argument("--racks", type=int, required=True)
+            h.add_argument("--kw", type=float, required=True, help="power of each new rack")
+            h.add_argument("--capture", type=float, default=0.85, help="heat to liquid share")
+            h.add_argument("--feed-kw", type=float, help="planned weaker feed of a new rack")
+            h.add_argument("--air-kw", type=float, help="air allowance of a new rack")
+
+    pr = sub.add_parser("probe", help="read one device once and print every mapped metric")
+    pr.add_argument("device")
+    pr.add_argument("--site", required=True)
+    pr.set_defaults(func=cmd_probe)
     return p
 
 

@@ -110,6 +110,7 @@ class PowerSource(DeviceBase):
     rating_kw: float = Field(gt=0)  # usable capacity with its redundancy already removed
     redundancy: Literal["N", "N+1", "2N"] = "N+1"
     efficiency: float = Field(0.96, gt=0, le=1)  # for simulators and loss estimates
+    battery_runtime_min: float | None = Field(None, gt=0)  # when the device does not report it
 
 
 class Cdu(DeviceBase):
@@ -154,6 +155,7 @@ class Loop(Strict):
     redundancy: Literal["N", "N+1"] = "N+1"
     fluid: Literal["water", "PG25"] = "PG25"
     ashrae_class: Literal["W17", "W27", "W32", "W40", "W45", "W+"] = "W32"
+    design_dt_k: float = Field(10, gt=0)  # allowed supply-to-return rise across the racks
 
 
 class Room(Strict):
@@ -191,6 +193,15 @@ class Store(Strict):
 class Model(Strict):
     tick_s: float = Field(5, gt=0)
     pue_target: float = Field(1.3, ge=1)
+    peak_window_s: float = Field(300, gt=0)  # capacity holds the max rack power over this window
+    unmetered_kw: dict[str, float] = {}  # loads with no meter, declared (lighting, offices...)
+    generator_start_s: float = Field(10, gt=0)  # NFPA 110 Type 10
+    transfer_s: float = Field(0, ge=0)  # only if generator_start_s excludes the transfer
+    supercap_efficiency: float = Field(0.95, gt=0, le=1)  # DC/DC between supercap and load
+
+
+class Web(Strict):
+    api_token: SecretStr | None = None  # bearer token for write actions (ack); none: refused
 
 
 class Defaults(Strict):
@@ -205,6 +216,7 @@ class Site(Strict):
     store: Store = Store()
     model: Model = Model()
     alerts: Alerts = Alerts()
+    web: Web = Web()
     rooms: list[Room] = Field(min_length=1)
     devices: list[Device] = Field(min_length=1)
     racks: list[Rack] = Field(min_length=1)

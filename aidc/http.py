@@ -1,13 +1,84 @@
-"""REST endpoints, mounted on the Dash app's Flask server (documented in the README)."""
+"""REST endpoints, mounted on the Dash app's Flask server (documented in the README).
+
+Reads are open; write actions (acknowledging an alert) need ``Authorization: Bearer
+<web.api_token>``. Bad input gets a 400 with one line saying what was expected.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, Response, jsonify
+import hmac
+import math
+from functools import wraps
+
+from flask import Flask, Response, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidc.api import SiteAPI
 
 
-def register_routes(app: Flask, api: SiteAPI) -> None:
+class WhatIfRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    row: str
+    racks: int = Field(ge=1, le=10_000)
+    kw: float = Field(gt=0)
+    capture: float = Field(0.85, ge=0, le=1)
+    feed_kw: float | None = Field(None, gt=0)
+    air_kw: float | None = Field(None, ge=0)
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=100)
+
+
+def finite(obj):
+    """JSON has no NaN or Infinity: such numbers become null (the API says elsewhere why)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+class FiniteJSONProvider(DefaultJSONProvider):
+    def dumps(self, obj, **kwargs) -> str:
+        return super().dumps(finite(obj), **kwargs)
+
+
+def error(status: int, message: str):
+    return jsonify({"error": message}), status
+
+
+def parse(model: type[BaseModel], data) -> BaseModel:
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(k) for k in err["loc"]) or "body"
+        raise ValueError(f"{where}: {err['msg']}") from None
+
+
+def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> None:
+    app.json = FiniteJSONProvider(app)
+    def writes(view):
+        @wraps(view)
+        def guarded(*args, **kwargs):
+            if not api_token:
+                return error(403, "write actions are disabled: set web.api_token in the site file")
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), api_token.encode()):
+                return error(401, "missing or wrong bearer token")
+            return view(*args, **kwargs)
+
+        return guarded
+
+    @app.errorhandler(ValueError)
+    def bad_input(e: ValueError):
+        return error(400, str(e))
+
     @app.get("/healthz")
     def healthz():
         ok, body = api.health()
@@ -25,6 +96,29 @@ def register_routes(app: Flask, api: SiteAPI) -> None:
     def racks():
         return jsonify(api.racks())
 
+    @app.get("/api/v1/racks/<rack_id>/headroom")
+    def rack_headroom(rack_id: str):
+        found = api.rack_headroom(rack_id)
+        return jsonify(found) if found else error(404, f"no rack '{rack_id}'")
+
+    @app.get("/api/v1/headroom")
+    def headroom():
+        min_kw = request.args.get("min_kw")
+        try:
+            min_kw = None if min_kw in (None, "") else float(min_kw)
+        except ValueError:
+            raise ValueError(f"min_kw: expected a number of kW, got '{min_kw}'") from None
+        return jsonify(api.headroom(request.args.get("row") or None, min_kw))
+
+    @app.post("/api/v1/whatif")
+    def whatif():
+        q = parse(WhatIfRequest, request.get_json(silent=True))
+        return jsonify(api.what_if(q.row, q.racks, q.kw, q.capture, q.feed_kw, q.air_kw))
+
+    @app.get("/api/v1/backup")
+    def backup():
+        return jsonify(api.backup())
+
     @app.get("/api/v1/devices")
     def devices():
         return jsonify(api.devices())
@@ -32,3 +126,12 @@ def register_routes(app: Flask, api: SiteAPI) -> None:
     @app.get("/api/v1/alerts")
     def alerts():
         return jsonify(api.alerts())
+
+    @app.post("/api/v1/alerts/<fingerprint>/ack")
+    @writes
+    def acknowledge(fingerprint: str):
+        q = parse(AckRequest, request.get_json(silent=True))
+        try:
+            return jsonify(api.acknowledge(fingerprint, q.by))
+        except KeyError:
+            return error(404, f"no active alert '{fingerprint}'")

@@ -51,11 +51,24 @@ class Runtime:
         self.ticks = 0
         self.last_tick_ms = 0.0
         self._pending: list[Sample] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def call_soon(self, fn, *args, timeout_s: float = 5.0):
+        """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
+        SQLite handles) from another thread, such as the web server's, and return its result."""
+        if self._loop is None:
+            raise RuntimeError("the runtime is not running")
+
+        async def call():
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout_s)
 
     # ------------------------------------------------------------------ tasks
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then flush what is pending and close cleanly."""
+        self._loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self._poll(d), name=f"poll-{d.id}") for d in self.site.devices]
         tasks += [
             asyncio.create_task(self._flush_forever(), name="writer"),

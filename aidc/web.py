@@ -16,9 +16,10 @@ log = logging.getLogger("aidc.web")
 
 
 class WebServer:
-    def __init__(self, api: SiteAPI, host: str = "127.0.0.1", port: int = 8050):
+    def __init__(self, api: SiteAPI, host: str = "127.0.0.1", port: int = 8050,
+                 api_token: str | None = None):
         self.flask = Flask("aidc")
-        register_routes(self.flask, api)
+        register_routes(self.flask, api, api_token)
         self.dash = create_app(api, server=self.flask)
         self._server = make_server(host, port, self.flask, threaded=True)
         self.host, self.port = host, self._server.server_port

@@ -142,3 +142,18 @@ def test_sqlite_retention_deletes_old_samples(tmp_path):
              Sample("pdu", {"device": "p"}, "power_kw", 2.0, now)])
     assert by_device(s.history("pdu", "power_kw", 0, now + 1)) == {"p": [(now, 2.0)]}
     s.close()
+
+
+def test_latest_gives_the_newest_sample_of_every_series_with_its_quality(store):
+    store.write(samples())
+    got = {(s.tags.get("device") or s.tags.get("rack"), s.field): s for s in store.latest(T0 - 1)}
+    # cdu-1's newest supply_temp_c is the good 44.0 at T0+12 (newer than the bad ones)
+    assert (got[("cdu-1", "supply_temp_c")].value, got[("cdu-1", "supply_temp_c")].ts) == (44.0, T0 + 12)
+    assert got[("cdu-1", "supply_temp_c")].quality is Quality.GOOD
+    assert got[("cdu-2", "supply_temp_c")].value == 30.0
+    assert got[("A=1", "power_kw")].value == 80.5
+    store.write([Sample("cdu", CDU2, "supply_temp_c", None, T0 + 20, Quality.BAD)])
+    got = {(s.tags.get("device"), s.field): s for s in store.latest(T0 - 1)}
+    assert got[("cdu-2", "supply_temp_c")].quality is Quality.BAD
+    assert got[("cdu-2", "supply_temp_c")].value is None
+    assert store.latest(T0 + 30) == []

@@ -43,6 +43,9 @@ class Store(Protocol):
         """Good values of ``field`` in [start, end], one Series per tag set; with
         ``every_s``, the mean over windows of that length (window start as timestamp)."""
 
+    def latest(self, since: float) -> list[Sample]:
+        """The newest sample of every series written at or after ``since``, any quality."""
+
     def close(self) -> None: ...
 
 

@@ -131,5 +131,35 @@ class InfluxStore:
             for s in result.get("series", [])
         ]
 
+    def latest(self, since: float) -> list[Sample]:
+        """Newest value per series and field since ``since``; a newer ``<field>_quality``
+        marker wins over an older good value (the sample is then shown as not good)."""
+        self._connect()
+        q = f"SELECT * FROM /.*/ WHERE time >= {int(since * 1e9)} GROUP BY *"
+        result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
+        if "error" in result:
+            raise ValueError(f"InfluxDB query failed: {result['error']}")
+        out = []
+        for s in result.get("series", []):
+            tags = {k: v for k, v in s.get("tags", {}).items() if v}
+            newest: dict[str, tuple[float, object]] = {}
+            for row in s["values"]:
+                for col, value in zip(s["columns"][1:], row[1:]):
+                    if value is not None:
+                        newest[col] = (row[0] / 1000, value)
+            for col, (ts, value) in newest.items():
+                if col.endswith(("_quality", "_raw")):
+                    continue
+                marker = newest.get(f"{col}_quality")
+                if marker and marker[0] >= ts:
+                    out.append(Sample(s["name"], tags, col, None, marker[0], Quality(marker[1])))
+                else:
+                    out.append(Sample(s["name"], tags, col, float(value), ts))
+            for col, (ts, q) in newest.items():  # fields only ever seen as not good
+                base = col.removesuffix("_quality")
+                if col.endswith("_quality") and base not in newest:
+                    out.append(Sample(s["name"], tags, base, None, ts, Quality(q)))
+        return out
+
     def close(self) -> None:
         self._http.close()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aidc.metrics import Sample
+from aidc.metrics import Quality, Sample
 from aidc.store import Series
 
 SCHEMA = """
@@ -112,6 +112,16 @@ class SqliteStore:
         for tags, t, value in rows:
             out.setdefault(tags, []).append((float(t), value))
         return [Series(measurement, json.loads(t), field, pts) for t, pts in out.items()]
+
+    def latest(self, since: float) -> list[Sample]:
+        sql = (
+            "SELECT s.measurement, s.tags, s.field, p.value, p.ts, p.quality FROM series s "
+            "JOIN samples p ON p.series = s.id "
+            "AND p.ts = (SELECT max(ts) FROM samples WHERE series = s.id) WHERE p.ts >= ?"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, (since,)).fetchall()
+        return [Sample(m, json.loads(t), f, v, ts, Quality(q)) for m, t, f, v, ts, q in rows]
 
     def count(self) -> int:
         with self._lock:

@@ -1,0 +1,64 @@
+"""The model evaluated from the store alone: what `aidc headroom` / `aidc whatif` answer on
+any host that can read the site's store, with no running web app (the store is the seam)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from aidc.config import Site
+from aidc.derive import SiteModel, SiteStatus
+from aidc.metrics import Sample, series_key
+from aidc.store import Store
+
+TOPOLOGY_TAGS = {"site", "room", "row", "rack", "device"}
+
+
+class NoRecentData(Exception):
+    pass
+
+
+def latest_from_store(site: Site, store: Store, now: float) -> dict[tuple[str, str], Sample]:
+    """The newest sample of every device series, keyed like the runtime's latest view; a
+    sample older than 2.5 poll intervals is not taken (the runtime would call it stale)."""
+    horizon_s = 2.5 * max(site.poll_s(d) for d in site.devices)
+    out: dict[tuple[str, str], Sample] = {}
+    for s in store.latest(now - horizon_s):
+        device = s.tags.get("device")
+        if device:
+            labels = {k: v for k, v in s.tags.items() if k not in TOPOLOGY_TAGS}
+            out[(device, series_key(s.field, labels))] = s
+    if not out:
+        raise NoRecentData(
+            f"no samples newer than {horizon_s:g} s in the store: is `aidc run` collecting?"
+        )
+    return out
+
+
+def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple[float, np.ndarray]]:
+    """Rack power (A + B feeds) per model tick over the peak window, from the PDU series."""
+    site = model.site
+    start, every = now - site.model.peak_window_s, site.model.tick_s
+    by_pdu: dict[str, dict[float, float]] = defaultdict(dict)
+    for series in store.history("pdu", "power_kw", start, now, every_s=every):
+        by_pdu[series.tags.get("device", "")].update(series.points)
+    times = sorted({t for points in by_pdu.values() for t in points})
+
+    def at(pdu: str | None, t: float) -> float:
+        return 0.0 if pdu is None else by_pdu.get(pdu, {}).get(t, math.nan)
+
+    return [
+        (t, np.array([at(a, t) + at(b, t) for a, b in zip(model.feed_a, model.feed_b)]))
+        for t in times
+    ]
+
+
+def status_from_store(site: Site, store: Store, now: float | None = None) -> tuple[SiteModel, SiteStatus]:
+    now = time.time() if now is None else now
+    model = SiteModel(site)
+    latest = latest_from_store(site, store, now)
+    model.peaks.extend(rack_power_history(model, store, now))
+    return model, model.evaluate(latest, now)

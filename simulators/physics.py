@@ -1,0 +1,247 @@
+"""The ground truth of a virtual site, physically consistent from rack to meter.
+
+Rack power (a training-like swing around a load factor) flows down the power chain:
+rack -> its A and B PDUs (half each) -> rectifier/UPS output -> input = output / efficiency
+-> facility meter. Rack heat x capture ratio goes to the liquid loop, shared by the running
+CDUs, and sets each CDU's return temperature by Q = m_dot x cp x dT; the residual goes to air.
+The cooling-plant meter carries the CDU pumps, the dry coolers and the air handlers.
+
+Protocol servers ask :meth:`SitePhysics.values` for a device's canonical metrics; tests ask
+:meth:`SitePhysics.truth` for what the collectors and the model should find.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from aidc.config import Site
+from aidc.metrics import series_key
+
+# PG25 near 40 C (REFERENCE 2, CoolProp INCOMP::MPG[0.25]); the simulator keeps its own
+# constants so that it does not share the model's property code.
+PG25_DENSITY_KG_PER_L = 1.0099
+PG25_CP_KJ_PER_KG_K = 3.969
+SWING_PERIOD_S = 30.0  # GPU training step swing
+SWING_FRACTION = 0.04
+LIGHTING_OFFICE_KW = 8.0
+DRY_COOLER_KW_PER_KW_LIQUID = 0.045
+AIR_HANDLING_KW_PER_KW_AIR = 0.25
+CDU_PUMP_FLOW_LPM = 700.0  # per CDU with both pumps: each CDU can carry the loop alone
+FACILITY_SUPPLY_C = 30.0
+CDU_APPROACH_K = 5.0
+
+
+@dataclass
+class Faults:
+    """Injected faults (issue #3 extends these): per device and site-wide."""
+
+    sensor_fault: set[tuple[str, str]] = field(default_factory=set)  # (device, metric) -> None
+    pump_failed: set[str] = field(default_factory=set)  # CDU ids with one pump down
+    modules_lost: dict[str, set[int]] = field(default_factory=dict)  # rectifier -> module nos
+    utility_outage: bool = False
+
+
+class SitePhysics:
+    """Deterministic site state as a function of time (plus integrated energy counters)."""
+
+    def __init__(self, site: Site, load_factor: float = 0.7, clock=time.time):
+        self.site, self.clock, self.faults = site, clock, Faults()
+        self.load = {
+            r.id: min(0.95, load_factor + 0.05 * ((i * 7) % 5 - 2)) for i, r in enumerate(site.racks)
+        }
+        self.phase = {r.id: 2 * math.pi * i / len(site.racks) for i, r in enumerate(site.racks)}
+        self.energy_kwh: dict[str, float] = {d.id: 1000.0 * (i + 1) for i, d in enumerate(site.devices)}
+        self._values: dict[str, dict[str, float | None]] = {}
+        self._last_t: float | None = None
+        self.step()
+
+    # -------------------------------------------------------------- the physics
+
+    def rack_power_kw(self, t: float) -> dict[str, float]:
+        return {
+            r.id: r.design_kw
+            * self.load[r.id]
+            * (1 + SWING_FRACTION * math.sin(2 * math.pi * t / SWING_PERIOD_S + self.phase[r.id]))
+            for r in self.site.racks
+        }
+
+    def step(self) -> None:
+        """Advance to the clock's now: recompute every device's values, integrate energy."""
+        t = self.clock()
+        rack_kw = self.rack_power_kw(t)
+        v: dict[str, dict[str, float | None]] = {}
+
+        pdu_kw: dict[str, float] = {}
+        for r in self.site.racks:
+            feeds = [r.feed_a] + ([r.feed_b] if r.feed_b else [])
+            for f in feeds:
+                pdu_kw[f] = rack_kw[r.id] / len(feeds)
+        for pdu in self.site.devices_of("pdu"):
+            v[pdu.id] = self._pdu_values(pdu, pdu_kw.get(pdu.id, 0.0))
+
+        source_in_kw = 0.0
+        for src in self.site.devices_of("rectifier") + self.site.devices_of("ups"):
+            out_kw = sum(pdu_kw.get(p.id, 0.0) for p in self.site.devices_of("pdu") if p.upstream == src.id)
+            in_kw = out_kw / src.efficiency
+            source_in_kw += in_kw
+            v[src.id] = (self._rectifier_values if src.kind == "rectifier" else self._ups_values)(
+                src, in_kw, out_kw
+            )
+
+        cooling_kw, heat_air_kw = 0.0, 0.0
+        for loop in self.site.loops:
+            racks = [r for r in self.site.racks if r.loop == loop.id]
+            q_liquid_kw = sum(rack_kw[r.id] * r.capture_ratio for r in racks)
+            heat_air_kw += sum(rack_kw[r.id] * (1 - r.capture_ratio) for r in racks)
+            for cdu_id in loop.cdus:
+                v[cdu_id] = self._cdu_values(cdu_id, q_liquid_kw / len(loop.cdus))
+                cooling_kw += v[cdu_id]["power_kw"] or 0.0
+            cooling_kw += DRY_COOLER_KW_PER_KW_LIQUID * q_liquid_kw
+        heat_air_kw += sum(
+            rack_kw[r.id] for r in self.site.racks if r.loop is None
+        )  # racks with no loop are all air
+        cooling_kw += AIR_HANDLING_KW_PER_KW_AIR * heat_air_kw
+
+        facility_kw = source_in_kw + cooling_kw + LIGHTING_OFFICE_KW
+        for m in self.site.devices_of("meter"):
+            kw = {"facility": facility_kw, "cooling": cooling_kw}.get(m.role, LIGHTING_OFFICE_KW)
+            v[m.id] = {
+                "power_kw": kw,
+                "voltage_v": 415.0,
+                "current_a": kw * 1000 / (math.sqrt(3) * 415.0 * 0.97),
+                "frequency_hz": 50.0,
+            }
+        for sc in self.site.devices_of("supercap"):
+            row_kw = sum(rack_kw[r.id] for r in self.site.racks if r.supercap == sc.id)
+            v[sc.id] = self._supercap_values(sc, row_kw)
+
+        dt_h = 0.0 if self._last_t is None else max(0.0, t - self._last_t) / 3600
+        for device_id, values in v.items():
+            if "power_kw" in values or "input_power_kw" in values:
+                kw = values.get("input_power_kw", values.get("power_kw")) or 0.0
+                self.energy_kwh[device_id] += kw * dt_h
+                values["energy_kwh"] = self.energy_kwh[device_id]
+        for device_id, metric in self.faults.sensor_fault:
+            if device_id in v:
+                v[device_id][metric] = None
+        self._last_t, self._values = t, v
+        self._truth = {
+            "ts": t,
+            "rack_power_kw": rack_kw,
+            "it_kw": sum(rack_kw.values()),
+            "facility_kw": facility_kw,
+            "cooling_kw": cooling_kw,
+            "pue": facility_kw / sum(rack_kw.values()),
+            "pue_category": 2,  # IT measured at PDU outputs
+        }
+
+    def values(self, device_id: str) -> dict[str, float | None]:
+        return dict(self._values.get(device_id, {}))
+
+    def truth(self) -> dict:
+        return dict(self._truth)
+
+    # -------------------------------------------------------------- per device kind
+
+    @staticmethod
+    def _pdu_values(pdu, kw: float) -> dict[str, float | None]:
+        """Per-phase table rows as the profiles name them: ``current_a{phase=N}``."""
+        if pdu.phases == "dc":
+            amps, pf, used = [kw * 1000 / pdu.voltage_v], 1.0, 1
+        elif pdu.phases == 1:
+            amps, pf, used = [kw * 1000 / (pdu.voltage_v * pdu.power_factor)], pdu.power_factor, 1
+        else:  # balanced three-phase: I = P / (sqrt(3) V_LL PF) on each line
+            line_a = kw * 1000 / (math.sqrt(3) * pdu.voltage_v * pdu.power_factor)
+            amps, pf, used = [line_a] * 3, pdu.power_factor, 3
+        limit_a = pdu.continuous_derating * pdu.breaker_a
+        out: dict[str, float | None] = {"power_kw": kw, "power_factor": pf}
+        for n in (1, 2, 3):
+            a = amps[n - 1] if n <= used else 0.0
+            load_state = 1 if a < 0.1 * limit_a else 2 if a < 0.9 * limit_a else 3 if a <= limit_a else 4
+            out[series_key("current_a", {"phase": str(n)})] = a
+            out[series_key("voltage_v", {"phase": str(n)})] = pdu.voltage_v if n <= used else 0.0
+            out[series_key("phase_load_state", {"phase": str(n)})] = float(load_state)
+        return out
+
+    def _rectifier_values(self, src, in_kw: float, out_kw: float) -> dict[str, float | None]:
+        bus_v = 336.0
+        modules_total = 13
+        modules_ok = modules_total - len(self.faults.modules_lost.get(src.id, ()))
+        per_module_a = out_kw * 1000 / bus_v / max(modules_ok, 1)
+        modules: dict[str, float | None] = {}
+        for m in range(1, modules_total + 1):
+            lost = m in self.faults.modules_lost.get(src.id, ())
+            label = {"module": str(m)}
+            modules[series_key("module_state", label)] = 2.0 if lost else 0.0  # 2 = AC fail
+            modules[series_key("module_current_a", label)] = 0.0 if lost else per_module_a
+            modules[series_key("module_temp_c", label)] = 30.0 if lost else 38.0 + 0.02 * per_module_a
+        return modules | {
+            "input_power_kw": in_kw,
+            "output_voltage_v": bus_v,
+            "output_current_a": out_kw * 1000 / bus_v,
+            "output_power_kw": out_kw,
+            "modules_ok": float(modules_ok),
+            "modules_total": float(modules_total),
+            "battery_voltage_v": bus_v,
+            "battery_current_a": -2.0 if not self.faults.utility_outage else out_kw * 1000 / bus_v,
+            "alarm": 1.0 if modules_ok < modules_total else 0.0,
+        }
+
+    def _ups_values(self, src, in_kw: float, out_kw: float) -> dict[str, float | None]:
+        outage = self.faults.utility_outage
+        return {
+            "input_voltage_v": 0.0 if outage else 415.0,
+            "output_voltage_v": 230.0,
+            "output_power_kw": out_kw,
+            "load_pct": 100 * out_kw / src.rating_kw,
+            "on_battery": 1.0 if outage else 0.0,
+            "battery_status": 2.0,
+            "battery_charge_pct": 100.0,
+            "runtime_min": 12.0,
+            "seconds_on_battery_s": 0.0,
+            "battery_voltage_v": 545.0,
+            "alarms_present": 1.0 if outage else 0.0,
+            "power_kw": in_kw,  # not on the wire; only used for the energy counter
+        }
+
+    def _cdu_values(self, cdu_id: str, q_kw: float) -> dict[str, float | None]:
+        pumps_running = 1 if cdu_id in self.faults.pump_failed else 2
+        flow_lpm = CDU_PUMP_FLOW_LPM * (0.6 if pumps_running == 1 else 1.0)
+        m_dot_kg_s = flow_lpm / 60 * PG25_DENSITY_KG_PER_L
+        supply_c = FACILITY_SUPPLY_C + CDU_APPROACH_K
+        return_c = supply_c + q_kw / (m_dot_kg_s * PG25_CP_KJ_PER_KG_K)  # Q = m_dot cp dT
+        facility_flow_lpm = flow_lpm * 1.1
+        facility_return_c = FACILITY_SUPPLY_C + q_kw / (facility_flow_lpm / 60 * 0.997 * 4.18)
+        return {
+            "supply_temp_c": supply_c,
+            "return_temp_c": return_c,
+            "flow_lpm": flow_lpm,
+            "dp_kpa": 120.0 * (flow_lpm / CDU_PUMP_FLOW_LPM) ** 2,
+            "pump_speed_pct_1": 70.0,
+            "pump_speed_pct_2": 0.0 if pumps_running == 1 else 70.0,
+            "pumps_running": float(pumps_running),
+            "facility_supply_temp_c": FACILITY_SUPPLY_C,
+            "facility_return_temp_c": facility_return_c,
+            "facility_flow_lpm": facility_flow_lpm,
+            "power_kw": 2.5 + 0.004 * q_kw,
+            "leak": 0.0,
+            "reservoir_pct": 82.0,
+            "valve_pct": 55.0,
+            "alarm": 0.0,
+        }
+
+    def _supercap_values(self, sc, row_kw: float) -> dict[str, float | None]:
+        v = sc.vmax_v * 0.98
+        soc = 100 * (v**2 - sc.vmin_v**2) / (sc.vmax_v**2 - sc.vmin_v**2)
+        return {
+            "voltage_v": v,
+            "soc_pct": soc,
+            "temp_c": 31.0,
+            "capacitance_f": sc.capacitance_f,
+            "esr_mohm": 4.0,
+            "cycles": 1200.0,
+            "state": 0.0,
+            "power_kw": 0.0,
+        }

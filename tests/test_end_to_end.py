@@ -1,0 +1,166 @@
+"""The whole simulated site, end to end, over real protocols into a real store.
+
+Simulators serve every device of site_configs/demo.yaml on free ports on 127.0.0.1 (SNMP for
+PDUs and the UPS, Modbus TCP for CDUs, rectifier and meters, OPC-UA for supercaps); the
+runtime polls them, writes the store, runs the model and sends alert webhooks to a real
+HTTP receiver; the REST API is read over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from aidc.api import SiteAPI
+from aidc.config import Alerts, Defaults, Model, Site, Webhook, load_site
+from aidc.config import Store as StoreConfig
+from aidc.net import free_port
+from aidc.runtime import Runtime
+from aidc.web import WebServer
+from simulators.site import SimulatedSite, on_free_ports
+
+DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
+
+
+def fast_site(receiver_url: str, store: dict | None = None) -> Site:
+    """The demo site on free ports, polled fast, with a webhook to the test's receiver."""
+    site = on_free_ports(load_site(DEMO))
+    return site.model_copy(
+        update={
+            "defaults": Defaults(poll_s=0.5, timeout_s=0.4),
+            "model": Model(tick_s=0.5, pue_target=1.25),
+            "store": StoreConfig(flush_s=0.3, **(store or {})),
+            "alerts": Alerts(unreachable_intervals=3, webhooks=[Webhook(url=receiver_url)]),
+        }
+    )
+
+
+async def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def alerts_for(receiver, device: str, status: str) -> list[dict]:
+    return [
+        b for b in receiver.bodies()
+        if b["labels"].get("device") == device and b["status"] == status
+    ]
+
+
+async def run_site(site: Site, data_dir: Path, check) -> None:
+    """Start simulators, runtime and web server; run ``check``; stop everything."""
+    simulated = SimulatedSite(site)
+    await simulated.start()
+    runtime = Runtime(site, data_dir)
+    web = WebServer(SiteAPI(runtime), port=free_port())
+    web.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.run(stop))
+    try:
+        await check(simulated, runtime, web)
+    finally:
+        stop.set()
+        await task
+        web.stop()
+        await simulated.stop()
+
+
+async def get_json(url: str):
+    async with httpx.AsyncClient(timeout=5) as client:
+        r = await client.get(url)
+        r.raise_for_status()
+        return r.json()
+
+
+async def check_readings_and_pue(simulated, runtime, web, started: float) -> None:
+    await wait_until(lambda: runtime.ticks >= 2 and runtime.status and runtime.status.pue,
+                     30, "two model ticks with a PUE")
+    site = await get_json(web.url + "api/v1/site")
+    truth = simulated.truth()
+    assert site["pue_category"] == 2  # IT measured at the PDU outputs
+    assert abs(site["pue"] - truth["pue"]) / truth["pue"] < 0.02, (site, truth)
+    assert abs(site["it_kw"] - truth["it_kw"]) / truth["it_kw"] < 0.02
+
+    racks = {r["id"]: r for r in await get_json(web.url + "api/v1/racks")}
+    assert set(racks) == {"A01", "A02", "A03", "A04", "B01", "B02", "B03", "B04"}
+    for rack_id, true_kw in truth["rack_power_kw"].items():
+        assert abs(racks[rack_id]["power_kw"] - true_kw) / true_kw < 0.05
+        assert racks[rack_id]["limiting"] is not None
+    # A03: design 80 kW, but its B feed (125 A x 415 V x sqrt(3) x 0.95 x 0.8 = 68.27 kW) is
+    # the weaker one: the feed limit (or, equal on a balanced feed, its phase limit) binds.
+    a03 = racks["A03"]
+    assert a03["limiting"] in ("feed", "phase") and a03["complete"]
+    assert abs(a03["limits_kw"]["feed"] - (68.27 - a03["power_kw_peak"])) < 0.1
+    assert abs(a03["headroom_kw"] - a03["limits_kw"]["feed"]) < 0.01
+
+    # readings arrived in the store through each of the three protocols, and derived values
+    await asyncio.sleep(0.8)  # one flush
+    now = time.time()
+    for measurement, field, protocol in [
+        ("pdu", "power_kw", "snmp"),
+        ("ups", "output_power_kw", "snmp"),
+        ("cdu", "supply_temp_c", "modbus"),
+        ("meter", "power_kw", "modbus"),
+        ("supercap", "voltage_v", "opcua"),
+        ("rack", "headroom_kw", "derived"),
+        ("site", "pue", "derived"),
+    ]:
+        series = runtime.store.history(measurement, field, started, now)
+        assert series and all(s.points for s in series), f"no {measurement}.{field} ({protocol})"
+    # the CDU serves 30 C facility water + 5 K approach = 35.0 C supply, at 0.1 C resolution
+    cdu = runtime.store.history("cdu", "supply_temp_c", started, now, where={"device": "cdu-1"})
+    assert [v for _, v in cdu[0].points][-1] == 35.0
+    # supercap at 98 % of 400 V = 392 V
+    sc = runtime.store.history("supercap", "voltage_v", started, now, where={"device": "sc-a"})
+    assert abs(sc[0].points[-1][1] - 392.0) < 0.01
+
+
+def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
+    site = fast_site(receiver.url)
+    started = time.time()
+
+    async def check(simulated, runtime, web):
+        await check_readings_and_pue(simulated, runtime, web, started)
+
+        assert (await get_json(web.url + "healthz"))["status"] == "ok"
+        # one PDU goes dark: unreachable after 3 missed polls, a webhook fires
+        await simulated.stop_device("pdu-a01-a")
+        await wait_until(lambda: alerts_for(receiver, "pdu-a01-a", "firing"), 15, "firing webhook")
+        fired = alerts_for(receiver, "pdu-a01-a", "firing")[0]
+        assert fired["rule"] == "device_unreachable" and fired["version"] == "1"
+        assert runtime.health["pdu-a01-a"].failures >= 3
+        racks = {r["id"]: r for r in await get_json(web.url + "api/v1/racks")}
+        assert racks["A01"]["power_kw"] is None  # its A feed is unknown: never guessed
+        alerts = await get_json(web.url + "api/v1/alerts")
+        assert [a["labels"]["device"] for a in alerts] == ["pdu-a01-a"]
+
+        # it comes back: the resolved notice follows, once
+        await simulated.start_device("pdu-a01-a")
+        await wait_until(lambda: alerts_for(receiver, "pdu-a01-a", "resolved"), 15, "resolved webhook")
+        await asyncio.sleep(1.0)
+        assert len(alerts_for(receiver, "pdu-a01-a", "firing")) == 1
+        assert len(alerts_for(receiver, "pdu-a01-a", "resolved")) == 1
+        assert not [b for b in receiver.bodies() if b["labels"]["device"] != "pdu-a01-a"]
+
+        metrics = (await asyncio.to_thread(httpx.get, web.url + "metrics")).text
+        assert 'aidc_device_up{device="pdu-a01-a"} 1' in metrics
+
+    asyncio.run(run_site(site, tmp_path, check))
+
+
+def test_demo_site_end_to_end_influxdb(tmp_path, receiver, influxd):
+    site = fast_site(receiver.url, {"backend": "influxdb", "url": influxd.url, "database": "e2e"})
+    started = time.time()
+
+    async def check(simulated, runtime, web):
+        await check_readings_and_pue(simulated, runtime, web, started)
+        assert runtime.store.version.startswith("1.")
+        assert runtime.writer.store_up
+
+    asyncio.run(run_site(site, tmp_path, check))
