@@ -223,6 +223,7 @@ class SiteModel:
         """Worst phase after a feed is lost: each surviving feed carries the whole rack with
         its own phase balance, so its phase currents scale by rack kW / feed kW."""
         out = np.full(len(self.rack_ids), np.inf)
+        single_feed = np.array([p is None for p in self.pdus_b])  # its current is the rack's
         for pdus, feed_kw in ((self.pdus_a, feed_a_kw), (self.pdus_b, feed_b_kw)):
             present = np.array([p is not None for p in pdus])
             if not present.any():
@@ -233,7 +234,7 @@ class SiteModel:
                 for p in pdus
             ])  # DC and single-phase feeds carry their current on phase 1 only
             safe_kw = np.where(feed_kw > 0, feed_kw, 1.0)
-            scale = np.where(feed_kw > 0, rack_kw / safe_kw, 1.0)  # NaN kW stays NaN
+            scale = np.where(single_feed | (feed_kw == 0), 1.0, rack_kw / safe_kw)  # NaN stays
             kw = power.phase_headroom_kw(amps * scale[:, None], np.zeros_like(amps), *_pdu_arrays(pdus))
             out = np.where(present, np.minimum(out, kw), out)  # unknown currents: unknown
         return out

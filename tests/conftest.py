@@ -210,15 +210,37 @@ class LiveSite:
         self._thread.join(timeout=15)
 
 
-@pytest.fixture
-def live_site(tmp_path):
-    from aidc.config import Defaults, Model, load_site
+API_TOKEN = "test-token-0123456789"
+
+
+def start_live_site(data_dir: Path) -> LiveSite:
+    from pydantic import SecretStr
+
+    from aidc.config import Defaults, Model, Web, load_site
     from simulators.site import on_free_ports
 
     site = on_free_ports(load_site(ROOT / "site_configs" / "demo.yaml")).model_copy(
-        update={"defaults": Defaults(poll_s=0.5, timeout_s=0.4), "model": Model(tick_s=0.5)}
+        update={
+            "defaults": Defaults(poll_s=0.5, timeout_s=0.4),
+            "model": Model(tick_s=0.5),
+            "web": Web(api_token=SecretStr(API_TOKEN)),
+        }
     )
-    live = LiveSite(site, tmp_path / "data")
+    live = LiveSite(site, data_dir)
     live.start()
+    return live
+
+
+@pytest.fixture
+def live_site(tmp_path):
+    live = start_live_site(tmp_path / "data")
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_live_site(tmp_path_factory):
+    """One live site for a whole module: tests must leave it as they found it."""
+    live = start_live_site(tmp_path_factory.mktemp("live") / "data")
     yield live
     live.stop()

@@ -1,0 +1,113 @@
+"""The REST API and the planners' CLI on a live simulated site (real HTTP, real store)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aidc.api import SiteAPI
+from aidc.net import free_port
+from aidc.web import WebServer
+from tests.conftest import API_TOKEN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def live_site(shared_live_site):
+    return shared_live_site
+
+
+@pytest.fixture(scope="module")
+def web(live_site):
+    server = WebServer(SiteAPI(live_site.runtime), port=free_port(), api_token=API_TOKEN)
+    server.start()
+    yield server
+    server.stop()
+
+
+def get(web, path, **kw):
+    return httpx.get(web.url + path.lstrip("/"), timeout=5, **kw)
+
+
+def post(web, path, body, **kw):
+    return httpx.post(web.url + path.lstrip("/"), json=body, timeout=5, **kw)
+
+
+def test_rack_headroom_lists_every_limit(web):
+    body = get(web, "/api/v1/racks/A03/headroom").json()
+    limits = set(body["limits_kw"]) | set(body["unknown"]) | set(body["not_applicable"])
+    assert limits == {"design", "feed", "phase", "upstream_alone", "liquid_rack", "loop_alone",
+                      "air", "supply_class"}
+    # the weaker feed of A03 (B, 125 A at 415 V 3-phase: 68.27 kW) against its peak power
+    assert body["limits_kw"]["feed"] == pytest.approx(68.27 - body["power_kw_peak"], abs=0.05)
+    assert {p["id"] for p in body["pools"]} == {"rect-a", "ups-b", "loop-1"}
+    assert "Infinity" not in get(web, "/api/v1/racks/A03/headroom").text
+    assert get(web, "/api/v1/racks/Z99/headroom").status_code == 404
+
+
+def test_headroom_filters_by_row_and_min_kw(web):
+    all_racks = get(web, "/api/v1/headroom").json()["racks"]
+    row_b = get(web, "/api/v1/headroom", params={"row": "B", "min_kw": 20}).json()["racks"]
+    expected = {r["id"] for r in all_racks if r["row"] == "B" and r["headroom_kw"] >= 20}
+    assert {r["id"] for r in row_b} == expected and expected  # not an empty comparison
+    bad = get(web, "/api/v1/headroom", params={"min_kw": "lots"})
+    assert bad.status_code == 400 and "min_kw" in bad.json()["error"]
+
+
+def test_whatif_answers_and_rejects_bad_input(web):
+    w = post(web, "/api/v1/whatif", {"row": "B", "racks": 6, "kw": 120, "capture": 0.9}).json()
+    # the loop has ~60-70 kW of heat left, one 120 kW rack brings 108 kW: none fits
+    assert (w["feasible"], w["racks_fit"], w["first_to_break"]) == (False, 0, "loop")
+    small = post(web, "/api/v1/whatif", {"row": "A", "racks": 2, "kw": 10}).json()
+    assert small["feasible"] and small["racks_fit"] == 2
+    r = post(web, "/api/v1/whatif", {"row": "A", "racks": 0, "kw": 10})
+    assert r.status_code == 400 and r.json()["error"].startswith("racks:")
+    assert post(web, "/api/v1/whatif", {"row": "Q", "racks": 1, "kw": 10}).status_code == 400
+
+
+def test_backup_chain_bridges_to_the_generator(web):
+    chains = {b["supercap"]: b for b in get(web, "/api/v1/backup").json()}
+    a = chains["sc-a"]
+    # 20 F from 392 V down to 280 V: 1/2 x 20 x (392^2 - 280^2) = 752.64 kJ
+    assert a["usable_energy_kj"] == pytest.approx(752.64, abs=0.01)
+    assert a["supercap_s"] == pytest.approx(0.95 * 752.64 / a["load_kw"], rel=1e-3)
+    assert a["bridges"] and a["shortfall_s"] == 0 and a["required_s"] == 10
+
+
+def test_acknowledge_needs_the_token(live_site, web):
+    live_site.call(live_site.simulated.stop_device("pdu-b04-b"))
+    deadline = time.time() + 15
+    while not (alerts := get(web, "/api/v1/alerts").json()) and time.time() < deadline:
+        time.sleep(0.2)
+    fp = alerts[0]["fingerprint"]
+    assert post(web, f"/api/v1/alerts/{fp}/ack", {"by": "ops"}).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert post(web, f"/api/v1/alerts/{fp}/ack", {"by": "ops"}, headers=wrong).status_code == 401
+    ok = post(web, f"/api/v1/alerts/{fp}/ack", {"by": "ops"},
+              headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["acked_by"] == "ops"
+    assert get(web, "/api/v1/alerts").json()[0]["acked_by"] == "ops"
+    live_site.call(live_site.simulated.start_device("pdu-b04-b"))
+    while get(web, "/api/v1/alerts").json() and time.time() < deadline + 15:
+        time.sleep(0.2)
+    assert get(web, "/api/v1/alerts").json() == []
+
+
+def test_cli_headroom_and_whatif_read_the_store(live_site):
+    common = ["--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(live_site.data_dir)]
+    out = subprocess.run([sys.executable, "-m", "aidc.cli", "headroom", *common, "--row", "A"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines[1:5]] == ["A01", "A02", "A03", "A04"]
+    assert "loop loop-1:" in out.stdout and "kW of heat left" in out.stdout
+    w = subprocess.run([sys.executable, "-m", "aidc.cli", "whatif", *common, "--row", "B",
+                        "--racks", "6", "--kw", "120", "--capture", "0.9"],
+                       capture_output=True, text=True, check=False)
+    assert w.returncode == 1 and "does NOT fit" in w.stdout and "first to break: loop" in w.stdout

@@ -1,0 +1,128 @@
+"""The model tick's wiring (config + samples -> models -> status), checked by hand.
+
+models/ has its own formula tests; these check that each number reaches the right limit of
+the right rack: indexes of sources, loops and feeds, units, and what unknown inputs do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from aidc.config import Site
+from aidc.derive import SiteModel, what_if
+from aidc.metrics import Quality, Sample
+
+SITE = yaml.safe_load("""
+site: hand
+rooms: [{id: r}]
+devices:
+  - {id: meter, kind: meter, role: facility, protocol: modbus, port: 1, profile: power_meter}
+  - {id: ups-1, kind: ups, protocol: snmp, port: 2, profile: ups_rfc1628, rating_kw: 100, redundancy: N}
+  - {id: pdu-1, kind: pdu, protocol: snmp, port: 3, profile: pdu_apc_rpdu2, upstream: ups-1, phases: dc, voltage_v: 400, breaker_a: 150}
+  - {id: pdu-2, kind: pdu, protocol: snmp, port: 4, profile: pdu_apc_rpdu2, upstream: ups-1, phases: dc, voltage_v: 400, breaker_a: 200}
+  - {id: cdu-1, kind: cdu, protocol: modbus, port: 5, profile: cdu_generic, rated_kw: 90}
+  - {id: cdu-2, kind: cdu, protocol: modbus, port: 6, profile: cdu_generic, rated_kw: 90}
+loops:
+  - {id: loop-1, cdus: [cdu-1, cdu-2], redundancy: N+1, fluid: water, ashrae_class: W32, design_dt_k: 10}
+racks:
+  - {id: R1, room: r, row: A, design_kw: 70, capture_ratio: 1.0, feed_a: pdu-1, loop: loop-1}
+  - {id: R2, room: r, row: A, design_kw: 80, capture_ratio: 1.0, feed_a: pdu-2, loop: loop-1}
+""")
+
+READINGS = {
+    ("meter", "power_kw"): 80.0,
+    ("ups-1", "output_power_kw"): 70.0,
+    ("pdu-1", "power_kw"): 40.0,
+    ("pdu-1", "current_a{phase=1}"): 100.0,  # 40 kW / 400 V
+    ("pdu-2", "power_kw"): 30.0,
+    ("pdu-2", "current_a{phase=1}"): 75.0,
+    **{(c, m): v for c in ("cdu-1", "cdu-2") for m, v in (
+        ("flow_lpm", 200.0), ("supply_temp_c", 30.0), ("pumps_running", 2.0),
+        ("facility_supply_temp_c", 25.0))},
+}
+
+
+def latest(overrides: dict | None = None, bad: tuple = ()) -> dict:
+    values = READINGS | (overrides or {})
+    return {
+        key: Sample("x", {"device": key[0]}, key[1], None if key in bad else v, 1000.0,
+                    Quality.BAD if key in bad else Quality.GOOD)
+        for key, v in values.items()
+    }
+
+
+@pytest.fixture
+def model():
+    return SiteModel(Site.model_validate(SITE))
+
+
+def test_each_limit_of_each_rack_by_hand(model):
+    s = model.evaluate(latest(), 1000.0)
+    r1, r2 = s.racks
+    # PUE = 80 kW / (40 + 30) kW = 1.142857, IT at the PDU outputs: category 2
+    assert s.pue == pytest.approx(1.143, abs=1e-3) and s.pue_category == 2
+    # R1: design 70 - 40 = 30; feed 400 V x 150 A x 0.8 = 48 kW - 40 = 8;
+    # phase (DC): (0.8 x 150 A - 100 A) x 400 V = 8 kW; upstream 100 - 70 = 30;
+    # loop: CDU by flow 200/60 L/s x 0.9957 kg/L x 4.18 kJ/kgK x 10 K = 138.7 kW > 90 rated,
+    # so 90 each; N+1 keeps one: 90 kW - heat (40 + 30) x 1.0 = 20 kW; capture 1: no air
+    assert r1.limits_kw["design"] == 30
+    assert r1.limits_kw["feed"] == pytest.approx(8)
+    assert r1.limits_kw["phase"] == pytest.approx(8)
+    assert r1.limits_kw["upstream_alone"] == 30
+    assert r1.limits_kw["loop_alone"] == pytest.approx(20)
+    assert r1.limits_kw["air"] == math.inf and r1.limits_kw["supply_class"] == math.inf
+    assert (r1.headroom_kw, r1.limiting, r1.complete) == (pytest.approx(8), "feed", True)
+    # R2: design 50; feed 400 x 200 x 0.8 = 64 - 30 = 34; upstream 30; loop 20: the loop binds
+    assert (r2.headroom_kw, r2.limiting) == (pytest.approx(20), "loop_alone")
+    pools = {p.id: p for p in s.pools}
+    assert (pools["ups-1"].left_kw, pools["loop-1"].left_kw) == (30, pytest.approx(20))
+
+
+def test_facility_water_over_its_class_stops_all_growth(model):
+    # W32: facility supply 33 C > 32 C: no rack may add load, whatever else is left
+    s = model.evaluate(latest({("cdu-1", "facility_supply_temp_c"): 33.0}), 1000.0)
+    assert [(r.headroom_kw, r.limiting) for r in s.racks] == [(0, "supply_class")] * 2
+
+
+def test_an_unknown_feed_never_becomes_a_number(model):
+    s = model.evaluate(latest(bad=(("pdu-2", "power_kw"),)), 1000.0)
+    r1, r2 = s.racks
+    assert r2.power_kw is None and s.pue is None and "pdu-2.power_kw" in s.missing
+    # R2's own power is unknown: design, feed and loop are unknown; what is still known
+    # (the UPS's measured 30 kW left, its feed's measured current: 0.8 x 200 - 75 = 85 A x
+    # 400 V = 34 kW) bounds it from above, and says so
+    assert [k for k, v in r2.limits_kw.items() if v is None] == ["design", "feed", "loop_alone"]
+    assert (r2.headroom_kw, r2.limiting, r2.complete) == (30, "upstream_alone", False)
+    assert r2.limits_kw["phase"] == pytest.approx(34)
+    # R1 is still known on its own limits, but the loop heat is unknown (R2 feeds it)
+    assert r1.limits_kw["loop_alone"] is None and not r1.complete
+    assert (r1.headroom_kw, r1.limiting) == (pytest.approx(8), "feed")
+
+
+def test_a_cdu_with_no_pump_running_carries_nothing(model):
+    # cdu-2 stopped: N+1 must lose the largest remaining (cdu-1, 90 kW): 0 kW capacity left
+    s = model.evaluate(latest({("cdu-2", "pumps_running"): 0.0}), 1000.0)
+    assert {p.id: p.capacity_kw for p in s.pools}["loop-1"] == 0
+    assert s.racks[1].limiting == "loop_alone" and s.racks[1].headroom_kw == pytest.approx(-70)
+
+
+def test_capacity_holds_the_peak_of_the_window(model):
+    model.evaluate(latest({("pdu-1", "power_kw"): 45.0}), 1000.0)  # a training step peak
+    s = model.evaluate(latest(), 1002.0)
+    # design 70 - peak 45 = 25 (not 70 - 40 = 30)
+    assert s.racks[0].power_kw == 40 and s.racks[0].power_kw_peak == 45
+    assert s.racks[0].limits_kw["design"] == 25
+
+
+def test_what_if_draws_on_the_row_pools(model):
+    s = model.evaluate(latest(), 1000.0)
+    # loop pool 20 kW heat: 2 racks of 8 kW at capture 1.0 fit (16), 3 do not (24);
+    # upstream pool 30 kW: 3 racks
+    w = what_if(model, s, "A", 3, 8.0, capture_ratio=1.0)
+    assert (w.racks_fit, w.feasible, w.first_to_break) == (2, False, "loop")
+    assert w.racks_fit_by_limit["upstream"] == 3
+    with pytest.raises(ValueError, match="no row 'Z'"):
+        what_if(model, s, "Z", 1, 8.0)
