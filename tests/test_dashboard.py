@@ -1,0 +1,45 @@
+"""The operators' page in a real browser (Debian chromium, headless) on a live simulated site."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aidc.api import SiteAPI
+from aidc.net import free_port
+from dashboards.app import create_app
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_overview_shows_live_pue_racks_and_alerts(dash_duo, live_site, tmp_path):
+    app = create_app(SiteAPI(live_site.runtime))
+    dash_duo.start_server(app, port=free_port())
+
+    pue_text = wait_for(
+        lambda: re.fullmatch(r"1\.\d{3}", dash_duo.find_element("#pue-value").text), 20, "a PUE"
+    ).group(0)
+    truth = live_site.simulated.truth()["pue"]
+    assert abs(float(pue_text) - truth) / truth < 0.02
+    assert "category 2" in dash_duo.find_element("#pue-note").text
+
+    rows = wait_for(lambda: dash_duo.find_elements("#rack-table tbody tr")[1:], 10, "rack rows")
+    assert len(rows) == 8  # the header row is the first <tr>
+    a03 = [r.text for r in rows if r.text.startswith("A03")]
+    assert a03 and "feed" in a03[0]
+    assert dash_duo.find_element("#no-alerts").text == "No active alerts."
+
+    # a PDU goes dark: the alert shows up on the page without a reload
+    live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
+    wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 20,
+             "the unreachable alert in the alerts table")
+    dash_duo.driver.save_screenshot(str(tmp_path / "overview.png"))
+    assert dash_duo.get_logs() == []  # no errors in the browser console
