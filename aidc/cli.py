@@ -80,6 +80,10 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
     if token is None and simulate:
         token = _demo_token(data_dir)
     web = WebServer(SiteAPI(runtime), host, web_port, token)
+    if simulated:
+        from simulators.control import register_fault_routes
+
+        register_fault_routes(web.flask, simulated, token)
     web.start()
     print(f"aidc {'demo ' if simulate else ''}running: {web.url}  (API: {web.url}api/v1/site)"
           "  Ctrl-C stops.", flush=True)

@@ -61,8 +61,9 @@ def parse(model: type[BaseModel], data) -> BaseModel:
         raise ValueError(f"{where}: {err['msg']}") from None
 
 
-def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> None:
-    app.json = FiniteJSONProvider(app)
+def bearer_guard(api_token: str | None):
+    """Decorator for write actions: ``Authorization: Bearer <api_token>`` or 401/403."""
+
     def writes(view):
         @wraps(view)
         def guarded(*args, **kwargs):
@@ -74,6 +75,13 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
             return view(*args, **kwargs)
 
         return guarded
+
+    return writes
+
+
+def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> None:
+    app.json = FiniteJSONProvider(app)
+    writes = bearer_guard(api_token)
 
     @app.errorhandler(ValueError)
     def bad_input(e: ValueError):

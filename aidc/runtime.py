@@ -160,10 +160,13 @@ class Runtime:
 
     def tick(self, now: float) -> SiteStatus:
         t0 = time.perf_counter()
-        status = self.model.evaluate(self.fresh_latest(now), now)
+        latest = self.fresh_latest(now)
+        status = self.model.evaluate(latest, now)
         self.status = status
         self._pending.extend(self.model.derived_samples(status))
-        conditions = builtin_conditions(self.site, self.health.values(), status, now)
+        active = {a.fingerprint for a in self.evaluator.active_alerts()}
+        conditions = builtin_conditions(self.site, self.health.values(), status, latest,
+                                        active.__contains__)
         self.evaluator.step(now, conditions)  # notifications commit with the state change
         self.notifier_backlog = self.outbox.backlog()
         self.ticks += 1

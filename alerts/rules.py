@@ -1,30 +1,139 @@
-"""Built-in rules: conditions derived from device health and the model's status each tick."""
+"""Built-in rules: conditions derived each tick from device health, latest values and the
+model's status.
+
+A rule whose input is unknown (device unreachable, value not good) neither fires nor
+resolves: it keeps its current state, so a data-source outage raises one alert (the device
+is unreachable) instead of firing or clearing every alert that depends on it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from aidc.config import Site
-from aidc.metrics import DeviceHealth
-from alerts.evaluate import Condition
+from aidc.metrics import DeviceHealth, Sample
+from alerts.evaluate import Condition, fingerprint
+
+CRITICAL, WARNING = "critical", "warning"
+SUPERCAP_SOC_LOW_PCT = 50.0
+PUE_ABOVE_TARGET_FOR_S = 900.0
 
 
-def device_unreachable(site: Site, health: Iterable[DeviceHealth]) -> list[Condition]:
+@dataclass(frozen=True)
+class Inputs:
+    site: Site
+    health: Iterable[DeviceHealth]
+    status: object  # aidc.derive.SiteStatus, or None before the first tick
+    latest: Mapping[tuple[str, str], Sample]
+    is_active: Callable[[str], bool]  # fingerprint -> pending or firing now
+
+    def value(self, device: str, metric: str) -> float | None:
+        s = self.latest.get((device, metric))
+        return float(s.value) if s is not None and s.good else None
+
+
+def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None,
+               value: float | None, severity: str, summary: str, for_s: float = 0.0) -> Condition:
+    labels = {"site": i.site.site, **labels}
+    if active is None:  # unknown: hold whatever state it has
+        active = i.is_active(fingerprint(rule, labels))
+    return Condition(rule, labels, active, value, summary, severity, for_s)
+
+
+def device_unreachable(i: Inputs) -> list[Condition]:
     """Active once a device missed ``unreachable_intervals`` polls in a row; clears on the
     first good poll (so the resolved notice is not delayed)."""
-    n = site.alerts.unreachable_intervals
+    n = i.site.alerts.unreachable_intervals
     return [
-        Condition(
-            rule="device_unreachable",
-            labels={"site": site.site, "device": h.id, "kind": h.kind},
-            active=h.failures >= n,
-            value=float(h.failures),
-            severity="critical",
-            summary=f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}",
-        )
-        for h in health
+        _condition(i, "device_unreachable", {"device": h.id, "kind": h.kind}, h.failures >= n,
+                   float(h.failures), CRITICAL,
+                   f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}")
+        for h in i.health
     ]
 
 
-def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status, now: float) -> list[Condition]:
-    return device_unreachable(site, health)
+def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
+          severity: str, summary: str) -> list[Condition]:
+    """One condition per device of ``kind`` from one of its metrics."""
+    out = []
+    for d in i.site.devices_of(kind):
+        v = i.value(d.id, metric)
+        out.append(_condition(i, rule, {"device": d.id, "kind": kind},
+                              None if v is None else test(v), v, severity,
+                              summary.format(device=d.id, value=v)))
+    return out
+
+
+def device_rules(i: Inputs) -> list[Condition]:
+    return (
+        _flag(i, "leak", "cdu", "leak", lambda v: v >= 1, CRITICAL, "leak detected at {device}")
+        + _flag(i, "pump_redundancy_lost", "cdu", "pumps_running", lambda v: v < 2, WARNING,
+                "{device} runs on {value:g} pump(s): no spare pump left")
+        + _flag(i, "ups_on_battery", "ups", "on_battery", lambda v: v >= 1, CRITICAL,
+                "{device} is on battery: utility power lost")
+        + _flag(i, "supercap_soc_low", "supercap", "soc_pct",
+                lambda v: v < SUPERCAP_SOC_LOW_PCT, WARNING,
+                "{device} state of charge {value:.0f} %")
+        + _rectifier_redundancy(i)
+    )
+
+
+def _rectifier_redundancy(i: Inputs) -> list[Condition]:
+    """N+1 lost as soon as one module is out (the spare is gone); critical below N."""
+    out = []
+    for d in i.site.devices_of("rectifier"):
+        ok, total = i.value(d.id, "modules_ok"), i.value(d.id, "modules_total")
+        lost = None if ok is None or total is None else total - ok
+        spare = 1 if d.redundancy == "N+1" else 0
+        out.append(_condition(
+            i, "rectifier_redundancy_lost", {"device": d.id, "kind": "rectifier"},
+            None if lost is None else lost > 0, lost, CRITICAL if (lost or 0) > spare else WARNING,
+            f"{d.id}: {lost if lost is not None else '?'} of {total} modules out"))
+    return out
+
+
+def model_rules(i: Inputs) -> list[Condition]:
+    s = i.status
+    if s is None:
+        return []
+    out = []
+    for r in s.racks:
+        feed = r.limits_kw.get("feed")
+        out.append(_condition(
+            i, "rack_over_headroom", {"rack": r.id, "row": r.row},
+            None if r.headroom_kw is None else r.headroom_kw < 0, r.headroom_kw, CRITICAL,
+            f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW"))
+        out.append(_condition(
+            i, "feed_redundancy_lost", {"rack": r.id, "row": r.row},
+            None if feed is None else feed < 0, feed, CRITICAL,
+            f"rack {r.id} draws more than one feed can carry: losing a feed drops it"))
+    for p in s.pools:
+        if p.kind == "loop":
+            hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
+            out.append(_condition(
+                i, "supply_over_class", {"loop": p.id}, hot, p.supply_temp_c, CRITICAL,
+                f"loop {p.id} facility water {p.supply_temp_c} C is over its class limit "
+                f"{p.supply_limit_c:g} C"))
+    for b in s.backup:
+        out.append(_condition(
+            i, "backup_shortfall", {"supercap": b.supercap},
+            None if b.shortfall_s is None else b.shortfall_s > 0, b.shortfall_s, CRITICAL,
+            f"backup behind {b.supercap} bridges {b.bridge_s} s of the {b.required_s:g} s "
+            "the generator needs"))
+        swing = None if b.swing_kw is None or b.smoothing_kw is None else b.swing_kw > b.smoothing_kw
+        out.append(_condition(
+            i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw, WARNING,
+            f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth"))
+    target = i.site.model.pue_target
+    out.append(_condition(
+        i, "pue_above_target", {}, None if s.pue is None else s.pue > target, s.pue, WARNING,
+        f"PUE {s.pue} above the target {target:g}", for_s=PUE_ABOVE_TARGET_FOR_S))
+    return out
+
+
+def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
+                       latest: Mapping[tuple[str, str], Sample],
+                       is_active: Callable[[str], bool] = lambda fp: False) -> list[Condition]:
+    i = Inputs(site, list(health), status, latest, is_active)
+    return device_unreachable(i) + device_rules(i) + model_rules(i)

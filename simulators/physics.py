@@ -30,17 +30,20 @@ DRY_COOLER_KW_PER_KW_LIQUID = 0.045
 AIR_HANDLING_KW_PER_KW_AIR = 0.25
 CDU_PUMP_FLOW_LPM = 700.0  # per CDU with both pumps: each CDU can carry the loop alone
 FACILITY_SUPPLY_C = 30.0
+UPS_RUNTIME_MIN = 12.0  # at the demo's load, on a full battery
 CDU_APPROACH_K = 5.0
 
 
 @dataclass
 class Faults:
-    """Injected faults (issue #3 extends these): per device and site-wide."""
+    """Physical faults of the virtual site (protocol faults live on the servers)."""
 
-    sensor_fault: set[tuple[str, str]] = field(default_factory=set)  # (device, metric) -> None
+    sensor_fault: set[tuple[str, str]] = field(default_factory=set)  # served as a sentinel/Bad
+    stuck: dict[tuple[str, str], float] = field(default_factory=dict)  # frozen at this value
     pump_failed: set[str] = field(default_factory=set)  # CDU ids with one pump down
+    leak: set[str] = field(default_factory=set)  # CDU ids whose leak sensor trips
     modules_lost: dict[str, set[int]] = field(default_factory=dict)  # rectifier -> module nos
-    utility_outage: bool = False
+    utility_outage_since: float | None = None  # mains lost at (stores discharge from then)
 
 
 class SitePhysics:
@@ -123,6 +126,9 @@ class SitePhysics:
                 kw = values.get("input_power_kw", values.get("power_kw")) or 0.0
                 self.energy_kwh[device_id] += kw * dt_h
                 values["energy_kwh"] = self.energy_kwh[device_id]
+        for (device_id, metric), value in self.faults.stuck.items():
+            if device_id in v:
+                v[device_id][metric] = value
         for device_id, metric in self.faults.sensor_fault:
             if device_id in v:
                 v[device_id][metric] = None
@@ -185,24 +191,30 @@ class SitePhysics:
             "modules_ok": float(modules_ok),
             "modules_total": float(modules_total),
             "battery_voltage_v": bus_v,
-            "battery_current_a": -2.0 if not self.faults.utility_outage else out_kw * 1000 / bus_v,
+            "battery_current_a": out_kw * 1000 / bus_v if self._outage_s() is not None else -2.0,
             "alarm": 1.0 if modules_ok < modules_total else 0.0,
         }
 
+    def _outage_s(self) -> float | None:
+        since = self.faults.utility_outage_since
+        return None if since is None else max(0.0, self.clock() - since)
+
     def _ups_values(self, src, in_kw: float, out_kw: float) -> dict[str, float | None]:
-        outage = self.faults.utility_outage
+        on_battery_s = self._outage_s()
+        full_runtime_min = UPS_RUNTIME_MIN
+        used = 0.0 if on_battery_s is None else min(1.0, on_battery_s / 60 / full_runtime_min)
         return {
-            "input_voltage_v": 0.0 if outage else 415.0,
+            "input_voltage_v": 415.0 if on_battery_s is None else 0.0,
             "output_voltage_v": 230.0,
             "output_power_kw": out_kw,
             "load_pct": 100 * out_kw / src.rating_kw,
-            "on_battery": 1.0 if outage else 0.0,
-            "battery_status": 2.0,
-            "battery_charge_pct": 100.0,
-            "runtime_min": 12.0,
-            "seconds_on_battery_s": 0.0,
-            "battery_voltage_v": 545.0,
-            "alarms_present": 1.0 if outage else 0.0,
+            "on_battery": 0.0 if on_battery_s is None else 1.0,
+            "battery_status": 2.0 if used < 0.8 else 3.0,  # RFC 1628: 3 = batteryLow
+            "battery_charge_pct": 100.0 * (1 - used),
+            "runtime_min": full_runtime_min * (1 - used),
+            "seconds_on_battery_s": on_battery_s or 0.0,
+            "battery_voltage_v": 545.0 - 40 * used,
+            "alarms_present": 0.0 if on_battery_s is None else 1.0,
             "power_kw": in_kw,  # not on the wire; only used for the energy counter
         }
 
@@ -226,22 +238,28 @@ class SitePhysics:
             "facility_return_temp_c": facility_return_c,
             "facility_flow_lpm": facility_flow_lpm,
             "power_kw": 2.5 + 0.004 * q_kw,
-            "leak": 0.0,
+            "leak": 1.0 if cdu_id in self.faults.leak else 0.0,
             "reservoir_pct": 82.0,
             "valve_pct": 55.0,
-            "alarm": 0.0,
+            "alarm": 1.0 if cdu_id in self.faults.leak or pumps_running < 2 else 0.0,
         }
 
     def _supercap_values(self, sc, row_kw: float) -> dict[str, float | None]:
-        v = sc.vmax_v * 0.98
-        soc = 100 * (v**2 - sc.vmin_v**2) / (sc.vmax_v**2 - sc.vmin_v**2)
+        """Float at 98 % of Vmax on mains; on an outage it carries the row alone until the
+        battery takes over: E(t) = E0 - P t, V = sqrt(Vmin^2 + 2 E / C) (E above Vmin)."""
+        v_float = sc.vmax_v * 0.98
+        usable_j = 0.5 * sc.capacitance_f * (v_float**2 - sc.vmin_v**2)
+        t = self._outage_s()
+        discharging = t is not None and row_kw * 1000 * t < usable_j
+        left_j = usable_j if t is None else max(0.0, usable_j - row_kw * 1000 * t)
+        v = math.sqrt(sc.vmin_v**2 + 2 * left_j / sc.capacitance_f)
         return {
             "voltage_v": v,
-            "soc_pct": soc,
+            "soc_pct": 100 * (v**2 - sc.vmin_v**2) / (sc.vmax_v**2 - sc.vmin_v**2),
             "temp_c": 31.0,
             "capacitance_f": sc.capacitance_f,
             "esr_mohm": 4.0,
             "cycles": 1200.0,
-            "state": 0.0,
-            "power_kw": 0.0,
+            "state": 2.0 if discharging else 0.0,  # 0 standby, 2 discharging (supercap profile)
+            "power_kw": row_kw if discharging else 0.0,
         }

@@ -146,7 +146,7 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         await asyncio.sleep(1.0)
         assert len(alerts_for(receiver, "pdu-a01-a", "firing")) == 1
         assert len(alerts_for(receiver, "pdu-a01-a", "resolved")) == 1
-        assert not [b for b in receiver.bodies() if b["labels"]["device"] != "pdu-a01-a"]
+        assert not [b for b in receiver.bodies() if b["labels"].get("device") != "pdu-a01-a"]
 
         metrics = (await asyncio.to_thread(httpx.get, web.url + "metrics")).text
         assert 'aidc_device_up{device="pdu-a01-a"} 1' in metrics

@@ -1,0 +1,140 @@
+"""Injected faults on a live simulated site: each gives the right quality or alert, and none
+delays another device's poll. Each test undoes its fault (the site is shared)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aidc.metrics import Quality
+
+
+@pytest.fixture(scope="module")
+def live(shared_live_site):
+    return shared_live_site
+
+
+def wait_for(predicate, timeout_s: float = 10, what: str = "the condition"):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def inject(live, fault, device=None, metric=None, on=True, value=None):
+    live.call(live.simulated.inject(fault, device, metric, on, value))
+
+
+def alerts(live) -> dict[tuple[str, str], object]:
+    return {(a.rule, next(iter(a.labels.get(k) for k in ("device", "rack", "supercap", "loop")
+                                 if k in a.labels), "")): a
+            for a in live.runtime.evaluator.active_alerts()}
+
+
+def sample(live, device, metric):
+    return live.runtime.latest.get((device, metric))
+
+
+def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
+    inject(live, "utility_outage")
+    try:
+        wait_for(lambda: ("ups_on_battery", "ups-b") in alerts(live), what="ups_on_battery")
+        assert sample(live, "ups-b", "on_battery").value == 1
+        # the supercap carries its row first: state 2 (discharging), voltage below its float
+        assert sample(live, "sc-a", "state").value in (0, 2)  # it may already be spent
+        assert sample(live, "sc-a", "voltage_v").value < 392.0
+    finally:
+        inject(live, "utility_outage", on=False)
+    wait_for(lambda: ("ups_on_battery", "ups-b") not in alerts(live), what="the alert to resolve")
+
+
+def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
+    before = {p.id: p for p in live.runtime.status.pools}["loop-1"].capacity_kw
+    inject(live, "leak", "cdu-1")
+    inject(live, "pump_failure", "cdu-2")
+    try:
+        wait_for(lambda: {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} <= set(alerts(live)),
+                 what="leak and pump alerts")
+        # cdu-2 at 60 % flow: with N+1 the loop keeps the smaller CDU, so capacity falls
+        after = wait_for(lambda: (c := {p.id: p for p in live.runtime.status.pools}["loop-1"]
+                                  .capacity_kw) < before and c, what="a smaller loop capacity")
+        assert after == pytest.approx(0.6 * before, rel=0.02)
+    finally:
+        inject(live, "leak", "cdu-1", on=False)
+        inject(live, "pump_failure", "cdu-2", on=False)
+    wait_for(lambda: not {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} & set(alerts(live)),
+             what="both alerts to resolve")
+
+
+def test_rectifier_module_loss_costs_its_n_plus_1(live):
+    inject(live, "module_loss", "rect-a", value=4)
+    try:
+        wait_for(lambda: ("rectifier_redundancy_lost", "rect-a") in alerts(live),
+                 what="rectifier_redundancy_lost")
+        assert sample(live, "rect-a", "modules_ok").value == 12
+        assert alerts(live)[("rectifier_redundancy_lost", "rect-a")].severity == "warning"
+    finally:
+        inject(live, "module_loss", "rect-a", value=4, on=False)
+    wait_for(lambda: ("rectifier_redundancy_lost", "rect-a") not in alerts(live), what="resolve")
+
+
+@pytest.mark.parametrize("device, metric", [
+    ("cdu-1", "supply_temp_c"),  # Modbus: the int16 sentinel 0x7FFF
+    ("pdu-a02-b", "power_kw"),  # SNMP: APC's -1 (unsupported)
+    ("sc-b", "voltage_v"),  # OPC-UA: a Bad status code
+])
+def test_a_sensor_fault_is_bad_for_that_metric_only(live, device, metric):
+    inject(live, "sensor_fault", device, metric)
+    try:
+        s = wait_for(lambda: (x := sample(live, device, metric)) and x.quality is Quality.BAD and x,
+                     what=f"{device}.{metric} bad")
+        assert s.value is None
+        others = [v for (d, m), v in live.runtime.latest.items() if d == device and m != metric]
+        assert others and all(o.quality is Quality.GOOD for o in others)
+        assert live.runtime.health[device].state == "up"
+    finally:
+        inject(live, "sensor_fault", device, metric, on=False)
+    wait_for(lambda: sample(live, device, metric).quality is Quality.GOOD, what="recovery")
+
+
+def test_a_stuck_sensor_keeps_its_value(live):
+    inject(live, "stuck", "meter-main", "power_kw")
+    try:
+        first = live.simulated.physics.values("meter-main")["power_kw"]
+        time.sleep(1.2)  # the racks swing meanwhile
+        assert live.simulated.physics.values("meter-main")["power_kw"] == first
+        assert sample(live, "meter-main", "power_kw").value == pytest.approx(first, rel=1e-6)
+    finally:
+        inject(live, "stuck", "meter-main", "power_kw", on=False)
+
+
+@pytest.mark.parametrize("device, metric", [("cdu-2", "flow_lpm"), ("pdu-b01-a", "power_kw"),
+                                            ("sc-a", "soc_pct")])
+def test_a_refused_point_is_bad_and_the_device_stays_up(live, device, metric):
+    inject(live, "refuse", device, metric)
+    try:
+        wait_for(lambda: sample(live, device, metric).quality is Quality.BAD,
+                 what=f"{device}.{metric} refused")
+        assert live.runtime.health[device].state == "up"
+    finally:
+        inject(live, "refuse", device, metric, on=False)
+    wait_for(lambda: sample(live, device, metric).quality is Quality.GOOD, what="recovery")
+
+
+@pytest.mark.parametrize("slow", ["cdu-1", "pdu-a01-b", "sc-b"])
+def test_a_slow_device_never_delays_the_others(live, slow):
+    inject(live, "slow", slow, value=3.0)
+    try:
+        wait_for(lambda: live.runtime.health[slow].failures >= 2, what=f"{slow} to time out")
+        # every other device was polled within the last poll interval + its timeout
+        now = time.time()
+        late = {h.id: round(now - h.last_ok, 2) for h in live.runtime.health.values()
+                if h.id != slow and now - h.last_ok > 0.5 + 0.4 + 0.3}
+        assert late == {}
+    finally:
+        inject(live, "slow", slow, on=False)
+    wait_for(lambda: live.runtime.health[slow].state == "up", 15, what=f"{slow} to answer again")
