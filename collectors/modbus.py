@@ -10,33 +10,71 @@ ABCD big-endian (the Modbus default), DCBA little-endian, BADC bytes swapped in 
 CDAB words swapped (the common "word-swapped float"). For 64-bit values the same rule
 holds word by word: CDAB reverses the order of all four words.
 
-Coalescing: the points of each table are grouped into requests of at most
+Tables: a point with ``rows`` stands for one point per row, row r (1-based) at
+``address + (r - 1) x stride``; each row's Reading carries ``{label: "r"}``.
+
+Coalescing: the points of each table (rows expanded) are grouped into requests of at most
 ``profile.max_registers`` registers (2000 bits for coils and discrete inputs), bridging
 gaps of up to ``profile.max_gap`` unmapped addresses. A request the device rejects with an
 exception is split in halves, down to single points; the working split is remembered for
 the life of the collector, so later polls do not repeat the failing request. A single
 point that is still rejected reads as quality ``bad``; the rest of the device is unaffected.
+
+Gateways: devices at one host:port (different unit ids behind a Modbus TCP gateway, or one
+device) share one TCP connection, and one transaction at a time is outstanding on it, as
+many gateways require. The MBAP header's transaction identifier pairs answers with
+requests, so a late answer to a request that timed out is discarded. Each unit's
+``timeout_s`` counts from its own request, not from its place in the queue. A unit that
+does not answer, or whose gateway answers exception 0A/0B, is unreachable by itself; the
+connection is dropped only on a transport error or after ``SILENT_LIMIT`` requests in a
+row got no answer from any unit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
+from weakref import WeakKeyDictionary
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
 
 from aidc.config import DeviceBase
 from aidc.metrics import Quality, Reading, check_limits
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import ByteOrder, ModbusPoint, ModbusProfile
 
+Table = Literal["coil", "discrete", "holding", "input"]
+
 BIT_TABLES = ("coil", "discrete")
 TABLE_ORDER = {"coil": 0, "discrete": 1, "holding": 2, "input": 3}
+READ_FUNCTION = {  # the only requests ever sent: FC01, FC02, FC03, FC04
+    "coil": AsyncModbusTcpClient.read_coils,
+    "discrete": AsyncModbusTcpClient.read_discrete_inputs,
+    "holding": AsyncModbusTcpClient.read_holding_registers,
+    "input": AsyncModbusTcpClient.read_input_registers,
+}
 MAX_BITS = 2000  # per FC01/FC02 request (MAP v1.1b3, 6.1 and 6.2)
 GATEWAY_FAILURES = (0x0A, 0x0B)  # the gateway answers, the device behind it does not
+EXCEPTION_NAMES = {  # MAP v1.1b3, section 7
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+SILENT_LIMIT = 3  # requests in a row without any answer before a connection counts as dead
+CLIENT_TIMEOUT_S = 3600.0  # pymodbus' own deadline, out of the way: each unit's timeout_s rules
+BYTE_ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 NUMBERS = {  # the device's number, from its bytes most significant first
     "int16": struct.Struct(">h"),
     "uint16": struct.Struct(">H"),
@@ -45,9 +83,20 @@ NUMBERS = {  # the device's number, from its bytes most significant first
     "float32": struct.Struct(">f"),
     "float64": struct.Struct(">d"),
 }
+FLOAT_OF_WIDTH = {2: NUMBERS["float32"], 4: NUMBERS["float64"]}
 BIG_ENDIAN_WORDS = {n: struct.Struct(f">{n}H") for n in (1, 2, 4)}
 LITTLE_ENDIAN_WORDS = {n: struct.Struct(f"<{n}H") for n in (1, 2, 4)}
 WIDTH = {"int32": 2, "uint32": 2, "float32": 2, "float64": 4}  # others: one register
+
+
+class RequestRejected(Exception):
+    """The device answered a read with a Modbus exception code (``code``)."""
+
+    def __init__(self, code: int, where: str) -> None:
+        super().__init__(
+            f"{where}: answered exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})"
+        )
+        self.code = code
 
 
 # ---------------------------------------------------------------- decoding (pure)
@@ -109,13 +158,57 @@ def is_sentinel(words: Sequence[int], point: ModbusPoint, byte_order: ByteOrder)
     return content in [sentinel & mask for sentinel in point.sentinels]
 
 
-def to_reading(words: Sequence[int], point: ModbusPoint, byte_order: ByteOrder) -> Reading:
-    """The point's Reading: bad for a sentinel, an unknown enum code or a NaN; limits apply."""
-    raw = list(words)
+def to_reading(
+    words: Sequence[int],
+    point: ModbusPoint,
+    byte_order: ByteOrder,
+    labels: Mapping[str, str] | None = None,
+) -> Reading:
+    """The point's Reading (of the table row ``labels``): bad for a sentinel, an unknown enum
+    code or a NaN; limits apply."""
+    raw, labels = list(words), dict(labels or {})
     value = None if is_sentinel(words, point, byte_order) else decode(words, point, byte_order)
     if value is None or not math.isfinite(value):
-        return Reading(point.metric, None, Quality.BAD, raw=raw)
-    return Reading(point.metric, value, check_limits(value, point.min, point.max), raw=raw)
+        return Reading(point.metric, None, Quality.BAD, raw, labels)
+    quality = check_limits(value, point.min, point.max)
+    return Reading(point.metric, value, quality, raw, labels)
+
+
+def float_under_all_orders(words: Sequence[int]) -> dict[ByteOrder, float]:
+    """The float in 2 (float32) or 4 (float64) registers as received, decoded under each byte
+    order (ABCD, CDAB, BADC, DCBA): for commissioning a map, the plausible one is the device's.
+    """
+    number = FLOAT_OF_WIDTH.get(len(words))
+    if number is None:
+        raise ValueError(f"a float spans 2 or 4 registers, not {len(words)}")
+    return {order: number.unpack(value_bytes(words, order))[0] for order in BYTE_ORDERS}
+
+
+# ---------------------------------------------------------------- table rows (pure)
+
+
+def expand_rows(points: Sequence[ModbusPoint]) -> list[tuple[ModbusPoint, dict[str, str]]]:
+    """Every point with its row labels: a table point once per row, row r (1-based) at
+    ``address + (r - 1) x stride`` labelled ``{label: "r"}``; any other point unlabelled."""
+    expanded: list[tuple[ModbusPoint, dict[str, str]]] = []
+    for point in points:
+        if point.rows is None:
+            expanded.append((point, {}))
+            continue
+        rows = point.rows
+        last = point.address + (rows.count - 1) * rows.stride
+        if (rows.count > 1 and rows.stride < point_width(point)) or last > 0xFFFF:
+            raise ValueError(
+                f"point {point.metric}: {rows.count} rows of stride {rows.stride} from address "
+                f"{point.address} overlap or pass 65535: the stride must be at least "
+                f"{point_width(point)}"
+            )
+        for r in range(1, rows.count + 1):
+            row = point.model_copy(
+                update={"address": point.address + (r - 1) * rows.stride, "rows": None}
+            )
+            expanded.append((row, {rows.label: str(r)}))
+    return expanded
 
 
 # ---------------------------------------------------------------- request planning (pure)
@@ -126,7 +219,7 @@ class Block:
     """One read request: ``count`` registers (or bits) of ``table`` from ``start``,
     carrying the profile points at ``indices``."""
 
-    table: str
+    table: Table
     start: int
     count: int
     indices: tuple[int, ...]
@@ -169,20 +262,129 @@ def split(points: Sequence[ModbusPoint], block: Block) -> tuple[Block, Block]:
     return block_of(points, block.indices[:half]), block_of(points, block.indices[half:])
 
 
+# ---------------------------------------------------------------- shared connections
+
+
+class SharedConnection:
+    """One TCP connection to ``host:port``, shared by every unit id polled through it, with
+    one transaction outstanding at a time: many gateways serve no more."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.users = 0
+        self.lock = asyncio.Lock()
+        self._client: AsyncModbusTcpClient | None = None
+        self._silent = 0  # requests in a row that got no answer at all
+
+    async def read(
+        self, table: Table, start: int, count: int, unit_id: int, timeout_s: float
+    ) -> ModbusPDU:
+        """One read request to ``unit_id``, sent when the connection is free.
+
+        Raises TimeoutError when the unit does not answer within ``timeout_s`` (the connection
+        stays, unless SILENT_LIMIT requests in a row went unanswered) and ConnectionError when
+        the connection cannot be opened or breaks (it is dropped; the next request reopens it).
+        """
+        async with self.lock:
+            client = await self._open(timeout_s)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await READ_FUNCTION[table](
+                        client, start, count=count, device_id=unit_id
+                    )
+            except TimeoutError:
+                self._silent += 1
+                if self._silent >= SILENT_LIMIT:
+                    self.close()
+                raise
+            except (ModbusException, OSError) as e:
+                self.close()
+                raise ConnectionError(f"connection broken ({e})") from e
+            self._silent = 0
+            return response
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _open(self, timeout_s: float) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self.close()
+        client = AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            timeout=CLIENT_TIMEOUT_S,
+            retries=0,
+            reconnect_delay=0,  # no background reconnects: the next request reconnects
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                connected = await client.connect()
+        except TimeoutError:
+            connected = False
+        if not connected:
+            client.close()
+            raise ConnectionError(f"no connection within {timeout_s} s (refused or no answer)")
+        self._client, self._silent = client, 0
+        return client
+
+
+class ConnectionPool:
+    """Shared connections by (host, port), each closed when its last user releases it."""
+
+    def __init__(self) -> None:
+        self._connections: dict[tuple[str, int], SharedConnection] = {}
+
+    def acquire(self, host: str, port: int) -> SharedConnection:
+        connection = self._connections.get((host, port))
+        if connection is None:
+            connection = self._connections[(host, port)] = SharedConnection(host, port)
+        connection.users += 1
+        return connection
+
+    def release(self, connection: SharedConnection) -> None:
+        connection.users -= 1
+        if connection.users == 0:
+            connection.close()
+            del self._connections[(connection.host, connection.port)]
+
+
+_POOLS: WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = WeakKeyDictionary()
+
+
+def shared_pool() -> ConnectionPool:
+    """The running event loop's pool: every collector polling from this loop shares it (an
+    asyncio connection and lock belong to one loop, so the pool does too)."""
+    return _POOLS.setdefault(asyncio.get_running_loop(), ConnectionPool())
+
+
 # ---------------------------------------------------------------- the collector
 
 
 class ModbusCollector(Collector):
     """Polls one Modbus TCP device (``device.host``, ``device.port``, ``device.modbus.unit_id``).
 
-    Connects on the first read and keeps the connection; after a transport failure the next
-    read reconnects. Every request waits at most ``timeout_s``.
+    Takes its connection from ``pool`` (by default the running loop's :func:`shared_pool`) on
+    the first read and keeps it until :meth:`close`. Every request waits at most
+    ``timeout_s`` once it is sent.
     """
 
-    def __init__(self, device: DeviceBase, profile: ModbusProfile, timeout_s: float) -> None:
+    def __init__(
+        self,
+        device: DeviceBase,
+        profile: ModbusProfile,
+        timeout_s: float,
+        pool: ConnectionPool | None = None,
+    ) -> None:
         super().__init__(device, profile, timeout_s)
-        self._plan = coalesce(profile.points, profile.max_registers, profile.max_gap)
-        self._client: AsyncModbusTcpClient | None = None
+        expanded = expand_rows(profile.points)
+        self._points = [point for point, _ in expanded]
+        self._labels = [labels for _, labels in expanded]
+        self._plan = coalesce(self._points, profile.max_registers, profile.max_gap)
+        self._pool = pool
+        self._connection: SharedConnection | None = None
 
     @property
     def plan(self) -> list[Block]:
@@ -190,90 +392,78 @@ class ModbusCollector(Collector):
         return list(self._plan)
 
     async def read(self) -> list[Reading]:
-        client = await self._connect()
         readings: dict[int, Reading] = {}
         plan: list[Block] = []
         for block in self._plan:
-            plan += await self._read_block(client, block, readings)
+            plan += await self._read_block(block, readings)
         self._plan = plan
-        return [readings[i] for i in range(len(self.profile.points))]
+        return [readings[i] for i in range(len(self._points))]
+
+    async def read_raw(self, table: Table, address: int, count: int) -> list[int]:
+        """``count`` registers (bits as 0/1) of ``table`` from ``address``, as the device sent
+        them, for ``aidc probe``. Raises RequestRejected if the device answers an exception."""
+        answer = await self._request(Block(table, address, count, ()))
+        if isinstance(answer, int):
+            raise RequestRejected(answer, self._where)
+        return answer
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Release the shared connection (closed when no other unit uses it)."""
+        if self._connection is not None and self._pool is not None:
+            self._pool.release(self._connection)
+            self._connection = None
 
-    async def _connect(self) -> AsyncModbusTcpClient:
-        if self._client is None:
-            self._client = AsyncModbusTcpClient(
-                self.device.host,
-                port=self.device.port,
-                name=self.device.id,
-                timeout=self.timeout_s,
-                retries=0,
-                reconnect_delay=0,  # no background reconnects: the next read() reconnects
-            )
-        if not self._client.connected and not await self._client.connect():
-            await self.close()
-            raise DeviceUnreachable(
-                f"{self._where}: no connection within {self.timeout_s} s "
-                "(refused or no answer): check that the device is up and the address"
-            )
-        return self._client
-
-    async def _read_block(
-        self, client: AsyncModbusTcpClient, block: Block, readings: dict[int, Reading]
-    ) -> list[Block]:
+    async def _read_block(self, block: Block, readings: dict[int, Reading]) -> list[Block]:
         """Read ``block`` into ``readings``, splitting it while the device rejects it;
         return the blocks that now stand for it in the plan."""
-        points = self.profile.points
-        answer = await self._request(client, block)
+        points, byte_order = self._points, self.profile.byte_order
+        answer = await self._request(block)
         if isinstance(answer, list):
             for i in block.indices:
                 first = points[i].address - block.start
                 words = answer[first : first + point_width(points[i])]
-                readings[i] = to_reading(words, points[i], self.profile.byte_order)
+                readings[i] = to_reading(words, points[i], byte_order, self._labels[i])
             return [block]
         if len(block.indices) == 1:
-            point = points[block.indices[0]]
-            readings[block.indices[0]] = Reading(
-                point.metric, None, Quality.BAD, raw=f"exception {answer}"
+            i = block.indices[0]
+            readings[i] = Reading(
+                points[i].metric, None, Quality.BAD, f"exception {answer}", dict(self._labels[i])
             )
             return [block]
         working: list[Block] = []
         for half in split(points, block):
-            working += await self._read_block(client, half, readings)
+            working += await self._read_block(half, readings)
         return working
 
-    async def _request(self, client: AsyncModbusTcpClient, block: Block) -> list[int] | int:
+    async def _request(self, block: Block) -> list[int] | int:
         """The block's registers (bits as 0/1), or the exception code the device answered."""
-        read = {
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-            "holding": client.read_holding_registers,
-            "input": client.read_input_registers,
-        }[block.table]
+        if self._connection is None:
+            self._pool = self._pool or shared_pool()
+            self._connection = self._pool.acquire(self.device.host, self.device.port)
+        unit_id = self.device.modbus.unit_id
         try:
-            response = await read(
-                block.start, count=block.count, device_id=self.device.modbus.unit_id
+            response = await self._connection.read(
+                block.table, block.start, block.count, unit_id, self.timeout_s
             )
-        except (TimeoutError, ModbusException, OSError) as e:
-            await self.close()
+        except TimeoutError as e:
             raise DeviceUnreachable(
                 f"{self._where}: no valid answer within {self.timeout_s} s: "
                 "check that the device is up, its port and its unit id"
+            ) from e
+        except ConnectionError as e:
+            raise DeviceUnreachable(
+                f"{self._where}: {e}: check that the device is up and the address"
             ) from e
         if response.isError():
             if response.exception_code in GATEWAY_FAILURES:
                 raise DeviceUnreachable(
                     f"{self._where}: gateway answered exception {response.exception_code}: "
-                    f"unit {self.device.modbus.unit_id} does not respond behind it"
+                    f"unit {unit_id} does not respond behind it"
                 )
             return response.exception_code
         bits = block.table in BIT_TABLES
         answer = [int(b) for b in response.bits] if bits else response.registers
         if len(answer) < block.count:
-            await self.close()
             raise DeviceUnreachable(
                 f"{self._where}: answered {len(answer)} of {block.count} {block.table} values"
             )
@@ -281,4 +471,7 @@ class ModbusCollector(Collector):
 
     @property
     def _where(self) -> str:
-        return f"device {self.device.id} at {self.device.host}:{self.device.port}"
+        return (
+            f"device {self.device.id} at {self.device.host}:{self.device.port} "
+            f"unit {self.device.modbus.unit_id}"
+        )

@@ -1,38 +1,51 @@
-"""A Modbus TCP device that serves a profile's points, encoded from live values at each request.
+"""Simulated Modbus TCP devices: one device, or a gateway with several devices behind it.
 
-Follows the Modbus Application Protocol Specification v1.1b3: read function codes 01-04 are
-answered; every write answers exception 01 (illegal function), a read that touches a register
-no point maps answers exception 02 (illegal data address) unless the register lies in a gap
-of at most ``profile.max_gap`` registers between mapped ones (a device's reserved registers,
-read as 0, so that a collector may bridge them), and a read of a faulty sensor that has no
-sentinel answers exception 04 (server device failure). A request for another unit id
-answers exception 0B (gateway target device failed to respond).
+Each device serves a profile's points, encoded from its live values at every request. The
+framing follows the Modbus Messaging on TCP/IP Implementation Guide v1.0b (MBAP header; the
+unit identifier selects a device behind a gateway), the requests and exceptions the Modbus
+Application Protocol Specification v1.1b3:
 
-The encoding here is written independently of collectors.modbus, which decodes: the two share
-only the profile files, so that a bug in one cannot hide itself in the other. Byte orders
-name the position of the value's bytes (A = most significant) on the wire: ABCD big-endian,
-DCBA little-endian, BADC bytes swapped in each word, CDAB words swapped.
+- read function codes 01-04 are answered; any other function code (every write) answers
+  exception 01 (illegal function); a quantity outside 1-125 registers or 1-2000 bits answers
+  exception 03 (illegal data value);
+- a read that touches a register no point maps answers exception 02 (illegal data address),
+  unless the register lies in a gap of at most ``profile.max_gap`` registers between mapped
+  ones (a device's reserved registers, read as 0, so that a collector may bridge them);
+- a faulty sensor without a sentinel, or a metric in ``refuse``, answers exception 04 (server
+  device failure);
+- a unit id with no device behind it, or one taken offline, answers exception 0B (gateway
+  target device failed to respond), or nothing at all when taken offline ``silent``.
+
+Requests on one connection are answered concurrently, in any order, each under its own
+transaction id (MBAP header), so that ``peak_transactions`` shows what a client
+imposes: a polite client never has more than one outstanding per connection.
+
+The framing and encoding here are written independently of collectors.modbus (which decodes
+with pymodbus): the two share only the profile files, so that a bug in one cannot hide itself
+in the other. Byte orders name the position of the value's bytes (A = most significant) on
+the wire: ABCD big-endian, DCBA little-endian, BADC bytes swapped in each word, CDAB words
+swapped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
+from enum import IntEnum
 from itertools import pairwise
 
-from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
-from pymodbus.exceptions import NoSuchIdException
-from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
-
+from aidc.metrics import series_key
 from collectors.profiles import ByteOrder, ModbusPoint, ModbusProfile
 
 Values = Callable[[], Mapping[str, float | None]]
 
 TABLE_OF_FUNCTION = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+MAX_QUANTITY = {1: 2000, 2: 2000, 3: 125, 4: 125}  # MAP v1.1b3, 6.1-6.4
 BIT_TABLES = ("coil", "discrete")
+MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit id
+READ_REQUEST = struct.Struct(">HH")  # starting address, quantity
 PACK = {
     "int16": ">h",
     "uint16": ">H",
@@ -50,6 +63,16 @@ INT_RANGE = {
     "uint32": (0, 2**32 - 1),
     "bool": (0, 1),
 }
+
+
+class ExceptionCode(IntEnum):
+    """Exception codes this simulator answers (MAP v1.1b3, section 7)."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_DATA_ADDRESS = 0x02
+    ILLEGAL_DATA_VALUE = 0x03
+    SERVER_DEVICE_FAILURE = 0x04
+    GATEWAY_TARGET_FAILED_TO_RESPOND = 0x0B
 
 
 def byte_size(point: ModbusPoint) -> int:
@@ -157,78 +180,216 @@ class TableImage:
             self.words[address] = on_the_wire(struct.pack(">H", content), order)[0]
 
 
-class ProfileDatastore(ModbusServerContext):
-    """A pymodbus 3.x server context that encodes the device's current values per request.
+def table_rows(points: list[ModbusPoint]) -> list[tuple[ModbusPoint, str]]:
+    """Every point with the key of its value in ``values()``: a table point once per row,
+    row r (1-based) at ``address + (r - 1) x stride`` under ``metric{label=r}``."""
+    expanded: list[tuple[ModbusPoint, str]] = []
+    for point in points:
+        if point.rows is None:
+            expanded.append((point, point.metric))
+            continue
+        label, stride = point.rows.label, point.rows.stride
+        for r in range(1, point.rows.count + 1):
+            row = point.model_copy(update={"address": point.address + (r - 1) * stride})
+            expanded.append((row, series_key(point.metric, {label: str(r)})))
+    return expanded
 
-    It speaks pymodbus' datastore protocol (async_getValues / async_setValues / device_ids)
-    instead of holding registers. The newer SimDevice API does not fit yet: its bit blocks
-    cannot refuse single unmapped coils or discrete inputs, and its per-request action sees
-    the register count, not the bit count, of an FC01/FC02 read.
+
+class SimulatedUnit:
+    """One device: answers reads of its profile's tables from its current ``values()``.
+
+    ``values()`` gives the device's canonical values (physical units, by series key: a table
+    row under ``metric{label=r}``); a key that is None or missing is a sensor fault. A read
+    touching one of the ``illegal`` addresses answers exception 02, to exercise a collector's
+    fallback.
     """
 
-    def __init__(
-        self, profile: ModbusProfile, values: Values, unit_id: int, illegal: AbstractSet[int]
-    ) -> None:
-        # No super().__init__(): it would build register blocks this store does not use.
-        self.old_simulator, self.simdevices = True, []  # pymodbus: call this context directly
-        self.profile, self.values, self.unit_id, self.illegal = profile, values, unit_id, illegal
+    def __init__(self, profile: ModbusProfile, values: Values) -> None:
+        self.profile, self.values = profile, values
+        self.illegal: frozenset[int] = frozenset()
+        points = table_rows(profile.points)
         self.points = {
-            table: [p for p in profile.points if p.table == table]
+            table: [(p, key) for p, key in points if p.table == table]
             for table in TABLE_OF_FUNCTION.values()
         }
         self.readable = {
-            table: readable_addresses(points, profile.max_gap)
-            for table, points in self.points.items()
+            table: readable_addresses([p for p, _ in rows], profile.max_gap)
+            for table, rows in self.points.items()
         }
 
-    def device_ids(self) -> list[int]:
-        return [self.unit_id]
+    def read(
+        self, table: str, wanted: range, refuse: AbstractSet[str]
+    ) -> list[int] | ExceptionCode:
+        """Registers (or bits as 0/1) ``wanted`` of ``table``, encoded now; or the exception.
 
-    async def async_getValues(
-        self, device_id: int, func_code: int, address: int, count: int = 1
-    ) -> list[int] | list[bool] | ExcCodes:
-        """Registers (or bits) ``address`` .. ``address + count - 1``, encoded now."""
-        if device_id != self.unit_id:
-            raise NoSuchIdException(f"unit id {device_id} (this device is {self.unit_id})")
-        table = TABLE_OF_FUNCTION.get(func_code)
-        if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        wanted = range(address, address + count)
+        ``refuse``: metrics (or one row's series key) whose registers answer exception 04.
+        """
         if any(a not in self.readable[table] or a in self.illegal for a in wanted):
-            return ExcCodes.ILLEGAL_ADDRESS
-        image = self.image(table, wanted)
-        if image.faulty.intersection(wanted):
-            return ExcCodes.DEVICE_FAILURE
-        if table in BIT_TABLES:
-            return [bool(image.words.get(a, 0)) for a in wanted]
-        return [image.words.get(a, 0) for a in wanted]
-
-    async def async_setValues(
-        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
-    ) -> ExcCodes:
-        """Writes are refused: a monitored device, not a controlled one."""
-        return ExcCodes.ILLEGAL_FUNCTION
-
-    def image(self, table: str, wanted: range) -> TableImage:
-        """The table's current content for the points that ``wanted`` touches."""
+            return ExceptionCode.ILLEGAL_DATA_ADDRESS
         current = self.values()
         image = TableImage()
-        for point in self.points[table]:
+        for point, key in self.points[table]:
             where = span(point)
             if where.start < wanted.stop and wanted.start < where.stop:
-                order = point.byte_order or self.profile.byte_order
-                image.add(point, current.get(point.metric), order)
+                if refuse & {point.metric, key}:
+                    image.faulty.update(where)
+                else:
+                    image.add(point, current.get(key), point.byte_order or self.profile.byte_order)
         image.finish()
-        return image
+        if image.faulty.intersection(wanted):
+            return ExceptionCode.SERVER_DEVICE_FAILURE
+        return [image.words.get(a, 0) for a in wanted]
 
 
-class ModbusDeviceServer:
-    """One simulated Modbus TCP device on ``host:port``, answering for ``unit_id``.
+def exception_pdu(function_code: int, code: ExceptionCode) -> bytes:
+    """An exception response: the function code with its high bit set, then the code."""
+    return bytes((function_code | 0x80, code))
 
-    ``values()`` gives the device's current canonical values (physical units, by metric); a
-    metric that is None or missing is a sensor fault. ``illegal_addresses`` makes any read
-    touching them answer exception 02, to exercise a collector's fallback.
-    ``function_codes_seen`` records the function code of every request received.
+
+def read_response_pdu(function_code: int, content: list[int]) -> bytes:
+    """A read response: byte count, then bits packed eight to a byte (first bit in the least
+    significant position, MAP 6.1) or big-endian registers (MAP 6.3)."""
+    if TABLE_OF_FUNCTION[function_code] in BIT_TABLES:
+        data = bytes(
+            sum(bit << k for k, bit in enumerate(content[i : i + 8]))
+            for i in range(0, len(content), 8)
+        )
+    else:
+        data = struct.pack(f">{len(content)}H", *content)
+    return bytes((function_code, len(data))) + data
+
+
+def keep(tasks: set[asyncio.Task[None]], task: asyncio.Task[None] | None) -> None:
+    """Hold ``task`` in ``tasks`` until it ends (so that it can be awaited or cancelled)."""
+    if task is not None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+class ModbusGatewayServer:
+    """A Modbus TCP gateway on ``host:port`` with one simulated device per unit id.
+
+    ``units`` maps a unit id to the device's profile and its ``values()`` callable. Fault
+    hooks, changeable while running: ``delay_s`` delays every answer (a slow device or
+    gateway); ``refuse`` holds metrics whose registers answer exception 04 (a failing sensor
+    board); :meth:`set_unit_offline` takes one device behind the gateway off its bus.
+
+    For tests: ``function_codes_seen`` records the function code of every request received,
+    ``connections_accepted`` counts TCP connections, ``peak_transactions`` is the most
+    requests ever received and not yet answered at one time, over all connections.
+    """
+
+    def __init__(
+        self, host: str, port: int, units: Mapping[int, tuple[ModbusProfile, Values]]
+    ) -> None:
+        self.host, self.port = host, port
+        self.units = {
+            unit_id: SimulatedUnit(profile, values) for unit_id, (profile, values) in units.items()
+        }
+        self.delay_s = 0.0
+        self.refuse: set[str] = set()
+        self.function_codes_seen: list[int] = []
+        self.connections_accepted = 0
+        self.peak_transactions = 0
+        self._outstanding = 0
+        self._offline: dict[int, bool] = {}  # unit id -> silent (no answer at all)
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task[None]] = set()  # one task per connection
+        self._answering: set[asyncio.Task[None]] = set()  # one task per request not yet answered
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def set_unit_offline(self, unit_id: int, offline: bool, *, silent: bool = False) -> None:
+        """Take the device at ``unit_id`` off the gateway's bus (or put it back): the gateway
+        answers exception 0B for it, or nothing at all if ``silent`` (the client times out)."""
+        if offline:
+            self._offline[unit_id] = silent
+        else:
+            self._offline.pop(unit_id, None)
+
+    async def start(self) -> None:
+        """Listen; returns once connections are accepted."""
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+
+    async def stop(self) -> None:
+        """Close the listening socket and every connection, dropping unanswered requests."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        for writer in self._connections:
+            writer.close()  # its reader sees the end of the stream
+        for task in self._answering:
+            task.cancel()
+        await asyncio.gather(*self._serving, *self._answering, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: read requests as they come, answer each in its own task."""
+        self.connections_accepted += 1
+        self._connections.add(writer)
+        keep(self._serving, asyncio.current_task())
+        try:
+            while True:
+                header = await reader.readexactly(MBAP.size)
+                transaction, protocol, length, unit_id = MBAP.unpack(header)
+                if protocol != 0 or not 2 <= length <= 254:
+                    return  # not Modbus TCP: drop the connection
+                pdu = await reader.readexactly(length - 1)
+                self.function_codes_seen.append(pdu[0])
+                self._outstanding += 1
+                self.peak_transactions = max(self.peak_transactions, self._outstanding)
+                answer = self._answer(writer, transaction, unit_id, pdu)
+                keep(self._answering, asyncio.create_task(answer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the client closed the connection
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, transaction: int, unit_id: int, pdu: bytes
+    ) -> None:
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            reply = self._reply(unit_id, pdu)
+            if reply is not None and not writer.is_closing():
+                writer.write(MBAP.pack(transaction, 0, len(reply) + 1, unit_id) + reply)
+        finally:
+            self._outstanding -= 1
+
+    def _reply(self, unit_id: int, pdu: bytes) -> bytes | None:
+        """The response PDU to one request; None: the gateway stays silent."""
+        function_code = pdu[0]
+        unit = self.units.get(unit_id)
+        if unit is None or unit_id in self._offline:
+            if self._offline.get(unit_id):
+                return None
+            return exception_pdu(function_code, ExceptionCode.GATEWAY_TARGET_FAILED_TO_RESPOND)
+        if function_code not in TABLE_OF_FUNCTION:
+            return exception_pdu(function_code, ExceptionCode.ILLEGAL_FUNCTION)
+        if len(pdu) != 1 + READ_REQUEST.size:
+            return exception_pdu(function_code, ExceptionCode.ILLEGAL_DATA_VALUE)
+        address, quantity = READ_REQUEST.unpack(pdu[1:])
+        if not 1 <= quantity <= MAX_QUANTITY[function_code]:
+            return exception_pdu(function_code, ExceptionCode.ILLEGAL_DATA_VALUE)
+        if address + quantity > 0x10000:
+            return exception_pdu(function_code, ExceptionCode.ILLEGAL_DATA_ADDRESS)
+        wanted = range(address, address + quantity)
+        answer = unit.read(TABLE_OF_FUNCTION[function_code], wanted, self.refuse)
+        if isinstance(answer, ExceptionCode):
+            return exception_pdu(function_code, answer)
+        return read_response_pdu(function_code, answer)
+
+
+class ModbusDeviceServer(ModbusGatewayServer):
+    """One simulated Modbus TCP device on ``host:port``, answering for ``unit_id`` only.
+
+    ``illegal_addresses`` makes any read touching them answer exception 02.
     """
 
     def __init__(
@@ -240,30 +401,6 @@ class ModbusDeviceServer:
         unit_id: int = 1,
         illegal_addresses: AbstractSet[int] = frozenset(),
     ) -> None:
-        self.profile, self.host, self.port, self.unit_id = profile, host, port, unit_id
-        self.datastore = ProfileDatastore(profile, values, unit_id, frozenset(illegal_addresses))
-        self.function_codes_seen: list[int] = []
-        self._server: ModbusTcpServer | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        """Listen; returns once connections are accepted."""
-        server = ModbusTcpServer(
-            self.datastore, address=(self.host, self.port), trace_pdu=self._trace
-        )
-        await server.serve_forever(background=True)
-        self._server = server
-
-    async def stop(self) -> None:
-        """Close the listening socket and every client connection."""
-        if self._server is not None:
-            await self._server.shutdown()
-            self._server = None
-
-    def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending:
-            self.function_codes_seen.append(pdu.function_code)
-        return pdu
+        super().__init__(host, port, {unit_id: (profile, values)})
+        self.profile, self.unit_id = profile, unit_id
+        self.units[unit_id].illegal = frozenset(illegal_addresses)

@@ -1,4 +1,6 @@
-"""Modbus TCP: pure decoders, and the collector against the simulator over real loopback TCP.
+"""Modbus TCP: pure decoders, the collector against the simulator over real loopback TCP
+(single devices and gateways with several unit ids), fault injection, and mbpoll (Debian,
+libmodbus) reading the simulator.
 
 Every expected number is written by hand (IEEE 754 words worked out on paper), never
 recomputed with the code under test.
@@ -7,6 +9,8 @@ recomputed with the code under test.
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -15,12 +19,24 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from aidc.config import DeviceBase, ModbusSettings
-from aidc.metrics import Quality, Reading
+from aidc.metrics import Quality, Reading, series_key
 from aidc.net import free_port
 from collectors import DeviceUnreachable, make_collector
-from collectors.modbus import Block, ModbusCollector, coalesce, decode, is_sentinel, to_reading
-from collectors.profiles import ModbusPoint, ModbusProfile, load_profile
-from simulators.modbus import ModbusDeviceServer
+from collectors.modbus import (
+    SILENT_LIMIT,
+    Block,
+    ConnectionPool,
+    ModbusCollector,
+    RequestRejected,
+    coalesce,
+    decode,
+    expand_rows,
+    float_under_all_orders,
+    is_sentinel,
+    to_reading,
+)
+from collectors.profiles import ModbusPoint, ModbusProfile, Rows, load_profile
+from simulators.modbus import ModbusDeviceServer, ModbusGatewayServer
 
 HOST = "127.0.0.1"
 TIMEOUT_S = 0.5
@@ -38,7 +54,13 @@ def adjacent_profile(n: int, **settings: object) -> ModbusProfile:
 
 
 def by_metric(readings: list[Reading]) -> dict[str, Reading]:
-    return {r.metric: r for r in readings}
+    """Readings by series key: ``metric``, or ``metric{label=r}`` for a table row."""
+    return {r.key: r for r in readings}
+
+
+def module(metric: str, n: int) -> str:
+    """The series key of one rectifier module's metric: ``module_temp_c{module=3}``."""
+    return series_key(metric, {"module": str(n)})
 
 
 @asynccontextmanager
@@ -159,7 +181,11 @@ CDU_VALUES: dict[str, float | None] = {
 RECTIFIER_VALUES: dict[str, float | None] = {
     "input_power_kw": 416.8, "output_voltage_v": 800.0, "output_current_a": 500.25,
     "output_power_kw": 400.2, "battery_voltage_v": 812.5, "battery_current_a": -123.456,
-    "modules_ok": 18, "modules_total": 19, "alarm": 1,
+    "modules_ok": 12, "modules_total": 13, "alarm": 1,
+    **{module("module_state", n): 0 for n in range(1, 14)},
+    **{module("module_current_a", n): 41.6 + n for n in range(1, 14)},  # 42.6 .. 54.6 A
+    **{module("module_temp_c", n): 35.0 + 0.5 * n for n in range(1, 14)},  # 35.5 .. 41.5 C
+    module("module_state", 7): 2, module("module_current_a", 7): 0.0,  # module 7: AC fail
 }
 METER_VALUES: dict[str, float | None] = {
     "voltage_v": 415.2, "current_a": 612.5, "power_kw": 421.75, "frequency_hz": 50.02,
@@ -190,14 +216,26 @@ def test_cdu_round_trip_in_two_requests() -> None:
     asyncio.run(run())
 
 
-def test_rectifier_round_trip_word_swapped() -> None:
+def test_rectifier_round_trip_word_swapped_with_its_module_table() -> None:
     async def run() -> None:
         async with device(load_profile("hvdc_rectifier"), RECTIFIER_VALUES) as (server, c):
             readings = await c.read()
-            assert server.function_codes_seen == [4]
-        assert_read_back(readings, RECTIFIER_VALUES, tol=0)
+            assert server.function_codes_seen == [4, 4]  # system totals, module table
+            assert [(b.start, b.count) for b in c.plan] == [(0, 15), (100, 51)]
+        assert len(readings) == 9 + 3 * 13
+        assert_read_back(readings, RECTIFIER_VALUES, tol=0.05)  # module rows hold 0.1 units
+        got = by_metric(readings)
         # -123.456 = 0xC2F6E979, low word first on the wire (CDAB)
-        assert by_metric(readings)["battery_current_a"].raw == [0xE979, 0xC2F6]
+        assert got["battery_current_a"].raw == [0xE979, 0xC2F6]
+        # module 13 at 148-150: state 0, 54.6 A as 546 = 0x0222, 41.5 C as 415 = 0x019F
+        last = [got[module(m, 13)] for m in ("module_state", "module_current_a", "module_temp_c")]
+        assert [r.raw for r in last] == [[0], [0x0222], [0x019F]]
+        assert [(r.metric, r.labels) for r in last] == [
+            ("module_state", {"module": "13"}),
+            ("module_current_a", {"module": "13"}),
+            ("module_temp_c", {"module": "13"}),
+        ]
+        assert got[module("module_state", 7)].value == 2  # the code is the value: AC fail
 
     asyncio.run(run())
 
@@ -323,30 +361,39 @@ def test_stopped_device_is_unreachable_quickly_and_read_again_after_restart() ->
     asyncio.run(run())
 
 
-def test_silent_device_is_unreachable_after_the_timeout() -> None:
+def test_silent_device_is_unreachable_after_the_timeout_and_its_connection_renewed() -> None:
     connections: list[asyncio.StreamWriter] = []
+    served: list[asyncio.Task[None]] = []
 
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
+        served.append(asyncio.current_task())  # type: ignore[arg-type]
         await reader.read()  # accepts and reads, never answers
 
-    async def run() -> float:
+    async def run() -> list[float]:
         silent = await asyncio.start_server(swallow, HOST, 0)
         port = silent.sockets[0].getsockname()[1]
         config = DeviceBase(id="silent", protocol="modbus", port=port, profile="power_meter")
         collector = ModbusCollector(config, load_profile("power_meter"), TIMEOUT_S)
-        started = time.monotonic()
+        took = []
         try:
-            with pytest.raises(DeviceUnreachable, match="no valid answer"):
-                await collector.read()
-            return time.monotonic() - started
+            for _ in range(SILENT_LIMIT + 1):
+                started = time.monotonic()
+                with pytest.raises(DeviceUnreachable, match="no valid answer"):
+                    await collector.read()
+                took.append(time.monotonic() - started)
+            # kept through SILENT_LIMIT unanswered requests (a late answer would be discarded
+            # by its transaction id), then dropped as dead and opened anew
+            assert len(connections) == 2
+            return took
         finally:
             await collector.close()
             for writer in connections:
                 writer.close()
+            await asyncio.gather(*served)
             silent.close()
 
-    assert asyncio.run(run()) < 3
+    assert all(s < 3 * TIMEOUT_S for s in asyncio.run(run()))
 
 
 def test_wrong_unit_id_behind_a_gateway_is_unreachable() -> None:
@@ -389,5 +436,309 @@ def test_collector_sends_only_read_function_codes() -> None:
             client.close()
             assert response.isError() and response.exception_code == 1
             assert server.function_codes_seen == [6]
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------- table rows and byte-order probe
+
+
+def test_table_rows_expand_at_their_stride_with_labels() -> None:
+    rows = Rows(label="module", count=3, stride=4)
+    temp = point(metric="t", address=100, type="int16", rows=rows)
+    expanded = expand_rows([point(metric="v", address=0), temp])
+    assert [(p.metric, p.address, labels) for p, labels in expanded] == [
+        ("v", 0, {}),
+        ("t", 100, {"module": "1"}),
+        ("t", 104, {"module": "2"}),
+        ("t", 108, {"module": "3"}),
+    ]
+    with pytest.raises(ValueError, match="stride 1 is less than the point.s 2 registers"):
+        expand_rows([point(type="float32", rows=Rows(label="phase", count=3, stride=1))])
+
+
+def test_a_faulty_row_spoils_only_that_row() -> None:
+    table = ModbusProfile(
+        name="rows", kind="pdu", protocol="modbus", points=[
+            point(metric="current_a", table="holding", address=10, type="int16", scale=0.1,
+                  sentinels=[32767], rows=Rows(label="phase", count=3, stride=2)),
+        ],
+    )
+    values = {"current_a{phase=1}": 12.5, "current_a{phase=2}": None, "current_a{phase=3}": -3.2}
+
+    async def run() -> list[Reading]:
+        async with device(table, values) as (server, c):
+            readings = await c.read()
+            assert server.function_codes_seen == [3]  # registers 10, 12, 14 in one read
+        return readings
+
+    readings = asyncio.run(run())
+    assert [(r.key, r.value, r.quality, r.raw) for r in readings] == [
+        ("current_a{phase=1}", pytest.approx(12.5), Quality.GOOD, [125]),
+        ("current_a{phase=2}", None, Quality.BAD, [0x7FFF]),
+        ("current_a{phase=3}", pytest.approx(-3.2), Quality.GOOD, [0xFFE0]),  # -32
+    ]
+
+
+def test_float_under_all_orders() -> None:
+    # 0x0000 0x4148 as received: CDAB 0x41480000 = 12.5; DCBA 0x48410000 = 1.5078125 x 2^17;
+    # ABCD 0x00004148 and BADC 0x00004841 are subnormal: 0x4148 x 2^-149, 0x4841 x 2^-149
+    assert float_under_all_orders([0x0000, 0x4148]) == {
+        "ABCD": 0x4148 * 2.0**-149,
+        "CDAB": 12.5,
+        "BADC": 0x4841 * 2.0**-149,
+        "DCBA": 197_632.0,
+    }
+    assert list(float_under_all_orders([0, 0])) == ["ABCD", "CDAB", "BADC", "DCBA"]
+    for order, words in FLOAT_123_456.items():
+        assert float_under_all_orders(words)[order] == pytest.approx(123.456, rel=1e-7)
+    # 123.456 read word-swapped: 0xE97942F6, as mbpoll prints it (-1.88337e+25)
+    assert float_under_all_orders([0x42F6, 0xE979])["CDAB"] == pytest.approx(-1.88337e25, 1e-5)
+    assert float_under_all_orders([0, 0, 0x2000, 0x4059])["CDAB"] == 100.5  # float64
+    assert float_under_all_orders([0, 0, 0x0020, 0x5940])["DCBA"] == 100.5
+    with pytest.raises(ValueError, match="2 or 4 registers"):
+        float_under_all_orders([0x4148])
+
+
+def test_read_raw_for_probe_sends_only_reads() -> None:
+    async def run() -> None:
+        async with device(load_profile("hvdc_rectifier"), RECTIFIER_VALUES) as (server, c):
+            # battery_current_a -123.456 = 0xC2F6E979, word-swapped on the wire
+            assert await c.read_raw("input", 10, 2) == [0xE979, 0xC2F6]
+            assert await c.read_raw("input", 12, 2) == [12, 13]  # modules ok, total
+            with pytest.raises(RequestRejected, match="exception 2 .illegal data address") as e:
+                await c.read_raw("holding", 0, 1)  # the rectifier maps no holding registers
+            assert e.value.code == 2
+            assert server.function_codes_seen == [4, 4, 3]
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------- gateways: units on one connection
+
+
+def meter_values(unit_id: int) -> dict[str, float | None]:
+    """A meter per unit id, told apart by its power: 100 kW x unit id."""
+    return {**METER_VALUES, "power_kw": 100.0 * unit_id}
+
+
+@asynccontextmanager
+async def gateway(
+    unit_ids: list[int], pools: list[ConnectionPool] | None = None
+) -> AsyncIterator[tuple[ModbusGatewayServer, list[ModbusCollector]]]:
+    """A gateway with a power meter behind each unit id, one collector per unit (sharing the
+    loop's pool, unless ``pools`` gives each its own)."""
+    profile = load_profile("power_meter")
+    units = {u: (profile, lambda u=u: meter_values(u)) for u in unit_ids}
+    server = ModbusGatewayServer(HOST, free_port(), units)
+    await server.start()
+    collectors = [
+        ModbusCollector(
+            DeviceBase(id=f"meter-{u}", protocol="modbus", port=server.port, profile=profile.name,
+                       modbus=ModbusSettings(unit_id=u)),
+            profile, TIMEOUT_S, pools[i] if pools else None,
+        )
+        for i, u in enumerate(unit_ids)
+    ]
+    try:
+        yield server, collectors
+    finally:
+        for collector in collectors:
+            await collector.close()
+        await server.stop()
+
+
+def test_units_behind_a_gateway_share_one_connection_one_request_at_a_time() -> None:
+    unit_ids = [1, 2, 5, 7]
+
+    async def run() -> None:
+        async with gateway(unit_ids) as (server, collectors):
+            server.delay_s = 0.02  # a request left outstanding would overlap the next
+            for _ in range(3):
+                polls = await asyncio.gather(*(c.read() for c in collectors))
+                for u, readings in zip(unit_ids, polls, strict=True):
+                    assert_read_back(readings, meter_values(u), tol=0)
+            assert server.connections_accepted == 1
+            assert server.peak_transactions == 1
+            assert len(server.function_codes_seen) == 3 * 4 * 2
+        # the count is not vacuous: one connection per unit interleaves their requests
+        async with gateway(unit_ids, [ConnectionPool() for _ in unit_ids]) as (server, collectors):
+            server.delay_s = 0.02
+            await asyncio.gather(*(c.read() for c in collectors))
+            assert server.connections_accepted == 4
+            assert server.peak_transactions == 4
+
+    asyncio.run(run())
+
+
+def test_one_unit_offline_behind_a_gateway_spoils_only_that_unit() -> None:
+    async def poll(collectors: list[ModbusCollector]) -> list[list[Reading] | BaseException]:
+        return await asyncio.gather(*(c.read() for c in collectors), return_exceptions=True)
+
+    async def run() -> None:
+        async with gateway([1, 2, 3]) as (server, collectors):
+            server.set_unit_offline(2, True)  # the gateway answers exception 0B for it
+            one, two, three = await poll(collectors)
+            assert isinstance(two, DeviceUnreachable) and "exception 11" in str(two)
+            assert_read_back(one, meter_values(1), tol=0)
+            assert_read_back(three, meter_values(3), tol=0)
+
+            server.set_unit_offline(2, True, silent=True)  # no answer at all: a timeout
+            started = time.monotonic()
+            one, two, three = await poll(collectors)
+            assert isinstance(two, DeviceUnreachable) and "no valid answer" in str(two)
+            assert time.monotonic() - started < 2 * TIMEOUT_S
+            assert_read_back(one, meter_values(1), tol=0)
+            assert_read_back(three, meter_values(3), tol=0)
+
+            server.set_unit_offline(2, False)
+            for u, readings in zip([1, 2, 3], await poll(collectors), strict=True):
+                assert_read_back(readings, meter_values(u), tol=0)
+            assert server.connections_accepted == 1  # the silent unit kept the connection
+
+    asyncio.run(run())
+
+
+# ---------------------------------------------------------------- fault hooks
+
+
+async def timed_read(collector: ModbusCollector) -> tuple[list[Reading] | Exception, float]:
+    """The collector's readings (or the exception it raised) and the seconds it took."""
+    started = time.monotonic()
+    try:
+        return await collector.read(), time.monotonic() - started
+    except DeviceUnreachable as e:
+        return e, time.monotonic() - started
+
+
+def test_a_slow_device_times_out_without_delaying_another() -> None:
+    async def run() -> None:
+        async with (
+            device(load_profile("power_meter"), METER_VALUES) as (slow, slow_c),
+            device(load_profile("cdu_generic"), CDU_VALUES) as (_, fast_c),
+        ):
+            slow.delay_s = 2.0  # every answer 2 s late; the collectors wait 0.5 s
+            (late, late_s), (readings, fast_s) = await asyncio.gather(
+                timed_read(slow_c), timed_read(fast_c)
+            )
+            assert isinstance(late, DeviceUnreachable) and "no valid answer" in str(late)
+            assert TIMEOUT_S <= late_s < TIMEOUT_S + 0.3
+            assert fast_s < 0.2
+            assert isinstance(readings, list)
+            assert_read_back(readings, CDU_VALUES, tol=0.05)
+
+    asyncio.run(run())
+
+
+def test_refused_metrics_read_bad_and_the_rest_good() -> None:
+    async def run() -> list[Reading]:
+        async with device(load_profile("hvdc_rectifier"), RECTIFIER_VALUES) as (server, c):
+            server.refuse = {"battery_voltage_v", module("module_temp_c", 3)}  # exception 04
+            return await c.read()
+
+    got = by_metric(asyncio.run(run()))
+    refused = ["battery_voltage_v", module("module_temp_c", 3)]
+    assert sorted(k for k, r in got.items() if r.quality is not Quality.GOOD) == refused
+    for key in refused:
+        assert (got[key].value, got[key].raw) == (None, "exception 4")
+    assert got[module("module_temp_c", 4)].value == pytest.approx(37.0)
+
+
+# ---------------------------------------------------------------- interoperability: mbpoll
+
+MBPOLL_PROFILE = ModbusProfile(  # the same numbers in both tables; floats in both word orders
+    name="interop", kind="meter", protocol="modbus", points=[
+        point(metric=m, table=table, address=a, type=t, byte_order=o)
+        for table in ("input", "holding")
+        for m, a, t, o in (
+            ("signed", 0, "int16", None),
+            ("unsigned", 1, "uint16", None),
+            ("big_endian", 2, "float32", "ABCD"),
+            ("word_swapped", 4, "float32", "CDAB"),
+        )
+    ],
+)
+MBPOLL_VALUES = {"signed": -1234, "unsigned": 54321, "big_endian": 123.456,
+                 "word_swapped": -123.456}
+
+
+async def run_mbpoll(port: int, *args: str) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of one read-only mbpoll run (-1: poll once, -o 1: 1 s
+    timeout); the test fails, naming the package, if mbpoll is missing."""
+    if shutil.which("mbpoll") is None:
+        pytest.fail("mbpoll not found: install the Debian package 'mbpoll'")
+    process = await asyncio.create_subprocess_exec(
+        "mbpoll", "-m", "tcp", *args, "-1", "-o", "1", "-p", str(port), HOST,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 10)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def mbpoll(port: int, *args: str) -> dict[int, str]:
+    """The values mbpoll printed, by 1-based reference."""
+    status, out, err = await run_mbpoll(port, *args)
+    assert status == 0, out + err
+    found = re.findall(r"^\[(\d+)\]:\s+(.+)$", out, re.MULTILINE)
+    return {int(ref): value for ref, value in found}
+
+
+def test_mbpoll_reads_the_simulator_both_word_orders() -> None:
+    """mbpoll 1.0 (libmodbus) prints a 16-bit register unsigned, with the signed value in
+    parentheses when the top bit is set. Its float word order is little-endian by default:
+    the low word first, i.e. CDAB; -B selects big-endian words, i.e. ABCD (verified here:
+    without -B it reads the ABCD float as 0xE97942F6 = -1.88337e+25)."""
+
+    async def run() -> None:
+        server = ModbusDeviceServer(MBPOLL_PROFILE, HOST, free_port(), lambda: MBPOLL_VALUES)
+        await server.start()
+        try:
+            for table in ("3", "4"):  # -t 3 input registers (FC04), -t 4 holding (FC03)
+                # -1234 = 0xFB2E = 64302; 54321 = 0xD431 (above 32767: signed -11215)
+                words = await mbpoll(server.port, "-a", "1", "-t", table, "-r", "1", "-c", "2")
+                assert words == {1: "64302 (-1234)", 2: "54321 (-11215)"}
+                big = await mbpoll(server.port, "-a", "1", "-t", f"{table}:float", "-B",
+                                   "-r", "3", "-c", "1")
+                assert big == {3: "123.456"}
+                swapped = await mbpoll(server.port, "-a", "1", "-t", f"{table}:float",
+                                       "-r", "3", "-c", "2")
+                assert swapped == {3: "-1.88337e+25", 5: "-123.456"}
+            assert server.function_codes_seen == [4, 4, 4, 3, 3, 3]  # reads only
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
+
+
+def test_mbpoll_reads_units_behind_a_gateway_and_sees_exceptions() -> None:
+    async def run() -> None:
+        profile = load_profile("hvdc_rectifier")
+        units = {1: (profile, lambda: RECTIFIER_VALUES),
+                 2: (profile, lambda: {**RECTIFIER_VALUES, "modules_ok": 11})}
+        server = ModbusGatewayServer(HOST, free_port(), units)
+        await server.start()
+        try:
+            # modules_ok, modules_total at 30013-30014
+            assert await mbpoll(server.port, "-a", "2", "-t", "3", "-r", "13", "-c", "2") == {
+                13: "11", 14: "13"
+            }
+            assert await mbpoll(server.port, "-a", "1", "-t", "3", "-r", "13", "-c", "1") == {
+                13: "12"
+            }
+            # module 2's temperature at 30107: 36.0 C as 360
+            assert await mbpoll(server.port, "-a", "1", "-t", "3", "-r", "107") == {107: "360"}
+            # the output current float at 30005-30006, word-swapped: 500.25
+            assert await mbpoll(server.port, "-a", "1", "-t", "3:float", "-r", "5") == {
+                5: "500.25"
+            }
+            # libmodbus names our exception responses: 02 (no holding registers here), 0B
+            _, _, err = await run_mbpoll(server.port, "-a", "1", "-t", "4", "-r", "1")
+            assert "Illegal data address" in err
+            server.set_unit_offline(2, True)
+            _, _, err = await run_mbpoll(server.port, "-a", "2", "-t", "3", "-r", "1")
+            assert "Target device failed to respond" in err
+            assert server.function_codes_seen == [4, 4, 4, 4, 3, 4]  # reads only
+        finally:
+            await server.stop()
 
     asyncio.run(run())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROFILE_DIR = Path(__file__).parent
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
@@ -46,16 +46,41 @@ class ModbusPoint(_Point):
     bit: int | None = Field(None, ge=0, le=15)  # a single bit of a 16-bit register
     rows: Rows | None = None  # row r (1-based) is at address + (r - 1) x stride
 
+    @model_validator(mode="after")
+    def _rows_fit(self) -> ModbusPoint:
+        if self.rows is None or self.rows.count == 1:
+            return self
+        width = {"float64": 4, "int32": 2, "uint32": 2, "float32": 2}.get(self.type, 1)
+        if self.table in ("holding", "input") and self.rows.stride < width:
+            raise ValueError(f"rows.stride {self.rows.stride} is less than the point's {width} registers")
+        if self.address + (self.rows.count - 1) * self.rows.stride + width > 65536:
+            raise ValueError("the last row lies beyond address 65535")
+        return self
+
 
 class SnmpPoint(_Point):
-    oid: str | list[str]  # several OIDs are combined with `reduce` (e.g. three output lines)
+    # several OIDs are combined with `reduce` (e.g. three output lines). With `rows`, one OID
+    # is a table column walked with GETBULK, the row index becoming the label; a single `*`
+    # marks where the index sits when the column continues after it (Raritan: ...1.*.5)
+    oid: str | list[str]
     reduce: Literal["sum", "mean", "max"] = "sum"
-    rows: Rows | None = None  # oid is a table column: walked with GETBULK, row index -> label
+    rows: Rows | None = None
     counter_bits: Literal[32, 64] | None = None  # a wrapping counter (energy): wrap handled
+
+    @model_validator(mode="after")
+    def _oid_shape(self) -> SnmpPoint:
+        stars = sum(o.count("*") for o in ([self.oid] if isinstance(self.oid, str) else self.oid))
+        if self.rows is not None and not isinstance(self.oid, str):
+            raise ValueError("a rows point walks one column: give one oid, not a list")
+        if stars > 1 or (stars and self.rows is None):
+            raise ValueError("'*' marks the row index: once, and only on a rows point")
+        return self
 
 
 class OpcuaPoint(_Point):
     node: str  # NodeId string ("ns=2;s=Supercap.Voltage") or browse path ("0:Objects/2:SC/2:V")
+    type: Literal["Boolean", "Int16", "UInt16", "Int32", "UInt32", "Float", "Double"] = "Double"
+    deadband: float | None = Field(None, ge=0)  # absolute, for subscriptions (raw units)
 
 
 class _Profile(BaseModel):
