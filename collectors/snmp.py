@@ -1,28 +1,47 @@
-"""SNMP collector: reads a device's profile OIDs with GetRequests (RFC 3416), many varbinds each.
+"""SNMP collector: a device's profile read with GetRequests and GetBulkRequests (RFC 3416).
 
-All of a profile's OIDs are read in ``ceil(OIDs / max_varbinds)`` GetRequest-PDUs, never one
-GET per field. Only GetRequest is ever sent: the collector is read-only.
+Only these two PDUs are ever sent: the collector is read-only.
+
+- Scalars: all of a profile's scalar OIDs go out in ``ceil(OIDs / max_varbinds)``
+  GetRequest-PDUs, never one GET per field.
+- Tables: a point with ``rows`` names a table column. Its ``oid`` is the column, or the column
+  with a ``*`` where the row index goes when more index arcs follow it (Raritan PDU2-MIB:
+  ``measurementsOutletSensorValue.<pdu>.*.<sensorType>``). All of a profile's columns are
+  walked side by side: each round is one GetBulkRequest carrying every column still open
+  (columns of one table advance row by row together), max-repetitions = the rows still wanted,
+  within ``max_varbinds`` varbinds per response. A column closes where the walk leaves it, at
+  endOfMibView, or after ``rows.count`` rows. Each row is a Reading of the point's metric with
+  ``labels={rows.label: index}``, the index being the sub-identifiers between the column and the
+  ``*`` suffix, joined by '.'. Points with the same ``rows.label`` share one index space: a row
+  that one of them, or an earlier poll, showed and another lacks reads bad ("missing from the
+  walk"); a row never silently disappears.
+- Counters (``counter_bits``): see ``carry``. sysUpTime.0 rides along in the GET so that an
+  agent restart is told from a wrap.
 
 - SNMPv2c (RFC 1901) goes through a small BER codec (ITU-T X.690) over one connected asyncio
   UDP socket per device. Decoding a 12-varbind response with pyasn1 costs about 2 ms of CPU,
   with this codec about 20 us: the codec is what makes a collector host poll thousands of
   PDUs per second.
 - SNMPv3 (USM, RFC 3414; AES-128, RFC 3826; HMAC-SHA-2, RFC 7860) goes through pysnmp's
-  engine, which keeps the discovered engine id, boots and time between polls.
+  engine, which keeps the discovered engine id, boots and time between polls. The engine is
+  built in a thread: its ~70 ms of MIB loading would otherwise stall every other poll.
 
 Per varbind, noSuchObject / noSuchInstance / endOfMibView, a profile sentinel (APC's -1) or an
-unknown enum code gives that metric quality ``bad``; the other metrics are unaffected. A device
-that does not answer within ``timeout_s`` (one retransmission included) raises
-DeviceUnreachable.
+unknown enum code gives that metric quality ``bad``; the other metrics are unaffected. An
+error-status (genErr, ...) marks the varbind its error-index names (a GET) or the column it
+names (a GETBULK); the rest is read again. A device that does not answer within ``timeout_s``
+(one retransmission included) raises DeviceUnreachable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any, NamedTuple, Protocol
 
@@ -42,12 +61,16 @@ from collectors.profiles import SnmpPoint, SnmpProfile
 log = logging.getLogger(__name__)
 
 Raw = int | str  # a number as the device sent it, or why there is none ("noSuchInstance")
+Varbinds = list[tuple[str, Raw]]  # (dotted OID, raw) in the order the device sent them
 Exchange = Callable[[list[str]], Awaitable[tuple[int, int, dict[str, Raw]]]]
+Bulk = Callable[[list[str], int], Awaitable[tuple[int, int, Varbinds]]]
 
 __all__ = ["SnmpCollector"]
 
-ATTEMPTS = 2  # one GetRequest and one retransmission, each given timeout_s / ATTEMPTS
+ATTEMPTS = 2  # one request and one retransmission, each given timeout_s / ATTEMPTS
 TOO_BIG = 1
+SYS_UP_TIME = "1.3.6.1.2.1.1.3.0"  # RFC 3418: goes back to 0 when the agent restarts
+MISSING = "missing from the walk"
 ERROR_STATUS = (  # RFC 3416 section 3, error-status
     "noError", "tooBig", "noSuchName", "badValue", "readOnly", "genErr", "noAccess",
     "wrongType", "wrongLength", "wrongEncoding", "wrongValue", "noCreation",
@@ -58,29 +81,72 @@ REDUCE: dict[str, Callable[[list[float]], float]] = {"sum": sum, "mean": fmean, 
 
 
 class Session(Protocol):
-    """One device's SNMP conversation: GetRequests out, (error-status, error-index, raws) back."""
+    """One device's SNMP conversation: requests out, (error-status, error-index, raws) back."""
 
     async def open(self, host: str, port: int) -> None: ...
     async def exchange(self, oids: list[str]) -> tuple[int, int, dict[str, Raw]]: ...
+    async def bulk(self, oids: list[str], max_repetitions: int) -> tuple[int, int, Varbinds]: ...
     def close(self) -> None: ...
 
 
 class SnmpCollector(Collector):
-    """Reads one SNMP device (v2c community, or v3 USM) with as few GETs as max_varbinds allows."""
+    """Reads one SNMP device (v2c community, or v3 USM): scalars by GET, tables by GETBULK."""
 
     def __init__(self, device: Any, profile: SnmpProfile, timeout_s: float):
         super().__init__(device, profile, timeout_s)
-        oids = list(dict.fromkeys(oid for point in profile.points for oid in point_oids(point)))
-        size = device.snmp.max_varbinds
-        self._requests = [oids[i : i + size] for i in range(0, len(oids), size)]
+        row_points = [p for p in profile.points if p.rows is not None]
+        self._tables = table_columns(profile.name, row_points)
+        # per point: the column it walks (rows points), None for scalars
+        self._roots = [column_of(p)[0] if p.rows else None for p in profile.points]
+        oids = [o for p in profile.points if p.rows is None for o in point_oids(p)]
+        if any(p.counter_bits for p in profile.points):
+            oids.append(SYS_UP_TIME)  # tells a counter reset (agent restart) from a wrap
+        oids = list(dict.fromkeys(oids))
+        self._budget = device.snmp.max_varbinds
+        self._requests = [oids[i : i + self._budget] for i in range(0, len(oids), self._budget)]
         self._session: Session | None = None
+        self._counters: dict[str, Counter] = {}  # instance OID -> its carried history
+        self._uptime: int | None = None
+        self._known_rows: dict[str, set[str]] = {}  # rows.label -> every row index seen
+        self._empty: set[int] = set()  # rows points (positions) logged as having no rows
 
     async def read(self) -> list[Reading]:
         session = self._session or await self._open()
         raws: dict[str, Raw] = {}
         for oids in self._requests:
             raws.update(await get_all(session.exchange, oids))
-        return [decode(p, [raws[oid] for oid in point_oids(p)]) for p in self.profile.points]
+        columns = {root: Column(root, *shape) for root, shape in self._tables.items()}
+        await walk(session.bulk, list(columns.values()), self._budget)
+        restarted = self._restarted(raws.get(SYS_UP_TIME))
+        found = self._found_rows(columns)
+        readings = []
+        for i, (point, root) in enumerate(zip(self.profile.points, self._roots)):
+            if root is None:
+                oids = point_oids(point)
+                readings.append(self._decode(point, oids, [raws[o] for o in oids], restarted))
+            else:
+                readings += self._rows(point, found[i], columns[root].error, restarted)
+        return readings
+
+    def _found_rows(self, columns: dict[str, Column]) -> dict[int, dict[str, tuple[str, Raw]]]:
+        """{point position: {row index: (OID, raw)}} from the walk; every row index seen is
+        remembered under its label."""
+        found = {}
+        points = list(enumerate(zip(self.profile.points, self._roots)))
+        for i, (point, root) in points:
+            if root is not None and point.rows is not None:
+                found[i] = rows_of(point, columns[root])
+                self._known_rows.setdefault(point.rows.label, set()).update(found[i])
+        for i, (point, root) in points:
+            if i not in found or i in self._empty or not point.rows or not root:
+                continue
+            if not self._known_rows[point.rows.label]:
+                self._empty.add(i)
+                log.warning(
+                    "event=snmp_table_empty device=%s metric=%s column=%s reason=%r",
+                    self.device.id, point.metric, point.oid, columns[root].error or "no rows",
+                )  # fmt: skip
+        return found
 
     async def close(self) -> None:
         if self._session is not None:
@@ -98,6 +164,58 @@ class SnmpCollector(Collector):
         self._session = session
         return session
 
+    def _rows(
+        self, point: SnmpPoint, found: dict[str, tuple[str, Raw]], error: str, restarted: bool
+    ) -> list[Reading]:
+        """One Reading per row of the point's index space; bad where its column lacks it."""
+        assert point.rows is not None
+        label = point.rows.label
+        out = []
+        for row in sorted(self._known_rows[label], key=index_key):
+            if row in found:
+                oid, raw = found[row]
+                out.append(self._decode(point, [oid], [raw], restarted, {label: row}))
+            else:
+                out.append(Reading(point.metric, None, Quality.BAD, error or MISSING, {label: row}))
+        return out
+
+    def _decode(
+        self,
+        point: SnmpPoint,
+        oids: list[str],
+        raws: list[Raw],
+        restarted: bool,
+        labels: dict[str, str] | None = None,
+    ) -> Reading:
+        if point.counter_bits is None:
+            return decode(point, raws, labels)
+        carried = [self._carry(point, o, r, restarted) for o, r in zip(oids, raws)]
+        return dataclasses.replace(decode(point, carried, labels), raw=raw_of(raws))
+
+    def _carry(self, point: SnmpPoint, oid: str, raw: Raw, restarted: bool) -> Raw:
+        """The counter's raw with the wraps seen so far added (see ``carry``)."""
+        bits = point.counter_bits
+        assert bits is not None
+        if not isinstance(raw, int) or raw in point.sentinels:
+            return raw
+        if not 0 <= raw < 2**bits:
+            return f"not a {bits}-bit counter value ({raw})"
+        last = self._counters.get(oid)
+        counter, event = carry(last, raw, bits, restarted)
+        self._counters[oid] = counter
+        if event and last is not None:
+            log.info(
+                "event=snmp_counter_%s device=%s metric=%s oid=%s from=%d to=%d",
+                event, self.device.id, point.metric, oid, last.raw, raw,
+            )  # fmt: skip
+        return counter.carried + raw
+
+    def _restarted(self, uptime: Raw | None) -> bool:
+        """Whether sysUpTime went back since the last poll: the agent restarted."""
+        last = self._uptime
+        self._uptime = uptime if isinstance(uptime, int) else None
+        return self._uptime is not None and last is not None and self._uptime < last
+
 
 # ---------------------------------------------------------------- profile points
 
@@ -108,20 +226,96 @@ def point_oids(point: SnmpPoint) -> list[str]:
     return [oid.strip(".") for oid in oids]
 
 
-def decode(point: SnmpPoint, raws: list[Raw]) -> Reading:
+def column_of(point: SnmpPoint) -> tuple[str, str]:
+    """(subtree walked, suffix after the row index) of a rows point: ``1.2.3`` -> ("1.2.3", "");
+    ``1.2.3.1.*.5`` -> ("1.2.3.1", "5")."""
+    (oid,) = point_oids(point)  # the profile schema allows one column per rows point
+    root, star, suffix = oid.partition(".*")
+    if star and suffix and not suffix.startswith("."):
+        raise ValueError(f"{point.metric}: at most one '*', as a whole sub-identifier: {point.oid}")
+    return root, suffix.strip(".")
+
+
+def table_columns(profile: str, points: list[SnmpPoint]) -> dict[str, tuple[int, int]]:
+    """{subtree walked: (index arcs after the row index, most rows)} over the rows points."""
+    tables: dict[str, tuple[int, int]] = {}
+    for point in points:
+        assert point.rows is not None
+        root, suffix = column_of(point)
+        tail = len(suffix.split(".")) if suffix else 0
+        known_tail, known_count = tables.get(root, (tail, 0))
+        if known_tail != tail:
+            raise ValueError(
+                f"profile {profile}: {point.metric}: the points walking {root} put the row "
+                "index at different places"
+            )
+        tables[root] = (tail, max(known_count, point.rows.count))
+    return tables
+
+
+def rows_of(point: SnmpPoint, column: Column) -> dict[str, tuple[str, Raw]]:
+    """{row index: (instance OID, raw)} of the point's rows in a walked column."""
+    suffix = column_of(point)[1]
+    rows = {}
+    for oid, raw in column.values.items():
+        if not suffix or oid.endswith("." + suffix):
+            rows[column.row_of(oid)] = (oid, raw)
+    return rows
+
+
+def index_key(index: str) -> tuple[int, ...]:
+    return tuple(int(arc) for arc in index.split("."))
+
+
+def raw_of(raws: list[Raw]) -> object:
+    return raws[0] if len(raws) == 1 else tuple(raws)
+
+
+def decode(point: SnmpPoint, raws: list[Raw], labels: dict[str, str] | None = None) -> Reading:
     """One Reading from the raw values of a point's OIDs: each OID is decoded (enum, or
     raw * scale + offset), then the point's reduce combines them."""
-    raw: object = raws[0] if len(raws) == 1 else tuple(raws)
+    raw, labels = raw_of(raws), labels or {}
     numbers = [r for r in raws if isinstance(r, int) and r not in point.sentinels]
     unknown_code = point.enum is not None and any(n not in point.enum for n in numbers)
     if len(numbers) < len(raws) or unknown_code:
-        return Reading(point.metric, None, Quality.BAD, raw)
+        return Reading(point.metric, None, Quality.BAD, raw, labels)
     if point.enum is not None:
         values = [point.enum[n] for n in numbers]
     else:
         values = [n * point.scale + point.offset for n in numbers]
     value = float(f"{REDUCE[point.reduce](values):.12g}")  # 545.3, not 545.3000000000001
-    return Reading(point.metric, value, check_limits(value, point.min, point.max), raw)
+    return Reading(point.metric, value, check_limits(value, point.min, point.max), raw, labels)
+
+
+# ---------------------------------------------------------------- counters
+
+
+@dataclass(frozen=True)
+class Counter:
+    raw: int  # the last raw value read
+    carried: int  # 2**bits for every wrap since the counter was first read or last reset
+
+
+def carry(last: Counter | None, raw: int, bits: int, restarted: bool) -> tuple[Counter, str]:
+    """The next state of a wrapping counter (Counter32/64, RFC 2578 7.1.6 and 7.1.10, or an
+    Unsigned32 accumulator) and what happened: "" (counted up), "wrap" or "reset".
+
+    A raw lower than the last one is a wrap when it fell by more than half the range
+    (2**(bits-1)) and the agent did not restart (sysUpTime did not go back): the value carries
+    on, 2**bits higher. Otherwise it is a reset (a device reboot or a cleared counter): the
+    value restarts from the device's count. So the collected value only ever goes down at a
+    reset, where it reads like any counter reset (Prometheus ``rate``, InfluxDB
+    ``non_negative_difference``). Wraps carried live in the collector: after an aidc restart
+    the value restarts from the raw count, which reads as a reset.
+    """
+    if last is None or raw >= last.raw:
+        return Counter(raw, last.carried if last else 0), ""
+    if not restarted and last.raw - raw > 2 ** (bits - 1):
+        return Counter(raw, last.carried + 2**bits), "wrap"
+    return Counter(raw, 0), "reset"
+
+
+# ---------------------------------------------------------------- requests
 
 
 async def get_all(exchange: Exchange, oids: list[str]) -> dict[str, Raw]:
@@ -133,11 +327,91 @@ async def get_all(exchange: Exchange, oids: list[str]) -> dict[str, Raw]:
     if status == TOO_BIG and len(oids) > 1:
         half = len(oids) // 2
         return {**await get_all(exchange, oids[:half]), **await get_all(exchange, oids[half:])}
-    reason = ERROR_STATUS[status] if status < len(ERROR_STATUS) else f"error-status {status}"
+    reason = error_name(status)
     if not 0 < index <= len(oids):
         return dict.fromkeys(oids, reason)
     rest = oids[: index - 1] + oids[index:]
     return {oids[index - 1]: reason, **(await get_all(exchange, rest) if rest else {})}
+
+
+def error_name(status: int) -> str:
+    return ERROR_STATUS[status] if status < len(ERROR_STATUS) else f"error-status {status}"
+
+
+@dataclass
+class Column:
+    """One table column being walked: where it is, how rows are told apart, what it found."""
+
+    root: str  # the subtree walked (dotted)
+    tail: int  # index sub-identifiers after the row index (PDU2-MIB's sensorType: 1)
+    max_rows: int
+    cursor: str = ""  # the last OID walked: where the next GETBULK starts
+    values: dict[str, Raw] = field(default_factory=dict)  # instance OID -> raw, in walk order
+    rows: set[str] = field(default_factory=set)
+    error: str = ""  # the error-status that ended the walk early
+    done: bool = False
+    _at: tuple[int, ...] = field(default=(), init=False, repr=False)  # the cursor's arcs
+
+    def __post_init__(self) -> None:
+        self.cursor = self.cursor or self.root
+        self._at = index_key(self.cursor)
+
+    def row_of(self, oid: str) -> str:
+        arcs = oid[len(self.root) + 1 :].split(".")
+        return ".".join(arcs[: len(arcs) - self.tail])
+
+    def wanted(self, budget: int) -> int:
+        """Varbinds this column still wants: its rows, or, when more index follows the row
+        (several per row, how many unknown), the whole budget."""
+        return budget if self.tail else self.max_rows - len(self.rows)
+
+    def take(self, oid: str, raw: Raw) -> bool:
+        """Add one walked varbind; False when it is past the column's end (or already done)."""
+        if self.done:
+            return False
+        at = index_key(oid) if oid.startswith(self.root + ".") else ()
+        if raw == "endOfMibView" or at <= self._at:  # past the column, or not increasing
+            self.done = True
+            return False
+        row = self.row_of(oid)
+        if not row:  # too short to hold a row index: not one of ours, walk on
+            self.cursor, self._at = oid, at
+            return True
+        if row not in self.rows:
+            if len(self.rows) == self.max_rows:
+                self.done = True
+                return False
+            self.rows.add(row)
+        self.values[oid], self.cursor, self._at = raw, oid, at
+        self.done = not self.tail and len(self.rows) == self.max_rows
+        return True
+
+    def stop(self, error: str) -> None:
+        self.error, self.done = error, True
+
+
+async def walk(bulk: Bulk, columns: list[Column], budget: int) -> None:
+    """Walk ``columns`` side by side, one GetBulkRequest per round (RFC 3416 4.2.3), until
+    each is done. A response may carry fewer repetitions than asked: the walk goes on from
+    where each column got to. An error-status ends the column its error-index names (all of
+    them when it names none); tooBig halves the repetitions first."""
+    open_ = [c for c in columns if not c.done]
+    while open_:
+        wanted = max(c.wanted(budget) for c in open_)
+        repetitions = max(1, min(wanted, budget // len(open_)))
+        status, index, varbinds = await bulk([c.cursor for c in open_], repetitions)
+        if status == TOO_BIG and repetitions > 1:
+            budget = max(len(open_), budget // 2)
+        elif status:
+            failed = [open_[index - 1]] if 0 < index <= len(open_) else open_
+            for column in failed:
+                column.stop(error_name(status))
+        else:
+            taken = [open_[i % len(open_)].take(oid, raw) for i, (oid, raw) in enumerate(varbinds)]
+            if not any(taken):  # nothing new: every column ended (or the agent is looping)
+                for column in open_:
+                    column.done = True
+        open_ = [c for c in open_ if not c.done]
 
 
 # ---------------------------------------------------------------- SNMPv2c: BER codec (X.690)
@@ -145,6 +419,7 @@ async def get_all(exchange: Exchange, oids: list[str]) -> dict[str, Raw]:
 EXCEPTIONS = {0x80: "noSuchObject", 0x81: "noSuchInstance", 0x82: "endOfMibView"}
 UNSIGNED = {0x41, 0x42, 0x43, 0x46}  # Counter32, Gauge32/Unsigned32, TimeTicks, Counter64
 TYPE_NAMES = {0x04: "OCTET STRING", 0x05: "NULL", 0x06: "OBJECT IDENTIFIER", 0x40: "IpAddress"}
+GET_REQUEST, GET_BULK_REQUEST, RESPONSE = 0xA0, 0xA5, 0xA2  # RFC 3416 PDU tags
 
 
 class Response(NamedTuple):
@@ -163,12 +438,28 @@ def wrap(tag: int, contents: bytes) -> bytes:
     return bytes((tag, 0x80 | len(length))) + length + contents
 
 
-def get_request(community: bytes, request_id: int, oids: list[bytes]) -> bytes:
-    """An SNMPv2c Message carrying a GetRequest-PDU; ``oids`` are encoded OID TLVs."""
+def integer(n: int) -> bytes:
+    return wrap(0x02, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True))
+
+
+def request(
+    community: bytes, tag: int, request_id: int, fields: tuple[int, int], oids: list[bytes]
+) -> bytes:
+    """An SNMPv2c Message carrying a request PDU: ``fields`` are error-status and error-index
+    (zero) or, in a GetBulkRequest, non-repeaters and max-repetitions; ``oids`` encoded TLVs."""
     varbinds = b"".join(wrap(0x30, oid + b"\x05\x00") for oid in oids)
-    request_id_tlv = wrap(0x02, request_id.to_bytes((request_id.bit_length() + 8) // 8, "big"))
-    pdu = wrap(0xA0, request_id_tlv + b"\x02\x01\x00\x02\x01\x00" + wrap(0x30, varbinds))
+    header = integer(request_id) + integer(fields[0]) + integer(fields[1])
+    pdu = wrap(tag, header + wrap(0x30, varbinds))
     return wrap(0x30, b"\x02\x01\x01" + wrap(0x04, community) + pdu)
+
+
+def get_request(community: bytes, request_id: int, oids: list[bytes]) -> bytes:
+    return request(community, GET_REQUEST, request_id, (0, 0), oids)
+
+
+def bulk_request(community: bytes, request_id: int, oids: list[bytes], repetitions: int) -> bytes:
+    """A GetBulkRequest with no non-repeaters: every OID repeats ``repetitions`` times."""
+    return request(community, GET_BULK_REQUEST, request_id, (0, repetitions), oids)
 
 
 def read_tlv(data: bytes, i: int) -> tuple[int, int, int]:
@@ -206,6 +497,19 @@ def value_of(tag: int, contents: bytes) -> Raw:
     return EXCEPTIONS.get(tag) or f"not a number ({TYPE_NAMES.get(tag, f'tag 0x{tag:02x}')})"
 
 
+def oid_text(contents: bytes) -> str:
+    """Dotted form of OBJECT IDENTIFIER contents octets (X.690 8.19: base-128 sub-identifiers,
+    the first two arcs packed into one as 40 x first + second)."""
+    arcs, n = [], 0
+    for octet in contents:
+        n = n << 7 | octet & 0x7F
+        if not octet & 0x80:
+            arcs.append(n)
+            n = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(map(str, (first, arcs[0] - 40 * first, *arcs[1:])))
+
+
 def parse_response(data: bytes) -> Response:
     """Decode an SNMPv2c Message carrying a Response-PDU (RFC 1901, RFC 3416 section 3)."""
     start, _ = expect(data, 0, 0x30)
@@ -213,7 +517,7 @@ def parse_response(data: bytes) -> Response:
     if version != 1:
         raise ValueError(f"message version {version} is not SNMPv2c")
     _, i = expect(data, i, 0x04)  # community
-    start, _ = expect(data, i, 0xA2)
+    start, _ = expect(data, i, RESPONSE)
     request_id, i = read_integer(data, start)
     error_status, i = read_integer(data, i)
     error_index, i = read_integer(data, i)
@@ -228,7 +532,8 @@ def parse_response(data: bytes) -> Response:
 
 
 class CommunitySession(asyncio.DatagramProtocol):
-    """SNMPv2c GETs over one connected UDP socket; responses matched by request-id."""
+    """SNMPv2c GETs and GETBULKs over one connected UDP socket; responses matched by
+    request-id."""
 
     def __init__(self, community: str, timeout_s: float):
         self._community = community.encode()
@@ -255,21 +560,32 @@ class CommunitySession(asyncio.DatagramProtocol):
             self._transport.close()
 
     async def exchange(self, oids: list[str]) -> tuple[int, int, dict[str, Raw]]:
-        self._request_id = self._request_id % (2**31 - 1) + 1
-        request_id = self._request_id
-        message = get_request(self._community, request_id, [self._encoded(o) for o in oids])
-        response = await self._send(request_id, message)
+        tlvs = [self._encoded(o) for o in oids]
+        response = await self._send(lambda rid: get_request(self._community, rid, tlvs))
         values = dict(response.varbinds)
         raws = {o: values.get(self._oid_contents[o], "missing from response") for o in oids}
         return response.error_status, response.error_index, raws
 
-    async def _send(self, request_id: int, message: bytes) -> Response:
+    async def bulk(self, oids: list[str], max_repetitions: int) -> tuple[int, int, Varbinds]:
+        tlvs = [self._encoded(o) for o in oids]
+        response = await self._send(
+            lambda rid: bulk_request(self._community, rid, tlvs, max_repetitions)
+        )
+        varbinds = [(oid_text(oid), raw) for oid, raw in response.varbinds]
+        return response.error_status, response.error_index, varbinds
+
+    async def _send(self, message: Callable[[int], bytes]) -> Response:
+        """Send ``message(request_id)``, once more after half the timeout, and wait for its
+        Response."""
         assert self._transport is not None
+        self._request_id = self._request_id % (2**31 - 1) + 1
+        request_id = self._request_id
+        data = message(request_id)
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
             for _ in range(ATTEMPTS):
-                self._transport.sendto(message)
+                self._transport.sendto(data)
                 await asyncio.wait((future,), timeout=self._timeout_s / ATTEMPTS)
                 if future.done():
                     return future.result()
@@ -320,6 +636,7 @@ ENGINE_EXCEPTIONS = {
     rfc1905.NoSuchInstance: "noSuchInstance",
     rfc1905.EndOfMibView: "endOfMibView",
 }
+Send = Callable[[SnmpEngine, Callable[..., None]], Any]
 
 
 def engine_value(value: Any) -> Raw:
@@ -330,8 +647,13 @@ def engine_value(value: Any) -> Raw:
     return f"not a number ({type(value).__name__})"
 
 
+def null_varbinds(oids: list[str]) -> list[tuple[Any, Any]]:
+    return [(rfc1902.ObjectName(oid), univ.Null()) for oid in oids]
+
+
 class UsmSession:
-    """SNMPv3 GETs with the user-based security model, through one pysnmp engine per device."""
+    """SNMPv3 requests with the user-based security model, through one pysnmp engine per
+    device."""
 
     def __init__(self, settings: SnmpSettings, timeout_s: float):
         self._settings = settings
@@ -351,7 +673,7 @@ class UsmSession:
         level = "authNoPriv" if s.priv_protocol == "none" else "authPriv"
         if s.auth_protocol == "none":
             level = "noAuthNoPriv"  # SnmpSettings allows privacy only with authentication
-        engine = SnmpEngine()
+        engine = await asyncio.to_thread(SnmpEngine)  # ~70 ms of MIB loading, off the loop
         config.add_v3_user(
             engine,
             s.user,
@@ -378,6 +700,22 @@ class UsmSession:
             self._engine.close_dispatcher()
 
     async def exchange(self, oids: list[str]) -> tuple[int, int, dict[str, Raw]]:
+        status, index, answer = await self._send(
+            lambda engine, done: cmdgen.GetCommandGenerator().send_varbinds(
+                engine, "device", None, b"", null_varbinds(oids), done
+            )
+        )
+        return status, index, {str(name): engine_value(value) for name, value in answer}
+
+    async def bulk(self, oids: list[str], max_repetitions: int) -> tuple[int, int, Varbinds]:
+        status, index, answer = await self._send(
+            lambda engine, done: cmdgen.BulkCommandGeneratorSingleRun().send_varbinds(
+                engine, "device", None, b"", 0, max_repetitions, null_varbinds(oids), done
+            )
+        )
+        return status, index, [(str(name), engine_value(value)) for name, value in answer]
+
+    async def _send(self, send: Send) -> tuple[int, int, Any]:
         future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
 
         def done(_engine: Any, _handle: Any, indication: Any, status: Any, index: Any,
@@ -385,14 +723,11 @@ class UsmSession:
             if not future.done():
                 future.set_result((indication, status, index, varbinds))
 
-        varbinds = [(rfc1902.ObjectName(oid), univ.Null()) for oid in oids]
-        cmdgen.GetCommandGenerator().send_varbinds(
-            self._engine, "device", None, b"", varbinds, done
-        )
+        send(self._engine, done)
         indication, status, index, answer = await future
         if indication:
             raise DeviceUnreachable(
                 f"{self._peer}: SNMPv3 {indication} (check the address, the port, the user, "
                 "its keys and protocols)"
             )
-        return int(status), int(index), {str(n): engine_value(v) for n, v in answer}
+        return int(status), int(index), answer

@@ -1,22 +1,48 @@
 """A virtual SNMP agent that serves a profile's OIDs, encoded from live values at each request.
 
-Built on pysnmp's agent engine (RFC 3411 architecture; command responder RFC 3413) with a MIB
-instrumentation of its own, so that SNMPv3 users are one ``config.add_v3_user`` away. Answers
-GetRequest, GetNextRequest and GetBulkRequest (RFC 3416) over SNMPv2c (and v1) with the
-device's community. No SET responder is registered: a SetRequest is recorded in
-``pdu_types_seen`` and dropped unanswered; nothing is ever written. Each start builds its own
-pysnmp engine (~0.1 s of CPU, mostly pysnmp compiling its MIB modules).
+Answers GetRequest, GetNextRequest and GetBulkRequest (RFC 3416 4.2.1-4.2.3) from one MIB of
+its own, reached two ways:
 
-Each point's raw value is ``round((value - offset) / scale)`` or the enum code of the value
-(the first code that maps to it). A point over several OIDs with ``reduce: sum`` serves an even
-share of the value on each OID; with ``mean`` or ``max`` the value itself on each. A value of
-None is a sensor fault: the point's first sentinel, or noSuchInstance when it has none. A
-metric missing from ``values()`` is an object the device does not implement: noSuchObject. A
-value it cannot encode (NaN, outside the type's range, no enum code) is logged as an error and
-served as noSuchInstance.
+- SNMPv1/v2c with the device's community: pysnmp's message API (pysnmp.proto.api over pyasn1's
+  BER codec) on a plain asyncio UDP endpoint, v1 translated per RFC 3584 (pysnmp's proxy).
+  No SNMP engine: a server starts in well under a millisecond. (A pysnmp engine costs ~70 ms
+  of event-loop CPU, mostly compiling pysnmp's own MIB modules from source at every start.)
+- SNMPv3, when ``v3_users`` are given: pysnmp's agent engine (RFC 3411 architecture, USM
+  RFC 3414 with HMAC-SHA-1/SHA-256 and AES-128, VACM RFC 3415: each user reads everything at
+  the security level it was given, and nothing below it). The community still answers on the
+  same port.
 
-Integers go out as INTEGER (Integer32), or as the SMI type the MIB gives the object (see
-``SYNTAX``). The system group's sysDescr.0, sysObjectID.0 and sysUpTime.0 are served too.
+No SET responder exists: a SetRequest is recorded in ``pdu_types_seen`` and dropped
+unanswered; nothing is ever written. A wrong community or key gets no answer, as from a real
+agent (v3: a USM report, RFC 3414 3.2).
+
+Values. Each point's raw value is ``round((value - offset) / scale)`` or the enum code of the
+value (the first code that maps to it); a ``counter_bits`` point serves it modulo
+2**counter_bits, as a real counter rolls over. A point over several OIDs with ``reduce: sum``
+serves an even share of the value on each OID; with ``mean`` or ``max`` the value itself on
+each. A ``rows`` point serves one instance per ``values()`` key ``metric{label=index}``
+(``aidc.metrics.series_key`` form, e.g. ``current_a{phase=2}``): the column's OID + index, or
+the index in place of the ``*``. A value of None is a sensor fault: the point's first
+sentinel, or noSuchInstance when it has none (a walk skips it). A metric missing from
+``values()`` is an object the device does not implement: noSuchObject. A value it cannot
+encode (NaN, outside the type's range, no enum code) is logged as an error and served as
+noSuchInstance. Integers go out as INTEGER (Integer32), or as the SMI type the MIB gives the
+object (``SYNTAX``). sysDescr.0, sysObjectID.0 and sysUpTime.0 (back to 0 at each start: a
+restart) are served too, and a UPS-MIB device's upsIdentManufacturer and upsIdentModel.
+
+Faults (the same attribute names on every protocol's server):
+- ``stop()``: the device goes offline (its port closes).
+- ``delay_s``: every answer leaves ``delay_s`` seconds late: a slow device. The answer is
+  scheduled on the event loop, so nothing else waits.
+- ``refuse``: metric names (or series keys such as ``current_a{phase=2}``) whose sensor board
+  fails: any request that reaches one of their OIDs is answered genErr, error-index at that
+  varbind (RFC 3416 4.2.1, 4.2.2, 4.2.3). This is what net-snmp-based management cards (most
+  UPS and PDU cards) answer when the handler behind an object (the serial link to the UPS, a
+  metering board) fails, and the SNMP counterpart of a Modbus exception code. A None value
+  (sentinel / noSuchInstance) is the other, quieter failure.
+
+A GetBulk response carries at most ``MAX_BULK_VARBINDS`` varbinds (a real agent stops where its
+message size ends): managers must carry on from a short one.
 
 The encoding here is written independently of collectors.snmp, which decodes: the two share
 only the profile files, so that a bug in one cannot hide itself in the other.
@@ -24,48 +50,83 @@ only the profile files, so that a bug in one cannot hide itself in the other.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
+from pyasn1.codec.ber import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pysnmp.carrier.asyncio.dgram import udp
 from pysnmp.entity import config
 from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import cmdrsp, context
-from pysnmp.proto import rfc1902, rfc1905
-from pysnmp.smi import instrum
+from pysnmp.proto import api, rfc1902, rfc1905
+from pysnmp.proto.api import v2c
+from pysnmp.proto.proxy import rfc2576
+from pysnmp.smi import error as smi_error
 
+from aidc.metrics import series_key
 from collectors.profiles import SnmpPoint, SnmpProfile
 
 log = logging.getLogger(__name__)
 
 Values = Callable[[], Mapping[str, float | None]]
 Oid = tuple[int, ...]
+Answer = tuple[int, int, list[tuple[Any, Any]]]  # error-status, error-index, varbinds
 
 SYS_DESCR: Oid = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 SYS_OBJECT_ID: Oid = (1, 3, 6, 1, 2, 1, 1, 2, 0)
 SYS_UP_TIME: Oid = (1, 3, 6, 1, 2, 1, 1, 3, 0)
-# Objects whose MIB syntax is not INTEGER, by OID without the instance suffix.
+UPS_MIB: Oid = (1, 3, 6, 1, 2, 1, 33)  # RFC 1628
+UPS_IDENT: Oid = (*UPS_MIB, 1, 1)  # upsIdent group
+# Objects whose MIB syntax is not INTEGER, by object OID (a scalar, or a table column).
 SYNTAX: dict[Oid, type] = {
-    (1, 3, 6, 1, 2, 1, 33, 1, 6, 1): rfc1902.Gauge32,  # RFC 1628 upsAlarmsPresent
+    (*UPS_MIB, 1, 6, 1): rfc1902.Gauge32,  # RFC 1628 upsAlarmsPresent
+    (1, 3, 6, 1, 4, 1, 13742, 6, 5, 2, 3, 1, 4): rfc1902.Unsigned32,  # PDU2-MIB inlet sensors
+    (1, 3, 6, 1, 4, 1, 13742, 6, 5, 4, 3, 1, 4): rfc1902.Unsigned32,  # PDU2-MIB outlet sensors
 }
-# Where the engine reports each incoming v1/v2c request, after the community check.
-REQUEST_EXECPOINTS = (
-    "rfc2576.prepareDataElements:confirmed",
-    "rfc2576.prepareDataElements:unconfirmed",
+GEN_ERR, AUTHORIZATION_ERROR = 5, 16  # RFC 3416 error-status
+MAX_BULK_VARBINDS = 64
+READ_PDUS = (
+    v2c.GetRequestPDU.tagSet,
+    v2c.GetNextRequestPDU.tagSet,
+    v2c.GetBulkRequestPDU.tagSet,
 )
+ROW_KEY = re.compile(r"([a-z][a-z0-9_]*)\{([a-z][a-z0-9_]*)=(\d+(?:\.\d+)*)\}")
+AUTH = {
+    "none": config.USM_AUTH_NONE,
+    "SHA": config.USM_AUTH_HMAC96_SHA,
+    "SHA256": config.USM_AUTH_HMAC192_SHA256,
+}
+PRIV = {"none": config.USM_PRIV_NONE, "AES128": config.USM_PRIV_CFB128_AES}
 
 
 def parse_oid(text: str) -> Oid:
     return tuple(int(arc) for arc in text.strip(".").split("."))
 
 
+def texts(point: SnmpPoint) -> list[str]:
+    return [point.oid] if isinstance(point.oid, str) else point.oid
+
+
 def point_oids(point: SnmpPoint) -> list[Oid]:
-    return [parse_oid(o) for o in ([point.oid] if isinstance(point.oid, str) else point.oid)]
+    """A scalar point's instance OIDs."""
+    return [parse_oid(o) for o in texts(point)]
+
+
+def row_oid(point: SnmpPoint, index: str) -> Oid:
+    """Row ``index`` of a rows point: its column + the index, or the index in place of ``*``."""
+    columns = texts(point)
+    if len(columns) != 1:
+        raise ValueError(f"{point.metric}: a rows point serves one table column, not a list")
+    column = columns[0].strip(".")
+    return parse_oid(column.replace("*", index) if "*" in column else f"{column}.{index}")
 
 
 def raw_values(point: SnmpPoint, value: float | None, oids: int) -> list[int | None]:
@@ -79,21 +140,28 @@ def raw_values(point: SnmpPoint, value: float | None, oids: int) -> list[int | N
             raise ValueError(f"{point.metric}={value} has no code in the profile's enum")
         return [codes[0]] * oids
     share = value / oids if point.reduce == "sum" else value
-    return [round((share - point.offset) / point.scale)] * oids
+    raw = round((share - point.offset) / point.scale)
+    return [raw % 2**point.counter_bits if point.counter_bits else raw] * oids
+
+
+@cache
+def syntax(oid: Oid) -> type:
+    """The SMI type of the object ``oid`` is an instance of: INTEGER unless SYNTAX says so."""
+    for n in range(len(oid) - 1, 0, -1):
+        if oid[:n] in SYNTAX:
+            return SYNTAX[oid[:n]]
+    return rfc1902.Integer32
 
 
 def typed(oid: Oid, raw: int | None) -> Any:
-    """``raw`` as the SMI type the MIB gives the object (INTEGER unless SYNTAX says otherwise);
-    None as noSuchInstance."""
-    if raw is None:
-        return rfc1905.noSuchInstance
-    return SYNTAX.get(oid[:-1], rfc1902.Integer32)(raw)
+    """``raw`` as the SMI type of its object; None as noSuchInstance."""
+    return rfc1905.noSuchInstance if raw is None else syntax(oid)(raw)
 
 
 def device_root(profile: SnmpProfile) -> Oid:
     """The longest OID prefix of all the profile's points: the MIB subtree the device
     implements, served as its sysObjectID."""
-    oids = [oid for point in profile.points for oid in point_oids(point)]
+    oids = [parse_oid(oid.split("*")[0]) for p in profile.points for oid in texts(p)]
     first, last = min(oids), max(oids)
     n = 0
     while n < min(len(first), len(last)) and first[n] == last[n]:
@@ -101,60 +169,140 @@ def device_root(profile: SnmpProfile) -> Oid:
     return first[:n]
 
 
-class ProfileMib(instrum.AbstractMibInstrumController):
-    """The agent's MIB: the profile's OIDs, encoded from ``values()`` when a request comes."""
+def identity(profile: SnmpProfile, root: Oid) -> dict[Oid, Any]:
+    """The identification a manager reads first: for a UPS-MIB device, upsIdentManufacturer
+    and upsIdentModel (NUT's snmp-ups tells an RFC 1628 UPS by its upsIdentModel)."""
+    if root[: len(UPS_MIB)] != UPS_MIB:
+        return {}
+    return {
+        (*UPS_IDENT, 1, 0): rfc1902.OctetString("aidc"),
+        (*UPS_IDENT, 2, 0): rfc1902.OctetString(f"simulated {profile.name}"),
+    }
+
+
+def rows_by_metric(values: Mapping[str, float | None]) -> dict[tuple[str, str], list[Any]]:
+    """{(metric, label): [(row index, value)]} of the ``metric{label=index}`` keys."""
+    rows: dict[tuple[str, str], list[Any]] = {}
+    for key, value in values.items():
+        match = ROW_KEY.fullmatch(key)
+        if match and series_key(match[1], {match[2]: match[3]}) == key:
+            rows.setdefault((match[1], match[2]), []).append((match[3], value))
+    return rows
+
+
+class Snapshot(NamedTuple):
+    """Every OID the device answers for, with its value at one request."""
+
+    values: dict[Oid, Any]
+    order: list[Oid]  # the OIDs a walk visits, in order (faulty sensors left out)
+    refused: set[Oid]
+
+    def get(self, oid: Oid) -> Any:
+        return self.values.get(oid, rfc1905.noSuchObject)
+
+    def next(self, oid: Oid) -> tuple[Oid, Any]:
+        i = bisect.bisect_right(self.order, oid)
+        if i == len(self.order):
+            return oid, rfc1905.endOfMibView
+        return self.order[i], self.values[self.order[i]]
+
+
+class ProfileMib:
+    """The device's MIB: the profile's OIDs, encoded from ``values()`` when a request comes."""
 
     def __init__(self, profile: SnmpProfile, values: Values):
-        self._profile, self._values = profile, values
+        self._values = values
         self._started = time.monotonic()
-        self._points = [(point, point_oids(point)) for point in profile.points]
+        self._scalars = [(p, point_oids(p)) for p in profile.points if p.rows is None]
+        self._rows = [p for p in profile.points if p.rows is not None]
+        for point in self._rows:
+            row_oid(point, "1")  # a profile error shows at start, not at the first request
+        root = device_root(profile)
         self._fixed: dict[Oid, Any] = {
             SYS_DESCR: rfc1902.OctetString(f"aidc simulated {profile.kind}: {profile.name}"),
-            SYS_OBJECT_ID: rfc1902.ObjectIdentifier(device_root(profile)),
+            SYS_OBJECT_ID: rfc1902.ObjectIdentifier(root),
+            **identity(profile, root),
         }
 
-    def read_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
-        """GetRequest: each OID's value, or noSuchObject / noSuchInstance (RFC 3416 4.2.1)."""
-        table = self._table()
-        return [(name, table.get(tuple(name), rfc1905.noSuchObject)) for name, _ in var_binds]
+    def answer(self, pdu: Any, refuse: set[str]) -> Answer:
+        """The Response to a Get, GetNext or GetBulk request PDU (SNMPv2, RFC 3416 4.2)."""
+        snapshot = self.snapshot(refuse)
+        request = v2c.apiPDU.get_varbinds(pdu)
+        names = [tuple(name) for name, _ in request]
+        if pdu.tagSet == v2c.GetRequestPDU.tagSet:
+            found = [(i, name, snapshot.get(name)) for i, name in enumerate(names)]
+        elif pdu.tagSet == v2c.GetNextRequestPDU.tagSet:
+            found = [(i, *snapshot.next(name)) for i, name in enumerate(names)]
+        else:
+            non_repeaters = int(v2c.apiBulkPDU.get_non_repeaters(pdu))
+            repetitions = int(v2c.apiBulkPDU.get_max_repetitions(pdu))
+            found = bulk(snapshot, names, non_repeaters, repetitions)
+        for i, name, _ in found:
+            if name in snapshot.refused:
+                return GEN_ERR, i + 1, list(request)
+        return 0, 0, [(rfc1902.ObjectName(name), value) for _, name, value in found]
 
-    def read_next_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
-        """GetNext (and each GetBulk repetition): the next instance in OID order, skipping
-        faulty sensors; endOfMibView past the last (RFC 3416 4.2.2)."""
-        table = self._table()
-        present = sorted(oid for oid, value in table.items() if value is not rfc1905.noSuchInstance)
-        out = []
-        for name, _ in var_binds:
-            i = bisect.bisect_right(present, tuple(name))
-            if i < len(present):
-                out.append((rfc1902.ObjectName(present[i]), table[present[i]]))
-            else:
-                out.append((name, rfc1905.endOfMibView))
-        return out
-
-    def _table(self) -> dict[Oid, Any]:
-        """Every OID the device answers for, with its value now."""
+    def snapshot(self, refuse: set[str]) -> Snapshot:
         values = self._values()
         uptime = rfc1902.TimeTicks(int((time.monotonic() - self._started) * 100) % 2**32)
         table = {**self._fixed, SYS_UP_TIME: uptime}
-        for point, oids in self._points:
+        refused: set[Oid] = set()
+        for point, oids in self._scalars:
             if point.metric in values:
-                for oid, value in zip(oids, self._encode(point, values[point.metric], oids)):
-                    table.setdefault(oid, value)  # the first point naming an OID wins
-        return table
+                self._serve(table, point, oids, values[point.metric])
+                if point.metric in refuse:
+                    refused.update(oids)
+        rows = rows_by_metric(values)
+        for point in self._rows:
+            assert point.rows is not None
+            for index, value in rows.get((point.metric, point.rows.label), []):
+                oid = row_oid(point, index)
+                self._serve(table, point, [oid], value)
+                if {point.metric, series_key(point.metric, {point.rows.label: index})} & refuse:
+                    refused.add(oid)
+        order = sorted(o for o, v in table.items() if v is not rfc1905.noSuchInstance)
+        return Snapshot(table, order, refused)
 
-    def _encode(self, point: SnmpPoint, value: float | None, oids: list[Oid]) -> list[Any]:
-        """The point's OIDs as typed values. A value the device cannot encode (NaN, outside
-        the type's range, no enum code) is logged and served as noSuchInstance."""
+    @staticmethod
+    def _serve(table: dict[Oid, Any], point: SnmpPoint, oids: list[Oid], value: Any) -> None:
+        """Put the point's OIDs in ``table`` as typed values (the first point naming an OID
+        wins). A value the device cannot encode (NaN, outside the type's range, no enum code)
+        is logged and served as noSuchInstance."""
         try:
-            return [typed(o, r) for o, r in zip(oids, raw_values(point, value, len(oids)))]
+            typed_values = [typed(o, r) for o, r in zip(oids, raw_values(point, value, len(oids)))]
         except (ValueError, OverflowError, PyAsn1Error) as e:
             log.error("event=snmp_sim_encode_error metric=%s error=%r", point.metric, str(e))
-            return [rfc1905.noSuchInstance] * len(oids)
+            typed_values = [rfc1905.noSuchInstance] * len(oids)
+        for oid, typed_value in zip(oids, typed_values):
+            table.setdefault(oid, typed_value)
+
+
+def bulk(snapshot: Snapshot, names: list[Oid], non_repeaters: int, repetitions: int) -> list[Any]:
+    """GetBulk (RFC 3416 4.2.3): one GetNext for each of the first ``non_repeaters`` names, then
+    up to ``repetitions`` successive GetNexts for each of the others, stopping early once all
+    of them are at endOfMibView. [(request position, OID, value)]."""
+    n = min(max(non_repeaters, 0), len(names))
+    found = [(i, *snapshot.next(names[i])) for i in range(n)]
+    cursors = names[n:]
+    if cursors:
+        repetitions = min(max(repetitions, 0), (MAX_BULK_VARBINDS - n) // len(cursors))
+    else:
+        repetitions = 0
+    for _ in range(repetitions):
+        step = [snapshot.next(cursor) for cursor in cursors]
+        found += [(n + j, name, value) for j, (name, value) in enumerate(step)]
+        cursors = [name for name, _ in step]
+        if all(value is rfc1905.endOfMibView for _, value in step):
+            break
+    return found
 
 
 class SnmpDeviceServer:
-    """One virtual SNMP device on ``host:port`` (UDP), serving ``profile`` from ``values()``."""
+    """One virtual SNMP device on ``host:port`` (UDP), serving ``profile`` from ``values()``.
+
+    ``v3_users``: SNMPv3 users, each ``{"user": ..., "auth_protocol": "none" | "SHA" |
+    "SHA256", "auth_key": ..., "priv_protocol": "none" | "AES128", "priv_key": ...}`` (the
+    names of aidc.config.SnmpSettings); without them the server speaks v1/v2c only."""
 
     def __init__(
         self,
@@ -163,16 +311,22 @@ class SnmpDeviceServer:
         port: int,
         values: Values,
         community: str = "public",
+        v3_users: list[dict] | None = None,
     ):
         self.profile, self.host, self.port = profile, host, port
         self.values, self.community = values, community
+        self.v3_users = v3_users or []
+        self.delay_s = 0.0  # every answer this late: a slow device
+        self.refuse: set[str] = set()  # metrics (or series keys) whose OIDs answer genErr
         self.pdu_types_seen: list[str] = []  # "GetRequest", "GetNextRequest", ... as received
-        self._engine: SnmpEngine | None = None
+        self._mib: ProfileMib | None = None
         self._sock: socket.socket | None = None
+        self._endpoint: asyncio.DatagramTransport | None = None
+        self._engine: SnmpEngine | None = None
 
     @property
     def running(self) -> bool:
-        return self._engine is not None
+        return self._sock is not None
 
     async def start(self) -> None:
         """Bind the UDP socket (raises OSError if the port is taken) and start answering."""
@@ -184,30 +338,144 @@ class SnmpDeviceServer:
         except OSError:
             sock.close()
             raise
-        engine = SnmpEngine()
-        config.add_transport(
-            engine, udp.DOMAIN_NAME, udp.UdpAsyncioTransport().open_server_mode(sock=sock)
-        )
-        config.add_v1_system(engine, "aidc-simulator", self.community)
-        snmp_context = context.SnmpContext(engine)
-        snmp_context.unregister_context_name(b"")
-        snmp_context.register_context_name(b"", ProfileMib(self.profile, self.values))
-        for responder in (
-            cmdrsp.GetCommandResponder,
-            cmdrsp.NextCommandResponder,
-            cmdrsp.BulkCommandResponder,
-        ):
-            responder(engine, snmp_context)
-        engine.observer.register_observer(self._record_pdu, *REQUEST_EXECPOINTS)
-        self._engine, self._sock = engine, sock
+        self._mib = ProfileMib(self.profile, self.values)  # sysUpTime starts again from 0
+        if self.v3_users:
+            self._engine = self._start_engine(await asyncio.to_thread(SnmpEngine), sock)
+        else:
+            self._endpoint, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: CommunityEndpoint(self), sock=sock
+            )
+        self._sock = sock
 
     async def stop(self) -> None:
         """Close the socket: the device stops answering and its collectors time out."""
         if self._engine is not None:
             self._engine.close_dispatcher()
+        if self._endpoint is not None:
+            self._endpoint.close()
         if self._sock is not None:
             self._sock.close()
-        self._engine = self._sock = None
+        self._engine = self._endpoint = self._sock = None
 
-    def _record_pdu(self, _engine: Any, _execpoint: str, variables: dict, _ctx: Any) -> None:
-        self.pdu_types_seen.append(type(variables["pdu"]).__name__.removesuffix("PDU"))
+    def answer(self, pdu: Any) -> Answer | None:
+        """The answer to one request PDU (SNMPv2 form), or None: not answered (a SET)."""
+        self.pdu_types_seen.append(type(pdu).__name__.removesuffix("PDU"))
+        if pdu.tagSet not in READ_PDUS or self._mib is None:
+            return None
+        return self._mib.answer(pdu, self.refuse)
+
+    def _start_engine(self, engine: SnmpEngine, sock: socket.socket) -> SnmpEngine:
+        """pysnmp's agent engine (built off the event loop: ~70 ms of MIB loading) set up for
+        the SNMPv3 users and the community."""
+        transport = DelayedUdpTransport(lambda: self.delay_s).open_server_mode(sock=sock)
+        config.add_transport(engine, udp.DOMAIN_NAME, transport)
+        config.add_v1_system(engine, "aidc-simulator", self.community)
+        for model in (1, 2):
+            config.add_vacm_user(engine, model, "aidc-simulator", "noAuthNoPriv", (1, 3, 6))
+        for user in self.v3_users:
+            add_user(engine, user)
+        snmp_context = context.SnmpContext(engine)
+        EngineResponder(engine, snmp_context, self)
+        return engine
+
+
+def add_user(engine: SnmpEngine, user: dict) -> None:
+    """A USM user (RFC 3414) who may read the whole MIB at its own security level (VACM)."""
+    auth, priv = user.get("auth_protocol", "none"), user.get("priv_protocol", "none")
+    config.add_v3_user(
+        engine, user["user"], AUTH[auth], user.get("auth_key"), PRIV[priv], user.get("priv_key")
+    )
+    level = "noAuthNoPriv" if auth == "none" else "authNoPriv" if priv == "none" else "authPriv"
+    config.add_vacm_user(engine, 3, user["user"], level, (1, 3, 6))
+
+
+class CommunityEndpoint(asyncio.DatagramProtocol):
+    """SNMPv1/v2c over UDP without an engine: decode, check the community, answer."""
+
+    def __init__(self, server: SnmpDeviceServer):
+        self._server = server
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            response = self._respond(data)
+        except (PyAsn1Error, ValueError, KeyError) as e:
+            log.debug("event=snmp_sim_bad_request peer=%s error=%r", addr, str(e))
+            return
+        if response is None:
+            return
+        delay_s = self._server.delay_s
+        if delay_s > 0:
+            asyncio.get_running_loop().call_later(delay_s, self._send, response, addr)
+        else:
+            self._send(response, addr)
+
+    def _respond(self, data: bytes) -> bytes | None:
+        version = int(api.decodeMessageVersion(data))
+        p_mod = api.PROTOCOL_MODULES[version]
+        message, _ = decoder.decode(data, asn1Spec=p_mod.Message())
+        if str(p_mod.apiMessage.get_community(message)) != self._server.community:
+            return None  # as a real agent: silence, and snmpInBadCommunityNames + 1
+        pdu = p_mod.apiMessage.get_pdu(message)
+        request = rfc2576.v1_to_v2(pdu) if version == api.SNMP_VERSION_1 else pdu
+        answer = self._server.answer(request)
+        if answer is None:
+            return None
+        response = v2c.apiPDU.get_response(request)
+        status, index, varbinds = answer
+        v2c.apiPDU.set_error_status(response, status)
+        v2c.apiPDU.set_error_index(response, index)
+        v2c.apiPDU.set_varbinds(response, varbinds)
+        if version == api.SNMP_VERSION_1:
+            response = rfc2576.v2_to_v1(response, pdu)
+        p_mod.apiMessage.set_pdu(message, response)
+        return encoder.encode(message)
+
+    def _send(self, response: bytes, addr: tuple[str | Any, int]) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(response, addr)
+
+
+class DelayedUdpTransport(udp.UdpAsyncioTransport):
+    """pysnmp's UDP transport, sending each message ``delay_s()`` seconds late (a slow
+    device) without holding up the event loop."""
+
+    def __init__(self, delay_s: Callable[[], float]):
+        super().__init__()
+        self._delay_s = delay_s
+
+    def send_message(self, message: Any, address: Any) -> None:
+        delay_s = self._delay_s()
+        if delay_s > 0:
+            self.loop.call_later(delay_s, super().send_message, message, address)
+        else:
+            super().send_message(message, address)
+
+
+class EngineResponder(cmdrsp.CommandResponderBase):
+    """Requests through pysnmp's engine, answered by the server's MIB after the VACM read
+    check (RFC 3415 3.2) for the request's user and security level. A Set is taken only to be
+    recorded, and left unanswered."""
+
+    SUPPORTED_PDU_TYPES = (*READ_PDUS, v2c.SetRequestPDU.tagSet)
+
+    def __init__(self, engine: SnmpEngine, snmp_context: Any, server: SnmpDeviceServer):
+        super().__init__(engine, snmp_context)
+        self._server = server
+
+    def handle_management_operation(
+        self, engine: SnmpEngine, state_reference: Any, context_name: Any, pdu: Any
+    ) -> None:
+        varbinds = v2c.apiPDU.get_varbinds(pdu)
+        try:
+            if varbinds:
+                self.verify_access("read", (varbinds[0][0], None), snmpEngine=engine)
+            answer = self._server.answer(pdu)
+        except smi_error.AuthorizationError:
+            answer = AUTHORIZATION_ERROR, 1, list(varbinds)
+        if answer is not None:
+            self.send_varbinds(engine, state_reference, *answer)
+        self.release_state_information(state_reference)

@@ -10,6 +10,7 @@ check chromedriver chromium-driver
 check snmpget snmp
 check snmpwalk snmp
 check snmpd snmpd
+check /lib/nut/snmp-ups nut-snmp
 check mbpoll mbpoll
 need=$(echo "$need" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//;s/ *$//')
 [ -z "$need" ] && exit 0
@@ -18,7 +19,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
   # the tests start their own snmpd on free ports; the packaged service on :161 is not wanted
-  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now snmpd >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now snmpd nut-server nut-monitor nut-driver.target >/dev/null 2>&1 || true
+  fi
 else
   echo "missing: $need. Install them with: sudo apt-get install $need" >&2
   exit 1
