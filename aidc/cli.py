@@ -47,8 +47,10 @@ def _logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    for noisy in ("asyncua", "pymodbus", "werkzeug", "pysnmp", "httpx"):
+    for noisy in ("pymodbus", "werkzeug", "pysnmp", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    # DeviceUnreachable already carries the reason; asyncua's own lines are not key=value
+    logging.getLogger("asyncua").setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

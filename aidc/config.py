@@ -70,6 +70,7 @@ class SnmpSettings(Strict):
 
 class OpcuaSettings(Strict):
     security: str = "None"  # e.g. "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"
+    key_password: SecretStr | None = None  # of the private key in `security`, if encrypted
     username: str | None = None
     password: SecretStr | None = None
     mode: Literal["subscribe", "poll"] = "subscribe"

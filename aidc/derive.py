@@ -152,11 +152,11 @@ class SiteModel:
         rack_kw = feed_a_kw + feed_b_kw  # unknown when either feed is: never guessed
         peak_kw = self._peak(now, rack_kw)
 
-        phase = self._phase_headroom_kw(good, rack_kw, feed_a_kw, feed_b_kw)
+        load_kw = np.fmax(rack_kw, peak_kw)  # capacity holds the window's peak
+        phase = self._phase_headroom_kw(good, load_kw, feed_a_kw, feed_b_kw)
         source_load = many([s.id for s in self.sources], "output_power_kw")
         cdu_capacity = self._cdu_capacity_kw(good)
         loop_capacity = cooling.loop_capacity_kw(cdu_capacity, self.cdu_loop, len(self.loops), self.loop_redundant)
-        load_kw = np.fmax(rack_kw, peak_kw)
         loop_heat = cooling.loop_heat_kw(cooling.heat_to_liquid_kw(load_kw, self.capture), self.rack_loop, len(self.loops))
         loop_supply_c = np.array(
             [np.fmax.reduce([good(c, "facility_supply_temp_c") for c in lp.cdus]) for lp in self.loops]
@@ -220,8 +220,9 @@ class SiteModel:
         return np.fmax.reduce(np.stack([p for _, p in self.peaks]), axis=0)
 
     def _phase_headroom_kw(self, good, rack_kw, feed_a_kw, feed_b_kw) -> np.ndarray:
-        """Worst phase after a feed is lost: each surviving feed carries the whole rack with
-        its own phase balance, so its phase currents scale by rack kW / feed kW."""
+        """Worst phase after a feed is lost: each surviving feed carries the whole rack
+        (``rack_kw``, its peak) with its own phase balance, so its phase currents scale by
+        rack kW / feed kW."""
         out = np.full(len(self.rack_ids), np.inf)
         single_feed = np.array([p is None for p in self.pdus_b])  # its current is the rack's
         for pdus, feed_kw in ((self.pdus_a, feed_a_kw), (self.pdus_b, feed_b_kw)):

@@ -89,13 +89,15 @@ class Runtime:
             log.info("event=runtime_stopped")
 
     async def _poll(self, device) -> None:
-        collector = make_collector(device, self.site.timeout_s(device))
+        collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
         health = self.health[device.id]
         tags = self.topology.device_tags[device.id]
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        # a collector respects its own timeout; this deadline only guards against a bug
-        deadline_s = max(self.site.timeout_s(device) * 3, 1.0)
+        # a collector respects its own timeout; this deadline only guards against a bug. Units
+        # behind one Modbus gateway queue for it, so each may wait a timeout per unit ahead.
+        sharing = sum(1 for d in self.site.devices if (d.host, d.port) == (device.host, device.port))
+        deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
         try:
             while True:
                 started, now = loop.time(), time.time()

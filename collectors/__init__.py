@@ -20,6 +20,8 @@ class DeviceUnreachable(Exception):
 class Collector(ABC):
     """Reads one device once per call to :meth:`read`."""
 
+    poll_s: float = 5.0  # the device's effective poll interval (subscriptions pace by it)
+
     def __init__(self, device: Any, profile: Any, timeout_s: float):
         self.device, self.profile, self.timeout_s = device, profile, timeout_s
 
@@ -33,7 +35,7 @@ class Collector(ABC):
         """Release connections; the next read() reconnects."""
 
 
-def make_collector(device: Any, timeout_s: float) -> Collector:
+def make_collector(device: Any, timeout_s: float, poll_s: float | None = None) -> Collector:
     """The collector for ``device`` (an aidc.config device) by its protocol."""
     profile = load_profile(device.profile)
     if profile.protocol != device.protocol:
@@ -47,4 +49,6 @@ def make_collector(device: Any, timeout_s: float) -> Collector:
         from collectors.snmp import SnmpCollector as cls
     else:
         from collectors.opcua import OpcuaCollector as cls
-    return cls(device, profile, timeout_s)
+    collector = cls(device, profile, timeout_s)
+    collector.poll_s = poll_s or device.poll_s or Collector.poll_s
+    return collector

@@ -17,22 +17,26 @@ FAULTS = ("offline", "slow", "refuse", "stuck", "sensor_fault", "pump_failure", 
           "module_loss", "utility_outage")
 
 
+def _values(physics: SitePhysics, device_id: str):
+    return lambda: physics.values(device_id)
+
+
 def make_server(device: Any, physics: SitePhysics) -> Any:
     """The protocol server for one device, answering from the physics' current values."""
     profile = load_profile(device.profile)
-
-    def values() -> dict[str, float | None]:
-        return physics.values(device.id)
-
-    if device.protocol == "modbus":
-        from simulators.modbus import ModbusDeviceServer
-
-        return ModbusDeviceServer(profile, device.host, device.port, values, device.modbus.unit_id)
+    values = _values(physics, device.id)
     if device.protocol == "snmp":
         from simulators.snmp import SnmpDeviceServer
 
-        community = device.snmp.community.get_secret_value()
-        return SnmpDeviceServer(profile, device.host, device.port, values, community)
+        snmp = device.snmp
+        users = None
+        if snmp.version == "3":
+            users = [{"user": snmp.user, "auth_protocol": snmp.auth_protocol,
+                      "auth_key": snmp.auth_key.get_secret_value() if snmp.auth_key else None,
+                      "priv_protocol": snmp.priv_protocol,
+                      "priv_key": snmp.priv_key.get_secret_value() if snmp.priv_key else None}]
+        return SnmpDeviceServer(profile, device.host, device.port, values,
+                                snmp.community.get_secret_value(), v3_users=users)
     from simulators.opcua import OpcuaDeviceServer
 
     return OpcuaDeviceServer(profile, device.host, device.port, values)
@@ -44,14 +48,39 @@ class SimulatedSite:
     def __init__(self, site: Site, physics: SitePhysics | None = None):
         self.site = site
         self.physics = physics or SitePhysics(site)
-        self.servers = {d.id: make_server(d, self.physics) for d in site.devices}
+        self.servers = {d.id: make_server(d, self.physics) for d in site.devices if d.protocol != "modbus"}
+        self.servers |= self._modbus_gateways(site)
         self._stepper: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.active: dict[tuple[str, str | None, str | None], float | None] = {}
 
+    def _modbus_gateways(self, site: Site) -> dict[str, Any]:
+        """Modbus devices sharing a host:port sit behind one gateway, by unit id."""
+        from simulators.modbus import ModbusGatewayServer
+
+        groups: dict[tuple[str, int], list[Any]] = {}
+        for d in site.devices:
+            if d.protocol == "modbus":
+                groups.setdefault((d.host, d.port), []).append(d)
+        out = {}
+        for (host, port), devices in groups.items():
+            units = {d.modbus.unit_id: (load_profile(d.profile), _values(self.physics, d.id))
+                     for d in devices}
+            server = ModbusGatewayServer(host, port, units)
+            out |= {d.id: server for d in devices}
+        return out
+
+    def _unit(self, device_id: str) -> int | None:
+        """The unit id of a device behind a shared Modbus gateway, else None."""
+        d = self.site.device(device_id)
+        if d.protocol != "modbus":
+            return None
+        sharing = [x for x in self.site.devices if x.protocol == "modbus" and (x.host, x.port) == (d.host, d.port)]
+        return d.modbus.unit_id if len(sharing) > 1 else None
+
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        await asyncio.gather(*(s.start() for s in self.servers.values()))
+        await asyncio.gather(*(s.start() for s in {id(s): s for s in self.servers.values()}.values()))
         self._stepper = asyncio.create_task(self._step_forever(), name="simulator-physics")
         log.info("event=simulator_started devices=%d", len(self.servers))
 
@@ -60,14 +89,24 @@ class SimulatedSite:
             self._stepper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stepper
-        await asyncio.gather(*(s.stop() for s in self.servers.values() if s.running))
+        unique = {id(s): s for s in self.servers.values()}.values()
+        await asyncio.gather(*(s.stop() for s in unique if s.running))
 
     async def stop_device(self, device_id: str) -> None:
-        """Take one device off the network (it stops answering)."""
-        await self.servers[device_id].stop()
+        """Take one device off the network (it stops answering; behind a shared gateway the
+        gateway answers 'target device failed to respond' for it)."""
+        unit = self._unit(device_id)
+        if unit is None:
+            await self.servers[device_id].stop()
+        else:
+            self.servers[device_id].set_unit_offline(unit, True)
 
     async def start_device(self, device_id: str) -> None:
-        await self.servers[device_id].start()
+        unit = self._unit(device_id)
+        if unit is None:
+            await self.servers[device_id].start()
+        else:
+            self.servers[device_id].set_unit_offline(unit, False)
 
     def truth(self) -> dict:
         return self.physics.truth()
@@ -86,7 +125,7 @@ class SimulatedSite:
             raise ValueError(f"fault {fault} needs a metric")
         f, server = self.physics.faults, self.servers.get(device)
         if fault == "offline":
-            await (server.stop() if on else server.start())
+            await (self.stop_device(device) if on else self.start_device(device))
         elif fault == "slow":
             server.delay_s = (value or 5.0) if on else 0.0
         elif fault == "refuse":
