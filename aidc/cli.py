@@ -47,10 +47,10 @@ def _logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    for noisy in ("pymodbus", "werkzeug", "pysnmp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
-    # DeviceUnreachable already carries the reason; asyncua's own lines are not key=value
-    logging.getLogger("asyncua").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # our own events carry every reason (DeviceUnreachable says why); the libraries' lines
+    # repeat them in other formats, and httpx's would show URLs with query strings
+    for noisy in ("pymodbus", "werkzeug", "pysnmp", "httpx", "asyncua"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -202,21 +202,39 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from collectors import DeviceUnreachable, make_collector
     from collectors.profiles import load_profile
 
+    _logging(args.verbose)
+    logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
     site = _load(args.site)
     try:
         device = site.device(args.device)
     except KeyError:
         return _fail(f"no device '{args.device}' in {args.site}")
 
+    if args.byte_orders and device.protocol != "modbus":
+        return _fail(f"--byte-orders is for Modbus devices; {device.id} speaks {device.protocol}")
+
     async def probe() -> int:
+        from collectors.modbus import RequestRejected
+
         collector = make_collector(device, site.timeout_s(device))
         try:
+            if args.address is not None:
+                words = await collector.read_raw(args.table, args.address, 2)
+                _print_orders(f"{args.table} register {args.address}", words, None)
+                return 0
             readings = await collector.read()
-        except DeviceUnreachable as e:
-            return _fail(f"{device.id} at {device.host}:{device.port} did not answer: {e}")
+        except (DeviceUnreachable, RequestRejected) as e:
+            return _fail(str(e) if device.id in str(e) else f"{device.id}: {e}")
         finally:
             await collector.close()
         profile = load_profile(device.profile)
+        if args.byte_orders:
+            points = {p.metric: p for p in profile.points}
+            for r in readings:
+                p = points[r.metric]
+                if p.type in ("float32", "float64") and isinstance(r.raw, list | tuple):
+                    _print_orders(r.key, list(r.raw), p.byte_order or profile.byte_order)
+            return 0
         print(f"{device.id}: {device.kind} over {device.protocol} at {device.host}:{device.port}, "
               f"profile {profile.name}")
         print(f"{'metric':<34}{'raw':>22}{'value':>14}  quality")
@@ -226,6 +244,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(probe())
+
+
+def _print_orders(name: str, words: list[int], configured: str | None) -> None:
+    """One float register under all four byte orders: the commissioning question settled."""
+    from collectors.modbus import float_under_all_orders
+
+    raw = " ".join(f"{w:04X}" for w in words)
+    print(f"{name}: registers {raw}")
+    for order, value in float_under_all_orders(words).items():
+        mark = "  <- profile" if order == configured else ""
+        print(f"  {order}  {value:>16.6g}{mark}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -271,11 +300,17 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="read one device once and print every mapped metric")
     pr.add_argument("device")
     pr.add_argument("--site", required=True)
+    pr.add_argument("--byte-orders", action="store_true",
+                    help="Modbus: show each float point under ABCD, CDAB, BADC and DCBA")
+    pr.add_argument("--address", type=int, help="Modbus: probe this zero-based register pair")
+    pr.add_argument("--table", choices=("input", "holding"), default="input")
+    pr.add_argument("-v", "--verbose", action="store_true")
     pr.set_defaults(func=cmd_probe)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `aidc ... | head` ends quietly
     args = parser().parse_args(argv)
     return args.func(args)
 

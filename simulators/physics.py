@@ -30,7 +30,8 @@ DRY_COOLER_KW_PER_KW_LIQUID = 0.045
 AIR_HANDLING_KW_PER_KW_AIR = 0.25
 CDU_PUMP_FLOW_LPM = 700.0  # per CDU with both pumps: each CDU can carry the loop alone
 FACILITY_SUPPLY_C = 30.0
-UPS_RUNTIME_MIN = 12.0  # at the demo's load, on a full battery
+UPS_RUNTIME_MIN = 12.0
+OUTLETS = 24  # per rack PDU (per-outlet profiles)  # at the demo's load, on a full battery
 CDU_APPROACH_K = 5.0
 
 
@@ -153,7 +154,7 @@ class SitePhysics:
 
     @staticmethod
     def _pdu_values(pdu, kw: float) -> dict[str, float | None]:
-        """Per-phase table rows as the profiles name them: ``current_a{phase=N}``."""
+        """Table rows as the profiles name them: ``current_a{phase=N}``, ``power_kw{outlet=N}``."""
         if pdu.phases == "dc":
             amps, pf, used = [kw * 1000 / pdu.voltage_v], 1.0, 1
         elif pdu.phases == 1:
@@ -163,6 +164,12 @@ class SitePhysics:
             amps, pf, used = [line_a] * 3, pdu.power_factor, 3
         limit_a = pdu.continuous_derating * pdu.breaker_a
         out: dict[str, float | None] = {"power_kw": kw, "power_factor": pf}
+        # per-inlet / per-outlet style (Raritan): one inlet, the load over OUTLETS outlets
+        out[series_key("current_a", {"inlet": "1"})] = amps[0]
+        out[series_key("voltage_v", {"inlet": "1"})] = pdu.voltage_v
+        for n in range(1, OUTLETS + 1):
+            out[series_key("power_kw", {"outlet": str(n)})] = kw / OUTLETS
+            out[series_key("current_a", {"outlet": str(n)})] = sum(amps) / OUTLETS
         for n in (1, 2, 3):
             a = amps[n - 1] if n <= used else 0.0
             load_state = 1 if a < 0.1 * limit_a else 2 if a < 0.9 * limit_a else 3 if a <= limit_a else 4
