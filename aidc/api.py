@@ -12,8 +12,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from aidc.derive import RackStatus, what_if
+from aidc.derive import RackStatus, num, what_if
 from aidc.runtime import Runtime
+from models import pue as pue_model
+
+PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
 
 
 def by_limit_json(values: dict[str, float | None], key: str, infinite: str) -> dict[str, Any]:
@@ -92,6 +95,40 @@ class SiteAPI:
             raise ValueError("no model result yet: wait for the first model tick")
         w = what_if(self.runtime.model, s, row, racks, kw, capture, feed_kw, air_kw)
         return asdict(w) | by_limit_json(w.racks_fit_by_limit, "racks_fit_by_limit", "unlimited")
+
+    def interval_pue(self, window: str) -> dict[str, Any]:
+        """PUE over a window from energy (ISO/IEC 30134-2): the growth of the facility meter's
+        and every IT PDU's kWh counter (resets handled), read from the store."""
+        if window not in PUE_WINDOWS_S:
+            raise ValueError(f"window: expected one of {', '.join(PUE_WINDOWS_S)}")
+        site, store = self.runtime.site, self.runtime.store
+        end = time.time()
+        start, every_s = end - PUE_WINDOWS_S[window], PUE_WINDOWS_S[window] / 360
+        model = self.runtime.model
+        missing: list[str] = []
+
+        def energy_kwh(measurement: str, devices: list[str | None]) -> float:
+            counters = {s.tags.get("device"): s.points
+                        for s in store.history(measurement, "energy_kwh", start, end, every_s=every_s)}
+            total = 0.0
+            for d in filter(None, devices):
+                kwh = pue_model.energy_kwh_from_counter([v for _, v in counters.get(d, [])])
+                if math.isnan(kwh):
+                    missing.append(f"{d}.energy_kwh")
+                total += kwh
+            return total
+
+        it_kwh = energy_kwh("pdu", [*model.feed_a, *model.feed_b])
+        facility_kwh = energy_kwh("meter", [model.facility_meter])
+        cooling_kwh = energy_kwh("meter", [model.cooling_meter]) if model.cooling_meter else math.nan
+        return {
+            "site": site.site, "window": window, "from": iso(start), "to": iso(end),
+            "pue": num(pue_model.interval_pue(facility_kwh, it_kwh)),
+            "pue_category": pue_model.pue_category("pdu_output"),
+            "it_kwh": num(it_kwh), "facility_kwh": num(facility_kwh),
+            "cooling_ppue": num(pue_model.partial_pue(it_kwh, cooling_kwh)),
+            "missing": missing,
+        }
 
     def backup(self) -> list[dict[str, Any]]:
         s = self.runtime.status

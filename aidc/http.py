@@ -100,6 +100,10 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     def site():
         return jsonify(api.site())
 
+    @app.get("/api/v1/pue")
+    def pue():
+        return jsonify(api.interval_pue(request.args.get("window", "1h")))
+
     @app.get("/api/v1/racks")
     def racks():
         return jsonify(api.racks())

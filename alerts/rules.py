@@ -59,9 +59,9 @@ def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], 
     out = []
     for d in i.site.devices_of(kind):
         v = i.value(d.id, metric)
+        text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
         out.append(_condition(i, rule, {"device": d.id, "kind": kind},
-                              None if v is None else test(v), v, severity,
-                              summary.format(device=d.id, value=v)))
+                              None if v is None else test(v), v, severity, text))
     return out
 
 

@@ -111,3 +111,42 @@ def test_cli_headroom_and_whatif_read_the_store(live_site):
                         "--racks", "6", "--kw", "120", "--capture", "0.9"],
                        capture_output=True, text=True, check=False)
     assert w.returncode == 1 and "does NOT fit" in w.stdout and "first to break: loop" in w.stdout
+
+
+def test_interval_pue_from_energy_counters(tmp_path):
+    """Hand-written counter readings in a real store; PUE from their growth."""
+    from aidc.config import load_site
+    from aidc.metrics import Sample
+    from aidc.runtime import Runtime
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    runtime = Runtime(site, tmp_path)
+    now = time.time()
+    pdus = [p.id for p in site.devices_of("pdu")]
+
+    def counter(kind, device, kwh_then, kwh_now):
+        return [Sample(kind, {"device": device}, "energy_kwh", kwh_then, now - 3000),
+                Sample(kind, {"device": device}, "energy_kwh", kwh_now, now - 600)]
+
+    samples = [s for p in pdus for s in counter("pdu", p, 1000.0, 1025.0)]  # 16 x 25 kWh
+    samples += counter("meter", "meter-main", 5000.0, 5460.0)  # 460 kWh
+    # the cooling meter was replaced: its counter restarted from 0 and reads 32 kWh since
+    samples += counter("meter", "meter-cooling", 900.0, 32.0)
+    runtime.store.write(samples)
+    api = SiteAPI(runtime)
+    body = api.interval_pue("1h")
+    # IT = 16 x 25 = 400 kWh; PUE = 460 / 400 = 1.15; cooling pPUE = (400 + 32) / 400 = 1.08
+    assert (body["it_kwh"], body["facility_kwh"], body["pue"]) == (400.0, 460.0, 1.15)
+    assert body["cooling_ppue"] == 1.08 and body["missing"] == [] and body["pue_category"] == 2
+    with pytest.raises(ValueError, match="1h, 24h, 30d"):
+        api.interval_pue("1y")
+
+
+def test_interval_pue_says_what_is_missing(tmp_path):
+    from aidc.config import load_site
+    from aidc.runtime import Runtime
+
+    api = SiteAPI(Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path))
+    body = api.interval_pue("30d")
+    assert body["pue"] is None and "meter-main.energy_kwh" in body["missing"]
+    assert len(body["missing"]) == 16 + 2
