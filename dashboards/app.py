@@ -1,28 +1,28 @@
-"""The operators' Dash app: PUE, power, racks with headroom and the binding limit, alerts.
+"""The operators' Dash app: PUE, power, racks with headroom and the binding limit, alerts,
+backup, and a capacity tab where planners ask what-if questions.
 
 It reads through aidc.api only (never the store or devices directly) and refreshes live.
+Write actions (acknowledging alerts) stay on the authenticated API.
 """
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, dash_table, dcc, html
+from dash import Dash, Input, Output, State, dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 from flask import Flask
 
 from aidc.api import SiteAPI
 
 REFRESH_MS = 2000
-CARD = {
-    "padding": "12px 18px",
-    "border": "1px solid #d0d7de",
-    "borderRadius": "8px",
-    "minWidth": "150px",
-    "background": "#ffffff",
-}
+SLOW_REFRESH_MS = 30_000  # interval PUE reads the store: no need to do it every 2 s
+CARD = {"padding": "12px 18px", "border": "1px solid #d0d7de", "borderRadius": "8px",
+        "minWidth": "150px", "background": "#ffffff"}
 KW = Format(precision=1, scheme=Scheme.fixed)
 PAGE = {"fontFamily": "system-ui, sans-serif", "margin": "0 auto", "maxWidth": "1200px",
         "padding": "16px", "background": "#f6f8fa"}
+ROW = {"display": "flex", "gap": "12px", "flexWrap": "wrap"}
+CELL = {"fontFamily": "inherit", "padding": "6px", "textAlign": "left"}
 
 
 def _kpi(label: str, value_id: str, note_id: str | None = None) -> html.Div:
@@ -39,83 +39,110 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def layout(api: SiteAPI) -> html.Div:
-    return html.Div(
-        [
-            html.H2(f"aidc · {api.site_name}", style={"margin": "0 0 4px"}),
-            html.Div(id="updated-at", style={"color": "#57606a", "marginBottom": "12px"}),
-            html.Div(
-                [
-                    _kpi("PUE", "pue-value", "pue-note"),
-                    _kpi("IT power (kW)", "it-kw"),
-                    _kpi("Facility power (kW)", "facility-kw"),
-                    _kpi("Cooling (kW)", "cooling-kw"),
-                    _kpi("Devices up", "devices-up"),
-                ],
-                style={"display": "flex", "gap": "12px", "flexWrap": "wrap"},
-            ),
-            html.H3("Racks: power and kW headroom"),
-            dcc.Graph(id="rack-chart", config={"displayModeBar": False}, style={"height": "300px"}),
-            dash_table.DataTable(
-                id="rack-table",
-                columns=[
-                    {"name": "Rack", "id": "id"},
-                    {"name": "Row", "id": "row"},
-                    {"name": "Power (kW)", "id": "power_kw", "type": "numeric", "format": KW},
-                    {"name": "Design (kW)", "id": "design_kw", "type": "numeric", "format": KW},
-                    {"name": "Headroom (kW)", "id": "headroom_kw", "type": "numeric", "format": KW},
-                    {"name": "Binding limit", "id": "limiting"},
-                ],
-                sort_action="native",
-                style_cell={"fontFamily": "inherit", "padding": "6px"},
-                style_cell_conditional=[
-                    {"if": {"column_id": c}, "textAlign": "left"} for c in ("id", "row", "limiting")
-                ],
-                style_data_conditional=[
-                    {"if": {"filter_query": "{headroom_kw} < 0"}, "backgroundColor": "#ffebe9"},
-                    {"if": {"filter_query": "{headroom_kw} is blank"}, "color": "#8c959f"},
-                ],
-            ),
-            html.H3("Active alerts"),
-            dash_table.DataTable(
-                id="alerts-table",
-                columns=[
-                    {"name": "Severity", "id": "severity"},
-                    {"name": "Alert", "id": "rule"},
-                    {"name": "State", "id": "state"},
-                    {"name": "Since", "id": "starts_at"},
-                    {"name": "Summary", "id": "summary"},
-                ],
-                style_cell={"fontFamily": "inherit", "padding": "6px", "textAlign": "left"},
-                style_data_conditional=[
-                    {"if": {"filter_query": '{severity} = "critical"'}, "color": "#cf222e"},
-                ],
-            ),
-            html.Div(id="no-alerts", style={"color": "#57606a", "margin": "6px 0"}),
-            dcc.Interval(id="refresh", interval=REFRESH_MS),
-        ],
-        style=PAGE,
+def _table(table_id: str, columns: list[tuple[str, str]], numeric: tuple[str, ...] = (), **kw):
+    return dash_table.DataTable(
+        id=table_id,
+        columns=[{"name": name, "id": cid, **({"type": "numeric", "format": KW} if cid in numeric else {})}
+                 for name, cid in columns],
+        style_cell=CELL,
+        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "right"} for c in numeric],
+        **kw,
     )
+
+
+def overview() -> html.Div:
+    return html.Div([
+        html.Div([
+            _kpi("PUE", "pue-value", "pue-note"),
+            _kpi("PUE, last hour", "pue-1h", "pue-1h-note"),
+            _kpi("IT power (kW)", "it-kw"),
+            _kpi("Facility power (kW)", "facility-kw"),
+            _kpi("Cooling (kW)", "cooling-kw", "cooling-note"),
+            _kpi("Devices up", "devices-up"),
+        ], style=ROW),
+        html.H3("Racks: power and kW headroom"),
+        dcc.Graph(id="rack-chart", config={"displayModeBar": False}, style={"height": "300px"}),
+        _table(
+            "rack-table",
+            [("Rack", "id"), ("Row", "row"), ("Power (kW)", "power_kw"),
+             ("Peak (kW)", "power_kw_peak"), ("Design (kW)", "design_kw"),
+             ("Headroom (kW)", "headroom_kw"), ("Binding limit", "limiting")],
+            numeric=("power_kw", "power_kw_peak", "design_kw", "headroom_kw"),
+            sort_action="native",
+            style_data_conditional=[
+                {"if": {"filter_query": "{headroom_kw} < 0"}, "backgroundColor": "#ffebe9"},
+                {"if": {"filter_query": "{complete} = false"}, "color": "#8c959f"},
+            ],
+        ),
+        html.H3("Active alerts"),
+        _table("alerts-table", [("Severity", "severity"), ("Alert", "rule"), ("State", "state"),
+                                ("Since", "starts_at"), ("Acknowledged by", "acked_by"),
+                                ("Summary", "summary")],
+               style_data_conditional=[{"if": {"filter_query": '{severity} = "critical"'},
+                                        "color": "#cf222e"}]),
+        html.Div(id="no-alerts", style={"color": "#57606a", "margin": "6px 0"}),
+        html.H3("Backup chain: supercap, battery, generator"),
+        _table("backup-table", [("Supercap", "supercap"), ("Load (kW)", "load_kw"),
+                                ("Supercap (s)", "supercap_s"), ("Battery (s)", "battery_s"),
+                                ("Needed (s)", "required_s"), ("Bridges", "bridges")],
+               numeric=("load_kw", "supercap_s", "battery_s", "required_s")),
+    ])
+
+
+def capacity(api: SiteAPI) -> html.Div:
+    rows = sorted({r.row for r in api.runtime.site.racks})
+    field = {"marginRight": "12px"}
+    return html.Div([
+        html.H3("Shared pools"),
+        html.Div("Racks behind one pool share it: their per-rack headroom figures must not be "
+                 "added up.", style={"color": "#57606a", "marginBottom": "6px"}),
+        _table("pool-table", [("Pool", "id"), ("Kind", "kind"), ("Capacity (kW)", "capacity_kw"),
+                              ("Load (kW)", "load_kw"), ("Left (kW)", "left_kw")],
+               numeric=("capacity_kw", "load_kw", "left_kw")),
+        html.H3("What if: place new racks in a row"),
+        html.Div([
+            html.Label(["Row ", dcc.Dropdown(rows, rows[0], id="whatif-row", clearable=False,
+                                             style={"width": "90px"})], style=field),
+            html.Label(["Racks ", dcc.Input(id="whatif-racks", type="number", value=4, min=1)],
+                       style=field),
+            html.Label(["kW each ", dcc.Input(id="whatif-kw", type="number", value=40, min=1)],
+                       style=field),
+            html.Label(["Capture ratio ", dcc.Input(id="whatif-capture", type="number", value=0.85,
+                                                    min=0, max=1, step=0.05)], style=field),
+            html.Button("Check", id="whatif-run"),
+        ], style={**ROW, "alignItems": "center"}),
+        html.Div(id="whatif-result", style={"marginTop": "12px", "fontSize": "16px"}),
+    ])
+
+
+def layout(api: SiteAPI) -> html.Div:
+    return html.Div([
+        html.H2(f"aidc · {api.site_name}", style={"margin": "0 0 4px"}),
+        html.Div(id="updated-at", style={"color": "#57606a", "marginBottom": "12px"}),
+        dcc.Tabs([dcc.Tab(overview(), label="Overview"),
+                  dcc.Tab(capacity(api), label="Capacity")]),
+        dcc.Interval(id="refresh", interval=REFRESH_MS),
+        dcc.Interval(id="slow-refresh", interval=SLOW_REFRESH_MS),
+    ], style=PAGE)
 
 
 def rack_figure(racks: list[dict]) -> go.Figure:
     ids = [r["id"] for r in racks]
-    fig = go.Figure(
-        [
-            go.Bar(name="power kW", x=ids, y=[r["power_kw"] for r in racks], marker_color="#0969da"),
-            go.Bar(
-                name="headroom kW",
-                x=ids,
-                y=[max(r["headroom_kw"] or 0, 0) for r in racks],
-                marker_color="#8cd9a0",
-                text=[r["limiting"] or "" for r in racks],
-                textposition="inside",
-            ),
-        ]
-    )
+    fig = go.Figure([
+        go.Bar(name="power kW", x=ids, y=[r["power_kw"] for r in racks], marker_color="#0969da"),
+        go.Bar(name="headroom kW", x=ids, y=[max(r["headroom_kw"] or 0, 0) for r in racks],
+               marker_color="#8cd9a0", text=[r["limiting"] or "" for r in racks],
+               textposition="inside"),
+    ])
     fig.update_layout(barmode="stack", margin={"l": 40, "r": 10, "t": 10, "b": 30},
                       legend={"orientation": "h"}, yaxis_title="kW")
     return fig
+
+
+def rack_rows(racks: list[dict]) -> list[dict]:
+    """Table rows; a headroom that is only an upper bound (some limit unknown) says so."""
+    return [{**r, "limiting": r["limiting"] + ("" if r["complete"] else " (upper bound)")}
+            for r in racks]
 
 
 def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
@@ -123,39 +150,50 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
     app.layout = layout(api)
 
     @app.callback(
-        Output("updated-at", "children"),
-        Output("pue-value", "children"),
-        Output("pue-note", "children"),
-        Output("it-kw", "children"),
-        Output("facility-kw", "children"),
-        Output("cooling-kw", "children"),
-        Output("devices-up", "children"),
-        Output("rack-chart", "figure"),
-        Output("rack-table", "data"),
-        Output("alerts-table", "data"),
-        Output("no-alerts", "children"),
+        Output("updated-at", "children"), Output("pue-value", "children"),
+        Output("pue-note", "children"), Output("it-kw", "children"),
+        Output("facility-kw", "children"), Output("cooling-kw", "children"),
+        Output("cooling-note", "children"), Output("devices-up", "children"),
+        Output("rack-chart", "figure"), Output("rack-table", "data"),
+        Output("alerts-table", "data"), Output("no-alerts", "children"),
+        Output("backup-table", "data"), Output("pool-table", "data"),
         Input("refresh", "n_intervals"),
     )
     def refresh(_n):
         site, racks, alerts, devices = api.site(), api.racks(), api.alerts(), api.devices()
         up = sum(d["state"] == "up" for d in devices)
-        note = (
-            f"instantaneous, ISO/IEC 30134-2 category {site['pue_category']}"
-            if site["pue"] is not None
-            else f"waiting for {len(site['missing'])} measurement(s)"
-        )
+        note = (f"instantaneous, ISO/IEC 30134-2 category {site['pue_category']}"
+                if site["pue"] is not None
+                else f"waiting for {len(site['missing'])} measurement(s)")
+        cooling = f"pPUE {_fmt(site['cooling_ppue'], 3)}" if site["cooling_ppue"] else ""
+        pools = api.headroom()["pools"]
         return (
-            f"updated {site['updated_at'] or 'never'} (UTC)",
-            _fmt(site["pue"], 3),
-            note,
-            _fmt(site["it_kw"]),
-            _fmt(site["facility_kw"]),
-            _fmt(site["cooling_kw"]),
-            f"{up} / {len(devices)}",
-            rack_figure(racks),
-            racks,
-            alerts,
+            f"updated {site['updated_at'] or 'never'} (UTC)", _fmt(site["pue"], 3), note,
+            _fmt(site["it_kw"]), _fmt(site["facility_kw"]), _fmt(site["cooling_kw"]), cooling,
+            f"{up} / {len(devices)}", rack_figure(racks), rack_rows(racks), alerts,
             "" if alerts else "No active alerts.",
+            [{**b, "bridges": "yes" if b["bridges"] else "NO"} for b in api.backup()],
+            pools,
         )
+
+    @app.callback(Output("pue-1h", "children"), Output("pue-1h-note", "children"),
+                  Input("slow-refresh", "n_intervals"))
+    def interval_pue(_n):
+        p = api.interval_pue("1h")
+        note = "from energy counters" if p["pue"] is not None else f"{len(p['missing'])} counter(s) missing"
+        return _fmt(p["pue"], 3), note
+
+    @app.callback(Output("whatif-result", "children"), Input("whatif-run", "n_clicks"),
+                  State("whatif-row", "value"), State("whatif-racks", "value"),
+                  State("whatif-kw", "value"), State("whatif-capture", "value"),
+                  prevent_initial_call=True)
+    def what_if(_clicks, row, racks, kw, capture):
+        try:
+            w = api.what_if(row, int(racks), float(kw), float(capture))
+        except (TypeError, ValueError) as e:
+            return f"Cannot check: {e}"
+        verdict = "fits" if w["feasible"] else "does not fit"
+        return (f"{w['racks_requested']} racks of {w['rack_kw']:g} kW in row {row} {verdict}: "
+                f"{w['racks_fit']} fit; first limit to break: {w['first_to_break']}.")
 
     return app

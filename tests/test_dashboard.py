@@ -34,12 +34,29 @@ def test_overview_shows_live_pue_racks_and_alerts(dash_duo, live_site, tmp_path)
     rows = wait_for(lambda: dash_duo.find_elements("#rack-table tbody tr")[1:], 10, "rack rows")
     assert len(rows) == 8  # the header row is the first <tr>
     a03 = [r.text for r in rows if r.text.startswith("A03")]
-    assert a03 and "feed" in a03[0]
+    assert a03 and ("feed" in a03[0] or "phase" in a03[0])
     assert dash_duo.find_element("#no-alerts").text == "No active alerts."
+    backup = wait_for(lambda: dash_duo.find_elements("#backup-table tbody tr")[1:], 10, "backup")
+    assert len(backup) == 2 and all(r.text.rstrip().endswith("yes") for r in backup)
 
     # a PDU goes dark: the alert shows up on the page without a reload
     live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
     wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 20,
              "the unreachable alert in the alerts table")
     dash_duo.driver.save_screenshot(str(tmp_path / "overview.png"))
+
+    # the capacity tab: a planner asks whether 6 racks of 120 kW fit in row B
+    dash_duo.find_elements(".tab")[1].click()
+    dash_duo.wait_for_element("#whatif-run")
+    for field, value in (("#whatif-racks", "6"), ("#whatif-kw", "120")):
+        box = dash_duo.find_element(field)
+        box.clear()
+        box.send_keys(value)
+    dash_duo.select_dcc_dropdown("#whatif-row", "B")
+    dash_duo.find_element("#whatif-run").click()
+    dash_duo.wait_for_contains_text("#whatif-result", "does not fit", timeout=10)
+    assert "first limit to break: loop" in dash_duo.find_element("#whatif-result").text
+    pools = [r.text for r in dash_duo.find_elements("#pool-table tbody tr")[1:]]
+    assert [p.split()[0] for p in pools] == ["rect-a", "ups-b", "loop-1"]
+    dash_duo.driver.save_screenshot(str(tmp_path / "capacity.png"))
     assert dash_duo.get_logs() == []  # no errors in the browser console
