@@ -22,6 +22,18 @@ from aidc.net import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_for(predicate, timeout_s: float = 10, what: str = "the condition"):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after the
+    timeout naming ``what``. For state that a live site reaches asynchronously."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def require(binary: str, package: str) -> str:
     path = shutil.which(binary)
     if path is None:

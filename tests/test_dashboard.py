@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
 
 from aidc.api import SiteAPI
 from aidc.net import free_port
 from dashboards.app import create_app
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import wait_for
 
 
 def test_overview_shows_live_pue_racks_and_alerts(dash_duo, live_site, tmp_path):

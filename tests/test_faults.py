@@ -8,21 +8,12 @@ import time
 import pytest
 
 from aidc.metrics import Quality
+from tests.conftest import wait_for
 
 
 @pytest.fixture(scope="module")
 def live(shared_live_site):
     return shared_live_site
-
-
-def wait_for(predicate, timeout_s: float = 10, what: str = "the condition"):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def inject(live, fault, device=None, metric=None, on=True, value=None):
