@@ -23,6 +23,7 @@ from models.headroom import LIMITS, RackHeadroom, rack_headroom
 from models.whatif import WHATIF_LIMITS, place_racks
 
 PHASES = (1, 2, 3)
+SWING_WINDOW_S = 60.0  # GPU load swings are judged over the last minute
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class BackupStatus:
     required_s: float
     shortfall_s: float | None
     bridges: bool
-    swing_kw: float | None  # largest rack-power step of its racks within the peak window
+    swing_kw: float | None  # max - min of its racks' power over the last minute
+    ramp_kw_per_s: float | None  # the steepest dP/dt of that power over the last minute
     smoothing_kw: float | None  # the supercap's max power, V^2 / (4 ESR)
 
 
@@ -184,14 +186,15 @@ class SiteModel:
 
         it_kw = float(np.sum(rack_kw))  # IT at PDU outputs: ISO/IEC 30134-2 category 2
         cooling_kw = good(self.cooling_meter, "power_kw")
-        source_in = many([s.id for s in self.sources if s.kind == "rectifier"], "input_power_kw")
-        source_out = many([s.id for s in self.sources if s.kind == "rectifier"], "output_power_kw")
-        loss_kw = float(np.sum(pue_model.conversion_loss_kw(source_in, source_out)))
+        source_in = many([s.id for s in self.sources], "input_power_kw")
+        loss_kw = float(np.sum(pue_model.conversion_loss_kw(source_in, source_load)))
         unmetered = sum(self.site.model.unmetered_kw.values())
         if self.facility_meter:
             facility_kw, share = good(self.facility_meter, "power_kw"), 1.0
-        else:  # the sum of what is metered, plus the declared unmetered loads
-            metered = float(np.sum(many([s.id for s in self.sources], "input_power_kw"))) + cooling_kw
+        else:  # the sum of what is metered, plus the declared unmetered loads (a site with
+            # no cooling meter declares its cooling there; a cooling meter not read: unknown)
+            metered_cooling_kw = cooling_kw if self.cooling_meter else 0.0
+            metered = float(np.sum(many([s.id for s in self.sources], "input_power_kw"))) + metered_cooling_kw
             facility_kw = metered + unmetered
             share = float(pue_model.measured_share(metered, unmetered))
 
@@ -293,16 +296,22 @@ class SiteModel:
             supercap_s = backup.ride_through_s(energy_j, load_kw, m.supercap_efficiency)
             battery_s = self._battery_s(good, mine)
             chain = backup.backup_chain(supercap_s, battery_s, m.generator_start_s, m.transfer_s)
-            window = np.stack([p[mine] for _, p in self.peaks]) if self.peaks else np.zeros((0, mine.sum()))
-            swing = float(np.nanmax(np.abs(np.diff(window.sum(axis=1))))) if len(window) > 1 else math.nan
+            ts, row_kw = self._last_minute(mine)
             out.append(BackupStatus(
                 supercap=sc.id, load_kw=num(load_kw), usable_energy_kj=num(energy_j / 1000),
                 supercap_s=num(supercap_s), battery_s=num(battery_s), bridge_s=num(chain.bridge_s),
                 required_s=float(chain.required_s), shortfall_s=num(chain.shortfall_s),
-                bridges=bool(chain.bridges), swing_kw=num(swing),
+                bridges=bool(chain.bridges), swing_kw=num(backup.power_swing_kw(row_kw)),
+                ramp_kw_per_s=num(backup.power_ramp_kw_per_s(ts, row_kw)),
                 smoothing_kw=num(backup.supercap_max_power_kw(v, good(sc.id, "esr_mohm"))),
             ))
         return out
+
+    def _last_minute(self, racks_mask) -> tuple[np.ndarray, np.ndarray]:
+        """Times and summed power of these racks over the last 60 s (for dP/dt)."""
+        recent = [(t, p) for t, p in self.peaks if t >= self.peaks[-1][0] - SWING_WINDOW_S]
+        return (np.array([t for t, _ in recent]),
+                np.array([p[racks_mask].sum() for _, p in recent]))
 
     def _battery_s(self, good, racks_mask) -> float:
         """The weakest battery behind these racks' feeds: UPS runtime, or configured."""

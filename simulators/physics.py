@@ -222,7 +222,7 @@ class SitePhysics:
             "seconds_on_battery_s": on_battery_s or 0.0,
             "battery_voltage_v": 545.0 - 40 * used,
             "alarms_present": 0.0 if on_battery_s is None else 1.0,
-            "power_kw": in_kw,  # not on the wire; only used for the energy counter
+            "input_power_kw": 0.0 if on_battery_s is not None else in_kw,
         }
 
     def _cdu_values(self, cdu_id: str, q_kw: float) -> dict[str, float | None]:

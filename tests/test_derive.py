@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import yaml
 
@@ -126,3 +127,28 @@ def test_what_if_draws_on_the_row_pools(model):
     assert w.racks_fit_by_limit["upstream"] == 3
     with pytest.raises(ValueError, match="no row 'Z'"):
         what_if(model, s, "Z", 1, 8.0)
+
+
+def test_without_a_facility_meter_declared_loads_complete_the_facility(model):
+    # no facility meter: facility = UPS input 74 + declared unmetered cooling 6 + office 2
+    site = Site.model_validate(SITE | {
+        "devices": [d for d in SITE["devices"] if d["id"] != "meter"],
+        "model": {"unmetered_kw": {"cooling": 6.0, "office": 2.0}},
+    })
+    s = SiteModel(site).evaluate(latest({("ups-1", "input_power_kw"): 74.0}), 1000.0)
+    assert s.facility_kw == 82.0
+    assert s.measured_share == pytest.approx(74 / 82, abs=1e-3)
+    assert s.pue == pytest.approx(82 / 70, abs=1e-3)
+    # conversion loss: UPS input 74 - output 70 = 4 kW; power pPUE = (70 + 4) / 70
+    assert s.conversion_loss_kw == 4.0 and s.power_ppue == pytest.approx(74 / 70, abs=1e-3)
+
+
+def test_power_swings_over_the_last_minute(model):
+    s = None
+    for t, kw in ((1000.0, 40.0), (1002.0, 50.0), (1004.0, 45.0)):
+        s = model.evaluate(latest({("pdu-1", "power_kw"): kw}), t)
+    # the racks' sum went 70 -> 80 -> 75 kW: swing 10 kW, steepest 10 kW / 2 s = 5 kW/s
+    # (no supercap in this site: checked on the arrays the backup status is built from)
+    ts, row_kw = model._last_minute(np.ones(2, dtype=bool))
+    assert list(row_kw) == [70.0, 80.0, 75.0] and list(ts) == [1000.0, 1002.0, 1004.0]
+    assert s.racks[0].power_kw_peak == 50

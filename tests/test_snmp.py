@@ -47,6 +47,7 @@ NET_SNMP_ENV = {**os.environ, "MIBS": "", "MIBDIRS": "/nonexistent"}  # numeric 
 
 UPS_VALUES = {
     "input_voltage_v": 230.0,
+    "input_power_kw": 222.3,  # 74 100 W on each of the three input lines
     "output_voltage_v": 231.0,
     "output_power_kw": 212.4,  # 70 800 W on each of the three output lines
     "load_pct": 70.8,  # served as 71 % on each line (1 % resolution)
@@ -153,6 +154,7 @@ def test_ups_round_trip_with_multi_oid_reduce() -> None:
     readings = by_key(asyncio.run(read_once(ups_device(free_port("udp")), UPS_VALUES)))
     expected = {
         "input_voltage_v": 230.0,
+        "input_power_kw": 222.3,  # sum of 3 x 74 100 W
         "output_voltage_v": 231.0,
         "output_power_kw": 212.4,  # sum of 3 x 70 800 W
         "load_pct": 71.0,  # max of 71, 71, 71
@@ -429,7 +431,7 @@ def test_refused_metric_answers_gen_err_for_it_alone() -> None:
                                        refuse=frozenset({"battery_voltage_v"}))))  # fmt: skip
     failed = ups["battery_voltage_v"]
     assert (failed.value, failed.quality, failed.raw) == (None, Quality.BAD, "genErr")
-    assert sum(r.quality is Quality.GOOD for r in ups.values()) == 10
+    assert sum(r.quality is Quality.GOOD for r in ups.values()) == 11  # 12 points, 1 refused
 
     pdu = asyncio.run(read_once(pdu_device(free_port("udp")), PDU_VALUES,
                                 refuse=frozenset({"current_a{phase=2}"})))  # fmt: skip
@@ -462,7 +464,7 @@ def test_varbinds_per_request_and_read_only() -> None:
         await server.stop()
         return gets
 
-    assert asyncio.run(main()) == {24: 1, 6: 3, 1: 15}  # ceil(15 / max_varbinds)
+    assert asyncio.run(main()) == {24: 1, 6: 3, 1: 18}  # ceil(18 OIDs / max_varbinds)
 
 
 def test_unreachable_within_timeout_then_recovers_on_the_same_port() -> None:
@@ -473,7 +475,7 @@ def test_unreachable_within_timeout_then_recovers_on_the_same_port() -> None:
         )
         await server.start()
         collector = make_collector(ups_device(port), timeout_s=0.5)
-        assert len(await collector.read()) == 11
+        assert len(await collector.read()) == 12
 
         await server.stop()  # port closed: ICMP port unreachable
         assert not server.running
@@ -531,7 +533,7 @@ def test_slow_device_times_out_without_delaying_another(version: str) -> None:
             await server.stop()
         assert isinstance(error, DeviceUnreachable)
         assert 0.45 < slow_s < 1.0
-        assert isinstance(readings, list) and len(readings) == 11
+        assert isinstance(readings, list) and len(readings) == 12
         assert fast_s < 0.2
 
     asyncio.run(main())
@@ -683,6 +685,9 @@ def test_net_snmp_reads_the_simulator() -> None:
             f".{UPS}.2.3.0": "INTEGER: 12",
             f".{UPS}.2.4.0": "INTEGER: 98",  # .2.5.0 battery voltage: faulty, skipped
             f".{UPS}.3.3.1.3.1": "INTEGER: 230",
+            f".{UPS}.3.3.1.5.1": "INTEGER: 74100",
+            f".{UPS}.3.3.1.5.2": "INTEGER: 74100",
+            f".{UPS}.3.3.1.5.3": "INTEGER: 74100",
             f".{UPS}.4.1.0": "INTEGER: 5",
             f".{UPS}.4.4.1.2.1": "INTEGER: 231",
             f".{UPS}.4.4.1.4.1": "INTEGER: 70800",
@@ -810,7 +815,8 @@ def snmpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port("udp")
     overrides = {
         "2.1.0": 3, "2.2.0": 120, "2.3.0": 9, "2.4.0": 41, "2.5.0": 4874,
-        "3.3.1.3.1": 0, "4.1.0": 5, "4.4.1.2.1": 230,
+        "3.3.1.3.1": 0, "3.3.1.5.1": 0, "3.3.1.5.2": 0, "3.3.1.5.3": 0,
+        "4.1.0": 5, "4.4.1.2.1": 230,
         "4.4.1.4.1": 70000, "4.4.1.4.2": 71000, "4.4.1.4.3": 72400,
         "4.4.1.5.1": 70, "4.4.1.5.2": 71, "4.4.1.5.3": 72,
     }  # fmt: skip
@@ -842,6 +848,7 @@ def snmpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 SNMPD_EXPECTED = {
     "input_voltage_v": 0.0,
+    "input_power_kw": 0.0,  # on battery: no input on any line
     "output_voltage_v": 230.0,
     "output_power_kw": 213.4,  # 70.0 + 71.0 + 72.4 kW
     "load_pct": 72.0,  # the most loaded of 70, 71, 72 %
