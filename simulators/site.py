@@ -165,7 +165,9 @@ def relocate(site: Site, port_of) -> Site:
 
 
 def on_free_ports(site: Site) -> Site:
-    """Every device on a port free right now: for tests and side-by-side demos."""
-    from aidc.net import free_port
+    """Every device on its own port, free right now: for tests and side-by-side demos."""
+    from aidc.net import free_ports
 
-    return relocate(site, lambda d: free_port("udp" if d.protocol == "snmp" else "tcp"))
+    ports = free_ports(["udp" if d.protocol == "snmp" else "tcp" for d in site.devices])
+    by_device = dict(zip((d.id for d in site.devices), ports))
+    return relocate(site, lambda d: by_device[d.id])

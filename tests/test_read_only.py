@@ -14,7 +14,7 @@ import pytest
 
 from aidc.config import load_site
 from aidc.metrics import Quality
-from aidc.net import free_port
+from aidc.net import free_ports
 from aidc.runtime import Runtime
 from collectors.profiles import PROFILE_DIR
 from simulators.site import SimulatedSite
@@ -54,8 +54,8 @@ WRITE_SERVICES = {"Write", "Call", "AddNodes", "DeleteNodes", "AddReferences", "
 def site(tmp_path, monkeypatch):
     monkeypatch.setenv("AIDC_TEST_AUTH", "auth-key-for-tests")
     monkeypatch.setenv("AIDC_TEST_PRIV", "priv-key-for-tests")
-    ports = {k: free_port("udp" if k in ("ups", "apc", "rar") else "tcp")
-             for k in ("gw", "ups", "apc", "rar", "cdu", "plc", "sc")}
+    names = ("gw", "ups", "apc", "rar", "cdu", "plc", "sc")
+    ports = dict(zip(names, free_ports(["udp" if k in ("ups", "apc", "rar") else "tcp" for k in names])))
     (tmp_path / "site.yaml").write_text(SITE.format(**ports))
     return load_site(tmp_path / "site.yaml")
 
