@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast bench lint system-deps clean
+NODE_PEERS := tests/interop/opcua
+
+.PHONY: install demo test bench lint system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +24,13 @@ demo: install
 system-deps:
 	@sh tests/system-deps.sh
 
+## node-opcua, a third-party OPC-UA peer for the interop tests (npm, pinned by its lockfile)
+$(NODE_PEERS)/node_modules/.installed: $(NODE_PEERS)/package-lock.json
+	npm ci --prefix $(NODE_PEERS) --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## everything: unit, protocol (real servers), storage (real influxd), browser (chromium)
-test: install system-deps
+test: install system-deps $(NODE_PEERS)/node_modules/.installed
 	$(PY) -m pytest -q --webdriver Chrome --headless $(ARGS)
 
 lint: install

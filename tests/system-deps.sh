@@ -12,6 +12,8 @@ check snmpwalk snmp
 check snmpd snmpd
 check /lib/nut/snmp-ups nut-snmp
 check mbpoll mbpoll
+check node nodejs
+check npm npm
 need=$(echo "$need" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//;s/ *$//')
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
