@@ -310,10 +310,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `aidc ... | head` ends quietly
     args = parser().parse_args(argv)
     return args.func(args)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `aidc` command: like main(), and `aidc ... | head` ends quietly. (Only here: a
+    process that calls main() in-process, such as a test run, keeps its own SIGPIPE.)"""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

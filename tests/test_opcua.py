@@ -129,8 +129,8 @@ def cdu(port: int, profile: str = "cdu_plc_opcua", mode: str = "poll") -> Cdu:
     )  # fmt: skip
 
 
-def collector(device: Any) -> OpcuaCollector:
-    c = make_collector(device, TIMEOUT_S)
+def collector(device: Any, timeout_s: float = TIMEOUT_S) -> OpcuaCollector:
+    c = make_collector(device, timeout_s)
     assert isinstance(c, OpcuaCollector)
     return c
 
@@ -450,7 +450,8 @@ def test_subscription_reports_changes_and_keep_alives_without_reads(
     requests = supercap_server.server.requests
 
     async def scenario() -> tuple[list[list[Reading]], Counter[str], Counter[str]]:
-        c = collector(supercap(supercap_server.port, mode="subscribe"))
+        # a generous timeout: this test counts requests, and a loaded CI machine is slow
+        c = collector(supercap(supercap_server.port, mode="subscribe"), timeout_s=5.0)
         before = requests.copy()
         await c.read()  # nothing published yet: integrity Read
         first = requests - before
@@ -594,6 +595,19 @@ def test_secured_reads(secured: SimpleNamespace, pki: SimpleNamespace, mode: str
     got = asyncio.run(read_once(device))
     assert values_of(got) == SUPERCAP
     assert {r.quality for r in got} == {Quality.GOOD}
+
+
+def test_a_pinned_server_certificate_must_be_the_one_shown(
+    secured: SimpleNamespace, pki: SimpleNamespace
+) -> None:
+    device_cert, collector_cert = pki.device[0], pki.client[0]
+    pinned = supercap(secured.signed.port, security=f"{security(pki, 'Sign')},{device_cert}",
+                      key_password=KEY_PASSWORD)  # fmt: skip
+    assert values_of(asyncio.run(read_once(pinned))) == SUPERCAP
+    other = pinned.model_copy(update={"opcua": pinned.opcua.model_copy(
+        update={"security": f"{security(pki, 'Sign')},{collector_cert}"})})  # fmt: skip
+    with pytest.raises(DeviceUnreachable, match=f"the server's certificate is not {collector_cert}"):
+        asyncio.run(read_once(other))
 
 
 def test_an_unsecured_client_is_refused_by_a_sign_and_encrypt_device(
