@@ -26,6 +26,7 @@ from alerts.rules import builtin_conditions
 from collectors import DeviceUnreachable, make_collector
 
 log = logging.getLogger("aidc.runtime")
+STOP_TIMEOUT_S = 10.0  # the longest a stopping runtime waits for its tasks
 
 
 class Runtime:
@@ -52,6 +53,7 @@ class Runtime:
         self.last_tick_ms = 0.0
         self._pending: list[Sample] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
         """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
@@ -79,9 +81,14 @@ class Runtime:
         try:
             await stop.wait()
         finally:
+            # Python 3.11's wait_for can lose a cancel that races with its inner call ending
+            # (bpo-42130): every loop also checks _stopping, and the wait is bounded
+            self._stopping = True
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for t in stuck:
+                log.error("event=task_not_stopping task=%s", t.get_name())
             await asyncio.to_thread(self._flush)
             self.writer.close()
             self.store.close()
@@ -99,7 +106,7 @@ class Runtime:
         sharing = sum(1 for d in self.site.devices if (d.host, d.port) == (device.host, device.port))
         deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
         try:
-            while True:
+            while not self._stopping:
                 started, now = loop.time(), time.time()
                 try:
                     readings = await asyncio.wait_for(collector.read(), deadline_s)
@@ -137,12 +144,12 @@ class Runtime:
         self.writer.write(batch)
 
     async def _flush_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.site.store.flush_s)
             await asyncio.to_thread(self._flush)
 
     async def _tick_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.site.model.tick_s)
             try:
                 self.tick(time.time())
