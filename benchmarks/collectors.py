@@ -34,7 +34,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -61,6 +60,8 @@ from pysnmp.hlapi.v3arch.asyncio import (
     UdpTransportTarget,
     get_cmd,
 )
+
+from benchmarks.common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -336,21 +337,6 @@ async def bench_many(profile_path: Path, ports: list[int]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ run
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} cores {model}, Python {platform.python_version()}, "
-        f"pymodbus {pymodbus.__version__}, pysnmp {pysnmp.__version__}"
-    )
-
-
 async def run(work: Path, snmpd_binary: str | None) -> dict[str, Any]:
     modbus_profile, snmp_profile = write_profiles(work)
     modbus_port = free_port("tcp")
@@ -435,7 +421,10 @@ def main() -> None:
     result = {
         "name": "collectors",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{machine()}; agents: simulators.modbus (child process), {agents}",
+        "machine": machine(
+            f"pymodbus {pymodbus.__version__}, pysnmp {pysnmp.__version__}; "
+            f"agents: simulators.modbus (child process), {agents}"
+        ),
         "figures": figures,
         "ratios": ratios,
         "targets": targets,

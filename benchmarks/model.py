@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 from CoolProp.CoolProp import PropsSI
+
+from benchmarks.common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -267,21 +267,6 @@ def median_ms(run, repeats: int) -> float:
     return statistics.median(times)
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} cores {model}, Python {platform.python_version()}, "
-        f"numpy {np.__version__}"
-    )
-
-
 def main() -> None:
     site = synthetic_site()
     naive = NaiveModel()
@@ -308,7 +293,7 @@ def main() -> None:
     result = {
         "name": "model",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(f"numpy {np.__version__}"),
         "figures": figures,
         "ratios": {
             "speedup_vs_naive": round(naive_ms / vector_ms, 1),
