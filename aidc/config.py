@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -68,12 +69,31 @@ class SnmpSettings(Strict):
         return self
 
 
+OPCUA_SECURITY_POLICIES = ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
+OPCUA_SECURITY_MODES = ("Sign", "SignAndEncrypt")
+
+
 class OpcuaSettings(Strict):
-    security: str = "None"  # e.g. "Basic256Sha256,SignAndEncrypt,cert.der,key.pem"
+    # "None", or "Policy,Mode,certificate,private_key[,server_certificate]"
+    security: str = "None"
     key_password: SecretStr | None = None  # of the private key in `security`, if encrypted
     username: str | None = None
     password: SecretStr | None = None
     mode: Literal["subscribe", "poll"] = "subscribe"
+
+    @field_validator("security")
+    @classmethod
+    def _security_string(cls, text: str) -> str:
+        parts = [p.strip() for p in text.split(",")]
+        if parts == ["None"] or (
+            len(parts) in (4, 5) and "" not in parts
+            and parts[0] in OPCUA_SECURITY_POLICIES and parts[1] in OPCUA_SECURITY_MODES
+        ):
+            return text
+        raise ValueError(
+            "expected 'None' or 'Policy,Mode,certificate,private_key[,server_certificate]' with "
+            f"Policy one of {', '.join(OPCUA_SECURITY_POLICIES)} and Mode Sign or SignAndEncrypt"
+        )
 
 
 # ---------------------------------------------------------------- devices

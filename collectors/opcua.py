@@ -52,6 +52,7 @@ from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.crypto import security_policies, uacrypto
 from cryptography import x509
 
+from aidc.config import OPCUA_SECURITY_MODES, OPCUA_SECURITY_POLICIES
 from aidc.metrics import Quality, Reading, check_limits
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import OpcuaPoint
@@ -64,8 +65,7 @@ KEEPALIVE_PROBE_S = SESSION_TIMEOUT_S / 3  # asyncua's own server-state Read; po
 LIFETIME_COUNT = 10_000  # publishing intervals without a Publish request before the server
 # ends the subscription (Part 4 §5.13.1.1): far longer than any wait between two polls
 INTEGRITY_S = 300.0  # a subscribed device is also read whole this often
-SECURITY_POLICIES = ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
-SECURITY_MODES = ("Sign", "SignAndEncrypt")
+SECURITY_POLICIES, SECURITY_MODES = OPCUA_SECURITY_POLICIES, OPCUA_SECURITY_MODES
 FILTER_REFUSED = {  # CreateMonitoredItems results that refuse the deadband, not the node
     ua.StatusCodes.BadFilterNotAllowed,
     ua.StatusCodes.BadMonitoredItemFilterUnsupported,
@@ -86,6 +86,20 @@ HINTS = {  # what the operator can do about a refused session
 }
 
 
+class _WithoutIdentityToken(logging.Filter):
+    """asyncua logs each request it sends at DEBUG level, the UserNameIdentityToken of
+    ActivateSession (the password) included: that request is logged without its content."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(isinstance(arg, ua.ActivateSessionRequest) for arg in args):
+            record.msg, record.args = "Sending: ActivateSessionRequest (content not logged)", ()
+        return True
+
+
+logging.getLogger("asyncua.client.ua_client.UASocketProtocol").addFilter(_WithoutIdentityToken())
+
+
 @dataclass(frozen=True)
 class Target:
     """Where a point lives: a NodeId (maybe with a namespace URI) or a browse path."""
@@ -104,11 +118,7 @@ class Security:
     mode: ua.MessageSecurityMode
     certificate: Path
     private_key: Path
-    server_certificate: Path | None
-
-    @property
-    def name(self) -> str:
-        return f"{self.policy.URI.rsplit('#', 1)[-1]},{self.mode.name}"
+    server_certificate: Path | None  # pinned: the server must show this one
 
 
 def parse_node(point: OpcuaPoint) -> Target:
@@ -274,15 +284,15 @@ class OpcuaCollector(Collector):
     async def _secure(
         self, client: Client, security: Security, endpoint: ua.EndpointDescription
     ) -> None:
-        """Load the client certificate and key and sign (and encrypt) the channel with them."""
+        """Sign (and encrypt) the channel with the client's certificate and key, for the
+        server certificate its endpoint shows, which must be the pinned one if there is one."""
         key_password = self.device.opcua.key_password
+        server_certificate = uacrypto.x509_from_der(endpoint.ServerCertificate)
         try:
             certificate = await uacrypto.load_certificate(security.certificate)
-            server_certificate = (
-                await uacrypto.load_certificate(security.server_certificate)
-                if security.server_certificate
-                else uacrypto.x509_from_der(endpoint.ServerCertificate)
-            )
+            pinned = security.server_certificate
+            if pinned and await uacrypto.load_certificate(pinned) != server_certificate:
+                raise ua.UaError(f"the server's certificate is not {pinned} (opcua.security)")
             client.application_uri = _application_uri(certificate) or client.application_uri
             await client.set_security(
                 security.policy,
@@ -378,7 +388,8 @@ class OpcuaCollector(Collector):
             values = await self._read(client, everything)
             latest.values |= {i: values[i] for i in latest.monitored}
             return values
-        polled = iter(await self._read(client, (i for i in everything if i not in latest.monitored)))
+        unmonitored = [i for i in everything if i not in latest.monitored]
+        polled = iter(await self._read(client, unmonitored))
         waiting = _missing(ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
         return [
             latest.values.get(i, waiting) if i in latest.monitored else next(polled)
@@ -472,20 +483,6 @@ def _without_deadband(item: ua.MonitoredItemCreateRequest) -> ua.MonitoredItemCr
     return _monitored_item(
         parameters.ClientHandle, item.ItemToMonitor.NodeId, parameters.SamplingInterval, None
     )
-
-
-class _WithoutIdentityToken(logging.Filter):
-    """asyncua logs each request it sends at DEBUG level, the UserNameIdentityToken of
-    ActivateSession (the password) included: that request is logged without its content."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        if any(isinstance(arg, ua.ActivateSessionRequest) for arg in args):
-            record.msg, record.args = "Sending: ActivateSessionRequest (content not logged)", ()
-        return True
-
-
-logging.getLogger("asyncua.client.ua_client.UASocketProtocol").addFilter(_WithoutIdentityToken())
 
 
 def _missing(status: ua.StatusCode) -> ua.DataValue:

@@ -296,9 +296,10 @@ class OpcuaDeviceServer:
         except OSError:
             client_w.close()
             raise
-        await asyncio.gather(
+        await asyncio.gather(  # a reset on one side ends the other at its end of stream
             _carry(client_r, server_w, lambda: 0.0),
             _carry(server_r, client_w, lambda: self.delay_s),
+            return_exceptions=True,
         )
 
 

@@ -43,7 +43,8 @@ from collectors.opcua import OpcuaCollector, _monitored_item, decode
 from collectors.profiles import OpcuaPoint, load_profile
 from simulators.opcua import DeviceSecurity, DeviceUsers, OpcuaDeviceServer
 
-TIMEOUT_S = 1.0
+TIMEOUT_S = 1.0  # in the tests that time a failure
+PATIENT_S = 5.0  # in the others: a loaded CI machine is slow, and they count, not time
 INTEROP = Path(__file__).parent / "interop" / "opcua"
 NPM_CI = "npm ci --prefix tests/interop/opcua --no-audit --no-fund"
 # Services that cannot change anything on a device (OPC UA Part 4: View, Attribute Read,
@@ -129,14 +130,14 @@ def cdu(port: int, profile: str = "cdu_plc_opcua", mode: str = "poll") -> Cdu:
     )  # fmt: skip
 
 
-def collector(device: Any, timeout_s: float = TIMEOUT_S) -> OpcuaCollector:
+def collector(device: Any, timeout_s: float = PATIENT_S) -> OpcuaCollector:
     c = make_collector(device, timeout_s)
     assert isinstance(c, OpcuaCollector)
     return c
 
 
-async def read_once(device: Any) -> list[Reading]:
-    c = collector(device)
+async def read_once(device: Any, timeout_s: float = PATIENT_S) -> list[Reading]:
+    c = collector(device, timeout_s)
     try:
         return await c.read()
     finally:
@@ -485,7 +486,9 @@ def test_subscription_reports_changes_and_keep_alives_without_reads(
 
 @pytest.mark.parametrize("mode", ["poll", "subscribe"])
 @pytest.mark.parametrize("profile", ["supercap_opcua", "cdu_plc_opcua"])
-def test_a_full_poll_cycle_sends_no_write(devices: SimpleNamespace, profile: str, mode: str) -> None:
+def test_a_full_poll_cycle_sends_no_write(
+    devices: SimpleNamespace, profile: str, mode: str
+) -> None:
     """Read-only proof: connect, poll, let the subscription publish, disconnect; the device
     received session, Read, Subscription and MonitoredItem services only."""
     served = devices.supercap if profile == "supercap_opcua" else devices.cdu
@@ -539,24 +542,26 @@ def test_a_slow_device_times_out_without_delaying_its_neighbour(
     simulators share one event loop. The supercap is unreachable after about its 1 s timeout
     (no polite CloseSession: it never had a session); the CDU's poll is not held up."""
 
-    async def timed(device: Any) -> tuple[float, list[Reading] | Exception]:
+    async def timed(device: Any, timeout_s: float) -> tuple[float, list[Reading] | Exception]:
         started = time.monotonic()
         try:
-            result: list[Reading] | Exception = await read_once(device)
+            result: list[Reading] | Exception = await read_once(device, timeout_s)
         except DeviceUnreachable as e:
             result = e
         return time.monotonic() - started, result
 
     async def both() -> list[tuple[float, list[Reading] | Exception]]:
-        return await asyncio.gather(timed(supercap(supercap_server.port)), timed(cdu(cdu_server.port)))
+        return await asyncio.gather(
+            timed(supercap(supercap_server.port), TIMEOUT_S), timed(cdu(cdu_server.port), PATIENT_S)
+        )
 
     with supercap_server.faulted(delay_s=3.0):
         (slow_s, slow), (prompt_s, prompt) = asyncio.run(both())
     assert isinstance(slow, DeviceUnreachable)
     assert "no answer within 1 s" in str(slow)
-    assert TIMEOUT_S * 0.9 < slow_s < TIMEOUT_S * 1.5
+    assert TIMEOUT_S * 0.9 < slow_s < TIMEOUT_S * 2
     assert isinstance(prompt, list) and {r.quality for r in prompt} == {Quality.GOOD}
-    assert prompt_s < 0.5
+    assert prompt_s < 2.0  # well within the 3 s the supercap takes: nothing waited for it
 
 
 def test_a_device_turning_slow_mid_session_is_unreachable(supercap_server: Served) -> None:
@@ -564,7 +569,7 @@ def test_a_device_turning_slow_mid_session_is_unreachable(supercap_server: Serve
     out, and when it answers promptly again the next poll opens a new session."""
 
     async def scenario() -> tuple[float, DeviceUnreachable, list[Reading]]:
-        c = collector(supercap(supercap_server.port, "subscribe"))
+        c = collector(supercap(supercap_server.port, "subscribe"), TIMEOUT_S)
         await c.read()
         with supercap_server.faulted(delay_s=3.0):
             await asyncio.sleep(0.3)  # the publish in flight is held back
@@ -578,7 +583,7 @@ def test_a_device_turning_slow_mid_session_is_unreachable(supercap_server: Serve
 
     failed_after_s, error, after = asyncio.run(scenario())
     assert "no answer within 1 s" in str(error)
-    assert failed_after_s < TIMEOUT_S * 1.5 + 0.3  # the timeout, then half of it to close
+    assert failed_after_s < TIMEOUT_S * 2.5  # the timeout, then half of it to close
     assert {r.quality for r in after} == {Quality.GOOD}
 
 
@@ -606,7 +611,9 @@ def test_a_pinned_server_certificate_must_be_the_one_shown(
     assert values_of(asyncio.run(read_once(pinned))) == SUPERCAP
     other = pinned.model_copy(update={"opcua": pinned.opcua.model_copy(
         update={"security": f"{security(pki, 'Sign')},{collector_cert}"})})  # fmt: skip
-    with pytest.raises(DeviceUnreachable, match=f"the server's certificate is not {collector_cert}"):
+    with pytest.raises(
+        DeviceUnreachable, match=f"the server's certificate is not {collector_cert}"
+    ):
         asyncio.run(read_once(other))
 
 
@@ -647,7 +654,7 @@ def test_a_refused_login_is_unreachable_with_its_reason_and_no_password(
     started = time.monotonic()
     with pytest.raises(DeviceUnreachable, match=reason) as refused:
         asyncio.run(read_once(device))
-    assert time.monotonic() - started < TIMEOUT_S
+    assert time.monotonic() - started < PATIENT_S / 2  # the server's answer, not a timeout
     shown = caplog.text + str(refused.value) + repr(refused.value.__cause__)
     assert "asyncua" in caplog.text  # the session's whole conversation was logged ...
     for secret in ("wrong-password-for-tests", PASSWORD, KEY_PASSWORD):
@@ -673,6 +680,8 @@ def test_a_device_offering_no_none_endpoint_refuses_an_unsecured_session() -> No
     users = DeviceUsers({USER: PASSWORD}, unsecured_allowed=False)
     assert users.get_user(None, USER, PASSWORD, channel_certificate) is not None
     assert users.get_user(None, USER, "wrong", channel_certificate) is None
+    with pytest.raises(ValueError, match=r"modes \['Encrypt'\]: choose from"):
+        DeviceSecurity(Path("device.der"), Path("device.pem"), modes=frozenset({"Encrypt"}))
 
 
 @pytest.mark.parametrize(
@@ -715,7 +724,9 @@ def test_our_collector_reads_a_node_opcua_server(
         assert "opcua_deadband_refused" not in caplog.text
 
 
-def test_node_opcua_reads_our_simulators(node_opcua: SimpleNamespace, devices: SimpleNamespace) -> None:
+def test_node_opcua_reads_our_simulators(
+    node_opcua: SimpleNamespace, devices: SimpleNamespace
+) -> None:
     """client.js reads NodeIds of both profiles (the CDU's by namespace URI) from our
     simulators: the values, with the profiles' DataTypes."""
     cdu_nodes = {f"nsu=urn:aidc:simulator:cdu-plc;{n}": wire for n, wire in CDU_WIRE.items()}
@@ -829,7 +840,7 @@ def test_silent_server_times_out_and_leaves_nothing_running() -> None:
             peers.append((reader, writer))
 
         server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        c = collector(supercap(server.sockets[0].getsockname()[1]))
+        c = collector(supercap(server.sockets[0].getsockname()[1]), TIMEOUT_S)
         started = time.monotonic()
         with pytest.raises(DeviceUnreachable, match="no answer within 1 s"):
             await c.read()
@@ -861,9 +872,7 @@ class RefusingDeadbands:
     def __init__(self) -> None:
         self.asked: list[list[ua.MonitoredItemCreateRequest]] = []
 
-    async def create_monitored_items(
-        self, items: Any
-    ) -> list[int | ua.StatusCode]:
+    async def create_monitored_items(self, items: Any) -> list[int | ua.StatusCode]:
         self.asked.append(list(items))
         return [self._result(item) for item in self.asked[-1]]
 
