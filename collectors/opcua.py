@@ -52,7 +52,6 @@ from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.crypto import security_policies, uacrypto
 from cryptography import x509
 
-from aidc.config import OPCUA_SECURITY_MODES, OPCUA_SECURITY_POLICIES
 from aidc.metrics import Quality, Reading, check_limits
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import OpcuaPoint
@@ -65,7 +64,6 @@ KEEPALIVE_PROBE_S = SESSION_TIMEOUT_S / 3  # asyncua's own server-state Read; po
 LIFETIME_COUNT = 10_000  # publishing intervals without a Publish request before the server
 # ends the subscription (Part 4 §5.13.1.1): far longer than any wait between two polls
 INTEGRITY_S = 300.0  # a subscribed device is also read whole this often
-SECURITY_POLICIES, SECURITY_MODES = OPCUA_SECURITY_POLICIES, OPCUA_SECURITY_MODES
 FILTER_REFUSED = {  # CreateMonitoredItems results that refuse the deadband, not the node
     ua.StatusCodes.BadFilterNotAllowed,
     ua.StatusCodes.BadMonitoredItemFilterUnsupported,
@@ -137,19 +135,11 @@ def parse_node(point: OpcuaPoint) -> Target:
 
 
 def parse_security(text: str) -> Security | None:
-    """``opcua.security`` ("None" or "Policy,Mode,cert,key[,server_cert]"); a malformed one
-    is a site file mistake, told with what was expected."""
+    """``opcua.security`` ("None" or "Policy,Mode,cert,key[,server_cert]"), already checked
+    by the site config (aidc.config.OpcuaSettings)."""
     parts = [part.strip() for part in text.split(",")]
     if parts == ["None"]:
         return None
-    expected = (
-        f"expected 'None' or 'Policy,Mode,certificate,private_key[,server_certificate]' with "
-        f"Policy one of {', '.join(SECURITY_POLICIES)} and Mode Sign or SignAndEncrypt"
-    )
-    if len(parts) not in (4, 5) or "" in parts:
-        raise ValueError(f"opcua.security '{text}': {expected}")
-    if parts[0] not in SECURITY_POLICIES or parts[1] not in SECURITY_MODES:
-        raise ValueError(f"opcua.security '{text}': {expected}")
     return Security(
         getattr(security_policies, f"SecurityPolicy{parts[0]}"),
         getattr(ua.MessageSecurityMode, parts[1]),
