@@ -21,7 +21,7 @@ from simulators.site import SimulatedSite
 
 SITE = """
 site: every-profile
-defaults: {{poll_s: 0.5, timeout_s: 0.5}}
+defaults: {{poll_s: 0.5, timeout_s: 1.5}}
 model: {{tick_s: 0.5}}
 rooms: [{{id: r}}]
 devices:
@@ -120,8 +120,8 @@ def test_probe_reads_one_device_and_settles_byte_orders(site, tmp_path):
         finally:
             await simulated.stop()
 
-    (ups_rc, ups, _), (meter_rc, meter, _), (dead_rc, dead_out, dead_err) = asyncio.run(run())
-    assert ups_rc == 0 and "ups: ups over snmp" in ups
+    (ups_rc, ups, ups_err), (meter_rc, meter, _), (dead_rc, dead_out, dead_err) = asyncio.run(run())
+    assert ups_rc == 0 and "ups: ups over snmp" in ups, ups_err
     assert [ln.split()[-1] for ln in ups.splitlines() if ln.startswith("runtime_min")] == ["good"]
     # power_meter floats are ABCD: the profile's order is marked, the others shown beside it
     assert meter_rc == 0 and "power_kw: registers" in meter
