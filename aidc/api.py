@@ -17,6 +17,15 @@ from aidc.runtime import Runtime
 from models import pue as pue_model
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
+MIN_STEPS_COUNTED = 100  # IT energy must span 100 counter steps: rounding then stays under 1 %
+
+
+def counter_step_kwh(device) -> float:
+    """The smallest step of a device's energy_kwh counter, from its profile's scale."""
+    from collectors.profiles import load_profile
+
+    points = [p for p in load_profile(device.profile).points if p.metric == "energy_kwh"]
+    return abs(points[0].scale) if points else 0.0
 
 
 def by_limit_json(values: dict[str, float | None], key: str, infinite: str) -> dict[str, Any]:
@@ -118,12 +127,21 @@ class SiteAPI:
                 total += kwh
             return total
 
-        it_kwh = energy_kwh("pdu", [*model.feed_a, *model.feed_b])
+        it_devices = [f for f in (*model.feed_a, *model.feed_b) if f]
+        it_kwh = energy_kwh("pdu", it_devices)
         facility_kwh = energy_kwh("meter", [model.facility_meter])
         cooling_kwh = energy_kwh("meter", [model.cooling_meter]) if model.cooling_meter else math.nan
+        # each counter is read to one step of its register: until the energy counted dwarfs
+        # those steps, the ratio says more about rounding than about the site
+        it_resolution_kwh = sum(counter_step_kwh(site.device(d)) for d in it_devices)
+        settled = it_kwh >= MIN_STEPS_COUNTED * it_resolution_kwh
+        note = None if settled or math.isnan(it_kwh) else (
+            f"not enough energy counted yet: {it_kwh:.2f} kWh of IT energy against counters "
+            f"that step by {it_resolution_kwh:g} kWh in all")
         return {
             "site": site.site, "window": window, "from": iso(start), "to": iso(end),
-            "pue": num(pue_model.interval_pue(facility_kwh, it_kwh)),
+            "pue": num(pue_model.interval_pue(facility_kwh, it_kwh)) if settled else None,
+            "note": note,
             "pue_category": pue_model.pue_category("pdu_output"),
             "it_kwh": num(it_kwh), "facility_kwh": num(facility_kwh),
             "cooling_ppue": num(pue_model.partial_pue(it_kwh, cooling_kwh)),

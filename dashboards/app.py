@@ -180,8 +180,9 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
                   Input("slow-refresh", "n_intervals"))
     def interval_pue(_n):
         p = api.interval_pue("1h")
-        note = "from energy counters" if p["pue"] is not None else f"{len(p['missing'])} counter(s) missing"
-        return _fmt(p["pue"], 3), note
+        if p["pue"] is not None:
+            return _fmt(p["pue"], 3), "from energy counters"
+        return "–", p["note"] or f"{len(p['missing'])} counter(s) missing"
 
     @app.callback(Output("whatif-result", "children"), Input("whatif-run", "n_clicks"),
                   State("whatif-row", "value"), State("whatif-racks", "value"),

@@ -138,8 +138,30 @@ def test_interval_pue_from_energy_counters(tmp_path):
     # IT = 16 x 25 = 400 kWh; PUE = 460 / 400 = 1.15; cooling pPUE = (400 + 32) / 400 = 1.08
     assert (body["it_kwh"], body["facility_kwh"], body["pue"]) == (400.0, 460.0, 1.15)
     assert body["cooling_ppue"] == 1.08 and body["missing"] == [] and body["pue_category"] == 2
+    assert body["note"] is None  # 400 kWh >> 100 steps x 16 PDUs x 0.1 kWh = 160 kWh
     with pytest.raises(ValueError, match="1h, 24h, 30d"):
         api.interval_pue("1y")
+
+
+def test_interval_pue_waits_for_enough_energy(tmp_path):
+    """Minutes of a demo: the PDUs' 0.1 kWh steps would dominate the ratio. No number yet."""
+    from aidc.config import load_site
+    from aidc.metrics import Sample
+    from aidc.runtime import Runtime
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    runtime = Runtime(site, tmp_path)
+    now = time.time()
+    samples = [Sample("pdu", {"device": p.id}, "energy_kwh", kwh, now - dt)
+               for p in site.devices_of("pdu") for kwh, dt in ((1000.0, 60), (1000.2, 10))]
+    samples += [Sample("meter", {"device": m}, "energy_kwh", kwh, now - dt)
+                for m in ("meter-main", "meter-cooling") for kwh, dt in ((50.0, 60), (50.5, 10))]
+    runtime.store.write(samples)
+    body = SiteAPI(runtime).interval_pue("1h")
+    # IT counted 16 x 0.2 = 3.2 kWh; the counters step by 16 x 0.1 = 1.6 kWh in all
+    assert body["pue"] is None and body["it_kwh"] == 3.2
+    assert body["note"] == ("not enough energy counted yet: 3.20 kWh of IT energy against "
+                            "counters that step by 1.6 kWh in all")
 
 
 def test_interval_pue_says_what_is_missing(tmp_path):

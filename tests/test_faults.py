@@ -125,7 +125,7 @@ def test_a_slow_device_never_delays_the_others(live, slow):
     inject(live, "slow", slow, value=3.0)
     try:
         wait_for(lambda: live.runtime.health[slow].failures >= 2, what=f"{slow} to time out")
-        # while it timed out twice (each poll waits its 0.4 s timeout), every other device
+        # while it timed out twice (each poll waits its 1 s timeout), every other device
         # went on answering at its own 0.5 s pace: at least two good polls each
         after = good_polls()
         stalled = {d: after[d] - before[d] for d in after if d != slow and after[d] - before[d] < 2}
