@@ -215,4 +215,8 @@ class SiteAPI:
         metric("aidc_model_tick_ms", "gauge", "Duration of the last model tick.", [("", rt.last_tick_ms)])
         metric("aidc_notifier_backlog", "gauge", "Notifications waiting for delivery.",
                [("", rt.notifier_backlog)])
+        metric("aidc_notifier_oldest_seconds", "gauge", "Age of the oldest waiting notification.",
+               [("", rt.notifier_oldest_s)])
+        metric("aidc_notifier_dead_letters", "gauge", "Notifications a receiver refused for good.",
+               [("", rt.notifier_dead_letters)])
         return "\n".join(lines) + "\n"

@@ -203,7 +203,6 @@ class Store(Strict):
     path: str = "data/aidc.sqlite"  # embedded, relative to the site file's data dir
     url: str = "http://127.0.0.1:8086"  # influxdb
     database: str = "aidc"  # 1.x database, or 2.x bucket
-    org: str | None = None
     token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None

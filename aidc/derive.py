@@ -253,10 +253,10 @@ class SiteModel:
         flow = np.array([good(c.id, "flow_lpm") for c in self.cdus])
         supply = np.array([good(c.id, "supply_temp_c") for c in self.cdus])
         pumps = np.array([good(c.id, "pumps_running") for c in self.cdus])
-        by_flow = np.array([
-            cooling.liquid_capacity_kw(f, t, loops[c.id].design_dt_k, loops[c.id].fluid)
-            for c, f, t in zip(self.cdus, flow, supply)
-        ], dtype=float)
+        by_flow = cooling.liquid_capacity_kw(
+            flow, supply, np.array([loops[c.id].design_dt_k for c in self.cdus]),
+            np.array([loops[c.id].fluid for c in self.cdus]),
+        )
         rated = np.array([c.rated_kw for c in self.cdus])
         return np.where(pumps == 0, 0.0, np.minimum(rated, by_flow))  # unknown flow: unknown
 

@@ -47,7 +47,8 @@ class Runtime:
         self.evaluator = Evaluator(
             self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify
         )
-        self.notifier_backlog = 0  # read by /metrics from the web thread
+        # read by /metrics from the web thread (the outbox's SQLite belongs to the loop)
+        self.notifier_backlog, self.notifier_oldest_s, self.notifier_dead_letters = 0, 0.0, 0
         self.started_at = time.time()
         self.ticks = 0
         self.last_tick_ms = 0.0
@@ -89,7 +90,7 @@ class Runtime:
             _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
             for t in stuck:
                 log.error("event=task_not_stopping task=%s", t.get_name())
-            await asyncio.to_thread(self._flush)
+            await asyncio.to_thread(self._write, self._take_pending())
             self.writer.close()
             self.store.close()
             self.outbox.close()
@@ -139,14 +140,20 @@ class Runtime:
             log.warning("event=device_unreachable device=%s error=%r", device.id, error)
         health.fail(now, error)
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self.writer.write(batch)
+    def _take_pending(self) -> list[list[Sample]]:
+        """What polls and ticks queued, in batches of store.batch_size (on the loop only)."""
+        pending, self._pending = self._pending, []
+        size = self.site.store.batch_size
+        return [pending[i:i + size] for i in range(0, len(pending), size)]
+
+    def _write(self, batches: list[list[Sample]]) -> None:
+        for batch in batches:  # in a worker thread: store I/O never blocks the loop
+            self.writer.write(batch)
 
     async def _flush_forever(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.site.store.flush_s)
-            await asyncio.to_thread(self._flush)
+            await asyncio.to_thread(self._write, self._take_pending())
 
     async def _tick_forever(self) -> None:
         while not self._stopping:
@@ -178,6 +185,8 @@ class Runtime:
                                         active.__contains__)
         self.evaluator.step(now, conditions)  # notifications commit with the state change
         self.notifier_backlog = self.outbox.backlog()
+        self.notifier_oldest_s = self.outbox.oldest_age_s(now)
+        self.notifier_dead_letters = len(self.outbox.dead_letters())
         self.ticks += 1
         self.last_tick_ms = (time.perf_counter() - t0) * 1000
         return status

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import yaml
 
@@ -143,12 +142,19 @@ def test_without_a_facility_meter_declared_loads_complete_the_facility(model):
     assert s.conversion_loss_kw == 4.0 and s.power_ppue == pytest.approx(74 / 70, abs=1e-3)
 
 
-def test_power_swings_over_the_last_minute(model):
-    s = None
+def test_power_swings_over_the_last_minute():
+    sc = {"id": "sc", "kind": "supercap", "protocol": "opcua", "port": 7, "profile": "supercap_opcua",
+          "capacitance_f": 20, "vmax_v": 400, "vmin_v": 280}
+    site = Site.model_validate(SITE | {
+        "devices": [*SITE["devices"], sc],
+        "racks": [r | {"supercap": "sc"} for r in SITE["racks"]],
+    })
+    model = SiteModel(site)
+    extra = {("sc", "voltage_v"): 392.0, ("sc", "capacitance_f"): 20.0, ("sc", "esr_mohm"): 4.0}
     for t, kw in ((1000.0, 40.0), (1002.0, 50.0), (1004.0, 45.0)):
-        s = model.evaluate(latest({("pdu-1", "power_kw"): kw}), t)
-    # the racks' sum went 70 -> 80 -> 75 kW: swing 10 kW, steepest 10 kW / 2 s = 5 kW/s
-    # (no supercap in this site: checked on the arrays the backup status is built from)
-    ts, row_kw = model._last_minute(np.ones(2, dtype=bool))
-    assert list(row_kw) == [70.0, 80.0, 75.0] and list(ts) == [1000.0, 1002.0, 1004.0]
+        s = model.evaluate(latest({("pdu-1", "power_kw"): kw} | extra), t)
+    # the racks' sum went 70 -> 80 -> 75 kW: swing 10 kW, steepest 10 kW / 2 s = 5 kW/s;
+    # the supercap can deliver 392^2 V^2 / (4 x 0.004 ohm) = 9 604 kW, far more than the swing
+    (b,) = s.backup
+    assert (b.swing_kw, b.ramp_kw_per_s, b.smoothing_kw) == (10.0, 5.0, 9604.0)
     assert s.racks[0].power_kw_peak == 50

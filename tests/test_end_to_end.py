@@ -151,6 +151,8 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
 
         metrics = (await asyncio.to_thread(httpx.get, web.url + "metrics")).text
         assert 'aidc_device_up{device="pdu-a01-a"} 1' in metrics
+        # both notifications were delivered: nothing waits, nothing was refused
+        assert "aidc_notifier_backlog 0\n" in metrics and "aidc_notifier_dead_letters 0\n" in metrics
 
     asyncio.run(run_site(site, tmp_path, check))
 

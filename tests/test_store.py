@@ -157,3 +157,16 @@ def test_latest_gives_the_newest_sample_of_every_series_with_its_quality(store):
     assert got[("cdu-2", "supply_temp_c")].quality is Quality.BAD
     assert got[("cdu-2", "supply_temp_c")].value is None
     assert store.latest(T0 + 30) == []
+
+
+def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
+    from aidc.config import Store as Cfg
+    from aidc.config import load_site
+    from aidc.runtime import Runtime
+    from tests.conftest import ROOT
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    runtime = Runtime(site.model_copy(update={"store": Cfg(batch_size=2)}), tmp_path)
+    runtime._pending = samples()[:5]
+    assert [len(b) for b in runtime._take_pending()] == [2, 2, 1]
+    assert runtime._pending == []
