@@ -201,12 +201,18 @@ class OpcuaCollector(Collector):
 
     async def read(self) -> list[Reading]:
         """One Reading per point; DeviceUnreachable when no session answers within timeout_s."""
+        deadline = asyncio.timeout(self.timeout_s)
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with deadline:
                 values = await self._datavalues()
         except (OSError, TimeoutError, ua.UaError) as e:
             await self.close()
             raise DeviceUnreachable(f"{self.url}: {self._reason(e)}") from e
+        except asyncio.CancelledError as e:
+            if not _our_timeout(deadline):
+                raise
+            await self.close()  # the timeout, raced by an answer (see _our_timeout)
+            raise DeviceUnreachable(f"{self.url}: {self._reason(TimeoutError())}") from e
         return [decode(p, v) for p, v in zip(self.profile.points, values, strict=True)]
 
     async def close(self) -> None:
@@ -216,13 +222,18 @@ class OpcuaCollector(Collector):
         self._latest = None
         if client is None:
             return
+        protocol = client.uaclient.protocol  # disconnect() forgets it
+        deadline = asyncio.timeout(self.timeout_s / 2)
         try:
-            async with asyncio.timeout(self.timeout_s / 2):
+            async with deadline:
                 await client.disconnect()
         except (OSError, TimeoutError, ua.UaError):
             pass
+        except asyncio.CancelledError:
+            if not _our_timeout(deadline):
+                raise
         finally:
-            client.disconnect_socket()
+            _tear_down(client, protocol)
 
     def _reason(self, error: Exception) -> str:
         """One line for the operator: what failed and, where it helps, what to do."""
@@ -256,7 +267,7 @@ class OpcuaCollector(Collector):
                 await self._secure(client, self.security, endpoint)
             await client.connect()
         except BaseException:  # also cancelled by read()'s timeout: never leak the socket
-            client.disconnect_socket()
+            _tear_down(client, client.uaclient.protocol)
             raise
         return client
 
@@ -393,6 +404,30 @@ class OpcuaCollector(Collector):
         nodes = [client.get_node(n) for n in wanted if isinstance(n, ua.NodeId)]
         read = iter(await client.read_attributes(nodes) if nodes else [])
         return [next(read) if isinstance(n, ua.NodeId) else _missing(n) for n in wanted]
+
+
+def _our_timeout(deadline: asyncio.Timeout) -> bool:
+    """Whether a CancelledError that left ``async with deadline`` is that deadline's own.
+
+    On Python 3.11 asyncua waits for each answer with wait_for2, which raises
+    CancelledWithResultError, a subclass of CancelledError, when our timeout's cancellation
+    races with the answer arriving; asyncio.timeout only turns CancelledError itself into
+    TimeoutError, so the subclass would escape as a cancellation of the whole poll (it ended
+    the supercaps' poll loops for good). Ours when the deadline expired and nobody else has
+    asked the task to stop."""
+    task = asyncio.current_task()
+    return deadline.expired() and task is not None and task.cancelling() == 0
+
+
+def _tear_down(client: Client, protocol: Any) -> None:
+    """Close the client's socket whatever state a cancelled connect() or disconnect() left it
+    in: asyncua's disconnect_socket() does nothing once the client calls itself DISCONNECTING
+    or DISCONNECTED, which a cancellation landing mid-way can leave with the socket open."""
+    client.uaclient.request_disconnect()  # its supervisor loops end
+    client.disconnect_socket()
+    transport = getattr(protocol, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()
 
 
 async def _stop_publishing(client: Client, exc: Exception) -> None:
