@@ -74,7 +74,7 @@ class DeviceHealth:
     id: str
     kind: str
     poll_s: float
-    state: str = "unknown"  # up | down | unknown (never polled yet)
+    state: str = "unknown"  # up | stale (poll overdue) | down | unknown (never polled yet)
     since: float | None = None  # when the state last changed
     last_ok: float | None = None
     failures: int = 0  # consecutive
@@ -83,11 +83,28 @@ class DeviceHealth:
     errors_total: int = 0
     last_poll_ms: float = 0.0
     retry_in_s: float = 0.0  # the current wait before the next poll (grows while down)
+    due_at: float | None = None  # the poll under way (or the next one) must end by then
+    stalled: bool = False  # the watchdog found no poll ending for too long
+
+    def watch(self, now: float, down_after_s: float) -> None:
+        """The liveness watchdog: a poll that has not ended by ``due_at`` makes the device
+        ``stale``, and ``down`` once ``down_after_s`` more went by, whatever its collector
+        believes (a hung subscription, a half-open socket, a wedged await)."""
+        if self.due_at is None or now <= self.due_at:
+            return
+        silent_s = now - (self.last_ok or self.due_at)
+        if now - self.due_at >= down_after_s:
+            if not self.stalled:
+                self.state, self.since, self.stalled = "down", now, True
+                self.error = f"no poll ended for {silent_s:.0f} s: its collector is stuck"
+        elif self.state not in ("stale", "down"):
+            self.state, self.since = "stale", now
+            self.error = f"no sample for {silent_s:.0f} s: its poll is overdue"
 
     def ok(self, now: float, poll_ms: float) -> None:
         if self.state != "up":
             self.state, self.since = "up", now
-        self.last_ok, self.failures, self.error = now, 0, ""
+        self.last_ok, self.failures, self.error, self.stalled = now, 0, "", False
         self.polls_total += 1
         self.last_poll_ms = poll_ms
         self.retry_in_s = self.poll_s
@@ -96,7 +113,7 @@ class DeviceHealth:
         if self.state != "down":
             self.state, self.since = "down", now
         self.failures += 1
-        self.error = error
+        self.error, self.stalled = error, False
         self.polls_total += 1
         self.errors_total += 1
 

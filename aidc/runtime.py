@@ -9,8 +9,10 @@ writes them back to the store and evaluates the alert rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 from aidc.config import Site
@@ -23,10 +25,45 @@ from alerts.evaluate import Evaluator
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
 from alerts.rules import builtin_conditions
-from collectors import DeviceUnreachable, make_collector
+from collectors import Collector, DeviceUnreachable, make_collector
 
 log = logging.getLogger("aidc.runtime")
 STOP_TIMEOUT_S = 10.0  # the longest a stopping runtime waits for its tasks
+WATCHDOG_S = 0.5  # how often the liveness watchdog looks at every device
+CANCEL_GRACE_S = 1.0  # what a cancelled poll gets to close its connections when stopping
+
+
+async def bounded(awaitable, timeout_s: float):
+    """Await ``awaitable`` for at most ``timeout_s``; TimeoutError after that.
+
+    Unlike ``asyncio.wait_for``, it never waits for a cancelled task to end: a protocol
+    library that swallows the cancellation (asyncua's teardown does) cannot hold the caller.
+    The overstaying task is cancelled and left to finish on its own; its outcome is dropped.
+    When the caller itself is cancelled (the runtime stops), the task is cancelled too and
+    given CANCEL_GRACE_S to close its connections.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_drop_outcome)
+        await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_drop_outcome)
+        raise TimeoutError(f"no answer within {timeout_s:g} s (the collector did not give up)")
+    if task.cancelled() or isinstance(task.exception(), asyncio.CancelledError):
+        # nobody cancelled the caller: a cancellation from inside the collector is its bug,
+        # and must not end the caller's poll loop as if the runtime were stopping
+        raise RuntimeError("the collector's read was cancelled from within")
+    return task.result()
+
+
+def _drop_outcome(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("event=abandoned_task_ended error=%r", task.exception())
 
 
 class Runtime:
@@ -41,6 +78,7 @@ class Runtime:
             d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
         }
         self.model = SiteModel(site)
+        self._sharing = Counter((d.host, d.port) for d in site.devices)  # Modbus gateways
         self.status: SiteStatus | None = None
         self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
         self.notifier = Notifier(site.site, site.alerts.webhooks, self.outbox)
@@ -76,6 +114,7 @@ class Runtime:
         tasks += [
             asyncio.create_task(self._flush_forever(), name="writer"),
             asyncio.create_task(self._tick_forever(), name="model"),
+            asyncio.create_task(self._watch_forever(), name="watchdog"),
             asyncio.create_task(self.outbox.deliver_forever(stop), name="notifier"),
         ]
         log.info("event=runtime_started site=%s devices=%d", self.site.site, len(self.site.devices))
@@ -97,27 +136,30 @@ class Runtime:
             log.info("event=runtime_stopped")
 
     async def _poll(self, device) -> None:
-        collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
         health = self.health[device.id]
         tags = self.topology.device_tags[device.id]
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        # a collector respects its own timeout; this deadline only guards against a bug. Units
-        # behind one Modbus gateway queue for it, so each may wait a timeout per unit ahead.
-        sharing = sum(1 for d in self.site.devices if (d.host, d.port) == (device.host, device.port))
+        # a collector respects its own timeout; this deadline only guards against a library
+        # that does not. Units behind one Modbus gateway queue for it, so each may wait a
+        # timeout per unit ahead.
+        sharing = self._sharing[(device.host, device.port)]
         deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
+        health.due_at = time.time() + deadline_s
+        collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
         try:
             while not self._stopping:
                 started, now = loop.time(), time.time()
+                health.due_at = now + deadline_s
                 try:
-                    readings = await asyncio.wait_for(collector.read(), deadline_s)
+                    readings = await bounded(collector.read(), deadline_s)
                 except (DeviceUnreachable, TimeoutError) as e:
                     self._device_failed(device, health, now, str(e) or type(e).__name__)
-                    await collector.close()
+                    collector = await self._renew(device, collector, deadline_s)
                 except Exception as e:  # a bug: keep polling the others, log the traceback
                     log.exception("event=poll_error device=%s", device.id)
                     self._device_failed(device, health, now, f"internal error: {e!r}")
-                    await collector.close()
+                    collector = await self._renew(device, collector, deadline_s)
                 else:
                     health.ok(now, (loop.time() - started) * 1000)
                     for r in readings:
@@ -131,9 +173,37 @@ class Runtime:
                 next_at += health.retry_in_s
                 if next_at < loop.time():  # missed ticks are skipped, not bunched
                     next_at = loop.time() + health.retry_in_s
+                health.due_at = time.time() + (next_at - loop.time()) + deadline_s
                 await asyncio.sleep(next_at - loop.time())
         finally:
-            await collector.close()
+            with contextlib.suppress(Exception, TimeoutError):
+                await bounded(collector.close(), deadline_s)
+
+    async def _renew(self, device, collector: Collector, deadline_s: float) -> Collector:
+        """After a failed poll: close the collector's connections, or, if even closing hangs,
+        abandon it for a new one (its stuck task was cancelled and is left to end alone)."""
+        try:
+            await bounded(collector.close(), deadline_s)
+            return collector
+        except TimeoutError:
+            log.error("event=collector_abandoned device=%s reason=close_hung", device.id)
+        except Exception:
+            log.exception("event=collector_close_error device=%s", device.id)
+        return make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
+
+    async def _watch_forever(self) -> None:
+        """Liveness, whatever a protocol library believes: a device whose poll has not
+        finished by its deadline is stale, and down after ``unreachable_intervals`` more poll
+        intervals (a hung subscription, a half-open socket, a wedged await, a dead task)."""
+        intervals = self.site.alerts.unreachable_intervals
+        while not self._stopping:
+            await asyncio.sleep(WATCHDOG_S)
+            now = time.time()
+            for h in self.health.values():
+                before = h.state
+                h.watch(now, intervals * h.poll_s)
+                if h.state != before:
+                    log.warning("event=device_%s device=%s error=%r", h.state, h.id, h.error)
 
     def _device_failed(self, device, health: DeviceHealth, now: float, error: str) -> None:
         if health.state != "down":

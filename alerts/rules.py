@@ -42,13 +42,15 @@ def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None
 
 
 def device_unreachable(i: Inputs) -> list[Condition]:
-    """Active once a device missed ``unreachable_intervals`` polls in a row; clears on the
-    first good poll (so the resolved notice is not delayed)."""
+    """Active once a device missed ``unreachable_intervals`` polls in a row, or the liveness
+    watchdog found its poll stuck; clears on the first good poll (so the resolved notice is
+    not delayed)."""
     n = i.site.alerts.unreachable_intervals
     return [
-        _condition(i, "device_unreachable", {"device": h.id, "kind": h.kind}, h.failures >= n,
-                   float(h.failures), CRITICAL,
-                   f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}")
+        _condition(i, "device_unreachable", {"device": h.id, "kind": h.kind},
+                   h.failures >= n or h.stalled, float(h.failures), CRITICAL,
+                   f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}"
+                   if not h.stalled else f"{h.kind} {h.id}: {h.error}")
         for h in i.health
     ]
 
