@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+import random
 import socket
+import threading
 from contextlib import ExitStack
+from functools import cache
+from pathlib import Path
+
+_HANDED_OUT: set[tuple[str, int]] = set()  # never the same port twice in one process
+_LOCK = threading.Lock()
+
+
+@cache
+def _candidates() -> list[int]:
+    """Ports outside the range the kernel gives outgoing connections (ip_local_port_range)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return [p for p in range(10_000, 65_536) if not low <= p <= high]
 
 
 def free_port(kind: str = "tcp", host: str = "127.0.0.1") -> int:
@@ -12,14 +29,25 @@ def free_port(kind: str = "tcp", host: str = "127.0.0.1") -> int:
 
 
 def free_ports(kinds: list[str], host: str = "127.0.0.1") -> list[int]:
-    """One free port per entry of ``kinds``, all different: every socket stays bound until
-    all are chosen (asked one at a time, the kernel may hand out the same port twice)."""
-    with ExitStack() as held:
-        ports = []
+    """One free port per entry of ``kinds``, all different and never handed out before in
+    this process. They are taken below the kernel's ephemeral range, so that no outgoing
+    connection (a client socket of this or another process) takes one before its server
+    binds it; every socket stays bound until all are chosen."""
+    candidates = _candidates()
+    with _LOCK, ExitStack() as held:
+        ports: list[int] = []
         for kind in kinds:
-            s = held.enter_context(
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-            )
-            s.bind((host, 0))
-            ports.append(s.getsockname()[1])
+            while True:
+                port = random.choice(candidates)
+                if (kind, port) in _HANDED_OUT or port in ports:
+                    continue
+                family = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+                s = held.enter_context(socket.socket(socket.AF_INET, family))
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                ports.append(port)
+                break
+        _HANDED_OUT.update(zip(kinds, ports))
         return ports
