@@ -37,10 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import hmac
 import logging
 import math
+import pickle
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -49,6 +52,8 @@ from typing import Any
 from asyncua import Server, ua
 from asyncua.common.node import Node
 from asyncua.crypto.permission_rules import PermissionRuleset, User, UserRole
+from asyncua.server.address_space import AddressSpace, NodeManagementService
+from asyncua.server.standard_address_space.standard_address_space import fill_address_space
 from cryptography import x509
 
 from collectors.profiles import OpcuaPoint, OpcuaProfile
@@ -181,8 +186,9 @@ class OpcuaDeviceServer:
             return
         logging.getLogger("asyncua").setLevel(logging.WARNING)
         server = Server()
+        server.iserver.load_standard_address_space = _load_standard_address_space(server)
         with _cycle_collector_paused():
-            await server.init()  # the standard address space: most of the ~1 s start-up
+            await server.init()  # the standard address space: most of the start-up
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}")
         server.socket_address = ("127.0.0.1", 0)  # behind the device's port (see _relay)
         server.iserver.match_discovery_source_ip = False  # endpoints name the device's port
@@ -351,6 +357,33 @@ def _refuse_deadbands(server: Server) -> None:
         return [refused if deadband(item) else next(created) for item in params.ItemsToCreate]
 
     service.create_monitored_items = create_without_deadbands  # type: ignore[method-assign]
+
+
+_STANDARD_NODES_LOCK = threading.Lock()  # servers starting together build it once
+
+
+def _standard_nodes() -> bytes:
+    """asyncua's standard address space (~6,000 nodes, Part 5), built once per process and
+    kept pickled: a server unpickles its own copy in a third of the ~2 s it takes to build."""
+    with _STANDARD_NODES_LOCK:
+        return _build_standard_nodes()
+
+
+@functools.cache
+def _build_standard_nodes() -> bytes:
+    space = AddressSpace()  # (start() pauses the cycle collector meanwhile)
+    fill_address_space(NodeManagementService(space))
+    return pickle.dumps(space._nodes, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load_standard_address_space(server: Server) -> Callable[..., Any]:
+    """A replacement for the server's own loader (InternalServer.load_standard_address_space)
+    that takes a copy of the process's one standard address space."""
+
+    async def load(shelf_file: Any = None) -> None:
+        server.iserver.aspace._nodes = pickle.loads(await asyncio.to_thread(_standard_nodes))
+
+    return load
 
 
 @contextlib.contextmanager
