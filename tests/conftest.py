@@ -22,7 +22,7 @@ from aidc.net import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate, timeout_s: float = 10, what: str = "the condition"):
+def wait_for(predicate, timeout_s: float = 30, what: str = "the condition"):
     """Poll ``predicate`` until it returns something truthy (returned), or fail after the
     timeout naming ``what``. For state that a live site reaches asynchronously."""
     deadline = time.time() + timeout_s
@@ -32,6 +32,25 @@ def wait_for(predicate, timeout_s: float = 10, what: str = "the condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def while_the_other_waits(prompt, stuck):
+    """Run both awaitables together; return ``prompt``'s outcome (its result or the exception
+    it raised) once it ends, failing if ``stuck`` ended first. ``stuck`` is then cancelled.
+
+    "A slow device never delays another" as an order of events, not a stopwatch: give the
+    stuck one a timeout far beyond the prompt one's work, and the test cannot race."""
+    import asyncio
+
+    prompt_task, stuck_task = asyncio.ensure_future(prompt), asyncio.ensure_future(stuck)
+    try:
+        await asyncio.wait({prompt_task, stuck_task}, return_when=asyncio.FIRST_COMPLETED)
+        assert not stuck_task.done(), f"the stuck one ended first: {stuck_task!r}"
+        await asyncio.wait({prompt_task})
+    finally:
+        stuck_task.cancel()
+        await asyncio.wait({stuck_task})
+    return prompt_task.exception() or prompt_task.result()
 
 
 def require(binary: str, package: str) -> str:
@@ -203,14 +222,25 @@ class LiveSite:
 
         self.loop.run_until_complete(main())
 
-    def start(self, ticks: int = 2, timeout_s: float = 30):
+    def start(self, ticks: int = 2, timeout_s: float = 60):
+        """Start, and wait for ``ticks`` model ticks."""
         self._thread.start()
         deadline = time.time() + timeout_s
-        while not (self.runtime and self.runtime.ticks >= ticks and self.runtime.status
-                   and self.runtime.status.pue):
+        while not (self.runtime and self.runtime.ticks >= ticks and self.runtime.status):
             if time.time() > deadline or not self._thread.is_alive():
-                pytest.fail("the simulated site did not produce a PUE in time")
+                pytest.fail(f"the simulated site did not tick {ticks} times in {timeout_s} s")
             time.sleep(0.1)
+
+    def settled(self) -> None:
+        """Wait until every device answers and every rack's headroom is complete: a loaded
+        machine may leave a sample stale for a moment, and a test reading numbers must not
+        read that moment."""
+        def complete() -> bool:
+            rt = self.runtime
+            return (all(h.state == "up" for h in rt.health.values()) and rt.status is not None
+                    and all(r.complete for r in rt.status.racks))
+
+        wait_for(complete, what="every device up and every rack's headroom complete")
 
     def call(self, coro, timeout_s: float = 10):
         import asyncio
@@ -240,6 +270,7 @@ def start_live_site(data_dir: Path) -> LiveSite:
     )
     live = LiveSite(site, data_dir)
     live.start()
+    live.settled()
     return live
 
 

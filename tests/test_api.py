@@ -13,18 +13,29 @@ import pytest
 from aidc.api import SiteAPI
 from aidc.net import free_port
 from aidc.web import WebServer
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def live_site(shared_live_site):
-    return shared_live_site
+def shared_web(shared_live_site):
+    """The API of a site that the tests of this module only read (none injects a fault)."""
+    server = WebServer(SiteAPI(shared_live_site.runtime), port=free_port(), api_token=API_TOKEN)
+    server.start()
+    yield server
+    server.stop()
 
 
-@pytest.fixture(scope="module")
-def web(live_site):
+@pytest.fixture
+def web(shared_live_site, shared_web):
+    shared_live_site.settled()
+    return shared_web
+
+
+@pytest.fixture
+def own_web(live_site):
+    """The API of a site of the test's own, for a test that changes the site."""
     server = WebServer(SiteAPI(live_site.runtime), port=free_port(), api_token=API_TOKEN)
     server.start()
     yield server
@@ -80,11 +91,10 @@ def test_backup_chain_bridges_to_the_generator(web):
     assert a["bridges"] and a["shortfall_s"] == 0 and a["required_s"] == 10
 
 
-def test_acknowledge_needs_the_token(live_site, web):
+def test_acknowledge_needs_the_token(live_site, own_web):
+    web = own_web
     live_site.call(live_site.simulated.stop_device("pdu-b04-b"))
-    deadline = time.time() + 15
-    while not (alerts := get(web, "/api/v1/alerts").json()) and time.time() < deadline:
-        time.sleep(0.2)
+    alerts = wait_for(lambda: get(web, "/api/v1/alerts").json(), what="an alert")
     fp = alerts[0]["fingerprint"]
     assert post(web, f"/api/v1/alerts/{fp}/ack", {"by": "ops"}).status_code == 401
     wrong = {"Authorization": "Bearer nope"}
@@ -94,13 +104,13 @@ def test_acknowledge_needs_the_token(live_site, web):
     assert ok.status_code == 200 and ok.json()["acked_by"] == "ops"
     assert get(web, "/api/v1/alerts").json()[0]["acked_by"] == "ops"
     live_site.call(live_site.simulated.start_device("pdu-b04-b"))
-    while get(web, "/api/v1/alerts").json() and time.time() < deadline + 15:
-        time.sleep(0.2)
-    assert get(web, "/api/v1/alerts").json() == []
+    wait_for(lambda: get(web, "/api/v1/alerts").json() == [], what="the alert to resolve")
 
 
-def test_cli_headroom_and_whatif_read_the_store(live_site):
-    common = ["--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(live_site.data_dir)]
+def test_cli_headroom_and_whatif_read_the_store(shared_live_site):
+    shared_live_site.settled()
+    common = ["--site", str(ROOT / "site_configs" / "demo.yaml"),
+              "--data-dir", str(shared_live_site.data_dir)]
     out = subprocess.run([sys.executable, "-m", "aidc.cli", "headroom", *common, "--row", "A"],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -1,5 +1,6 @@
 """Injected faults on a live simulated site: each gives the right quality or alert, and none
-delays another device's poll. Each test undoes its fault (the site is shared)."""
+delays another device's poll. Every test has a site of its own (ports, data, simulators): a
+fault that wedged one could not leak into the next."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from aidc.metrics import Quality
 from tests.conftest import wait_for
 
 
-@pytest.fixture(scope="module")
-def live(shared_live_site):
-    return shared_live_site
+@pytest.fixture
+def live(live_site):
+    return live_site
 
 
 def inject(live, fault, device=None, metric=None, on=True, value=None):

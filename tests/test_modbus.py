@@ -37,6 +37,7 @@ from collectors.modbus import (
 )
 from collectors.profiles import ModbusPoint, ModbusProfile, Rows, load_profile
 from simulators.modbus import ModbusDeviceServer, ModbusGatewayServer
+from tests.conftest import while_the_other_waits
 
 HOST = "127.0.0.1"
 TIMEOUT_S = 0.5
@@ -65,7 +66,8 @@ def module(metric: str, n: int) -> str:
 
 @asynccontextmanager
 async def device(
-    profile: ModbusProfile, values: Mapping[str, float | None], unit_id: int = 1, **kwargs: object
+    profile: ModbusProfile, values: Mapping[str, float | None], unit_id: int = 1,
+    timeout_s: float = TIMEOUT_S, **kwargs: object,
 ) -> AsyncIterator[tuple[ModbusDeviceServer, ModbusCollector]]:
     """A simulator serving ``values`` and a collector pointed at it."""
     server = ModbusDeviceServer(profile, HOST, free_port(), lambda: values, unit_id, **kwargs)
@@ -74,7 +76,7 @@ async def device(
         id="dev-1", protocol="modbus", port=server.port, profile=profile.name,
         modbus=ModbusSettings(unit_id=unit_id),
     )
-    collector = ModbusCollector(config, profile, TIMEOUT_S)
+    collector = ModbusCollector(config, profile, timeout_s)
     try:
         yield server, collector
     finally:
@@ -349,11 +351,10 @@ def test_stopped_device_is_unreachable_quickly_and_read_again_after_restart() ->
         async with device(profile, METER_VALUES) as (server, c):
             await c.read()
             await server.stop()
-            started = time.monotonic()
-            with pytest.raises(DeviceUnreachable):
+            with pytest.raises(DeviceUnreachable) as closed:
                 await c.read()
-            assert time.monotonic() - started < 3
-            with pytest.raises(DeviceUnreachable):  # nothing listens: refused at once
+            assert "no valid answer" not in str(closed.value)  # the closed socket, no timeout
+            with pytest.raises(DeviceUnreachable, match="refused"):  # nothing listens
                 await c.read()
             await server.start()
             assert_read_back(await c.read(), METER_VALUES, tol=0)
@@ -393,7 +394,7 @@ def test_silent_device_is_unreachable_after_the_timeout_and_its_connection_renew
             await asyncio.gather(*served)
             silent.close()
 
-    assert all(s < 3 * TIMEOUT_S for s in asyncio.run(run()))
+    assert all(s >= TIMEOUT_S * 0.9 for s in asyncio.run(run()))  # each waited its timeout
 
 
 def test_wrong_unit_id_behind_a_gateway_is_unreachable() -> None:
@@ -584,10 +585,8 @@ def test_one_unit_offline_behind_a_gateway_spoils_only_that_unit() -> None:
             assert_read_back(three, meter_values(3), tol=0)
 
             server.set_unit_offline(2, True, silent=True)  # no answer at all: a timeout
-            started = time.monotonic()
             one, two, three = await poll(collectors)
             assert isinstance(two, DeviceUnreachable) and "no valid answer" in str(two)
-            assert time.monotonic() - started < 2 * TIMEOUT_S
             assert_read_back(one, meter_values(1), tol=0)
             assert_read_back(three, meter_values(3), tol=0)
 
@@ -602,28 +601,17 @@ def test_one_unit_offline_behind_a_gateway_spoils_only_that_unit() -> None:
 # ---------------------------------------------------------------- fault hooks
 
 
-async def timed_read(collector: ModbusCollector) -> tuple[list[Reading] | Exception, float]:
-    """The collector's readings (or the exception it raised) and the seconds it took."""
-    started = time.monotonic()
-    try:
-        return await collector.read(), time.monotonic() - started
-    except DeviceUnreachable as e:
-        return e, time.monotonic() - started
+def test_a_slow_device_never_delays_another() -> None:
+    """One device answers a minute late, another at once: polled together, the prompt one's
+    whole poll ends while the slow one still waits."""
 
-
-def test_a_slow_device_times_out_without_delaying_another() -> None:
     async def run() -> None:
         async with (
-            device(load_profile("power_meter"), METER_VALUES) as (slow, slow_c),
+            device(load_profile("power_meter"), METER_VALUES, timeout_s=30.0) as (slow, slow_c),
             device(load_profile("cdu_generic"), CDU_VALUES) as (_, fast_c),
         ):
-            slow.delay_s = 2.0  # every answer 2 s late; the collectors wait 0.5 s
-            (late, late_s), (readings, fast_s) = await asyncio.gather(
-                timed_read(slow_c), timed_read(fast_c)
-            )
-            assert isinstance(late, DeviceUnreachable) and "no valid answer" in str(late)
-            assert TIMEOUT_S <= late_s < TIMEOUT_S + 0.3
-            assert fast_s < 0.2
+            slow.delay_s = 60.0
+            readings = await while_the_other_waits(fast_c.read(), slow_c.read())
             assert isinstance(readings, list)
             assert_read_back(readings, CDU_VALUES, tol=0.05)
 

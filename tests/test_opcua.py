@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import select
+import queue
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from collectors import DeviceUnreachable, make_collector
 from collectors.opcua import OpcuaCollector, _monitored_item, decode
 from collectors.profiles import OpcuaPoint, load_profile
 from simulators.opcua import DeviceSecurity, DeviceUsers, OpcuaDeviceServer
+from tests.conftest import while_the_other_waits
 
 TIMEOUT_S = 1.0  # in the tests that time a failure
 PATIENT_S = 5.0  # in the others: a loaded CI machine is slow, and they count, not time
@@ -320,43 +322,67 @@ def node_opcua(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def node_server(node_opcua: SimpleNamespace) -> Iterator[int]:
-    """tests/interop/opcua/server.js on a free port; its port once it accepts sessions."""
-    port = free_port()
-    errors = node_opcua.pki / "server.err"
-    with errors.open("w") as stderr:
-        server = subprocess.Popen(
-            [node_opcua.node, str(INTEROP / "server.js"), str(port), str(node_opcua.pki)],
-            stdout=subprocess.PIPE, stderr=stderr, text=True,
-        )  # fmt: skip
-    try:
-        _wait_for_port_line(server, time.monotonic() + 30, errors)
-        yield port
-    finally:
-        server.terminate()
+    """tests/interop/opcua/server.js on a free port (another one if that was taken meanwhile)
+    with a PKI folder of its own; its port once it accepts sessions."""
+    for attempt in range(3):
+        port, pki = free_port(), node_opcua.pki / f"server-{attempt}"
+        errors = pki.with_suffix(".err")
+        with errors.open("w") as stderr:
+            server = subprocess.Popen(
+                [node_opcua.node, str(INTEROP / "server.js"), str(port), str(pki)],
+                stdout=subprocess.PIPE, stderr=stderr, text=True,
+            )  # fmt: skip
         try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_for_port_line(server: subprocess.Popen[str], deadline: float, errors: Path) -> None:
-    assert server.stdout is not None
-    while (left := deadline - time.monotonic()) > 0:
-        if select.select([server.stdout], [], [], left)[0]:
-            line = server.stdout.readline()
-            if line.startswith("{") and "port" in json.loads(line):
+            if _port_line(server, time.monotonic() + 60) is not None:
+                yield port
                 return
-            if not line and server.poll() is not None:
+            if "EADDRINUSE" not in errors.read_text():
                 break
+        finally:
+            _end(server)
     pytest.fail(f"node-opcua server.js did not start: {errors.read_text()[-2000:]}")
 
 
+def _end(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _port_line(server: subprocess.Popen[str], deadline: float) -> dict[str, Any] | None:
+    """The JSON line the server prints once it listens, or None if it ended or the deadline
+    passed first. Lines are read in a thread: select() on a buffered pipe would miss a line
+    that arrived in the same chunk as the notices node-opcua prints before it."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read_lines(stdout: Any) -> None:
+        for line in stdout:
+            lines.put(line)
+        lines.put("")  # end of output
+
+    threading.Thread(target=read_lines, args=(server.stdout,), daemon=True).start()
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if not line:  # the server ended
+            break
+        if line.startswith("{") and "port" in (parsed := json.loads(line)):
+            return parsed
+    return None
+
+
 def node_client(node_opcua: SimpleNamespace, port: int, nodes: list[str]) -> subprocess.Popen[str]:
-    """tests/interop/opcua/client.js reading ``nodes`` once from 127.0.0.1:port."""
+    """tests/interop/opcua/client.js reading ``nodes`` once from 127.0.0.1:port, with a PKI
+    folder of its own."""
+    pki = Path(tempfile.mkdtemp(prefix="client-", dir=node_opcua.pki))
     return subprocess.Popen(
         [node_opcua.node, str(INTEROP / "client.js"), f"opc.tcp://127.0.0.1:{port}",
-         str(node_opcua.pki), *nodes],
+         str(pki), *nodes],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -535,55 +561,42 @@ def test_a_refused_metric_is_bad_and_the_device_still_read(
     assert [m for m, r in refused.items() if r.quality is not Quality.GOOD] == ["soc_pct"]
 
 
-def test_a_slow_device_times_out_without_delaying_its_neighbour(
+def test_a_slow_device_never_delays_its_neighbour(
     supercap_server: Served, cdu_server: Served
 ) -> None:
-    """The supercap answers 3 s late, the CDU at once: both are polled together, and both
-    simulators share one event loop. The supercap is unreachable after about its 1 s timeout
-    (no polite CloseSession: it never had a session); the CDU's poll is not held up."""
+    """The supercap holds every answer for a minute, the CDU answers at once: both are polled
+    together, and both simulators share one event loop. The CDU's whole poll (channel,
+    session, Read) ends while the supercap's is still waiting for its first answer."""
+    stuck_timeout_s = 30.0  # far beyond the CDU's poll: the order of events cannot race
 
-    async def timed(device: Any, timeout_s: float) -> tuple[float, list[Reading] | Exception]:
-        started = time.monotonic()
-        try:
-            result: list[Reading] | Exception = await read_once(device, timeout_s)
-        except DeviceUnreachable as e:
-            result = e
-        return time.monotonic() - started, result
-
-    async def both() -> list[tuple[float, list[Reading] | Exception]]:
-        return await asyncio.gather(
-            timed(supercap(supercap_server.port), TIMEOUT_S), timed(cdu(cdu_server.port), PATIENT_S)
+    async def both() -> list[Reading] | BaseException:
+        return await while_the_other_waits(
+            read_once(cdu(cdu_server.port), PATIENT_S),
+            read_once(supercap(supercap_server.port), stuck_timeout_s),
         )
 
-    with supercap_server.faulted(delay_s=3.0):
-        (slow_s, slow), (prompt_s, prompt) = asyncio.run(both())
-    assert isinstance(slow, DeviceUnreachable)
-    assert "no answer within 1 s" in str(slow)
-    assert TIMEOUT_S * 0.9 < slow_s < TIMEOUT_S * 2
+    with supercap_server.faulted(delay_s=60.0):
+        prompt = asyncio.run(both())
     assert isinstance(prompt, list) and {r.quality for r in prompt} == {Quality.GOOD}
-    assert prompt_s < 2.0  # well within the 3 s the supercap takes: nothing waited for it
 
 
 def test_a_device_turning_slow_mid_session_is_unreachable(supercap_server: Served) -> None:
     """Subscribed, then the device turns slow: no publish arrives, the integrity Read times
     out, and when it answers promptly again the next poll opens a new session."""
 
-    async def scenario() -> tuple[float, DeviceUnreachable, list[Reading]]:
+    async def scenario() -> tuple[DeviceUnreachable, list[Reading]]:
         c = collector(supercap(supercap_server.port, "subscribe"), TIMEOUT_S)
         await c.read()
         with supercap_server.faulted(delay_s=3.0):
             await asyncio.sleep(0.3)  # the publish in flight is held back
-            started = time.monotonic()
             with pytest.raises(DeviceUnreachable) as failed:
                 await c.read()
-            failed_after_s = time.monotonic() - started
         after = await c.read()
         await c.close()
-        return failed_after_s, failed.value, after
+        return failed.value, after
 
-    failed_after_s, error, after = asyncio.run(scenario())
+    error, after = asyncio.run(scenario())
     assert "no answer within 1 s" in str(error)
-    assert failed_after_s < TIMEOUT_S * 2.5  # the timeout, then half of it to close
     assert {r.quality for r in after} == {Quality.GOOD}
 
 
@@ -651,10 +664,8 @@ def test_a_refused_login_is_unreachable_with_its_reason_and_no_password(
         secured.encrypted.port, security=security(pki, "SignAndEncrypt"),
         key_password=KEY_PASSWORD, **login,
     )  # fmt: skip
-    started = time.monotonic()
-    with pytest.raises(DeviceUnreachable, match=reason) as refused:
+    with pytest.raises(DeviceUnreachable, match=reason) as refused:  # the server's answer
         asyncio.run(read_once(device))
-    assert time.monotonic() - started < PATIENT_S / 2  # the server's answer, not a timeout
     shown = caplog.text + str(refused.value) + repr(refused.value.__cause__)
     assert "asyncua" in caplog.text  # the session's whole conversation was logged ...
     for secret in ("wrong-password-for-tests", PASSWORD, KEY_PASSWORD):
@@ -801,16 +812,14 @@ def test_restarted_server_is_read_again_with_its_new_namespace_index(mode: str) 
     shifted = profile.model_copy(update={"namespace": "urn:aidc:test:firmware-2"})
     values: dict[str, float | None] = dict(CDU)
 
-    async def scenario() -> tuple[list[Reading], float, list[Reading], set[asyncio.Task[Any]]]:
+    async def scenario() -> tuple[list[Reading], list[Reading], set[asyncio.Task[Any]]]:
         c = collector(device)
         server = OpcuaDeviceServer(profile, "127.0.0.1", device.port, lambda: values)
         await server.start()
         before = await c.read()
         await server.stop()
-        started = time.monotonic()
         with pytest.raises(DeviceUnreachable, match=f"127.0.0.1:{device.port}"):
             await c.read()
-        failed_after_s = time.monotonic() - started
         values["supply_temp_c"] = 36.0
         server = OpcuaDeviceServer(shifted, "127.0.0.1", device.port, lambda: values)
         await server.start()
@@ -819,11 +828,10 @@ def test_restarted_server_is_read_again_with_its_new_namespace_index(mode: str) 
         finally:
             await c.close()
             await server.stop()
-        return before, failed_after_s, after, asyncio.all_tasks() - {asyncio.current_task()}
+        return before, after, asyncio.all_tasks() - {asyncio.current_task()}
 
-    before, failed_after_s, after, leftover = asyncio.run(scenario())
+    before, after, leftover = asyncio.run(scenario())
     assert by_metric(before)["supply_temp_c"].value == pytest.approx(35.0)
-    assert failed_after_s < 5
     assert by_metric(after)["supply_temp_c"].value == pytest.approx(36.0)
     assert {r.quality for r in after} == {Quality.GOOD}
     assert leftover == set()
@@ -850,16 +858,14 @@ def test_silent_server_times_out_and_leaves_nothing_running() -> None:
         return elapsed, received, asyncio.all_tasks() - {asyncio.current_task()}
 
     elapsed, received, leftover = asyncio.run(scenario())
-    assert TIMEOUT_S * 0.9 < elapsed < 5
+    assert elapsed >= TIMEOUT_S * 0.9  # it gave the peer its whole timeout
     assert received.startswith(b"HEL")  # the OPC UA Hello, then the collector hung up
     assert leftover == set()
 
 
 def test_no_server_at_all_is_unreachable_at_once() -> None:
-    started = time.monotonic()
-    with pytest.raises(DeviceUnreachable, match=r"refused|Connect call failed"):
+    with pytest.raises(DeviceUnreachable, match=r"refused|Connect call failed"):  # not a timeout
         asyncio.run(read_once(supercap(free_port())))
-    assert time.monotonic() - started < 2
 
 
 # ---------------------------------------------------------------- where the server says no

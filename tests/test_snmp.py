@@ -26,7 +26,7 @@ from pysnmp.proto.api import v2c
 from aidc.config import DeviceBase, Pdu, PowerSource, SnmpSettings
 from aidc.metrics import Quality, Reading
 from aidc.net import free_port
-from collectors import Collector, DeviceUnreachable, make_collector
+from collectors import DeviceUnreachable, make_collector
 from collectors.profiles import ProfileError, load_profile
 from collectors.snmp import (
     Column,
@@ -40,6 +40,7 @@ from collectors.snmp import (
     walk,
 )
 from simulators.snmp import SnmpDeviceServer
+from tests.conftest import while_the_other_waits
 
 UPS = "1.3.6.1.2.1.33.1"
 APC = "1.3.6.1.4.1.318.1.1.26"
@@ -479,17 +480,15 @@ def test_unreachable_within_timeout_then_recovers_on_the_same_port() -> None:
 
         await server.stop()  # port closed: ICMP port unreachable
         assert not server.running
-        started = time.monotonic()
-        with pytest.raises(DeviceUnreachable):
+        with pytest.raises(DeviceUnreachable, match="Connection refused"):  # not a timeout
             await collector.read()
-        assert time.monotonic() - started < 3
 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
             silent.bind(("127.0.0.1", port))
             started = time.monotonic()
             with pytest.raises(DeviceUnreachable, match="no answer within 0.5 s"):
                 await collector.read()
-            assert 0.45 < time.monotonic() - started < 3
+            assert time.monotonic() - started >= 0.45  # its whole timeout
 
         await server.start()
         readings = by_key(await collector.read())
@@ -501,21 +500,13 @@ def test_unreachable_within_timeout_then_recovers_on_the_same_port() -> None:
 
 
 @pytest.mark.parametrize("version", ["2c", "3"])
-def test_slow_device_times_out_without_delaying_another(version: str) -> None:
-    """One device answers 2 s late (``delay_s``), timeout 0.5 s: DeviceUnreachable after about
-    0.5 s, while a second device polled at the same time (asyncio.gather) answers at once."""
+def test_a_slow_device_never_delays_another(version: str) -> None:
+    """One device answers a minute late (``delay_s``), a second one at once: polled together
+    (asyncio.gather), the second one's whole poll ends while the first still waits."""
     snmp, users = {}, None
     if version == "3":
         snmp = {"version": "3", **V3_USERS[1]}
         users = V3_USERS
-
-    async def timed(collector: Collector) -> tuple[list[Reading] | Exception, float]:
-        started = time.monotonic()
-        try:
-            result: list[Reading] | Exception = await collector.read()
-        except DeviceUnreachable as e:
-            result = e
-        return result, time.monotonic() - started
 
     async def main() -> None:
         ups = load_profile("ups_rfc1628")
@@ -523,18 +514,15 @@ def test_slow_device_times_out_without_delaying_another(version: str) -> None:
                                     v3_users=users) for _ in range(2)]  # fmt: skip
         for server in servers:
             await server.start()
-        collectors = [make_collector(ups_device(s.port, **snmp), 0.5) for s in servers]
-        await asyncio.gather(*(c.read() for c in collectors))  # v3: engine ids discovered
-        servers[0].delay_s = 2.0
-        (error, slow_s), (readings, fast_s) = await asyncio.gather(*map(timed, collectors))
-        for collector in collectors:
+        slow, prompt = [make_collector(ups_device(s.port, **snmp), 30.0) for s in servers]
+        await asyncio.gather(slow.read(), prompt.read())  # v3: engine ids discovered
+        servers[0].delay_s = 60.0
+        readings = await while_the_other_waits(prompt.read(), slow.read())
+        for collector in (slow, prompt):
             await collector.close()
         for server in servers:
             await server.stop()
-        assert isinstance(error, DeviceUnreachable)
-        assert 0.45 < slow_s < 1.0
         assert isinstance(readings, list) and len(readings) == 12
-        assert fast_s < 0.2
 
     asyncio.run(main())
 
@@ -631,10 +619,8 @@ def test_collector_reads_simulator_over_v3(snmp: dict) -> None:
 def test_wrong_v3_credentials_fail_cleanly(snmp: dict, reason: str) -> None:
     credentials = {**V3_USERS[0], **snmp}
     device = pdu_device(free_port("udp"), version="3", **credentials)
-    started = time.monotonic()
-    with pytest.raises(DeviceUnreachable, match=f"SNMPv3 .*{reason}"):
+    with pytest.raises(DeviceUnreachable, match=f"SNMPv3 .*{reason}"):  # a report, no timeout
         asyncio.run(read_once(device, PDU_VALUES, v3_users=V3_USERS))
-    assert time.monotonic() - started < 1.5  # a USM report, not a timeout
 
 
 # ---------------------------------------------------------------- net-snmp reads our simulator
@@ -834,7 +820,7 @@ def snmpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     command = [snmpd_bin, "-f", "-C", "-c", str(work / "snmpd.conf"), "-Lf", str(work / "log"),
                f"--persistentDir={work / 'persist'}"]  # fmt: skip
     process = subprocess.Popen(command, env=NET_SNMP_ENV, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a loaded machine starts it slowly
     probe = [binary("snmpget", "snmp"), "-v2c", "-c", "public", "-t", "0.2", "-r", "0",
              f"127.0.0.1:{port}", f"{UPS}.4.1.0"]  # fmt: skip
     while subprocess.run(probe, check=False, capture_output=True, env=NET_SNMP_ENV).returncode:

@@ -1,0 +1,267 @@
+"""Liveness: a device whose poll produces nothing goes stale, then down, whatever its protocol
+library believes; a library that swallows a cancellation cannot wedge the poll loop; and an
+OPC-UA peer that falls silent mid-session leaks no socket across reconnects.
+
+A small live site (one device per protocol, served by the simulators on 127.0.0.1) polled by
+the real runtime, each test with its own ports and data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from aidc.config import load_site
+from collectors import DeviceUnreachable
+from collectors.opcua import OpcuaCollector
+from simulators.site import on_free_ports
+from tests.conftest import LiveSite, wait_for
+
+SITE = """
+site: liveness
+defaults: {poll_s: 0.3, timeout_s: 0.5}
+model: {tick_s: 0.3}
+alerts: {unreachable_intervals: 3}
+rooms: [{id: r1}]
+devices:
+  - {id: rect, kind: rectifier, protocol: modbus, port: 1, profile: hvdc_rectifier,
+     rating_kw: 720}
+  - {id: pdu, kind: pdu, protocol: snmp, port: 2, profile: pdu_apc_rpdu2, upstream: rect,
+     phases: dc, voltage_v: 336, breaker_a: 450}
+  - {id: sc, kind: supercap, protocol: opcua, port: 3, profile: supercap_opcua,
+     capacitance_f: 20, vmax_v: 400, vmin_v: 280}
+racks:
+  - {id: R1, room: r1, row: A, design_kw: 100, feed_a: pdu, supercap: sc}
+"""
+BY_PROTOCOL = {"modbus": "rect", "snmp": "pdu", "opcua": "sc"}
+
+
+@pytest.fixture
+def small_site(tmp_path: Path):
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE)
+    live = LiveSite(on_free_ports(load_site(path)), tmp_path / "data")
+    live.start()
+    wait_for(lambda: all(h.state == "up" for h in live.runtime.health.values()),
+             what="every device up")
+    yield live
+    live.stop()
+
+
+def unreachable_alerts(live: LiveSite) -> set[str]:
+    return {a.labels["device"] for a in live.runtime.evaluator.active_alerts()
+            if a.rule == "device_unreachable"}
+
+
+@pytest.mark.parametrize("protocol", list(BY_PROTOCOL))
+def test_a_poll_that_stopped_is_stale_then_down(small_site: LiveSite, protocol: str) -> None:
+    """The device's poll task ends (a crash that nothing reported): no sample arrives. The
+    watchdog makes it stale once its poll is overdue, then down, and its alert fires; the
+    other devices go on."""
+    device = BY_PROTOCOL[protocol]
+    rt = small_site.runtime
+    task = next(t for t in small_site.call(_tasks()) if t.get_name() == f"poll-{device}")
+    small_site.loop.call_soon_threadsafe(task.cancel)
+    seen = set()
+
+    def down() -> bool:
+        seen.add(rt.health[device].state)
+        return rt.health[device].state == "down"
+
+    wait_for(down, what=f"{device} down")
+    assert "stale" in seen  # stale first: overdue, not yet down
+    assert "its collector is stuck" in rt.health[device].error
+    wait_for(lambda: device in unreachable_alerts(small_site), what="device_unreachable")
+    others = [h for h in rt.health.values() if h.id != device]
+    assert all(h.state == "up" for h in others)
+
+
+async def _tasks() -> set[asyncio.Task]:
+    return asyncio.all_tasks()
+
+
+@pytest.mark.parametrize("protocol", list(BY_PROTOCOL))
+def test_a_read_that_swallows_its_cancellation_cannot_wedge_the_poll(
+    small_site: LiveSite, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The protocol library hangs and ignores the cancellation (as asyncua's teardown can):
+    the poll gives up on it after its deadline, the device is down with the reason, and once
+    the library answers again a fresh collector reads the device."""
+    import collectors.modbus
+    import collectors.opcua
+    import collectors.snmp
+
+    device = BY_PROTOCOL[protocol]
+    cls = {"modbus": collectors.modbus.ModbusCollector, "snmp": collectors.snmp.SnmpCollector,
+           "opcua": collectors.opcua.OpcuaCollector}[protocol]
+    released = threading.Event()
+    real_read = cls.read
+
+    async def wedged_read(self):
+        cancelled = False
+        while not released.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                cancelled = True  # the library's bug: the cancellation is lost for now
+        if cancelled:
+            raise asyncio.CancelledError
+        return await real_read(self)
+
+    monkeypatch.setattr(cls, "read", wedged_read)
+    rt = small_site.runtime
+    try:
+        wait_for(lambda: device in unreachable_alerts(small_site), what="device_unreachable")
+        health = rt.health[device]
+        assert health.state == "down" and "the collector did not give up" in health.error
+        assert all(h.state == "up" for h in rt.health.values() if h.id != device)
+    finally:
+        released.set()
+        monkeypatch.setattr(cls, "read", real_read)
+    wait_for(lambda: rt.health[device].state == "up", what=f"{device} read again")
+    wait_for(lambda: device not in unreachable_alerts(small_site), what="the alert resolved")
+
+
+def _established_to(port: int) -> int:
+    """ESTABLISHED TCP connections from this machine to 127.0.0.1:port (/proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if state == "01" and int(remote.split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_an_opcua_peer_silent_mid_session_leaks_no_socket_over_50_reconnects(
+    tmp_path: Path,
+) -> None:
+    """A relay in front of a real OPC-UA device: each round opens a session and reads, then
+    the relay goes silent (a half-open connection: TCP up, nothing answers) and the collector
+    is closed, so its CloseSession times out. asyncua's disconnect_socket() does nothing in
+    the state that leaves; the collector closes the socket itself. 50 rounds later the
+    process holds as many file descriptors as before and no connection to the relay."""
+    from collectors.profiles import load_profile
+    from simulators.opcua import OpcuaDeviceServer
+    from tests.test_opcua import supercap
+
+    async def scenario() -> tuple[int, int, int, int]:
+        server = OpcuaDeviceServer(load_profile("supercap_opcua"), "127.0.0.1", 0, dict)
+        relay = SilenceableRelay()
+        await server.start()
+        await relay.start(server._port.sockets[0].getsockname()[1])
+        c = OpcuaCollector(supercap(relay.port), load_profile("supercap_opcua"), 0.2)
+        fds_before = len(os.listdir("/proc/self/fd"))
+        rounds = 0
+        for _ in range(50):
+            relay.silent = False
+            for _attempt in range(50):  # a loaded machine may miss the 0.2 s at times
+                try:
+                    await c.read()
+                    break
+                except DeviceUnreachable:
+                    continue
+            relay.silent = True
+            await c.close()  # CloseSession unanswered: cancelled after timeout_s / 2
+            rounds += 1
+        for _ in range(100):  # until the relay has seen the last aborted socket close
+            if len(os.listdir("/proc/self/fd")) <= fds_before:
+                break
+            await asyncio.sleep(0.05)
+        fds_after = len(os.listdir("/proc/self/fd"))
+        established = _established_to(relay.port)
+        await relay.stop()
+        await server.stop()
+        return rounds, fds_before, fds_after, established
+
+    rounds, fds_before, fds_after, established = asyncio.run(scenario())
+    assert rounds == 50
+    assert established == 0
+    assert fds_after <= fds_before
+
+
+def test_an_opcua_timeout_racing_the_answer_is_a_timeout_never_a_cancellation() -> None:
+    """400 reads whose timeouts (0.2 to 4 ms) land anywhere in connect, session and Read,
+    often just as an answer arrives. On Python 3.11 asyncua then raises wait_for2's
+    CancelledWithResultError, which asyncio.timeout does not turn into TimeoutError: it used
+    to escape read() as a cancellation and end the device's poll loop for good (the
+    supercaps that stopped sampling). Each read must return or be DeviceUnreachable, and no
+    socket may stay open."""
+    import random
+
+    from collectors.profiles import load_profile
+    from simulators.opcua import OpcuaDeviceServer
+    from tests.test_opcua import supercap
+
+    async def scenario() -> tuple[int, int, int, int]:
+        profile = load_profile("supercap_opcua")
+        server = OpcuaDeviceServer(profile, "127.0.0.1", 0, dict)
+        await server.start()
+        port = server._port.sockets[0].getsockname()[1]
+        draw = random.Random(7)
+        answered = unreachable = 0
+        for _ in range(400):
+            c = OpcuaCollector(supercap(port), profile, draw.uniform(0.0002, 0.004))
+            try:
+                await c.read()
+                answered += 1
+            except DeviceUnreachable:
+                unreachable += 1
+            finally:
+                await c.close()
+        established = _established_to(port)
+        await server.stop()
+        return answered, unreachable, established, port
+
+    answered, unreachable, established, _ = asyncio.run(scenario())
+    assert answered + unreachable == 400  # no CancelledError escaped
+    assert unreachable > 0  # the timeouts did land mid-way
+    assert established == 0
+
+
+class SilenceableRelay:
+    """A TCP relay that forwards both ways until ``silent``: then it swallows everything, as a
+    peer that lost power behind a switch does (the connection stays up, nothing answers)."""
+
+    def __init__(self) -> None:
+        self.silent = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.Task] = set()
+
+    async def start(self, target_port: int) -> None:
+        self._target = target_port
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._links:
+            task.cancel()
+        await asyncio.gather(*self._links, return_exceptions=True)
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._links.add(task)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._links.discard(task)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if not self.silent:
+                sink.write(data)
+                await sink.drain()
+        sink.close()  # EOF on one side ends the other
