@@ -6,17 +6,22 @@ and the store's history; it never talks to devices.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from aidc.derive import RackStatus, num, what_if
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aidc.derive import Pool, RackStatus, WhatIf, num, what_if
 from aidc.runtime import Runtime
 from models import pue as pue_model
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
+POOL_FIELDS = {"id", "kind", "capacity_kw", "load_kw", "left_kw", "left_normal_kw",
+               "worst_failure", "racks"}  # every pool has them, null when unknown
 MIN_STEPS_COUNTED = 100  # IT energy must span 100 counter steps: rounding then stays under 1 %
 
 
@@ -28,18 +33,57 @@ def counter_step_kwh(device) -> float:
     return abs(points[0].scale) if points else 0.0
 
 
-def by_limit_json(values: dict[str, float | None], key: str, infinite: str) -> dict[str, Any]:
-    """Limits as JSON can carry them: finite values, and the names of the unknown ones and
-    of those that set no bound (+inf), which JSON numbers cannot express."""
+class WhatIfQuestion(BaseModel):
+    """A planner's what-if, as the REST API and the Dash page take it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    row: str = Field(min_length=1, max_length=100)
+    racks: int = Field(ge=1, le=10_000)
+    kw: float = Field(gt=0, le=10_000)
+    capture: float = Field(0.85, ge=0, le=1)
+    feed_kw: float | None = Field(None, gt=0, le=10_000)
+    air_kw: float | None = Field(None, ge=0, le=10_000)
+
+
+def one_line(error: ValidationError) -> str:
+    """The first problem of a validation error: ``field: what was expected``."""
+    err = error.errors()[0]
+    where = ".".join(str(k) for k in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"
+
+
+def by_limit_json(values: dict[str, float | None], key: str) -> dict[str, Any]:
+    """Limits as JSON can carry them: finite values, and the names of the ``unknown`` ones
+    (data missing) and of the ``not_applicable`` ones (+inf: no bound by configuration),
+    which JSON numbers cannot express. What-if adds ``not_checked``."""
     return {
         key: {k: v for k, v in values.items() if v is not None and math.isfinite(v)},
         "unknown": [k for k, v in values.items() if v is None],
-        infinite: [k for k, v in values.items() if v is not None and not math.isfinite(v)],
+        "not_applicable": [k for k, v in values.items() if v is not None and not math.isfinite(v)],
     }
 
 
 def rack_json(rack: RackStatus) -> dict[str, Any]:
-    return asdict(rack) | by_limit_json(rack.limits_kw, "limits_kw", "not_applicable")
+    return asdict(rack) | by_limit_json(rack.limits_kw, "limits_kw")
+
+
+def pool_json(pool: Pool) -> dict[str, Any]:
+    """A pool without the fields that do not apply to its kind, and no +inf."""
+    out = {k: v for k, v in asdict(pool).items() if v is not None or k in POOL_FIELDS}
+    if pool.kind == "loop":
+        out["supply_limit_c"] = pool.supply_limit_c if math.isfinite(pool.supply_limit_c) else None
+    else:
+        out.pop("supply_limit_c")
+    return out
+
+
+def what_if_json(w: WhatIf) -> dict[str, Any]:
+    return asdict(w) | by_limit_json(w.racks_fit_by_limit, "racks_fit_by_limit")
+
+
+def strict_json(value: Any) -> str:
+    """JSON that any parser reads: NaN or Infinity is a bug here, never printed."""
+    return json.dumps(value, allow_nan=False, indent=2)
 
 
 def iso(ts: float | None) -> str | None:
@@ -59,7 +103,7 @@ class SiteAPI:
         return {
             "site": self.site_name,
             "pue": s.pue if s else None,
-            "pue_category": s.pue_category if s else None,
+            "pue_category": s.pue_category if s else self.runtime.model.pue_category,
             "pue_target": self.runtime.site.model.pue_target,
             "it_kw": s.it_kw if s else None,
             "facility_kw": s.facility_kw if s else None,
@@ -68,6 +112,9 @@ class SiteAPI:
             "power_ppue": s.power_ppue if s else None,
             "conversion_loss_kw": s.conversion_loss_kw if s else None,
             "measured_share": s.measured_share if s else None,
+            "unaccounted": s.unaccounted if s else [],
+            "pue_at_least": s.pue_at_least if s else None,
+            "note": s.note if s else "no model result yet",
             "updated_at": iso(s.updated_at) if s else None,
             "missing": s.missing if s else [],
         }
@@ -82,7 +129,7 @@ class SiteAPI:
         rack = next((r for r in s.racks if r.id == rack_id), None) if s else None
         if rack is None:
             return None
-        return rack_json(rack) | {"pools": [asdict(p) for p in s.pools if rack_id in p.racks]}
+        return rack_json(rack) | {"pools": [pool_json(p) for p in s.pools if rack_id in p.racks]}
 
     def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:
         """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool: the
@@ -94,16 +141,21 @@ class SiteAPI:
             and (min_kw is None or (r.headroom_kw is not None and r.headroom_kw >= min_kw))
         ]
         return {"racks": [rack_json(r) for r in racks],
-                "pools": [asdict(p) for p in s.pools] if s else [],
+                "pools": [pool_json(p) for p in s.pools] if s else [],
                 "updated_at": iso(s.updated_at) if s else None}
 
-    def what_if(self, row: str, racks: int, kw: float, capture: float = 0.85,
-                feed_kw: float | None = None, air_kw: float | None = None) -> dict[str, Any]:
+    def what_if(self, question: Any) -> dict[str, Any]:
+        """A what-if, as a mapping of ``WhatIfQuestion``'s fields (a request body, the Dash
+        form); ValueError with one line when it is not a question the model can answer."""
+        try:
+            q = WhatIfQuestion.model_validate({} if question is None else question)
+        except ValidationError as e:
+            raise ValueError(one_line(e)) from None
         s = self.runtime.status
         if s is None:
             raise ValueError("no model result yet: wait for the first model tick")
-        w = what_if(self.runtime.model, s, row, racks, kw, capture, feed_kw, air_kw)
-        return asdict(w) | by_limit_json(w.racks_fit_by_limit, "racks_fit_by_limit", "unlimited")
+        w = what_if(self.runtime.model, s, q.row, q.racks, q.kw, q.capture, q.feed_kw, q.air_kw)
+        return what_if_json(w)
 
     def interval_pue(self, window: str) -> dict[str, Any]:
         """PUE over a window from energy (ISO/IEC 30134-2): the growth of the facility meter's
@@ -142,7 +194,7 @@ class SiteAPI:
             "site": site.site, "window": window, "from": iso(start), "to": iso(end),
             "pue": num(pue_model.interval_pue(facility_kwh, it_kwh)) if settled else None,
             "note": note,
-            "pue_category": pue_model.pue_category("pdu_output"),
+            "pue_category": pue_model.pue_category("pdu_output"),  # the PDUs' kWh counters
             "it_kwh": num(it_kwh), "facility_kwh": num(facility_kwh),
             "cooling_ppue": num(pue_model.partial_pue(it_kwh, cooling_kwh)),
             "missing": missing,

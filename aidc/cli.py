@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from aidc.config import ConfigError, Site, Webhook, load_site
@@ -138,13 +136,24 @@ def _store_status(args: argparse.Namespace):
     from aidc.store import StoreUnavailable, open_store
 
     site = _load(args.site)
-    store = open_store(site.store, Path(args.data_dir))
+    try:
+        store = open_store(site.store, Path(args.data_dir), create=False)
+    except StoreUnavailable as e:
+        sys.exit(_fail(str(e)))
     try:
         return status_from_store(site, store)
     except (NoRecentData, StoreUnavailable) as e:
-        sys.exit(_fail(str(e)))
+        sys.exit(_fail(f"{_where(site, args)}: {e}"))
     finally:
         store.close()
+
+
+def _where(site: Site, args: argparse.Namespace) -> str:
+    """The store a reader reads, for its error messages."""
+    if site.store.backend == "influxdb":
+        return f"InfluxDB {site.store.url} database {site.store.database}"
+    path = Path(site.store.path)
+    return str(path if path.is_absolute() else Path(args.data_dir) / path)
 
 
 def _kw(value: float | None) -> str:
@@ -152,7 +161,7 @@ def _kw(value: float | None) -> str:
 
 
 def cmd_headroom(args: argparse.Namespace) -> int:
-    from aidc.api import rack_json
+    from aidc.api import pool_json, rack_json, strict_json
 
     _, status = _store_status(args)
     racks = [
@@ -161,23 +170,32 @@ def cmd_headroom(args: argparse.Namespace) -> int:
         and (args.min_kw is None or (r.headroom_kw is not None and r.headroom_kw >= args.min_kw))
     ]
     if args.json:
-        print(json.dumps({"racks": [rack_json(r) for r in racks],
-                          "pools": [asdict(p) for p in status.pools]}, indent=2))
+        print(strict_json({"racks": [rack_json(r) for r in racks],
+                           "pools": [pool_json(p) for p in status.pools]}))
         return 0
     print(f"{'rack':<8}{'row':<5}{'power kW':>10}{'peak kW':>10}{'headroom kW':>13}  limiting")
     for r in racks:
-        note = "" if r.complete else "  (upper bound: some limits unknown)"
+        unknown = [k for k, v in r.limits_kw.items() if v is None]
+        note = "" if r.complete else f"  (at most: {', '.join(unknown)} unknown)"
         print(f"{r.id:<8}{r.row:<5}{_kw(r.power_kw):>10}{_kw(r.power_kw_peak):>10}"
               f"{_kw(r.headroom_kw):>13}  {r.limiting}{note}")
     print("shared pools (racks draw on them together: do not add the per-rack figures up):")
     for p in status.pools:
         unit = "kW of heat" if p.kind == "loop" else "kW"
-        print(f"  {p.kind} {p.id}: {_kw(p.left_kw)} {unit} left of {_kw(p.capacity_kw)} "
-              f"(load {_kw(p.load_kw)}) for {len(p.racks)} racks")
+        after = (f"with {p.worst_failure} lost" if p.kind != "loop"
+                 else f"keeping {p.worst_failure} in reserve") if p.worst_failure else ""
+        print(f"  {p.kind} {p.id}: {_kw(p.left_kw)} {unit} left {after} of {_kw(p.capacity_kw)} "
+              f"(load {_kw(p.load_kw)}; {_kw(p.left_normal_kw)} with nothing lost) "
+              f"for {len(p.racks)} racks")
+        if p.kind == "loop":
+            print(f"    heat measured by its CDUs {_kw(p.heat_measured_kw)} kW, from its racks "
+                  f"(capture x power) {_kw(p.heat_from_racks_kw)} kW; {p.supply_compared} "
+                  f"{_kw(p.supply_temp_c)} C against its class limit {p.supply_limit_c:g} C")
     return 0
 
 
 def cmd_whatif(args: argparse.Namespace) -> int:
+    from aidc.api import strict_json, what_if_json
     from aidc.derive import what_if
 
     model, status = _store_status(args)
@@ -186,15 +204,17 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _fail(str(e))
     if args.json:
-        print(json.dumps(asdict(w), indent=2, default=str))
-        return 0
+        print(strict_json(what_if_json(w)))
+        return 0 if w.feasible else 1
     verdict = "fits" if w.feasible else "does NOT fit"
     print(f"{w.racks_requested} racks of {w.rack_kw:g} kW (capture {w.capture_ratio:g}) in row "
           f"{w.row}: {verdict}; {w.racks_fit if w.racks_fit is not None else '?'} fit, "
           f"first to break: {w.first_to_break}")
     for name, n in w.racks_fit_by_limit.items():
-        shown = "unknown" if n is None else "all fit" if n == float("inf") else f"{n:g} racks"
+        shown = "unknown" if n is None else "no bound" if n == float("inf") else f"{n:g} racks"
         print(f"  {name:<13}{shown}")
+    for name in w.not_checked:
+        print(f"  {name:<13}not checked (give --{name}-kw)")
     return 0 if w.feasible else 1
 
 

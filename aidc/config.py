@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 Protocol = Literal["modbus", "snmp", "opcua"]
+DEVICE_KINDS = ("pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter")
 
 
 class ConfigError(Exception):
@@ -125,18 +126,57 @@ class Pdu(DeviceBase):
 
 
 class PowerSource(DeviceBase):
-    """A rectifier system or UPS: the upstream of PDU feeds."""
+    """A rectifier system or UPS: the upstream of PDU feeds.
+
+    A modular one (``modules`` of ``module_kw`` each) keeps ``redundancy`` as spare modules
+    (N+1: one): its usable capacity is (modules reporting OK - spare) x module_kw, live,
+    capped by ``rating_kw`` (its busbar and breaker). Without modules, ``rating_kw`` is the
+    usable capacity with its redundancy already removed."""
 
     kind: Literal["rectifier", "ups"]
-    rating_kw: float = Field(gt=0)  # usable capacity with its redundancy already removed
-    redundancy: Literal["N", "N+1", "2N"] = "N+1"
+    rating_kw: float = Field(gt=0)
+    redundancy: Literal["N", "N+1", "N+2", "2N"] = "N+1"
+    modules: int | None = Field(None, ge=1, le=1000)
+    module_kw: float | None = Field(None, gt=0)
     efficiency: float = Field(0.96, gt=0, le=1)  # for simulators and loss estimates
     battery_runtime_min: float | None = Field(None, gt=0)  # when the device does not report it
 
+    @model_validator(mode="after")
+    def _modules(self) -> PowerSource:
+        if (self.modules is None) != (self.module_kw is None):
+            raise ValueError("a modular source needs both 'modules' and 'module_kw'")
+        if self.modules is not None and self.redundancy == "2N":
+            raise ValueError("modules: redundancy is counted in spare modules (N, N+1, N+2)")
+        if self.modules is not None and self.spare_modules >= self.modules:
+            raise ValueError(f"{self.modules} modules cannot keep {self.spare_modules} spare")
+        return self
+
+    @property
+    def spare_modules(self) -> int:
+        return int(self.redundancy[2:]) if self.redundancy.startswith("N+") else 0
+
 
 class Cdu(DeviceBase):
+    """A coolant distribution unit: its nameplate heat capacity, and the secondary flow and
+    pumps that capacity needs."""
+
     kind: Literal["cdu"]
-    rated_kw: float = Field(gt=0)
+    rated_kw: float = Field(gt=0)  # heat capacity at the loop's design rise
+    max_flow_lpm: float | None = Field(None, gt=0)  # maximum secondary (technology) flow
+    pumps: int = Field(2, ge=1, le=16)  # installed
+    pumps_required: int = Field(1, ge=1, le=16)  # running for the maximum flow
+
+    @model_validator(mode="after")
+    def _pumps(self) -> Cdu:
+        if self.pumps_required > self.pumps:
+            raise ValueError(f"pumps_required {self.pumps_required} > pumps {self.pumps}")
+        return self
+
+
+class Manifold(DeviceBase):
+    """A rack's coolant manifold meter: its secondary flow and temperatures."""
+
+    kind: Literal["manifold"]
 
 
 class Supercap(DeviceBase):
@@ -151,10 +191,21 @@ class Meter(DeviceBase):
     role: Literal["facility", "cooling", "other"] = "other"
 
 
-Device = Annotated[Pdu | PowerSource | Cdu | Supercap | Meter, Field(discriminator="kind")]
+Device = Annotated[
+    Pdu | PowerSource | Cdu | Manifold | Supercap | Meter, Field(discriminator="kind")
+]
 
 
 # ---------------------------------------------------------------- topology
+
+
+class RackLiquid(Strict):
+    """A rack's own liquid limit: its manifold's maximum flow at a design rise, and the
+    manifold meter (a device of kind manifold) that measures its flow and temperatures."""
+
+    max_flow_lpm: float = Field(gt=0)
+    design_dt_k: float | None = Field(None, gt=0)  # default: its loop's design_dt_k
+    meter: str | None = None
 
 
 class Rack(Strict):
@@ -168,6 +219,7 @@ class Rack(Strict):
     feed_b: str | None = None
     loop: str | None = None
     supercap: str | None = None
+    manifold: RackLiquid | None = None
 
 
 class Loop(Strict):
@@ -177,6 +229,10 @@ class Loop(Strict):
     fluid: Literal["water", "PG25"] = "PG25"
     ashrae_class: Literal["W17", "W27", "W32", "W40", "W45", "W+"] = "W32"
     design_dt_k: float = Field(10, gt=0)  # allowed supply-to-return rise across the racks
+    design_supply_c: float = Field(35, ge=0, le=100)  # technology supply at design
+    # the ASHRAE W classes are defined on facility water; "technology_supply" compares the
+    # CDUs' secondary supply instead, where the facility side is not metered
+    class_checked_on: Literal["facility_supply", "technology_supply"] = "facility_supply"
 
 
 class Room(Strict):
@@ -214,7 +270,12 @@ class Model(Strict):
     tick_s: float = Field(5, gt=0)
     pue_target: float = Field(1.3, ge=1)
     peak_window_s: float = Field(300, gt=0)  # capacity holds the max rack power over this window
-    unmetered_kw: dict[str, float] = {}  # loads with no meter, declared (lighting, offices...)
+    # where IT power is measured (ISO/IEC 30134-2 category 1, 2, 3): the rectifier/UPS
+    # outputs, the PDUs, or the IT equipment inputs (the PDUs' outlets)
+    it_measured_at: Literal["ups_output", "pdu_output", "it_input"] = "pdu_output"
+    # loads with no meter, declared (lighting, offices...); "cooling" declares the cooling
+    # plant when no meter has role cooling
+    unmetered_kw: dict[str, float] = {}
     generator_start_s: float = Field(10, gt=0)  # NFPA 110 Type 10
     transfer_s: float = Field(0, ge=0)  # only if generator_start_s excludes the transfer
     supercap_efficiency: float = Field(0.95, gt=0, le=1)  # DC/DC between supercap and load
@@ -292,6 +353,8 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
         need(("racks", i, "feed_a"), r.feed_a, {"pdu"}, "pdu")
         need(("racks", i, "feed_b"), r.feed_b, {"pdu"}, "pdu")
         need(("racks", i, "supercap"), r.supercap, {"supercap"}, "supercap")
+        if r.manifold is not None:
+            need(("racks", i, "manifold", "meter"), r.manifold.meter, {"manifold"}, "manifold")
         if r.room not in rooms:
             errors.append((("racks", i, "room"), f"expected one of the rooms {sorted(rooms)}"))
         if r.loop is not None and r.loop not in loops:
@@ -364,7 +427,7 @@ def _field_name(loc: tuple) -> str:
     for key in loc:
         if isinstance(key, int):
             out += f"[{key}]"
-        elif key in ("pdu", "rectifier", "ups", "cdu", "supercap", "meter") and out.endswith("]"):
+        elif key in DEVICE_KINDS and out.endswith("]"):
             continue  # pydantic's discriminated-union tag
         else:
             out += f".{key}" if out else str(key)
@@ -380,8 +443,22 @@ def _message(err: dict[str, Any]) -> str:
     if kind == "union_tag_invalid":
         return f"expected kind one of {err['ctx']['expected_tags']}"
     if kind == "union_tag_not_found":
-        return "each device needs a 'kind' (pdu, rectifier, ups, cdu, supercap, meter)"
+        return f"each device needs a 'kind' ({', '.join(DEVICE_KINDS)})"
     return msg.removeprefix("Value error, ")
+
+
+def _yaml_error(name: str, text: str) -> ConfigError:
+    """The mistake libyaml refused, worded by PyYAML's own parser, whose messages say more
+    ("expected ',' or '}', but got ':'"); parsed again only on this error path."""
+    try:
+        yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        message = f"not valid YAML: {getattr(e, 'problem', e)}"
+        if context is not None and getattr(e, "context", None):
+            message += f" ({e.context} at line {context.line + 1})"
+        return ConfigError(name, mark.line + 1 if mark else None, "", message)
+    return ConfigError(name, None, "", "not valid YAML")
 
 
 def load_site(path: str | os.PathLike[str]) -> Site:
@@ -392,17 +469,13 @@ def load_site(path: str | os.PathLike[str]) -> Site:
     except OSError as e:
         raise ConfigError(name, None, "", f"cannot read the file: {e.strerror}") from None
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-        message = f"not valid YAML: {getattr(e, 'problem', e)}"
-        if context is not None and getattr(e, "context", None):
-            message += f" ({e.context} at line {context.line + 1})"
-        raise ConfigError(name, mark.line + 1 if mark else None, "", message) from None
+        root = yaml.compose(text, Loader=yaml.CSafeLoader)  # libyaml: parsed once, in C
+    except yaml.YAMLError:
+        raise _yaml_error(name, text) from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise ConfigError(name, 1, "", "expected a mapping with site, rooms, devices, racks")
     _resolve_secrets(root, name, Path(path).parent)
-    data = yaml.safe_load(yaml.serialize(root))
+    data = yaml.CSafeLoader("").construct_document(root)
     try:
         site = Site.model_validate(data)
     except ValidationError as e:

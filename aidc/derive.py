@@ -42,16 +42,28 @@ class RackStatus:
 
 @dataclass(frozen=True)
 class Pool:
-    """A shared limit: the kW left on one source (electrical) or one loop (heat)."""
+    """A shared limit: the kW left on one source (electrical) or one loop (heat).
+
+    ``left_kw`` is what a planner may sign: for a source, what is left after the worst
+    single failure of another source (``worst_failure`` names it; None when no failure moves
+    load onto it); for a loop, what is left with its redundancy kept (``worst_failure`` is
+    the CDU it reserves). ``left_normal_kw``: with nothing more failing."""
 
     id: str
     kind: str  # rectifier | ups | loop
-    capacity_kw: float | None
+    capacity_kw: float | None  # usable now: live modules; a loop's with its redundancy kept
     load_kw: float | None
     left_kw: float | None
+    left_normal_kw: float | None
+    worst_failure: str | None
     racks: list[str]
-    supply_temp_c: float | None = None  # loops: facility water supply now
+    rating_kw: float | None = None  # sources: the nameplate; loops: the CDUs' sum
+    modules_ok: float | None = None  # modular sources
+    heat_measured_kw: float | None = None  # loops: flow x rho cp x dT of its CDUs
+    heat_from_racks_kw: float | None = None  # loops: capture x rack power
+    supply_temp_c: float | None = None  # loops: the supply compared with the class
     supply_limit_c: float = math.inf  # loops: its ASHRAE TC9.9 class limit
+    supply_compared: str | None = None  # loops: facility_supply or technology_supply
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,14 @@ class SiteStatus:
     pools: list[Pool]
     backup: list[BackupStatus]
     missing: list[str]  # series the model needed but had no good value for
+    unaccounted: list[str] = field(default_factory=list)  # facility loads neither metered
+    # nor declared: facility power and PUE are then unknown
+    pue_at_least: float | None = None  # with unaccounted loads: from what is known
+    note: str | None = None
+    # (sources, sources + 1) kW left on each source after each single source failure, the
+    # last column with none: what-if places new racks against it (power.SourcePools)
+    source_left_by_failure_kw: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)),
+                                                  repr=False)
 
 
 def num(x) -> float | None:
@@ -101,6 +121,7 @@ class SiteModel:
 
     def __init__(self, site: Site):
         self.site, self.topology = site, Topology(site)
+        by_id = {d.id: d for d in site.devices}
         racks = site.racks
         self.rack_ids = [r.id for r in racks]
         self.design_kw = np.array([r.design_kw for r in racks])
@@ -108,62 +129,114 @@ class SiteModel:
         self.air_kw = np.array([np.inf if r.air_kw is None else r.air_kw for r in racks])
         self.feed_a = [r.feed_a for r in racks]
         self.feed_b = [r.feed_b for r in racks]
-        pdus_a = [site.device(f) for f in self.feed_a]
-        pdus_b = [site.device(f) if f else None for f in self.feed_b]
+        pdus_a = [by_id[f] for f in self.feed_a]
+        pdus_b = [by_id[f] if f else None for f in self.feed_b]
         self.feed_cap_kw = power.ab_feed_capacity_kw(_feed_capacity(pdus_a), _feed_capacity(pdus_b))
         self.pdus_a, self.pdus_b = pdus_a, pdus_b
+        self.single_feed = np.array([p is None for p in pdus_b])
 
         self.sources = site.devices_of("rectifier") + site.devices_of("ups")
         src_index = {s.id: i for i, s in enumerate(self.sources)}
-        self.feed_a_source = np.array([src_index[p.upstream] for p in pdus_a])
-        self.feed_b_source = np.array([src_index[p.upstream] if p else -1 for p in pdus_b])
+        self.feed_a_source = np.array([src_index[p.upstream] for p in pdus_a], dtype=np.intp)
+        self.feed_b_source = np.array([src_index[p.upstream] if p else -1 for p in pdus_b],
+                                      dtype=np.intp)
         self.source_rating_kw = np.array([s.rating_kw for s in self.sources])
+        self.source_module_kw = np.array([np.nan if s.module_kw is None else s.module_kw
+                                          for s in self.sources])
+        self.source_spare = np.array([s.spare_modules for s in self.sources], dtype=float)
 
         self.loops = site.loops
         loop_index = {lp.id: i for i, lp in enumerate(self.loops)}
-        self.rack_loop = np.array([loop_index.get(r.loop, -1) for r in racks])
-        self.cdus = [site.device(c) for lp in self.loops for c in lp.cdus]
-        self.cdu_loop = np.array([loop_index[lp.id] for lp in self.loops for _ in lp.cdus])
+        loop_of = {c: lp for lp in self.loops for c in lp.cdus}
+        self.rack_loop = np.array([loop_index.get(r.loop, -1) for r in racks], dtype=np.intp)
+        self.cdus = [by_id[c] for lp in self.loops for c in lp.cdus]
+        self.cdu_loop = np.array([loop_index[loop_of[c.id].id] for c in self.cdus], dtype=np.intp)
+        self.cdu_fluid = np.array([loop_of[c.id].fluid for c in self.cdus])
+        self.cdu_rated_kw = np.array([c.rated_kw for c in self.cdus])
+        self.cdu_max_flow = np.array([np.nan if c.max_flow_lpm is None else c.max_flow_lpm
+                                      for c in self.cdus])
+        self.cdu_design_supply_c = np.array([loop_of[c.id].design_supply_c for c in self.cdus])
+        self.cdu_design_dt_k = np.array([loop_of[c.id].design_dt_k for c in self.cdus])
+        self.cdu_pumps_required = np.array([c.pumps_required for c in self.cdus], dtype=float)
         self.loop_redundant = np.array([1 if lp.redundancy == "N+1" else 0 for lp in self.loops])
         self.loop_limit_c = np.array([cooling.ASHRAE_SUPPLY_LIMIT_C[lp.ashrae_class] for lp in self.loops])
+        self.loop_supply_metric = ["facility_supply_temp_c" if lp.class_checked_on == "facility_supply"
+                                   else "supply_temp_c" for lp in self.loops]
+
+        # the racks' own liquid limits (a manifold's maximum flow at a design rise)
+        loops = [self.loops[k] if k >= 0 else None for k in self.rack_loop]
+        liquid = [r.manifold for r in racks]
+        self.manifold_max_flow = np.array([np.nan if m is None else m.max_flow_lpm for m in liquid])
+        self.manifold_dt_k = np.array([
+            np.nan if m is None else m.design_dt_k or (lp.design_dt_k if lp else np.nan)
+            for m, lp in zip(liquid, loops)])
+        self.manifold_meter = [m.meter if m else None for m in liquid]
+        self.rack_fluid = np.array([lp.fluid if lp else "PG25" for lp in loops])
+        self.rack_design_supply_c = np.array([lp.design_supply_c if lp else 35.0 for lp in loops])
 
         meters = site.devices_of("meter")
         self.facility_meter = next((m.id for m in meters if m.role == "facility"), None)
         self.cooling_meter = next((m.id for m in meters if m.role == "cooling"), None)
+        self.other_meters = [m.id for m in meters if m.role == "other"]
+        self.pue_category = pue_model.pue_category(site.model.it_measured_at)
         self.peaks: deque[tuple[float, np.ndarray]] = deque()
 
     # ------------------------------------------------------------------ the tick
 
     def evaluate(self, latest: dict[tuple[str, str], Sample], now: float) -> SiteStatus:
-        missing: list[str] = []
+        missing: dict[str, None] = {}  # in order, once each
 
         def good(device: str | None, metric: str) -> float:
             if device is None:
                 return math.nan
             s = latest.get((device, metric))
             if s is None or not s.good:
-                missing.append(f"{device}.{metric}")
+                missing[f"{device}.{metric}"] = None
                 return math.nan
             return float(s.value)
 
         def many(devices, metric: str) -> np.ndarray:
-            return np.array([good(d, metric) for d in devices], dtype=float)
+            return np.array([good(d, metric) if d else math.nan for d in devices], dtype=float)
 
         feed_a_kw = many(self.feed_a, "power_kw")
         feed_b_kw = np.array([good(f, "power_kw") if f else 0.0 for f in self.feed_b])
         rack_kw = feed_a_kw + feed_b_kw  # unknown when either feed is: never guessed
         peak_kw = self._peak(now, rack_kw)
-
         load_kw = np.fmax(rack_kw, peak_kw)  # capacity holds the window's peak
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share_a = np.where(self.single_feed, 1.0,
+                               np.where(rack_kw > 0, feed_a_kw / rack_kw, 0.5))  # NaN stays
         phase = self._phase_headroom_kw(good, load_kw, feed_a_kw, feed_b_kw)
-        source_load = many([s.id for s in self.sources], "output_power_kw")
-        cdu_capacity = self._cdu_capacity_kw(good)
-        loop_capacity = cooling.loop_capacity_kw(cdu_capacity, self.cdu_loop, len(self.loops), self.loop_redundant)
-        loop_heat = cooling.loop_heat_kw(cooling.heat_to_liquid_kw(load_kw, self.capture), self.rack_loop, len(self.loops))
-        loop_supply_c = np.array(
-            [np.fmax.reduce([good(c, "facility_supply_temp_c") for c in lp.cdus]) for lp in self.loops]
-        )  # the warmest facility supply among the loop's CDUs
 
+        source_ids = [s.id for s in self.sources]
+        source_out = many(source_ids, "output_power_kw")
+        modules_ok = np.array([good(s.id, "modules_ok") if s.module_kw else math.nan
+                               for s in self.sources])
+        source_capacity = power.modular_capacity_kw(
+            self.source_rating_kw, self.source_module_kw, modules_ok, self.source_spare)
+
+        cdu_ids = [c.id for c in self.cdus]
+        cdu_capacity = cooling.cdu_capacity_kw(
+            self.cdu_rated_kw, self.cdu_max_flow, self.cdu_design_supply_c, self.cdu_design_dt_k,
+            self.cdu_fluid, many(cdu_ids, "pumps_running"), self.cdu_pumps_required,
+            many(cdu_ids, "leak"))
+        n_loops = len(self.loops)
+        loop_capacity = cooling.loop_capacity_kw(cdu_capacity, self.cdu_loop, n_loops, self.loop_redundant)
+        loop_capacity_all = cooling.loop_capacity_kw(cdu_capacity, self.cdu_loop, n_loops, 0)
+        heat_from_racks = cooling.loop_heat_kw(
+            cooling.heat_to_liquid_kw(load_kw, self.capture), self.rack_loop, n_loops)
+        cdu_supply = many(cdu_ids, "supply_temp_c")
+        cdu_heat = cooling.liquid_capacity_kw(
+            many(cdu_ids, "flow_lpm"), cdu_supply, many(cdu_ids, "return_temp_c") - cdu_supply,
+            self.cdu_fluid)
+        heat_measured = cooling.loop_heat_kw(cdu_heat, self.cdu_loop, n_loops)
+        loop_heat = np.where(np.isnan(heat_measured), heat_from_racks, heat_measured)
+        loop_supply_c = np.array([
+            np.max([good(c, metric) for c in lp.cdus])
+            for lp, metric in zip(self.loops, self.loop_supply_metric)
+        ])  # the warmest supply among the loop's CDUs; one unknown: unknown
+
+        liquid_capacity, liquid_heat = self._rack_liquid(good, load_kw)
         h = rack_headroom(
             power_kw=rack_kw,
             power_kw_peak=peak_kw,
@@ -172,48 +245,99 @@ class SiteModel:
             phase_headroom_kw=phase,
             capture_ratio=self.capture,
             air_allowance_kw=self.air_kw,
-            rack_liquid_capacity_kw=np.full(len(self.rack_ids), np.inf),  # no per-rack flow meters
+            rack_liquid_capacity_kw=liquid_capacity,
+            rack_liquid_heat_kw=liquid_heat,
             feed_a_source=self.feed_a_source,
             feed_b_source=self.feed_b_source,
-            source_rating_kw=self.source_rating_kw,
-            source_load_kw=source_load,
+            feed_a_share=share_a,
+            source_capacity_kw=source_capacity,
+            source_load_kw=source_out,
             rack_loop=self.rack_loop,
             loop_capacity_kw=loop_capacity,
             loop_heat_kw=loop_heat,
             loop_supply_temp_c=loop_supply_c,
             loop_supply_limit_c=self.loop_limit_c,
         )
-
-        it_kw = float(np.sum(rack_kw))  # IT at PDU outputs: ISO/IEC 30134-2 category 2
-        cooling_kw = good(self.cooling_meter, "power_kw")
-        source_in = many([s.id for s in self.sources], "input_power_kw")
-        loss_kw = float(np.sum(pue_model.conversion_loss_kw(source_in, source_load)))
-        unmetered = sum(self.site.model.unmetered_kw.values())
-        if self.facility_meter:
-            facility_kw, share = good(self.facility_meter, "power_kw"), 1.0
-        else:  # the sum of what is metered, plus the declared unmetered loads (a site with
-            # no cooling meter declares its cooling there; a cooling meter not read: unknown)
-            metered_cooling_kw = cooling_kw if self.cooling_meter else 0.0
-            metered = float(np.sum(many([s.id for s in self.sources], "input_power_kw"))) + metered_cooling_kw
-            facility_kw = metered + unmetered
-            share = float(pue_model.measured_share(metered, unmetered))
-
+        pools = self._source_pools(h, source_capacity, source_out, modules_ok)
+        pools += self._loop_pools(h, cdu_capacity, loop_capacity, loop_capacity_all, loop_heat,
+                                  heat_measured, heat_from_racks, loop_supply_c)
+        energy = self._facility(good, many, rack_kw, source_out, latest)
         return SiteStatus(
             updated_at=now,
-            pue=num(pue_model.pue(facility_kw, it_kw)),
-            pue_category=pue_model.pue_category("pdu_output"),
-            it_kw=num(it_kw),
-            facility_kw=num(facility_kw),
-            cooling_kw=num(cooling_kw),
-            cooling_ppue=num(pue_model.partial_pue(it_kw, cooling_kw)),
-            power_ppue=num(pue_model.partial_pue(it_kw, loss_kw)),
-            conversion_loss_kw=num(loss_kw),
-            measured_share=num(share),
+            pue_category=self.pue_category,
             racks=self._racks(rack_kw, peak_kw, h),
-            pools=self._pools(h, source_load, loop_capacity, loop_heat, loop_supply_c),
+            pools=pools,
             backup=self._backup(good, rack_kw),
-            missing=missing,
+            missing=list(missing),
+            source_left_by_failure_kw=h.sources.left_by_failure_kw,
+            **energy,
         )
+
+    def _facility(self, good, many, rack_kw, source_out, latest) -> dict:
+        """IT power where the site measures it, facility power from its meters and declared
+        loads, and PUE with its partial figures (ISO/IEC 30134-2)."""
+        where = self.site.model.it_measured_at
+        if where == "pdu_output":
+            it_kw = float(np.sum(rack_kw))
+        elif where == "ups_output":
+            it_kw = float(np.sum(source_out))
+        else:
+            outlets = _outlet_power_kw(latest)
+            it_kw = float(np.sum([outlets.get(p.id, math.nan) for p in self.pdus_a + self.pdus_b if p]))
+        declared = dict(self.site.model.unmetered_kw)
+        if self.cooling_meter:
+            cooling_kw = good(self.cooling_meter, "power_kw")
+        else:
+            cooling_kw = declared.get("cooling", math.nan)
+        source_in = many([s.id for s in self.sources], "input_power_kw")
+        loss_kw = float(np.sum(pue_model.conversion_loss_kw(source_in, source_out)))
+        unaccounted, note, at_least = [], None, math.nan
+        if self.facility_meter:
+            facility_kw, share = good(self.facility_meter, "power_kw"), 1.0
+        else:  # the sum of what is metered, plus the declared unmetered loads
+            metered = float(np.sum(source_in) + np.sum(many(self.other_meters, "power_kw")))
+            if self.cooling_meter:
+                metered += cooling_kw
+            elif "cooling" not in declared:
+                unaccounted.append("cooling")
+            unmetered = sum(declared.values())
+            facility_kw = math.nan if unaccounted else metered + unmetered
+            share = math.nan if unaccounted else float(pue_model.measured_share(metered, unmetered))
+            if unaccounted:
+                known = metered + unmetered
+                at_least = pue_model.pue(known, it_kw)
+                note = ("cooling power is neither metered (a meter with role cooling) nor "
+                        "declared (model.unmetered_kw.cooling): facility power and PUE are "
+                        f"unknown; the {known:,.1f} kW known put PUE at {at_least:.3f} or more")
+        return {
+            "pue": num(pue_model.pue(facility_kw, it_kw)),
+            "it_kw": num(it_kw),
+            "facility_kw": num(facility_kw),
+            "cooling_kw": num(cooling_kw),
+            "cooling_ppue": num(pue_model.partial_pue(it_kw, cooling_kw)),
+            "power_ppue": num(pue_model.partial_pue(it_kw, loss_kw)),
+            "conversion_loss_kw": num(loss_kw),
+            "measured_share": num(share),
+            "unaccounted": unaccounted,
+            "pue_at_least": num(at_least),
+            "note": note,
+        }
+
+    def _rack_liquid(self, good, load_kw) -> tuple[np.ndarray, np.ndarray]:
+        """Each rack manifold's heat capacity at its maximum flow and design rise, and the
+        heat in it now: measured (flow x rho cp x dT) where a meter is named, else capture
+        x load. Properties at the metered supply temperature, else the loop's design one."""
+        metered = [m is not None for m in self.manifold_meter]
+        flow = np.array([good(m, "flow_lpm") if m else math.nan for m in self.manifold_meter])
+        supply = np.array([good(m, "supply_temp_c") if m else math.nan for m in self.manifold_meter])
+        ret = np.array([good(m, "return_temp_c") if m else math.nan for m in self.manifold_meter])
+        supply_c = np.where(metered, supply, self.rack_design_supply_c)
+        capacity = cooling.liquid_capacity_kw(self.manifold_max_flow, supply_c, self.manifold_dt_k,
+                                              self.rack_fluid)
+        capacity = np.where(np.isnan(self.manifold_max_flow), np.inf, capacity)
+        measured = cooling.liquid_capacity_kw(flow, supply, ret - supply, self.rack_fluid)
+        heat = np.where(metered, measured, cooling.heat_to_liquid_kw(load_kw, self.capture))
+        return capacity, heat
 
     def _peak(self, now: float, rack_kw: np.ndarray) -> np.ndarray:
         """Max of each rack's power over the peak window (AI training swings), NaN-aware."""
@@ -243,23 +367,6 @@ class SiteModel:
             out = np.where(present, np.minimum(out, kw), out)  # unknown currents: unknown
         return out
 
-    def _cdu_capacity_kw(self, good) -> np.ndarray:
-        """Each CDU: the smaller of its rating and what its measured flow carries at the
-        loop's design rise (Q = m_dot cp dT, CoolProp properties at the supply temperature);
-        0 with no pump running."""
-        if not self.cdus:
-            return np.zeros(0)
-        loops = {c: lp for lp in self.loops for c in lp.cdus}
-        flow = np.array([good(c.id, "flow_lpm") for c in self.cdus])
-        supply = np.array([good(c.id, "supply_temp_c") for c in self.cdus])
-        pumps = np.array([good(c.id, "pumps_running") for c in self.cdus])
-        by_flow = cooling.liquid_capacity_kw(
-            flow, supply, np.array([loops[c.id].design_dt_k for c in self.cdus]),
-            np.array([loops[c.id].fluid for c in self.cdus]),
-        )
-        rated = np.array([c.rated_kw for c in self.cdus])
-        return np.where(pumps == 0, 0.0, np.minimum(rated, by_flow))  # unknown flow: unknown
-
     def _racks(self, rack_kw, peak_kw, h: RackHeadroom) -> list[RackStatus]:
         return [
             RackStatus(
@@ -272,16 +379,33 @@ class SiteModel:
             for i, r in enumerate(self.site.racks)
         ]
 
-    def _pools(self, h: RackHeadroom, source_load, loop_capacity, loop_heat, supply_c) -> list[Pool]:
-        pools = []
+    def _source_pools(self, h: RackHeadroom, capacity, load, modules_ok) -> list[Pool]:
+        pools, sources = [], h.sources
         for i, s in enumerate(self.sources):
-            racks = [r for r, a, b in zip(self.rack_ids, self.feed_a_source, self.feed_b_source) if i in (a, b)]
-            pools.append(Pool(s.id, s.kind, s.rating_kw, num(source_load[i]), num(h.source_pool_kw[i]), racks))
+            racks = [r for r, a, b in zip(self.rack_ids, self.feed_a_source, self.feed_b_source)
+                     if i in (a, b)]
+            worst = int(sources.worst_failure[i])
+            pools.append(Pool(
+                s.id, s.kind, num(capacity[i]), num(load[i]), num(sources.left_after_failure_kw[i]),
+                num(sources.left_normal_kw[i]), self.sources[worst].id if worst >= 0 else None,
+                racks, rating_kw=s.rating_kw,
+                modules_ok=num(modules_ok[i]) if s.module_kw else None))
+        return pools
+
+    def _loop_pools(self, h: RackHeadroom, cdu_capacity, capacity, capacity_all, heat,
+                    heat_measured, heat_from_racks, supply_c) -> list[Pool]:
+        pools = []
+        largest = cooling.largest_cdu(cdu_capacity, self.cdu_loop, len(self.loops))
         for i, lp in enumerate(self.loops):
             racks = [r for r, k in zip(self.rack_ids, self.rack_loop) if k == i]
-            pools.append(Pool(lp.id, "loop", num(loop_capacity[i]), num(loop_heat[i]),
-                              num(h.loop_pool_kw[i]), racks, num(supply_c[i]),
-                              float(self.loop_limit_c[i])))
+            reserved = self.cdus[largest[i]].id if self.loop_redundant[i] and largest[i] >= 0 else None
+            pools.append(Pool(
+                lp.id, "loop", num(capacity[i]), num(heat[i]), num(h.loop_pool_kw[i]),
+                num(capacity_all[i] - heat[i]), reserved, racks,
+                rating_kw=float(sum(c.rated_kw for c in self.cdus if c.id in lp.cdus)),
+                heat_measured_kw=num(heat_measured[i]), heat_from_racks_kw=num(heat_from_racks[i]),
+                supply_temp_c=num(supply_c[i]), supply_limit_c=float(self.loop_limit_c[i]),
+                supply_compared=lp.class_checked_on))
         return pools
 
     def _backup(self, good, rack_kw) -> list[BackupStatus]:
@@ -349,6 +473,16 @@ class SiteModel:
         return out
 
 
+def _outlet_power_kw(latest: dict[tuple[str, str], Sample]) -> dict[str, float]:
+    """Each PDU's IT equipment input: the sum of its outlets' good power_kw{outlet=N}, in one
+    pass over the latest samples (ISO/IEC 30134-2 category 3)."""
+    out: dict[str, float] = {}
+    for (device, key), s in latest.items():
+        if key.startswith("power_kw{outlet="):
+            out[device] = out.get(device, 0.0) + (float(s.value) if s.good else math.nan)
+    return out
+
+
 def _pdu_arrays(pdus: list) -> tuple[np.ndarray, ...]:
     """breaker_a, voltage_v, phases (0 = DC), power_factor, derating: NaN where no PDU."""
     def col(f):
@@ -379,43 +513,54 @@ class WhatIf:
     first_to_break: str
     complete: bool
     racks_fit_by_limit: dict[str, float | None]  # None: unknown; inf: this limit allows any
-    source_pool_left_kw: float | None
+    not_checked: list[str]  # limits the question did not ask about (feed_kw, air_kw absent)
+    source_pool_kw: float | None  # kW of new racks the row's sources hold, failover kept
     loop_pool_left_kw: float | None
+    source_pool_left_kw: float | None
 
 
 def what_if(model: SiteModel, status: SiteStatus, row: str, racks: int, rack_kw: float,
             capture_ratio: float = 0.85, feed_kw: float | None = None,
             air_kw: float | None = None) -> WhatIf:
-    """Place ``racks`` new racks of ``rack_kw`` into ``row``: they draw on the pools of the
-    row's sources (the smaller one: either may carry them after a failure) and of its loop
-    (the tightest, if the row spans several). ``feed_kw`` is the planned weaker feed of a new
-    rack and ``air_kw`` its air allowance; each is not checked when not given."""
+    """Place ``racks`` new racks of ``rack_kw`` into ``row``, fed like the row's racks: on
+    every pair of sources the row's racks use, the new racks must hold after the worst
+    single source failure (when one feed's source fails the other carries a new rack whole);
+    the tightest pair counts. They draw on the row's loop (the tightest, if the row spans
+    several) with its redundancy kept. ``feed_kw`` is the planned weaker feed of a new rack
+    and ``air_kw`` its air allowance; each is ``not_checked`` when not given."""
     in_row = np.array([r.row == row for r in model.site.racks])
     if not in_row.any():
         rows = sorted({r.row for r in model.site.racks})
         raise ValueError(f"no row '{row}' (rows: {', '.join(rows)})")
     pools = {p.id: p for p in status.pools}
-    feeds = np.r_[model.feed_a_source[in_row], model.feed_b_source[in_row]]
-    source_left = [pools[model.sources[i].id].left_kw for i in set(feeds) if i >= 0]
+    pairs = sorted(set(zip(model.feed_a_source[in_row], model.feed_b_source[in_row])))
+    a, b = (np.array(x, dtype=np.intp) for x in zip(*pairs))
+    per_pair = power.rack_upstream_headroom_kw(
+        status.source_left_by_failure_kw, a, b, np.where(b >= 0, 0.5, 1.0))
     loops = [pools[model.loops[i].id] for i in set(model.rack_loop[in_row]) if i >= 0]
     loop = min(loops, key=lambda p: math.inf if p.left_kw is None else p.left_kw, default=None)
 
     def known(x: float | None) -> float:
         return math.nan if x is None else x
 
+    source_pool = float(np.min(per_pair))  # one unknown pair: unknown
     p = place_racks(
         racks, rack_kw, capture_ratio,
-        feed_capacity_kw=math.inf if feed_kw is None else feed_kw,
-        source_pool_kw=math.nan if None in source_left else min(source_left, default=math.inf),
+        feed_capacity_kw=feed_kw,
+        source_pool_kw=source_pool,
         loop_pool_kw=known(loop.left_kw) if loop else math.inf,
-        loop_supply_temp_c=known(loop.supply_temp_c) if loop else math.nan,
+        loop_supply_temp_c=known(loop.supply_temp_c) if loop else None,
         loop_supply_limit_c=loop.supply_limit_c if loop else math.inf,
-        air_allowance_kw=math.inf if air_kw is None else air_kw,
+        air_allowance_kw=air_kw,
     )
     return WhatIf(
         row=row, racks_requested=racks, rack_kw=rack_kw, capture_ratio=capture_ratio,
         racks_fit=None if math.isnan(p.racks_fit) else int(p.racks_fit),
         feasible=bool(p.feasible), first_to_break=str(p.first_to_break), complete=bool(p.complete),
-        racks_fit_by_limit={n: num(v) for n, v in zip(WHATIF_LIMITS, p.racks_fit_by_limit)},
-        source_pool_left_kw=num(p.source_pool_left_kw), loop_pool_left_kw=num(p.loop_pool_left_kw),
+        racks_fit_by_limit={n: num(v) for n, v in zip(WHATIF_LIMITS, p.racks_fit_by_limit)
+                            if n not in p.not_checked},
+        not_checked=list(p.not_checked),
+        source_pool_kw=num(source_pool),
+        loop_pool_left_kw=num(p.loop_pool_left_kw),
+        source_pool_left_kw=num(p.source_pool_left_kw),
     )

@@ -14,17 +14,7 @@ from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from aidc.api import SiteAPI
-
-
-class WhatIfRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    row: str
-    racks: int = Field(ge=1, le=10_000)
-    kw: float = Field(gt=0)
-    capture: float = Field(0.85, ge=0, le=1)
-    feed_kw: float | None = Field(None, gt=0)
-    air_kw: float | None = Field(None, ge=0)
+from aidc.api import SiteAPI, one_line
 
 
 class AckRequest(BaseModel):
@@ -56,9 +46,7 @@ def parse(model: type[BaseModel], data) -> BaseModel:
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(k) for k in err["loc"]) or "body"
-        raise ValueError(f"{where}: {err['msg']}") from None
+        raise ValueError(one_line(e)) from None
 
 
 def bearer_guard(api_token: str | None):
@@ -69,8 +57,8 @@ def bearer_guard(api_token: str | None):
         def guarded(*args, **kwargs):
             if not api_token:
                 return error(403, "write actions are disabled: set web.api_token in the site file")
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), api_token.encode()):
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme != "Bearer" or not hmac.compare_digest(given.encode(), api_token.encode()):
                 return error(401, "missing or wrong bearer token")
             return view(*args, **kwargs)
 
@@ -124,8 +112,7 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
 
     @app.post("/api/v1/whatif")
     def whatif():
-        q = parse(WhatIfRequest, request.get_json(silent=True))
-        return jsonify(api.what_if(q.row, q.racks, q.kw, q.capture, q.feed_kw, q.air_kw))
+        return jsonify(api.what_if(request.get_json(silent=True)))
 
     @app.get("/api/v1/backup")
     def backup():

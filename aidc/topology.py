@@ -54,8 +54,13 @@ class Topology:
         for src in s.devices_of("rectifier") + s.devices_of("ups"):
             fed = [p.id for p in s.devices_of("pdu") if p.upstream == src.id]
             racks = sorted({self.rack_of_pdu[p].id for p in fed if p in self.rack_of_pdu})
+            size = f"{src.rating_kw:g} kW, {src.redundancy}"
+            if src.modules:
+                usable = min(src.rating_kw, (src.modules - src.spare_modules) * src.module_kw)
+                size = (f"{src.modules} x {src.module_kw:g} kW modules, {src.redundancy}: "
+                        f"{usable:g} of {src.rating_kw:g} kW usable")
             lines.append(
-                f"  {src.kind} {src.id} ({src.rating_kw:g} kW, {src.redundancy}) -> "
+                f"  {src.kind} {src.id} ({size}) -> "
                 f"{len(fed)} PDU feeds -> racks {', '.join(racks) or '-'}"
             )
         for lp in s.loops:

@@ -70,8 +70,7 @@ def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], 
 def device_rules(i: Inputs) -> list[Condition]:
     return (
         _flag(i, "leak", "cdu", "leak", lambda v: v >= 1, CRITICAL, "leak detected at {device}")
-        + _flag(i, "pump_redundancy_lost", "cdu", "pumps_running", lambda v: v < 2, WARNING,
-                "{device} runs on {value:g} pump(s): no spare pump left")
+        + _pump_redundancy(i)
         + _flag(i, "ups_on_battery", "ups", "on_battery", lambda v: v >= 1, CRITICAL,
                 "{device} is on battery: utility power lost")
         + _flag(i, "supercap_soc_low", "supercap", "soc_pct",
@@ -81,17 +80,45 @@ def device_rules(i: Inputs) -> list[Condition]:
     )
 
 
+def _pump_redundancy(i: Inputs) -> list[Condition]:
+    """A CDU running fewer pumps than installed has lost its spare (warning); fewer than its
+    maximum flow needs, it has lost capacity too (critical)."""
+    out = []
+    for d in i.site.devices_of("cdu"):
+        running = i.value(d.id, "pumps_running")
+        short = running is not None and running < d.pumps_required
+        if running is None:
+            summary = f"{d.id}: pumps_running unknown"
+        else:
+            summary = f"{d.id} runs {running:g} of {d.pumps} pumps: " + (
+                f"below the {d.pumps_required} its full flow needs, its capacity is cut"
+                if short else "no spare pump left")
+        out.append(_condition(i, "pump_redundancy_lost", {"device": d.id, "kind": "cdu"},
+                              None if running is None else running < d.pumps, running,
+                              CRITICAL if short else WARNING, summary))
+    return out
+
+
 def _rectifier_redundancy(i: Inputs) -> list[Condition]:
-    """N+1 lost as soon as one module is out (the spare is gone); critical below N."""
+    """Modules lost: warning while no more are lost than the source spares, critical beyond;
+    the summary says how much usable capacity (its redundancy kept) went with them."""
+    pools = {p.id: p for p in i.status.pools} if i.status else {}
     out = []
     for d in i.site.devices_of("rectifier"):
-        ok, total = i.value(d.id, "modules_ok"), i.value(d.id, "modules_total")
+        ok = i.value(d.id, "modules_ok")
+        total = d.modules or i.value(d.id, "modules_total")
         lost = None if ok is None or total is None else total - ok
-        spare = 1 if d.redundancy == "N+1" else 0
+        spare = d.spare_modules if d.modules else (1 if d.redundancy == "N+1" else 0)
+        summary = f"{d.id}: {lost if lost is not None else '?'} of {total} modules out"
+        pool = pools.get(d.id)
+        if d.modules and lost and pool and pool.capacity_kw is not None:
+            full = min(d.rating_kw, (d.modules - spare) * d.module_kw)
+            summary += (f": {pool.capacity_kw:g} of {full:g} kW usable with "
+                        f"{d.redundancy} kept ({full - pool.capacity_kw:g} kW lost)")
         out.append(_condition(
             i, "rectifier_redundancy_lost", {"device": d.id, "kind": "rectifier"},
             None if lost is None else lost > 0, lost, CRITICAL if (lost or 0) > spare else WARNING,
-            f"{d.id}: {lost if lost is not None else '?'} of {total} modules out"))
+            summary))
     return out
 
 

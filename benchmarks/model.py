@@ -33,10 +33,9 @@ from benchmarks.common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.coolant_table import COOLPROP_FLUID, LOOP_PRESSURE_PA
 from models.cooling import (
     ASHRAE_SUPPLY_LIMIT_C,
-    COOLPROP_FLUID,
-    LOOP_PRESSURE_PA,
     heat_to_liquid_kw,
     liquid_capacity_kw,
     loop_capacity_kw,
@@ -147,7 +146,8 @@ def model_tick(s: dict[str, np.ndarray]) -> tuple[RackHeadroom, float]:
         rack_liquid_capacity_kw=rack_liquid,
         feed_a_source=s["feed_a_source"],
         feed_b_source=s["feed_b_source"],
-        source_rating_kw=s["source_rating_kw"],
+        feed_a_share=np.full(s["power_kw"].shape, 0.5),
+        source_capacity_kw=s["source_rating_kw"],
         source_load_kw=source_load_kw(feed_power, feed_source, n_sources),
         rack_loop=s["rack_loop"],
         loop_capacity_kw=loop_capacity_kw(
@@ -182,17 +182,31 @@ class NaiveModel:
             )
         return self.properties[key]
 
+    @staticmethod
+    def upstream(normal: list[float], moved: list[dict[int, float]], a: int, b: int) -> float:
+        """Half of a rack's growth on each source; all of it on one when the other fails."""
+        def worst(s: int, other: int) -> float:  # any failure but ``other``'s, or none
+            return min([normal[s] - kw for f, kw in moved[s].items() if f != other] + [normal[s]])
+
+        whole = min(normal[a] - moved[a].get(b, 0.0), normal[b] - moved[b].get(a, 0.0))
+        return min(whole, worst(a, b) / 0.5, worst(b, a) / 0.5)
+
     def tick(self, s: dict[str, np.ndarray]) -> tuple[list[float], list[str], float]:
         n = len(s["power_kw"])
         racks = {k: v.tolist() for k, v in s.items() if v.ndim >= 1 and len(v) == n}
         n_sources, n_loops = len(s["source_rating_kw"]), len(s["loop_supply_c"])
 
         source_load = [0.0] * n_sources
+        moved: list[dict[int, float]] = [{} for _ in range(n_sources)]  # onto s, when f fails
         for i in range(n):
-            half = racks["power_kw"][i] / 2.0
-            source_load[racks["feed_a_source"][i]] += half
-            source_load[racks["feed_b_source"][i]] += half
-        source_pool = [r - ld for r, ld in zip(s["source_rating_kw"].tolist(), source_load)]
+            a, b = racks["feed_a_source"][i], racks["feed_b_source"][i]
+            p, peak = racks["power_kw"][i], racks["power_kw_peak"][i]
+            load = p if math.isnan(peak) else (peak if math.isnan(p) else max(p, peak))
+            source_load[a] += racks["power_kw"][i] / 2.0
+            source_load[b] += racks["power_kw"][i] / 2.0
+            moved[a][b] = moved[a].get(b, 0.0) + load / 2.0
+            moved[b][a] = moved[b].get(a, 0.0) + load / 2.0
+        normal = [r - ld for r, ld in zip(s["source_rating_kw"].tolist(), source_load)]
 
         by_loop: list[list[float]] = [[] for _ in range(n_loops)]
         for rated, loop in zip(s["cdu_rated_kw"].tolist(), s["cdu_loop"].tolist()):
@@ -236,11 +250,10 @@ class NaiveModel:
                 "design": racks["design_kw"][i] - load,
                 "feed": min(cap_a, cap_b) - load,
                 "phase": phase,
-                "upstream_alone": min(
-                    source_pool[racks["feed_a_source"][i]], source_pool[racks["feed_b_source"][i]]
-                ),
+                "upstream": self.upstream(normal, moved, racks["feed_a_source"][i],
+                                          racks["feed_b_source"][i]),
                 "liquid_rack": (liquid - capture * load) / capture,
-                "loop_alone": loop_pool[loop] / capture,
+                "loop": loop_pool[loop] / capture,
                 "air": air,
                 "supply_class": math.inf if within else 0.0,
             }

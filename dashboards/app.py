@@ -97,8 +97,15 @@ def capacity(api: SiteAPI) -> html.Div:
         html.Div("Racks behind one pool share it: their per-rack headroom figures must not be "
                  "added up.", style={"color": "#57606a", "marginBottom": "6px"}),
         _table("pool-table", [("Pool", "id"), ("Kind", "kind"), ("Capacity (kW)", "capacity_kw"),
-                              ("Load (kW)", "load_kw"), ("Left (kW)", "left_kw")],
-               numeric=("capacity_kw", "load_kw", "left_kw")),
+                              ("Load (kW)", "load_kw"),
+                              ("Left after the worst failure (kW)", "left_kw"),
+                              ("Worst failure", "worst_failure"),
+                              ("Left, nothing more lost (kW)", "left_normal_kw")],
+               numeric=("capacity_kw", "load_kw", "left_kw", "left_normal_kw")),
+        html.Div("Sources hold their racks after any single other source fails (a dual-corded "
+                 "rack then moves its whole load to its surviving feed); loops keep their "
+                 "largest CDU in reserve (N+1). Loops are in kW of heat.",
+                 style={"color": "#57606a", "margin": "6px 0"}),
         html.H3("What if: place new racks in a row"),
         html.Div([
             html.Label(["Row ", dcc.Dropdown(rows, rows[0], id="whatif-row", clearable=False,
@@ -109,6 +116,8 @@ def capacity(api: SiteAPI) -> html.Div:
                        style=field),
             html.Label(["Capture ratio ", dcc.Input(id="whatif-capture", type="number", value=0.85,
                                                     min=0, max=1, step=0.05)], style=field),
+            html.Label(["Feed kW ", dcc.Input(id="whatif-feed", type="number", min=0)], style=field),
+            html.Label(["Air kW ", dcc.Input(id="whatif-air", type="number", min=0)], style=field),
             html.Button("Check", id="whatif-run"),
         ], style={**ROW, "alignItems": "center"}),
         html.Div(id="whatif-result", style={"marginTop": "12px", "fontSize": "16px"}),
@@ -145,6 +154,19 @@ def rack_rows(racks: list[dict]) -> list[dict]:
             for r in racks]
 
 
+def what_if_text(w: dict) -> str:
+    """The answer in words: unknown, not checked and fitting limits named as such."""
+    verdict = "fits" if w["feasible"] else "does not fit"
+    fit = "an unknown number of racks" if w["racks_fit"] is None else f"{w['racks_fit']}"
+    text = (f"{w['racks_requested']} racks of {w['rack_kw']:g} kW in row {w['row']} {verdict}: "
+            f"{fit} fit; first limit to break: {w['first_to_break']}.")
+    if w["unknown"]:
+        text += f" Unknown: {', '.join(w['unknown'])}."
+    if w["not_checked"]:
+        text += f" Not checked: {', '.join(w['not_checked'])} (give the new racks' values)."
+    return text
+
+
 def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
     app = Dash(__name__, server=server, title=f"aidc · {api.site_name}", update_title=None)
     app.layout = layout(api)
@@ -172,7 +194,8 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
             _fmt(site["it_kw"]), _fmt(site["facility_kw"]), _fmt(site["cooling_kw"]), cooling,
             f"{up} / {len(devices)}", rack_figure(racks), rack_rows(racks), alerts,
             "" if alerts else "No active alerts.",
-            [{**b, "bridges": "yes" if b["bridges"] else "NO"} for b in api.backup()],
+            [{**b, "bridges": "yes" if b["bridges"] else "NO" if b["shortfall_s"] is not None
+              else "unknown"} for b in api.backup()],
             pools,
         )
 
@@ -187,14 +210,14 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
     @app.callback(Output("whatif-result", "children"), Input("whatif-run", "n_clicks"),
                   State("whatif-row", "value"), State("whatif-racks", "value"),
                   State("whatif-kw", "value"), State("whatif-capture", "value"),
+                  State("whatif-feed", "value"), State("whatif-air", "value"),
                   prevent_initial_call=True)
-    def what_if(_clicks, row, racks, kw, capture):
-        try:
-            w = api.what_if(row, int(racks), float(kw), float(capture))
-        except (TypeError, ValueError) as e:
+    def what_if(_clicks, row, racks, kw, capture, feed_kw, air_kw):
+        try:  # the API's own validation: the page asks exactly what REST would
+            w = api.what_if({"row": row, "racks": racks, "kw": kw, "capture": capture,
+                             "feed_kw": feed_kw, "air_kw": air_kw})
+        except ValueError as e:
             return f"Cannot check: {e}"
-        verdict = "fits" if w["feasible"] else "does not fit"
-        return (f"{w['racks_requested']} racks of {w['rack_kw']:g} kW in row {row} {verdict}: "
-                f"{w['racks_fit']} fit; first limit to break: {w['first_to_break']}.")
+        return what_if_text(w)
 
     return app

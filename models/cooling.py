@@ -5,9 +5,10 @@ Coolant density and cp come from CoolProp (``Water``; ``INCOMP::MPG[0.25]`` = 25
 glycol by mass, "PG25") at 2 bar and the measured temperature.
 
 CoolProp evaluates one state per call (about 6 us for PG25, 100 us for water), too slow for
-10,000 racks every tick (1.3 s measured in benchmarks/model.py). Each fluid is therefore
-tabulated once per process at 1 K steps from 0 to 100 C (about 25 ms for water, 2 ms for
-PG25; cached, read-only) and read with ``np.interp``. Linear interpolation over 1 K is within
+10,000 racks every tick (1.3 s measured in benchmarks/model.py), and importing it takes ~5 s.
+Each fluid is therefore tabulated from CoolProp at 1 K steps from 0 to 100 C
+(``models.coolant_table``, checked against CoolProp by the tests) and read with
+``np.interp``. Linear interpolation over 1 K is within
 1e-5 (relative) of CoolProp for density, cp and their product, far below sensor error; a
 table, unlike evaluating unique rounded temperatures, costs the same every tick whatever the
 spread of temperatures. Temperatures outside the table give NaN rather than an extrapolation.
@@ -22,14 +23,13 @@ from functools import cache
 from types import MappingProxyType
 
 import numpy as np
-from CoolProp.CoolProp import PropsSI
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
+from models import coolant_table
 from models._arrays import FloatOrArray, Floats, floats, gather, group_sum, scalar_or_array
 
-COOLPROP_FLUID = MappingProxyType({"water": "Water", "PG25": "INCOMP::MPG[0.25]"})
-LOOP_PRESSURE_PA = 2e5
-TABLE_TEMP_C = np.arange(0.0, 101.0, 1.0)
+COOLPROP_FLUID = MappingProxyType(coolant_table.COOLPROP_FLUID)
+TABLE_TEMP_C = np.array(coolant_table.TEMP_C)
 TABLE_TEMP_C.setflags(write=False)
 _DENSITY, _CP, _RHO_CP = 0, 1, 2  # rows of a property table
 
@@ -47,13 +47,11 @@ def _unknown_fluid(fluid: str) -> ValueError:
 @cache
 def _property_table(fluid: str) -> Floats:
     """Rows: density (kg/m3), cp (kJ/(kg K)) and their product (kJ/(m3 K)) of ``fluid`` at
-    TABLE_TEMP_C and 2 bar, from CoolProp."""
+    TABLE_TEMP_C and 2 bar, from CoolProp (models.coolant_table)."""
     if fluid not in COOLPROP_FLUID:
         raise _unknown_fluid(fluid)
-    name = COOLPROP_FLUID[fluid]
-    t_k = TABLE_TEMP_C + 273.15
-    rho = np.array([PropsSI("D", "T", t, "P", LOOP_PRESSURE_PA, name) for t in t_k])
-    cp = np.array([PropsSI("C", "T", t, "P", LOOP_PRESSURE_PA, name) for t in t_k]) / 1000.0
+    rho = np.array(coolant_table.DENSITY_KG_M3[fluid])
+    cp = np.array(coolant_table.CP_KJ_PER_KG_K[fluid])
     table = np.stack([rho, cp, rho * cp])
     table.setflags(write=False)
     return table
@@ -160,6 +158,46 @@ def air_headroom_kw(air_left_kw: ArrayLike, capture_ratio: ArrayLike) -> FloatOr
     +inf when the capture ratio is 1 (no heat to air); negative when already over.
     """
     return scalar_or_array(_rack_kw_from_heat_kw(air_left_kw, 1.0 - floats(capture_ratio)))
+
+
+def cdu_capacity_kw(
+    rated_kw: ArrayLike,
+    max_flow_lpm: ArrayLike,
+    design_supply_c: ArrayLike,
+    design_dt_k: ArrayLike,
+    fluid: str | ArrayLike,
+    pumps_running: ArrayLike,
+    pumps_required: ArrayLike,
+    leak: ArrayLike,
+) -> FloatOrArray:
+    """Heat capacity (kW) a CDU offers now: its rating, derated by what it has lost.
+
+    The rating is the nameplate heat capacity, capped by what its maximum secondary flow
+    carries at the loop's design rise (Q = flow x rho cp x dT at the design supply
+    temperature; ``max_flow_lpm`` NaN: the rating alone). Never the flow it runs now:
+    variable-speed pumps run far below their maximum at part load. Live derating: 0 while
+    its leak sensor trips (it is isolated), and pumps_running / pumps_required (at most 1)
+    when it runs fewer pumps than its full flow needs. NaN when its pumps or leak state are
+    unknown.
+    """
+    rated = floats(rated_kw)
+    by_flow = floats(liquid_capacity_kw(max_flow_lpm, design_supply_c, design_dt_k, fluid))
+    nameplate = np.where(np.isnan(floats(max_flow_lpm)), rated, np.minimum(rated, by_flow))
+    pumps = floats(pumps_running) / floats(pumps_required)
+    factor = np.where(floats(leak) >= 1, 0.0, np.clip(pumps, 0.0, 1.0))
+    factor = np.where(np.isnan(floats(leak)) | np.isnan(pumps), np.nan, factor)
+    return scalar_or_array(nameplate * factor)
+
+
+def largest_cdu(cdu_capacity_kw: ArrayLike, cdu_loop: ArrayLike, n_loops: int) -> NDArray[np.intp]:
+    """Per loop, the index of its largest CDU (the one N+1 redundancy reserves), -1 if none."""
+    capacity = np.where(np.isnan(floats(cdu_capacity_kw)), np.inf, floats(cdu_capacity_kw))
+    loop = np.asarray(cdu_loop, dtype=np.intp)
+    order = np.lexsort((-capacity, loop))  # by loop, largest first
+    loops, first = np.unique(loop[order], return_index=True)
+    out = np.full(n_loops, -1, dtype=np.intp)
+    out[loops] = order[first]
+    return out
 
 
 def loop_capacity_kw(

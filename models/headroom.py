@@ -6,21 +6,23 @@ order, each as rack kW the rack could still add:
 - ``design``: rack design rating - load;
 - ``feed``: weaker single feed's derated capacity - load (NEC 210.20(A), A/B feeds);
 - ``phase``: worst phase of the surviving feed (``power.phase_headroom_kw``);
-- ``upstream_alone``: the pool left on its rectifier/UPS, if this rack alone grew;
-- ``liquid_rack``: the rack's own coolant flow capacity left / capture ratio;
-- ``loop_alone``: its CDU loop's pool left (N+1: largest CDU lost) / capture ratio, if this
-  rack alone grew;
+- ``upstream``: if this rack alone grew, held on its rectifiers/UPS after the worst single
+  source failure (``power.rack_upstream_headroom_kw``, N-1);
+- ``liquid_rack``: the rack's own manifold capacity left / capture ratio;
+- ``loop``: its CDU loop's pool left (N+1: largest CDU lost) / capture ratio, if this rack
+  alone grew;
 - ``air``: the rack's air allowance left / (1 - capture ratio);
 - ``supply_class``: 0 when the loop's facility water supply is outside its ASHRAE TC9.9
-  class (no more load may be added), +inf (no limit) when within.
+  class (no more load may be added), +inf (no bound) when within.
 
 Load is the short-window peak of rack power when given (``power_kw_peak``, e.g. the max over
 the last minutes): capacity must hold the GPU load swings, not their average.
 
 Unknown inputs: a limit whose input is NaN is NaN (unknown) for that rack. ``headroom_kw`` is
 the minimum over the *known* limits and ``limiting`` names it; when some limit is unknown the
-figure is an upper bound, and ``complete`` is False with ``unknown`` saying which. A limit
-that does not apply to a rack (no feed B, no loop, no air allowance, capture 0 or 1) is +inf.
+figure is an upper bound, and ``complete`` is False. The design limit always bounds: with the
+rack's load unknown, the headroom is at most its design rating. A limit that does not apply
+to a rack (no feed B, no loop, no manifold, no air allowance, capture 0 or 1) is +inf.
 Negative headroom = the rack is already over that limit.
 
 Shared limits (upstream, loop) are also returned as pools per source and per loop, so that a
@@ -44,15 +46,20 @@ from models.cooling import (
     rack_loop_headroom_kw,
     supply_within_class,
 )
-from models.power import rack_upstream_headroom_kw, source_headroom_kw
+from models.power import (
+    SourcePools,
+    failover_moved_kw,
+    rack_upstream_headroom_kw,
+    source_pools,
+)
 
 LIMITS: tuple[str, ...] = (
     "design",
     "feed",
     "phase",
-    "upstream_alone",
+    "upstream",
     "liquid_rack",
-    "loop_alone",
+    "loop",
     "air",
     "supply_class",
 )
@@ -67,14 +74,15 @@ class RackHeadroom:
     ``limits_kw``: (racks, len(LIMITS)) kW per limit, NaN unknown, +inf not applicable.
     ``headroom_kw``: (racks,) min over known limits; NaN when none is known.
     ``limiting``: (racks,) name from LIMITS of the binding limit, or 'unknown' / 'none'.
-    ``source_pool_kw``: (sources,) electrical kW left on each rectifier/UPS.
+    ``sources``: electrical kW left on each rectifier/UPS, normally and after each single
+    source failure (``power.SourcePools``).
     ``loop_pool_kw``: (loops,) heat kW left on each CDU loop with its redundancy kept.
     """
 
     limits_kw: Floats
     headroom_kw: Floats
     limiting: NDArray[np.str_]
-    source_pool_kw: Floats
+    sources: SourcePools
     loop_pool_kw: Floats
 
     def limit_kw(self, name: str) -> Floats:
@@ -134,7 +142,8 @@ def rack_headroom(
     rack_liquid_capacity_kw: ArrayLike,
     feed_a_source: ArrayLike,
     feed_b_source: ArrayLike,
-    source_rating_kw: ArrayLike,
+    feed_a_share: ArrayLike,
+    source_capacity_kw: ArrayLike,
     source_load_kw: ArrayLike,
     rack_loop: ArrayLike,
     loop_capacity_kw: ArrayLike,
@@ -142,6 +151,7 @@ def rack_headroom(
     loop_supply_temp_c: ArrayLike,
     loop_supply_limit_c: ArrayLike,
     power_kw_peak: ArrayLike | None = None,
+    rack_liquid_heat_kw: ArrayLike | None = None,
 ) -> RackHeadroom:
     """kW headroom of every rack over the limits in LIMITS, the binding one, and the pools.
 
@@ -154,17 +164,20 @@ def rack_headroom(
     - ``phase_headroom_kw``: ``power.phase_headroom_kw`` (+inf when not metered per phase).
     - ``capture_ratio``: heat to liquid / rack power.
     - ``air_allowance_kw``: air cooling allowed for the residual heat (+inf: none set).
-    - ``rack_liquid_capacity_kw``: the rack's own coolant flow capacity
-      (``cooling.liquid_capacity_kw``; +inf when only the loop limits it).
-    - ``feed_a_source``, ``feed_b_source``: index of each feed's source (-1: no such feed).
+    - ``rack_liquid_capacity_kw``: the rack manifold's heat capacity at its maximum flow
+      (``cooling.liquid_capacity_kw``; +inf when the rack declares none).
+    - ``rack_liquid_heat_kw``: heat in its manifold now (flow x rho cp x dT where metered,
+      else capture x load; NaN: a meter that did not answer). Not given: capture x load.
+    - ``feed_a_source``, ``feed_b_source``: index of each feed's source (-1: no such feed);
+      ``feed_a_share``: the share of the rack's load on feed A (1 with one feed).
     - ``rack_loop``: index of the rack's CDU loop (-1: none).
 
-    Per source, shape (sources,): ``source_rating_kw`` usable (redundancy already removed);
-    ``source_load_kw`` its measured output, or ``power.source_load_kw`` of its feeds.
+    Per source, shape (sources,): ``source_capacity_kw`` usable now (a modular source's
+    from its modules, ``power.modular_capacity_kw``); ``source_load_kw`` its measured output.
 
     Per loop, shape (loops,): ``loop_capacity_kw`` with redundancy kept
-    (``cooling.loop_capacity_kw``); ``loop_heat_kw`` heat on it now (``cooling.loop_heat_kw``
-    of its racks, or the CDUs' measured heat); ``loop_supply_temp_c`` facility water supply;
+    (``cooling.loop_capacity_kw``); ``loop_heat_kw`` heat on it now (its CDUs' measured heat,
+    or ``cooling.loop_heat_kw`` of its racks); ``loop_supply_temp_c`` facility water supply;
     ``loop_supply_limit_c`` its ASHRAE class limit (``cooling.ASHRAE_SUPPLY_LIMIT_C``).
 
     NaN anywhere is unknown; the module docstring says how that is reported.
@@ -174,18 +187,24 @@ def rack_headroom(
         load_kw = np.fmax(load_kw, floats(power_kw_peak))
     capture = floats(capture_ratio)
     loop = np.asarray(rack_loop, dtype=np.intp)
+    a, b = np.asarray(feed_a_source, dtype=np.intp), np.asarray(feed_b_source, dtype=np.intp)
 
-    source_pool = floats(source_headroom_kw(source_rating_kw, source_load_kw))
+    moved = failover_moved_kw(load_kw, feed_a_share, a, b, len(floats(source_capacity_kw)))
+    sources = source_pools(source_capacity_kw, source_load_kw, moved)
     loop_pool = floats(loop_capacity_kw) - floats(loop_heat_kw)
-    liquid_left = _left_kw(rack_liquid_capacity_kw, heat_to_liquid_kw(load_kw, capture))
+    liquid_heat = heat_to_liquid_kw(load_kw, capture)
+    if rack_liquid_heat_kw is not None:
+        liquid_heat = floats(rack_liquid_heat_kw)
+    liquid_left = _left_kw(rack_liquid_capacity_kw, liquid_heat)
     air_left = _left_kw(air_allowance_kw, air_residual_kw(load_kw, capture))
     supply_c = gather(loop_supply_temp_c, loop, absent=np.nan)
+    design = floats(design_kw)
 
     columns = (
-        floats(design_kw) - load_kw,
+        design - load_kw,
         floats(feed_capacity_kw) - load_kw,
         floats(phase_headroom_kw),
-        rack_upstream_headroom_kw(source_pool, feed_a_source, feed_b_source),
+        rack_upstream_headroom_kw(sources.left_by_failure_kw, a, b, feed_a_share),
         liquid_headroom_kw(liquid_left, capture),
         rack_loop_headroom_kw(loop_pool, loop, capture),
         air_headroom_kw(air_left, capture),
@@ -195,4 +214,8 @@ def rack_headroom(
     # one contiguous row per limit; limits_kw is its (racks, limits) transposed view
     limits = np.stack([np.broadcast_to(c, shape) for c in columns], axis=0).T
     headroom, limiting = binding_limit(limits, LIMITS)
-    return RackHeadroom(limits, headroom, limiting, source_pool, loop_pool)
+    # the design limit always bounds: a rack of unknown load can add at most its rating
+    design_binds = np.isnan(load_kw) & ~(headroom <= design)
+    headroom = np.where(design_binds, design, headroom)
+    limiting = np.where(design_binds, "design", limiting)
+    return RackHeadroom(limits, headroom, limiting, sources, loop_pool)

@@ -28,7 +28,8 @@ SWING_FRACTION = 0.04
 LIGHTING_OFFICE_KW = 8.0
 DRY_COOLER_KW_PER_KW_LIQUID = 0.045
 AIR_HANDLING_KW_PER_KW_AIR = 0.25
-CDU_PUMP_FLOW_LPM = 700.0  # per CDU with both pumps: each CDU can carry the loop alone
+CDU_MAX_FLOW_LPM = 900.0  # when the site file gives none
+RECTIFIER_MODULES = 13  # when the site file gives none
 FACILITY_SUPPLY_C = 30.0
 UPS_RUNTIME_MIN = 12.0
 OUTLETS = 24  # per rack PDU (per-outlet profiles)  # at the demo's load, on a full battery
@@ -100,9 +101,14 @@ class SitePhysics:
             q_liquid_kw = sum(rack_kw[r.id] * r.capture_ratio for r in racks)
             heat_air_kw += sum(rack_kw[r.id] * (1 - r.capture_ratio) for r in racks)
             for cdu_id in loop.cdus:
-                v[cdu_id] = self._cdu_values(cdu_id, q_liquid_kw / len(loop.cdus))
+                v[cdu_id] = self._cdu_values(self.site.device(cdu_id), loop,
+                                             q_liquid_kw / len(loop.cdus))
                 cooling_kw += v[cdu_id]["power_kw"] or 0.0
             cooling_kw += DRY_COOLER_KW_PER_KW_LIQUID * q_liquid_kw
+            for r in racks:
+                if r.manifold and r.manifold.meter:
+                    v[r.manifold.meter] = self._manifold_values(
+                        r, loop, rack_kw[r.id] * r.capture_ratio)
         heat_air_kw += sum(
             rack_kw[r.id] for r in self.site.racks if r.loop is None
         )  # racks with no loop are all air
@@ -180,7 +186,7 @@ class SitePhysics:
 
     def _rectifier_values(self, src, in_kw: float, out_kw: float) -> dict[str, float | None]:
         bus_v = 336.0
-        modules_total = 13
+        modules_total = src.modules or RECTIFIER_MODULES
         modules_ok = modules_total - len(self.faults.modules_lost.get(src.id, ()))
         per_module_a = out_kw * 1000 / bus_v / max(modules_ok, 1)
         modules: dict[str, float | None] = {}
@@ -225,30 +231,48 @@ class SitePhysics:
             "input_power_kw": 0.0 if on_battery_s is not None else in_kw,
         }
 
-    def _cdu_values(self, cdu_id: str, q_kw: float) -> dict[str, float | None]:
-        pumps_running = 1 if cdu_id in self.faults.pump_failed else 2
-        flow_lpm = CDU_PUMP_FLOW_LPM * (0.6 if pumps_running == 1 else 1.0)
+    def _cdu_values(self, cdu, loop, q_kw: float) -> dict[str, float | None]:
+        """Variable-speed pumps hold the loop's design rise: flow follows heat (Q = m_dot cp
+        dT), up to the CDU's maximum flow; a lost pump leaves the others to run faster."""
+        max_flow_lpm = cdu.max_flow_lpm or CDU_MAX_FLOW_LPM
+        pumps_running = cdu.pumps - (1 if cdu.id in self.faults.pump_failed else 0)
+        pump_max_lpm = max_flow_lpm / cdu.pumps_required
+        flow_lpm = min(q_kw / (PG25_DENSITY_KG_PER_L * PG25_CP_KJ_PER_KG_K * loop.design_dt_k) * 60,
+                       pumps_running * pump_max_lpm, max_flow_lpm)
         m_dot_kg_s = flow_lpm / 60 * PG25_DENSITY_KG_PER_L
         supply_c = FACILITY_SUPPLY_C + CDU_APPROACH_K
-        return_c = supply_c + q_kw / (m_dot_kg_s * PG25_CP_KJ_PER_KG_K)  # Q = m_dot cp dT
+        return_c = supply_c + q_kw / (m_dot_kg_s * PG25_CP_KJ_PER_KG_K) if flow_lpm else supply_c
         facility_flow_lpm = flow_lpm * 1.1
         facility_return_c = FACILITY_SUPPLY_C + q_kw / (facility_flow_lpm / 60 * 0.997 * 4.18)
+        speed_pct = 100 * flow_lpm / (pumps_running * pump_max_lpm)
         return {
             "supply_temp_c": supply_c,
             "return_temp_c": return_c,
             "flow_lpm": flow_lpm,
-            "dp_kpa": 120.0 * (flow_lpm / CDU_PUMP_FLOW_LPM) ** 2,
-            "pump_speed_pct_1": 70.0,
-            "pump_speed_pct_2": 0.0 if pumps_running == 1 else 70.0,
+            "dp_kpa": 120.0 * (flow_lpm / max_flow_lpm) ** 2,
+            "pump_speed_pct_1": speed_pct,
+            "pump_speed_pct_2": 0.0 if pumps_running < 2 else speed_pct,
             "pumps_running": float(pumps_running),
             "facility_supply_temp_c": FACILITY_SUPPLY_C,
             "facility_return_temp_c": facility_return_c,
             "facility_flow_lpm": facility_flow_lpm,
             "power_kw": 2.5 + 0.004 * q_kw,
-            "leak": 1.0 if cdu_id in self.faults.leak else 0.0,
+            "leak": 1.0 if cdu.id in self.faults.leak else 0.0,
             "reservoir_pct": 82.0,
             "valve_pct": 55.0,
-            "alarm": 1.0 if cdu_id in self.faults.leak or pumps_running < 2 else 0.0,
+            "alarm": 1.0 if cdu.id in self.faults.leak or pumps_running < cdu.pumps else 0.0,
+        }
+
+    @staticmethod
+    def _manifold_values(rack, loop, q_kw: float) -> dict[str, float | None]:
+        """A rack's manifold meter: its valve holds the design rise, so its flow follows its
+        heat; supply is the CDU's."""
+        dt_k = rack.manifold.design_dt_k or loop.design_dt_k
+        supply_c = FACILITY_SUPPLY_C + CDU_APPROACH_K
+        return {
+            "flow_lpm": q_kw / (PG25_DENSITY_KG_PER_L * PG25_CP_KJ_PER_KG_K * dt_k) * 60,
+            "supply_temp_c": supply_c,
+            "return_temp_c": supply_c + dt_k,
         }
 
     def _supercap_values(self, sc, row_kw: float) -> dict[str, float | None]:

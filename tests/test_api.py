@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -53,8 +54,8 @@ def post(web, path, body, **kw):
 def test_rack_headroom_lists_every_limit(web):
     body = get(web, "/api/v1/racks/A03/headroom").json()
     limits = set(body["limits_kw"]) | set(body["unknown"]) | set(body["not_applicable"])
-    assert limits == {"design", "feed", "phase", "upstream_alone", "liquid_rack", "loop_alone",
-                      "air", "supply_class"}
+    assert limits == {"design", "feed", "phase", "upstream", "liquid_rack", "loop", "air",
+                      "supply_class"}
     # the weaker feed of A03 (B, 125 A at 415 V 3-phase: 68.27 kW) against its peak power
     assert body["limits_kw"]["feed"] == pytest.approx(68.27 - body["power_kw_peak"], abs=0.05)
     assert {p["id"] for p in body["pools"]} == {"rect-a", "ups-b", "loop-1"}
@@ -73,13 +74,28 @@ def test_headroom_filters_by_row_and_min_kw(web):
 
 def test_whatif_answers_and_rejects_bad_input(web):
     w = post(web, "/api/v1/whatif", {"row": "B", "racks": 6, "kw": 120, "capture": 0.9}).json()
-    # the loop has ~60-70 kW of heat left, one 120 kW rack brings 108 kW: none fits
-    assert (w["feasible"], w["racks_fit"], w["first_to_break"]) == (False, 0, "loop")
+    # the loop keeps ~200 kW of heat with a CDU in reserve: one 120 kW rack (108 kW) fits
+    assert (w["feasible"], w["racks_fit"], w["first_to_break"]) == (False, 1, "loop")
+    assert w["not_checked"] == ["feed", "air"] and "feed" not in w["racks_fit_by_limit"]
     small = post(web, "/api/v1/whatif", {"row": "A", "racks": 2, "kw": 10}).json()
     assert small["feasible"] and small["racks_fit"] == 2
     r = post(web, "/api/v1/whatif", {"row": "A", "racks": 0, "kw": 10})
     assert r.status_code == 400 and r.json()["error"].startswith("racks:")
     assert post(web, "/api/v1/whatif", {"row": "Q", "racks": 1, "kw": 10}).status_code == 400
+
+
+def test_whatif_holds_after_a_source_failure(web):
+    """12 racks of 45 kW at capture 0.05 in row B would put ~1,000 kW on one source once
+    the other fails: refused by upstream, with as many racks as the failover pool holds."""
+    w = post(web, "/api/v1/whatif", {"row": "B", "racks": 12, "kw": 45, "capture": 0.05}).json()
+    assert (w["feasible"], w["first_to_break"]) == (False, "upstream")
+    pools = {p["id"]: p for p in get(web, "/api/v1/headroom").json()["pools"]}
+    # after ups-b fails, rect-a (720 kW usable) carries every rack: ~460 kW, ~260 kW left
+    it_kw = sum(r["power_kw_peak"] for r in get(web, "/api/v1/racks").json())
+    assert pools["rect-a"]["worst_failure"] == "ups-b"
+    assert pools["rect-a"]["left_kw"] == pytest.approx(720 - it_kw, abs=15)
+    assert w["racks_fit"] * 45 <= w["source_pool_kw"] < (w["racks_fit"] + 1) * 45
+    assert w["source_pool_kw"] <= min(pools["rect-a"]["left_kw"], pools["ups-b"]["left_kw"])
 
 
 def test_backup_chain_bridges_to_the_generator(web):
@@ -107,20 +123,46 @@ def test_acknowledge_needs_the_token(live_site, own_web):
     wait_for(lambda: get(web, "/api/v1/alerts").json() == [], what="the alert to resolve")
 
 
-def test_cli_headroom_and_whatif_read_the_store(shared_live_site):
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aidc.cli", *args],
+                          capture_output=True, text=True, check=False)
+
+
+def strict(text: str):
+    """JSON as any parser reads it: a bare NaN or Infinity is an error, not a number."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_cli_headroom_and_whatif_read_the_store(shared_live_site, tmp_path):
     shared_live_site.settled()
     common = ["--site", str(ROOT / "site_configs" / "demo.yaml"),
               "--data-dir", str(shared_live_site.data_dir)]
-    out = subprocess.run([sys.executable, "-m", "aidc.cli", "headroom", *common, "--row", "A"],
-                         capture_output=True, text=True, check=False)
+    out = cli("headroom", *common, "--row", "A")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [ln.split()[0] for ln in lines[1:5]] == ["A01", "A02", "A03", "A04"]
-    assert "loop loop-1:" in out.stdout and "kW of heat left" in out.stdout
-    w = subprocess.run([sys.executable, "-m", "aidc.cli", "whatif", *common, "--row", "B",
-                        "--racks", "6", "--kw", "120", "--capture", "0.9"],
-                       capture_output=True, text=True, check=False)
+    assert "loop loop-1:" in out.stdout and "kW of heat left keeping" in out.stdout
+    assert "rectifier rect-a:" in out.stdout and "left with ups-b lost" in out.stdout
+    body = strict(cli("headroom", *common, "--json").stdout)
+    assert {r["id"] for r in body["racks"]} == {"A01", "A02", "A03", "A04", "B01", "B02",
+                                                "B03", "B04"}
+    assert body["racks"][0]["not_applicable"] == ["supply_class"]  # A01 has its manifold
+    ask = [*common, "--row", "B", "--racks", "6", "--kw", "120", "--capture", "0.9"]
+    w = cli("whatif", *ask)
     assert w.returncode == 1 and "does NOT fit" in w.stdout and "first to break: loop" in w.stdout
+    assert "feed         not checked" in w.stdout
+    # the same answer and exit code as JSON, which any parser reads
+    wj = cli("whatif", *ask, "--json")
+    assert wj.returncode == 1 and strict(wj.stdout)["first_to_break"] == "loop"
+    assert cli("whatif", *common, "--row", "B", "--racks", "1", "--kw", "5").returncode == 0
+    # a mistyped data directory: exit 2, the path named, and no store made there
+    typo = tmp_path / "dta"
+    bad = cli("headroom", "--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(typo))
+    assert bad.returncode == 2 and f"no store at {typo / 'aidc.sqlite'}" in bad.stderr
+    assert not typo.exists()
 
 
 def test_interval_pue_from_energy_counters(tmp_path):
@@ -182,3 +224,39 @@ def test_interval_pue_says_what_is_missing(tmp_path):
     body = api.interval_pue("30d")
     assert body["pue"] is None and "meter-main.energy_kwh" in body["missing"]
     assert len(body["missing"]) == 16 + 2
+
+
+def test_the_api_and_the_cli_give_every_rack_the_same_numbers(tmp_path, monkeypatch):
+    """A steady site (no GPU swing): the REST API (the runtime's model) and `aidc headroom
+    --json` (the same model evaluated from the store, in another process) agree on every
+    rack's limits, binding limit and pools."""
+    import simulators.physics
+    from aidc.api import pool_json
+    from tests.conftest import start_live_site
+
+    monkeypatch.setattr(simulators.physics, "SWING_FRACTION", 0.0)
+    live = start_live_site(tmp_path / "data")
+    try:
+        wait_for(lambda: live.runtime.ticks >= 6, what="a few ticks in the store")
+        out = subprocess.run(
+            [sys.executable, "-m", "aidc.cli", "headroom", "--json", "--site",
+             str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(live.data_dir)],
+            capture_output=True, text=True, check=False)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        cli = json.loads(out.stdout)
+        api = SiteAPI(live.runtime)
+        by_id = {r["id"]: r for r in api.racks()}
+        pools = {p.id: pool_json(p) for p in live.runtime.status.pools}
+    finally:
+        live.stop()
+    assert len(cli["racks"]) == 8
+    for rack in cli["racks"]:
+        mine = by_id[rack["id"]]
+        assert (rack["limiting"], rack["complete"], rack["unknown"], rack["not_applicable"]) == (
+            mine["limiting"], mine["complete"], mine["unknown"], mine["not_applicable"])
+        assert rack["limits_kw"] == pytest.approx(mine["limits_kw"], abs=0.05)
+        assert rack["headroom_kw"] == pytest.approx(mine["headroom_kw"], abs=0.05)
+    for pool in cli["pools"]:
+        for key in ("capacity_kw", "left_kw", "left_normal_kw"):
+            assert pool[key] == pytest.approx(pools[pool["id"]][key], abs=0.1), (pool["id"], key)
+        assert pool["worst_failure"] == pools[pool["id"]]["worst_failure"]

@@ -38,8 +38,9 @@ def test_check_case(case, monkeypatch, capsys):
 
 def test_demo_site_topology():
     summary = Topology(load_site(ROOT / "site_configs" / "demo.yaml")).summary()
-    assert "site demo: 1 room(s), 8 racks, 24 devices" in summary
-    assert "rectifier rect-a (720 kW, N+1) -> 8 PDU feeds -> racks A01, A02, A03, A04, B01" in summary
+    assert "site demo: 1 room(s), 8 racks, 25 devices" in summary
+    assert ("rectifier rect-a (13 x 60 kW modules, N+1: 720 of 780 kW usable) -> 8 PDU feeds "
+            "-> racks A01, A02, A03, A04, B01") in summary
     assert "loop loop-1 (PG25, W32, N+1): CDUs cdu-1, cdu-2" in summary
     assert "hall1 row A: 4 racks, 360 kW design, 4 with A/B feeds" in summary
 

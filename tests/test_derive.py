@@ -40,7 +40,7 @@ READINGS = {
     ("pdu-2", "power_kw"): 30.0,
     ("pdu-2", "current_a{phase=1}"): 75.0,
     **{(c, m): v for c in ("cdu-1", "cdu-2") for m, v in (
-        ("flow_lpm", 200.0), ("supply_temp_c", 30.0), ("pumps_running", 2.0),
+        ("flow_lpm", 200.0), ("supply_temp_c", 30.0), ("pumps_running", 2.0), ("leak", 0.0),
         ("facility_supply_temp_c", 25.0))},
 }
 
@@ -65,20 +65,23 @@ def test_each_limit_of_each_rack_by_hand(model):
     # PUE = 80 kW / (40 + 30) kW = 1.142857, IT at the PDU outputs: category 2
     assert s.pue == pytest.approx(1.143, abs=1e-3) and s.pue_category == 2
     # R1: design 70 - 40 = 30; feed 400 V x 150 A x 0.8 = 48 kW - 40 = 8;
-    # phase (DC): (0.8 x 150 A - 100 A) x 400 V = 8 kW; upstream 100 - 70 = 30;
-    # loop: CDU by flow 200/60 L/s x 0.9957 kg/L x 4.18 kJ/kgK x 10 K = 138.7 kW > 90 rated,
-    # so 90 each; N+1 keeps one: 90 kW - heat (40 + 30) x 1.0 = 20 kW; capture 1: no air
+    # phase (DC): (0.8 x 150 A - 100 A) x 400 V = 8 kW; upstream 100 - 70 = 30 (one source:
+    # no failure moves load onto it); loop: each CDU its 90 kW rating (the 200 L/min it runs
+    # now is no capacity), N+1 keeps one: 90 kW - heat (40 + 30) x 1.0 = 20 kW; no air
     assert r1.limits_kw["design"] == 30
     assert r1.limits_kw["feed"] == pytest.approx(8)
     assert r1.limits_kw["phase"] == pytest.approx(8)
-    assert r1.limits_kw["upstream_alone"] == 30
-    assert r1.limits_kw["loop_alone"] == pytest.approx(20)
+    assert r1.limits_kw["upstream"] == 30
+    assert r1.limits_kw["loop"] == pytest.approx(20)
     assert r1.limits_kw["air"] == math.inf and r1.limits_kw["supply_class"] == math.inf
     assert (r1.headroom_kw, r1.limiting, r1.complete) == (pytest.approx(8), "feed", True)
     # R2: design 50; feed 400 x 200 x 0.8 = 64 - 30 = 34; upstream 30; loop 20: the loop binds
-    assert (r2.headroom_kw, r2.limiting) == (pytest.approx(20), "loop_alone")
+    assert (r2.headroom_kw, r2.limiting) == (pytest.approx(20), "loop")
     pools = {p.id: p for p in s.pools}
     assert (pools["ups-1"].left_kw, pools["loop-1"].left_kw) == (30, pytest.approx(20))
+    assert pools["ups-1"].worst_failure is None and pools["loop-1"].worst_failure == "cdu-1"
+    # no return temperatures: the loop's heat is the racks' estimate, not a measurement
+    assert pools["loop-1"].heat_measured_kw is None and pools["loop-1"].heat_from_racks_kw == 70
 
 
 def test_facility_water_over_its_class_stops_all_growth(model):
@@ -94,11 +97,11 @@ def test_an_unknown_feed_never_becomes_a_number(model):
     # R2's own power is unknown: design, feed and loop are unknown; what is still known
     # (the UPS's measured 30 kW left, its feed's measured current: 0.8 x 200 - 75 = 85 A x
     # 400 V = 34 kW) bounds it from above, and says so
-    assert [k for k, v in r2.limits_kw.items() if v is None] == ["design", "feed", "loop_alone"]
-    assert (r2.headroom_kw, r2.limiting, r2.complete) == (30, "upstream_alone", False)
+    assert [k for k, v in r2.limits_kw.items() if v is None] == ["design", "feed", "loop"]
+    assert (r2.headroom_kw, r2.limiting, r2.complete) == (30, "upstream", False)
     assert r2.limits_kw["phase"] == pytest.approx(34)
     # R1 is still known on its own limits, but the loop heat is unknown (R2 feeds it)
-    assert r1.limits_kw["loop_alone"] is None and not r1.complete
+    assert r1.limits_kw["loop"] is None and not r1.complete
     assert (r1.headroom_kw, r1.limiting) == (pytest.approx(8), "feed")
 
 
@@ -106,7 +109,7 @@ def test_a_cdu_with_no_pump_running_carries_nothing(model):
     # cdu-2 stopped: N+1 must lose the largest remaining (cdu-1, 90 kW): 0 kW capacity left
     s = model.evaluate(latest({("cdu-2", "pumps_running"): 0.0}), 1000.0)
     assert {p.id: p.capacity_kw for p in s.pools}["loop-1"] == 0
-    assert s.racks[1].limiting == "loop_alone" and s.racks[1].headroom_kw == pytest.approx(-70)
+    assert s.racks[1].limiting == "loop" and s.racks[1].headroom_kw == pytest.approx(-70)
 
 
 def test_capacity_holds_the_peak_of_the_window(model):
@@ -140,6 +143,34 @@ def test_without_a_facility_meter_declared_loads_complete_the_facility(model):
     assert s.pue == pytest.approx(82 / 70, abs=1e-3)
     # conversion loss: UPS input 74 - output 70 = 4 kW; power pPUE = (70 + 4) / 70
     assert s.conversion_loss_kw == 4.0 and s.power_ppue == pytest.approx(74 / 70, abs=1e-3)
+
+
+def test_cooling_neither_metered_nor_declared_leaves_facility_power_unknown(model):
+    # no facility meter, no cooling meter, only the office declared: the facility's cooling
+    # is missing, so facility power and PUE are unknown, never the UPS input + 2 kW
+    site = Site.model_validate(SITE | {
+        "devices": [d for d in SITE["devices"] if d["id"] != "meter"],
+        "model": {"unmetered_kw": {"office": 2.0}},
+    })
+    s = SiteModel(site).evaluate(latest({("ups-1", "input_power_kw"): 74.0}), 1000.0)
+    assert (s.facility_kw, s.pue, s.measured_share) == (None, None, None)
+    assert s.unaccounted == ["cooling"] and "cooling" in s.note
+    # from what is known, (74 + 2) / 70 = 1.086: PUE is at least that
+    assert s.pue_at_least == pytest.approx(76 / 70, abs=1e-3)
+
+
+@pytest.mark.parametrize("where, category, it_kw", [
+    ("ups_output", 1, 70.0),  # the UPS's measured output
+    ("pdu_output", 2, 70.0),  # the PDUs: 40 + 30
+    ("it_input", 3, 66.0),  # the outlets: 2 x 20 + 2 x 13
+])
+def test_pue_category_follows_where_it_is_measured(where, category, it_kw):
+    site = Site.model_validate(SITE | {"model": {"it_measured_at": where}})
+    outlets = {(p, f"power_kw{{outlet={n}}}"): kw for p, kw in (("pdu-1", 20.0), ("pdu-2", 13.0))
+               for n in (1, 2)}
+    s = SiteModel(site).evaluate(latest(outlets), 1000.0)
+    assert (s.pue_category, s.it_kw) == (category, it_kw)
+    assert s.pue == pytest.approx(80 / it_kw, abs=1e-3)
 
 
 def test_power_swings_over_the_last_minute():

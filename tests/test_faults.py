@@ -45,32 +45,56 @@ def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
 
 
 def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
-    before = {p.id: p for p in live.runtime.status.pools}["loop-1"].capacity_kw
-    inject(live, "leak", "cdu-1")
+    def loop():
+        return {p.id: p for p in live.runtime.status.pools}["loop-1"]
+
+    assert loop().capacity_kw == 600  # 2 x 600 kW, N+1: one in reserve
+    # cdu-2 loses one of its two pumps: one still gives its full flow, so its capacity
+    # holds and only the spare pump is gone
     inject(live, "pump_failure", "cdu-2")
+    wait_for(lambda: ("pump_redundancy_lost", "cdu-2") in alerts(live), what="pump alert")
+    assert alerts(live)[("pump_redundancy_lost", "cdu-2")].severity == "warning"
+    assert loop().capacity_kw == 600
+    # cdu-1 leaks: it is to be isolated, so the loop keeps cdu-2 in reserve and has nothing
+    # left with its redundancy kept; without a further loss, 600 kW minus the heat
+    inject(live, "leak", "cdu-1")
     try:
-        wait_for(lambda: {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} <= set(alerts(live)),
-                 what="leak and pump alerts")
-        # cdu-2 at 60 % flow: with N+1 the loop keeps the smaller CDU, so capacity falls
-        after = wait_for(lambda: (c := {p.id: p for p in live.runtime.status.pools}["loop-1"]
-                                  .capacity_kw) < before and c, what="a smaller loop capacity")
-        assert after == pytest.approx(0.6 * before, rel=0.02)
+        wait_for(lambda: ("leak", "cdu-1") in alerts(live), what="leak alert")
+        pool = wait_for(lambda: loop().capacity_kw == 0 and loop(), what="the loop's capacity cut")
+        assert pool.worst_failure == "cdu-2"
+        assert pool.left_normal_kw == pytest.approx(600 - pool.load_kw, abs=0.01)
+        assert all(r.limiting == "loop" for r in live.runtime.status.racks)
     finally:
         inject(live, "leak", "cdu-1", on=False)
         inject(live, "pump_failure", "cdu-2", on=False)
     wait_for(lambda: not {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} & set(alerts(live)),
              what="both alerts to resolve")
+    wait_for(lambda: loop().capacity_kw == 600, what="the loop's capacity back")
 
 
 def test_rectifier_module_loss_costs_its_n_plus_1(live):
+    def rect():
+        return {p.id: p for p in live.runtime.status.pools}["rect-a"]
+
+    assert rect().capacity_kw == 720  # (13 - 1 spare) x 60 kW
     inject(live, "module_loss", "rect-a", value=4)
     try:
         wait_for(lambda: ("rectifier_redundancy_lost", "rect-a") in alerts(live),
                  what="rectifier_redundancy_lost")
         assert sample(live, "rect-a", "modules_ok").value == 12
-        assert alerts(live)[("rectifier_redundancy_lost", "rect-a")].severity == "warning"
+        # with N+1 kept, (12 - 1) x 60 = 660 kW: the alert says what went with the module
+        alert = alerts(live)[("rectifier_redundancy_lost", "rect-a")]
+        assert alert.severity == "warning"
+        assert "660 of 720 kW usable with N+1 kept (60 kW lost)" in alert.summary
+        assert wait_for(lambda: rect().capacity_kw == 660, what="660 kW usable")
+        # a second module, more than it spares: critical, 600 kW
+        inject(live, "module_loss", "rect-a", value=5)
+        alert = wait_for(lambda: (a := alerts(live).get(("rectifier_redundancy_lost", "rect-a")))
+                         and a.severity == "critical" and a, what="the alert to escalate")
+        assert wait_for(lambda: rect().capacity_kw == 600, what="600 kW usable")
     finally:
         inject(live, "module_loss", "rect-a", value=4, on=False)
+        inject(live, "module_loss", "rect-a", value=5, on=False)
     wait_for(lambda: ("rectifier_redundancy_lost", "rect-a") not in alerts(live), what="resolve")
 
 

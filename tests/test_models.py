@@ -23,10 +23,12 @@ from models.cooling import (
     air_headroom_kw,
     air_residual_kw,
     allowed_delta_t_k,
+    cdu_capacity_kw,
     flow_lpm_per_kw,
     fluid_cp_kj_per_kg_k,
     fluid_density_kg_m3,
     heat_to_liquid_kw,
+    largest_cdu,
     liquid_capacity_kw,
     liquid_headroom_kw,
     loop_capacity_kw,
@@ -38,11 +40,13 @@ from models.headroom import LIMITS, binding_limit, rack_headroom
 from models.power import (
     PHASES_DC,
     ab_feed_capacity_kw,
+    failover_moved_kw,
     feed_capacity_kw,
+    modular_capacity_kw,
     phase_headroom_kw,
     rack_upstream_headroom_kw,
-    source_headroom_kw,
     source_load_kw,
+    source_pools,
 )
 from models.pue import (
     conversion_loss_kw,
@@ -190,19 +194,87 @@ def test_phase_headroom_negative_when_a_phase_is_over():
     assert out[0] == approx(-4.78003, abs=1e-5)
 
 
-def test_source_pools_and_the_rack_alone_mapping():
+def test_source_load_sums_its_feeds():
     # feeds 0,1 on source 0 (120 + 80 = 200 kW), feed 2 on source 1 (NaN), feed 3 unassigned
     load = source_load_kw([120.0, 80.0, NAN, 50.0], [0, 0, 1, -1], 2)
     assert load[0] == approx(200.0) and np.isnan(load[1])
-    pool = source_headroom_kw([500.0, 500.0], [200.0, 350.0])  # [300, 150]
-    assert pool == approx([300.0, 150.0])
-    # rack 0: A on 0, B on 1 -> min(300, 150) = 150; rack 1: A on 0, no B -> 300;
-    # rack 2: B on an unknown pool -> unknown
-    upstream = rack_upstream_headroom_kw([300.0, 150.0, NAN], [0, 0, 0], [1, -1, 2])
-    assert upstream[:2] == approx([150.0, 300.0]) and np.isnan(upstream[2])
+
+
+def test_modular_capacity_follows_its_modules():
+    # 13 x 60 kW, N+1 (one spare), busbar 780 kW: 13 OK -> 12 x 60 = 720; 11 OK -> 600;
+    # 12 OK -> 660 (the spare is gone, one module's worth too); 0 OK -> 0 (never negative);
+    # not modular -> its rating; modules unknown -> unknown
+    out = modular_capacity_kw([780.0] * 5 + [750.0], [60.0] * 5 + [NAN],
+                              [13.0, 11.0, 12.0, 0.0, NAN, NAN], [1, 1, 1, 1, 1, 0])
+    assert out[:4] == approx([720.0, 600.0, 660.0, 0.0])
+    assert np.isnan(out[4]) and out[5] == 750.0
+    # capped by the busbar: 14 modules OK of an N+0 system of 60 kW = 840 > 780
+    assert modular_capacity_kw(780.0, 60.0, 14.0, 0) == 780.0
+
+
+def test_failover_moves_each_dual_corded_rack_onto_its_surviving_feed():
+    # rack 0: 100 kW, 40 % on A (source 0), 60 % on B (source 1);
+    # rack 1: 50 kW, half on A (source 1), half on B (source 2);
+    # rack 2: 30 kW, A only on source 0; rack 3: both feeds on source 2 (moves nothing)
+    moved = failover_moved_kw([100.0, 50.0, 30.0, 80.0], [0.4, 0.5, 1.0, 0.5],
+                              [0, 1, 0, 2], [1, 2, -1, 2], 3)
+    # source 1 fails: source 0 gains rack 0's B share 60 kW, source 2 gains rack 1's A 25 kW
+    assert moved[:, 1] == approx([60.0, 0.0, 25.0])
+    # source 0 fails: source 1 gains rack 0's A share 40 kW; source 2 fails: 1 gains 25 kW
+    assert moved[:, 0] == approx([0.0, 40.0, 0.0])
+    assert moved[:, 2] == approx([0.0, 25.0, 0.0])
+
+
+def test_source_pools_after_the_worst_single_failure():
+    # capacities 500, 500, 500; loads 200, 350, 100; moved as above
+    moved = failover_moved_kw([100.0, 50.0, 30.0, 80.0], [0.4, 0.5, 1.0, 0.5],
+                              [0, 1, 0, 2], [1, 2, -1, 2], 3)
+    pools = source_pools([500.0, 500.0, 500.0], [200.0, 350.0, 100.0], moved)
+    # normal: 300, 150, 400. Source 0 with 1 lost: 300 - 60 = 240 (worst, by source 1)
+    # source 1: with 0 lost 150 - 40 = 110, with 2 lost 150 - 25 = 125 -> 110 (by source 0)
+    # source 2: with 1 lost 400 - 25 = 375 (by source 1)
+    assert pools.left_normal_kw == approx([300.0, 150.0, 400.0])
+    assert pools.left_after_failure_kw == approx([240.0, 110.0, 375.0])
+    assert pools.worst_failure.tolist() == [1, 0, 1]
+    assert pools.left_by_failure_kw[0] == approx([INF, 240.0, 300.0, 300.0])
+    # a source onto which no failure moves anything: the "nothing failed" column binds (-1)
+    alone = source_pools([500.0, 500.0], [100.0, 100.0], np.zeros((2, 2)))
+    assert alone.worst_failure.tolist() == [-1, -1]
+    # unknown load: its row is unknown
+    unknown = source_pools([500.0, 500.0], [NAN, 100.0], np.zeros((2, 2)))
+    assert np.isnan(unknown.left_after_failure_kw[0]) and unknown.left_after_failure_kw[1] == 400.0
+
+
+def test_rack_upstream_holds_after_either_source_fails():
+    moved = failover_moved_kw([100.0, 50.0, 30.0, 80.0], [0.4, 0.5, 1.0, 0.5],
+                              [0, 1, 0, 2], [1, 2, -1, 2], 3)
+    left = source_pools([500.0, 500.0, 500.0], [200.0, 350.0, 100.0], moved).left_by_failure_kw
+    up = rack_upstream_headroom_kw(left, [0, 1, 0, 2], [1, 2, -1, 2], [0.4, 0.5, 1.0, 0.5])
+    # rack 0 (sources 0 and 1): source 1 fails -> all its growth on 0: 240; source 0 fails ->
+    # all on 1: 110; source 2 fails or none -> 40 % on 0: 300 / 0.4 = 750, 60 % on 1:
+    # min(125, 150) / 0.6 = 208.3 -> 110
+    assert up[0] == approx(110.0)
+    # rack 1 (1 and 2): 2 fails -> 125 on 1; 1 fails -> 375 on 2; 0 fails -> half on 1:
+    # 110 / 0.5 = 220 -> 125
+    assert up[1] == approx(125.0)
+    # rack 2 (A only, source 0): all of it on 0 whatever fails: min(240, 300, 300) = 240
+    assert up[2] == approx(240.0)
+    # rack 3 (both feeds on source 2): all on 2 under every failure: 375
+    assert up[3] == approx(375.0)
+    # an unknown share or pool: unknown
+    assert np.isnan(rack_upstream_headroom_kw(left, [0], [1], [NAN])[0])
 
 
 # ------------------------------------------------------------------------------- cooling
+
+
+@pytest.mark.parametrize("fluid", ["water", "PG25"])
+def test_the_coolant_table_is_coolprop(fluid):
+    from models import coolant_table
+
+    rho, cp = coolant_table.from_coolprop(fluid)  # CoolProp itself, now
+    assert coolant_table.DENSITY_KG_M3[fluid] == approx(rho, rel=1e-12)
+    assert coolant_table.CP_KJ_PER_KG_K[fluid] == approx(cp, rel=1e-12)
 
 
 def test_coolant_properties_match_reference_table():
@@ -266,6 +338,26 @@ def test_loop_capacity_loses_the_largest_cdu_under_n_plus_1():
     assert cap == approx([800.0, 300.0, 1000.0, 0.0])
 
 
+def test_cdu_capacity_is_rated_never_the_flow_it_runs_now():
+    # 600 kW nameplate; 900 L/min max of PG25 at 35 C over 10 K carries
+    # 900 / 60 000 m3/s x (1011.2 kg/m3 x 3.9603 kJ/(kg K)) x 10 K = 600.7 kW: the nameplate binds
+    rated = cdu_capacity_kw([600.0] * 6, [900.0, 600.0, NAN, 900.0, 900.0, 900.0], 35.0, 10.0,
+                            "PG25", [2.0, 2.0, 2.0, 1.0, 0.0, 2.0], [1.0, 1.0, 1.0, 2.0, 1.0, 1.0],
+                            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    assert rated[0] == 600.0
+    # a 600 L/min maximum caps it at 600 / 900 x 600.7 = 400.5 kW; no max flow: the nameplate
+    assert rated[1] == approx(400.5, abs=0.2) and rated[2] == 600.0
+    # one of the two pumps its full flow needs: half; no pump: 0; a leak isolates it: 0
+    assert rated[3] == 300.0 and rated[4] == 0.0 and rated[5] == 0.0
+    unknown = cdu_capacity_kw(600.0, NAN, 35.0, 10.0, "PG25", NAN, 1.0, 0.0)
+    assert np.isnan(unknown)
+
+
+def test_largest_cdu_of_each_loop():
+    # loop 0: CDUs 0 (400), 1 (600); loop 1: CDU 2 (300); loop 2: none
+    assert largest_cdu([400.0, 600.0, 300.0], [0, 0, 1], 3).tolist() == [1, 2, -1]
+
+
 def test_loop_heat_and_rack_share():
     # loop 0: 85 + 90 = 175 kW; loop 1: 40 + NaN -> unknown; rack 4 has no loop
     heat = loop_heat_kw([85.0, 90.0, 40.0, NAN, 10.0], [0, 0, 1, 1, -1], 2)
@@ -287,7 +379,7 @@ def test_ashrae_supply_class():
 
 
 def _site_headroom():
-    """Six racks, two sources, three loops; each rack shows one case (see the test)."""
+    """Six racks, three sources, four loops; each rack shows one case (see the tests)."""
     cap_a = feed_capacity_kw(60.0, 415.0, 3, 0.95, 0.8)  # 32.777 kW
     cap_b = feed_capacity_kw(48.0, 415.0, 3, 0.95, 0.8)  # 26.222 kW
     rack_liquid = liquid_capacity_kw(150.0, 45.0, 10.0, "PG25")  # 100.23 kW
@@ -302,7 +394,8 @@ def _site_headroom():
         rack_liquid_capacity_kw=[INF, INF, INF, INF, INF, rack_liquid],
         feed_a_source=[0, 0, 0, 0, 2, 1],
         feed_b_source=[1, 1, 1, -1, -1, -1],
-        source_rating_kw=[1000.0, 1000.0, 1000.0],
+        feed_a_share=[0.5, 0.5, 0.5, 1.0, 1.0, 1.0],
+        source_capacity_kw=[1000.0, 1000.0, 1000.0],
         source_load_kw=[700.0, 600.0, NAN],
         rack_loop=[2, 0, 1, 2, 3, 2],
         loop_capacity_kw=loop_capacity_kw(
@@ -329,13 +422,17 @@ def test_rack_limited_by_cdu_loop_after_n_plus_1_loss():
     # loop 0: 3 x 400 kW N+1 -> 800 kW; 800 - 700 kW heat = 100 kW pool; / 0.9 = 111.11 kW
     # (without the N+1 loss: (1 200 - 700) / 0.9 = 555.6 kW would be promised)
     assert h.loop_pool_kw[0] == approx(100.0)
-    assert h.limit_kw("loop_alone")[1] == approx(111.111, abs=1e-3)
+    assert h.limit_kw("loop")[1] == approx(111.111, abs=1e-3)
     # load is the 110 kW peak, not the 100 kW now: design 250 - 110 = 140
     assert h.limit_kw("design")[1] == approx(140.0)
-    # air: 30 kW - 0.1 x 110 = 19 kW left / 0.1 = 190 kW; upstream min(300, 400) = 300
+    # air: 30 kW - 0.1 x 110 = 19 kW left / 0.1 = 190 kW
     assert h.limit_kw("air")[1] == approx(190.0)
-    assert h.limit_kw("upstream_alone")[1] == approx(300.0)
-    assert h.limiting[1] == "loop_alone"
+    # upstream: racks 0-2 put half of 20 + 110 + 50 = 180 kW on each of sources 0 and 1;
+    # source 1 lost -> source 0 carries 700 + 90: 210 left; source 0 lost -> 1000 - 600 - 90
+    # = 310 on source 1: a rack of them may grow by 210 kW, whichever fails
+    assert h.limit_kw("upstream")[1] == approx(210.0)
+    assert h.sources.left_after_failure_kw[:2] == approx([210.0, 310.0])
+    assert h.limiting[1] == "loop"
     assert h.headroom_kw[1] == approx(111.111, abs=1e-3)
 
 
@@ -357,20 +454,36 @@ def test_rack_limited_by_its_own_coolant_flow():
     assert h.limiting[5] == "liquid_rack"
 
 
-def test_nan_inputs_make_their_limits_unknown_and_are_reported():
+def test_a_metered_manifold_heat_replaces_the_capture_estimate():
+    common = {"power_kw": [80.0], "design_kw": [200.0], "feed_capacity_kw": [300.0],
+                  "phase_headroom_kw": [INF], "capture_ratio": [0.9], "air_allowance_kw": [INF],
+                  "rack_liquid_capacity_kw": [100.0], "feed_a_source": [-1], "feed_b_source": [-1],
+                  "feed_a_share": [1.0], "source_capacity_kw": [], "source_load_kw": [], "rack_loop": [-1],
+                  "loop_capacity_kw": [], "loop_heat_kw": [], "loop_supply_temp_c": [],
+                  "loop_supply_limit_c": []}  # fmt: skip
+    # metered 81 kW in the manifold (more than 0.9 x 80 = 72): (100 - 81) / 0.9 = 21.11
+    h = rack_headroom(**common, rack_liquid_heat_kw=[81.0])
+    assert h.limit_kw("liquid_rack")[0] == approx(21.111, abs=1e-3)
+    # a meter that did not answer: unknown, not the estimate
+    h = rack_headroom(**common, rack_liquid_heat_kw=[NAN])
+    assert np.isnan(h.limit_kw("liquid_rack")[0]) and not h.complete[0]
+
+
+def test_nan_inputs_make_their_limits_unknown_and_the_design_still_bounds():
     h = _site_headroom()
-    # rack 3: power unknown -> design, feed, phase unknown; the known ones still bind:
-    # upstream 1 000 - 700 = 300 (no feed B); loop 2: (2 000 - 500) / 0.8 = 1 875
+    # rack 3: power unknown -> design, feed, phase unknown; known: upstream 210 (A only, on
+    # source 0), loop 2: (2 000 - 500) / 0.8 = 1 875. The design rating still bounds a rack
+    # of unknown load: at most 100 kW, never the 210 kW of the upstream pool
     unknown = dict(zip(LIMITS, h.unknown[3]))
     assert unknown["design"] and unknown["feed"] and unknown["phase"]
-    assert not unknown["upstream_alone"] and not unknown["loop_alone"]
-    assert h.headroom_kw[3] == approx(300.0)
-    assert h.limiting[3] == "upstream_alone"
-    assert not h.complete[3]  # 300 kW is an upper bound
-    # rack 4: source load, loop heat and supply unknown too: no finite known limit
-    assert np.isnan(h.headroom_kw[4]) and h.limiting[4] == "unknown"
+    assert not unknown["upstream"] and not unknown["loop"]
+    assert h.limit_kw("upstream")[3] == approx(210.0)
+    assert (h.headroom_kw[3], h.limiting[3]) == (100.0, "design")
+    assert not h.complete[3]  # 100 kW is an upper bound
+    # rack 4: source load, loop heat and supply unknown too: only the design bound is left
+    assert (h.headroom_kw[4], h.limiting[4]) == (100.0, "design") and not h.complete[4]
     # pools: source 2 unknown, loop 3 unknown
-    assert h.source_pool_kw == approx([300.0, 400.0, NAN], nan_ok=True)
+    assert h.sources.left_after_failure_kw == approx([210.0, 310.0, NAN], nan_ok=True)
     assert np.isnan(h.loop_pool_kw[3])
 
 
@@ -385,7 +498,8 @@ def test_headroom_is_negative_when_a_rack_is_over():
         rack_liquid_capacity_kw=[INF],
         feed_a_source=[-1],
         feed_b_source=[-1],
-        source_rating_kw=[],
+        feed_a_share=[1.0],
+        source_capacity_kw=[],
         source_load_kw=[],
         rack_loop=[-1],
         loop_capacity_kw=[],
@@ -395,7 +509,7 @@ def test_headroom_is_negative_when_a_rack_is_over():
     )
     # 120 - 130 = -10 kW; no source, no loop: those limits do not apply (+inf)
     assert h.headroom_kw[0] == approx(-10.0) and h.limiting[0] == "design"
-    assert h.limit_kw("upstream_alone")[0] == INF and h.limit_kw("supply_class")[0] == INF
+    assert h.limit_kw("upstream")[0] == INF and h.limit_kw("supply_class")[0] == INF
 
 
 def test_binding_limit_ties_and_open_rows():
@@ -440,6 +554,14 @@ def test_whatif_feasible_and_what_breaks_first_anyway():
     p = _six_racks(source_pool_kw=1000.0, loop_pool_kw=720.0)
     # loop floor(720 / 108) = 6 (6.67): all 6 fit; upstream at 8 and loop at 6 -> loop closest
     assert p.feasible and p.racks_fit == 6 and p.first_to_break == "loop"
+
+
+def test_whatif_feed_and_air_not_given_are_not_checked():
+    p = _six_racks(feed_capacity_kw=None, air_allowance_kw=None)
+    # never "all fit": they were not asked about, and the answer does not depend on them
+    assert p.not_checked == ("feed", "air")
+    assert p.racks_fit == 3 and p.first_to_break == "upstream" and p.complete
+    assert _six_racks().not_checked == ()
 
 
 def test_whatif_per_rack_limits_are_all_or_none():
@@ -491,14 +613,17 @@ def test_whatif_many_rows_at_once():
 
 def test_whatif_draws_from_headroom_pools():
     h = _site_headroom()
-    # row on source 0 (pool 300) and loop 0 (pool 100 heat kW): 120 kW racks at 0.9 capture
-    # upstream floor(300 / 120) = 2, loop floor(100 / 108) = 0 -> none fit, loop breaks
+    # new racks fed from sources 0 and 1, half each: 210 kW of them hold after either fails
+    # (rack_upstream_headroom_kw of a new rack); loop 0 (pool 100 heat kW): 120 kW racks at
+    # 0.9 capture: upstream floor(210 / 120) = 1, loop floor(100 / 108) = 0 -> loop breaks
+    pool = rack_upstream_headroom_kw(h.sources.left_by_failure_kw, [0], [1], [0.5])[0]
+    assert pool == approx(210.0)
     p = place_racks(
         2,
         120.0,
         0.9,
         feed_capacity_kw=130.0,
-        source_pool_kw=h.source_pool_kw[0],
+        source_pool_kw=pool,
         loop_pool_kw=h.loop_pool_kw[0],
         loop_supply_temp_c=30.0,
         loop_supply_limit_c=32.0,

@@ -1,6 +1,6 @@
 """Read-only proof: a full poll cycle over every profile sends no write of any kind.
 
-One device per profile in collectors/profiles, two of them behind one Modbus gateway and
+One device per profile in collectors/profiles, three of them behind one Modbus gateway and
 the UPS over SNMPv3 authPriv with its keys from the environment, polled by the real
 runtime; the simulators record every request they receive.
 """
@@ -27,6 +27,7 @@ rooms: [{{id: r}}]
 devices:
   - {{id: meter, kind: meter, role: facility, protocol: modbus, port: {gw}, modbus: {{unit_id: 1}}, profile: power_meter}}
   - {{id: rect, kind: rectifier, protocol: modbus, port: {gw}, modbus: {{unit_id: 2}}, profile: hvdc_rectifier, rating_kw: 200}}
+  - {{id: mf, kind: manifold, protocol: modbus, port: {gw}, modbus: {{unit_id: 3}}, profile: manifold_flow_meter}}
   - id: ups
     kind: ups
     protocol: snmp
@@ -42,7 +43,8 @@ devices:
   - {{id: sc, kind: supercap, protocol: opcua, port: {sc}, profile: supercap_opcua, capacitance_f: 20, vmax_v: 400, vmin_v: 280}}
 loops: [{{id: l, cdus: [cdu-mb, cdu-plc]}}]
 racks:
-  - {{id: R1, room: r, row: A, design_kw: 60, feed_a: pdu-apc, feed_b: pdu-rar, loop: l, supercap: sc}}
+  - {{id: R1, room: r, row: A, design_kw: 60, feed_a: pdu-apc, feed_b: pdu-rar, loop: l, supercap: sc,
+      manifold: {{max_flow_lpm: 100, meter: mf}}}}
 """
 READ_FUNCTION_CODES = {1, 2, 3, 4}
 READ_PDUS = {"GetRequest", "GetNextRequest", "GetBulkRequest"}

@@ -49,7 +49,9 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(config: StoreConfig, data_dir: Path) -> Store:
+def open_store(config: StoreConfig, data_dir: Path, create: bool = True) -> Store:
+    """The site's store; ``create=False`` (readers such as `aidc headroom`) refuses to make
+    an empty embedded store where none is, and says where it looked."""
     if config.backend == "influxdb":
         from aidc.store.influx import InfluxStore
 
@@ -57,4 +59,8 @@ def open_store(config: StoreConfig, data_dir: Path) -> Store:
     from aidc.store.sqlite import SqliteStore
 
     path = Path(config.path)
-    return SqliteStore(path if path.is_absolute() else data_dir / path)
+    path = path if path.is_absolute() else data_dir / path
+    if not create and not path.is_file():
+        raise StoreUnavailable(
+            f"no store at {path}: give the --data-dir that `aidc run` (or `aidc demo`) uses")
+    return SqliteStore(path)

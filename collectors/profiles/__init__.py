@@ -87,7 +87,7 @@ class _Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
     description: str = ""
-    kind: Literal["cdu", "rectifier", "ups", "supercap", "pdu", "meter"]
+    kind: Literal["cdu", "rectifier", "ups", "supercap", "pdu", "meter", "manifold"]
 
 
 class ModbusProfile(_Profile):
@@ -124,7 +124,7 @@ def load_profile(name: str) -> ModbusProfile | SnmpProfile | OpcuaProfile:
     """Load ``name`` (a file in collectors/profiles, or a path to a YAML file)."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
     except OSError:
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise ProfileError(f"profile '{name}' not found (known: {known})") from None
