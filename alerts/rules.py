@@ -109,7 +109,7 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition]:
         total = d.modules or i.value(d.id, "modules_total")
         lost = None if ok is None or total is None else total - ok
         spare = d.spare_modules if d.modules else (1 if d.redundancy == "N+1" else 0)
-        summary = f"{d.id}: {lost if lost is not None else '?'} of {total} modules out"
+        summary = f"{d.id}: {'?' if lost is None else f'{lost:g}'} of {total:g} modules out"
         pool = pools.get(d.id)
         if d.modules and lost and pool and pool.capacity_kw is not None:
             full = min(d.rating_kw, (d.modules - spare) * d.module_kw)
