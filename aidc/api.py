@@ -185,7 +185,8 @@ class SiteAPI:
         cooling_kwh = energy_kwh("meter", [model.cooling_meter]) if model.cooling_meter else math.nan
         # each counter is read to one step of its register: until the energy counted dwarfs
         # those steps, the ratio says more about rounding than about the site
-        it_resolution_kwh = sum(counter_step_kwh(site.device(d)) for d in it_devices)
+        by_id = {d.id: d for d in site.devices}
+        it_resolution_kwh = sum(counter_step_kwh(by_id[d]) for d in it_devices)
         settled = it_kwh >= MIN_STEPS_COUNTED * it_resolution_kwh
         note = None if settled or math.isnan(it_kwh) else (
             f"not enough energy counted yet: {it_kwh:.2f} kWh of IT energy against counters "

@@ -277,6 +277,20 @@ def _print_orders(name: str, words: list[int], configured: str | None) -> None:
         print(f"  {order}  {value:>16.6g}{mark}")
 
 
+def cmd_gen_site(args: argparse.Namespace) -> int:
+    from aidc.sitegen import generate
+
+    try:
+        text = generate(args.racks, args.seed, args.first_port)
+    except ValueError as e:
+        return _fail(str(e))
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aidc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -316,6 +330,13 @@ def parser() -> argparse.ArgumentParser:
             h.add_argument("--capture", type=float, default=0.85, help="heat to liquid share")
             h.add_argument("--feed-kw", type=float, help="planned weaker feed of a new rack")
             h.add_argument("--air-kw", type=float, help="air allowance of a new rack")
+
+    g = sub.add_parser("gen-site", help="write a consistent large site file (for benchmarks)")
+    g.add_argument("--racks", type=int, required=True)
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--first-port", type=int, default=10_000, help="ports count up from here")
+    g.add_argument("-o", "--output", help="file to write (default: standard output)")
+    g.set_defaults(func=cmd_gen_site)
 
     pr = sub.add_parser("probe", help="read one device once and print every mapped metric")
     pr.add_argument("device")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -304,6 +305,8 @@ class Site(Strict):
     loops: list[Loop] = []
 
     def device(self, device_id: str) -> Any:
+        """The device with this id (KeyError if none): one lookup; index `devices` by id
+        where many are needed."""
         for d in self.devices:
             if d.id == device_id:
                 return d
@@ -364,9 +367,9 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
     for i, lp in enumerate(site.loops):
         for j, c in enumerate(lp.cdus):
             need(("loops", i, "cdus", j), c, {"cdu"}, "cdu")
-    fed = [r.feed_a for r in site.racks] + [r.feed_b for r in site.racks if r.feed_b]
+    fed = Counter([r.feed_a for r in site.racks] + [r.feed_b for r in site.racks if r.feed_b])
     for i, d in enumerate(site.devices):
-        if d.kind == "pdu" and fed.count(d.id) > 1:
+        if d.kind == "pdu" and fed[d.id] > 1:
             errors.append((("devices", i, "id"), f"pdu '{d.id}' feeds more than one rack"))
     return errors
 

@@ -23,6 +23,7 @@ from models.headroom import LIMITS, RackHeadroom, rack_headroom
 from models.whatif import WHATIF_LIMITS, place_racks
 
 PHASES = (1, 2, 3)
+PHASE_CURRENT = tuple(series_key("current_a", {"phase": str(n)}) for n in PHASES)
 SWING_WINDOW_S = 60.0  # GPU load swings are judged over the last minute
 
 
@@ -173,6 +174,24 @@ class SiteModel:
         self.manifold_meter = [m.meter if m else None for m in liquid]
         self.rack_fluid = np.array([lp.fluid if lp else "PG25" for lp in loops])
         self.rack_design_supply_c = np.array([lp.design_supply_c if lp else 35.0 for lp in loops])
+
+        # who draws on what, once: sources, loops and supercaps list their racks
+        self.source_racks: list[list[str]] = [[] for _ in self.sources]
+        self.loop_racks: list[list[str]] = [[] for _ in self.loops]
+        for r, a, b, k in zip(self.rack_ids, self.feed_a_source, self.feed_b_source, self.rack_loop):
+            self.source_racks[a].append(r)
+            if b >= 0 and b != a:
+                self.source_racks[b].append(r)
+            if k >= 0:
+                self.loop_racks[k].append(r)
+        self.loop_rated_kw = cooling.loop_capacity_kw(self.cdu_rated_kw, self.cdu_loop, len(self.loops), 0)
+        self.supercaps = site.devices_of("supercap")
+        supercap_index = {sc.id: i for i, sc in enumerate(self.supercaps)}
+        self.rack_supercap = np.array([supercap_index.get(r.supercap, -1) for r in racks], dtype=np.intp)
+        self.supercap_sources = [
+            sorted({int(x) for x in np.r_[self.feed_a_source[mine], self.feed_b_source[mine]] if x >= 0})
+            for mine in (self.rack_supercap == i for i in range(len(self.supercaps)))
+        ]
 
         meters = site.devices_of("meter")
         self.facility_meter = next((m.id for m in meters if m.role == "facility"), None)
@@ -357,8 +376,8 @@ class SiteModel:
             if not present.any():
                 continue
             amps = np.array([
-                [good(p.id, series_key("current_a", {"phase": str(n)}))
-                 if p and (n == 1 or p.phases == 3) else 0.0 for n in PHASES]
+                [good(p.id, key) if p and (n == 1 or p.phases == 3) else 0.0
+                 for n, key in zip(PHASES, PHASE_CURRENT)]
                 for p in pdus
             ])  # DC and single-phase feeds carry their current on phase 1 only
             safe_kw = np.where(feed_kw > 0, feed_kw, 1.0)
@@ -368,27 +387,26 @@ class SiteModel:
         return out
 
     def _racks(self, rack_kw, peak_kw, h: RackHeadroom) -> list[RackStatus]:
+        power, peak, headroom = _numbers(rack_kw), _numbers(peak_kw), _numbers(h.headroom_kw)
+        limits = _numbers(h.limits_kw)
         return [
             RackStatus(
-                id=r.id, room=r.room, row=r.row, design_kw=r.design_kw,
-                power_kw=num(rack_kw[i]), power_kw_peak=num(peak_kw[i]),
-                headroom_kw=num(h.headroom_kw[i]), limiting=str(h.limiting[i]),
-                complete=bool(h.complete[i]),
-                limits_kw={name: num(h.limits_kw[i, k]) for k, name in enumerate(LIMITS)},
+                id=r.id, room=r.room, row=r.row, design_kw=r.design_kw, power_kw=power[i],
+                power_kw_peak=peak[i], headroom_kw=headroom[i], limiting=limiting,
+                complete=complete, limits_kw=dict(zip(LIMITS, limits[i])),
             )
-            for i, r in enumerate(self.site.racks)
+            for i, (r, limiting, complete) in enumerate(
+                zip(self.site.racks, h.limiting.tolist(), h.complete.tolist()))
         ]
 
     def _source_pools(self, h: RackHeadroom, capacity, load, modules_ok) -> list[Pool]:
         pools, sources = [], h.sources
         for i, s in enumerate(self.sources):
-            racks = [r for r, a, b in zip(self.rack_ids, self.feed_a_source, self.feed_b_source)
-                     if i in (a, b)]
             worst = int(sources.worst_failure[i])
             pools.append(Pool(
                 s.id, s.kind, num(capacity[i]), num(load[i]), num(sources.left_after_failure_kw[i]),
                 num(sources.left_normal_kw[i]), self.sources[worst].id if worst >= 0 else None,
-                racks, rating_kw=s.rating_kw,
+                self.source_racks[i], rating_kw=s.rating_kw,
                 modules_ok=num(modules_ok[i]) if s.module_kw else None))
         return pools
 
@@ -397,51 +415,51 @@ class SiteModel:
         pools = []
         largest = cooling.largest_cdu(cdu_capacity, self.cdu_loop, len(self.loops))
         for i, lp in enumerate(self.loops):
-            racks = [r for r, k in zip(self.rack_ids, self.rack_loop) if k == i]
             reserved = self.cdus[largest[i]].id if self.loop_redundant[i] and largest[i] >= 0 else None
             pools.append(Pool(
                 lp.id, "loop", num(capacity[i]), num(heat[i]), num(h.loop_pool_kw[i]),
-                num(capacity_all[i] - heat[i]), reserved, racks,
-                rating_kw=float(sum(c.rated_kw for c in self.cdus if c.id in lp.cdus)),
+                num(capacity_all[i] - heat[i]), reserved, self.loop_racks[i],
+                rating_kw=float(self.loop_rated_kw[i]),
                 heat_measured_kw=num(heat_measured[i]), heat_from_racks_kw=num(heat_from_racks[i]),
                 supply_temp_c=num(supply_c[i]), supply_limit_c=float(self.loop_limit_c[i]),
                 supply_compared=lp.class_checked_on))
         return pools
 
     def _backup(self, good, rack_kw) -> list[BackupStatus]:
-        m = self.site.model
+        m, n = self.site.model, len(self.supercaps)
+        load_kw = np.bincount(self.rack_supercap[self.rack_supercap >= 0],
+                              weights=rack_kw[self.rack_supercap >= 0], minlength=n)
+        ts, row_kw = self._last_minute(n)
         out = []
-        for sc in self.site.devices_of("supercap"):
-            mine = np.array([r.supercap == sc.id for r in self.site.racks])
-            load_kw = float(np.sum(rack_kw[mine]))
+        for i, sc in enumerate(self.supercaps):
             v = good(sc.id, "voltage_v")
-            cap_f = good(sc.id, "capacitance_f")
-            energy_j = backup.supercap_usable_energy_j(cap_f, v, sc.vmin_v)
-            supercap_s = backup.ride_through_s(energy_j, load_kw, m.supercap_efficiency)
-            battery_s = self._battery_s(good, mine)
+            energy_j = backup.supercap_usable_energy_j(good(sc.id, "capacitance_f"), v, sc.vmin_v)
+            supercap_s = backup.ride_through_s(energy_j, load_kw[i], m.supercap_efficiency)
+            battery_s = self._battery_s(good, self.supercap_sources[i])
             chain = backup.backup_chain(supercap_s, battery_s, m.generator_start_s, m.transfer_s)
-            ts, row_kw = self._last_minute(mine)
             out.append(BackupStatus(
-                supercap=sc.id, load_kw=num(load_kw), usable_energy_kj=num(energy_j / 1000),
+                supercap=sc.id, load_kw=num(load_kw[i]), usable_energy_kj=num(energy_j / 1000),
                 supercap_s=num(supercap_s), battery_s=num(battery_s), bridge_s=num(chain.bridge_s),
                 required_s=float(chain.required_s), shortfall_s=num(chain.shortfall_s),
-                bridges=bool(chain.bridges), swing_kw=num(backup.power_swing_kw(row_kw)),
-                ramp_kw_per_s=num(backup.power_ramp_kw_per_s(ts, row_kw)),
+                bridges=bool(chain.bridges), swing_kw=num(backup.power_swing_kw(row_kw[:, i])),
+                ramp_kw_per_s=num(backup.power_ramp_kw_per_s(ts, row_kw[:, i])),
                 smoothing_kw=num(backup.supercap_max_power_kw(v, good(sc.id, "esr_mohm"))),
             ))
         return out
 
-    def _last_minute(self, racks_mask) -> tuple[np.ndarray, np.ndarray]:
-        """Times and summed power of these racks over the last 60 s (for dP/dt)."""
+    def _last_minute(self, n_supercaps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Times, and the summed power of each supercap's racks, over the last 60 s (dP/dt):
+        (times,) and (times, supercaps)."""
         recent = [(t, p) for t, p in self.peaks if t >= self.peaks[-1][0] - SWING_WINDOW_S]
-        return (np.array([t for t, _ in recent]),
-                np.array([p[racks_mask].sum() for _, p in recent]))
+        mine = self.rack_supercap >= 0
+        sums = [np.bincount(self.rack_supercap[mine], weights=p[mine], minlength=n_supercaps)
+                for _, p in recent]
+        return np.array([t for t, _ in recent]), np.array(sums).reshape(len(recent), n_supercaps)
 
-    def _battery_s(self, good, racks_mask) -> float:
-        """The weakest battery behind these racks' feeds: UPS runtime, or configured."""
-        used = set(self.feed_a_source[racks_mask]) | set(self.feed_b_source[racks_mask]) - {-1}
+    def _battery_s(self, good, sources: list[int]) -> float:
+        """The weakest battery behind these sources: UPS runtime, or configured."""
         seconds = []
-        for i in used:
+        for i in sources:
             s = self.sources[i]
             runtime = good(s.id, "runtime_min") if s.kind == "ups" else math.nan
             if math.isnan(runtime) and s.battery_runtime_min is not None:
@@ -471,6 +489,12 @@ class SiteModel:
             if None not in kw:
                 out.append(Sample("room", {"site": self.site.site, "room": room}, "it_kw", sum(kw), t))
         return out
+
+
+def _numbers(values: np.ndarray) -> list:
+    """An array as JSON-friendly Python numbers (num() element by element, in one pass)."""
+    rounded = np.round(values, 3)
+    return np.where(np.isnan(rounded), None, rounded).tolist()
 
 
 def _outlet_power_kw(latest: dict[tuple[str, str], Sample]) -> dict[str, float]:

@@ -51,23 +51,26 @@ class Topology:
         for d in s.devices:
             by_proto[d.protocol] = by_proto.get(d.protocol, 0) + 1
         lines.append("  protocols: " + ", ".join(f"{n} {p}" for p, n in sorted(by_proto.items())))
+        feeds: dict[str, list[str]] = {}
+        for p in s.devices_of("pdu"):
+            feeds.setdefault(p.upstream, []).append(p.id)
         for src in s.devices_of("rectifier") + s.devices_of("ups"):
-            fed = [p.id for p in s.devices_of("pdu") if p.upstream == src.id]
+            fed = feeds.get(src.id, [])
             racks = sorted({self.rack_of_pdu[p].id for p in fed if p in self.rack_of_pdu})
             size = f"{src.rating_kw:g} kW, {src.redundancy}"
             if src.modules:
                 usable = min(src.rating_kw, (src.modules - src.spare_modules) * src.module_kw)
                 size = (f"{src.modules} x {src.module_kw:g} kW modules, {src.redundancy}: "
                         f"{usable:g} of {src.rating_kw:g} kW usable")
-            lines.append(
-                f"  {src.kind} {src.id} ({size}) -> "
-                f"{len(fed)} PDU feeds -> racks {', '.join(racks) or '-'}"
-            )
+            lines.append(f"  {src.kind} {src.id} ({size}) -> {len(fed)} PDU feeds -> racks "
+                         f"{_few(racks)}")
+        on_loop: dict[str, list[str]] = {}
+        for r in s.racks:
+            on_loop.setdefault(r.loop or "", []).append(r.id)
         for lp in s.loops:
-            racks = [r.id for r in s.racks if r.loop == lp.id]
             lines.append(
                 f"  loop {lp.id} ({lp.fluid}, {lp.ashrae_class}, {lp.redundancy}): "
-                f"CDUs {', '.join(lp.cdus)} -> racks {', '.join(racks) or '-'}"
+                f"CDUs {', '.join(lp.cdus)} -> racks {_few(on_loop.get(lp.id, []))}"
             )
         rows: dict[tuple[str, str], list[Rack]] = {}
         for r in s.racks:
@@ -79,3 +82,10 @@ class Topology:
                 f"  {room} row {row}: {len(racks)} racks, {design:g} kW design, {ab} with A/B feeds"
             )
         return "\n".join(lines)
+
+
+def _few(ids: list[str], most: int = 8) -> str:
+    """A list of ids that stays one readable line on a large site."""
+    if not ids:
+        return "-"
+    return ", ".join(ids) if len(ids) <= most else f"{ids[0]} .. {ids[-1]} ({len(ids)} racks)"

@@ -53,6 +53,7 @@ class SitePhysics:
 
     def __init__(self, site: Site, load_factor: float = 0.7, clock=time.time):
         self.site, self.clock, self.faults = site, clock, Faults()
+        self.devices = {d.id: d for d in site.devices}
         self.load = {
             r.id: min(0.95, load_factor + 0.05 * ((i * 7) % 5 - 2)) for i, r in enumerate(site.racks)
         }
@@ -101,7 +102,7 @@ class SitePhysics:
             q_liquid_kw = sum(rack_kw[r.id] * r.capture_ratio for r in racks)
             heat_air_kw += sum(rack_kw[r.id] * (1 - r.capture_ratio) for r in racks)
             for cdu_id in loop.cdus:
-                v[cdu_id] = self._cdu_values(self.site.device(cdu_id), loop,
+                v[cdu_id] = self._cdu_values(self.devices[cdu_id], loop,
                                              q_liquid_kw / len(loop.cdus))
                 cooling_kw += v[cdu_id]["power_kw"] or 0.0
             cooling_kw += DRY_COOLER_KW_PER_KW_LIQUID * q_liquid_kw

@@ -1,0 +1,47 @@
+"""`aidc gen-site` writes a consistent site that the simulators serve and the model reads."""
+
+from __future__ import annotations
+
+from aidc.cli import main
+from aidc.config import load_site
+from simulators.site import on_free_ports
+from tests.conftest import LiveSite, wait_for
+
+
+def test_a_generated_site_is_valid_and_sized_for_failover(tmp_path, capsys):
+    path = tmp_path / "site.yaml"
+    assert main(["gen-site", "--racks", "100", "--seed", "3", "-o", str(path)]) == 0
+    site = load_site(path)
+    kinds = {k: sum(d.kind == k for d in site.devices) for k in ("pdu", "rectifier", "ups",
+                                                                  "cdu", "supercap", "meter")}
+    # 100 racks: 5 rows of 20, 3 pods of 2 rows (the last one half), 3 CDUs a loop
+    assert kinds == {"pdu": 200, "rectifier": 3, "ups": 3, "cdu": 9, "supercap": 5, "meter": 2}
+    assert len({d.port for d in site.devices if d.protocol == "snmp"}) == 203
+    for pod in ("1", "2", "3"):  # either source carries its pod at every rack's design power
+        racks = [r for r in site.racks if site.device(r.feed_a).upstream == f"rect-{pod}"]
+        design_kw = sum(r.design_kw for r in racks)
+        rect, ups = site.device(f"rect-{pod}"), site.device(f"ups-{pod}")
+        assert (rect.modules - rect.spare_modules) * rect.module_kw >= design_kw
+        assert ups.rating_kw >= design_kw
+    assert main(["check", str(path)]) == 0
+    assert "site gen-100: 1 room(s), 100 racks, 222 devices" in capsys.readouterr().out
+
+
+def test_the_simulators_serve_a_generated_site(tmp_path):
+    path = tmp_path / "site.yaml"
+    main(["gen-site", "--racks", "40", "-o", str(path)])
+    site = load_site(path)
+    site = on_free_ports(site).model_copy(update={"defaults": site.defaults.model_copy(
+        update={"poll_s": 1.0, "timeout_s": 2.0}), "model": site.model.model_copy(
+        update={"tick_s": 1.0})})  # ~100 devices and their simulators on one event loop
+    live = LiveSite(site, tmp_path / "data")
+    live.start()
+    try:
+        live.settled()  # every device answers; every rack's headroom is complete
+        status = live.runtime.status
+        assert status.pue is not None and len(status.racks) == 40
+        pools = {p.id: p for p in status.pools}
+        assert pools["rect-1"].worst_failure == "ups-1" and pools["rect-1"].left_kw > 0
+        wait_for(lambda: not live.runtime.evaluator.active_alerts(), what="no alert")
+    finally:
+        live.stop()
