@@ -235,6 +235,10 @@ class SiteAPI:
             "devices_up": sum(h.state == "up" for h in rt.health.values()),
             "devices_total": len(rt.health),
             "store_up": rt.writer.store_up,
+            "store_error": rt.writer.store_error or None,
+            "spooled_samples": rt.writer.spooled_samples(),
+            "dropped_samples": rt.writer.dropped_samples,
+            "rejected_samples": rt.writer.rejected_samples,
         }
 
     def metrics_text(self) -> str:
@@ -262,6 +266,9 @@ class SiteAPI:
                [("", rt.writer.spooled_samples())])
         metric("aidc_spool_dropped_samples_total", "counter", "Samples dropped past the spool bound.",
                [("", rt.writer.dropped_samples)])
+        metric("aidc_store_rejected_samples_total", "counter",
+               "Samples the store refused (kept in the spool file's rejected table).",
+               [("", rt.writer.rejected_samples)])
         metric("aidc_store_up", "gauge", "1 when the last store write succeeded.",
                [("", float(rt.writer.store_up))])
         metric("aidc_model_ticks_total", "counter", "Model ticks run.", [("", rt.ticks)])

@@ -265,6 +265,7 @@ class Store(Strict):
     password: SecretStr | None = None
     batch_size: int = Field(5000, ge=1)
     flush_s: float = Field(1.0, gt=0)
+    create_database: bool = True  # influxdb 1.x: create it at start and when it was dropped
 
 
 class Model(Strict):

@@ -24,7 +24,7 @@ from aidc.topology import Topology
 from alerts.evaluate import Evaluator
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
-from alerts.rules import builtin_conditions
+from alerts.rules import StoreState, builtin_conditions
 from collectors import Collector, DeviceUnreachable, make_collector
 
 log = logging.getLogger("aidc.runtime")
@@ -251,9 +251,13 @@ class Runtime:
         self.status = status
         self._pending.extend(self.model.derived_samples(status))
         active = {a.fingerprint for a in self.evaluator.active_alerts()}
-        conditions = builtin_conditions(self.site, self.health.values(), status, latest,
-                                        active.__contains__)
-        self.evaluator.step(now, conditions)  # notifications commit with the state change
+        w = self.writer
+        store = StoreState(w.store_up, w.store_error, w.spooled_samples(), w.max_samples,
+                           w.dropped_samples, w.rejected_samples, w.last_loss_at)
+        conditions, complete = builtin_conditions(self.site, self.health.values(), status,
+                                                  latest, active.__contains__, store, now)
+        # notifications commit with the state change; a rule that failed resolves nothing
+        self.evaluator.step(now, conditions, hold_absent=not complete)
         self.notifier_backlog = self.outbox.backlog()
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
         self.notifier_dead_letters = len(self.outbox.dead_letters())

@@ -127,15 +127,20 @@ class Evaluator:
             db.execute(_SCHEMA)
             self._alerts = _load(db)
 
-    def step(self, now: float, conditions: Iterable[Condition]) -> list[Transition]:
-        """Advance every alert to ``now``; a known alert absent from ``conditions`` has cleared.
+    def step(self, now: float, conditions: Iterable[Condition],
+             hold_absent: bool = False) -> list[Transition]:
+        """Advance every alert to ``now``; a known alert absent from ``conditions`` has cleared,
+        unless ``hold_absent`` (the evaluation was incomplete): it then keeps its state.
 
         Pass every condition of the evaluation: an alert is only kept alive by its condition.
         """
         held = _merge(conditions)
         alerts: dict[str, Alert] = {}
         transitions: list[Transition] = []
-        for fp in [*self._alerts, *(fp for fp in held if fp not in self._alerts)]:
+        if hold_absent:
+            alerts = {fp: a for fp, a in self._alerts.items() if fp not in held}
+        for fp in [*(fp for fp in self._alerts if fp in held or not hold_absent),
+                   *(fp for fp in held if fp not in self._alerts)]:
             alert, transition = _advance(self._alerts.get(fp), held.get(fp), now, self._repeat_s)
             if alert is not None:
                 alerts[fp] = alert

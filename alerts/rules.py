@@ -8,6 +8,7 @@ is unreachable) instead of firing or clearing every alert that depends on it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -15,9 +16,25 @@ from aidc.config import Site
 from aidc.metrics import DeviceHealth, Sample
 from alerts.evaluate import Condition, fingerprint
 
+log = logging.getLogger("aidc.alerts.rules")
+
 CRITICAL, WARNING = "critical", "warning"
 SUPERCAP_SOC_LOW_PCT = 50.0
 PUE_ABOVE_TARGET_FOR_S = 900.0
+SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What the writer knows of the store, for the store rules."""
+
+    up: bool = True
+    error: str = ""
+    spooled: int = 0
+    spool_bound: int = 1
+    dropped: int = 0  # past the spool's bound
+    rejected: int = 0  # refused by the store
+    last_loss_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,8 @@ class Inputs:
     status: object  # aidc.derive.SiteStatus, or None before the first tick
     latest: Mapping[tuple[str, str], Sample]
     is_active: Callable[[str], bool]  # fingerprint -> pending or firing now
+    store: StoreState = StoreState()
+    now: float = 0.0
 
     def value(self, device: str, metric: str) -> float | None:
         s = self.latest.get((device, metric))
@@ -109,7 +128,8 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition]:
         total = d.modules or i.value(d.id, "modules_total")
         lost = None if ok is None or total is None else total - ok
         spare = d.spare_modules if d.modules else (1 if d.redundancy == "N+1" else 0)
-        summary = f"{d.id}: {'?' if lost is None else f'{lost:g}'} of {total:g} modules out"
+        summary = (f"{d.id}: {'?' if lost is None else f'{lost:g}'} of "
+                   f"{'?' if total is None else f'{total:g}'} modules out")
         pool = pools.get(d.id)
         if d.modules and lost and pool and pool.capacity_kw is not None:
             full = min(d.rating_kw, (d.modules - spare) * d.module_kw)
@@ -161,8 +181,39 @@ def model_rules(i: Inputs) -> list[Condition]:
     return out
 
 
+def store_rules(i: Inputs) -> list[Condition]:
+    """The store not taking samples (they wait in the spool: warning, critical past 80 % of
+    its bound), and samples lost (dropped past the bound or refused by the store) within the
+    last SAMPLES_LOST_HOLD_S."""
+    st = i.store
+    full = st.spooled / st.spool_bound
+    lost = st.last_loss_at is not None and i.now - st.last_loss_at < SAMPLES_LOST_HOLD_S
+    return [
+        _condition(i, "store_unavailable", {}, not st.up, float(st.spooled),
+                   CRITICAL if full > 0.8 else WARNING,
+                   f"the store is not taking samples ({st.error}): {st.spooled} wait on disk, "
+                   f"{100 * full:.0f} % of the spool's bound"),
+        _condition(i, "samples_not_stored", {}, lost, float(st.dropped + st.rejected), CRITICAL,
+                   f"samples lost: {st.dropped} dropped past the spool's bound, {st.rejected} "
+                   "refused by the store (kept in the spool file's rejected table)"),
+    ]
+
+
 def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        latest: Mapping[tuple[str, str], Sample],
-                       is_active: Callable[[str], bool] = lambda fp: False) -> list[Condition]:
-    i = Inputs(site, list(health), status, latest, is_active)
-    return device_unreachable(i) + device_rules(i) + model_rules(i)
+                       is_active: Callable[[str], bool] = lambda fp: False,
+                       store: StoreState = StoreState(),
+                       now: float = 0.0) -> tuple[list[Condition], bool]:
+    """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
+    is logged and left out: the others still fire, and the caller holds the alerts it has
+    no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
+    i = Inputs(site, list(health), status, latest, is_active, store, now)
+    out: list[Condition] = []
+    complete = True
+    for rules in (device_unreachable, device_rules, model_rules, store_rules):
+        try:
+            out += rules(i)
+        except Exception:
+            log.exception("event=rule_error rules=%s", rules.__name__)
+            complete = False
+    return out, complete

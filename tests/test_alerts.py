@@ -503,3 +503,60 @@ def test_logs_name_the_host_and_never_a_secret(open_outbox, receiver, caplog):
     assert any("event=alert_delivery_retry" in m and "host=127.0.0.1" in m for m in lines)
     assert any("event=alert_dead_letter" in m and "error=http_403" in m for m in lines)
     assert not [m for m in lines if token in m or SECRET in m or "/hook" in m]
+
+
+def test_store_rules_say_when_samples_wait_and_when_they_are_lost():
+    from aidc.config import load_site
+    from alerts.rules import SAMPLES_LOST_HOLD_S, StoreState, builtin_conditions
+    from tests.conftest import ROOT
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+
+    def store_conditions(store: StoreState, now: float = 1000.0) -> dict[str, Condition]:
+        conditions, complete = builtin_conditions(site, [], None, {}, store=store, now=now)
+        assert complete
+        return {c.rule: c for c in conditions
+                if c.rule in ("store_unavailable", "samples_not_stored")}
+
+    ok = store_conditions(StoreState())
+    assert not ok["store_unavailable"].active and not ok["samples_not_stored"].active
+    # down, 100 of 1000 samples spooled: a warning that says what waits
+    down = store_conditions(StoreState(False, "InfluxDB answered /write with 404", 100, 1000))
+    assert down["store_unavailable"].active and down["store_unavailable"].severity == "warning"
+    assert "404" in down["store_unavailable"].summary and "10 %" in down["store_unavailable"].summary
+    # past 80 % of the bound: critical, losses are close
+    assert store_conditions(StoreState(False, "down", 900, 1000))["store_unavailable"].severity \
+        == "critical"
+    # a batch refused 10 s ago: samples_not_stored fires; it resolves once the hold is over
+    lost = StoreState(rejected=5, last_loss_at=990.0)
+    assert store_conditions(lost)["samples_not_stored"].active
+    assert "5 refused by the store" in store_conditions(lost)["samples_not_stored"].summary
+    later = store_conditions(lost, now=990.0 + SAMPLES_LOST_HOLD_S + 1)
+    assert not later["samples_not_stored"].active
+
+
+def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
+    """A bug in one rule group (here: model_rules raising) is logged; the other groups still
+    fire, and the alerts the failed group raised keep their state instead of resolving."""
+    import alerts.rules
+    from aidc.config import load_site
+    from alerts.rules import builtin_conditions
+    from tests.conftest import ROOT
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    ev = Evaluator(open_outbox())
+    firing = Condition("pue_above_target", {"site": "demo"}, True, 1.4, "PUE 1.4", "warning")
+    ev.step(0.0, [firing])
+    assert [a.rule for a in ev.active_alerts()] == ["pue_above_target"]
+
+    def broken(i):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(alerts.rules, "model_rules", broken)
+    conditions, complete = builtin_conditions(site, [], None, {})
+    assert not complete and "event=rule_error rules=broken" in caplog.text
+    assert {c.rule for c in conditions} >= {"leak", "store_unavailable"}  # the others ran
+    ev.step(10.0, conditions, hold_absent=not complete)
+    assert [a.rule for a in ev.active_alerts()] == ["pue_above_target"]  # held, not resolved
+    ev.step(20.0, conditions)  # a complete evaluation without it: now it resolves
+    assert ev.active_alerts() == []

@@ -123,6 +123,89 @@ def test_spool_bound_drops_oldest_and_counts_them(tmp_path):
     writer.close()
 
 
+def _query(influxd, q: str) -> None:
+    import httpx
+
+    httpx.post(f"{influxd.url}/query", params={"q": q}, timeout=5).raise_for_status()
+
+
+def test_a_dropped_database_is_an_outage_and_is_created_again(influxd, tmp_path):
+    """DROP DATABASE under a running writer: InfluxDB answers 404. Nothing is discarded: the
+    batches are spooled, the store is down, the database is created again and the spool
+    replayed in order, counters at 0."""
+    db = f"dropped{free_port()}"
+    store = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database=db))
+    writer = SpooledWriter(store, tmp_path / "spool.sqlite")
+    batch = [[Sample("pdu", {"device": "p"}, "power_kw", float(i), T0 + i)] for i in range(20)]
+    writer.write(batch[0])
+    _query(influxd, f'DROP DATABASE "{db}"')
+    writer.write(batch[1])  # 404: spooled; the next write creates the database first
+    assert (writer.store_up, writer.spooled_samples()) == (False, 1)
+    assert "404" in writer.store_error and "database not found" in writer.store_error
+    for b in batch[2:]:
+        writer.write(b)
+    assert writer.store_up and writer.spooled_samples() == 0
+    assert (writer.dropped_samples, writer.rejected_samples) == (0, 0)
+    (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 100)
+    assert [v for _, v in series.points] == [float(i) for i in range(1, 20)]  # 0 went with it
+    writer.close()
+
+
+def test_a_missing_database_not_to_be_created_waits_in_the_spool(influxd, tmp_path):
+    config = StoreConfig(backend="influxdb", url=influxd.url, database=f"absent{free_port()}",
+                         create_database=False)
+    writer = SpooledWriter(InfluxStore(config), tmp_path / "spool.sqlite")
+    writer.write([Sample("pdu", {"device": "p"}, "power_kw", 1.0, T0)])
+    assert (writer.store_up, writer.spooled_samples(), writer.rejected_samples) == (False, 1, 0)
+    writer.close()
+
+
+def test_a_batch_the_store_refuses_is_set_aside_counted_and_the_replay_goes_on(influxd, tmp_path):
+    """A field type conflict (400) cannot succeed by retrying: the batch moves to the spool's
+    rejected table, counted and kept, and neither blocks the spooled batches behind it nor
+    hides what follows. The counters survive a restart."""
+    db = f"conflict{free_port()}"
+    store = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database=db))
+    writer = SpooledWriter(store, tmp_path / "spool.sqlite")
+    # power_kw_quality holds strings (a bad sample's marker): a float there conflicts
+    writer.write([Sample("pdu", {"device": "p"}, "power_kw", None, T0, Quality.BAD)])
+    conflict = [Sample("pdu", {"device": "p"}, "power_kw_quality", 1.0, T0 + 1)]
+    writer.write(conflict)
+    assert writer.rejected_samples == 1 and writer.store_up and writer.last_loss_at
+    (kept,) = writer.rejected()
+    assert kept["samples"] == 1 and "400" in kept["error"] and kept["first"] == conflict
+    writer.write([Sample("pdu", {"device": "p"}, "power_kw", 5.0, T0 + 2)])
+    (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 100)
+    assert series.points == [(T0 + 2, 5.0)]
+    writer.close()
+    reopened = SpooledWriter(store, tmp_path / "spool.sqlite")
+    assert reopened.rejected_samples == 1
+    reopened.close()
+
+
+def test_a_refused_batch_in_the_spool_never_blocks_the_replay(tmp_path):
+    (tmp_path / "influxd").mkdir()
+    server = Influxd(tmp_path / "influxd")
+    store = InfluxStore(StoreConfig(backend="influxdb", url=server.url, database="replay"),
+                        timeout_s=1)
+    writer = SpooledWriter(store, tmp_path / "spool.sqlite")
+    server.start()
+    try:
+        writer.write([Sample("pdu", {"device": "p"}, "power_kw", None, T0, Quality.BAD)])
+        server.stop()
+        writer.write([Sample("pdu", {"device": "p"}, "power_kw_quality", 1.0, T0 + 1)])  # refused later
+        writer.write([Sample("pdu", {"device": "p"}, "power_kw", 7.0, T0 + 2)])
+        assert (writer.store_up, writer.spooled_samples()) == (False, 2)
+        server.start()
+        writer.write([Sample("pdu", {"device": "p"}, "power_kw", 8.0, T0 + 3)])
+        assert (writer.spooled_samples(), writer.rejected_samples) == (0, 1)
+        (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 100)
+        assert series.points == [(T0 + 2, 7.0), (T0 + 3, 8.0)]
+    finally:
+        server.stop()
+        writer.close()
+
+
 def test_sqlite_store_survives_reopen(tmp_path):
     s = SqliteStore(tmp_path / "a.sqlite")
     s.write(samples())

@@ -16,7 +16,13 @@ from aidc.metrics import Sample
 
 
 class StoreUnavailable(Exception):
-    """The store could not be reached; the samples were not written (retry later)."""
+    """The store could not take the samples now (down, unauthorised, no database): they
+    were not written; keep them and retry."""
+
+
+class StoreRejected(ValueError):
+    """The store refused the samples themselves (malformed, a field type conflict):
+    retrying the same batch cannot help."""
 
 
 @dataclass(frozen=True)

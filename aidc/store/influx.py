@@ -18,9 +18,12 @@ from influxdb_client import Point, WritePrecision
 
 from aidc.config import Store as StoreConfig
 from aidc.metrics import Quality, Sample
-from aidc.store import Series, StoreUnavailable
+from aidc.store import Series, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("aidc.store.influx")
+# answers that say "not now" rather than "not this": a token rotated (401), a grant missing
+# (403), a database dropped (404), a timeout or rate limit (408, 429). The batch is kept.
+OUTAGE = {401, 403, 404, 408, 429}
 
 
 def to_line_protocol(samples: Sequence[Sample]) -> str:
@@ -78,7 +81,7 @@ class InfluxStore:
         version = ping.headers.get("X-Influxdb-Version", "")
         if ping.status_code != 204 or not version:
             raise StoreUnavailable(f"{self.config.url} does not answer /ping like InfluxDB")
-        if version.lstrip("v").startswith("1."):
+        if version.lstrip("v").startswith("1.") and self.config.create_database:
             self._post("/query", {"q": f"CREATE DATABASE {_ident(self.config.database)}"})
         self.version = version
         log.info("event=influx_connected url=%s version=%s", self.config.url, version)
@@ -88,10 +91,13 @@ class InfluxStore:
             r = self._http.post(path, params={**self._params, **params}, content=content)
         except httpx.HTTPError as e:
             raise StoreUnavailable(f"InfluxDB at {self.config.url} unreachable: {e}") from None
-        if r.status_code >= 500:
-            raise StoreUnavailable(f"InfluxDB answered {r.status_code}: {r.text[:200]}")
+        if r.status_code in OUTAGE or r.status_code >= 500:
+            if r.status_code == 404:
+                self.version = None  # next time: /ping again and, if allowed, create it
+            raise StoreUnavailable(f"InfluxDB answered {path} with {r.status_code}: "
+                                   f"{r.text[:200]}")  # fmt: skip
         if r.status_code >= 400:
-            raise ValueError(f"InfluxDB rejected {path}: {r.status_code} {r.text[:300]}")
+            raise StoreRejected(f"InfluxDB rejected {path}: {r.status_code} {r.text[:300]}")
         return r
 
     def write(self, samples: Sequence[Sample]) -> None:
@@ -120,7 +126,7 @@ class InfluxStore:
         )
         result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
         if "error" in result:
-            raise ValueError(f"InfluxDB query failed: {result['error']}")
+            raise StoreRejected(f"InfluxDB query failed: {result['error']}")
         return [
             Series(
                 measurement,
@@ -138,7 +144,7 @@ class InfluxStore:
         q = f"SELECT * FROM /.*/ WHERE time >= {int(since * 1e9)} GROUP BY *"
         result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
         if "error" in result:
-            raise ValueError(f"InfluxDB query failed: {result['error']}")
+            raise StoreRejected(f"InfluxDB query failed: {result['error']}")
         out = []
         for s in result.get("series", []):
             tags = {k: v for k, v in s.get("tags", {}).items() if v}

@@ -1,8 +1,12 @@
 """A disk-backed spool in front of a store: an outage loses nothing up to a stated bound.
 
-Batches the store cannot take wait in a SQLite file and are replayed oldest first, before
-any newer batch, once the store answers again. Past ``max_samples`` the oldest batches are
-dropped and counted (``dropped_samples``), so the bound is explicit, never silent.
+Batches the store cannot take now (StoreUnavailable: down, unauthorised, database dropped)
+wait in a SQLite file and are replayed oldest first, before any newer batch, once the store
+answers again. Past ``max_samples`` the oldest batches are dropped and counted
+(``dropped_samples``), so the bound is explicit, never silent. A batch the store refuses as
+such (StoreRejected: malformed, a type conflict) cannot succeed by retrying: it moves to the
+``rejected`` table, counted (``rejected_samples``) and kept for inspection, and the replay
+goes on behind it. Both counters survive a restart.
 """
 
 from __future__ import annotations
@@ -11,13 +15,22 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from aidc.metrics import Quality, Sample
-from aidc.store import Store, StoreUnavailable
+from aidc.store import Store, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("aidc.store.spool")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL,
+                                  payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+                                     n INTEGER NOT NULL, error TEXT NOT NULL,
+                                     payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
 
 
 def _encode(samples: Sequence[Sample]) -> str:
@@ -34,32 +47,45 @@ class SpooledWriter:
         self.store, self.max_samples = store, max_samples
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " n INTEGER NOT NULL, payload TEXT NOT NULL)"
-        )
+        self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
-        self.dropped_samples = 0
+        counters = dict(self._db.execute("SELECT name, value FROM counters"))
+        self.dropped_samples = counters.get("dropped_samples", 0)
+        self.rejected_samples = counters.get("rejected_samples", 0)
         self.store_up = True
+        self.store_error = ""
+        self.last_loss_at: float | None = None  # when a sample was last dropped or rejected
+        self._spooled = self._db.execute("SELECT coalesce(sum(n), 0) FROM spool").fetchone()[0]
 
     def spooled_samples(self) -> int:
+        """Samples waiting for the store (read without waiting for a write in progress)."""
+        return self._spooled
+
+    def rejected(self, limit: int = 10) -> list[dict]:
+        """The newest batches the store refused: when, how many samples, why, and the first
+        samples of each (for inspection; they stay in the spool file)."""
         with self._lock:
-            return self._db.execute("SELECT coalesce(sum(n), 0) FROM spool").fetchone()[0]
+            rows = self._db.execute("SELECT at, n, error, payload FROM rejected ORDER BY id DESC "
+                                    "LIMIT ?", (limit,)).fetchall()  # fmt: skip
+        return [{"at": at, "samples": n, "error": error, "first": _decode(payload)[:3]}
+                for at, n, error, payload in rows]
 
     def write(self, samples: Sequence[Sample]) -> None:
-        """Write through to the store, replaying the spool first; spool on StoreUnavailable."""
+        """Write through to the store, replaying the spool first; spool on StoreUnavailable,
+        set aside on StoreRejected."""
         with self._lock:
             try:
                 self._replay()
                 if samples:
-                    self.store.write(samples)
+                    try:
+                        self.store.write(samples)
+                    except StoreRejected as e:
+                        self._reject(_encode(samples), len(samples), str(e))
                 self._set_up(True)
             except StoreUnavailable as e:
                 self._set_up(False, str(e))
                 if samples:
                     self._append(samples)
-            except ValueError as e:  # the store refused the data itself: retrying cannot help
-                log.error("event=store_rejected samples=%d error=%r", len(samples), str(e))
 
     def _set_up(self, up: bool, why: str = "") -> None:
         if up != self.store_up:
@@ -67,21 +93,39 @@ class SpooledWriter:
                 log.info("event=store_recovered")
             else:
                 log.warning("event=store_unavailable error=%r spooling=true", why)
-        self.store_up = up
+        self.store_up, self.store_error = up, why
 
     def _replay(self) -> None:
-        while row := self._db.execute("SELECT id, payload FROM spool ORDER BY id LIMIT 1").fetchone():
-            self.store.write(_decode(row[1]))  # raises StoreUnavailable: stays spooled
-            self._db.execute("DELETE FROM spool WHERE id = ?", (row[0],))
+        while row := self._db.execute("SELECT id, n, payload FROM spool ORDER BY id LIMIT 1").fetchone():
+            rid, n, payload = row
+            try:
+                self.store.write(_decode(payload))  # raises StoreUnavailable: stays spooled
+            except StoreRejected as e:
+                self._reject(payload, n, str(e))
+            self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
+            self._spooled -= n
+
+    def _reject(self, payload: str, n: int, error: str) -> None:
+        self._db.execute("INSERT INTO rejected (at, n, error, payload) VALUES (?, ?, ?, ?)",
+                         (time.time(), n, error[:1000], payload))  # fmt: skip
+        self.rejected_samples += n
+        self.last_loss_at = time.time()
+        self._count("rejected_samples", self.rejected_samples)
+        log.error("event=store_rejected samples=%d error=%r kept=rejected", n, error[:300])
+
+    def _count(self, name: str, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (name, value))
 
     def _append(self, samples: Sequence[Sample]) -> None:
         self._db.execute("INSERT INTO spool (n, payload) VALUES (?, ?)", (len(samples), _encode(samples)))
-        total = self._db.execute("SELECT coalesce(sum(n), 0) FROM spool").fetchone()[0]
-        while total > self.max_samples:
+        self._spooled += len(samples)
+        while self._spooled > self.max_samples:
             rid, n = self._db.execute("SELECT id, n FROM spool ORDER BY id LIMIT 1").fetchone()
             self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
             self.dropped_samples += n
-            total -= n
+            self.last_loss_at = time.time()
+            self._count("dropped_samples", self.dropped_samples)
+            self._spooled -= n
             log.error("event=spool_full dropped_samples=%d bound=%d", n, self.max_samples)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aidc.metrics import Quality, Sample
-from aidc.store import Series
+from aidc.store import Series, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -70,12 +70,14 @@ class SqliteStore:
                 ]
                 self._db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
                 self._db.execute("ROLLBACK")
                 self._series = {
                     (m, t, f): i
                     for i, m, t, f in self._db.execute("SELECT id, measurement, tags, field FROM series")
                 }
+                if isinstance(e, sqlite3.OperationalError):  # disk full, I/O error, locked
+                    raise StoreUnavailable(f"{self.path}: {e}") from e
                 raise
             if time.time() >= self._next_retention:
                 self._apply_retention()
