@@ -20,6 +20,7 @@ from aidc.runtime import Runtime
 from models import pue as pue_model
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
+REACHABLE = ("up", "degraded")  # device states whose last poll reached the device
 POOL_FIELDS = {"id", "kind", "capacity_kw", "load_kw", "left_kw", "left_normal_kw",
                "worst_failure", "racks"}  # every pool has them, null when unknown
 MIN_STEPS_COUNTED = 100  # IT energy must span 100 counter steps: rounding then stays under 1 %
@@ -232,7 +233,7 @@ class SiteAPI:
         return ok, {
             "status": "ok" if ok else "stalled",
             "last_tick_age_s": round(tick_age, 2),
-            "devices_up": sum(h.state == "up" for h in rt.health.values()),
+            "devices_up": sum(h.state in REACHABLE for h in rt.health.values()),
             "devices_total": len(rt.health),
             "store_up": rt.writer.store_up,
             "store_error": rt.writer.store_error or None,
@@ -257,7 +258,7 @@ class SiteAPI:
         metric("aidc_poll_errors_total", "counter", "Polls that failed per device.",
                [(f'{{device="{h.id}"}}', h.errors_total) for h in hs])
         metric("aidc_device_up", "gauge", "1 when the last poll succeeded.",
-               [(f'{{device="{h.id}"}}', float(h.state == "up")) for h in hs])
+               [(f'{{device="{h.id}"}}', float(h.state in REACHABLE)) for h in hs])
         metric("aidc_poll_duration_ms", "gauge", "Duration of the last good poll.",
                [(f'{{device="{h.id}"}}', h.last_poll_ms) for h in hs])
         metric("aidc_poll_backoff_seconds", "gauge", "Wait before the next poll (grows while down).",

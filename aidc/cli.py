@@ -102,9 +102,11 @@ def _demo_token(data_dir: Path) -> str:
     """A random token for the demo's write actions, kept in a file only its owner reads."""
     import secrets
 
+    from aidc.files import private_dir
+
     path = data_dir / "api-token"
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip()

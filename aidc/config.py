@@ -82,6 +82,15 @@ class OpcuaSettings(Strict):
     username: str | None = None
     password: SecretStr | None = None
     mode: Literal["subscribe", "poll"] = "subscribe"
+    allow_insecure_password: bool = False  # send the password over security None anyway
+
+    @model_validator(mode="after")
+    def _no_password_in_clear(self) -> OpcuaSettings:
+        if self.password is not None and self.security == "None" and not self.allow_insecure_password:
+            raise ValueError(
+                "a password with security None travels in clear: set opcua.security (e.g. "
+                "Basic256Sha256,SignAndEncrypt,...), or allow_insecure_password: true")
+        return self
 
     @field_validator("security")
     @classmethod

@@ -74,7 +74,8 @@ class DeviceHealth:
     id: str
     kind: str
     poll_s: float
-    state: str = "unknown"  # up | stale (poll overdue) | down | unknown (never polled yet)
+    state: str = "unknown"  # up | degraded (some points bad) | stale (poll overdue) | down
+    # | unknown (never polled yet)
     since: float | None = None  # when the state last changed
     last_ok: float | None = None
     failures: int = 0  # consecutive
@@ -84,6 +85,8 @@ class DeviceHealth:
     last_poll_ms: float = 0.0
     retry_in_s: float = 0.0  # the current wait before the next poll (grows while down)
     due_at: float | None = None  # the poll under way (or the next one) must end by then
+    points_bad: int = 0  # of the last poll that reached it
+    points: int = 0
     stalled: bool = False  # the watchdog found no poll ending for too long
 
     def watch(self, now: float, down_after_s: float) -> None:
@@ -101,10 +104,15 @@ class DeviceHealth:
             self.state, self.since = "stale", now
             self.error = f"no sample for {silent_s:.0f} s: its poll is overdue"
 
-    def ok(self, now: float, poll_ms: float) -> None:
-        if self.state != "up":
-            self.state, self.since = "up", now
-        self.last_ok, self.failures, self.error, self.stalled = now, 0, "", False
+    def ok(self, now: float, poll_ms: float, points_bad: int = 0, points: int = 0) -> None:
+        """A poll that reached the device: ``up``, or ``degraded`` while some of its points
+        read bad or out of range (the device answers; its map or its sensors do not)."""
+        state = "degraded" if points_bad else "up"
+        if self.state != state:
+            self.state, self.since = state, now
+        self.last_ok, self.failures, self.stalled = now, 0, False
+        self.error = f"reachable, {points_bad} of {points} points bad" if points_bad else ""
+        self.points_bad, self.points = points_bad, points
         self.polls_total += 1
         self.last_poll_ms = poll_ms
         self.retry_in_s = self.poll_s

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aidc.config import Site
 from aidc.derive import SiteModel, SiteStatus
+from aidc.files import private_dir
 from aidc.metrics import DeviceHealth, Quality, Sample, backoff_s
 from aidc.store import Store, open_store
 from aidc.store.spool import SpooledWriter
@@ -68,7 +69,7 @@ def _drop_outcome(task: asyncio.Task) -> None:
 
 class Runtime:
     def __init__(self, site: Site, data_dir: Path, store: Store | None = None):
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         self.site, self.data_dir = site, data_dir
         self.topology = Topology(site)
         self.store = store or open_store(site.store, data_dir)
@@ -161,7 +162,8 @@ class Runtime:
                     self._device_failed(device, health, now, f"internal error: {e!r}")
                     collector = await self._renew(device, collector, deadline_s)
                 else:
-                    health.ok(now, (loop.time() - started) * 1000)
+                    bad = sum(r.quality is not Quality.GOOD for r in readings)
+                    health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
                     for r in readings:
                         s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
                                    r.value, now, r.quality)

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from aidc.config import Webhook
+from aidc.files import private_sqlite
 from alerts.formats import signature_headers
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Outbox:
         self._retry, self._rng, self._clock = retry, rng or random.Random(), clock
         self._owner = uuid.uuid4().hex
         self._wake: asyncio.Event | None = None
-        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db = private_sqlite(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed notification survives power loss
         self._db.execute("PRAGMA busy_timeout=5000")

@@ -27,8 +27,10 @@ namespace named by URI ("nsu=urn:aidc:simulator;s=Supercap.Voltage", resolved th
 server's NamespaceArray, Part 5 §6.3.13) or a browse path from the Root folder
 ("0:Objects/2:Supercap/2:Voltage", resolved with TranslateBrowsePathsToNodeIds, Part 4 §5.8.4).
 Both are resolved again at every connect, because a restarted server may number its
-namespaces differently. Its ``type`` is the DataType the device serves (Part 3 §5.6.2: Int16
-for a PLC's INT, Float for a REAL, Boolean for a BOOL, ...); a value of another type is bad.
+namespaces differently. Its ``type`` is the DataType the device is expected to serve (Part 3
+§5.6.2: Int16 for a PLC's INT, Float for a REAL, Boolean for a BOOL, ...): a hint, because
+servers publish Double, Float, Int32 or UInt16 for the same quantity. Any numeric value is
+read, except a floating one where a scaled integer is expected (its scale would be wrong).
 
 Read-only: the collector sends no Write, Call or node-management request.
 """
@@ -36,6 +38,7 @@ Read-only: the collector sends no Write, Call or node-management request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -64,6 +67,9 @@ KEEPALIVE_PROBE_S = SESSION_TIMEOUT_S / 3  # asyncua's own server-state Read; po
 LIFETIME_COUNT = 10_000  # publishing intervals without a Publish request before the server
 # ends the subscription (Part 4 §5.13.1.1): far longer than any wait between two polls
 INTEGRITY_S = 300.0  # a subscribed device is also read whole this often
+FLOATING = {"Float", "Double"}
+NUMERIC = FLOATING | {"Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32",
+                      "Int64", "UInt64"}
 FILTER_REFUSED = {  # CreateMonitoredItems results that refuse the deadband, not the node
     ua.StatusCodes.BadFilterNotAllowed,
     ua.StatusCodes.BadMonitoredItemFilterUnsupported,
@@ -337,23 +343,28 @@ class OpcuaCollector(Collector):
         """One subscription, one monitored item per resolved point (Part 4 §5.13, §5.12), or
         None when the server refuses subscriptions (the device is then polled)."""
         publish_ms = 500.0 * self.poll_s  # two publishes per poll
-        latest = _Latest()
-        try:
-            latest.subscription = await client.create_subscription(
-                _subscription_parameters(publish_ms), latest
-            )
-        except ua.UaStatusCodeError as e:
-            log.warning("event=opcua_subscription_refused device=%s reason=%s action=poll",
-                        self.device.id, ua.StatusCode(e.code).name)  # fmt: skip
-            return None
-        client.connection_lost_callback = partial(_stop_publishing, client)
         sampling_ms = publish_ms / QUEUE_SIZE
         items = {
             i: _monitored_item(i, nodeid, sampling_ms, point.deadband)
             for i, (nodeid, point) in enumerate(zip(self._nodeids, self.profile.points))
             if isinstance(nodeid, ua.NodeId)
         }
-        latest.monitored = await self._monitor(latest.subscription, items)
+        if not items:  # no point resolves here (its namespace is not on this server): each is
+            return None  # bad, and there is nothing to monitor (BadNothingToDo)
+        latest = _Latest()
+        try:
+            latest.subscription = await client.create_subscription(
+                _subscription_parameters(publish_ms), latest
+            )
+            latest.monitored = await self._monitor(latest.subscription, items)
+        except ua.UaStatusCodeError as e:
+            log.warning("event=opcua_subscription_refused device=%s reason=%s action=poll",
+                        self.device.id, ua.StatusCode(e.code).name)  # fmt: skip
+            if latest.subscription is not None:
+                with contextlib.suppress(Exception):
+                    await latest.subscription.delete()
+            return None
+        client.connection_lost_callback = partial(_stop_publishing, client)
         return latest
 
     async def _monitor(
@@ -518,9 +529,10 @@ def decode(point: OpcuaPoint, datavalue: ua.DataValue) -> Reading:
     """A point's Reading from its DataValue: status, type, sentinel, enum, scale/offset, limits.
 
     Reading.raw is the value as the device sent it; the status name ("BadNodeIdUnknown") when
-    the status is not Good; "Float 35.0, not Int16" when the device sent another type than the
-    profile's (the profile does not fit this device: a REAL where it expects a scaled INT would
-    be off by its scale). Uncertain counts as bad for now: the model must not average in a value
+    the status is not Good; "Float 35.0, not Int16 scaled by 0.1: ..." when the device sent a
+    floating value where the profile expects a scaled integer (a REAL where it expects an INT
+    in tenths would be off by its scale); any other numeric type is converted. Uncertain
+    counts as bad for now: the model must not average in a value
     the device itself doubts (Part 4 §7.34: Uncertain = "less than normal"). A Float is read
     as the shortest decimal that is that float (92.1, not 92.0999984741211).
     """
@@ -529,10 +541,13 @@ def decode(point: OpcuaPoint, datavalue: ua.DataValue) -> Reading:
         return Reading(point.metric, None, Quality.BAD, status.name)
     variant = datavalue.Value
     raw = variant.Value if variant is not None else None
-    if variant is not None and raw is not None and variant.VariantType.name != point.type:
-        described = f"{variant.VariantType.name} {raw!r}, not {point.type}"
+    served = variant.VariantType.name if variant is not None else point.type
+    if raw is not None and served != point.type and not _convertible(served, point):
+        described = f"{served} {raw!r}, not {point.type}"
+        if served in FLOATING:
+            described += f" scaled by {point.scale:g}: this map does not fit the device"
         return Reading(point.metric, None, Quality.BAD, described)
-    number = _number(raw, point.type)
+    number = _number(raw, served)
     if number is None or number in point.sentinels:
         return Reading(point.metric, None, Quality.BAD, raw)
     if point.enum is not None:
@@ -543,6 +558,17 @@ def decode(point: OpcuaPoint, datavalue: ua.DataValue) -> Reading:
     else:
         value = number * point.scale + point.offset
     return Reading(point.metric, value, check_limits(value, point.min, point.max), raw)
+
+
+def _convertible(served: str, point: OpcuaPoint) -> bool:
+    """Whether a value of another numeric type than the profile's can be read as its point:
+    servers publish Double, Float, Int32 or UInt16 for the same quantity, so the profile's
+    type is a hint. Not a floating value where the profile expects a scaled integer (a PLC's
+    INT in tenths): its scale would then be applied to a value that has none."""
+    if served not in NUMERIC:
+        return False
+    scaled = point.scale != 1 or point.offset != 0
+    return not (served in FLOATING and point.type not in FLOATING and scaled)
 
 
 def _number(raw: Any, wire_type: str) -> float | None:

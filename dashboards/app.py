@@ -183,7 +183,7 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
     )
     def refresh(_n):
         site, racks, alerts, devices = api.site(), api.racks(), api.alerts(), api.devices()
-        up = sum(d["state"] == "up" for d in devices)
+        up = sum(d["state"] in ("up", "degraded") for d in devices)  # reachable
         note = (f"instantaneous, ISO/IEC 30134-2 category {site['pue_category']}"
                 if site["pue"] is not None
                 else f"waiting for {len(site['missing'])} measurement(s)")

@@ -111,10 +111,13 @@ def test_a_sensor_fault_is_bad_for_that_metric_only(live, device, metric):
         assert s.value is None
         others = [v for (d, m), v in live.runtime.latest.items() if d == device and m != metric]
         assert others and all(o.quality is Quality.GOOD for o in others)
-        assert live.runtime.health[device].state == "up"
+        health = wait_for(lambda: (h := live.runtime.health[device]).state == "degraded" and h,
+                          what=f"{device} degraded")
+        assert health.error == f"reachable, 1 of {health.points} points bad"
     finally:
         inject(live, "sensor_fault", device, metric, on=False)
     wait_for(lambda: sample(live, device, metric).quality is Quality.GOOD, what="recovery")
+    wait_for(lambda: live.runtime.health[device].state == "up", what="up again")
 
 
 def test_a_stuck_sensor_keeps_its_value(live):
@@ -135,10 +138,11 @@ def test_a_refused_point_is_bad_and_the_device_stays_up(live, device, metric):
     try:
         wait_for(lambda: sample(live, device, metric).quality is Quality.BAD,
                  what=f"{device}.{metric} refused")
-        assert live.runtime.health[device].state == "up"
+        wait_for(lambda: live.runtime.health[device].state == "degraded", what="degraded")
     finally:
         inject(live, "refuse", device, metric, on=False)
     wait_for(lambda: sample(live, device, metric).quality is Quality.GOOD, what="recovery")
+    wait_for(lambda: live.runtime.health[device].state == "up", what="up again")
 
 
 @pytest.mark.parametrize("slow", ["cdu-1", "pdu-a01-b", "sc-b"])

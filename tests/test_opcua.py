@@ -320,16 +320,15 @@ def node_opcua(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(node=node, pki=tmp_path_factory.mktemp("node-opcua-pki"))
 
 
-@pytest.fixture(scope="module")
-def node_server(node_opcua: SimpleNamespace) -> Iterator[int]:
+def _node_server(node_opcua: SimpleNamespace, layout: str) -> Iterator[int]:
     """tests/interop/opcua/server.js on a free port (another one if that was taken meanwhile)
     with a PKI folder of its own; its port once it accepts sessions."""
     for attempt in range(3):
-        port, pki = free_port(), node_opcua.pki / f"server-{attempt}"
+        port, pki = free_port(), node_opcua.pki / f"server-{layout}-{attempt}"
         errors = pki.with_suffix(".err")
         with errors.open("w") as stderr:
             server = subprocess.Popen(
-                [node_opcua.node, str(INTEROP / "server.js"), str(port), str(pki)],
+                [node_opcua.node, str(INTEROP / "server.js"), str(port), str(pki), layout],
                 stdout=subprocess.PIPE, stderr=stderr, text=True,
             )  # fmt: skip
         try:
@@ -341,6 +340,20 @@ def node_server(node_opcua: SimpleNamespace) -> Iterator[int]:
         finally:
             _end(server)
     pytest.fail(f"node-opcua server.js did not start: {errors.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def node_server(node_opcua: SimpleNamespace) -> Iterator[int]:
+    """node-opcua serving the supercap variables in a namespace of their own, typed as the
+    profile says."""
+    yield from _node_server(node_opcua, "profile")
+
+
+@pytest.fixture(scope="module")
+def vendor_server(node_opcua: SimpleNamespace) -> Iterator[int]:
+    """node-opcua built the way vendors build them: the variables in the server's own
+    namespace (index 1) and every measurement a Double."""
+    yield from _node_server(node_opcua, "vendor")
 
 
 def _end(process: subprocess.Popen[str]) -> None:
@@ -502,7 +515,8 @@ def test_subscription_reports_changes_and_keep_alives_without_reads(
         (88.0, 392.3),
         (88.0, 393.0),
     ]
-    assert first["Read"] == 1 and first["CreateMonitoredItems"] == 2
+    # the NamespaceArray (nsu= NodeIds), then the integrity Read
+    assert first["Read"] == 2 and first["CreateMonitoredItems"] == 2
     assert later["Read"] == 0 and later["Publish"] >= 5
     assert (
         "event=opcua_deadband_refused device=sc-a metrics=voltage_v,soc_pct,temp_c,power_kw "
@@ -633,7 +647,8 @@ def test_a_pinned_server_certificate_must_be_the_one_shown(
 def test_an_unsecured_client_is_refused_by_a_sign_and_encrypt_device(
     secured: SimpleNamespace,
 ) -> None:
-    device = supercap(secured.encrypted.port, username=USER, password=PASSWORD)
+    device = supercap(secured.encrypted.port, username=USER, password=PASSWORD,
+                      allow_insecure_password=True)  # the server refuses before any login
     with pytest.raises(DeviceUnreachable) as refused:
         asyncio.run(read_once(device))
     assert str(refused.value) == (
@@ -733,6 +748,41 @@ def test_our_collector_reads_a_node_opcua_server(
     if mode == "subscribe":  # monitored items for the six, deadbands accepted; two polled
         assert monitored == {0, 1, 2, 5, 6, 7}
         assert "opcua_deadband_refused" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+def test_our_collector_reads_a_vendor_style_node_opcua_server(vendor_server: int, mode: str) -> None:
+    """The stock supercap profile against a server that put its variables at namespace index
+    1 and publishes Doubles: the namespace is found by its URI, every served value is read
+    (Double converted), and the two absent nodes are bad without taking the device down."""
+
+    async def read() -> tuple[list[Reading], set[int]]:
+        c = collector(supercap(vendor_server, mode))
+        try:
+            got = await c.read()
+            return got, c._latest.monitored if c._latest else set()
+        finally:
+            await c.close()
+
+    readings, monitored = asyncio.run(read())
+    got = by_metric(readings)
+    assert {m: got[m].value for m in NODE_OPCUA_SERVED} == pytest.approx(NODE_OPCUA_SERVED)
+    assert {got[m].quality for m in NODE_OPCUA_SERVED} == {Quality.GOOD}
+    assert [got[m].raw for m in ("capacitance_f", "esr_mohm")] == ["BadNodeIdUnknown"] * 2
+    if mode == "subscribe":
+        assert monitored == {0, 1, 2, 5, 6, 7}
+
+
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
+def test_a_profile_whose_namespace_the_server_lacks_reads_every_point_bad(
+    vendor_server: int, mode: str
+) -> None:
+    """The CDU's PLC profile against the supercap server: its namespace URI is not there, so
+    all 15 points are BadNodeIdUnknown, in both modes; the device still answers (nothing to
+    monitor is no reason to call it unreachable)."""
+    readings = asyncio.run(read_once(cdu(vendor_server, mode=mode)))
+    assert len(readings) == 15 and {r.raw for r in readings} == {"BadNodeIdUnknown"}
+    assert {r.quality for r in readings} == {Quality.BAD}
 
 
 def test_node_opcua_reads_our_simulators(
@@ -917,6 +967,7 @@ def test_a_server_refusing_subscriptions_is_polled(caplog: pytest.LogCaptureFixt
         raise ua.UaStatusCodeError(ua.StatusCodes.BadTooManySubscriptions)
 
     c = collector(supercap(4840, "subscribe"))
+    c._nodeids = [t.nodeid for t in c.targets]  # as if resolved on a server
     assert asyncio.run(c._subscribe(SimpleNamespace(create_subscription=refuse))) is None  # type: ignore[arg-type]
     assert "event=opcua_subscription_refused device=sc-a reason=BadTooManySubscriptions" in (
         caplog.text
@@ -947,16 +998,20 @@ GOOD, BAD, OUT_OF_RANGE = Quality.GOOD, Quality.BAD, Quality.OUT_OF_RANGE
         (TEMP, dv(900, "Int16"), Reading("supply_temp_c", 85.0, OUT_OF_RANGE), 900),
         (TEMP, dv(400, "Int16", UNCERTAIN), Reading("supply_temp_c", None, BAD),
          "UncertainLastUsableValue"),
-        (TEMP, dv(40.0, "Float"), Reading("supply_temp_c", None, BAD), "Float 40.0, not Int16"),
-        (TEMP, dv(400, "Int32"), Reading("supply_temp_c", None, BAD), "Int32 400, not Int16"),
+        (TEMP, dv(40.0, "Float"), Reading("supply_temp_c", None, BAD),
+         "Float 40.0, not Int16 scaled by 0.1: this map does not fit the device"),
+        (TEMP, dv(400, "Int32"), Reading("supply_temp_c", 35.0, GOOD), 400),  # a DINT: read
         (SPEED, dv(70.3, "Float"), Reading("pump_speed_pct_1", 70.3, GOOD), 70.3),
+        (SPEED, dv(70.3, "Double"), Reading("pump_speed_pct_1", 70.3, GOOD), 70.3),
+        (SPEED, dv(70, "UInt16"), Reading("pump_speed_pct_1", 70.0, GOOD), 70),
         (SPEED, dv(float("nan"), "Float"), Reading("pump_speed_pct_1", None, BAD), None),
         (STATE, dv(3, "UInt16"), Reading("state", 2.0, GOOD), 3),
         (STATE, dv(9, "UInt16"), Reading("state", None, BAD), 9),  # a code it does not know
         (LEAK, dv(True, "Boolean"), Reading("leak", 1.0, GOOD), True),  # a PLC bit
         (LEAK, dv("yes", "String"), Reading("leak", None, BAD), "String 'yes', not Boolean"),
     ],
-    ids=["scaled", "over-max", "uncertain", "real-for-int", "dint-for-int", "real", "nan",
+    ids=["scaled", "over-max", "uncertain", "real-for-scaled-int", "dint-for-int", "real",
+         "double-for-real", "uint-for-real", "nan",
          "enum", "unknown-code", "bool", "text"],
 )  # fmt: skip
 def test_decode(point: OpcuaPoint, datavalue: ua.DataValue, expected: Reading, raw: Any) -> None:

@@ -253,3 +253,25 @@ def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
     runtime._pending = samples()[:5]
     assert [len(b) for b in runtime._take_pending()] == [2, 2, 1]
     assert runtime._pending == []
+
+
+def test_the_data_directory_is_private(tmp_path):
+    """0700 for the directory, 0600 for every database and its -wal/-shm files."""
+    import stat
+
+    from aidc.config import load_site
+    from aidc.runtime import Runtime
+    from tests.conftest import ROOT
+
+    data = tmp_path / "data"
+    runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), data)
+    runtime.writer.write(samples())
+    runtime.outbox.backlog()
+    files = sorted(p.name for p in data.iterdir())
+    assert {"aidc.sqlite", "aidc.sqlite-wal", "spool.sqlite", "alerts.sqlite"} <= set(files)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in data.iterdir()} == {
+        name: "0o600" for name in files}
+    runtime.writer.close()
+    runtime.store.close()
+    runtime.outbox.close()

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from aidc.files import private_sqlite
 from aidc.metrics import Quality, Sample
 from aidc.store import Store, StoreRejected, StoreUnavailable
 
@@ -43,9 +43,8 @@ def _decode(payload: str) -> list[Sample]:
 
 class SpooledWriter:
     def __init__(self, store: Store, path: Path, max_samples: int = 5_000_000):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.store, self.max_samples = store, max_samples
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()

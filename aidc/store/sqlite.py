@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from aidc.files import private_sqlite
 from aidc.metrics import Quality, Sample
 from aidc.store import Series, StoreUnavailable
 
@@ -34,9 +35,8 @@ class SqliteStore:
     """Samples in one SQLite file; old samples are deleted after ``retention_days``."""
 
     def __init__(self, path: Path, retention_days: float = 30):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.retention_s = path, retention_days * 86400
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
