@@ -19,20 +19,21 @@ EXIT_USAGE = 2
 def _load(path: str) -> Site:
     """A validated site whose every profile loads; one clear line and exit 2 otherwise."""
     try:
-        site = load_site(path)
-        for d in site.devices:
-            profile = load_profile(d.profile)
-            if profile.protocol != d.protocol or profile.kind != d.kind:
-                raise ConfigError(
-                    path, None, f"devices.{d.id}.profile",
-                    f"profile {d.profile} is a {profile.kind} over {profile.protocol}, "
-                    f"but the device is a {d.kind} over {d.protocol}",
-                )
+        return load_site(path, device_check=_profile_problem)
     except ConfigError as e:
         sys.exit(_fail(str(e)))
+
+
+def _profile_problem(device) -> str | None:
+    """Why a device's profile does not load or does not fit it, or None."""
+    try:
+        profile = load_profile(device.profile)
     except ProfileError as e:
-        sys.exit(_fail(f"{path}: {e}"))
-    return site
+        return str(e)
+    if profile.protocol != device.protocol or profile.kind != device.kind:
+        return (f"profile {device.profile} is a {profile.kind} over {profile.protocol}, "
+                f"but the device is a {device.kind} over {device.protocol}")
+    return None
 
 
 def _fail(message: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,13 @@ from pydantic import (
 
 Protocol = Literal["modbus", "snmp", "opcua"]
 DEVICE_KINDS = ("pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter")
+DAY_S = 86_400.0
+MAX_TIMEOUT_S = 600.0
+MAX_KW = 1e6  # 1 GW: any larger power is a typo
+MAX_DEPTH = 64  # of YAML nesting: a site file needs a handful
+MAX_NODES = 1_000_000  # values a site file may hold, those its aliases repeat included
+YAML_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+             ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp")}
 
 
 class ConfigError(Exception):
@@ -38,7 +46,7 @@ class ConfigError(Exception):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- protocol settings
@@ -116,8 +124,8 @@ class DeviceBase(Strict):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     profile: str
-    poll_s: float | None = Field(None, gt=0)
-    timeout_s: float | None = Field(None, gt=0)
+    poll_s: float | None = Field(None, gt=0, le=DAY_S)
+    timeout_s: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S)
     modbus: ModbusSettings = ModbusSettings()
     snmp: SnmpSettings = SnmpSettings()
     opcua: OpcuaSettings = OpcuaSettings()
@@ -128,8 +136,8 @@ class Pdu(DeviceBase):
 
     kind: Literal["pdu"]
     upstream: str  # id of the rectifier or UPS that feeds it
-    breaker_a: float = Field(gt=0)
-    voltage_v: float = Field(gt=0)  # line-to-line for 3 phases, line for 1, bus for DC
+    breaker_a: float = Field(gt=0, le=10_000)
+    voltage_v: float = Field(gt=0, le=100_000)  # line-to-line for 3 phases, line for 1, DC bus
     phases: Literal[1, 3, "dc"] = 3
     power_factor: float = Field(0.95, gt=0, le=1)
     continuous_derating: float = Field(0.8, gt=0, le=1)  # NEC 210.20(A): 80 % continuous
@@ -144,12 +152,12 @@ class PowerSource(DeviceBase):
     usable capacity with its redundancy already removed."""
 
     kind: Literal["rectifier", "ups"]
-    rating_kw: float = Field(gt=0)
+    rating_kw: float = Field(gt=0, le=MAX_KW)
     redundancy: Literal["N", "N+1", "N+2", "2N"] = "N+1"
     modules: int | None = Field(None, ge=1, le=1000)
-    module_kw: float | None = Field(None, gt=0)
+    module_kw: float | None = Field(None, gt=0, le=MAX_KW)
     efficiency: float = Field(0.96, gt=0, le=1)  # for simulators and loss estimates
-    battery_runtime_min: float | None = Field(None, gt=0)  # when the device does not report it
+    battery_runtime_min: float | None = Field(None, gt=0, le=DAY_S / 60)  # if not reported
 
     @model_validator(mode="after")
     def _modules(self) -> PowerSource:
@@ -171,8 +179,8 @@ class Cdu(DeviceBase):
     pumps that capacity needs."""
 
     kind: Literal["cdu"]
-    rated_kw: float = Field(gt=0)  # heat capacity at the loop's design rise
-    max_flow_lpm: float | None = Field(None, gt=0)  # maximum secondary (technology) flow
+    rated_kw: float = Field(gt=0, le=MAX_KW)  # heat capacity at the loop's design rise
+    max_flow_lpm: float | None = Field(None, gt=0, le=1e6)  # maximum secondary flow
     pumps: int = Field(2, ge=1, le=16)  # installed
     pumps_required: int = Field(1, ge=1, le=16)  # running for the maximum flow
 
@@ -191,9 +199,15 @@ class Manifold(DeviceBase):
 
 class Supercap(DeviceBase):
     kind: Literal["supercap"]
-    capacitance_f: float = Field(gt=0)
-    vmax_v: float = Field(gt=0)
-    vmin_v: float = Field(ge=0)
+    capacitance_f: float = Field(gt=0, le=1e7)
+    vmax_v: float = Field(gt=0, le=10_000)
+    vmin_v: float = Field(ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _voltages(self) -> Supercap:
+        if self.vmin_v >= self.vmax_v:
+            raise ValueError(f"vmin_v {self.vmin_v:g} must be below vmax_v {self.vmax_v:g}")
+        return self
 
 
 class Meter(DeviceBase):
@@ -213,8 +227,8 @@ class RackLiquid(Strict):
     """A rack's own liquid limit: its manifold's maximum flow at a design rise, and the
     manifold meter (a device of kind manifold) that measures its flow and temperatures."""
 
-    max_flow_lpm: float = Field(gt=0)
-    design_dt_k: float | None = Field(None, gt=0)  # default: its loop's design_dt_k
+    max_flow_lpm: float = Field(gt=0, le=1e5)
+    design_dt_k: float | None = Field(None, gt=0, le=100)  # default: its loop's design_dt_k
     meter: str | None = None
 
 
@@ -222,9 +236,9 @@ class Rack(Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     room: str
     row: str
-    design_kw: float = Field(gt=0)
+    design_kw: float = Field(gt=0, le=10_000)
     capture_ratio: float = Field(0.85, ge=0, le=1)  # heat to liquid / rack power
-    air_kw: float | None = Field(None, ge=0)  # air-cooling allowance for the residual heat
+    air_kw: float | None = Field(None, ge=0, le=10_000)  # air allowance for the residual heat
     feed_a: str
     feed_b: str | None = None
     loop: str | None = None
@@ -238,7 +252,7 @@ class Loop(Strict):
     redundancy: Literal["N", "N+1"] = "N+1"
     fluid: Literal["water", "PG25"] = "PG25"
     ashrae_class: Literal["W17", "W27", "W32", "W40", "W45", "W+"] = "W32"
-    design_dt_k: float = Field(10, gt=0)  # allowed supply-to-return rise across the racks
+    design_dt_k: float = Field(10, gt=0, le=100)  # allowed supply-to-return rise
     design_supply_c: float = Field(35, ge=0, le=100)  # technology supply at design
     # the ASHRAE W classes are defined on facility water; "technology_supply" compares the
     # CDUs' secondary supply instead, where the facility side is not metered
@@ -255,12 +269,12 @@ class Webhook(Strict):
     url: str = Field(pattern=r"^https?://[^\s/]+")
     secret: SecretStr | None = None  # HMAC-SHA256 key for the X-Aidc-Signature header
     format: Literal["generic", "alertmanager"] = "generic"
-    timeout_s: float = Field(5, gt=0)
+    timeout_s: float = Field(5, gt=0, le=MAX_TIMEOUT_S)
 
 
 class Alerts(Strict):
-    unreachable_intervals: int = Field(3, ge=1)
-    repeat_s: float = Field(4 * 3600, gt=0)
+    unreachable_intervals: int = Field(3, ge=1, le=1000)
+    repeat_s: float = Field(4 * 3600, gt=0, le=30 * DAY_S)
     webhooks: list[Webhook] = []
 
 
@@ -272,23 +286,23 @@ class Store(Strict):
     token: SecretStr | None = None
     username: str | None = None
     password: SecretStr | None = None
-    batch_size: int = Field(5000, ge=1)
-    flush_s: float = Field(1.0, gt=0)
+    batch_size: int = Field(5000, ge=1, le=1_000_000)
+    flush_s: float = Field(1.0, gt=0, le=3600)
     create_database: bool = True  # influxdb 1.x: create it at start and when it was dropped
 
 
 class Model(Strict):
-    tick_s: float = Field(5, gt=0)
-    pue_target: float = Field(1.3, ge=1)
-    peak_window_s: float = Field(300, gt=0)  # capacity holds the max rack power over this window
+    tick_s: float = Field(5, gt=0, le=3600)
+    pue_target: float = Field(1.3, ge=1, le=10)
+    peak_window_s: float = Field(300, gt=0, le=DAY_S)  # capacity holds the peak over this
     # where IT power is measured (ISO/IEC 30134-2 category 1, 2, 3): the rectifier/UPS
     # outputs, the PDUs, or the IT equipment inputs (the PDUs' outlets)
     it_measured_at: Literal["ups_output", "pdu_output", "it_input"] = "pdu_output"
     # loads with no meter, declared (lighting, offices...); "cooling" declares the cooling
     # plant when no meter has role cooling
-    unmetered_kw: dict[str, float] = {}
-    generator_start_s: float = Field(10, gt=0)  # NFPA 110 Type 10
-    transfer_s: float = Field(0, ge=0)  # only if generator_start_s excludes the transfer
+    unmetered_kw: dict[str, Annotated[float, Field(ge=0, le=MAX_KW)]] = {}
+    generator_start_s: float = Field(10, gt=0, le=3600)  # NFPA 110 Type 10
+    transfer_s: float = Field(0, ge=0, le=3600)  # only if generator_start_s excludes it
     supercap_efficiency: float = Field(0.95, gt=0, le=1)  # DC/DC between supercap and load
 
 
@@ -297,9 +311,9 @@ class Web(Strict):
 
 
 class Defaults(Strict):
-    poll_s: float = Field(5, gt=0)
-    timeout_s: float = Field(2, gt=0)
-    backoff_max_s: float = Field(30, gt=0)  # longest wait between polls of a dead device
+    poll_s: float = Field(5, gt=0, le=DAY_S)
+    timeout_s: float = Field(2, gt=0, le=MAX_TIMEOUT_S)
+    backoff_max_s: float = Field(30, gt=0, le=DAY_S)  # longest wait between polls of a dead device
 
 
 class Site(Strict):
@@ -377,6 +391,21 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
     for i, lp in enumerate(site.loops):
         for j, c in enumerate(lp.cdus):
             need(("loops", i, "cdus", j), c, {"cdu"}, "cdu")
+    listening: dict[tuple[str, str, int], Any] = {}  # (transport, host, port) -> first device
+    for i, d in enumerate(site.devices):
+        transport = "udp" if d.protocol == "snmp" else "tcp"
+        other = listening.setdefault((transport, d.host, d.port), d)
+        gateway = other.protocol == d.protocol == "modbus" and other.modbus.unit_id != d.modbus.unit_id
+        if other is not d and not gateway:
+            errors.append((("devices", i, "port"),
+                           (f"{d.host}:{d.port} is already {other.id}'s (only Modbus units "
+                            "behind one gateway share a port, with different unit_id)")))
+        if d.protocol == "opcua" and d.opcua.security != "None":
+            parts = [p.strip() for p in d.opcua.security.split(",")][2:]
+            for file in (Path(p).expanduser() for p in parts):
+                if not file.is_file():
+                    errors.append((("devices", i, "opcua", "security"),
+                                   f"certificate or key file {file} not found"))
     fed = Counter([r.feed_a for r in site.racks] + [r.feed_b for r in site.racks if r.feed_b])
     for i, d in enumerate(site.devices):
         if d.kind == "pdu" and fed[d.id] > 1:
@@ -389,31 +418,61 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _resolve_secrets(node: yaml.Node, path: str, base: Path) -> None:
-    """Replace ``${VAR}`` by the environment and ``file:PATH`` by the file's first line."""
-    if isinstance(node, yaml.MappingNode):
-        for _, value in node.value:
-            _resolve_secrets(value, path, base)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _resolve_secrets(item, path, base)
-    elif isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):
+def _walk(root: yaml.Node, path: str, base: Path) -> None:
+    """One iterative pass over the parsed file, before anything is built from it: refuse
+    duplicate keys (the last one would silently win), keys that are not plain values, tags
+    beyond plain YAML (``!!python/object``, ``!custom``), nesting deeper than MAX_DEPTH and
+    aliases that expand past MAX_NODES values (an alias bomb); and resolve secrets:
+    ``${VAR}`` from the environment, ``file:PATH`` from the file's first line."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
         line = node.start_mark.line + 1
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(path, line, "", f"anchors and aliases expand to more than "
+                                              f"{MAX_NODES:,} values")  # fmt: skip
+        if depth > MAX_DEPTH:
+            raise ConfigError(path, line, "", f"nested deeper than {MAX_DEPTH} levels")
+        if node.tag not in YAML_TAGS:
+            raise ConfigError(path, line, "", f"the tag {node.tag} is not allowed: plain YAML only")
+        if isinstance(node, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    raise ConfigError(path, key.start_mark.line + 1, "",
+                                      "a key must be a plain value, not a list or mapping")
+                if key.value in keys and key.tag != "tag:yaml.org,2002:merge":
+                    raise ConfigError(path, key.start_mark.line + 1, key.value,
+                                      f"given twice (first at line {keys[key.value]})")
+                keys[key.value] = key.start_mark.line + 1
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+        elif isinstance(node.value, str):
+            _resolve_secret(node, path, base, line)
 
-        def env(m: re.Match[str]) -> str:
-            if m.group(1) not in os.environ:
-                raise ConfigError(path, line, "", f"environment variable {m.group(1)} is not set")
-            return os.environ[m.group(1)]
 
-        value = _ENV.sub(env, node.value)
-        if value.startswith("file:"):
-            secret_file = (base / value[5:]).expanduser()
-            try:
-                value = secret_file.read_text().strip()
-            except OSError as e:
-                raise ConfigError(path, line, "", f"cannot read {secret_file}: {e.strerror}")
-        if value != node.value:
-            node.value, node.tag = value, "tag:yaml.org,2002:str"
+def _resolve_secret(node: yaml.ScalarNode, path: str, base: Path, line: int) -> None:
+    """``${VAR}`` from the environment and ``file:PATH`` from the file's first line."""
+
+    def env(m: re.Match[str]) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(path, line, "", f"environment variable {m.group(1)} is not set")
+        return os.environ[m.group(1)]
+
+    value = _ENV.sub(env, node.value)
+    if value.startswith("file:"):
+        secret_file = (base / value[5:]).expanduser()
+        try:
+            value = secret_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(path, line, "", f"cannot read {secret_file}: {e.strerror}") from None
+        except ValueError:
+            raise ConfigError(path, line, "", f"{secret_file} is not text") from None
+    if value != node.value:
+        node.value, node.tag = value, "tag:yaml.org,2002:str"
 
 
 def _line_of(node: yaml.Node, loc: tuple) -> int | None:
@@ -460,35 +519,59 @@ def _message(err: dict[str, Any]) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _yaml_error(name: str, text: str) -> ConfigError:
-    """The mistake libyaml refused, worded by PyYAML's own parser, whose messages say more
+def _yaml_error(name: str, text: str, libyaml_error: yaml.YAMLError) -> ConfigError:
+    """The mistake libyaml refused, worded by PyYAML's own parser where it can say more
     ("expected ',' or '}', but got ':'"); parsed again only on this error path."""
+    error: Any = libyaml_error
     try:
         yaml.compose(text)
     except yaml.YAMLError as e:
-        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
-        message = f"not valid YAML: {getattr(e, 'problem', e)}"
-        if context is not None and getattr(e, "context", None):
-            message += f" ({e.context} at line {context.line + 1})"
-        return ConfigError(name, mark.line + 1 if mark else None, "", message)
-    return ConfigError(name, None, "", "not valid YAML")
+        error = e
+    except RecursionError:  # nesting beyond the pure-Python parser: libyaml's words
+        pass
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text[: error.position].count("\n") + 1
+        return ConfigError(name, line, "", f"not valid YAML: the character #x{error.character:04x} "
+                                           "is not allowed")  # fmt: skip
+    mark, context = getattr(error, "problem_mark", None), getattr(error, "context_mark", None)
+    message = f"not valid YAML: {getattr(error, 'problem', None) or error}".splitlines()[0]
+    if context is not None and getattr(error, "context", None):
+        message += f" ({error.context} at line {context.line + 1})"
+    return ConfigError(name, mark.line + 1 if mark else 1, "", message)
 
 
-def load_site(path: str | os.PathLike[str]) -> Site:
-    """Read and validate a site file; raise ConfigError with the line of the first mistake."""
+def load_site(
+    path: str | os.PathLike[str], device_check: Callable[[Any], str | None] | None = None
+) -> Site:
+    """Read and validate a site file; raise ConfigError with the line of the first mistake.
+
+    ``device_check`` may refuse a device with a message (the CLI checks that its profile
+    loads and fits it); the error is then located like any other."""
     name = str(path)
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(name, None, "", f"cannot read the file: {e.strerror}") from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(name, line, "", f"not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    try:
         root = yaml.compose(text, Loader=yaml.CSafeLoader)  # libyaml: parsed once, in C
-    except yaml.YAMLError:
-        raise _yaml_error(name, text) from None
+    except yaml.YAMLError as e:
+        raise _yaml_error(name, text, e) from None
+    except RecursionError:
+        raise ConfigError(name, None, "", f"nested deeper than {MAX_DEPTH} levels") from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise ConfigError(name, 1, "", "expected a mapping with site, rooms, devices, racks")
-    _resolve_secrets(root, name, Path(path).parent)
-    data = yaml.CSafeLoader("").construct_document(root)
+    _walk(root, name, Path(path).parent)
+    try:
+        data = yaml.CSafeLoader("").construct_document(root)
+    except yaml.YAMLError as e:  # e.g. a merge key that merges a list
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(name, mark.line + 1 if mark else None, "",
+                          f"not valid YAML: {getattr(e, 'problem', e)}") from None
     try:
         site = Site.model_validate(data)
     except ValidationError as e:
@@ -498,6 +581,9 @@ def load_site(path: str | os.PathLike[str]) -> Site:
             loc += ("kind",)
         raise ConfigError(name, _line_of(root, loc), _field_name(loc), _message(err)) from None
     problems = _references(site)
+    if device_check is not None:
+        problems += [(("devices", i, "profile"), message) for i, d in enumerate(site.devices)
+                     if (message := device_check(d))]
     if problems:
         loc, message = problems[0]
         raise ConfigError(name, _line_of(root, loc), _field_name(loc), message)

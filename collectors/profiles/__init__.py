@@ -128,8 +128,9 @@ def load_profile(name: str) -> ModbusProfile | SnmpProfile | OpcuaProfile:
     except OSError:
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise ProfileError(f"profile '{name}' not found (known: {known})") from None
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path}: not valid YAML: {e}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: not UTF-8
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ProfileError(f"{path}: not a valid YAML profile: {reason}") from None
     try:
         return _adapter.validate_python(data)
     except ValidationError as e:
