@@ -13,8 +13,11 @@ from functools import wraps
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from aidc.api import SiteAPI, one_line
+
+MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred bytes
 
 
 class AckRequest(BaseModel):
@@ -34,12 +37,30 @@ def finite(obj):
 
 
 class FiniteJSONProvider(DefaultJSONProvider):
+    """JSON out without NaN or Infinity, and JSON in refused (a 400) when it holds them or
+    nests deeper than Python's parser goes."""
+
     def dumps(self, obj, **kwargs) -> str:
         return super().dumps(finite(obj), **kwargs)
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, parse_constant=_refuse_constant, **kwargs)
+        except RecursionError:
+            raise ValueError("the JSON body nests too deep") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def error(status: int, message: str):
     return jsonify({"error": message}), status
+
+
+def short(text: str, most: int = 200) -> str:
+    """An error message never repeats what a client sent at length."""
+    return text if len(text) <= most else text[:most] + "..."
 
 
 def parse(model: type[BaseModel], data) -> BaseModel:
@@ -69,11 +90,16 @@ def bearer_guard(api_token: str | None):
 
 def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> None:
     app.json = FiniteJSONProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused from Content-Length, unread
     writes = bearer_guard(api_token)
 
     @app.errorhandler(ValueError)
     def bad_input(e: ValueError):
-        return error(400, str(e))
+        return error(400, short(str(e)))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(e: RequestEntityTooLarge):
+        return error(413, f"the request body is over {MAX_BODY_BYTES // 1024} KiB")
 
     @app.get("/healthz")
     def healthz():
@@ -99,7 +125,7 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     @app.get("/api/v1/racks/<rack_id>/headroom")
     def rack_headroom(rack_id: str):
         found = api.rack_headroom(rack_id)
-        return jsonify(found) if found else error(404, f"no rack '{rack_id}'")
+        return jsonify(found) if found else error(404, short(f"no rack '{rack_id}'"))
 
     @app.get("/api/v1/headroom")
     def headroom():
@@ -133,4 +159,4 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
         try:
             return jsonify(api.acknowledge(fingerprint, q.by))
         except KeyError:
-            return error(404, f"no active alert '{fingerprint}'")
+            return error(404, short(f"no active alert '{fingerprint}'"))

@@ -7,10 +7,12 @@ Write actions (acknowledging alerts) stay on the authenticated API.
 
 from __future__ import annotations
 
+from functools import partial
+
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
-from flask import Flask
+from flask import Flask, jsonify, request
 
 from aidc.api import SiteAPI
 
@@ -154,6 +156,34 @@ def rack_rows(racks: list[dict]) -> list[dict]:
             for r in racks]
 
 
+def _refuse_malformed_update(app: Dash):
+    """Dash's callback endpoint trusts its body (a malformed one raised KeyError or
+    IndexError: a 500): one that is not a call of one of this page's callbacks gets a 400
+    before Dash reads it. Only the shape is checked; the callbacks check their values."""
+    if not request.path.endswith("_dash-update-component") or request.method != "POST":
+        return None
+    body = request.get_json(silent=True)
+
+    def items_ok(items) -> bool:
+        return isinstance(items, list) and all(
+            isinstance(i, dict) and isinstance(i.get("id"), str | dict)
+            and isinstance(i.get("property"), str) for i in items)
+
+    ok = (isinstance(body, dict) and isinstance(body.get("output"), str)
+          and body["output"] in app.callback_map
+          and items_ok(body.get("inputs")) and items_ok(body.get("state", []))
+          and isinstance(body.get("changedPropIds", []), list))
+    if ok:
+        spec, outputs = app.callback_map[body["output"]], body.get("outputs")
+        many = body["output"].startswith("..")  # "..a.children...b.children.."
+        n_outputs = len(body["output"].strip(".").split("...")) if many else 1
+        ok = (len(body["inputs"]) == len(spec["inputs"])
+              and len(body.get("state", [])) == len(spec.get("state", []))
+              and (items_ok(outputs) and len(outputs) == n_outputs if many
+                   else items_ok([outputs])))
+    return None if ok else (jsonify({"error": "not a call of one of this page's callbacks"}), 400)
+
+
 def what_if_text(w: dict) -> str:
     """The answer in words: unknown, not checked and fitting limits named as such."""
     verdict = "fits" if w["feasible"] else "does not fit"
@@ -170,6 +200,7 @@ def what_if_text(w: dict) -> str:
 def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
     app = Dash(__name__, server=server, title=f"aidc · {api.site_name}", update_title=None)
     app.layout = layout(api)
+    app.server.before_request(partial(_refuse_malformed_update, app))
 
     @app.callback(
         Output("updated-at", "children"), Output("pue-value", "children"),

@@ -8,21 +8,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from flask import Flask, jsonify, request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from aidc.http import bearer_guard, parse
-from simulators.site import SimulatedSite
+from simulators.site import FAULTS, SimulatedSite
 
 
 class FaultRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    fault: str
-    device: str | None = None
-    metric: str | None = None
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    fault: Literal[FAULTS]  # type: ignore[valid-type]
+    device: str | None = Field(None, max_length=100)
+    metric: str | None = Field(None, max_length=100)
     on: bool = True
-    value: float | None = None
+    value: float | None = Field(None, ge=0, le=3600)  # seconds late, or a module number
 
 
 def register_fault_routes(app: Flask, simulated: SimulatedSite, api_token: str | None) -> None:

@@ -97,7 +97,10 @@ async def check_readings_and_pue(simulated, runtime, web, started: float) -> Non
     a03 = racks["A03"]
     assert a03["limiting"] in ("feed", "phase") and a03["complete"]
     assert abs(a03["limits_kw"]["feed"] - (68.27 - a03["power_kw_peak"])) < 0.1
-    assert abs(a03["limits_kw"]["phase"] - a03["limits_kw"]["feed"]) < 0.3  # 0.1 A resolution
+    # on a balanced feed the phase limit is the feed limit, but for the 0.1 A steps of the
+    # currents and for the rack's swing between the poll's GET (power) and its GETBULK
+    # (phase currents): up to ~0.5 kW/s on A03 while the machine is loaded
+    assert abs(a03["limits_kw"]["phase"] - a03["limits_kw"]["feed"]) < 1.0
     assert a03["headroom_kw"] == min(a03["limits_kw"]["feed"], a03["limits_kw"]["phase"])
 
     # readings arrive in the store through each of the three protocols, and derived values
