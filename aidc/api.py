@@ -226,12 +226,19 @@ class SiteAPI:
         ]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while the model ticks; device outages are reported, not unhealthy."""
+        """Serving while the model ticks (503 "stalled" when it stops). "degraded" when a
+        series the model and its rules need has never once read good since start (after a
+        grace of three poll intervals): those rules can neither fire nor clear. Device
+        outages are reported, not unhealthy."""
         rt, now = self.runtime, time.time()
         tick_age = now - rt.status.updated_at if rt.status else now - rt.started_at
         ok = tick_age < 3 * rt.site.model.tick_s + 5
+        grace_s = 3 * max(rt.site.poll_s(d) + rt.site.timeout_s(d) for d in rt.site.devices)
+        never = [m for m in (rt.status.missing if rt.status else [])
+                 if tuple(m.split(".", 1)) not in rt.ever_good] if now - rt.started_at > grace_s else []
         return ok, {
-            "status": "ok" if ok else "stalled",
+            "status": "stalled" if not ok else "degraded" if never else "ok",
+            "inputs_never_read": never[:20],
             "last_tick_age_s": round(tick_age, 2),
             "devices_up": sum(h.state in REACHABLE for h in rt.health.values()),
             "devices_total": len(rt.health),

@@ -75,6 +75,7 @@ class Runtime:
         self.store = store or open_store(site.store, data_dir)
         self.writer = SpooledWriter(self.store, data_dir / "spool.sqlite")
         self.latest: dict[tuple[str, str], Sample] = {}  # (device, Reading.key) -> newest
+        self.ever_good: set[tuple[str, str]] = set()  # series that have read good at least once
         self.health = {
             d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
         }
@@ -93,6 +94,7 @@ class Runtime:
         self.last_tick_ms = 0.0
         self._pending: list[Sample] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_errors: dict[tuple[str, str], int] = {}
         self._stopping = False
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
@@ -111,6 +113,7 @@ class Runtime:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then flush what is pending and close cleanly."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._loop_error)
         tasks = [asyncio.create_task(self._poll(d), name=f"poll-{d.id}") for d in self.site.devices]
         tasks += [
             asyncio.create_task(self._flush_forever(), name="writer"),
@@ -164,6 +167,8 @@ class Runtime:
                 else:
                     bad = sum(r.quality is not Quality.GOOD for r in readings)
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
+                    self.ever_good.update((device.id, r.key) for r in readings
+                                          if r.quality is Quality.GOOD)
                     for r in readings:
                         s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
                                    r.value, now, r.quality)
@@ -206,6 +211,18 @@ class Runtime:
                 h.watch(now, intervals * h.poll_s)
                 if h.state != before:
                     log.warning("event=device_%s device=%s error=%r", h.state, h.id, h.error)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """asyncio's own reports (a protocol library that failed on what a device sent, a
+        task nobody awaited): one structured line each, the first of a kind with its
+        traceback, then at the 10th, 100th, ... with the count: a flooding device cannot
+        flood the log."""
+        message, error = context.get("message", ""), context.get("exception")
+        key = (message, type(error).__name__)
+        count = self._loop_errors[key] = self._loop_errors.get(key, 0) + 1
+        if count in (1, 10, 100, 1000) or count % 10_000 == 0:
+            log.warning("event=loop_error count=%d message=%r error=%r", count, message[:200],
+                        error, exc_info=error if count == 1 else None)  # fmt: skip
 
     def _device_failed(self, device, health: DeviceHealth, now: float, error: str) -> None:
         if health.state != "down":

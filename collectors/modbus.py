@@ -16,9 +16,12 @@ Tables: a point with ``rows`` stands for one point per row, row r (1-based) at
 Coalescing: the points of each table (rows expanded) are grouped into requests of at most
 ``profile.max_registers`` registers (2000 bits for coils and discrete inputs), bridging
 gaps of up to ``profile.max_gap`` unmapped addresses. A request the device rejects with an
-exception is split in halves, down to single points; the working split is remembered for
-the life of the collector, so later polls do not repeat the failing request. A single
-point that is still rejected reads as quality ``bad``; the rest of the device is unaffected.
+exception is split in halves, down to single points, and the working split is remembered,
+so later polls do not repeat the failing request: for the life of the collector when the
+exception is the device's map (01-03), for MERGE_AFTER_POLLS clean polls when it passes
+(04: a sensor board failing). A single point that is still rejected reads as quality
+``bad``; the rest of the device is unaffected. A busy device (05, 06) is asked again after
+a short pause before its answer counts.
 
 Gateways: devices at one host:port (different unit ids behind a Modbus TCP gateway, or one
 device) share one TCP connection, and one transaction at a time is outstanding on it, as
@@ -73,6 +76,11 @@ EXCEPTION_NAMES = {  # MAP v1.1b3, section 7
     0x0B: "gateway target device failed to respond",
 }
 SILENT_LIMIT = 3  # requests in a row without any answer before a connection counts as dead
+BUSY_EXCEPTIONS = {5, 6}  # acknowledge (a long operation under way), server device busy
+BUSY_RETRIES = 2
+BUSY_PAUSE_S = 0.05  # then 0.1 s
+PERMANENT_EXCEPTIONS = {1, 2, 3}  # illegal function, address, value: the device's map
+MERGE_AFTER_POLLS = 10  # clean polls before blocks split by a transient exception re-merge
 CLIENT_TIMEOUT_S = 3600.0  # pymodbus' own deadline, out of the way: each unit's timeout_s rules
 BYTE_ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
 NUMBERS = {  # the device's number, from its bytes most significant first
@@ -383,6 +391,10 @@ class ModbusCollector(Collector):
         self._points = [point for point, _ in expanded]
         self._labels = [labels for _, labels in expanded]
         self._plan = coalesce(self._points, profile.max_registers, profile.max_gap)
+        self._base_plan = list(self._plan)
+        self._clean_polls = 0
+        self._permanent_split = False
+        self._exceptions: set[int] = set()
         self._pool = pool
         self._connection: SharedConnection | None = None
 
@@ -394,10 +406,26 @@ class ModbusCollector(Collector):
     async def read(self) -> list[Reading]:
         readings: dict[int, Reading] = {}
         plan: list[Block] = []
+        self._exceptions: set[int] = set()
         for block in self._plan:
             plan += await self._read_block(block, readings)
-        self._plan = plan
+        self._plan = self._next_plan(plan)
         return [readings[i] for i in range(len(self._points))]
+
+    def _next_plan(self, plan: list[Block]) -> list[Block]:
+        """The blocks split by a transient exception (04: a sensor board failing for a
+        while) go back to the coalesced plan after MERGE_AFTER_POLLS clean polls: a passing
+        fault must not multiply the requests for the life of the process. An illegal address,
+        function or value (01-03) is the device's map: its split stays."""
+        self._permanent_split |= bool(self._exceptions & PERMANENT_EXCEPTIONS)
+        if self._exceptions or plan == self._base_plan or self._permanent_split:
+            self._clean_polls = 0
+            return plan
+        self._clean_polls += 1
+        if self._clean_polls < MERGE_AFTER_POLLS:
+            return plan
+        self._clean_polls = 0
+        return list(self._base_plan)
 
     async def read_raw(self, table: Table, address: int, count: int) -> list[int]:
         """``count`` registers (bits as 0/1) of ``table`` from ``address``, as the device sent
@@ -418,6 +446,8 @@ class ModbusCollector(Collector):
         return the blocks that now stand for it in the plan."""
         points, byte_order = self._points, self.profile.byte_order
         answer = await self._request(block)
+        if isinstance(answer, int):
+            self._exceptions.add(answer)
         if isinstance(answer, list):
             for i in block.indices:
                 first = points[i].address - block.start
@@ -442,9 +472,14 @@ class ModbusCollector(Collector):
             self._connection = self._pool.acquire(self.device.host, self.device.port)
         unit_id = self.device.modbus.unit_id
         try:
-            response = await self._connection.read(
-                block.table, block.start, block.count, unit_id, self.timeout_s
-            )
+            for attempt in range(BUSY_RETRIES + 1):
+                response = await self._connection.read(
+                    block.table, block.start, block.count, unit_id, self.timeout_s
+                )
+                if not (response.isError() and response.exception_code in BUSY_EXCEPTIONS):
+                    break
+                if attempt < BUSY_RETRIES:  # busy (05 acknowledge, 06 busy): ask again later
+                    await asyncio.sleep(BUSY_PAUSE_S * 2**attempt)
         except TimeoutError as e:
             raise DeviceUnreachable(
                 f"{self._where}: no valid answer within {self.timeout_s} s: "

@@ -69,6 +69,7 @@ __all__ = ["SnmpCollector"]
 
 ATTEMPTS = 2  # one request and one retransmission, each given timeout_s / ATTEMPTS
 TOO_BIG = 1
+SMI_MIN, SMI_MAX = -(2**31), 2**64 - 1  # Integer32 .. Counter64 (RFC 2578)
 SYS_UP_TIME = "1.3.6.1.2.1.1.3.0"  # RFC 3418: goes back to 0 when the agent restarts
 MISSING = "missing from the walk"
 ERROR_STATUS = (  # RFC 3416 section 3, error-status
@@ -275,7 +276,8 @@ def decode(point: SnmpPoint, raws: list[Raw], labels: dict[str, str] | None = No
     """One Reading from the raw values of a point's OIDs: each OID is decoded (enum, or
     raw * scale + offset), then the point's reduce combines them."""
     raw, labels = raw_of(raws), labels or {}
-    numbers = [r for r in raws if isinstance(r, int) and r not in point.sentinels]
+    numbers = [r for r in raws if isinstance(r, int) and r not in point.sentinels
+               and SMI_MIN <= r <= SMI_MAX]  # an INTEGER no SMI type holds is garbage: bad
     unknown_code = point.enum is not None and any(n not in point.enum for n in numbers)
     if len(numbers) < len(raws) or unknown_code:
         return Reading(point.metric, None, Quality.BAD, raw, labels)
@@ -544,6 +546,7 @@ class CommunitySession(asyncio.DatagramProtocol):
         self._request_id = random.randrange(1, 2**31 - 1)
         self._oid_tlv: dict[str, bytes] = {}  # dotted OID -> encoded TLV
         self._oid_contents: dict[str, bytes] = {}  # dotted OID -> TLV contents
+        self.bad_responses = 0  # datagrams that did not parse (logged at 1, 10, 100, ...)
 
     async def open(self, host: str, port: int) -> None:
         self._peer = f"udp {host}:{port}"
@@ -608,8 +611,11 @@ class CommunitySession(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             response = parse_response(data)
-        except (ValueError, IndexError) as e:
-            log.warning("event=snmp_bad_response peer=%s error=%r", self._peer, str(e))
+        except Exception as e:  # whatever a peer sends: never the transport's end
+            self.bad_responses += 1
+            if self.bad_responses in (1, 10, 100, 1000) or self.bad_responses % 10_000 == 0:
+                log.warning("event=snmp_bad_response peer=%s count=%d error=%r",
+                            self._peer, self.bad_responses, str(e)[:200])  # fmt: skip
             return
         future = self._pending.get(response.request_id)
         if future is not None and not future.done():

@@ -72,6 +72,7 @@ class ExceptionCode(IntEnum):
     ILLEGAL_DATA_ADDRESS = 0x02
     ILLEGAL_DATA_VALUE = 0x03
     SERVER_DEVICE_FAILURE = 0x04
+    SERVER_DEVICE_BUSY = 0x06
     GATEWAY_TARGET_FAILED_TO_RESPOND = 0x0B
 
 
@@ -272,7 +273,8 @@ class ModbusGatewayServer:
     ``units`` maps a unit id to the device's profile and its ``values()`` callable. Fault
     hooks, changeable while running: ``delay_s`` delays every answer (a slow device or
     gateway); ``refuse`` holds metrics whose registers answer exception 04 (a failing sensor
-    board); :meth:`set_unit_offline` takes one device behind the gateway off its bus.
+    board); ``busy`` answers that many requests with exception 06 (a device busy with
+    something else); :meth:`set_unit_offline` takes one device behind the gateway off its bus.
 
     For tests: ``function_codes_seen`` records the function code of every request received,
     ``connections_accepted`` counts TCP connections, ``peak_transactions`` is the most
@@ -288,6 +290,7 @@ class ModbusGatewayServer:
         }
         self.delay_s = 0.0
         self.refuse: set[str] = set()
+        self.busy = 0  # the next requests that answer exception 06 (server device busy)
         self.function_codes_seen: list[int] = []
         self.connections_accepted = 0
         self.peak_transactions = 0
@@ -372,6 +375,9 @@ class ModbusGatewayServer:
             return exception_pdu(function_code, ExceptionCode.GATEWAY_TARGET_FAILED_TO_RESPOND)
         if function_code not in TABLE_OF_FUNCTION:
             return exception_pdu(function_code, ExceptionCode.ILLEGAL_FUNCTION)
+        if self.busy > 0:
+            self.busy -= 1
+            return exception_pdu(function_code, ExceptionCode.SERVER_DEVICE_BUSY)
         if len(pdu) != 1 + READ_REQUEST.size:
             return exception_pdu(function_code, ExceptionCode.ILLEGAL_DATA_VALUE)
         address, quantity = READ_REQUEST.unpack(pdu[1:])

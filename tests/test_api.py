@@ -260,3 +260,23 @@ def test_the_api_and_the_cli_give_every_rack_the_same_numbers(tmp_path, monkeypa
         for key in ("capacity_kw", "left_kw", "left_normal_kw"):
             assert pool[key] == pytest.approx(pools[pool["id"]][key], abs=0.1), (pool["id"], key)
         assert pool["worst_failure"] == pools[pool["id"]]["worst_failure"]
+
+
+def test_healthz_is_degraded_while_an_input_has_never_read_good(tmp_path):
+    """A rule whose input never arrives can neither fire nor clear: /healthz must not say
+    "ok" then. Past the start-up grace, series the model needed and never once read good
+    make it "degraded" and are named; one good read each and it is "ok" again."""
+    from aidc.config import load_site
+    from aidc.runtime import Runtime
+
+    runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path)
+    runtime.status = runtime.model.evaluate({}, time.time())  # every input missing
+    api = SiteAPI(runtime)
+    assert api.health()[1]["status"] == "ok"  # still starting: the grace
+    runtime.started_at -= 600
+    ok, body = api.health()
+    assert ok and body["status"] == "degraded" and "pdu-a01-a.power_kw" in body["inputs_never_read"]
+    runtime.ever_good |= {tuple(m.split(".", 1)) for m in runtime.status.missing}
+    assert api.health()[1]["status"] == "ok"
+    runtime.writer.close()
+    runtime.outbox.close()

@@ -19,7 +19,7 @@ from aidc.config import load_site
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
-from tests.conftest import LiveSite, wait_for
+from tests.conftest import ROOT, LiveSite, wait_for
 
 SITE = """
 site: liveness
@@ -275,3 +275,26 @@ class SilenceableRelay:
                 sink.write(data)
                 await sink.drain()
         sink.close()  # EOF on one side ends the other
+
+
+def test_a_flood_of_protocol_errors_is_counted_not_logged_line_by_line(tmp_path, caplog):
+    """What asyncio reports for a protocol library that failed on a device's bytes (pymodbus'
+    decode failure came as "Fatal error: protocol.data_received() call failed"): one
+    structured warning with its traceback, then only at the 10th and 100th."""
+    import logging
+
+    from aidc.runtime import Runtime
+
+    runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path / "data")
+    loop = asyncio.new_event_loop()
+    context = {"message": "Fatal error: protocol.data_received() call failed.",
+               "exception": ValueError("unpack requires a buffer of 7 bytes")}
+    with caplog.at_level(logging.WARNING, logger="aidc.runtime"):
+        for _ in range(150):
+            runtime._loop_error(loop, context)
+    lines = [r for r in caplog.records if "event=loop_error" in r.getMessage()]
+    assert [r.getMessage().split()[1] for r in lines] == ["count=1", "count=10", "count=100"]
+    assert lines[0].exc_info is not None and lines[1].exc_info is None
+    loop.close()
+    runtime.writer.close()
+    runtime.outbox.close()

@@ -321,6 +321,46 @@ def test_refused_gap_register_splits_into_good_points() -> None:
     asyncio.run(run())
 
 
+def test_a_transient_exception_split_merges_back_after_clean_polls() -> None:
+    """A sensor board fails for a while (exception 04 on one metric): its block is split to
+    read the others; once it answers again, MERGE_AFTER_POLLS clean polls later the device
+    is read with the coalesced requests again, not the split ones for ever."""
+    from collectors.modbus import MERGE_AFTER_POLLS
+
+    async def run() -> None:
+        async with device(load_profile("cdu_generic"), CDU_VALUES) as (server, c):
+            await c.read()
+            base = c.plan
+            server.refuse = {"flow_lpm"}
+            got = by_metric(await c.read())
+            assert got["flow_lpm"].raw == "exception 4" and len(c.plan) > len(base)
+            server.refuse = set()
+            for _ in range(MERGE_AFTER_POLLS - 1):
+                await c.read()
+                assert len(c.plan) > len(base)  # not yet: the fault may come back
+            await c.read()
+            assert c.plan == base
+            assert {r.quality for r in await c.read()} == {Quality.GOOD}
+
+    asyncio.run(run())
+
+
+def test_a_busy_device_is_asked_again_not_split() -> None:
+    """Exception 06 (server device busy) twice, then an answer: the poll reads every point
+    and the plan stays coalesced."""
+
+    async def run() -> None:
+        async with device(load_profile("cdu_generic"), CDU_VALUES) as (server, c):
+            await c.read()
+            base = c.plan
+            server.busy = 2
+            readings = await c.read()
+            assert {r.quality for r in readings} == {Quality.GOOD} and c.plan == base
+            assert server.busy == 0
+
+    asyncio.run(run())
+
+
 def test_sensor_faults_and_out_of_range() -> None:
     cdu = {**CDU_VALUES, "supply_temp_c": None, "return_temp_c": 95.0}
     rectifier = {**RECTIFIER_VALUES, "battery_voltage_v": None}  # float: no sentinel

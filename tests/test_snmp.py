@@ -418,6 +418,69 @@ def test_no_such_instance_and_sentinel_make_only_their_metric_bad() -> None:
     assert sum(r.quality is Quality.GOOD for r in readings.values()) == 11
 
 
+def ber(tag: int, content: bytes) -> bytes:
+    """One BER TLV (definite length), built by hand: pyasn1 would refuse what it carries."""
+    size = len(content)
+    length = bytes([size]) if size < 0x80 else bytes([0x80 | ((size.bit_length() + 7) // 8)]) + (
+        size.to_bytes((size.bit_length() + 7) // 8, "big"))
+    return bytes([tag]) + length + content
+
+
+def ber_int(value: int) -> bytes:
+    return ber(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+class HostileAgent(asyncio.DatagramProtocol):
+    """An SNMPv2c 'agent' that first sends garbage, then answers every GET with an INTEGER of
+    10^40 (no SMI type holds it) for one OID and 1 for the others."""
+
+    def __init__(self, huge_oid: str) -> None:
+        self.huge_oid = huge_oid
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        request, _ = decoder.decode(data, asn1Spec=v2c.Message())
+        pdu = v2c.apiMessage.get_pdu(request)
+        varbinds = b"".join(
+            ber(0x30, encoder.encode(oid) + ber_int(10**40 if str(oid) == self.huge_oid else 1))
+            for oid, _ in v2c.apiPDU.get_varbinds(pdu))  # fmt: skip
+        request_id = int(v2c.apiPDU.get_request_id(pdu))
+        response = ber(0xA2, ber_int(request_id) + ber_int(0) + ber_int(0) + ber(0x30, varbinds))
+        message = ber(0x30, ber_int(1) + ber(0x04, b"public") + response)
+        for junk in (b"\x30\x03\x02\x01", os.urandom(40), b"\xff" * 10):
+            self.transport.sendto(junk, addr)
+        self.transport.sendto(message, addr)
+
+
+def test_a_value_no_smi_type_holds_is_bad_and_garbage_is_counted(caplog) -> None:
+    """A peer answering garbage datagrams and an INTEGER of 10^40 (it crashed the decode
+    with OverflowError, an 'internal error' for the whole device): that point is bad with its
+    raw value kept, the others read, and the garbage is counted and logged sparingly."""
+    huge = "1.3.6.1.2.1.33.1.2.3.0"  # upsEstimatedMinutesRemaining
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: HostileAgent(huge), local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        c = make_collector(ups_device(port), timeout_s=5.0)
+        try:
+            return [await c.read() for _ in range(4)], c._session.bad_responses
+        finally:
+            await c.close()
+            transport.close()
+
+    polls, bad = asyncio.run(run())
+    got = by_key(polls[-1])
+    assert got["runtime_min"].quality is Quality.BAD and got["runtime_min"].raw == 10**40
+    assert got["battery_charge_pct"].quality is Quality.GOOD
+    assert bad >= 3 * 4  # every junk datagram counted ...
+    logged = caplog.text.count("event=snmp_bad_response")
+    assert 1 <= logged <= 2  # ... and logged at the 1st and the 10th only
+
+
 def test_out_of_limits_value_is_out_of_range() -> None:
     pdu = {**PDU_VALUES, "power_factor": 1.5}  # profile max 1
     readings = by_key(asyncio.run(read_once(pdu_device(free_port("udp")), pdu)))
