@@ -263,7 +263,7 @@ def start_live_site(data_dir: Path) -> LiveSite:
 
     site = on_free_ports(load_site(ROOT / "site_configs" / "demo.yaml")).model_copy(
         update={
-            "defaults": Defaults(poll_s=0.5, timeout_s=1.0),
+            "defaults": Defaults(poll_s=0.5, timeout_s=2.0),  # patient: a loaded machine
             "model": Model(tick_s=0.5),
             "web": Web(api_token=SecretStr(API_TOKEN)),
         }

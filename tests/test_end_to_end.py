@@ -30,7 +30,7 @@ def fast_site(receiver_url: str, store: dict | None = None) -> Site:
     site = on_free_ports(load_site(DEMO))
     return site.model_copy(
         update={
-            "defaults": Defaults(poll_s=0.5, timeout_s=1.0),
+            "defaults": Defaults(poll_s=0.5, timeout_s=2.0),  # patient: a loaded machine
             "model": Model(tick_s=0.5, pue_target=1.25),
             "store": StoreConfig(flush_s=0.3, **(store or {})),
             "alerts": Alerts(unreachable_intervals=3, webhooks=[Webhook(url=receiver_url)]),

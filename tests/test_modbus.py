@@ -40,7 +40,8 @@ from simulators.modbus import ModbusDeviceServer, ModbusGatewayServer
 from tests.conftest import while_the_other_waits
 
 HOST = "127.0.0.1"
-TIMEOUT_S = 0.5
+TIMEOUT_S = 0.5  # where a test waits for a timeout on purpose
+PATIENT_S = 5.0  # everywhere else: a loaded machine answers late, and these tests read
 
 
 def point(**fields: object) -> ModbusPoint:
@@ -67,7 +68,7 @@ def module(metric: str, n: int) -> str:
 @asynccontextmanager
 async def device(
     profile: ModbusProfile, values: Mapping[str, float | None], unit_id: int = 1,
-    timeout_s: float = TIMEOUT_S, **kwargs: object,
+    timeout_s: float = PATIENT_S, **kwargs: object,
 ) -> AsyncIterator[tuple[ModbusDeviceServer, ModbusCollector]]:
     """A simulator serving ``values`` and a collector pointed at it."""
     server = ModbusDeviceServer(profile, HOST, free_port(), lambda: values, unit_id, **kwargs)
@@ -445,7 +446,7 @@ def test_wrong_unit_id_behind_a_gateway_is_unreachable() -> None:
             id="m", protocol="modbus", port=server.port, profile="power_meter",
             modbus=ModbusSettings(unit_id=2),
         )
-        collector = make_collector(config, TIMEOUT_S)
+        collector = make_collector(config, PATIENT_S)
         assert isinstance(collector, ModbusCollector)
         try:
             with pytest.raises(DeviceUnreachable, match="unit 2"):
@@ -471,7 +472,7 @@ def test_collector_sends_only_read_function_codes() -> None:
                 assert set(server.function_codes_seen) <= {1, 2, 3, 4}
         # the record is not vacuous: a write is seen (and refused)
         async with device(load_profile("power_meter"), METER_VALUES) as (server, _):
-            client = AsyncModbusTcpClient(HOST, port=server.port, timeout=TIMEOUT_S)
+            client = AsyncModbusTcpClient(HOST, port=server.port, timeout=PATIENT_S)
             await client.connect()
             response = await client.write_register(0, 1, device_id=1)
             client.close()
@@ -577,7 +578,7 @@ async def gateway(
         ModbusCollector(
             DeviceBase(id=f"meter-{u}", protocol="modbus", port=server.port, profile=profile.name,
                        modbus=ModbusSettings(unit_id=u)),
-            profile, TIMEOUT_S, pools[i] if pools else None,
+            profile, PATIENT_S, pools[i] if pools else None,
         )
         for i, u in enumerate(unit_ids)
     ]
@@ -625,6 +626,7 @@ def test_one_unit_offline_behind_a_gateway_spoils_only_that_unit() -> None:
             assert_read_back(three, meter_values(3), tol=0)
 
             server.set_unit_offline(2, True, silent=True)  # no answer at all: a timeout
+            collectors[1].timeout_s = TIMEOUT_S  # waited on purpose
             one, two, three = await poll(collectors)
             assert isinstance(two, DeviceUnreachable) and "no valid answer" in str(two)
             assert_read_back(one, meter_values(1), tol=0)

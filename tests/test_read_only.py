@@ -21,7 +21,7 @@ from simulators.site import SimulatedSite
 
 SITE = """
 site: every-profile
-defaults: {{poll_s: 0.5, timeout_s: 1.5}}
+defaults: {{poll_s: 0.5, timeout_s: 3}}
 model: {{tick_s: 0.5}}
 rooms: [{{id: r}}]
 devices:
@@ -73,8 +73,8 @@ def test_a_full_poll_cycle_sends_no_write(site, tmp_path):
         runtime = Runtime(site, tmp_path / "data")
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.run(stop))
-        deadline = time.monotonic() + 20
-        while min(h.polls_total for h in runtime.health.values()) < 3:
+        deadline = time.monotonic() + 60  # every device read well 3 times: a full poll cycle
+        while min(h.polls_total - h.errors_total for h in runtime.health.values()) < 3:
             assert time.monotonic() < deadline, {h.id: h.error for h in runtime.health.values()}
             await asyncio.sleep(0.1)
         stop.set()
@@ -83,7 +83,6 @@ def test_a_full_poll_cycle_sends_no_write(site, tmp_path):
         return simulated, runtime
 
     simulated, runtime = asyncio.run(run())
-    assert all(h.state == "up" for h in runtime.health.values()), runtime.health
     servers = {id(s): s for s in simulated.servers.values()}.values()
     for server in servers:
         if hasattr(server, "function_codes_seen"):

@@ -140,7 +140,7 @@ async def read_once(
     simulator = SnmpDeviceServer(profile, "127.0.0.1", port, lambda: values, v3_users=v3_users)
     simulator.refuse = set(refuse)
     await simulator.start()
-    collector = make_collector(device, 1.0)
+    collector = make_collector(device, 5.0)  # patient: these tests read, they do not time
     try:
         return await collector.read()
     finally:
