@@ -79,8 +79,9 @@ async def get_json(url: str):
 
 
 async def check_readings_and_pue(simulated, runtime, web, started: float) -> None:
-    await wait_until(lambda: runtime.ticks >= 2 and runtime.status and runtime.status.pue,
-                     30, "two model ticks with a PUE")
+    await wait_until(lambda: runtime.ticks >= 2 and runtime.status and runtime.status.pue
+                     and all(r.complete for r in runtime.status.racks),
+                     30, "two model ticks with a PUE and every rack's headroom complete")
     site = await get_json(web.url + "api/v1/site")
     truth = simulated.truth()
     assert site["pue_category"] == 2  # IT measured at the PDU outputs
