@@ -633,6 +633,7 @@ def test_one_unit_offline_behind_a_gateway_spoils_only_that_unit() -> None:
             assert_read_back(three, meter_values(3), tol=0)
 
             server.set_unit_offline(2, False)
+            collectors[1].timeout_s = PATIENT_S
             for u, readings in zip([1, 2, 3], await poll(collectors), strict=True):
                 assert_read_back(readings, meter_values(u), tol=0)
             assert server.connections_accepted == 1  # the silent unit kept the connection

@@ -605,6 +605,7 @@ def test_a_device_turning_slow_mid_session_is_unreachable(supercap_server: Serve
             await asyncio.sleep(0.3)  # the publish in flight is held back
             with pytest.raises(DeviceUnreachable) as failed:
                 await c.read()
+        c.timeout_s = PATIENT_S  # a new session and subscription on a loaded machine
         after = await c.read()
         await c.close()
         return failed.value, after

@@ -91,7 +91,7 @@ def test_influx_version_is_detected(influxd):
 def test_spool_keeps_everything_through_an_influxdb_outage_and_replays_in_order(tmp_path):
     (tmp_path / "influxd").mkdir()
     server = Influxd(tmp_path / "influxd")  # configured, not started: the store is down
-    store = InfluxStore(StoreConfig(backend="influxdb", url=server.url, database="outage"), timeout_s=1)
+    store = InfluxStore(StoreConfig(backend="influxdb", url=server.url, database="outage"), timeout_s=5)
     writer = SpooledWriter(store, tmp_path / "spool.sqlite")
     batches = [
         [Sample("pdu", {"device": "pdu-1"}, "power_kw", float(i), T0 + i)] for i in range(50)
@@ -187,7 +187,7 @@ def test_a_refused_batch_in_the_spool_never_blocks_the_replay(tmp_path):
     (tmp_path / "influxd").mkdir()
     server = Influxd(tmp_path / "influxd")
     store = InfluxStore(StoreConfig(backend="influxdb", url=server.url, database="replay"),
-                        timeout_s=1)
+                        timeout_s=5)
     writer = SpooledWriter(store, tmp_path / "spool.sqlite")
     server.start()
     try:
