@@ -269,7 +269,9 @@ class Webhook(Strict):
     url: str = Field(pattern=r"^https?://[^\s/]+")
     secret: SecretStr | None = None  # HMAC-SHA256 key for the X-Aidc-Signature header
     format: Literal["generic", "alertmanager"] = "generic"
-    timeout_s: float = Field(5, gt=0, le=MAX_TIMEOUT_S)
+    # per receiver: a request unanswered this long is retried later (Slack, PagerDuty and
+    # Alertmanager answer in well under a second; 10 s leaves a slow one room without resending)
+    timeout_s: float = Field(10, gt=0, le=MAX_TIMEOUT_S)
 
 
 class Alerts(Strict):

@@ -2,8 +2,10 @@
 
 An alert is identified by its fingerprint (rule name + labels). A condition that holds starts a
 *pending* alert; once it has held for the rule's ``for_s`` the alert is *firing* and one
-``firing`` transition is emitted. While it fires, a ``repeat`` transition is emitted every
-``repeat_s`` since the last notification unless someone acknowledged it. When the condition
+``firing`` transition is emitted. While it fires, a change of severity is an ``escalated`` or
+``deescalated`` transition (an escalation also clears an acknowledgement: a critical is not
+the warning someone took), and a ``repeat`` transition is emitted every ``repeat_s`` since the
+last notification unless someone acknowledged it. When the condition
 clears, a firing alert emits ``resolved`` (acknowledged or not); a pending one is dropped
 silently.
 
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     from alerts.outbox import Outbox
 
 AlertState = Literal["pending", "firing"]
-TransitionKind = Literal["firing", "resolved", "repeat"]
+TransitionKind = Literal["firing", "escalated", "deescalated", "repeat", "resolved"]
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}  # unknown severities rank as warning
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_state (
@@ -103,10 +106,22 @@ class Transition:
     kind: TransitionKind
     alert: Alert
     at: float
+    previous_severity: str | None = None  # of an escalated or deescalated alert
 
     @property
     def status(self) -> Literal["firing", "resolved"]:
         return "resolved" if self.kind == "resolved" else "firing"
+
+    @property
+    def delivery_priority(self) -> int:
+        """Lower is sent first: critical firing, then warning, info, and resolved last."""
+        if self.kind == "resolved":
+            return len(SEVERITY_RANK)
+        return max(SEVERITY_RANK.values()) - severity_rank(self.alert.severity)
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITY_RANK.get(severity, SEVERITY_RANK["warning"])
 
 
 Notify = Callable[[Sequence[Transition]], None]
@@ -190,13 +205,24 @@ def _advance(
             severity=cond.severity, summary=cond.summary, value=cond.value,
             state="pending", active_since=now,
         )  # fmt: skip
+    before = alert.severity
     alert = replace(alert, severity=cond.severity, summary=cond.summary, value=cond.value)
     if alert.state == "pending":
         if now - alert.active_since < cond.for_s:
             return alert, None
         fired = replace(alert, state="firing", starts_at=now, last_notified_at=now)
         return fired, Transition("firing", fired, now)
+    if cond.severity != before:
+        return _severity_changed(alert, before, now)
     return _repeat(alert, now, repeat_s)
+
+
+def _severity_changed(alert: Alert, before: str, now: float) -> tuple[Alert, Transition]:
+    up = severity_rank(alert.severity) > severity_rank(before)
+    changed = replace(alert, last_notified_at=now)
+    if up:
+        changed = replace(changed, acked_by=None, acked_at=None)
+    return changed, Transition("escalated" if up else "deescalated", changed, now, before)
 
 
 def _clear(alert: Alert | None, now: float) -> tuple[None, Transition | None]:

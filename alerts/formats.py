@@ -2,7 +2,9 @@
 
 Generic body::
 
-    {"version": "1", "status": "firing"|"resolved", "fingerprint": "...", "rule": "...",
+    {"version": "1", "status": "firing"|"resolved",
+     "kind": "firing"|"escalated"|"deescalated"|"repeat"|"resolved",
+     "previous_severity": null | "...", "fingerprint": "...", "rule": "...",
      "severity": "...", "labels": {...}, "summary": "...", "value": 1.0 | null,
      "starts_at": "2025-01-01T00:00:00.000Z", "ends_at": null | "...", "site": "..."}
 
@@ -54,6 +56,8 @@ def generic_payload(t: Transition, site: str) -> dict[str, Any]:
     return {
         "version": SCHEMA_VERSION,
         "status": t.status,
+        "kind": t.kind,
+        "previous_severity": t.previous_severity,
         "fingerprint": a.fingerprint,
         "rule": a.rule,
         "severity": a.severity,
@@ -117,6 +121,8 @@ def _am_alert(t: Transition, site: str, external_url: str) -> dict[str, Any]:
     annotations = {"summary": a.summary}
     if _finite(a.value) is not None:
         annotations["value"] = f"{a.value:g}"
+    if t.previous_severity is not None:
+        annotations["previous_severity"] = t.previous_severity
     return {
         "status": t.status,
         "labels": {"site": site, **a.labels, "alertname": a.rule, "severity": a.severity},

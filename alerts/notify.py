@@ -43,4 +43,6 @@ class Notifier:
                         receiver=w.name,
                         external_url=self._external_url,
                     )
-                    self._outbox.enqueue(w.name, body, headers, key)
+                    self._outbox.enqueue(
+                        w.name, body, headers, key, t.alert.fingerprint, t.delivery_priority
+                    )

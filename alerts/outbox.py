@@ -7,11 +7,18 @@ Guarantees:
   429 and 5xx are retried with exponential backoff and full jitter, honouring ``Retry-After``;
   the schedule is stored on the row, so it survives restarts. Any other status (3xx, 4xx) is
   logged once and the row kept as a dead letter.
-- **In order, once.** Only the oldest pending row of a webhook may be in flight, so a
-  ``resolved`` never overtakes its ``firing``. A row is leased before it is sent, so no two
-  workers (tasks or processes) send it at the same time. Delivery is at-least-once (a crash
-  after the receiver answered re-sends the row once its lease expires); the
+- **Each alert in order, once.** The notifications of one alert go out one at a time, oldest
+  first, so a ``resolved`` never overtakes its ``firing``. A row is leased before it is sent,
+  so no two workers (tasks or processes) send it at the same time. Delivery is at-least-once
+  (a crash after the receiver answered re-sends the row once its lease expires); the
   ``Idempotency-Key`` header, identical on every attempt, lets the receiver drop that repeat.
+- **The urgent first, nobody waits on a slow peer.** Each receiver has its own worker, so a
+  slow or dead receiver never delays another. Within a receiver, the next row sent is the
+  most urgent head of an alert's queue (critical firing before warning, firing before
+  resolved, then oldest), and up to ``max_in_flight`` alerts are sent at once, so one slow
+  row does not hold back a critical one. A receiver that failed (refused, timed out, 5xx,
+  429) is left alone until its retry falls due, then probed with its most urgent row alone
+  until it answers again, rather than tried once per queued alert.
 - **The live config decides** where a row goes: URL, secret and timeout are read from the
   webhook's current configuration at each attempt, so correcting a wrong URL flushes the
   backlog, and the signature's timestamp is fresh however long the receiver was down. Rows of
@@ -59,14 +66,30 @@ CREATE TABLE IF NOT EXISTS outbox (
     lease_owner TEXT,
     lease_until REAL,
     last_error TEXT,
+    alert TEXT NOT NULL DEFAULT '',
+    priority INTEGER NOT NULL DEFAULT 0,
     UNIQUE (webhook, idempotency_key)
 );
+"""
+# Added after the first release: an outbox file written by it gains them on open (its rows
+# then form one queue per webhook, in order, as they did).
+_ADDED_COLUMNS = {
+    "alert": "TEXT NOT NULL DEFAULT ''",  # the alert's fingerprint: its rows go out in order
+    "priority": "INTEGER NOT NULL DEFAULT 0",  # lower goes first among the alerts' heads
+}
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (status, webhook, id);
+CREATE INDEX IF NOT EXISTS outbox_alert ON outbox (status, webhook, alert, id);
 """
 _ROW = (
     "id, webhook, idempotency_key, body, headers, created_at, status, attempts, "
-    "next_attempt_at, last_error"
+    "next_attempt_at, last_error, alert, priority"
 )
+_HEAD_OF_AN_ALERT = (  # a pending row of webhook ?, the oldest of its alert's
+    "status = 'pending' AND webhook = ? AND id = (SELECT MIN(id) FROM outbox"
+    " WHERE status = 'pending' AND webhook = o.webhook AND alert = o.alert)"
+)
+MAX_IN_FLIGHT = 4  # alerts sent to one receiver at once
 _LEASE_MARGIN_S = 5.0  # beyond the webhook timeout, before another worker may take a row
 _USER_AGENT = "aidc-alerts/1"
 
@@ -100,6 +123,8 @@ class OutboxRow:
     attempts: int
     next_attempt_at: float
     last_error: str | None
+    alert: str = ""
+    priority: int = 0
 
 
 class _Outcome(Enum):
@@ -135,16 +160,26 @@ class Outbox:
         retry: RetryPolicy = RetryPolicy(),
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ):
         self._webhooks = webhooks_by_name(webhooks)
+        self._max_in_flight = max_in_flight
         self._retry, self._rng, self._clock = retry, rng or random.Random(), clock
         self._owner = uuid.uuid4().hex
         self._wake: asyncio.Event | None = None
+        self._receiver_wakes: dict[str, asyncio.Event] = {}
+        self._paused_until: dict[str, float] = {}  # a receiver that failed, until its retry
+        self._failing: set[str] = set()  # receivers whose last answer was a failure: one probe
         self._db = private_sqlite(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed notification survives power loss
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, decl in _ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        self._db.executescript(_INDEXES)
 
     def close(self) -> None:
         self._db.close()
@@ -164,18 +199,24 @@ class Outbox:
         self._db.commit()
 
     def enqueue(
-        self, webhook: str, body: bytes, headers: Mapping[str, str], idempotency_key: str
+        self, webhook: str, body: bytes, headers: Mapping[str, str], idempotency_key: str,
+        alert: str = "", priority: int = 0,
     ) -> bool:
-        """Store one notification for ``webhook``; False if that key is already queued."""
+        """Store one notification for ``webhook``; False if that key is already queued.
+
+        Rows of one ``alert`` are sent in order; among alerts, lower ``priority`` goes first.
+        """
         with self.transaction() as db:
             now = self._clock()
             cur = db.execute(
                 "INSERT OR IGNORE INTO outbox (webhook, idempotency_key, body, headers,"
-                " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (webhook, idempotency_key, body, json.dumps(dict(headers)), now, now),
-            )
-        if self._wake is not None:
-            self._wake.set()
+                " created_at, next_attempt_at, alert, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (webhook, idempotency_key, body, json.dumps(dict(headers)), now, now, alert,
+                 priority),
+            )  # fmt: skip
+        for wake in (self._wake, self._receiver_wakes.get(webhook)):
+            if wake is not None:
+                wake.set()
         return cur.rowcount == 1
 
     # ------------------------------------------------------------ metrics and inspection
@@ -210,66 +251,110 @@ class Outbox:
     # ------------------------------------------------------------ delivery
 
     async def deliver_forever(self, stop: asyncio.Event, idle_s: float = 1.0) -> None:
-        """Deliver until ``stop`` is set; wakes on enqueue, when a retry falls due, or idly."""
+        """Deliver until ``stop`` is set: one worker per receiver with rows, each waking on
+        enqueue, when a retry falls due, or idly."""
         wake = self._wake = asyncio.Event()
+        workers: dict[str, asyncio.Task[None]] = {}
         try:
             async with _client() as client:
                 while not stop.is_set():
                     wake.clear()
-                    try:
-                        await self.deliver_due(client=client)
-                    except Exception:
-                        log.exception("event=outbox_worker_error")
-                    await _wait_any([stop, wake], self._sleep_s(idle_s))
+                    for name in self._queued_webhooks():
+                        if name not in workers or workers[name].done():
+                            workers[name] = asyncio.create_task(
+                                self._serve(client, name, stop, idle_s), name=f"outbox-{name}"
+                            )
+                    await _wait_any([stop, wake], idle_s)
+                await asyncio.gather(*workers.values(), return_exceptions=True)
         finally:
+            for worker in workers.values():
+                worker.cancel()
             self._wake = None
+
+    async def _serve(
+        self, client: httpx.AsyncClient, name: str, stop: asyncio.Event, idle_s: float
+    ) -> None:
+        """One receiver's worker; ends when its queue is empty (restarted on enqueue)."""
+        wake = self._receiver_wakes.setdefault(name, asyncio.Event())
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await self._drain(client, name, None, wake)
+            except Exception:
+                log.exception("event=outbox_worker_error webhook=%s", name)
+            if not self._has_pending(name):
+                return
+            await _wait_any([stop, wake], self._sleep_s(name, idle_s))
 
     async def deliver_due(
         self, now: float | None = None, client: httpx.AsyncClient | None = None
     ) -> int:
-        """Send every row due at ``now``, webhooks in parallel, each in order; count delivered."""
+        """Send every row due at ``now`` (default: as time goes), receivers in parallel; count
+        delivered."""
         if client is None:
             async with _client() as own:
                 return await self.deliver_due(now, own)
-        now = self._clock() if now is None else now
-        names = [r[0] for r in self._db.execute(
-            "SELECT DISTINCT webhook FROM outbox WHERE status = 'pending'"
-        )]  # fmt: skip
+        names = self._queued_webhooks()
         return sum(await asyncio.gather(*(self._drain(client, name, now) for name in names)))
 
-    async def _drain(self, client: httpx.AsyncClient, name: str, now: float) -> int:
-        """Send one webhook's due rows oldest first; stop at the first that must wait."""
+    async def _drain(
+        self, client: httpx.AsyncClient, name: str, now: float | None,
+        wake: asyncio.Event | None = None,
+    ) -> int:
+        """Send one receiver's due rows, most urgent alert first, up to ``max_in_flight`` at
+        once (one, as a probe, while the receiver is failing); stop claiming once it failed.
+        Returns when none is in flight."""
         webhook = self._webhooks.get(name)
         lease_s = (webhook.timeout_s if webhook else 0.0) + _LEASE_MARGIN_S
-        delivered = 0
-        while (row := self._claim_head(name, now, lease_s)) is not None:
-            if webhook is None:
-                self._dead(row, "-", "webhook_not_configured")
-                continue
-            outcome = await self._attempt(client, webhook, row)
-            if outcome is _Outcome.RETRY:
-                break
-            delivered += outcome is _Outcome.DELIVERED
-        return delivered
+        delivered, failed = 0, False
+        sending: set[asyncio.Task[_Outcome]] = set()
+        try:
+            while True:
+                while not failed and len(sending) < (
+                    1 if name in self._failing else self._max_in_flight
+                ) and (row := self._claim_next(name, self._clock() if now is None else now, lease_s)):
+                    if webhook is None:
+                        self._dead(row, "-", "webhook_not_configured")
+                    else:
+                        sending.add(asyncio.create_task(self._attempt(client, webhook, row)))
+                if not sending:
+                    return delivered
+                woken = asyncio.ensure_future(wake.wait()) if wake is not None else None
+                done, _ = await asyncio.wait(
+                    sending | ({woken} if woken else set()), return_when=asyncio.FIRST_COMPLETED
+                )
+                if woken is not None:
+                    woken.cancel()
+                    wake.clear()  # a new row: the loop above claims it if a slot is free
+                for task in done - {woken}:
+                    sending.discard(task)  # type: ignore[arg-type]
+                    outcome = task.result()
+                    delivered += outcome is _Outcome.DELIVERED
+                    failed |= outcome is _Outcome.RETRY
+        finally:
+            for task in sending:
+                task.cancel()
 
-    def _claim_head(self, name: str, now: float, lease_s: float) -> OutboxRow | None:
-        """Lease the webhook's oldest pending row if it is due and nobody holds it."""
+    def _claim_next(self, name: str, now: float, lease_s: float) -> OutboxRow | None:
+        """Lease the most urgent due row that heads its alert's queue, unless the receiver
+        is paused after a failure or the head is held (in flight) by a worker."""
+        if self._paused_until.get(name, 0.0) > now:
+            return None
         with self.transaction() as db:
+            clock = self._clock()
             head = db.execute(
-                f"SELECT {_ROW}, lease_until FROM outbox WHERE status = 'pending' AND webhook = ?"
-                " ORDER BY id LIMIT 1",
-                (name,),
+                f"SELECT {_ROW} FROM outbox AS o WHERE {_HEAD_OF_AN_ALERT}"
+                " AND next_attempt_at <= ? AND COALESCE(lease_until, 0) <= ?"
+                " ORDER BY priority, id LIMIT 1",
+                (name, now, clock),
             ).fetchone()
             if head is None:
                 return None
-            row, lease_until, clock = _row(head[:-1]), head[-1], self._clock()
-            if row.next_attempt_at > now or (lease_until is not None and lease_until > clock):
-                return None
             db.execute(
                 "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                (self._owner, clock + lease_s, row.id),
+                (self._owner, clock + lease_s, head[0]),
             )
-        return row
+        return _row(head)
 
     async def _attempt(
         self, client: httpx.AsyncClient, webhook: Webhook, row: OutboxRow
@@ -296,6 +381,7 @@ class Outbox:
     def _delivered(self, row: OutboxRow, url: str, code: int) -> _Outcome:
         with self.transaction() as db:
             db.execute("DELETE FROM outbox WHERE id = ? AND lease_owner = ?", (row.id, self._owner))
+        self._failing.discard(row.webhook)
         log.info(
             "event=alert_delivered webhook=%s host=%s row=%d key=%s attempt=%d status=%d",
             row.webhook, _host(url), row.id, row.idempotency_key, row.attempts + 1, code,
@@ -307,12 +393,15 @@ class Outbox:
     ) -> _Outcome:
         attempts = row.attempts + 1
         delay_s = self._retry.delay_s(attempts, self._rng, retry_after_s)
+        retry_at = self._clock() + delay_s
         with self.transaction() as db:
             db.execute(
                 "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,"
                 " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-                (attempts, self._clock() + delay_s, error, row.id, self._owner),
+                (attempts, retry_at, error, row.id, self._owner),
             )
+        self._paused_until[row.webhook] = max(self._paused_until.get(row.webhook, 0), retry_at)
+        self._failing.add(row.webhook)
         log.warning(
             "event=alert_delivery_retry webhook=%s host=%s row=%d key=%s attempt=%d error=%s"
             " retry_in_s=%.3f",
@@ -327,19 +416,33 @@ class Outbox:
                 " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
                 (error, row.id, self._owner),
             )
+        self._failing.discard(row.webhook)  # it answered, if only to refuse
         log.error(
             "event=alert_dead_letter webhook=%s host=%s row=%d key=%s error=%s",
             row.webhook, _host(url), row.id, row.idempotency_key, error,
         )  # fmt: skip
         return _Outcome.DEAD
 
-    def _sleep_s(self, idle_s: float) -> float:
-        """Until the earliest head row falls due (or its lease ends), at most ``idle_s``."""
+    def _queued_webhooks(self) -> list[str]:
+        query = "SELECT DISTINCT webhook FROM outbox WHERE status = 'pending'"
+        return [r[0] for r in self._db.execute(query)]
+
+    def _has_pending(self, name: str) -> bool:
+        query = "SELECT 1 FROM outbox WHERE status = 'pending' AND webhook = ? LIMIT 1"
+        return self._db.execute(query, (name,)).fetchone() is not None
+
+    def _sleep_s(self, name: str, idle_s: float) -> float:
+        """Until the receiver's earliest head row falls due (or its lease ends, or the
+        receiver's pause), at most ``idle_s``."""
         due = self._db.execute(
-            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM outbox"
-            " WHERE id IN (SELECT MIN(id) FROM outbox WHERE status = 'pending' GROUP BY webhook)"
+            "SELECT MIN(MAX(next_attempt_at, COALESCE(lease_until, 0))) FROM outbox AS o"
+            f" WHERE {_HEAD_OF_AN_ALERT}",
+            (name,),
         ).fetchone()[0]
-        return idle_s if due is None else min(idle_s, max(0.0, due - self._clock()))
+        if due is None:
+            return idle_s
+        due = max(due, self._paused_until.get(name, 0.0))
+        return min(idle_s, max(0.0, due - self._clock()))
 
 
 def webhooks_by_name(webhooks: Iterable[Webhook]) -> dict[str, Webhook]:
@@ -356,6 +459,7 @@ def _row(r: tuple) -> OutboxRow:
     return OutboxRow(
         id=r[0], webhook=r[1], idempotency_key=r[2], body=bytes(r[3]), headers=json.loads(r[4]),
         created_at=r[5], status=r[6], attempts=r[7], next_attempt_at=r[8], last_error=r[9],
+        alert=r[10], priority=r[11],
     )  # fmt: skip
 
 

@@ -55,8 +55,19 @@ class Receiver:
         self.requests: list[Request] = []
         self.answers: list[tuple[int, dict[str, str]]] = []  # answered first, then 200
         self.delay_s = 0.0
+        self.hold: Callable[[Request], object] = lambda request: None  # blocks before answering
+        self.arrivals: list[Request] = []  # as they arrive, before any hold
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+
+    def arrived(self, rule: str) -> bool:
+        with self._lock:
+            return any(r.json.get("rule") == rule for r in self.arrivals)
+
+    def got(self, rule: str) -> bool:
+        """Answered a request for ``rule``."""
+        with self._lock:
+            return any(r.json.get("rule") == rule for r in self.requests)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -68,6 +79,9 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver._lock:
+                    receiver.arrivals.append(Request(self.path, headers, body))
+                receiver.hold(receiver.arrivals[-1])
                 time.sleep(receiver.delay_s)
                 with receiver._lock:
                     receiver.requests.append(Request(self.path, headers, body))
@@ -106,8 +120,8 @@ def open_outbox(tmp_path):
     """Opens Outboxes on one SQLite file (as successive or concurrent processes would)."""
     opened: list[Outbox] = []
 
-    def open_(webhooks: Iterable[Webhook] = ()) -> Outbox:
-        opened.append(Outbox(tmp_path / "alerts.sqlite", webhooks, retry=FAST))
+    def open_(webhooks: Iterable[Webhook] = (), **kw) -> Outbox:
+        opened.append(Outbox(tmp_path / "alerts.sqlite", webhooks, retry=FAST, **kw))
         return opened[-1]
 
     yield open_
@@ -123,7 +137,7 @@ def webhook(receiver: Receiver, secret: str | None = SECRET, **kw) -> Webhook:
         name=kw.pop("name", "oncall"),
         url=kw.pop("url", receiver.url()),
         secret=SecretStr(secret) if secret else None,
-        timeout_s=5.0,  # patient: a loaded machine answers late; no test here times out
+        timeout_s=kw.pop("timeout_s", 5.0),  # patient: a loaded machine answers late
         **kw,
     )
 
@@ -137,13 +151,15 @@ class Pipeline:
     evaluator: Evaluator
 
 
-def pipeline(open_outbox: OpenOutbox, webhooks: list[Webhook], repeat_s: float = 3600) -> Pipeline:
-    outbox = open_outbox(webhooks)
+def pipeline(
+    open_outbox: OpenOutbox, webhooks: list[Webhook], repeat_s: float = 3600, **kw
+) -> Pipeline:
+    outbox = open_outbox(webhooks, **kw)
     notifier = Notifier("demo", webhooks, outbox)
     return Pipeline(outbox, Evaluator(outbox, repeat_s=repeat_s, notify=notifier.notify))
 
 
-def deliver_until(outbox: Outbox, done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+def deliver_until(outbox: Outbox, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
     """Run the delivery worker until ``done()`` holds (or fail after ``timeout_s``)."""
 
     async def run() -> None:
@@ -157,6 +173,14 @@ def deliver_until(outbox: Outbox, done: Callable[[], bool], timeout_s: float = 5
 
     asyncio.run(run())
     assert done(), "delivery did not finish in time"
+
+
+async def while_(condition: Callable[[], bool], patience_s: float = 60.0) -> None:
+    """Wait, letting the event loop run, while ``condition()`` holds (fail after patience)."""
+    deadline = time.monotonic() + patience_s
+    while condition():
+        assert time.monotonic() < deadline, "the state waited for never came"
+        await asyncio.sleep(0.01)
 
 
 def kinds(transitions: list[Transition]) -> list[str]:
@@ -225,6 +249,38 @@ def test_repeat_until_acknowledged_and_resolved_still_sent(open_outbox):
         ev.acknowledge(LEAK.fingerprint, "alice")
 
 
+def test_severity_changes_notify_both_ways_and_escalation_clears_the_ack(open_outbox):
+    ev = Evaluator(open_outbox(), repeat_s=3600)
+    modules = {"source": "rect-1"}
+    one = Condition("rectifier_module_lost", modules, True, 1.0, "1 module lost", "warning")
+    two = replace(one, value=2.0, summary="2 modules lost", severity="critical")
+    assert kinds(ev.step(0, [one])) == ["firing"]
+    ev.acknowledge(one.fingerprint, "ops")
+    assert ev.step(10, [one]) == []  # same severity, acknowledged: quiet
+    [up] = ev.step(20, [two])
+    assert (up.kind, up.previous_severity, up.alert.severity, up.at) == (
+        "escalated", "warning", "critical", 20,
+    )  # fmt: skip
+    assert not up.alert.acknowledged  # a critical is not the warning someone took
+    assert ev.step(30, [two]) == []
+    [down] = ev.step(40, [one])
+    assert (down.kind, down.previous_severity, down.alert.severity) == (
+        "deescalated", "critical", "warning",
+    )  # fmt: skip
+    assert kinds(ev.step(50, [])) == ["resolved"]
+
+
+def test_a_pending_alert_changes_severity_silently(open_outbox):
+    ev = Evaluator(open_outbox())
+    warn = Condition("flow_low", {"loop": "L1"}, True, 80.0, "low", "warning", for_s=30)
+    assert ev.step(0, [warn]) == []
+    assert ev.step(10, [replace(warn, severity="critical")]) == []
+    [fired] = ev.step(30, [replace(warn, severity="critical")])
+    assert (fired.kind, fired.alert.severity, fired.previous_severity) == (
+        "firing", "critical", None,
+    )  # fmt: skip
+
+
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
     """A failure while enqueuing leaves no trace: the next evaluation notifies again."""
     outbox = open_outbox([webhook(receiver)])
@@ -253,6 +309,8 @@ def test_generic_payload_schema(open_outbox):
     assert generic_payload(fired, "demo") == {
         "version": "1",
         "status": "firing",
+        "kind": "firing",
+        "previous_severity": None,
         "fingerprint": LEAK.fingerprint,
         "rule": "leak",
         "severity": "critical",
@@ -361,14 +419,17 @@ def test_receiver_down_then_up_gets_each_notification_once_in_order(open_outbox,
     for _ in range(3):  # port closed: connection refused, three times
         asyncio.run(p.outbox.deliver_due())
         time.sleep(FAST.cap_s + 0.01)
-    assert [r.attempts for r in p.outbox.pending()] == [3, 0, 0]  # the head blocks its queue
+    # the two alerts' heads were tried at once; then the failed receiver is probed with the
+    # most urgent alone, and the resolved waits behind its firing
+    assert [r.attempts for r in p.outbox.pending()] == [3, 1, 0]
     assert p.outbox.backlog() == 3 and p.outbox.oldest_age_s() > 0
     receiver.start()
     deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
     time.sleep(0.1)  # nothing more arrives
     got = [(r.json["rule"], r.json["status"]) for r in receiver.requests]
-    assert got == [("leak", "firing"), ("flow_low", "firing"), ("leak", "resolved")]
-    assert [r.headers["idempotency-key"] for r in receiver.requests] == keys
+    assert sorted(got) == [("flow_low", "firing"), ("leak", "firing"), ("leak", "resolved")]
+    assert got.index(("leak", "firing")) < got.index(("leak", "resolved"))  # each alert in order
+    assert sorted(r.headers["idempotency-key"] for r in receiver.requests) == sorted(keys)
     assert p.outbox.oldest_age_s() == 0.0 and p.outbox.dead_letters() == []
 
 
@@ -474,6 +535,88 @@ def test_webhooks_are_independent_queues(open_outbox, receiver):
     p.evaluator.step(time.time(), [LEAK])
     deliver_until(p.outbox, lambda: len(receiver.requests) == 1)
     assert [r.webhook for r in p.outbox.pending()] == ["backup"]
+
+
+def test_a_critical_firing_overtakes_a_backlog_of_resolved_and_warnings(open_outbox, receiver):
+    p = pipeline(open_outbox, [webhook(receiver)], max_in_flight=1)  # the order, unraced
+    now = time.time()
+    warnings = [Condition("flow_low", {"loop": f"L{i}"}, True, 80.0, "low", "warning")
+                for i in range(5)]  # fmt: skip
+    p.evaluator.step(now, warnings)
+    p.evaluator.step(now + 1, warnings[:1])  # four resolved, queued behind their firing
+    p.evaluator.step(now + 2, [*warnings[:1], LEAK])  # the critical arrives last
+    receiver.start()
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    got = [(r.json["rule"], r.json["labels"].get("loop"), r.json["status"])
+           for r in receiver.requests]  # fmt: skip
+    assert got[0] == ("leak", None, "firing")
+    assert len(got) == 10
+    for i in range(1, 5):  # each alert still in order: firing before its resolved
+        assert got.index(("flow_low", f"L{i}", "firing")) < got.index(
+            ("flow_low", f"L{i}", "resolved"))
+    firing_warnings = [i for i, g in enumerate(got) if g[2] == "firing"]
+    assert firing_warnings == list(range(6))  # every firing before any resolved
+
+
+def test_one_slow_row_holds_back_neither_a_critical_nor_another_receiver(open_outbox, receiver):
+    slow, fast = Receiver(), receiver.start()
+    slow_hook = webhook(slow, name="slow", url=slow.url(), timeout_s=120)  # held, not timed out
+    hooks = [slow_hook, webhook(fast, name="fast", url=fast.url())]
+    p = pipeline(open_outbox, hooks)
+    warn = Condition("flow_low", {"loop": "L1"}, True, 80.0, "low", "warning")
+    release = threading.Event()
+    slow.hold = lambda request: request.json["rule"] == "flow_low" and release.wait(60)
+    slow.start()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(p.outbox.deliver_forever(stop, idle_s=0.02))
+        p.evaluator.step(time.time(), [warn])
+        await while_(lambda: not slow.arrived("flow_low"))  # in flight, held by the receiver
+        p.evaluator.step(time.time(), [warn, LEAK])
+        await while_(lambda: not (fast.got("leak") and slow.got("leak")))
+        assert not slow.got("flow_low")  # the critical went past the slow row
+        assert fast.got("flow_low")  # and the other receiver never waited on it
+        release.set()
+        await while_(lambda: p.outbox.backlog() > 0)
+        stop.set()
+        await worker
+
+    try:
+        asyncio.run(run())
+    finally:
+        release.set()
+        slow.stop()
+    assert [r.json["rule"] for r in slow.requests] == ["leak", "flow_low"]
+
+
+def test_an_outbox_file_from_before_priorities_is_upgraded_in_place(tmp_path, receiver):
+    import sqlite3
+
+    path = tmp_path / "alerts.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, webhook TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL, body BLOB NOT NULL, headers TEXT NOT NULL,
+            created_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL,
+            lease_owner TEXT, lease_until REAL, last_error TEXT,
+            UNIQUE (webhook, idempotency_key));
+        INSERT INTO outbox (webhook, idempotency_key, body, headers, created_at, next_attempt_at)
+            VALUES ('oncall', 'k1', CAST('{"n":1}' AS BLOB), '{}', 0, 0),
+                   ('oncall', 'k2', CAST('{"n":2}' AS BLOB), '{}', 0, 0);
+    """)
+    old.commit()
+    old.close()
+    outbox = Outbox(path, [webhook(receiver.start())], retry=FAST)
+    try:
+        assert [(r.alert, r.priority) for r in outbox.pending()] == [("", 0), ("", 0)]
+        deliver_until(outbox, lambda: outbox.backlog() == 0)
+    finally:
+        outbox.close()
+    assert [r.json["n"] for r in receiver.requests] == [1, 2]  # one queue, in order, as before
 
 
 def test_rows_of_a_removed_webhook_become_dead_letters(open_outbox, receiver):
