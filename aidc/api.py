@@ -221,7 +221,8 @@ class SiteAPI:
 
     def alerts(self) -> list[dict[str, Any]]:
         return [
-            {**asdict(a), "starts_at": iso(a.starts_at or a.active_since), "state": str(a.state)}
+            {**asdict(a), "starts_at": iso(a.starts_at or a.active_since),
+             "state": "suppressed" if a.suppressed_by else str(a.state)}
             for a in self.runtime.evaluator.active_alerts()
         ]
 

@@ -23,6 +23,7 @@ from aidc.store import Store, open_store
 from aidc.store.spool import SpooledWriter
 from aidc.topology import Topology
 from alerts.evaluate import Evaluator
+from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
 from alerts.rules import StoreState, builtin_conditions
@@ -275,6 +276,10 @@ class Runtime:
                            w.dropped_samples, w.rejected_samples, w.last_loss_at)
         conditions, complete = builtin_conditions(self.site, self.health.values(), status,
                                                   latest, active.__contains__, store, now)
+        try:
+            conditions = inhibit(self.site, conditions, {r.id: r.limiting for r in status.racks})
+        except Exception:  # a bug here must cost extra pages, never the tick
+            log.exception("event=inhibit_error")
         # notifications commit with the state change; a rule that failed resolves nothing
         self.evaluator.step(now, conditions, hold_absent=not complete)
         self.notifier_backlog = self.outbox.backlog()

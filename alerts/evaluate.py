@@ -9,6 +9,11 @@ last notification unless someone acknowledged it. When the condition
 clears, a firing alert emits ``resolved`` (acknowledged or not); a pending one is dropped
 silently.
 
+A *suppressed* condition (its cause is firing, see ``alerts.inhibit``) keeps its alert's
+state, visible with ``suppressed_by``, but notifies nothing: if it fires while suppressed,
+its ``firing`` goes out once the cause clears and it still holds, and its ``resolved`` only
+if its ``firing`` went out.
+
 State lives in the ``alert_state`` table of the outbox's SQLite file and is written in the same
 transaction as the outbox rows of its transitions, so a restart neither re-sends ``firing`` for
 an alert already notified nor forgets one that cleared while the process was down.
@@ -44,12 +49,13 @@ CREATE TABLE IF NOT EXISTS alert_state (
     starts_at REAL,
     last_notified_at REAL,
     acked_by TEXT,
-    acked_at REAL
+    acked_at REAL,
+    suppressed_by TEXT
 )
 """
 _COLUMNS = (
     "fingerprint", "rule", "labels", "severity", "summary", "value", "state",
-    "active_since", "starts_at", "last_notified_at", "acked_by", "acked_at",
+    "active_since", "starts_at", "last_notified_at", "acked_by", "acked_at", "suppressed_by",
 )  # fmt: skip
 
 
@@ -70,6 +76,7 @@ class Condition:
     summary: str = ""
     severity: str = "warning"
     for_s: float = 0.0
+    suppressed_by: str | None = None  # the firing cause that explains it (alerts.inhibit)
 
     @property
     def fingerprint(self) -> str:
@@ -92,6 +99,7 @@ class Alert:
     last_notified_at: float | None = None
     acked_by: str | None = None
     acked_at: float | None = None
+    suppressed_by: str | None = None
     ends_at: float | None = None
 
     @property
@@ -140,6 +148,8 @@ class Evaluator:
         self._store, self._repeat_s, self._notify = store, repeat_s, notify
         with store.transaction() as db:
             db.execute(_SCHEMA)
+            if "suppressed_by" not in {r[1] for r in db.execute("PRAGMA table_info(alert_state)")}:
+                db.execute("ALTER TABLE alert_state ADD COLUMN suppressed_by TEXT")  # older file
             self._alerts = _load(db)
 
     def step(self, now: float, conditions: Iterable[Condition],
@@ -206,11 +216,16 @@ def _advance(
             state="pending", active_since=now,
         )  # fmt: skip
     before = alert.severity
-    alert = replace(alert, severity=cond.severity, summary=cond.summary, value=cond.value)
+    alert = replace(alert, severity=cond.severity, summary=cond.summary, value=cond.value,
+                    suppressed_by=cond.suppressed_by)
     if alert.state == "pending":
         if now - alert.active_since < cond.for_s:
             return alert, None
-        fired = replace(alert, state="firing", starts_at=now, last_notified_at=now)
+        alert = replace(alert, state="firing", starts_at=now)
+    if alert.suppressed_by is not None:
+        return alert, None
+    if alert.last_notified_at is None:  # fired now, or while it was suppressed
+        fired = replace(alert, last_notified_at=now)
         return fired, Transition("firing", fired, now)
     if cond.severity != before:
         return _severity_changed(alert, before, now)
@@ -226,8 +241,8 @@ def _severity_changed(alert: Alert, before: str, now: float) -> tuple[Alert, Tra
 
 
 def _clear(alert: Alert | None, now: float) -> tuple[None, Transition | None]:
-    if alert is None or alert.state == "pending":
-        return None, None
+    if alert is None or alert.state == "pending" or alert.last_notified_at is None:
+        return None, None  # never notified: nobody waits for its end
     return None, Transition("resolved", replace(alert, ends_at=now), now)
 
 
@@ -254,7 +269,8 @@ def _save(db: sqlite3.Connection, alerts: list[Alert]) -> None:
         f"INSERT OR REPLACE INTO alert_state ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
         [
             (a.fingerprint, a.rule, json.dumps(a.labels), a.severity, a.summary, a.value,
-             a.state, a.active_since, a.starts_at, a.last_notified_at, a.acked_by, a.acked_at)
+             a.state, a.active_since, a.starts_at, a.last_notified_at, a.acked_by, a.acked_at,
+             a.suppressed_by)
             for a in alerts
         ],
     )  # fmt: skip

@@ -79,7 +79,7 @@ def overview() -> html.Div:
         html.H3("Active alerts"),
         _table("alerts-table", [("Severity", "severity"), ("Alert", "rule"), ("State", "state"),
                                 ("Since", "starts_at"), ("Acknowledged by", "acked_by"),
-                                ("Summary", "summary")],
+                                ("Summary", "summary"), ("Suppressed by", "suppressed_by")],
                style_data_conditional=[{"if": {"filter_query": '{severity} = "critical"'},
                                         "color": "#cf222e"}]),
         html.Div(id="no-alerts", style={"color": "#57606a", "margin": "6px 0"}),

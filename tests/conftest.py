@@ -191,12 +191,12 @@ def receiver():
 class LiveSite:
     """Simulators + runtime of the demo site on free ports, on an event loop in a thread."""
 
-    def __init__(self, site, data_dir: Path):
+    def __init__(self, site, data_dir: Path, receiver: Receiver | None = None):
         import asyncio
 
         from simulators.site import SimulatedSite
 
-        self.site, self.data_dir = site, data_dir
+        self.site, self.data_dir, self.receiver = site, data_dir, receiver
         self.loop = asyncio.new_event_loop()
         self.simulated = SimulatedSite(site)
         self.runtime = None  # made in the loop's thread: it owns SQLite handles
@@ -250,6 +250,8 @@ class LiveSite:
     def stop(self):
         self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=15)
+        if self.receiver is not None:
+            self.receiver.close()
 
 
 API_TOKEN = "test-token-0123456789"
@@ -258,17 +260,19 @@ API_TOKEN = "test-token-0123456789"
 def start_live_site(data_dir: Path) -> LiveSite:
     from pydantic import SecretStr
 
-    from aidc.config import Defaults, Model, Web, load_site
+    from aidc.config import Alerts, Defaults, Model, Web, Webhook, load_site
     from simulators.site import on_free_ports
 
+    receiver = Receiver()  # what on-call would get
     site = on_free_ports(load_site(ROOT / "site_configs" / "demo.yaml")).model_copy(
         update={
             "defaults": Defaults(poll_s=0.5, timeout_s=2.0),  # patient: a loaded machine
             "model": Model(tick_s=0.5),
             "web": Web(api_token=SecretStr(API_TOKEN)),
+            "alerts": Alerts(webhooks=[Webhook(name="oncall", url=receiver.url)]),
         }
     )
-    live = LiveSite(site, data_dir)
+    live = LiveSite(site, data_dir, receiver)
     live.start()
     live.settled()
     return live

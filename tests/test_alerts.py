@@ -281,6 +281,56 @@ def test_a_pending_alert_changes_severity_silently(open_outbox):
     )  # fmt: skip
 
 
+def test_a_suppressed_alert_pages_only_once_its_cause_is_gone(open_outbox):
+    ev = Evaluator(open_outbox())
+    rack = Condition("rack_over_headroom", {"rack": "A01"}, True, -5.0, "over", "critical")
+    hidden = replace(rack, suppressed_by="pump_redundancy_lost{device=cdu-2}")
+    assert ev.step(0, [hidden]) == []
+    [alert] = ev.active_alerts()
+    assert (alert.state, alert.suppressed_by) == ("firing", "pump_redundancy_lost{device=cdu-2}")
+    assert ev.step(10, []) == []  # fired and cleared while suppressed: nobody was paged
+    assert ev.step(20, [hidden]) == []
+    [late] = ev.step(30, [rack])  # the cause is gone and the rack is still over
+    assert (late.kind, late.at, late.alert.starts_at) == ("firing", 30, 20)
+    assert ev.step(40, [hidden]) == []  # suppressed again: no repeat, no resolved
+    assert kinds(ev.step(50, [])) == ["resolved"]  # it was paged, so its end is too
+
+
+def test_inhibition_follows_the_power_and_cooling_graph():
+    from aidc.config import load_site
+    from alerts.inhibit import inhibit
+    from tests.conftest import ROOT
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    # every demo rack has an A feed on rect-a, a B feed on ups-b, and loop-1: make one differ
+    site.racks[0] = site.racks[0].model_copy(update={"feed_b": None, "loop": None})
+    pdus = {d.id: d.upstream for d in site.devices_of("pdu")}
+    behind_ups_b = {r.id for r in site.racks if "ups-b" in (pdus[r.feed_a], pdus.get(r.feed_b))}
+    on_loop_1 = {r.id for r in site.racks if r.loop == "loop-1"}
+    assert site.racks[0].id not in behind_ups_b | on_loop_1 and behind_ups_b and on_loop_1
+
+    def cond(rule: str, **labels: str) -> Condition:
+        return Condition(rule, labels, True, None, "", "critical")
+
+    cdu = site.loops[0].cdus[0]
+    causes = [cond("ups_on_battery", device="ups-b"), cond("device_unreachable", device=cdu),
+              cond("leak", device=cdu)]  # fmt: skip
+    symptoms = [cond("feed_redundancy_lost", rack=r.id) for r in site.racks] + [
+        cond("rack_over_headroom", rack=r.id) for r in site.racks]
+    limiting = {r.id: "loop" if i % 2 else "feed" for i, r in enumerate(site.racks)}
+    out = {(c.rule, c.labels.get("rack") or c.labels["device"]): c.suppressed_by
+           for c in inhibit(site, causes + symptoms, limiting)}  # fmt: skip
+    assert out[("ups_on_battery", "ups-b")] is None  # a cause stays a page
+    assert out[("leak", cdu)] == f"device_unreachable{{device={cdu}}}"  # its device is dark
+    for r in site.racks:
+        feed = out[("feed_redundancy_lost", r.id)]
+        assert (feed == "ups_on_battery{device=ups-b}") == (r.id in behind_ups_b)
+        over = out[("rack_over_headroom", r.id)]  # the loop explains only a loop limit
+        assert (over is not None) == (r.id in on_loop_1 and limiting[r.id] == "loop")
+    inactive = [replace(c, active=False) for c in causes]
+    assert all(c.suppressed_by is None for c in inhibit(site, inactive + symptoms, limiting))
+
+
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
     """A failure while enqueuing leaves no trace: the next evaluation notifies again."""
     outbox = open_outbox([webhook(receiver)])

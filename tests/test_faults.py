@@ -27,6 +27,11 @@ def alerts(live) -> dict[tuple[str, str], object]:
             for a in live.runtime.evaluator.active_alerts()}
 
 
+def paged(live) -> set[str]:
+    """The rules on-call was notified of."""
+    return {b["rule"] for b in live.receiver.bodies()}
+
+
 def sample(live, device, metric):
     return live.runtime.latest.get((device, metric))
 
@@ -58,18 +63,32 @@ def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
     # cdu-1 leaks: it is to be isolated, so the loop keeps cdu-2 in reserve and has nothing
     # left with its redundancy kept; without a further loss, 600 kW minus the heat
     inject(live, "leak", "cdu-1")
+    racks = {r.id for r in live.site.racks}
     try:
         wait_for(lambda: ("leak", "cdu-1") in alerts(live), what="leak alert")
         pool = wait_for(lambda: loop().capacity_kw == 0 and loop(), what="the loop's capacity cut")
         assert pool.worst_failure == "cdu-2"
         assert pool.left_normal_kw == pytest.approx(600 - pool.load_kw, abs=0.01)
         assert all(r.limiting == "loop" for r in live.runtime.status.racks)
+        # every rack is over its loop limit: symptoms of the CDUs, shown but suppressed
+        over = wait_for(lambda: (o := {k[1]: a for k, a in alerts(live).items()
+                                       if k[0] == "rack_over_headroom" and a.state == "firing"})
+                        .keys() == racks and o, what="every rack over its loop limit")
+        assert {a.suppressed_by for a in over.values()} <= {
+            "pump_redundancy_lost{device=cdu-2}", "leak{device=cdu-1}"}
+        wait_for(lambda: {"leak", "pump_redundancy_lost"} <= paged(live), what="the pages")
     finally:
         inject(live, "leak", "cdu-1", on=False)
         inject(live, "pump_failure", "cdu-2", on=False)
     wait_for(lambda: not {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} & set(alerts(live)),
              what="both alerts to resolve")
     wait_for(lambda: loop().capacity_kw == 600, what="the loop's capacity back")
+    wait_for(lambda: len(live.receiver.bodies()) == 4, what="both resolved notices")
+    # one page per cause, firing then resolved; not one per rack
+    assert sorted((b["rule"], b["status"]) for b in live.receiver.bodies()) == [
+        ("leak", "firing"), ("leak", "resolved"),
+        ("pump_redundancy_lost", "firing"), ("pump_redundancy_lost", "resolved"),
+    ]  # fmt: skip
 
 
 def test_rectifier_module_loss_costs_its_n_plus_1(live):

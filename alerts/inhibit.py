@@ -1,0 +1,82 @@
+"""Inhibition: a firing cause silences the symptoms that follow from it, by the site's graph.
+
+Alertmanager's first stage, with the topology aidc knows instead of hand-written matchers.
+A suppressed condition still counts (it stays active and visible, with ``suppressed_by``
+naming the cause); the evaluator only holds back its notifications. What inhibits what:
+
+- a CDU that leaks, lost a pump or does not answer -> its loop's racks over their ``loop`` or
+  ``supply_class`` limit (one page for the pump, not one per rack);
+- a source on battery, short of rectifier modules, or not answering -> the racks it feeds:
+  ``feed_redundancy_lost`` and ``rack_over_headroom`` on their ``upstream`` limit;
+- a device that does not answer -> every other alert on that device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from aidc.config import Site
+from alerts.evaluate import Condition
+
+LOOP_LIMITS = frozenset({"loop", "supply_class"})
+SOURCE_LIMITS = frozenset({"upstream"})
+CDU_CAUSES = frozenset({"leak", "pump_redundancy_lost", "device_unreachable"})
+SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_redundancy_lost", "device_unreachable"})
+# (symptom rule, subject) -> its causes, each with the limits it explains (None: any)
+Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
+
+
+def inhibit(site: Site, conditions: Iterable[Condition],
+            limiting: dict[str, str | None]) -> list[Condition]:
+    """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause.
+
+    ``limiting``: each rack's binding limit now (from the model's status).
+    """
+    conditions = list(conditions)
+    loop_of_cdu = {cdu: lp.id for lp in site.loops for cdu in lp.cdus}
+    racks_on_loop: dict[str, set[str]] = {}
+    for r in site.racks:
+        if r.loop:
+            racks_on_loop.setdefault(r.loop, set()).add(r.id)
+    source_of_pdu = {p.id: p.upstream for p in site.devices_of("pdu")}
+    racks_on_source: dict[str, set[str]] = {}
+    for r in site.racks:
+        for pdu in (r.feed_a, r.feed_b):
+            if pdu in source_of_pdu:
+                racks_on_source.setdefault(source_of_pdu[pdu], set()).add(r.id)
+
+    cause_of: Causes = {}
+    for c in conditions:
+        if not c.active:
+            continue
+        device = c.labels.get("device")
+        if device is None:
+            continue
+        name = f"{c.rule}{{device={device}}}"  # how the cause is shown
+        if c.rule == "device_unreachable":
+            cause_of.setdefault(("*", device), []).append((name, None))
+        if c.rule in CDU_CAUSES and device in loop_of_cdu:
+            for rack in racks_on_loop.get(loop_of_cdu[device], ()):
+                cause_of.setdefault(("rack_over_headroom", rack), []).append((name, LOOP_LIMITS))
+        if c.rule in SOURCE_CAUSES and device in racks_on_source:
+            for rack in racks_on_source[device]:
+                cause_of.setdefault(("rack_over_headroom", rack), []).append((name, SOURCE_LIMITS))
+                cause_of.setdefault(("feed_redundancy_lost", rack), []).append((name, None))
+
+    out = []
+    for c in conditions:
+        cause = _cause(c, cause_of, limiting)
+        out.append(replace(c, suppressed_by=cause) if cause else c)
+    return out
+
+
+def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:
+    device, rack = c.labels.get("device"), c.labels.get("rack")
+    candidates = []
+    if device is not None and c.rule != "device_unreachable":
+        candidates += cause_of.get(("*", device), [])
+    if rack is not None:
+        candidates += cause_of.get((c.rule, rack), [])
+    return next((name for name, limits in candidates
+                 if limits is None or limiting.get(rack or "") in limits), None)
