@@ -141,6 +141,13 @@ def test_cli_headroom_and_whatif_read_the_store(shared_live_site, tmp_path):
     shared_live_site.settled()
     common = ["--site", str(ROOT / "site_configs" / "demo.yaml"),
               "--data-dir", str(shared_live_site.data_dir)]
+
+    def store_complete() -> bool:
+        """The CLI reads the store, which a loaded machine may leave a flush behind."""
+        racks = strict(cli("headroom", *common, "--json").stdout)["racks"]
+        return all(r["complete"] for r in racks)
+
+    wait_for(store_complete, what="every rack complete in the store")
     out = cli("headroom", *common, "--row", "A")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
