@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -127,11 +128,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     site = _load(args.site)
     if args.port_offset:
         site = relocate(site, lambda d: d.port + args.port_offset)
+    if args.webhook_secret and not args.webhook:
+        return _fail("--webhook-secret signs the --webhook: give both")
     if args.webhook:
-        hooks = [*site.alerts.webhooks, Webhook(name="demo", url=args.webhook)]
+        secret = _secret_arg(args.webhook_secret) if args.webhook_secret else None
+        hooks = [*site.alerts.webhooks, Webhook(name="demo", url=args.webhook, secret=secret)]
         site = site.model_copy(update={"alerts": site.alerts.model_copy(update={"webhooks": hooks})})
+    if site.web.external_url is None:  # notifications link to this demo's console
+        web = site.web.model_copy(update={"external_url": f"http://{args.host}:{args.web_port}"})
+        site = site.model_copy(update={"web": web})
     asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate=True))
     return 0
+
+
+def _secret_arg(value: str) -> str:
+    """``env:NAME`` or ``file:PATH``: a secret typed on the command line would show in ``ps``."""
+    kind, _, name = value.partition(":")
+    if kind == "env" and name in os.environ:
+        return os.environ[name]
+    if kind == "file":
+        try:
+            return Path(name).expanduser().read_text().strip()
+        except OSError as e:
+            sys.exit(_fail(f"--webhook-secret: cannot read {name}: {e.strerror}"))
+    if kind == "env":
+        sys.exit(_fail(f"--webhook-secret: environment variable {name} is not set"))
+    sys.exit(_fail("--webhook-secret takes env:NAME or file:PATH, never the secret itself "
+                   "(a command line shows in ps)"))
 
 
 def _store_status(args: argparse.Namespace):
@@ -316,6 +339,8 @@ def parser() -> argparse.ArgumentParser:
             r.add_argument("--port-offset", type=int, default=0,
                            help="add to every simulated device's port (to run two demos)")
             r.add_argument("--webhook", help="also send alert webhooks to this URL")
+            r.add_argument("--webhook-secret", metavar="env:NAME|file:PATH",
+                           help="sign the --webhook's notifications with this HMAC key")
     for name, helptext in (("headroom", "kW headroom per rack, the binding limit, the pools"),
                            ("whatif", "can a row take N more racks of X kW?")):
         h = sub.add_parser(name, help=helptext)

@@ -310,6 +310,9 @@ class Model(Strict):
 
 class Web(Strict):
     api_token: SecretStr | None = None  # bearer token for write actions (ack); none: refused
+    # where people reach this app (behind its proxy): notifications link to its console and
+    # runbooks; without it they carry no links
+    external_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
 
 
 class Defaults(Strict):

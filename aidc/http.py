@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import math
 from functools import wraps
+from html import escape
 
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from aidc.api import SiteAPI, one_line
+from alerts.rules import RULES
 
 MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred bytes
 
@@ -23,6 +25,18 @@ MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred byt
 class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: str = Field(min_length=1, max_length=100)
+
+
+def runbooks_html(site: str) -> str:
+    """One section per built-in rule, its id the rule's name (``/runbooks#<rule>``)."""
+    sections = "".join(
+        f'<section id="{escape(rule)}"><h2>{escape(rule)}</h2><p>{escape(info.meaning)}</p>'
+        + (f"<p>Value in {escape(info.unit)}.</p>" if info.unit else "")
+        + "<ol>" + "".join(f"<li>{escape(step)}</li>" for step in info.steps) + "</ol></section>"
+        for rule, info in RULES.items()
+    )
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>aidc runbooks · "
+            f"{escape(site)}</title></head><body><h1>Runbooks</h1>{sections}</body></html>")
 
 
 def finite(obj):
@@ -151,6 +165,11 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     @app.get("/api/v1/alerts")
     def alerts():
         return jsonify(api.alerts())
+
+    @app.get("/runbooks")
+    def runbooks():
+        """What each built-in rule means and the first steps: notifications link here."""
+        return Response(runbooks_html(api.site_name), mimetype="text/html")
 
     @app.post("/api/v1/alerts/<fingerprint>/ack")
     @writes

@@ -84,7 +84,8 @@ class Runtime:
         self._sharing = Counter((d.host, d.port) for d in site.devices)  # Modbus gateways
         self.status: SiteStatus | None = None
         self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
-        self.notifier = Notifier(site.site, site.alerts.webhooks, self.outbox)
+        self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
+                                 site.web.external_url)
         self.evaluator = Evaluator(
             self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify
         )
@@ -277,7 +278,7 @@ class Runtime:
         conditions, complete = builtin_conditions(self.site, self.health.values(), status,
                                                   latest, active.__contains__, store, now)
         try:
-            conditions = inhibit(self.site, conditions, {r.id: r.limiting for r in status.racks})
+            conditions = inhibit(self.topology, conditions, {r.id: r.limiting for r in status.racks})
         except Exception:  # a bug here must cost extra pages, never the tick
             log.exception("event=inhibit_error")
         # notifications commit with the state change; a rule that failed resolves nothing

@@ -25,6 +25,56 @@ class Topology:
         return out
 
     @cached_property
+    def racks_on_loop(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in self.site.racks:
+            if r.loop:
+                out.setdefault(r.loop, []).append(r.id)
+        return out
+
+    @cached_property
+    def loop_of_cdu(self) -> dict[str, str]:
+        return {cdu: lp.id for lp in self.site.loops for cdu in lp.cdus}
+
+    @cached_property
+    def racks_on_source(self) -> dict[str, list[str]]:
+        """Racks with a feed from each rectifier or UPS (through its PDUs)."""
+        source_of_pdu = {p.id: p.upstream for p in self.site.devices_of("pdu")}
+        out: dict[str, list[str]] = {}
+        for r in self.site.racks:
+            for source in dict.fromkeys(source_of_pdu.get(p) for p in (r.feed_a, r.feed_b)):
+                if source is not None:
+                    out.setdefault(source, []).append(r.id)
+        return out
+
+    @cached_property
+    def racks_on_supercap(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in self.site.racks:
+            if r.supercap:
+                out.setdefault(r.supercap, []).append(r.id)
+        return out
+
+    def affected(self, labels: dict[str, str]) -> tuple[list[str], list[str]]:
+        """The racks and loops an alert on these labels touches (rack, loop, supercap or
+        device: a PDU's rack, a source's racks, a CDU's loop and its racks)."""
+        racks: dict[str, None] = {}
+        loops: dict[str, None] = {}
+        if rack := labels.get("rack"):
+            racks[rack] = None
+        device = labels.get("device", "")
+        if device in self.rack_of_pdu:
+            racks[self.rack_of_pdu[device].id] = None
+        racks |= dict.fromkeys(self.racks_on_source.get(device, ()))
+        racks |= dict.fromkeys(self.racks_on_supercap.get(labels.get("supercap") or device, ()))
+        if loop := labels.get("loop") or self.loop_of_cdu.get(device):
+            loops[loop] = None
+            racks |= dict.fromkeys(self.racks_on_loop.get(loop, ()))
+        by_id = {r.id: r for r in self.site.racks}
+        loops |= dict.fromkeys(by_id[r].loop for r in racks if r in by_id and by_id[r].loop)
+        return list(racks), list(loops)  # type: ignore[arg-type]
+
+    @cached_property
     def device_tags(self) -> dict[str, dict[str, str]]:
         """Tags of every device's series: a PDU carries its rack's room/row/rack."""
         tags = {}

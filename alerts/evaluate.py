@@ -49,13 +49,15 @@ CREATE TABLE IF NOT EXISTS alert_state (
     starts_at REAL,
     last_notified_at REAL,
     acked_by TEXT,
-    acked_at REAL,
-    suppressed_by TEXT
+    acked_at REAL
 )
 """
+_ADDED_COLUMNS = {  # since the first release: an older file gains them on open
+    "suppressed_by": "TEXT", "unit": "TEXT NOT NULL DEFAULT ''", "threshold": "REAL",
+}
 _COLUMNS = (
     "fingerprint", "rule", "labels", "severity", "summary", "value", "state",
-    "active_since", "starts_at", "last_notified_at", "acked_by", "acked_at", "suppressed_by",
+    "active_since", "starts_at", "last_notified_at", "acked_by", "acked_at", *_ADDED_COLUMNS,
 )  # fmt: skip
 
 
@@ -77,6 +79,8 @@ class Condition:
     severity: str = "warning"
     for_s: float = 0.0
     suppressed_by: str | None = None  # the firing cause that explains it (alerts.inhibit)
+    unit: str = ""  # of value and threshold
+    threshold: float | None = None  # the value the condition compares against
 
     @property
     def fingerprint(self) -> str:
@@ -100,6 +104,8 @@ class Alert:
     acked_by: str | None = None
     acked_at: float | None = None
     suppressed_by: str | None = None
+    unit: str = ""
+    threshold: float | None = None
     ends_at: float | None = None
 
     @property
@@ -148,8 +154,10 @@ class Evaluator:
         self._store, self._repeat_s, self._notify = store, repeat_s, notify
         with store.transaction() as db:
             db.execute(_SCHEMA)
-            if "suppressed_by" not in {r[1] for r in db.execute("PRAGMA table_info(alert_state)")}:
-                db.execute("ALTER TABLE alert_state ADD COLUMN suppressed_by TEXT")  # older file
+            have = {r[1] for r in db.execute("PRAGMA table_info(alert_state)")}
+            for name, decl in _ADDED_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE alert_state ADD COLUMN {name} {decl}")
             self._alerts = _load(db)
 
     def step(self, now: float, conditions: Iterable[Condition],
@@ -208,7 +216,7 @@ def _advance(
 ) -> tuple[Alert | None, Transition | None]:
     """The alert after this evaluation, and the transition to notify if any."""
     if cond is None or not cond.active:
-        return _clear(alert, now)
+        return _clear(alert, now, cond)
     if alert is None:
         alert = Alert(
             fingerprint=cond.fingerprint, rule=cond.rule, labels=dict(cond.labels),
@@ -217,7 +225,7 @@ def _advance(
         )  # fmt: skip
     before = alert.severity
     alert = replace(alert, severity=cond.severity, summary=cond.summary, value=cond.value,
-                    suppressed_by=cond.suppressed_by)
+                    suppressed_by=cond.suppressed_by, unit=cond.unit, threshold=cond.threshold)
     if alert.state == "pending":
         if now - alert.active_since < cond.for_s:
             return alert, None
@@ -240,10 +248,11 @@ def _severity_changed(alert: Alert, before: str, now: float) -> tuple[Alert, Tra
     return changed, Transition("escalated" if up else "deescalated", changed, now, before)
 
 
-def _clear(alert: Alert | None, now: float) -> tuple[None, Transition | None]:
+def _clear(alert: Alert | None, now: float, cond: Condition | None) -> tuple[None, Transition | None]:
     if alert is None or alert.state == "pending" or alert.last_notified_at is None:
         return None, None  # never notified: nobody waits for its end
-    return None, Transition("resolved", replace(alert, ends_at=now), now)
+    value = cond.value if cond is not None else None  # the value it cleared at, if known
+    return None, Transition("resolved", replace(alert, ends_at=now, value=value), now)
 
 
 def _repeat(alert: Alert, now: float, repeat_s: float) -> tuple[Alert, Transition | None]:
@@ -270,7 +279,7 @@ def _save(db: sqlite3.Connection, alerts: list[Alert]) -> None:
         [
             (a.fingerprint, a.rule, json.dumps(a.labels), a.severity, a.summary, a.value,
              a.state, a.active_since, a.starts_at, a.last_notified_at, a.acked_by, a.acked_at,
-             a.suppressed_by)
+             a.suppressed_by, a.unit, a.threshold)
             for a in alerts
         ],
     )  # fmt: skip

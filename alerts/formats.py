@@ -1,12 +1,21 @@
-"""Webhook formats: the generic signed JSON (schema version 1) and Alertmanager webhook v4.
+"""Webhook formats: the generic signed JSON (schema version 2) and Alertmanager webhook v4.
 
-Generic body::
+Generic body (JSON Schema: ``alerts/schema/generic-v2.json``)::
 
-    {"version": "1", "status": "firing"|"resolved",
+    {"version": "2", "status": "firing"|"resolved",
      "kind": "firing"|"escalated"|"deescalated"|"repeat"|"resolved",
      "previous_severity": null | "...", "fingerprint": "...", "rule": "...",
-     "severity": "...", "labels": {...}, "summary": "...", "value": 1.0 | null,
-     "starts_at": "2025-01-01T00:00:00.000Z", "ends_at": null | "...", "site": "..."}
+     "severity": "...", "summary": "...", "labels": {...},
+     "value": 1.0 | null, "unit": "kW", "threshold": 0.0 | null,
+     "where": {"site": "...", "room": "...", "row": "...", "rack": "...", "device": "..."},
+     "affected": {"racks": [...], "loops": [...]},
+     "runbook_url": null | "...", "url": null | "...",
+     "starts_at": "2025-01-01T00:00:00.000Z", "ends_at": null | "...",
+     "duration_s": null | 12.5, "site": "..."}
+
+Version 2 added kind, previous_severity, unit, threshold, where, affected, runbook_url, url
+and duration_s to version 1; a resolved notice's summary says how long it lasted, and its
+value is the one it cleared at (null when unknown).
 
 Signature (Stripe-like): ``X-Aidc-Timestamp: <unix s>`` and
 ``X-Aidc-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``. A receiver
@@ -22,12 +31,13 @@ import hmac
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from alerts.evaluate import Transition
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SIGNATURE_HEADER = "X-Aidc-Signature"
 TIMESTAMP_HEADER = "X-Aidc-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -50,8 +60,20 @@ def signature_headers(secret: bytes, body: bytes, timestamp: int) -> dict[str, s
     return {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: f"sha256={mac}"}
 
 
-def generic_payload(t: Transition, site: str) -> dict[str, Any]:
-    """The generic JSON document (schema version 1) for one transition."""
+@dataclass(frozen=True)
+class Context:
+    """What a notification says beyond the alert itself: where it is, what it touches, and
+    links (from ``web.external_url``; none without it)."""
+
+    where: Mapping[str, str] = field(default_factory=dict)
+    racks: Sequence[str] = ()
+    loops: Sequence[str] = ()
+    runbook_url: str | None = None
+    url: str | None = None
+
+
+def generic_payload(t: Transition, site: str, context: Context = Context()) -> dict[str, Any]:
+    """The generic JSON document (schema version 2) for one transition."""
     a = t.alert
     return {
         "version": SCHEMA_VERSION,
@@ -61,13 +83,31 @@ def generic_payload(t: Transition, site: str) -> dict[str, Any]:
         "fingerprint": a.fingerprint,
         "rule": a.rule,
         "severity": a.severity,
+        "summary": summary(t),
         "labels": dict(a.labels),
-        "summary": a.summary,
         "value": _finite(a.value),
+        "unit": a.unit,
+        "threshold": _finite(a.threshold),
+        "where": {"site": site, **context.where},
+        "affected": {"racks": list(context.racks), "loops": list(context.loops)},
+        "runbook_url": context.runbook_url,
+        "url": context.url,
         "starts_at": iso_utc(_starts_at(t)),
         "ends_at": iso_utc(a.ends_at) if a.ends_at is not None else None,
+        "duration_s": _duration_s(t),
         "site": site,
     }
+
+
+def summary(t: Transition) -> str:
+    """The alert's summary; a resolved one says how long it lasted, a severity change from
+    what."""
+    a = t.alert
+    if t.kind == "resolved":
+        return f"resolved after {_human(_duration_s(t) or 0)}: {a.summary}"
+    if t.previous_severity is not None:
+        return f"{t.kind} from {t.previous_severity} to {a.severity}: {a.summary}"
+    return a.summary
 
 
 def alertmanager_payload(
@@ -77,12 +117,14 @@ def alertmanager_payload(
     receiver: str,
     external_url: str = "",
     group_labels: Mapping[str, str] | None = None,
+    contexts: Sequence[Context] | None = None,
 ) -> dict[str, Any]:
     """An Alertmanager webhook (version 4) message grouping ``transitions``.
 
     ``group_labels`` defaults to the labels all alerts share, as ``group_by`` would give.
     """
-    alerts = [_am_alert(t, site, external_url) for t in transitions]
+    contexts = contexts or [Context()] * len(transitions)
+    alerts = [_am_alert(t, site, c) for t, c in zip(transitions, contexts, strict=True)]
     common_labels = _common(a["labels"] for a in alerts)
     groups = dict(common_labels if group_labels is None else group_labels)
     return {
@@ -99,37 +141,46 @@ def alertmanager_payload(
     }
 
 
-Renderer = Callable[[Transition, str, str, str], dict[str, Any]]
+Renderer = Callable[[Transition, str, str, str, Context], dict[str, Any]]
 FORMATS: Mapping[str, Renderer] = {
-    "generic": lambda t, site, receiver, url: generic_payload(t, site),
-    "alertmanager": lambda t, site, receiver, url: alertmanager_payload(
-        [t], site=site, receiver=receiver, external_url=url
+    "generic": lambda t, site, receiver, url, context: generic_payload(t, site, context),
+    "alertmanager": lambda t, site, receiver, url, context: alertmanager_payload(
+        [t], site=site, receiver=receiver, external_url=url, contexts=[context]
     ),
 }
 
 
-def render(fmt: str, t: Transition, *, site: str, receiver: str, external_url: str = "") -> bytes:
+def render(fmt: str, t: Transition, *, site: str, receiver: str, external_url: str = "",
+           context: Context = Context()) -> bytes:
     """The request body of ``t`` in webhook format ``fmt`` (one of ``FORMATS``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown webhook format '{fmt}', expected one of {sorted(FORMATS)}")
-    payload = FORMATS[fmt](t, site, receiver, external_url)
+    payload = FORMATS[fmt](t, site, receiver, external_url, context)
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def _am_alert(t: Transition, site: str, external_url: str) -> dict[str, Any]:
+def _am_alert(t: Transition, site: str, context: Context) -> dict[str, Any]:
     a = t.alert
-    annotations = {"summary": a.summary}
+    annotations = {"summary": summary(t)}
     if _finite(a.value) is not None:
-        annotations["value"] = f"{a.value:g}"
+        annotations["value"] = f"{a.value:g} {a.unit}".rstrip()
+    if _finite(a.threshold) is not None:
+        annotations["threshold"] = f"{a.threshold:g} {a.unit}".rstrip()
     if t.previous_severity is not None:
         annotations["previous_severity"] = t.previous_severity
+    if context.racks:
+        annotations["affected_racks"] = ", ".join(context.racks)
+    if context.loops:
+        annotations["affected_loops"] = ", ".join(context.loops)
+    if context.runbook_url:
+        annotations["runbook_url"] = context.runbook_url
     return {
         "status": t.status,
         "labels": {"site": site, **a.labels, "alertname": a.rule, "severity": a.severity},
         "annotations": annotations,
         "startsAt": iso_utc(_starts_at(t)),
         "endsAt": iso_utc(a.ends_at) if a.ends_at is not None else _GO_ZERO_TIME,
-        "generatorURL": external_url,
+        "generatorURL": context.url or "",
         "fingerprint": a.fingerprint,
     }
 
@@ -142,6 +193,22 @@ def _group_key(group_labels: Mapping[str, str]) -> str:
 
 def _starts_at(t: Transition) -> float:
     return t.alert.starts_at if t.alert.starts_at is not None else t.alert.active_since
+
+
+def _duration_s(t: Transition) -> float | None:
+    """How long a resolved alert fired (s); None while it fires."""
+    if t.alert.ends_at is None:
+        return None
+    return round(t.alert.ends_at - _starts_at(t), 3)
+
+
+def _human(seconds: float) -> str:
+    """``2 h 5 min``, ``3 min 12 s``, ``40 s``."""
+    s = round(seconds)
+    h, m = divmod(s // 60, 60)
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min {s % 60} s" if m else f"{s} s"
 
 
 def _finite(value: float | None) -> float | None:

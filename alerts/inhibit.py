@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from aidc.config import Site
+from aidc.topology import Topology
 from alerts.evaluate import Condition
 
 LOOP_LIMITS = frozenset({"loop", "supply_class"})
@@ -27,25 +27,13 @@ SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_redundancy_lost", "devic
 Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 
 
-def inhibit(site: Site, conditions: Iterable[Condition],
+def inhibit(graph: Topology, conditions: Iterable[Condition],
             limiting: dict[str, str | None]) -> list[Condition]:
     """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause.
 
     ``limiting``: each rack's binding limit now (from the model's status).
     """
     conditions = list(conditions)
-    loop_of_cdu = {cdu: lp.id for lp in site.loops for cdu in lp.cdus}
-    racks_on_loop: dict[str, set[str]] = {}
-    for r in site.racks:
-        if r.loop:
-            racks_on_loop.setdefault(r.loop, set()).add(r.id)
-    source_of_pdu = {p.id: p.upstream for p in site.devices_of("pdu")}
-    racks_on_source: dict[str, set[str]] = {}
-    for r in site.racks:
-        for pdu in (r.feed_a, r.feed_b):
-            if pdu in source_of_pdu:
-                racks_on_source.setdefault(source_of_pdu[pdu], set()).add(r.id)
-
     cause_of: Causes = {}
     for c in conditions:
         if not c.active:
@@ -56,11 +44,11 @@ def inhibit(site: Site, conditions: Iterable[Condition],
         name = f"{c.rule}{{device={device}}}"  # how the cause is shown
         if c.rule == "device_unreachable":
             cause_of.setdefault(("*", device), []).append((name, None))
-        if c.rule in CDU_CAUSES and device in loop_of_cdu:
-            for rack in racks_on_loop.get(loop_of_cdu[device], ()):
+        if c.rule in CDU_CAUSES and device in graph.loop_of_cdu:
+            for rack in graph.racks_on_loop.get(graph.loop_of_cdu[device], ()):
                 cause_of.setdefault(("rack_over_headroom", rack), []).append((name, LOOP_LIMITS))
-        if c.rule in SOURCE_CAUSES and device in racks_on_source:
-            for rack in racks_on_source[device]:
+        if c.rule in SOURCE_CAUSES:
+            for rack in graph.racks_on_source.get(device, ()):
                 cause_of.setdefault(("rack_over_headroom", rack), []).append((name, SOURCE_LIMITS))
                 cause_of.setdefault(("feed_redundancy_lost", rack), []).append((name, None))
 

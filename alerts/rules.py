@@ -25,6 +25,79 @@ SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a
 
 
 @dataclass(frozen=True)
+class RuleInfo:
+    """What a notification tells on-call beyond its summary: the unit of its value, what the
+    rule means and the first steps (served as the runbook at ``/runbooks#<rule>``)."""
+
+    unit: str
+    meaning: str
+    steps: tuple[str, ...]
+
+
+RULES: dict[str, RuleInfo] = {
+    "device_unreachable": RuleInfo(
+        "polls", "A device missed polls in a row, or its poll is stuck: its values are unknown "
+        "and the rules that need them hold their state.",
+        ("Check the device's network path and power (ping its host, the switch port).",
+         "Check `aidc probe` against it: wrong port, unit id, community or credentials?",
+         "While it is dark, the racks it measures show unknown headroom, never a guess.")),
+    "leak": RuleInfo(
+        "", "The CDU's leak sensor is wet.",
+        ("Go to the CDU; isolate it if the leak is confirmed (the loop runs on the others).",
+         "Check the loop's capacity in the console: with one CDU isolated, what is left?")),
+    "pump_redundancy_lost": RuleInfo(
+        "pumps", "A CDU runs fewer pumps than installed: warning while the rest still give "
+        "full flow, critical when its capacity is cut.",
+        ("Check the pump's drive and breaker at the CDU; plan the swap.",
+         "Critical: the loop's capacity is cut; hold new load on its racks.")),
+    "ups_on_battery": RuleInfo(
+        "", "The UPS runs on battery: utility power is lost upstream.",
+        ("Confirm the generator started and transfers; watch the battery runtime left.",
+         "If the generator does not take the load, shed load before the battery ends.")),
+    "supercap_soc_low": RuleInfo(
+        "%", "A supercapacitor module's state of charge is low: it may not bridge the next "
+        "step in load or the transfer to battery.",
+        ("Check the module's charger and ESR; a module that does not recharge is failing.",)),
+    "rectifier_redundancy_lost": RuleInfo(
+        "modules", "Rectifier modules are out: warning while within the spares, critical when "
+        "the source's usable capacity is cut.",
+        ("Swap the failed modules (hot-swappable on most shelves).",
+         "Critical: check the source's pools in the console before placing any load.")),
+    "rack_over_headroom": RuleInfo(
+        "kW", "A rack draws more than its binding limit allows (value: kW headroom, negative).",
+        ("Open the rack in the console: which limit binds (feed, upstream, loop, air)?",
+         "Cap or move the rack's load, or restore the failed part behind the limit.")),
+    "feed_redundancy_lost": RuleInfo(
+        "kW", "A rack draws more than one of its feeds can carry alone: losing the other feed "
+        "drops it.",
+        ("Reduce the rack's load below one feed's rating, or fix the failed feed.",)),
+    "supply_over_class": RuleInfo(
+        "°C", "The loop's supply water is above the limit of its ASHRAE W class.",
+        ("Check the dry coolers or chillers and the facility valves.",
+         "Hot supply cuts the cooling capacity of every rack on the loop.")),
+    "backup_shortfall": RuleInfo(
+        "s", "The supercaps and battery bridge less time than the generator needs to start "
+        "and transfer.",
+        ("Check battery health and the supercap modules; hold load growth behind it.",)),
+    "power_swing_over_smoothing": RuleInfo(
+        "kW", "Rack power steps exceed what the supercap modules can smooth.",
+        ("Check the training job's power profile; spread its steps or add modules.",)),
+    "pue_above_target": RuleInfo(
+        "", "The site's PUE has stayed above its target.",
+        ("Check the cooling plant's setpoints and the free-cooling hours.",)),
+    "store_unavailable": RuleInfo(
+        "samples", "The store does not take samples: they wait in the spool on disk (value: "
+        "samples waiting).",
+        ("Check InfluxDB (up, disk, token); samples replay in order once it is back.",
+         "Critical: the spool is near its bound; past it, the oldest samples are dropped.")),
+    "samples_not_stored": RuleInfo(
+        "samples", "Samples were lost: dropped past the spool's bound or refused by the store.",
+        ("Check the store's error in /healthz.",
+         "Refused batches are kept for inspection in the spool file's rejected table.")),
+}
+
+
+@dataclass(frozen=True)
 class StoreState:
     """What the writer knows of the store, for the store rules."""
 
@@ -53,11 +126,13 @@ class Inputs:
 
 
 def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None,
-               value: float | None, severity: str, summary: str, for_s: float = 0.0) -> Condition:
+               value: float | None, severity: str, summary: str, for_s: float = 0.0,
+               threshold: float | None = None) -> Condition:
     labels = {"site": i.site.site, **labels}
     if active is None:  # unknown: hold whatever state it has
         active = i.is_active(fingerprint(rule, labels))
-    return Condition(rule, labels, active, value, summary, severity, for_s)
+    return Condition(rule, labels, active, value, summary, severity, for_s,
+                     unit=RULES[rule].unit, threshold=threshold)
 
 
 def device_unreachable(i: Inputs) -> list[Condition]:
@@ -69,20 +144,21 @@ def device_unreachable(i: Inputs) -> list[Condition]:
         _condition(i, "device_unreachable", {"device": h.id, "kind": h.kind},
                    h.failures >= n or h.stalled, float(h.failures), CRITICAL,
                    f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}"
-                   if not h.stalled else f"{h.kind} {h.id}: {h.error}")
+                   if not h.stalled else f"{h.kind} {h.id}: {h.error}", threshold=n)
         for h in i.health
     ]
 
 
 def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
-          severity: str, summary: str) -> list[Condition]:
+          severity: str, summary: str, threshold: float | None = None) -> list[Condition]:
     """One condition per device of ``kind`` from one of its metrics."""
     out = []
     for d in i.site.devices_of(kind):
         v = i.value(d.id, metric)
         text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
         out.append(_condition(i, rule, {"device": d.id, "kind": kind},
-                              None if v is None else test(v), v, severity, text))
+                              None if v is None else test(v), v, severity, text,
+                              threshold=threshold))
     return out
 
 
@@ -94,7 +170,7 @@ def device_rules(i: Inputs) -> list[Condition]:
                 "{device} is on battery: utility power lost")
         + _flag(i, "supercap_soc_low", "supercap", "soc_pct",
                 lambda v: v < SUPERCAP_SOC_LOW_PCT, WARNING,
-                "{device} state of charge {value:.0f} %")
+                "{device} state of charge {value:.0f} %", SUPERCAP_SOC_LOW_PCT)
         + _rectifier_redundancy(i)
     )
 
@@ -114,7 +190,7 @@ def _pump_redundancy(i: Inputs) -> list[Condition]:
                 if short else "no spare pump left")
         out.append(_condition(i, "pump_redundancy_lost", {"device": d.id, "kind": "cdu"},
                               None if running is None else running < d.pumps, running,
-                              CRITICAL if short else WARNING, summary))
+                              CRITICAL if short else WARNING, summary, threshold=d.pumps))
     return out
 
 
@@ -138,7 +214,7 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition]:
         out.append(_condition(
             i, "rectifier_redundancy_lost", {"device": d.id, "kind": "rectifier"},
             None if lost is None else lost > 0, lost, CRITICAL if (lost or 0) > spare else WARNING,
-            summary))
+            summary, threshold=0))
     return out
 
 
@@ -152,32 +228,36 @@ def model_rules(i: Inputs) -> list[Condition]:
         out.append(_condition(
             i, "rack_over_headroom", {"rack": r.id, "row": r.row},
             None if r.headroom_kw is None else r.headroom_kw < 0, r.headroom_kw, CRITICAL,
-            f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW"))
+            f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW",
+            threshold=0))
         out.append(_condition(
             i, "feed_redundancy_lost", {"rack": r.id, "row": r.row},
             None if feed is None else feed < 0, feed, CRITICAL,
-            f"rack {r.id} draws more than one feed can carry: losing a feed drops it"))
+            f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
+            threshold=0))
     for p in s.pools:
         if p.kind == "loop":
             hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
             out.append(_condition(
                 i, "supply_over_class", {"loop": p.id}, hot, p.supply_temp_c, CRITICAL,
                 f"loop {p.id} facility water {p.supply_temp_c} C is over its class limit "
-                f"{p.supply_limit_c:g} C"))
+                f"{p.supply_limit_c:g} C", threshold=p.supply_limit_c))
     for b in s.backup:
         out.append(_condition(
             i, "backup_shortfall", {"supercap": b.supercap},
             None if b.shortfall_s is None else b.shortfall_s > 0, b.shortfall_s, CRITICAL,
             f"backup behind {b.supercap} bridges {b.bridge_s} s of the {b.required_s:g} s "
-            "the generator needs"))
+            "the generator needs", threshold=0))
         swing = None if b.swing_kw is None or b.smoothing_kw is None else b.swing_kw > b.smoothing_kw
         out.append(_condition(
             i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw, WARNING,
-            f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth"))
+            f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth",
+            threshold=b.smoothing_kw))
     target = i.site.model.pue_target
     out.append(_condition(
         i, "pue_above_target", {}, None if s.pue is None else s.pue > target, s.pue, WARNING,
-        f"PUE {s.pue} above the target {target:g}", for_s=PUE_ABOVE_TARGET_FOR_S))
+        f"PUE {s.pue} above the target {target:g}", for_s=PUE_ABOVE_TARGET_FOR_S,
+        threshold=target))
     return out
 
 

@@ -611,7 +611,7 @@ class CommunitySession(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         try:
             response = parse_response(data)
-        except Exception as e:  # whatever a peer sends: never the transport's end
+        except Exception as e:  # noqa: BLE001  (whatever a peer sends: never the transport's end)
             self.bad_responses += 1
             if self.bad_responses in (1, 10, 100, 1000) or self.bad_responses % 10_000 == 0:
                 log.warning("event=snmp_bad_response peer=%s count=%d error=%r",

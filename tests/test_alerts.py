@@ -21,14 +21,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import SecretStr
 
-from aidc.config import Webhook
+from aidc.config import Webhook, load_site
 from aidc.net import free_port
-from alerts.evaluate import Condition, Evaluator, Transition, fingerprint
+from aidc.topology import Topology
+from alerts.evaluate import Alert, Condition, Evaluator, Transition, fingerprint
 from alerts.formats import alertmanager_payload, generic_payload, signature_headers
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, RetryPolicy, parse_retry_after
+from tests.conftest import ROOT
 
 FAST = RetryPolicy(base_s=0.01, cap_s=0.05)
+DEMO = Topology(load_site(ROOT / "site_configs" / "demo.yaml"))
 SECRET = "s3cret-hmac-key"
 LEAK = Condition("leak", {"device": "cdu-1", "rack": "r01"}, True, 1.0, "leak at cdu-1", "critical")
 
@@ -155,7 +158,7 @@ def pipeline(
     open_outbox: OpenOutbox, webhooks: list[Webhook], repeat_s: float = 3600, **kw
 ) -> Pipeline:
     outbox = open_outbox(webhooks, **kw)
-    notifier = Notifier("demo", webhooks, outbox)
+    notifier = Notifier(DEMO, webhooks, outbox)
     return Pipeline(outbox, Evaluator(outbox, repeat_s=repeat_s, notify=notifier.notify))
 
 
@@ -297,9 +300,7 @@ def test_a_suppressed_alert_pages_only_once_its_cause_is_gone(open_outbox):
 
 
 def test_inhibition_follows_the_power_and_cooling_graph():
-    from aidc.config import load_site
     from alerts.inhibit import inhibit
-    from tests.conftest import ROOT
 
     site = load_site(ROOT / "site_configs" / "demo.yaml")
     # every demo rack has an A feed on rect-a, a B feed on ups-b, and loop-1: make one differ
@@ -319,7 +320,7 @@ def test_inhibition_follows_the_power_and_cooling_graph():
         cond("rack_over_headroom", rack=r.id) for r in site.racks]
     limiting = {r.id: "loop" if i % 2 else "feed" for i, r in enumerate(site.racks)}
     out = {(c.rule, c.labels.get("rack") or c.labels["device"]): c.suppressed_by
-           for c in inhibit(site, causes + symptoms, limiting)}  # fmt: skip
+           for c in inhibit(Topology(site), causes + symptoms, limiting)}  # fmt: skip
     assert out[("ups_on_battery", "ups-b")] is None  # a cause stays a page
     assert out[("leak", cdu)] == f"device_unreachable{{device={cdu}}}"  # its device is dark
     for r in site.racks:
@@ -328,13 +329,13 @@ def test_inhibition_follows_the_power_and_cooling_graph():
         over = out[("rack_over_headroom", r.id)]  # the loop explains only a loop limit
         assert (over is not None) == (r.id in on_loop_1 and limiting[r.id] == "loop")
     inactive = [replace(c, active=False) for c in causes]
-    assert all(c.suppressed_by is None for c in inhibit(site, inactive + symptoms, limiting))
+    assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, limiting))
 
 
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
     """A failure while enqueuing leaves no trace: the next evaluation notifies again."""
     outbox = open_outbox([webhook(receiver)])
-    notifier = Notifier("demo", [webhook(receiver)], outbox)
+    notifier = Notifier(DEMO, [webhook(receiver)], outbox)
 
     def crash(transitions) -> None:
         notifier.notify(transitions)
@@ -353,27 +354,68 @@ def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
 # ---------------------------------------------------------------- formats and signature
 
 
-def test_generic_payload_schema(open_outbox):
+def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
+    import jsonschema
+
+    schema = json.loads((ROOT / "alerts" / "schema" / "generic-v2.json").read_text())
+    notifier = Notifier(DEMO, [], open_outbox(), external_url="https://aidc.example/ops/")
     ev = Evaluator(open_outbox())
-    [fired] = ev.step(1_700_000_000, [LEAK])
-    assert generic_payload(fired, "demo") == {
-        "version": "1",
+    pump = Condition("pump_redundancy_lost", {"site": "demo", "device": "cdu-2", "kind": "cdu"},
+                     True, 1.0, "cdu-2 runs 1 of 2 pumps: no spare pump left", "warning",
+                     unit="pumps", threshold=2.0)  # fmt: skip
+    on_loop_1 = [r.id for r in DEMO.site.racks if r.loop == "loop-1"]
+    [fired] = ev.step(1_700_000_000, [pump])
+    body = generic_payload(fired, "demo", notifier.context(fired))
+    assert body == {
+        "version": "2",
         "status": "firing",
         "kind": "firing",
         "previous_severity": None,
-        "fingerprint": LEAK.fingerprint,
-        "rule": "leak",
-        "severity": "critical",
-        "labels": {"device": "cdu-1", "rack": "r01"},
-        "summary": "leak at cdu-1",
+        "fingerprint": pump.fingerprint,
+        "rule": "pump_redundancy_lost",
+        "severity": "warning",
+        "summary": "cdu-2 runs 1 of 2 pumps: no spare pump left",
+        "labels": {"site": "demo", "device": "cdu-2", "kind": "cdu"},
         "value": 1.0,
+        "unit": "pumps",
+        "threshold": 2.0,
+        "where": {"site": "demo", "device": "cdu-2"},
+        "affected": {"racks": on_loop_1, "loops": ["loop-1"]},
+        "runbook_url": "https://aidc.example/ops/runbooks#pump_redundancy_lost",
+        "url": "https://aidc.example/ops/",
         "starts_at": "2023-11-14T22:13:20.000Z",
         "ends_at": None,
+        "duration_s": None,
         "site": "demo",
     }
-    [resolved] = ev.step(1_700_000_060.5, [])
-    body = generic_payload(resolved, "demo")
-    assert (body["status"], body["ends_at"]) == ("resolved", "2023-11-14T22:14:20.500Z")
+    jsonschema.validate(body, schema)
+    [up] = ev.step(1_700_000_100, [replace(pump, severity="critical", value=0.0)])
+    body = generic_payload(up, "demo", notifier.context(up))
+    assert body["summary"] == (
+        "escalated from warning to critical: cdu-2 runs 1 of 2 pumps: no spare pump left")
+    jsonschema.validate(body, schema)
+    [resolved] = ev.step(1_700_000_192.25, [replace(pump, active=False, value=2.0)])
+    body = generic_payload(resolved, "demo", notifier.context(resolved))
+    assert body["summary"] == (
+        "resolved after 3 min 12 s: cdu-2 runs 1 of 2 pumps: no spare pump left")
+    assert (body["status"], body["value"], body["duration_s"], body["ends_at"]) == (
+        "resolved", 2.0, 192.25, "2023-11-14T22:16:32.250Z")  # the value it cleared at
+    jsonschema.validate(body, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the schema holds the payload to account
+        jsonschema.validate({**body, "ends_at": None}, schema)
+    bare = Notifier(DEMO, [], open_outbox()).context(resolved)  # no external_url: no links
+    assert (bare.runbook_url, bare.url) == (None, None)
+
+
+def test_a_pdu_alert_says_which_rack_room_and_row():
+    rack = DEMO.site.racks[0]
+    labels = {"site": "demo", "device": rack.feed_a, "kind": "pdu"}
+    alert = Alert(fingerprint("device_unreachable", labels), "device_unreachable", labels,
+                  "critical", "dark", 3.0, "firing", 0.0)  # fmt: skip
+    context = Notifier(DEMO, [], None).context(Transition("firing", alert, 0.0))  # type: ignore[arg-type]
+    assert context.where == {"room": rack.room, "row": rack.row, "rack": rack.id,
+                             "device": rack.feed_a}  # fmt: skip
+    assert (context.racks, context.loops) == ([rack.id], [rack.loop])
 
 
 def test_signature_known_vector():
@@ -430,10 +472,12 @@ def test_alertmanager_v4_payload_has_the_fields_receivers_parse(open_outbox, rec
         '{}:{alertname="leak",device="cdu-1",rack="r01",severity="critical",site="demo"}'
     )
     [alert] = firing["alerts"]
+    racks = ["r01", *(r.id for r in DEMO.site.racks if r.loop == "loop-1")]  # label, cdu-1's
     assert alert == {
         "status": "firing",
         "labels": labels,
-        "annotations": {"summary": "leak at cdu-1", "value": "1"},
+        "annotations": {"summary": "leak at cdu-1", "value": "1",
+                        "affected_racks": ", ".join(racks), "affected_loops": "loop-1"},
         "startsAt": "2023-11-14T22:13:20.000Z",
         "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "",

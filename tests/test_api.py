@@ -63,6 +63,22 @@ def test_rack_headroom_lists_every_limit(web):
     assert get(web, "/api/v1/racks/Z99/headroom").status_code == 404
 
 
+def test_every_rule_that_can_fire_has_a_runbook(web):
+    import ast
+
+    from alerts.rules import RULES
+
+    source = (ROOT / "alerts" / "rules.py").read_text()
+    fired = {node.args[1].value for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("_condition", "_flag")
+             and isinstance(node.args[1], ast.Constant)}  # fmt: skip
+    assert len(fired) >= 12 and fired == set(RULES)
+    page = get(web, "/runbooks")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for rule in RULES:
+        assert f'<section id="{rule}">' in page.text
+
+
 def test_headroom_filters_by_row_and_min_kw(web):
     all_racks = get(web, "/api/v1/headroom").json()["racks"]
     row_b = get(web, "/api/v1/headroom", params={"row": "B", "min_kw": 20}).json()["racks"]
@@ -171,6 +187,24 @@ def test_cli_headroom_and_whatif_read_the_store(shared_live_site, tmp_path):
     bad = cli("headroom", "--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(typo))
     assert bad.returncode == 2 and f"no store at {typo / 'aidc.sqlite'}" in bad.stderr
     assert not typo.exists()
+
+
+def test_demo_signs_with_a_secret_from_env_or_file_never_the_command_line(tmp_path, monkeypatch):
+    from aidc.cli import _secret_arg
+
+    monkeypatch.setenv("DEMO_HOOK_KEY", "k-from-env")
+    (tmp_path / "key").write_text("k-from-file\n")
+    assert _secret_arg("env:DEMO_HOOK_KEY") == "k-from-env"
+    assert _secret_arg(f"file:{tmp_path / 'key'}") == "k-from-file"
+    hook = ["demo", "--data-dir", str(tmp_path / "d"), "--webhook", "http://127.0.0.1:9/h"]
+    typed = cli(*hook, "--webhook-secret", "hunter2")
+    assert typed.returncode == 2 and "env:NAME or file:PATH" in typed.stderr
+    assert "hunter2" not in typed.stderr
+    unset = cli(*hook, "--webhook-secret", "env:AIDC_NOT_SET_ANYWHERE")
+    assert unset.returncode == 2 and "AIDC_NOT_SET_ANYWHERE is not set" in unset.stderr
+    alone = cli("demo", "--data-dir", str(tmp_path / "d"), "--webhook-secret", "env:X")
+    assert alone.returncode == 2 and "give both" in alone.stderr
+    assert not (tmp_path / "d").exists()  # refused before anything started
 
 
 def test_interval_pue_from_energy_counters(tmp_path):

@@ -152,7 +152,12 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         await simulated.stop_device("pdu-a01-a")
         await wait_until(lambda: alerts_for(receiver, "pdu-a01-a", "firing"), 30, "firing webhook")
         fired = alerts_for(receiver, "pdu-a01-a", "firing")[0]
-        assert fired["rule"] == "device_unreachable" and fired["version"] == "1"
+        assert fired["rule"] == "device_unreachable" and fired["version"] == "2"
+        a01 = next(r for r in site.racks if r.id == "A01")
+        assert fired["where"] == {"site": site.site, "room": a01.room, "row": "A", "rack": "A01",
+                                  "device": "pdu-a01-a"}  # fmt: skip
+        assert fired["affected"] == {"racks": ["A01"], "loops": [a01.loop]}
+        assert (fired["unit"], fired["threshold"]) == ("polls", 3)
         assert runtime.health["pdu-a01-a"].failures >= 3
         racks = {r["id"]: r for r in await get_json(web.url + "api/v1/racks")}
         assert racks["A01"]["power_kw"] is None  # its A feed is unknown: never guessed
@@ -165,6 +170,8 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         await asyncio.sleep(1.0)
         assert len(alerts_for(receiver, "pdu-a01-a", "firing")) == 1
         assert len(alerts_for(receiver, "pdu-a01-a", "resolved")) == 1
+        [resolved] = alerts_for(receiver, "pdu-a01-a", "resolved")
+        assert resolved["summary"].startswith("resolved after ") and resolved["duration_s"] > 0
         assert not [b for b in receiver.bodies() if b["labels"].get("device") != "pdu-a01-a"]
 
         metrics = (await asyncio.to_thread(httpx.get, web.url + "metrics")).text
