@@ -268,7 +268,9 @@ class Webhook(Strict):
     name: str = "webhook"
     url: str = Field(pattern=r"^https?://[^\s/]+")
     secret: SecretStr | None = None  # HMAC-SHA256 key for the X-Aidc-Signature header
-    format: Literal["generic", "alertmanager"] = "generic"
+    # generic: aidc's JSON; alertmanager: Alertmanager's webhook v4, for receivers written for
+    # it; alertmanager_push: postable alerts for Alertmanager's own POST /api/v2/alerts
+    format: Literal["generic", "alertmanager", "alertmanager_push"] = "generic"
     # per receiver: a request unanswered this long is retried later (Slack, PagerDuty and
     # Alertmanager answer in well under a second; 10 s leaves a slow one room without resending)
     timeout_s: float = Field(10, gt=0, le=MAX_TIMEOUT_S)

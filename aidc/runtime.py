@@ -122,6 +122,8 @@ class Runtime:
             asyncio.create_task(self._tick_forever(), name="model"),
             asyncio.create_task(self._watch_forever(), name="watchdog"),
             asyncio.create_task(self.outbox.deliver_forever(stop), name="notifier"),
+            asyncio.create_task(self.notifier.resend_to_alertmanager(
+                self.evaluator.active_alerts, stop), name="alertmanager-resend"),
         ]
         log.info("event=runtime_started site=%s devices=%d", self.site.site, len(self.site.devices))
         try:

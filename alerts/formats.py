@@ -42,6 +42,8 @@ SIGNATURE_HEADER = "X-Aidc-Signature"
 TIMESTAMP_HEADER = "X-Aidc-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of a firing alert
+ALERTMANAGER_RESEND_S = 60.0  # firing alerts re-posted to Alertmanager this often
+ALERTMANAGER_HOLD_S = 4 * ALERTMANAGER_RESEND_S  # as Prometheus: 4 resends missed, it ends
 
 
 def iso_utc(ts: float) -> str:
@@ -141,11 +143,37 @@ def alertmanager_payload(
     }
 
 
-Renderer = Callable[[Transition, str, str, str, Context], dict[str, Any]]
+def alertmanager_push_payload(
+    alerts: Sequence[tuple[Transition, Context]], site: str, now: float
+) -> list[dict[str, Any]]:
+    """Postable alerts for Alertmanager's ``POST /api/v2/alerts`` (API v2).
+
+    Like Prometheus, a firing alert says it ends ``ALERTMANAGER_HOLD_S`` from now unless
+    sent again: aidc re-posts its firing alerts every ``ALERTMANAGER_RESEND_S``
+    (``alerts.notify.resend_to_alertmanager``), so one that aidc stops reporting (aidc
+    down) resolves in Alertmanager on its own instead of firing forever.
+    """
+    out = []
+    for t, context in alerts:
+        a = _am_alert(t, site, context)
+        out.append({
+            "labels": a["labels"],
+            "annotations": a["annotations"],
+            "startsAt": a["startsAt"],
+            "endsAt": a["endsAt"] if t.kind == "resolved" else iso_utc(now + ALERTMANAGER_HOLD_S),
+            "generatorURL": a["generatorURL"],
+        })
+    return out
+
+
+Renderer = Callable[[Transition, str, str, str, Context], Any]
 FORMATS: Mapping[str, Renderer] = {
     "generic": lambda t, site, receiver, url, context: generic_payload(t, site, context),
     "alertmanager": lambda t, site, receiver, url, context: alertmanager_payload(
         [t], site=site, receiver=receiver, external_url=url, contexts=[context]
+    ),
+    "alertmanager_push": lambda t, site, receiver, url, context: alertmanager_push_payload(
+        [(t, context)], site, t.at
     ),
 }
 

@@ -1,18 +1,37 @@
 """Notify: render each transition for every webhook in its format and put it in the outbox.
 
 Signing is not done here but by the outbox at each delivery attempt, so that the signed
-timestamp stays fresh however long a receiver was down (see ``alerts.outbox``).
+timestamp stays fresh however long a receiver was down (see ``alerts.outbox``). Alertmanager
+push receivers also get every firing alert again each ``ALERTMANAGER_RESEND_S`` (a state
+sync, not a notification: best effort, the next one repairs a lost one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import httpx
 
 from aidc.config import Webhook
 from aidc.topology import Topology
-from alerts.evaluate import Transition
-from alerts.formats import FORMATS, IDEMPOTENCY_HEADER, Context, idempotency_key, render
-from alerts.outbox import Outbox, webhooks_by_name
+from alerts.evaluate import Alert, Transition
+from alerts.formats import (
+    ALERTMANAGER_RESEND_S,
+    FORMATS,
+    IDEMPOTENCY_HEADER,
+    Context,
+    alertmanager_push_payload,
+    idempotency_key,
+    render,
+    signature_headers,
+)
+from alerts.outbox import Outbox, host_of, webhooks_by_name
+
+log = logging.getLogger(__name__)
 
 WHERE = ("room", "row", "rack", "device", "loop", "supercap")
 
@@ -63,3 +82,44 @@ class Notifier:
                     self._outbox.enqueue(
                         w.name, body, headers, key, t.alert.fingerprint, t.delivery_priority
                     )
+
+    async def resend_to_alertmanager(
+        self, active: Callable[[], list[Alert]], stop: asyncio.Event,
+        every_s: float = ALERTMANAGER_RESEND_S,
+    ) -> None:
+        """Re-post the firing alerts to every ``alertmanager_push`` receiver until ``stop``."""
+        if not any(w.format == "alertmanager_push" for w in self._webhooks):
+            return
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            while not stop.is_set():
+                await self.resend_once(client, active(), time.time())
+                try:
+                    await asyncio.wait_for(stop.wait(), every_s)
+                except TimeoutError:
+                    pass
+
+    async def resend_once(self, client: httpx.AsyncClient, alerts: list[Alert], now: float) -> int:
+        """Post the notified, unsuppressed firing ``alerts``; the receivers that took them."""
+        firing = [a for a in alerts if a.state == "firing" and a.suppressed_by is None
+                  and a.last_notified_at is not None]  # fmt: skip
+        hooks = [w for w in self._webhooks if w.format == "alertmanager_push"]
+        if not firing or not hooks:
+            return 0
+        transitions = [Transition("repeat", a, now) for a in firing]
+        body = json.dumps(alertmanager_push_payload(
+            [(t, self.context(t)) for t in transitions], self._topology.site.site, now,
+        ), separators=(",", ":")).encode()  # fmt: skip
+        took = 0
+        for w in hooks:
+            headers = {"Content-Type": "application/json"}
+            if w.secret is not None:
+                headers |= signature_headers(w.secret.get_secret_value().encode(), body, int(now))
+            try:
+                response = await client.post(w.url, content=body, headers=headers,
+                                             timeout=w.timeout_s)
+                response.raise_for_status()
+                took += 1
+            except httpx.HTTPError as e:
+                log.warning("event=alertmanager_resend_failed webhook=%s host=%s error=%s",
+                            w.name, host_of(w.url), type(e).__name__)
+        return took

@@ -384,7 +384,7 @@ class Outbox:
         self._failing.discard(row.webhook)
         log.info(
             "event=alert_delivered webhook=%s host=%s row=%d key=%s attempt=%d status=%d",
-            row.webhook, _host(url), row.id, row.idempotency_key, row.attempts + 1, code,
+            row.webhook, host_of(url), row.id, row.idempotency_key, row.attempts + 1, code,
         )  # fmt: skip
         return _Outcome.DELIVERED
 
@@ -405,7 +405,7 @@ class Outbox:
         log.warning(
             "event=alert_delivery_retry webhook=%s host=%s row=%d key=%s attempt=%d error=%s"
             " retry_in_s=%.3f",
-            row.webhook, _host(url), row.id, row.idempotency_key, attempts, error, delay_s,
+            row.webhook, host_of(url), row.id, row.idempotency_key, attempts, error, delay_s,
         )  # fmt: skip
         return _Outcome.RETRY
 
@@ -419,7 +419,7 @@ class Outbox:
         self._failing.discard(row.webhook)  # it answered, if only to refuse
         log.error(
             "event=alert_dead_letter webhook=%s host=%s row=%d key=%s error=%s",
-            row.webhook, _host(url), row.id, row.idempotency_key, error,
+            row.webhook, host_of(url), row.id, row.idempotency_key, error,
         )  # fmt: skip
         return _Outcome.DEAD
 
@@ -467,7 +467,7 @@ def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(headers={"User-Agent": _USER_AGENT}, follow_redirects=False)
 
 
-def _host(url: str) -> str:
+def host_of(url: str) -> str:
     """The URL's host only: paths and query strings may carry tokens."""
     try:
         return urlsplit(url).hostname or "-"

@@ -13,6 +13,7 @@ check snmpd snmpd
 check /lib/nut/snmp-ups nut-snmp
 check mbpoll mbpoll
 check node nodejs
+check prometheus-alertmanager prometheus-alertmanager
 check npm npm
 need=$(echo "$need" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//;s/ *$//')
 [ -z "$need" ] && exit 0
@@ -22,7 +23,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
   # the tests start their own snmpd on free ports; the packaged service on :161 is not wanted
   if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now snmpd nut-server nut-monitor nut-driver.target >/dev/null 2>&1 || true
+    systemctl disable --now snmpd nut-server nut-monitor nut-driver.target \
+      prometheus-alertmanager >/dev/null 2>&1 || true
   fi
 else
   echo "missing: $need. Install them with: sudo apt-get install $need" >&2

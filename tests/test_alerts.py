@@ -12,12 +12,15 @@ import hmac
 import json
 import logging
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -28,7 +31,7 @@ from alerts.evaluate import Alert, Condition, Evaluator, Transition, fingerprint
 from alerts.formats import alertmanager_payload, generic_payload, signature_headers
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, RetryPolicy, parse_retry_after
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require, wait_for
 
 FAST = RetryPolicy(base_s=0.01, cap_s=0.05)
 DEMO = Topology(load_site(ROOT / "site_configs" / "demo.yaml"))
@@ -130,6 +133,51 @@ def open_outbox(tmp_path):
     yield open_
     for outbox in opened:
         outbox.close()
+
+
+class Alertmanager:
+    """Debian's prometheus-alertmanager on a free 127.0.0.1 port, clustering off."""
+
+    CONFIG = 'route: {receiver: "null", group_wait: 0s}\nreceivers: [{name: "null"}]\n'
+
+    def __init__(self, tmp) -> None:
+        binary = require("prometheus-alertmanager", "prometheus-alertmanager")
+        self.url = f"http://127.0.0.1:{free_port()}"
+        (tmp / "am.yml").write_text(self.CONFIG)
+        self.log = tmp / "am.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [binary, f"--config.file={tmp / 'am.yml'}", f"--storage.path={tmp / 'data'}",
+                 f"--web.listen-address={self.url.removeprefix('http://')}",
+                 "--cluster.listen-address="],
+                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"alertmanager did not get ready: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def alerts(self) -> list[dict]:
+        """What Alertmanager holds now (active, silenced or inhibited; not resolved)."""
+        return httpx.get(f"{self.url}/api/v2/alerts", timeout=5).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    am = Alertmanager(tmp_path)
+    yield am
+    am.stop()
 
 
 # ---------------------------------------------------------------- helpers
@@ -486,6 +534,40 @@ def test_alertmanager_v4_payload_has_the_fields_receivers_parse(open_outbox, rec
     assert resolved["status"] == resolved["alerts"][0]["status"] == "resolved"
     assert resolved["alerts"][0]["endsAt"] == "2023-11-14T22:18:20.000Z"
     assert resolved["groupKey"] == firing["groupKey"]
+
+
+def test_alertmanager_push_reaches_a_real_alertmanager_and_stays_alive(open_outbox, alertmanager):
+    hook = Webhook(name="am", url=f"{alertmanager.url}/api/v2/alerts", format="alertmanager_push",
+                   timeout_s=5.0)  # fmt: skip
+    outbox = open_outbox([hook])
+    notifier = Notifier(DEMO, [hook], outbox, external_url="https://aidc.example")
+    ev = Evaluator(outbox, notify=notifier.notify)
+    now = time.time()
+    ev.step(now, [LEAK])
+    deliver_until(outbox, lambda: outbox.backlog() == 0)
+    assert outbox.dead_letters() == []
+    [got] = alertmanager.alerts()
+    assert got["labels"] == {"alertname": "leak", "severity": "critical", "site": "demo",
+                             "device": "cdu-1", "rack": "r01"}  # fmt: skip
+    assert got["annotations"]["summary"] == "leak at cdu-1"
+    assert got["annotations"]["runbook_url"] == "https://aidc.example/runbooks#leak"
+    assert got["generatorURL"] == "https://aidc.example/"
+    assert got["status"]["state"] == "active"
+    ends = datetime.fromisoformat(got["endsAt"]).timestamp()
+    assert ends == pytest.approx(now + 240, abs=1)  # held 4 resends, unless sent again
+
+    async def resend(at: float) -> int:
+        async with httpx.AsyncClient() as client:
+            return await notifier.resend_once(client, ev.active_alerts(), at)
+
+    assert asyncio.run(resend(now + 100)) == 1  # the periodic resend keeps it alive
+    [again] = alertmanager.alerts()
+    assert datetime.fromisoformat(again["endsAt"]).timestamp() == pytest.approx(now + 340, abs=1)
+
+    ev.step(time.time(), [])  # it clears: the resolved notice ends it in Alertmanager
+    deliver_until(outbox, lambda: outbox.backlog() == 0)
+    wait_for(lambda: alertmanager.alerts() == [], what="Alertmanager to resolve it")
+    assert asyncio.run(resend(time.time())) == 0  # nothing firing: nothing re-posted
 
 
 def test_alertmanager_group_shares_common_labels(open_outbox):
