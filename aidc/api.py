@@ -7,6 +7,7 @@ and the store's history; it never talks to devices.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aidc.derive import Pool, RackStatus, WhatIf, num, what_if
 from aidc.runtime import Runtime
+from alerts.silences import Silence, parse_matcher
 from models import pue as pue_model
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
@@ -85,6 +87,18 @@ def what_if_json(w: WhatIf) -> dict[str, Any]:
 def strict_json(value: Any) -> str:
     """JSON that any parser reads: NaN or Infinity is a bug here, never printed."""
     return json.dumps(value, allow_nan=False, indent=2)
+
+
+log = logging.getLogger("aidc.api")
+
+
+def silence_json(s: Silence, now: float) -> dict[str, Any]:
+    return {
+        "id": s.id, "matchers": [f"{m.name}{m.op}{m.value}" for m in s.matchers],
+        "state": s.state(now), "starts_at": iso(s.starts_at), "ends_at": iso(s.ends_at),
+        "created_by": s.created_by, "comment": s.comment, "created_at": iso(s.created_at),
+        "expired_by": s.expired_by,
+    }  # fmt: skip
 
 
 def iso(ts: float | None) -> str | None:
@@ -210,6 +224,30 @@ class SiteAPI:
         """Acknowledge an active alert (runs on the runtime's loop, which owns the state)."""
         alert = self.runtime.call_soon(self.runtime.evaluator.acknowledge, fingerprint, by)
         return {**asdict(alert), "starts_at": iso(alert.starts_at or alert.active_since)}
+
+    def silences(self) -> list[dict[str, Any]]:
+        now = time.time()
+        silences = self.runtime.call_soon(self.runtime.silences.all, now)
+        return [silence_json(s, now) for s in silences]
+
+    def add_silence(self, matchers: list[str], ends_at: float, created_by: str, comment: str,
+                    starts_at: float | None = None) -> dict[str, Any]:
+        """A new silence (ValueError with one line on a bad matcher or time)."""
+        now = time.time()
+        parsed = [parse_matcher(m) for m in matchers]
+        s = self.runtime.call_soon(self.runtime.silences.add, parsed,
+                                   now if starts_at is None else starts_at, ends_at,
+                                   created_by, comment, now)  # fmt: skip
+        log.info("event=silence_added id=%s by=%s matchers=%s ends_at=%s", s.id, created_by,
+                 ",".join(matchers), iso(s.ends_at))  # fmt: skip
+        return silence_json(s, now)
+
+    def expire_silence(self, silence_id: str, by: str) -> dict[str, Any]:
+        """End a silence now; KeyError if unknown or already expired."""
+        now = time.time()
+        s = self.runtime.call_soon(self.runtime.silences.expire, silence_id, by, now)
+        log.info("event=silence_expired id=%s by=%s", silence_id, by)
+        return silence_json(s, now)
 
     def devices(self) -> list[dict[str, Any]]:
         out = []

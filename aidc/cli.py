@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secret_arg(value: str) -> str:
+def _secret_arg(value: str, option: str = "--webhook-secret") -> str:
     """``env:NAME`` or ``file:PATH``: a secret typed on the command line would show in ``ps``."""
     kind, _, name = value.partition(":")
     if kind == "env" and name in os.environ:
@@ -150,11 +150,59 @@ def _secret_arg(value: str) -> str:
         try:
             return Path(name).expanduser().read_text().strip()
         except OSError as e:
-            sys.exit(_fail(f"--webhook-secret: cannot read {name}: {e.strerror}"))
+            sys.exit(_fail(f"{option}: cannot read {name}: {e.strerror}"))
     if kind == "env":
-        sys.exit(_fail(f"--webhook-secret: environment variable {name} is not set"))
-    sys.exit(_fail("--webhook-secret takes env:NAME or file:PATH, never the secret itself "
+        sys.exit(_fail(f"{option}: environment variable {name} is not set"))
+    sys.exit(_fail(f"{option} takes env:NAME or file:PATH, never the secret itself "
                    "(a command line shows in ps)"))
+
+
+DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(text: str) -> float:
+    """``90s``, ``30m``, ``2h``, ``1d``."""
+    try:
+        seconds = float(text[:-1]) * DURATION[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 2h or 1d") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return seconds
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    """Silences through the running app's API (writes need its token)."""
+    import httpx
+
+    base = args.url.rstrip("/") + "/api/v1/silences"
+    headers = {}
+    if args.action != "list":
+        headers["Authorization"] = "Bearer " + _secret_arg(args.token or "", "--token")
+    try:
+        if args.action == "add":
+            body = {"matchers": args.match, "duration_s": args.duration, "created_by": args.by,
+                    "comment": args.comment}  # fmt: skip
+            r = httpx.post(base, json=body, headers=headers, timeout=10)
+        elif args.action == "expire":
+            r = httpx.request("DELETE", f"{base}/{args.id}", json={"by": args.by},
+                              headers=headers, timeout=10)  # fmt: skip
+        else:
+            r = httpx.get(base, timeout=10)
+    except httpx.HTTPError as e:
+        return _fail(f"{args.url}: {type(e).__name__}: is `aidc run` (or demo) serving there?")
+    if r.status_code >= 400:
+        try:
+            message = r.json().get("error", r.text)
+        except ValueError:
+            message = r.text[:200]
+        return _fail(f"{r.status_code}: {message}")
+    silences = r.json() if args.action == "list" else [r.json()]
+    for s in silences:
+        print(f"{s['id']}  {s['state']:<8} until {s['ends_at']}  {' '.join(s['matchers'])}  "
+              f"by {s['created_by']}: {s['comment']}"
+              + (f" (expired by {s['expired_by']})" if s["expired_by"] else ""))
+    return 0
 
 
 def _store_status(args: argparse.Namespace):
@@ -358,6 +406,26 @@ def parser() -> argparse.ArgumentParser:
             h.add_argument("--capture", type=float, default=0.85, help="heat to liquid share")
             h.add_argument("--feed-kw", type=float, help="planned weaker feed of a new rack")
             h.add_argument("--air-kw", type=float, help="air allowance of a new rack")
+
+    si = sub.add_parser("silence", help="hold alerts' notifications: add, list, expire")
+    si_sub = si.add_subparsers(dest="action", required=True)
+    for action, helptext in (("add", "silence the alerts the matchers select, for a time"),
+                             ("list", "pending, active and recently expired silences"),
+                             ("expire", "end a silence now")):
+        a = si_sub.add_parser(action, help=helptext)
+        a.add_argument("--url", default="http://127.0.0.1:8050", help="the running app")
+        if action != "list":
+            a.add_argument("--token", metavar="env:NAME|file:PATH", required=True,
+                           help="the app's web.api_token (the demo's: file:data/demo/api-token)")
+            a.add_argument("--by", required=True, help="who (kept for the audit)")
+        a.set_defaults(func=cmd_silence)
+    si_add, si_expire = si_sub.choices["add"], si_sub.choices["expire"]
+    si_add.add_argument("--match", action="append", required=True,
+                        help="name=value, name!=value, name=~regex, name!~regex (repeatable); "
+                             "name is a label or rule")
+    si_add.add_argument("--duration", type=_duration_s, required=True, help="e.g. 30m, 2h, 1d")
+    si_add.add_argument("--comment", required=True, help="why")
+    si_expire.add_argument("id")
 
     g = sub.add_parser("gen-site", help="write a consistent large site file (for benchmarks)")
     g.add_argument("--racks", type=int, required=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import time
 from functools import wraps
 from html import escape
 
@@ -25,6 +26,18 @@ MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred byt
 class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: str = Field(min_length=1, max_length=100)
+
+
+class SilenceRequest(BaseModel):
+    """``matchers`` like ``device=cdu-1`` or ``rule=~leak|pump_.*``; ``duration_s`` from now
+    (or from ``starts_at``, unix s)."""
+
+    model_config = ConfigDict(extra="forbid")
+    matchers: list[str] = Field(min_length=1, max_length=20)
+    duration_s: float = Field(gt=0, le=90 * 24 * 3600)
+    starts_at: float | None = Field(None, ge=0, le=4102444800)  # at the latest 2100
+    created_by: str = Field(min_length=1, max_length=100)
+    comment: str = Field(min_length=1, max_length=1000)
 
 
 def runbooks_html(site: str) -> str:
@@ -165,6 +178,28 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     @app.get("/api/v1/alerts")
     def alerts():
         return jsonify(api.alerts())
+
+    @app.get("/api/v1/silences")
+    def silences():
+        return jsonify(api.silences())
+
+    @app.post("/api/v1/silences")
+    @writes
+    def add_silence():
+        q = parse(SilenceRequest, request.get_json(silent=True))
+        start = q.starts_at if q.starts_at is not None else time.time()
+        body = api.add_silence(q.matchers, start + q.duration_s, q.created_by, q.comment,
+                               q.starts_at)  # fmt: skip
+        return jsonify(body), 201
+
+    @app.delete("/api/v1/silences/<silence_id>")
+    @writes
+    def expire_silence(silence_id: str):
+        q = parse(AckRequest, request.get_json(silent=True))
+        try:
+            return jsonify(api.expire_silence(silence_id, q.by))
+        except KeyError:
+            return error(404, short(f"no pending or active silence '{silence_id}'"))
 
     @app.get("/runbooks")
     def runbooks():

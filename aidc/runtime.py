@@ -27,6 +27,7 @@ from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
 from alerts.rules import StoreState, builtin_conditions
+from alerts.silences import Silences
 from collectors import Collector, DeviceUnreachable, make_collector
 
 log = logging.getLogger("aidc.runtime")
@@ -86,6 +87,7 @@ class Runtime:
         self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
                                  site.web.external_url)
+        self.silences = Silences(self.outbox)
         self.evaluator = Evaluator(
             self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify
         )
@@ -283,6 +285,7 @@ class Runtime:
             conditions = inhibit(self.topology, conditions, {r.id: r.limiting for r in status.racks})
         except Exception:  # a bug here must cost extra pages, never the tick
             log.exception("event=inhibit_error")
+        conditions = self.silences.apply(conditions, now)
         # notifications commit with the state change; a rule that failed resolves nothing
         self.evaluator.step(now, conditions, hold_absent=not complete)
         self.notifier_backlog = self.outbox.backlog()

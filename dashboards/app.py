@@ -83,6 +83,11 @@ def overview() -> html.Div:
                style_data_conditional=[{"if": {"filter_query": '{severity} = "critical"'},
                                         "color": "#cf222e"}]),
         html.Div(id="no-alerts", style={"color": "#57606a", "margin": "6px 0"}),
+        html.H3("Silences (aidc silence add | list | expire)"),
+        _table("silences-table", [("State", "state"), ("Matchers", "matchers"),
+                                  ("From", "starts_at"), ("Until", "ends_at"),
+                                  ("By", "created_by"), ("Comment", "comment"),
+                                  ("Expired by", "expired_by")]),
         html.H3("Backup chain: supercap, battery, generator"),
         _table("backup-table", [("Supercap", "supercap"), ("Load (kW)", "load_kw"),
                                 ("Supercap (s)", "supercap_s"), ("Battery (s)", "battery_s"),
@@ -210,6 +215,7 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
         Output("rack-chart", "figure"), Output("rack-table", "data"),
         Output("alerts-table", "data"), Output("no-alerts", "children"),
         Output("backup-table", "data"), Output("pool-table", "data"),
+        Output("silences-table", "data"),
         Input("refresh", "n_intervals"),
     )
     def refresh(_n):
@@ -228,6 +234,7 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
             [{**b, "bridges": "yes" if b["bridges"] else "NO" if b["shortfall_s"] is not None
               else "unknown"} for b in api.backup()],
             pools,
+            [{**x, "matchers": " ".join(x["matchers"])} for x in api.silences()],
         )
 
     @app.callback(Output("pue-1h", "children"), Output("pue-1h-note", "children"),

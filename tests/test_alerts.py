@@ -380,6 +380,42 @@ def test_inhibition_follows_the_power_and_cooling_graph():
     assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, limiting))
 
 
+def test_silence_matchers_states_and_refusals(open_outbox):
+    from alerts.silences import Matcher, Silences, parse_matcher
+
+    silences = Silences(open_outbox())
+    cdu1 = silences.add(
+        [parse_matcher("device=cdu-1"), parse_matcher("rule=~leak|pump_.*")], 100, 200, "alice",
+        "pump swap", now=50)  # fmt: skip
+    assert [cdu1.state(t) for t in (50, 100, 199.9, 200)] == [
+        "pending", "active", "active", "expired"]  # fmt: skip
+    leak = replace(LEAK, labels={"device": "cdu-1"})
+    other = replace(LEAK, labels={"device": "cdu-2"})
+    flow = Condition("flow_low", {"device": "cdu-1"}, True)
+    at_150 = silences.apply([leak, other, flow], now=150)
+    assert [c.suppressed_by for c in at_150] == [f"silence {cdu1.id}", None, None]
+    assert all(c.suppressed_by is None for c in silences.apply([leak], now=99))
+    inhibited = replace(leak, suppressed_by="device_unreachable{device=cdu-1}")
+    assert silences.apply([inhibited], now=150)[0].suppressed_by == inhibited.suppressed_by
+    assert Matcher("row", "B", "!=").matches("x", {"row": "A"})
+    assert not Matcher("row", "A|B", "!~").matches("x", {"row": "A"})
+
+    gone = silences.expire(cdu1.id, "bob", now=160)
+    assert (gone.ends_at, gone.expired_by, gone.state(160)) == (160, "bob", "expired")
+    with pytest.raises(KeyError):
+        silences.expire(cdu1.id, "bob", now=170)
+    assert silences.apply([leak], now=170)[0].suppressed_by is None
+    assert [s.id for s in Silences(open_outbox()).all(now=170)] == [cdu1.id]  # kept, reopened
+
+    for text, error in [("device", "is not a matcher"), ("rule=~(", "bad regex")]:
+        with pytest.raises(ValueError, match=error):
+            parse_matcher(text)
+    with pytest.raises(ValueError, match="every alert"):
+        silences.add([parse_matcher("device!=nothing")], 0, 10, "eve", "all", now=0)
+    with pytest.raises(ValueError, match="end after"):
+        silences.add([parse_matcher("device=cdu-1")], 0, 10, "eve", "past", now=20)
+
+
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
     """A failure while enqueuing leaves no trace: the next evaluation notifies again."""
     outbox = open_outbox([webhook(receiver)])

@@ -140,6 +140,44 @@ def test_acknowledge_needs_the_token(live_site, own_web):
     wait_for(lambda: get(web, "/api/v1/alerts").json() == [], what="the alert to resolve")
 
 
+def test_a_silence_holds_the_page_until_it_is_expired(live_site, own_web, tmp_path, monkeypatch):
+    """Through the CLI, as an operator would: the leak still shows, silenced, and pages only
+    once the silence is expired."""
+    url, pages = own_web.url, live_site.receiver
+    monkeypatch.setenv("AIDC_TEST_TOKEN", API_TOKEN)
+    token = ["--url", url, "--token", "env:AIDC_TEST_TOKEN", "--by", "alice"]
+    added = cli("silence", "add", *token, "--match", "device=cdu-1", "--match", "rule=~leak|x",
+                "--duration", "2h", "--comment", "pump swap, wet floor expected")
+    assert added.returncode == 0, added.stderr
+    silence_id = added.stdout.split()[0]
+    assert "active" in added.stdout and "device=cdu-1 rule=~leak|x" in added.stdout
+    assert post(own_web, "/api/v1/silences", {"matchers": ["device=cdu-1"], "duration_s": 60,
+                                              "created_by": "eve", "comment": "x"}
+                ).status_code == 401  # fmt: skip
+
+    live_site.call(live_site.simulated.inject("leak", "cdu-1", None, True, None))
+    try:
+        leak = wait_for(lambda: [a for a in get(own_web, "/api/v1/alerts").json()
+                                 if a["rule"] == "leak"], what="the leak, silenced")  # fmt: skip
+        assert (leak[0]["state"], leak[0]["suppressed_by"]) == ("suppressed", f"silence {silence_id}")
+        assert "leak" not in {b["rule"] for b in pages.bodies()}
+        listed = cli("silence", "list", "--url", url)
+        assert listed.returncode == 0 and silence_id in listed.stdout
+
+        expired = cli("silence", "expire", *token, silence_id)
+        assert expired.returncode == 0 and "expired by alice" in expired.stdout
+        wait_for(lambda: "leak" in {b["rule"] for b in pages.bodies()}, what="the leak's page")
+        again = cli("silence", "expire", *token, silence_id)
+        assert again.returncode == 2 and "404" in again.stderr
+    finally:
+        live_site.call(live_site.simulated.inject("leak", "cdu-1", None, False, None))
+    [listed] = get(own_web, "/api/v1/silences").json()
+    assert (listed["state"], listed["created_by"], listed["expired_by"]) == (
+        "expired", "alice", "alice")  # the audit trail stays
+    bad = cli("silence", "add", *token, "--match", "device", "--duration", "1h", "--comment", "c")
+    assert bad.returncode == 2 and "is not a matcher" in bad.stderr
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aidc.cli", *args],
                           capture_output=True, text=True, check=False)
