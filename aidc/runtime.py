@@ -280,7 +280,8 @@ class Runtime:
         store = StoreState(w.store_up, w.store_error, w.spooled_samples(), w.max_samples,
                            w.dropped_samples, w.rejected_samples, w.last_loss_at)
         conditions, complete = builtin_conditions(self.site, self.health.values(), status,
-                                                  latest, active.__contains__, store, now)
+                                                  latest, active.__contains__, store, now,
+                                                  self.notifier_dead_letters)
         try:
             conditions = inhibit(self.topology, conditions, {r.id: r.limiting for r in status.racks})
         except Exception:  # a bug here must cost extra pages, never the tick

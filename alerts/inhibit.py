@@ -22,7 +22,8 @@ from alerts.evaluate import Condition
 LOOP_LIMITS = frozenset({"loop", "supply_class"})
 SOURCE_LIMITS = frozenset({"upstream"})
 CDU_CAUSES = frozenset({"leak", "pump_redundancy_lost", "device_unreachable"})
-SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_redundancy_lost", "device_unreachable"})
+SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_on_battery", "rectifier_redundancy_lost",
+                           "device_unreachable"})
 # (symptom rule, subject) -> its causes, each with the limits it explains (None: any)
 Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 

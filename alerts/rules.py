@@ -13,13 +13,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aidc.config import Site
-from aidc.metrics import DeviceHealth, Sample
+from aidc.metrics import DeviceHealth, Quality, Sample
 from alerts.evaluate import Condition, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
 
 CRITICAL, WARNING = "critical", "warning"
 SUPERCAP_SOC_LOW_PCT = 50.0
+BATTERY_LOW_S, BATTERY_CRITICAL_S = 600.0, 300.0  # on battery, runtime left below these
+GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
+BAD_QUALITY_FOR_S = 300.0  # a series read bad or out of range this long
 PUE_ABOVE_TARGET_FOR_S = 900.0
 SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
 
@@ -54,6 +57,21 @@ RULES: dict[str, RuleInfo] = {
         "", "The UPS runs on battery: utility power is lost upstream.",
         ("Confirm the generator started and transfers; watch the battery runtime left.",
          "If the generator does not take the load, shed load before the battery ends.")),
+    "rectifier_on_battery": RuleInfo(
+        "A", "A rectifier discharges its battery (value: battery current): its AC input is "
+        "lost, and its racks' DC feeds run on the battery.",
+        ("Check the rectifier's AC input breaker and the utility or generator upstream.",
+         "Its battery runtime is the configured one: watch generator_not_taking_load.")),
+    "battery_runtime_low": RuleInfo(
+        "s", "A UPS on battery has little runtime left (value: seconds left): warning under "
+        "10 minutes, critical under 5.",
+        ("Get the generator on the load (start it by hand if it failed to).",
+         "Shed load in order of priority before the battery ends; stop jobs cleanly.")),
+    "generator_not_taking_load": RuleInfo(
+        "s", "A UPS or rectifier has been on battery longer than the generator's start and "
+        "transfer: the generator did not take the load (value: battery runtime left, s).",
+        ("Check the generator: started? breaker closed? transfer switch position?",
+         "Watch battery_runtime_low; prepare to shed load.")),
     "supercap_soc_low": RuleInfo(
         "%", "A supercapacitor module's state of charge is low: it may not bridge the next "
         "step in load or the transfer to battery.",
@@ -85,6 +103,17 @@ RULES: dict[str, RuleInfo] = {
     "pue_above_target": RuleInfo(
         "", "The site's PUE has stayed above its target.",
         ("Check the cooling plant's setpoints and the free-cooling hours.",)),
+    "metric_bad_quality": RuleInfo(
+        "", "A metric has read bad (the device says so) or out of its plausible range for 5 "
+        "minutes while the device answers: a failed sensor, or a wrong register map.",
+        ("Compare with the device's own display; `aidc probe` shows what is read.",
+         "Out of range: check the profile's scale, byte order and limits for that point.",
+         "The model and the rules that need it treat it as unknown, never as a number.")),
+    "notifications_dead_lettered": RuleInfo(
+        "notifications", "A webhook receiver refused notifications for good (a 4xx): they are "
+        "kept as dead letters, not delivered.",
+        ("Check the receiver's URL, format and secret; its logs say why it refused.",
+         "Dead letters are kept in the outbox file (status 'dead') for inspection.")),
     "store_unavailable": RuleInfo(
         "samples", "The store does not take samples: they wait in the spool on disk (value: "
         "samples waiting).",
@@ -119,6 +148,7 @@ class Inputs:
     is_active: Callable[[str], bool]  # fingerprint -> pending or firing now
     store: StoreState = StoreState()
     now: float = 0.0
+    dead_letters: int = 0  # notifications receivers refused for good
 
     def value(self, device: str, metric: str) -> float | None:
         s = self.latest.get((device, metric))
@@ -168,11 +198,69 @@ def device_rules(i: Inputs) -> list[Condition]:
         + _pump_redundancy(i)
         + _flag(i, "ups_on_battery", "ups", "on_battery", lambda v: v >= 1, CRITICAL,
                 "{device} is on battery: utility power lost")
+        + _flag(i, "rectifier_on_battery", "rectifier", "battery_current_a", lambda v: v > 0,
+                CRITICAL, "{device} discharges its battery ({value:.0f} A): its AC input is "
+                "lost", threshold=0)
         + _flag(i, "supercap_soc_low", "supercap", "soc_pct",
                 lambda v: v < SUPERCAP_SOC_LOW_PCT, WARNING,
                 "{device} state of charge {value:.0f} %", SUPERCAP_SOC_LOW_PCT)
         + _rectifier_redundancy(i)
+        + _battery(i)
+        + _bad_quality(i)
     )
+
+
+def _battery(i: Inputs) -> list[Condition]:
+    """On battery (a UPS says so; a rectifier discharges its battery): the runtime left that
+    a UPS reports (warning, then critical), and a generator that has not taken the load by
+    its start + transfer time (NFPA 110: Type 10 means 10 s)."""
+    late_s = i.site.model.generator_start_s + i.site.model.transfer_s + GENERATOR_MARGIN_S
+    out = []
+    for d in i.site.devices_of("ups") + i.site.devices_of("rectifier"):
+        labels = {"device": d.id, "kind": d.kind}
+        if d.kind == "ups":
+            signal, minutes = i.value(d.id, "on_battery"), i.value(d.id, "runtime_min")
+            on = None if signal is None else signal >= 1
+            left = None if minutes is None else minutes * 60
+            low = None if on is None or left is None else on and left < BATTERY_LOW_S
+            out.append(_condition(
+                i, "battery_runtime_low", labels, low, left,
+                CRITICAL if left is not None and left < BATTERY_CRITICAL_S else WARNING,
+                f"{d.id} on battery with {'?' if left is None else f'{left:.0f}'} s left",
+                threshold=BATTERY_LOW_S))
+        else:
+            current = i.value(d.id, "battery_current_a")
+            on, left = None if current is None else current > 0, None
+        out.append(_condition(
+            i, "generator_not_taking_load", labels, on, left, CRITICAL,
+            f"{d.id} is still on battery {late_s:g} s after the outage: the generator has not "
+            f"taken the load" + ("" if left is None else f" ({left:.0f} s of battery left)"),
+            for_s=late_s, threshold=late_s))
+    return out
+
+
+def _bad_quality(i: Inputs) -> list[Condition]:
+    """Series the device answers for, but bad or out of range (one condition each, only
+    while so: a series that reads good again is absent, so its alert resolves)."""
+    kinds = {d.id: d.kind for d in i.site.devices}
+    out = []
+    for (device, metric), sample in i.latest.items():
+        if sample.quality in (Quality.BAD, Quality.OUT_OF_RANGE) and device in kinds:
+            out.append(_condition(
+                i, "metric_bad_quality", {"device": device, "kind": kinds[device],
+                                          "metric": metric},
+                True, sample.value, WARNING,
+                f"{device} {metric} reads {sample.quality.value}"
+                + ("" if sample.value is None else f" ({sample.value:g})"),
+                for_s=BAD_QUALITY_FOR_S))
+    return out
+
+
+def notifier_rules(i: Inputs) -> list[Condition]:
+    return [_condition(
+        i, "notifications_dead_lettered", {}, i.dead_letters > 0, float(i.dead_letters),
+        WARNING, f"{i.dead_letters} notification(s) refused for good by a receiver",
+        threshold=0)]
 
 
 def _pump_redundancy(i: Inputs) -> list[Condition]:
@@ -283,14 +371,14 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        latest: Mapping[tuple[str, str], Sample],
                        is_active: Callable[[str], bool] = lambda fp: False,
                        store: StoreState = StoreState(),
-                       now: float = 0.0) -> tuple[list[Condition], bool]:
+                       now: float = 0.0, dead_letters: int = 0) -> tuple[list[Condition], bool]:
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
-    i = Inputs(site, list(health), status, latest, is_active, store, now)
+    i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters)
     out: list[Condition] = []
     complete = True
-    for rules in (device_unreachable, device_rules, model_rules, store_rules):
+    for rules in (device_unreachable, device_rules, model_rules, store_rules, notifier_rules):
         try:
             out += rules(i)
         except Exception:

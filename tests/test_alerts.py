@@ -890,6 +890,46 @@ def test_store_rules_say_when_samples_wait_and_when_they_are_lost():
     assert not later["samples_not_stored"].active
 
 
+def test_battery_rules_count_runtime_left_and_a_late_generator(open_outbox):
+    from aidc.metrics import Quality, Sample
+    from alerts.rules import builtin_conditions
+
+    site = DEMO.site
+    ev = Evaluator(open_outbox())
+
+    def step(at: float, on_battery: float, runtime_min: float, esr_quality=Quality.GOOD):
+        latest = {("ups-b", "on_battery"): Sample("ups", {}, "on_battery", on_battery, at),
+                  ("ups-b", "runtime_min"): Sample("ups", {}, "runtime_min", runtime_min, at),
+                  ("sc-a", "esr_mohm"): Sample("supercap", {}, "esr_mohm", 9.0, at, esr_quality)}
+        conditions, _ = builtin_conditions(site, [], None, latest, now=at, dead_letters=0)
+        wanted = ("battery_runtime_low", "generator_not_taking_load", "metric_bad_quality")
+        return [(t.kind, t.alert.rule, t.alert.severity) for t in ev.step(at, conditions)
+                if t.alert.rule in wanted]  # fmt: skip
+
+    late_s = site.model.generator_start_s + site.model.transfer_s + 30
+    assert step(0, 0, 8) == []  # on utility: 8 minutes of battery is no news
+    assert step(1, 1, 8) == [("firing", "battery_runtime_low", "warning")]  # 480 s < 600 s
+    assert step(1 + late_s - 1, 1, 7) == []
+    assert step(1 + late_s, 1, 6) == [("firing", "generator_not_taking_load", "critical")]
+    assert step(100, 1, 4.9) == [("escalated", "battery_runtime_low", "critical")]  # < 300 s
+    assert step(110, 0, 4.9) == [("resolved", "battery_runtime_low", "critical"),
+                                 ("resolved", "generator_not_taking_load", "critical")]
+    assert step(120, 0, 5, Quality.OUT_OF_RANGE) == []  # pending its 5 minutes
+    assert step(420, 0, 5, Quality.OUT_OF_RANGE) == [("firing", "metric_bad_quality", "warning")]
+    assert step(430, 0, 5) == [("resolved", "metric_bad_quality", "warning")]
+
+
+def test_dead_letters_raise_a_warning():
+    from alerts.rules import builtin_conditions
+
+    def dead(n: int) -> Condition:
+        conditions, _ = builtin_conditions(DEMO.site, [], None, {}, dead_letters=n)
+        return next(c for c in conditions if c.rule == "notifications_dead_lettered")
+
+    assert not dead(0).active
+    assert dead(2).active and dead(2).value == 2 and "2 notification(s)" in dead(2).summary
+
+
 def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
     """A bug in one rule group (here: model_rules raising) is logged; the other groups still
     fire, and the alerts the failed group raised keep their state instead of resolving."""

@@ -41,12 +41,17 @@ def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
     try:
         wait_for(lambda: ("ups_on_battery", "ups-b") in alerts(live), what="ups_on_battery")
         assert sample(live, "ups-b", "on_battery").value == 1
+        # the A side too: rect-a's DC feeds run on its battery
+        a_side = wait_for(lambda: alerts(live).get(("rectifier_on_battery", "rect-a")),
+                          what="rectifier_on_battery")
+        assert a_side.severity == "critical" and a_side.value > 0 and a_side.unit == "A"
         # the supercap carries its row first (about 3 s at ~240 kW): it leaves its 392 V float
         wait_for(lambda: sample(live, "sc-a", "voltage_v").value < 392.0, what="sc-a discharging")
         assert sample(live, "sc-a", "state").value in (0, 2)  # 2 discharging, 0 once spent
     finally:
         inject(live, "utility_outage", on=False)
-    wait_for(lambda: ("ups_on_battery", "ups-b") not in alerts(live), what="the alert to resolve")
+    wait_for(lambda: not {("ups_on_battery", "ups-b"), ("rectifier_on_battery", "rect-a")}
+             & set(alerts(live)), what="the alerts to resolve")
 
 
 def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
@@ -115,6 +120,14 @@ def test_rectifier_module_loss_costs_its_n_plus_1(live):
         inject(live, "module_loss", "rect-a", value=4, on=False)
         inject(live, "module_loss", "rect-a", value=5, on=False)
     wait_for(lambda: ("rectifier_redundancy_lost", "rect-a") not in alerts(live), what="resolve")
+    # on-call heard every step: it fired, escalated, came back down (or straight to resolved
+    # when both modules returned in one poll) and resolved
+    pages = wait_for(lambda: (b := [(x["kind"], x["previous_severity"])
+                                    for x in live.receiver.bodies()
+                                    if x["rule"] == "rectifier_redundancy_lost"])
+                     and b[-1][0] == "resolved" and b, what="the resolved notice")  # fmt: skip
+    assert pages[:2] == [("firing", None), ("escalated", "warning")]
+    assert pages[2:] in ([("resolved", None)], [("deescalated", "critical"), ("resolved", None)])
 
 
 @pytest.mark.parametrize("device, metric", [
@@ -133,10 +146,17 @@ def test_a_sensor_fault_is_bad_for_that_metric_only(live, device, metric):
         health = wait_for(lambda: (h := live.runtime.health[device]).state == "degraded" and h,
                           what=f"{device} degraded")
         assert health.error == f"reachable, 1 of {health.points} points bad"
+        # the rule counts 5 minutes of it before it pages
+        bad = wait_for(lambda: [a for a in live.runtime.evaluator.active_alerts()
+                                if a.rule == "metric_bad_quality"], what="metric_bad_quality")
+        assert [(a.labels["device"], a.labels["metric"], a.state) for a in bad] == [
+            (device, metric, "pending")]  # fmt: skip
     finally:
         inject(live, "sensor_fault", device, metric, on=False)
     wait_for(lambda: sample(live, device, metric).quality is Quality.GOOD, what="recovery")
     wait_for(lambda: live.runtime.health[device].state == "up", what="up again")
+    wait_for(lambda: not [a for a in live.runtime.evaluator.active_alerts()
+                          if a.rule == "metric_bad_quality"], what="the pending alert dropped")
 
 
 def test_a_stuck_sensor_keeps_its_value(live):
