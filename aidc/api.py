@@ -226,9 +226,8 @@ class SiteAPI:
         return {**asdict(alert), "starts_at": iso(alert.starts_at or alert.active_since)}
 
     def silences(self) -> list[dict[str, Any]]:
-        now = time.time()
-        silences = self.runtime.call_soon(self.runtime.silences.all, now)
-        return [silence_json(s, now) for s in silences]
+        now = time.time()  # as of the last tick (or change): read on the runtime's thread
+        return [silence_json(s, now) for s in self.runtime.silences.listed]
 
     def add_silence(self, matchers: list[str], ends_at: float, created_by: str, comment: str,
                     starts_at: float | None = None) -> dict[str, Any]:
@@ -320,6 +319,8 @@ class SiteAPI:
                [("", float(rt.writer.store_up))])
         metric("aidc_model_ticks_total", "counter", "Model ticks run.", [("", rt.ticks)])
         metric("aidc_model_tick_ms", "gauge", "Duration of the last model tick.", [("", rt.last_tick_ms)])
+        metric("aidc_alerting_tick_ms", "gauge", "Of the last tick, the rules, inhibition, "
+               "silences and alert state.", [("", rt.last_alerting_ms)])
         metric("aidc_notifier_backlog", "gauge", "Notifications waiting for delivery.",
                [("", rt.notifier_backlog)])
         metric("aidc_notifier_oldest_seconds", "gauge", "Age of the oldest waiting notification.",

@@ -95,7 +95,8 @@ class Runtime:
         self.notifier_backlog, self.notifier_oldest_s, self.notifier_dead_letters = 0, 0.0, 0
         self.started_at = time.time()
         self.ticks = 0
-        self.last_tick_ms = 0.0
+        self.last_tick_ms = self.last_alerting_ms = 0.0
+        self.bad_series: dict[tuple[str, str], Sample] = {}  # of the last fresh_latest
         self._pending: list[Sample] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
@@ -261,12 +262,17 @@ class Runtime:
     # ------------------------------------------------------------------ the model tick
 
     def fresh_latest(self, now: float) -> dict[tuple[str, str], Sample]:
-        """Latest samples with those not refreshed in 2.5 poll intervals marked stale."""
-        out = {}
+        """Latest samples with those not refreshed in 2.5 poll intervals marked stale; the
+        ones read bad or out of range are kept aside in ``bad_series`` (for their rule)."""
+        out, bad = {}, {}
         for key, s in self.latest.items():
-            if s.quality is Quality.GOOD and now - s.ts > 2.5 * self.health[key[0]].poll_s:
-                s = Sample(s.measurement, s.tags, s.field, s.value, s.ts, Quality.STALE)
+            if s.quality is Quality.GOOD:
+                if now - s.ts > 2.5 * self.health[key[0]].poll_s:
+                    s = Sample(s.measurement, s.tags, s.field, s.value, s.ts, Quality.STALE)
+            elif s.quality is not Quality.STALE:
+                bad[key] = s
             out[key] = s
+        self.bad_series = bad
         return out
 
     def tick(self, now: float) -> SiteStatus:
@@ -275,13 +281,17 @@ class Runtime:
         status = self.model.evaluate(latest, now)
         self.status = status
         self._pending.extend(self.model.derived_samples(status))
-        active = {a.fingerprint for a in self.evaluator.active_alerts()}
+        t1 = time.perf_counter()
+        alerts = self.evaluator.active_alerts()
+        active = {a.fingerprint for a in alerts}
         w = self.writer
         store = StoreState(w.store_up, w.store_error, w.spooled_samples(), w.max_samples,
                            w.dropped_samples, w.rejected_samples, w.last_loss_at)
         conditions, complete = builtin_conditions(self.site, self.health.values(), status,
                                                   latest, active.__contains__, store, now,
-                                                  self.notifier_dead_letters)
+                                                  self.notifier_dead_letters,
+                                                  alerting_rules={a.rule for a in alerts},
+                                                  bad_series=self.bad_series)
         try:
             conditions = inhibit(self.topology, conditions, {r.id: r.limiting for r in status.racks})
         except Exception:  # a bug here must cost extra pages, never the tick
@@ -291,7 +301,8 @@ class Runtime:
         self.evaluator.step(now, conditions, hold_absent=not complete)
         self.notifier_backlog = self.outbox.backlog()
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
-        self.notifier_dead_letters = len(self.outbox.dead_letters())
+        self.notifier_dead_letters = self.outbox.dead_letter_count()
         self.ticks += 1
-        self.last_tick_ms = (time.perf_counter() - t0) * 1000
+        t2 = time.perf_counter()
+        self.last_tick_ms, self.last_alerting_ms = (t2 - t0) * 1000, (t2 - t1) * 1000
         return status

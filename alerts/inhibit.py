@@ -14,7 +14,6 @@ naming the cause); the evaluator only holds back its notifications. What inhibit
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from aidc.topology import Topology
 from alerts.evaluate import Condition
@@ -53,19 +52,20 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
                 cause_of.setdefault(("rack_over_headroom", rack), []).append((name, SOURCE_LIMITS))
                 cause_of.setdefault(("feed_redundancy_lost", rack), []).append((name, None))
 
+    if not cause_of:
+        return conditions
     out = []
     for c in conditions:
         cause = _cause(c, cause_of, limiting)
-        out.append(replace(c, suppressed_by=cause) if cause else c)
+        out.append(c.suppressed(cause) if cause else c)
     return out
 
 
 def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:
     device, rack = c.labels.get("device"), c.labels.get("rack")
-    candidates = []
-    if device is not None and c.rule != "device_unreachable":
-        candidates += cause_of.get(("*", device), [])
-    if rack is not None:
-        candidates += cause_of.get((c.rule, rack), [])
-    return next((name for name, limits in candidates
-                 if limits is None or limiting.get(rack or "") in limits), None)
+    if device is not None and c.rule != "device_unreachable" and ("*", device) in cause_of:
+        return cause_of[("*", device)][0][0]
+    for name, limits in cause_of.get((c.rule, rack), ()) if rack is not None else ():
+        if limits is None or limiting.get(rack) in limits:
+            return name
+    return None

@@ -226,6 +226,9 @@ class Outbox:
         count = self._db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
         return count.fetchone()[0]
 
+    def dead_letter_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
+
     def oldest_age_s(self, now: float | None = None) -> float:
         """Age of the oldest row waiting for delivery, 0 when there is none."""
         oldest = self._db.execute(

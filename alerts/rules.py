@@ -9,7 +9,7 @@ is unreachable) instead of firing or clearing every alert that depends on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from aidc.config import Site
@@ -23,6 +23,7 @@ SUPERCAP_SOC_LOW_PCT = 50.0
 BATTERY_LOW_S, BATTERY_CRITICAL_S = 600.0, 300.0  # on battery, runtime left below these
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
 BAD_QUALITY_FOR_S = 300.0  # a series read bad or out of range this long
+BAD_QUALITIES = frozenset({Quality.BAD, Quality.OUT_OF_RANGE})
 PUE_ABOVE_TARGET_FOR_S = 900.0
 SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
 
@@ -149,6 +150,14 @@ class Inputs:
     store: StoreState = StoreState()
     now: float = 0.0
     dead_letters: int = 0  # notifications receivers refused for good
+    # rules with an alert now; None: unknown. A condition known to be inactive is only
+    # worth making for these (to resolve one); for the others it is left out: absent is
+    # inactive to the evaluator, and a quiet 10,000-rack site then makes next to none
+    alerting_rules: Collection[str] | None = None
+    bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
+
+    def keeps_inactive(self, rule: str) -> bool:
+        return self.alerting_rules is None or rule in self.alerting_rules
 
     def value(self, device: str, metric: str) -> float | None:
         s = self.latest.get((device, metric))
@@ -157,7 +166,9 @@ class Inputs:
 
 def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None,
                value: float | None, severity: str, summary: str, for_s: float = 0.0,
-               threshold: float | None = None) -> Condition:
+               threshold: float | None = None) -> Condition | None:
+    if active is False and not i.keeps_inactive(rule):
+        return None  # inactive, and nothing of this rule to resolve
     labels = {"site": i.site.site, **labels}
     if active is None:  # unknown: hold whatever state it has
         active = i.is_active(fingerprint(rule, labels))
@@ -165,22 +176,22 @@ def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None
                      unit=RULES[rule].unit, threshold=threshold)
 
 
-def device_unreachable(i: Inputs) -> list[Condition]:
+def device_unreachable(i: Inputs) -> list[Condition | None]:
     """Active once a device missed ``unreachable_intervals`` polls in a row, or the liveness
     watchdog found its poll stuck; clears on the first good poll (so the resolved notice is
     not delayed)."""
-    n = i.site.alerts.unreachable_intervals
+    n, keep = i.site.alerts.unreachable_intervals, i.keeps_inactive("device_unreachable")
     return [
         _condition(i, "device_unreachable", {"device": h.id, "kind": h.kind},
                    h.failures >= n or h.stalled, float(h.failures), CRITICAL,
                    f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}"
                    if not h.stalled else f"{h.kind} {h.id}: {h.error}", threshold=n)
-        for h in i.health
+        for h in i.health if keep or h.failures >= n or h.stalled
     ]
 
 
 def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
-          severity: str, summary: str, threshold: float | None = None) -> list[Condition]:
+          severity: str, summary: str, threshold: float | None = None) -> list[Condition | None]:
     """One condition per device of ``kind`` from one of its metrics."""
     out = []
     for d in i.site.devices_of(kind):
@@ -192,7 +203,7 @@ def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], 
     return out
 
 
-def device_rules(i: Inputs) -> list[Condition]:
+def device_rules(i: Inputs) -> list[Condition | None]:
     return (
         _flag(i, "leak", "cdu", "leak", lambda v: v >= 1, CRITICAL, "leak detected at {device}")
         + _pump_redundancy(i)
@@ -210,7 +221,7 @@ def device_rules(i: Inputs) -> list[Condition]:
     )
 
 
-def _battery(i: Inputs) -> list[Condition]:
+def _battery(i: Inputs) -> list[Condition | None]:
     """On battery (a UPS says so; a rectifier discharges its battery): the runtime left that
     a UPS reports (warning, then critical), and a generator that has not taken the load by
     its start + transfer time (NFPA 110: Type 10 means 10 s)."""
@@ -239,13 +250,16 @@ def _battery(i: Inputs) -> list[Condition]:
     return out
 
 
-def _bad_quality(i: Inputs) -> list[Condition]:
+def _bad_quality(i: Inputs) -> list[Condition | None]:
     """Series the device answers for, but bad or out of range (one condition each, only
     while so: a series that reads good again is absent, so its alert resolves)."""
+    bad = i.bad_series if i.bad_series is not None else i.latest
+    if not bad:
+        return []
     kinds = {d.id: d.kind for d in i.site.devices}
     out = []
-    for (device, metric), sample in i.latest.items():
-        if sample.quality in (Quality.BAD, Quality.OUT_OF_RANGE) and device in kinds:
+    for (device, metric), sample in bad.items():
+        if sample.quality in BAD_QUALITIES and device in kinds:
             out.append(_condition(
                 i, "metric_bad_quality", {"device": device, "kind": kinds[device],
                                           "metric": metric},
@@ -256,14 +270,14 @@ def _bad_quality(i: Inputs) -> list[Condition]:
     return out
 
 
-def notifier_rules(i: Inputs) -> list[Condition]:
+def notifier_rules(i: Inputs) -> list[Condition | None]:
     return [_condition(
         i, "notifications_dead_lettered", {}, i.dead_letters > 0, float(i.dead_letters),
         WARNING, f"{i.dead_letters} notification(s) refused for good by a receiver",
         threshold=0)]
 
 
-def _pump_redundancy(i: Inputs) -> list[Condition]:
+def _pump_redundancy(i: Inputs) -> list[Condition | None]:
     """A CDU running fewer pumps than installed has lost its spare (warning); fewer than its
     maximum flow needs, it has lost capacity too (critical)."""
     out = []
@@ -282,7 +296,7 @@ def _pump_redundancy(i: Inputs) -> list[Condition]:
     return out
 
 
-def _rectifier_redundancy(i: Inputs) -> list[Condition]:
+def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
     """Modules lost: warning while no more are lost than the source spares, critical beyond;
     the summary says how much usable capacity (its redundancy kept) went with them."""
     pools = {p.id: p for p in i.status.pools} if i.status else {}
@@ -306,23 +320,28 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition]:
     return out
 
 
-def model_rules(i: Inputs) -> list[Condition]:
+def model_rules(i: Inputs) -> list[Condition | None]:
     s = i.status
     if s is None:
         return []
     out = []
-    for r in s.racks:
+    keep_over, keep_feed = (i.keeps_inactive("rack_over_headroom"),
+                            i.keeps_inactive("feed_redundancy_lost"))
+    for r in s.racks:  # only the racks over a limit, unknown, or with an alert to resolve
         feed = r.limits_kw.get("feed")
-        out.append(_condition(
-            i, "rack_over_headroom", {"rack": r.id, "row": r.row},
-            None if r.headroom_kw is None else r.headroom_kw < 0, r.headroom_kw, CRITICAL,
-            f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW",
-            threshold=0))
-        out.append(_condition(
-            i, "feed_redundancy_lost", {"rack": r.id, "row": r.row},
-            None if feed is None else feed < 0, feed, CRITICAL,
-            f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
-            threshold=0))
+        over = None if r.headroom_kw is None else r.headroom_kw < 0
+        if over is not False or keep_over:
+            out.append(_condition(
+                i, "rack_over_headroom", {"rack": r.id, "row": r.row}, over, r.headroom_kw,
+                CRITICAL,
+                f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW",
+                threshold=0))
+        short = None if feed is None else feed < 0
+        if short is not False or keep_feed:
+            out.append(_condition(
+                i, "feed_redundancy_lost", {"rack": r.id, "row": r.row}, short, feed, CRITICAL,
+                f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
+                threshold=0))
     for p in s.pools:
         if p.kind == "loop":
             hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
@@ -349,7 +368,7 @@ def model_rules(i: Inputs) -> list[Condition]:
     return out
 
 
-def store_rules(i: Inputs) -> list[Condition]:
+def store_rules(i: Inputs) -> list[Condition | None]:
     """The store not taking samples (they wait in the spool: warning, critical past 80 % of
     its bound), and samples lost (dropped past the bound or refused by the store) within the
     last SAMPLES_LOST_HOLD_S."""
@@ -371,16 +390,20 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        latest: Mapping[tuple[str, str], Sample],
                        is_active: Callable[[str], bool] = lambda fp: False,
                        store: StoreState = StoreState(),
-                       now: float = 0.0, dead_letters: int = 0) -> tuple[list[Condition], bool]:
+                       now: float = 0.0, dead_letters: int = 0,
+                       alerting_rules: Collection[str] | None = None,
+                       bad_series: Mapping[tuple[str, str], Sample] | None = None,
+                       ) -> tuple[list[Condition], bool]:
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
-    i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters)
+    i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
+               alerting_rules, bad_series)
     out: list[Condition] = []
     complete = True
     for rules in (device_unreachable, device_rules, model_rules, store_rules, notifier_rules):
         try:
-            out += rules(i)
+            out += [c for c in rules(i) if c is not None]
         except Exception:
             log.exception("event=rule_error rules=%s", rules.__name__)
             complete = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -102,6 +103,8 @@ class Silences:
         self._store = store
         with store.transaction() as db:
             db.execute(_SCHEMA)
+        self.listed: list[Silence] = []  # as of the last read: other threads read this
+        self.all(time.time())
 
     def add(self, matchers: Iterable[Matcher], starts_at: float, ends_at: float,
             created_by: str, comment: str, now: float) -> Silence:
@@ -118,6 +121,7 @@ class Silences:
         with self._store.transaction() as db:
             db.execute(f"INSERT INTO silences ({', '.join(_COLUMNS)}) VALUES "
                        f"({', '.join('?' for _ in _COLUMNS)})", _row(s))  # fmt: skip
+        self.all(now)
         return s
 
     def expire(self, silence_id: str, by: str, now: float) -> Silence:
@@ -129,6 +133,7 @@ class Silences:
         with self._store.transaction() as db:
             db.execute("UPDATE silences SET ends_at = ?, expired_by = ? WHERE id = ?",
                        (now, by, silence_id))
+        self.all(now)
         return s
 
     def get(self, silence_id: str) -> Silence | None:
@@ -143,7 +148,8 @@ class Silences:
             rows = db.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM silences WHERE ends_at > ?"
                 " ORDER BY created_at DESC", (now - KEEP_EXPIRED_S,)).fetchall()  # fmt: skip
-        return [_silence(r) for r in rows]
+        self.listed = [_silence(r) for r in rows]
+        return self.listed
 
     def apply(self, conditions: Iterable[Condition], now: float) -> list[Condition]:
         """``conditions`` with the silenced ones suppressed (an inhibition cause stays)."""

@@ -1,0 +1,106 @@
+"""The alerting stage of the runtime's tick on a 10,000-rack site: rules, inhibition,
+silences and the evaluator, as `Runtime.tick` runs them.
+
+Baseline, measured in the same run: the rest of the same tick (the model's evaluation and
+its derived series), as the runtime times both parts. Two states: a quiet site, and a storm (a pump lost on every CDU, so
+every rack is over its loop limit: 10,000 symptoms for the inhibition to hold back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from aidc.config import Site
+from aidc.metrics import Sample
+from aidc.runtime import Runtime
+from aidc.sitegen import generate
+from benchmarks.common import machine
+from simulators.physics import SitePhysics
+
+RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "10000"))  # smaller to try it out
+TICKS = 15
+RESULT = Path(__file__).parent / "results" / "alerts.json"
+TARGET_MS = 50.0
+
+
+def latest_of(site: Site, physics: SitePhysics, now: float) -> dict[tuple[str, str], Sample]:
+    """Every device's values now, as the collectors would have left them."""
+    return {
+        (d.id, metric): Sample(d.kind, {}, metric, value, now)
+        for d in site.devices
+        for metric, value in physics.values(d.id).items()
+        if value is not None
+    }
+
+
+def timed_ticks(runtime: Runtime, latest: dict, start: float) -> tuple[float, float, int]:
+    """Median ms of the whole tick and of its alerting stage (the runtime times both), and
+    the alerts active after the last tick."""
+    whole, alerting = [], []
+    for n in range(TICKS):
+        runtime.latest = latest  # stamped far ahead: fresh at every tick, never re-stamped
+        runtime.tick(start + n * runtime.site.model.tick_s)
+        whole.append(runtime.last_tick_ms)
+        alerting.append(runtime.last_alerting_ms)
+    return statistics.median(whole), statistics.median(alerting), len(
+        runtime.evaluator.active_alerts())
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        site = Site.model_validate(yaml.safe_load(generate(RACKS)))
+        physics = SitePhysics(site)
+        physics.step()
+        now = time.time()
+        quiet = latest_of(site, physics, now + 86400)
+        for loop in site.loops:  # a leak on one CDU of each loop: isolated, the rest
+            physics.faults.leak.add(loop.cdus[0])  # in reserve, every rack over its limit
+        physics.step()
+        storm = latest_of(site, physics, now + 86400)
+
+        results = {}
+        for name, latest in (("quiet", quiet), ("storm", storm)):
+            runtime = Runtime(site, Path(tmp) / name)
+            timed_ticks(runtime, latest, now)  # warm-up: caches, the first notifications
+            whole, model, active = timed_ticks(runtime, latest, now + 3600)
+            results[name] = (whole, model, active)
+            runtime.outbox.close()
+
+    figures, ratios = {}, {}
+    print(f"alerting in the tick, {RACKS} racks (medians of {TICKS} ticks)")
+    print(f"  {'state':<8}{'whole tick ms':>15}{'model ms':>10}{'alerting ms':>13}{'x model':>9}"
+          f"{'alerts':>8}")  # fmt: skip
+    for name, (whole, alerting, active) in results.items():
+        model = whole - alerting
+        figures[f"{name}_tick_ms"] = round(whole, 1)
+        figures[f"{name}_model_ms"] = round(model, 1)
+        figures[f"{name}_alerting_ms"] = round(alerting, 1)
+        figures[f"{name}_active_alerts"] = active
+        ratios[f"{name}_alerting_vs_model"] = round(alerting / model, 2)
+        print(f"  {name:<8}{whole:>15.1f}{model:>10.1f}{alerting:>13.1f}{alerting / model:>9.2f}"
+              f"{active:>8}")  # fmt: skip
+    print(f"  target: alerting <= {TARGET_MS:g} ms per tick")
+    result = {
+        "name": "alerts",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine("the runtime's tick, embedded store, no webhook"),
+        "figures": figures,
+        "ratios": ratios,
+        "baseline": "the rest of the same tick (model and derived series), same run",
+        "targets": {"quiet_alerting_ms": f"<= {TARGET_MS:g}", "storm_alerting_ms": f"<= {TARGET_MS:g}"},
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
