@@ -23,8 +23,10 @@ class NoRecentData(Exception):
 
 def latest_from_store(site: Site, store: Store, now: float) -> dict[tuple[str, str], Sample]:
     """The newest sample of every device series, keyed like the runtime's latest view; a
-    sample older than 2.5 poll intervals is not taken (the runtime would call it stale)."""
-    horizon_s = 2.5 * max(site.poll_s(d) for d in site.devices)
+    sample older than 2.5 poll intervals is not taken (the runtime would call it stale), with
+    the writer's flush interval on top: a sample reaches the store that much after the
+    runtime has it."""
+    horizon_s = 2.5 * max(site.poll_s(d) for d in site.devices) + site.store.flush_s
     out: dict[tuple[str, str], Sample] = {}
     for s in store.latest(now - horizon_s):
         device = s.tags.get("device")

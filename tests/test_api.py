@@ -219,7 +219,10 @@ def test_cli_headroom_and_whatif_read_the_store(shared_live_site, tmp_path):
     # the same answer and exit code as JSON, which any parser reads
     wj = cli("whatif", *ask, "--json")
     assert wj.returncode == 1 and strict(wj.stdout)["first_to_break"] == "loop"
-    assert cli("whatif", *common, "--row", "B", "--racks", "1", "--kw", "5").returncode == 0
+    # one small rack fits: exit 0 once every limit is known in the store (a loaded machine
+    # may leave one series a flush behind for a moment; unknown never passes as a fit)
+    wait_for(lambda: cli("whatif", *common, "--row", "B", "--racks", "1", "--kw", "5"
+                         ).returncode == 0, what="one 5 kW rack to fit")
     # a mistyped data directory: exit 2, the path named, and no store made there
     typo = tmp_path / "dta"
     bad = cli("headroom", "--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(typo))
