@@ -26,11 +26,7 @@ class Topology:
 
     @cached_property
     def racks_on_loop(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for r in self.site.racks:
-            if r.loop:
-                out.setdefault(r.loop, []).append(r.id)
-        return out
+        return self._racks_by("loop")
 
     @cached_property
     def loop_of_cdu(self) -> dict[str, str]:
@@ -49,10 +45,14 @@ class Topology:
 
     @cached_property
     def racks_on_supercap(self) -> dict[str, list[str]]:
+        return self._racks_by("supercap")
+
+    def _racks_by(self, field: str) -> dict[str, list[str]]:
+        """Rack ids grouped by a rack's ``loop`` or ``supercap``."""
         out: dict[str, list[str]] = {}
         for r in self.site.racks:
-            if r.supercap:
-                out.setdefault(r.supercap, []).append(r.id)
+            if key := getattr(r, field):
+                out.setdefault(key, []).append(r.id)
         return out
 
     def affected(self, labels: dict[str, str]) -> tuple[list[str], list[str]]:
