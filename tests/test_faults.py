@@ -88,9 +88,13 @@ def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
     wait_for(lambda: not {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} & set(alerts(live)),
              what="both alerts to resolve")
     wait_for(lambda: loop().capacity_kw == 600, what="the loop's capacity back")
-    wait_for(lambda: len(live.receiver.bodies()) == 4, what="both resolved notices")
+    def pages() -> list[tuple[str, str]]:  # (a loaded machine may page a missed poll too)
+        return sorted((b["rule"], b["status"]) for b in live.receiver.bodies()
+                      if b["rule"] in ("leak", "pump_redundancy_lost", "rack_over_headroom"))
+
+    wait_for(lambda: len(pages()) >= 4, what="both resolved notices")
     # one page per cause, firing then resolved; not one per rack
-    assert sorted((b["rule"], b["status"]) for b in live.receiver.bodies()) == [
+    assert pages() == [
         ("leak", "firing"), ("leak", "resolved"),
         ("pump_redundancy_lost", "firing"), ("pump_redundancy_lost", "resolved"),
     ]  # fmt: skip
