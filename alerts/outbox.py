@@ -257,6 +257,7 @@ class Outbox:
         """Deliver until ``stop`` is set: one worker per receiver with rows, each waking on
         enqueue, when a retry falls due, or idly."""
         wake = self._wake = asyncio.Event()
+        self._receiver_wakes = {}  # events of this loop (an Event binds to the loop it waits in)
         workers: dict[str, asyncio.Task[None]] = {}
         try:
             async with _client() as client:
@@ -272,7 +273,7 @@ class Outbox:
         finally:
             for worker in workers.values():
                 worker.cancel()
-            self._wake = None
+            self._wake, self._receiver_wakes = None, {}
 
     async def _serve(
         self, client: httpx.AsyncClient, name: str, stop: asyncio.Event, idle_s: float
