@@ -229,13 +229,14 @@ class SiteAPI:
         now = time.time()  # as of the last tick (or change): read on the runtime's thread
         return [silence_json(s, now) for s in self.runtime.silences.listed]
 
-    def add_silence(self, matchers: list[str], ends_at: float, created_by: str, comment: str,
+    def add_silence(self, matchers: list[str], duration_s: float, created_by: str, comment: str,
                     starts_at: float | None = None) -> dict[str, Any]:
-        """A new silence (ValueError with one line on a bad matcher or time)."""
+        """A new silence from ``starts_at`` (default now) for ``duration_s`` (ValueError with
+        one line on a bad matcher or time)."""
         now = time.time()
         parsed = [parse_matcher(m) for m in matchers]
-        s = self.runtime.call_soon(self.runtime.silences.add, parsed,
-                                   now if starts_at is None else starts_at, ends_at,
+        start = now if starts_at is None else starts_at
+        s = self.runtime.call_soon(self.runtime.silences.add, parsed, start, start + duration_s,
                                    created_by, comment, now)  # fmt: skip
         log.info("event=silence_added id=%s by=%s matchers=%s ends_at=%s", s.id, created_by,
                  ",".join(matchers), iso(s.ends_at))  # fmt: skip

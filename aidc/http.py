@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hmac
 import math
-import time
 from functools import wraps
 from html import escape
 
@@ -187,9 +186,7 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     @writes
     def add_silence():
         q = parse(SilenceRequest, request.get_json(silent=True))
-        start = q.starts_at if q.starts_at is not None else time.time()
-        body = api.add_silence(q.matchers, start + q.duration_s, q.created_by, q.comment,
-                               q.starts_at)  # fmt: skip
+        body = api.add_silence(q.matchers, q.duration_s, q.created_by, q.comment, q.starts_at)
         return jsonify(body), 201
 
     @app.delete("/api/v1/silences/<silence_id>")

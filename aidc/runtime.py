@@ -293,7 +293,7 @@ class Runtime:
                                                   alerting_rules={a.rule for a in alerts},
                                                   bad_series=self.bad_series)
         try:
-            conditions = inhibit(self.topology, conditions, {r.id: r.limiting for r in status.racks})
+            conditions = inhibit(self.topology, conditions, status.racks)
         except Exception:  # a bug here must cost extra pages, never the tick
             log.exception("event=inhibit_error")
         conditions = self.silences.apply(conditions, now)

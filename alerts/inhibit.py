@@ -14,9 +14,13 @@ naming the cause); the evaluator only holds back its notifications. What inhibit
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from aidc.topology import Topology
 from alerts.evaluate import Condition
+
+if TYPE_CHECKING:
+    from aidc.derive import RackStatus
 
 LOOP_LIMITS = frozenset({"loop", "supply_class"})
 SOURCE_LIMITS = frozenset({"upstream"})
@@ -28,11 +32,9 @@ Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 
 
 def inhibit(graph: Topology, conditions: Iterable[Condition],
-            limiting: dict[str, str | None]) -> list[Condition]:
-    """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause.
-
-    ``limiting``: each rack's binding limit now (from the model's status).
-    """
+            racks: Iterable[RackStatus]) -> list[Condition]:
+    """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause;
+    ``racks`` (the model's status) say which limit binds each rack now."""
     conditions = list(conditions)
     cause_of: Causes = {}
     for c in conditions:
@@ -54,6 +56,7 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
 
     if not cause_of:
         return conditions
+    limiting = {r.id: r.limiting for r in racks}
     out = []
     for c in conditions:
         cause = _cause(c, cause_of, limiting)

@@ -14,7 +14,7 @@ from dash import Dash, Input, Output, State, dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 from flask import Flask, jsonify, request
 
-from aidc.api import SiteAPI
+from aidc.api import REACHABLE, SiteAPI
 
 REFRESH_MS = 2000
 SLOW_REFRESH_MS = 30_000  # interval PUE reads the store: no need to do it every 2 s
@@ -220,7 +220,7 @@ def create_app(api: SiteAPI, server: Flask | bool = True) -> Dash:
     )
     def refresh(_n):
         site, racks, alerts, devices = api.site(), api.racks(), api.alerts(), api.devices()
-        up = sum(d["state"] in ("up", "degraded") for d in devices)  # reachable
+        up = sum(d["state"] in REACHABLE for d in devices)
         note = (f"instantaneous, ISO/IEC 30134-2 category {site['pue_category']}"
                 if site["pue"] is not None
                 else f"waiting for {len(site['missing'])} measurement(s)")

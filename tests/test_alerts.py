@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -367,8 +368,9 @@ def test_inhibition_follows_the_power_and_cooling_graph():
     symptoms = [cond("feed_redundancy_lost", rack=r.id) for r in site.racks] + [
         cond("rack_over_headroom", rack=r.id) for r in site.racks]
     limiting = {r.id: "loop" if i % 2 else "feed" for i, r in enumerate(site.racks)}
+    racks = [SimpleNamespace(id=r, limiting=limit) for r, limit in limiting.items()]
     out = {(c.rule, c.labels.get("rack") or c.labels["device"]): c.suppressed_by
-           for c in inhibit(Topology(site), causes + symptoms, limiting)}  # fmt: skip
+           for c in inhibit(Topology(site), causes + symptoms, racks)}  # fmt: skip
     assert out[("ups_on_battery", "ups-b")] is None  # a cause stays a page
     assert out[("leak", cdu)] == f"device_unreachable{{device={cdu}}}"  # its device is dark
     for r in site.racks:
@@ -377,7 +379,7 @@ def test_inhibition_follows_the_power_and_cooling_graph():
         over = out[("rack_over_headroom", r.id)]  # the loop explains only a loop limit
         assert (over is not None) == (r.id in on_loop_1 and limiting[r.id] == "loop")
     inactive = [replace(c, active=False) for c in causes]
-    assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, limiting))
+    assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, racks))
 
 
 def test_silence_matchers_states_and_refusals(open_outbox):

@@ -99,9 +99,12 @@ class SpooledWriter:
             rid, n, payload = row
             try:
                 self.store.write(_decode(payload))  # raises StoreUnavailable: stays spooled
-            except StoreRejected as e:
+                self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
+            except StoreRejected as e:  # moved, in one transaction: a crash counts it once
+                self._db.execute("BEGIN")
                 self._reject(payload, n, str(e))
-            self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
+                self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
+                self._db.execute("COMMIT")
             self._spooled -= n
 
     def _reject(self, payload: str, n: int, error: str) -> None:
