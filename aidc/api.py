@@ -12,13 +12,14 @@ import math
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from aidc.derive import Pool, RackStatus, WhatIf, num, what_if
 from aidc.runtime import Runtime
-from alerts.silences import Silence, parse_matcher
+from alerts.evaluate import Alert
+from alerts.silences import MATCHER, Silence, parse_matcher
 from models import pue as pue_model
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
@@ -46,6 +47,30 @@ class WhatIfQuestion(BaseModel):
     capture: float = Field(0.85, ge=0, le=1)
     feed_kw: float | None = Field(None, gt=0, le=10_000)
     air_kw: float | None = Field(None, ge=0, le=10_000)
+
+
+def a_matcher(text: str) -> str:
+    parse_matcher(text)  # ValueError with one line: what a matcher looks like
+    return text
+
+
+class AckRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field(min_length=1, max_length=100)
+
+
+class SilenceRequest(BaseModel):
+    """``matchers`` like ``device=cdu-1`` or ``rule=~leak|pump_.*``; ``duration_s`` from now
+    (or from ``starts_at``, unix s)."""
+
+    model_config = ConfigDict(extra="forbid")
+    matchers: list[Annotated[str, Field(max_length=500, json_schema_extra={
+        "pattern": MATCHER.pattern}), AfterValidator(a_matcher)]] = Field(
+        min_length=1, max_length=20)
+    duration_s: float = Field(gt=0, le=90 * 24 * 3600)
+    starts_at: float | None = Field(None, ge=0, le=4102444800)  # at the latest 2100
+    created_by: str = Field(min_length=1, max_length=100)
+    comment: str = Field(min_length=1, max_length=1000)
 
 
 def one_line(error: ValidationError) -> str:
@@ -103,6 +128,24 @@ def silence_json(s: Silence, now: float) -> dict[str, Any]:
 
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+ALERT_TIMES = ("active_since", "starts_at", "last_notified_at", "acked_at", "ends_at")
+DEVICE_TIMES = ("since", "last_ok", "due_at")
+
+
+def with_iso_times(fields: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any]:
+    """One time format in the API: ISO 8601 UTC (unix seconds inside)."""
+    return fields | {k: iso(fields[k]) for k in times}
+
+
+def alert_json(a: Alert) -> dict[str, Any]:
+    """An alert, ``starts_at`` the time it fired (or began pending) and ``state``
+    ``suppressed`` while a cause inhibits it."""
+    out = with_iso_times(asdict(a), ALERT_TIMES)
+    out["starts_at"] = iso(a.starts_at or a.active_since)
+    out["state"] = "suppressed" if a.suppressed_by else str(a.state)
+    return out
 
 
 class SiteAPI:
@@ -222,8 +265,7 @@ class SiteAPI:
 
     def acknowledge(self, fingerprint: str, by: str) -> dict[str, Any]:
         """Acknowledge an active alert (runs on the runtime's loop, which owns the state)."""
-        alert = self.runtime.call_soon(self.runtime.evaluator.acknowledge, fingerprint, by)
-        return {**asdict(alert), "starts_at": iso(alert.starts_at or alert.active_since)}
+        return alert_json(self.runtime.call_soon(self.runtime.evaluator.acknowledge, fingerprint, by))
 
     def silences(self) -> list[dict[str, Any]]:
         now = time.time()  # as of the last tick (or change): read on the runtime's thread
@@ -250,19 +292,10 @@ class SiteAPI:
         return silence_json(s, now)
 
     def devices(self) -> list[dict[str, Any]]:
-        out = []
-        for h in self.runtime.health.values():
-            d = asdict(h)
-            d["last_ok"], d["since"] = iso(h.last_ok), iso(h.since)
-            out.append(d)
-        return out
+        return [with_iso_times(asdict(h), DEVICE_TIMES) for h in self.runtime.health.values()]
 
     def alerts(self) -> list[dict[str, Any]]:
-        return [
-            {**asdict(a), "starts_at": iso(a.starts_at or a.active_since),
-             "state": "suppressed" if a.suppressed_by else str(a.state)}
-            for a in self.runtime.evaluator.active_alerts()
-        ]
+        return [alert_json(a) for a in self.runtime.evaluator.active_alerts()]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Serving while the model ticks (503 "stalled" when it stops). "degraded" when a

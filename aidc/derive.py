@@ -526,6 +526,10 @@ def _feed_capacity(pdus: list) -> np.ndarray:
     return np.asarray(power.feed_capacity_kw(*_pdu_arrays(pdus)), dtype=float)
 
 
+class NotInSite(ValueError):
+    """A question about a row (or rack) that the site file does not have."""
+
+
 @dataclass(frozen=True)
 class WhatIf:
     row: str
@@ -555,7 +559,7 @@ def what_if(model: SiteModel, status: SiteStatus, row: str, racks: int, rack_kw:
     in_row = np.array([r.row == row for r in model.site.racks])
     if not in_row.any():
         rows = sorted({r.row for r in model.site.racks})
-        raise ValueError(f"no row '{row}' (rows: {', '.join(rows)})")
+        raise NotInSite(f"no row '{row}' (rows: {', '.join(rows)})")
     pools = {p.id: p for p in status.pools}
     pairs = sorted(set(zip(model.feed_a_source[in_row], model.feed_b_source[in_row])))
     a, b = (np.array(x, dtype=np.intp) for x in zip(*pairs))

@@ -1,7 +1,8 @@
 """REST endpoints, mounted on the Dash app's Flask server (documented in the README).
 
-Reads are open; write actions (acknowledging an alert) need ``Authorization: Bearer
-<web.api_token>``. Bad input gets a 400 with one line saying what was expected.
+Reads are open; write actions (acknowledging an alert, silences) need ``Authorization:
+Bearer <web.api_token>``. Bad input gets a 400 with one line saying what was expected. The
+OpenAPI document (``aidc.openapi``) is served at ``/api/v1/openapi.json``.
 """
 
 from __future__ import annotations
@@ -13,30 +14,17 @@ from html import escape
 
 from flask import Flask, Response, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import Map, MapAdapter, Rule
 
-from aidc.api import SiteAPI, one_line
+from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
+from aidc.derive import NotInSite
+from aidc.openapi import openapi
+from aidc.runtime import NotAnswering
 from alerts.rules import RULES
 
 MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred bytes
-
-
-class AckRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    by: str = Field(min_length=1, max_length=100)
-
-
-class SilenceRequest(BaseModel):
-    """``matchers`` like ``device=cdu-1`` or ``rule=~leak|pump_.*``; ``duration_s`` from now
-    (or from ``starts_at``, unix s)."""
-
-    model_config = ConfigDict(extra="forbid")
-    matchers: list[str] = Field(min_length=1, max_length=20)
-    duration_s: float = Field(gt=0, le=90 * 24 * 3600)
-    starts_at: float | None = Field(None, ge=0, le=4102444800)  # at the latest 2100
-    created_by: str = Field(min_length=1, max_length=100)
-    comment: str = Field(min_length=1, max_length=1000)
 
 
 def runbooks_html(site: str) -> str:
@@ -114,6 +102,13 @@ def bearer_guard(api_token: str | None):
     return writes
 
 
+def api_routes(app: Flask) -> MapAdapter:
+    """The app's /api/ routes alone (without the Dash page's catch-all), to match against."""
+    rules = [Rule(r.rule, methods=r.methods, endpoint=r.endpoint)
+             for r in app.url_map.iter_rules() if r.rule.startswith("/api/")]
+    return Map(rules).bind("localhost")
+
+
 def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> None:
     app.json = FiniteJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused from Content-Length, unread
@@ -126,6 +121,36 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(e: RequestEntityTooLarge):
         return error(413, f"the request body is over {MAX_BODY_BYTES // 1024} KiB")
+
+    @app.errorhandler(NotInSite)
+    def not_in_site(e: NotInSite):
+        return error(404, short(str(e)))
+
+    @app.errorhandler(NotAnswering)
+    def not_answering(e: NotAnswering):
+        return error(503, str(e))
+
+    @app.before_request
+    def api_paths_answer_json():
+        """An /api/ path that no API route takes gets a JSON 404 or 405, never the Dash page
+        (whose catch-all route would otherwise answer it)."""
+        rule = request.url_rule
+        if not request.path.startswith("/api/") or (rule and rule.rule.startswith("/api/")):
+            return None
+        try:
+            api_routes(app).match(request.path, method=request.method)
+        except MethodNotAllowed as e:
+            allowed = ", ".join(sorted(e.valid_methods or ()))
+            response, status = error(405, f"{request.method} is not allowed here: {allowed}")
+            response.headers["Allow"] = allowed
+            return response, status
+        except NotFound:
+            pass
+        return error(404, short(f"no API endpoint {request.path}"))
+
+    @app.get("/api/v1/openapi.json")
+    def openapi_document():
+        return jsonify(openapi())
 
     @app.get("/healthz")
     def healthz():
@@ -157,7 +182,7 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     def headroom():
         min_kw = request.args.get("min_kw")
         try:
-            min_kw = None if min_kw in (None, "") else float(min_kw)
+            min_kw = None if min_kw is None else float(min_kw)
         except ValueError:
             raise ValueError(f"min_kw: expected a number of kW, got '{min_kw}'") from None
         return jsonify(api.headroom(request.args.get("row") or None, min_kw))

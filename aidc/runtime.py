@@ -69,6 +69,10 @@ def _drop_outcome(task: asyncio.Task) -> None:
         log.debug("event=abandoned_task_ended error=%r", task.exception())
 
 
+class NotAnswering(Exception):
+    """A call from another thread that the runtime's loop did not take (stopped or busy)."""
+
+
 class Runtime:
     def __init__(self, site: Site, data_dir: Path, store: Store | None = None):
         private_dir(data_dir)
@@ -105,13 +109,16 @@ class Runtime:
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
         """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
         SQLite handles) from another thread, such as the web server's, and return its result."""
-        if self._loop is None:
-            raise RuntimeError("the runtime is not running")
+        if self._loop is None or self._stopping:
+            raise NotAnswering("the runtime is not running")
 
         async def call():
             return fn(*args)
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout_s)
+        try:
+            return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout_s)
+        except TimeoutError:
+            raise NotAnswering(f"the runtime did not answer within {timeout_s:g} s") from None
 
     # ------------------------------------------------------------------ tasks
 

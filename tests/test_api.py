@@ -97,7 +97,8 @@ def test_whatif_answers_and_rejects_bad_input(web):
     assert small["feasible"] and small["racks_fit"] == 2
     r = post(web, "/api/v1/whatif", {"row": "A", "racks": 0, "kw": 10})
     assert r.status_code == 400 and r.json()["error"].startswith("racks:")
-    assert post(web, "/api/v1/whatif", {"row": "Q", "racks": 1, "kw": 10}).status_code == 400
+    r = post(web, "/api/v1/whatif", {"row": "Q", "racks": 1, "kw": 10})
+    assert r.status_code == 404 and r.json() == {"error": "no row 'Q' (rows: A, B)"}
 
 
 def test_whatif_holds_after_a_source_failure(web):
