@@ -20,6 +20,7 @@ import pytest
 from aidc.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.reliability"]  # the `reliability` fixture and table
 
 
 def wait_for(predicate, timeout_s: float = 30, what: str = "the condition"):

@@ -62,18 +62,27 @@ def mutated(draw) -> bytes:
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(text=mutated())
-def test_a_mutated_site_file_is_valid_or_refused_in_one_line(text, tmp_path_factory, capsys):
+def test_a_mutated_site_file_is_valid_or_refused_in_one_line(text, tmp_path_factory, capsys,
+                                                             reliability):
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "site.yaml").write_bytes(text)
+    crashed = False
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         try:
             code = main(["check", "site.yaml"])
         except SystemExit as e:
             code = e.code
+        except Exception:
+            crashed = True
+            raise
+        finally:
+            reliability.count("site files: mutated (hypothesis)", "files", 1, tracebacks=crashed)
     out = capsys.readouterr()
     if code == 0:
         assert out.out.startswith("site.yaml: ok")
         return
+    unclear = code != 2 or not REFUSAL.fullmatch(out.err)
+    reliability.count("site files: mutated (hypothesis)", "files", 0, unclear_refusals=unclear)
     assert code == 2, out.err
     assert REFUSAL.fullmatch(out.err), out.err

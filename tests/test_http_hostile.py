@@ -89,15 +89,45 @@ FIELDS = ["row", "racks", "kw", "capture", "feed_kw", "air_kw", "fault", "device
 @given(path=st.sampled_from(["/api/v1/whatif", "/api/v1/sim/faults", "/api/v1/alerts/fp/ack",
                              "/_dash-update-component"]),
        body=st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6) | JSON_VALUES)
-def test_fuzzed_bodies_never_get_a_500(web, path, body):
+def test_fuzzed_bodies_never_get_a_500(web, path, body, reliability):
     r = post(web, path, json.dumps(body), AUTH)
+    reliability.count("HTTP: fuzzed JSON bodies (API, Dash, faults)", "requests", 1,
+                      server_errors=r.status_code >= 500)
     assert r.status_code < 500, (path, body, r.status_code, r.text[:300])
+
+
+WRONG_AUTH = [{}, {"Authorization": API_TOKEN}, {"Authorization": f"Basic {API_TOKEN}"},
+              {"Authorization": "Bearer"},
+              {"Authorization": f"Bearer {API_TOKEN[:-1]}"},
+              {"Authorization": f"Bearer {API_TOKEN}x"}, {"Authorization": f"bearer {API_TOKEN}"}]
+
+
+def test_no_write_is_taken_without_the_token(web, reliability):
+    """Every route that takes a POST, PUT, PATCH or DELETE, with a well-formed body, under
+    every wrong credential. Two POSTs only ask: the what-if and the page's callbacks."""
+    body = {"by": "mallory", "fault": "leak", "device": "cdu-1", "on": True,
+            "matchers": ["device=cdu-1"], "duration_s": 60, "created_by": "m", "comment": "x"}
+    writes = [(rule.rule.replace("<fingerprint>", "fp").replace("<silence_id>", "s1"), method)
+              for rule in web.flask.url_map.iter_rules()
+              for method in sorted(rule.methods & {"POST", "PUT", "PATCH", "DELETE"})
+              if rule.rule not in ("/_dash-update-component", "/api/v1/whatif")]
+    assert len(writes) >= 4
+    accepted = []
+    for path, method in writes:
+        for headers in WRONG_AUTH:
+            r = httpx.request(method, web.url + path.lstrip("/"), json=body, timeout=10,
+                              headers=headers)
+            if r.status_code not in (401, 403):
+                accepted.append((method, path, headers, r.status_code))
+    reliability.count("HTTP: writes with a missing or wrong token", "requests",
+                      len(writes) * len(WRONG_AUTH), accepted=len(accepted))
+    assert accepted == []
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_the_page_callbacks_take_any_values_without_a_500(web, data):
+def test_the_page_callbacks_take_any_values_without_a_500(web, data, reliability):
     """Well-formed calls of the page's own callbacks, with values a browser would never
     send: each answers (the what-if says 'Cannot check: ...'), never a 500."""
     callbacks = web.dash.callback_map
@@ -114,4 +144,6 @@ def test_the_page_callbacks_take_any_values_without_a_500(web, data):
             "inputs": values(spec["inputs"]), "state": values(spec.get("state", [])),
             "changedPropIds": []}
     r = post(web, "/_dash-update-component", json.dumps(body))
+    reliability.count("HTTP: Dash callbacks with hostile values", "requests", 1,
+                      server_errors=r.status_code >= 500)
     assert r.status_code < 500, (output, body, r.status_code, r.text[:300])

@@ -77,7 +77,7 @@ REFUSED_THOUGH_SCHEMA_VALID = {"POST /api/v1/silences": [positive_data_acceptanc
                          [(o, GenerationMode.POSITIVE) for o in OPERATIONS]
                          + [(o, GenerationMode.NEGATIVE) for o in TAKES_INPUT],
                          ids=lambda v: v.value if isinstance(v, GenerationMode) else v)
-def test_the_api_answers_what_its_document_says(web, operation, mode):
+def test_the_api_answers_what_its_document_says(web, operation, mode, reliability):
     """schemathesis on one operation, with every check it has: no 5xx, status codes, content
     types and bodies as documented, invalid input refused, writes refused without the token."""
 
@@ -85,7 +85,13 @@ def test_the_api_answers_what_its_document_says(web, operation, mode):
               suppress_health_check=list(HealthCheck))
     @given(case=OPERATIONS[operation].as_strategy(mode))
     def answers(case):
-        case.call_and_validate(base_url=web.url.rstrip("/"), headers=AUTH, timeout=30,
-                               excluded_checks=REFUSED_THOUGH_SCHEMA_VALID.get(operation))
+        failed = True
+        try:
+            case.call_and_validate(base_url=web.url.rstrip("/"), headers=AUTH, timeout=30,
+                                   excluded_checks=REFUSED_THOUGH_SCHEMA_VALID.get(operation))
+            failed = False
+        finally:
+            reliability.count("HTTP API: schemathesis, every check, OpenAPI document",
+                              "requests", 1, failed_checks=failed)
 
     answers()
