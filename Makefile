@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 NODE_PEERS := tests/interop/opcua
 
-.PHONY: install demo test bench lint system-deps clean
+.PHONY: install demo test reliability bench lint system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ $(NODE_PEERS)/node_modules/.installed: $(NODE_PEERS)/package-lock.json
 ## everything: unit, protocol (real servers), storage (real influxd), browser (chromium)
 test: install system-deps $(NODE_PEERS)/node_modules/.installed
 	$(PY) -m pytest -q --webdriver Chrome --headless $(ARGS)
+
+## the reliability table (losses, crashes, 500s, leaks through faults and fuzz), written to
+## benchmarks/results/reliability.json; these tests are also part of `make test`
+reliability: install system-deps
+	$(PY) -m pytest -q -m reliability --reliability-json benchmarks/results/reliability.json $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check aidc collectors models dashboards alerts simulators tests benchmarks

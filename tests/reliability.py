@@ -39,6 +39,13 @@ def reliability() -> Tally:
     return TALLY
 
 
+def pytest_collection_modifyitems(items):
+    """A test that counts for the table is a reliability test (``-m reliability``)."""
+    for item in items:
+        if "reliability" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.reliability)
+
+
 def pytest_addoption(parser):
     parser.addoption("--reliability-json", metavar="FILE",
                      help="print the reliability table and write it to FILE")

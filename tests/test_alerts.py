@@ -622,7 +622,14 @@ def test_alertmanager_group_shares_common_labels(open_outbox):
 # ---------------------------------------------------------------- outbox delivery
 
 
-def test_receiver_down_then_up_gets_each_notification_once_in_order(open_outbox, receiver):
+def count_delivery(reliability, row: str, keys: list[str], *receivers: Receiver) -> None:
+    got = [r.headers["idempotency-key"] for rc in receivers for r in rc.requests]
+    reliability.count(f"notifications: {row}", "notices", len(keys),
+                      lost=len(set(keys) - set(got)), duplicated=len(got) - len(set(got)))
+
+
+def test_receiver_down_then_up_gets_each_notification_once_in_order(open_outbox, receiver,
+                                                                    reliability):
     p = pipeline(open_outbox, [webhook(receiver)])
     flow = Condition("flow_low", {"loop": "L1"}, True, 80.0, "low flow", "warning")
     now = time.time()
@@ -640,6 +647,7 @@ def test_receiver_down_then_up_gets_each_notification_once_in_order(open_outbox,
     receiver.start()
     deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
     time.sleep(0.1)  # nothing more arrives
+    count_delivery(reliability, "receiver refusing connections, then back", keys, receiver)
     got = [(r.json["rule"], r.json["status"]) for r in receiver.requests]
     assert sorted(got) == [("flow_low", "firing"), ("leak", "firing"), ("leak", "resolved")]
     assert got.index(("leak", "firing")) < got.index(("leak", "resolved"))  # each alert in order
@@ -701,7 +709,7 @@ def test_400_is_dead_lettered_once_and_the_queue_moves_on(open_outbox, receiver)
     )  # fmt: skip
 
 
-def test_restart_sends_no_duplicate_and_delivers_the_backlog(open_outbox, receiver):
+def test_restart_sends_no_duplicate_and_delivers_the_backlog(open_outbox, receiver, reliability):
     hooks = [webhook(receiver)]
     first = pipeline(open_outbox, hooks)
     now = time.time()
@@ -717,9 +725,11 @@ def test_restart_sends_no_duplicate_and_delivers_the_backlog(open_outbox, receiv
     ]  # fmt: skip
     assert second.evaluator.step(now + 2, [LEAK, pue]) == []
     assert kinds(second.evaluator.step(now + 3, [])) == ["resolved"]  # cleared while down
+    keys = [r.idempotency_key for r in second.outbox.pending()]
     receiver.start()
     deliver_until(second.outbox, lambda: second.outbox.backlog() == 0)
     time.sleep(0.1)
+    count_delivery(reliability, "aidc restarted with a backlog", keys, receiver)
     got = [r.json["status"] for r in receiver.requests]
     assert got == ["firing", "resolved", "firing", "resolved"]
     assert len({r.headers["idempotency-key"] for r in receiver.requests}) == 4
@@ -772,7 +782,8 @@ def test_a_critical_firing_overtakes_a_backlog_of_resolved_and_warnings(open_out
     assert firing_warnings == list(range(6))  # every firing before any resolved
 
 
-def test_one_slow_row_holds_back_neither_a_critical_nor_another_receiver(open_outbox, receiver):
+def test_one_slow_row_holds_back_neither_a_critical_nor_another_receiver(open_outbox, receiver,
+                                                                        reliability):
     slow, fast = Receiver(), receiver.start()
     slow_hook = webhook(slow, name="slow", url=slow.url(), timeout_s=120)  # held, not timed out
     hooks = [slow_hook, webhook(fast, name="fast", url=fast.url())]
@@ -802,6 +813,10 @@ def test_one_slow_row_holds_back_neither_a_critical_nor_another_receiver(open_ou
         release.set()
         slow.stop()
     assert [r.json["rule"] for r in slow.requests] == ["leak", "flow_low"]
+    for rc in (slow, fast):  # two notifications each: the warning and the critical
+        got = [r.headers["idempotency-key"] for r in rc.requests]
+        reliability.count("notifications: one receiver slow (a row held in flight)", "notices",
+                          2, lost=2 - len(set(got)), duplicated=len(got) - len(set(got)))
 
 
 def test_an_outbox_file_from_before_priorities_is_upgraded_in_place(tmp_path, receiver):

@@ -18,7 +18,6 @@ from collectors import DeviceUnreachable, make_collector
 from simulators.site import SimulatedSite, on_free_ports
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.reliability
 READS = 40
 TIMEOUT_S = 0.3
 

@@ -28,14 +28,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import pytest
 
 from aidc.config import Store as StoreConfig
 from aidc.net import free_port
 from aidc.store.influx import InfluxStore
 from tests.conftest import ROOT, Influxd, wait_for
 
-pytestmark = pytest.mark.reliability
 HOOK_SECRET = "hook-secret-for-the-reliability-run"
 
 
@@ -128,6 +126,11 @@ class Aidc:
         return next(float(line.split()[1]) for line in text.splitlines()
                     if line.startswith("aidc_notifier_backlog "))
 
+    def firing(self, rule: str, device: str) -> bool:
+        alerts = httpx.get(self.url + "/api/v1/alerts", timeout=10).json()
+        return any(a["rule"] == rule and a["labels"].get("device") == device
+                   and a["state"] == "firing" for a in alerts)
+
     def fault(self, fault: str, device: str, on: bool) -> None:
         token = (self.data_dir / "api-token").read_text().strip()
         r = httpx.post(self.url + "/api/v1/sim/faults", timeout=10,
@@ -192,12 +195,15 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
         # the store and the receiver go down; faults page on-call meanwhile
         influxd.stop()
         pager.down()
-        faults = [("leak", "cdu-1", True), ("module_loss", "rect-a", True),
-                  ("leak", "cdu-1", False), ("leak", "cdu-2", True), ("leak", "cdu-2", False),
-                  ("module_loss", "rect-a", False)]
-        for n, (fault, device, on) in enumerate(faults, 1):
-            aidc.fault(fault, device, on)  # at least one notification each: firing or resolved
-            wait_for(lambda n=n: (aidc.backlog() or 0) >= n, what=f"{fault} {on} queued")
+        modules = "rectifier_redundancy_lost"
+        faults = [("leak", "cdu-1", "leak", True), ("module_loss", "rect-a", modules, True),
+                  ("leak", "cdu-1", "leak", False), ("leak", "cdu-2", "leak", True),
+                  ("leak", "cdu-2", "leak", False), ("module_loss", "rect-a", modules, False)]
+        for fault, device, rule, on in faults:  # each one a firing or a resolved notice
+            aidc.fault(fault, device, on)
+            wait_for(lambda a=(rule, device, on): aidc.firing(*a[:2]) == a[2],
+                     what=f"{rule} at {device}: {on}")
+        wait_for(lambda: (aidc.backlog() or 0) >= len(faults), what="the notices queued")
         wait_for(lambda: aidc.health().get("spooled_samples", 0) > 2000, timeout_s=120,
                  what="samples spooled through the outage")
         aidc.kill()
