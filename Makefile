@@ -36,7 +36,7 @@ test: install system-deps $(NODE_PEERS)/node_modules/.installed
 ## the reliability table (losses, crashes, 500s, leaks through faults and fuzz), written to
 ## benchmarks/results/reliability.json; these tests are also part of `make test`
 reliability: install system-deps
-	$(PY) -m pytest -q -m reliability --reliability-json benchmarks/results/reliability.json $(ARGS)
+	$(PY) -m pytest -q -m reliability --reliability-json benchmarks/results/reliability.json tests $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check aidc collectors models dashboards alerts simulators tests benchmarks
