@@ -320,17 +320,25 @@ def test_the_api_and_the_cli_give_every_rack_the_same_numbers(tmp_path, monkeypa
 
     monkeypatch.setattr(simulators.physics, "SWING_FRACTION", 0.0)
     live = start_live_site(tmp_path / "data")
-    try:
-        wait_for(lambda: live.runtime.ticks >= 6, what="a few ticks in the store")
+    api = SiteAPI(live.runtime)
+
+    def both_complete():
+        """The CLI's answer and the API's right after it, once both are complete: a loaded
+        machine may leave one sample stale for a tick, on either side."""
         out = subprocess.run(
             [sys.executable, "-m", "aidc.cli", "headroom", "--json", "--site",
              str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(live.data_dir)],
             capture_output=True, text=True, check=False)  # fmt: skip
         assert out.returncode == 0, out.stderr
-        cli = json.loads(out.stdout)
-        api = SiteAPI(live.runtime)
-        by_id = {r["id"]: r for r in api.racks()}
+        cli, racks = json.loads(out.stdout), api.racks()
         pools = {p.id: pool_json(p) for p in live.runtime.status.pools}
+        complete = all(r["complete"] for r in [*cli["racks"], *racks])
+        return complete and (cli, {r["id"]: r for r in racks}, pools)
+
+    try:
+        wait_for(lambda: live.runtime.ticks >= 6, what="a few ticks in the store")
+        cli, by_id, pools = wait_for(both_complete, timeout_s=60,
+                                     what="complete answers from the CLI and the API")
     finally:
         live.stop()
     assert len(cli["racks"]) == 8
