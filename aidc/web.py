@@ -1,4 +1,6 @@
-"""One HTTP server for the Dash app and the REST API, in a thread beside the asyncio runtime."""
+"""One HTTP server for the Dash app and the REST API, in a thread beside the asyncio runtime:
+waitress, a production WSGI server (pure Python, threads, no C build), not werkzeug's
+development server."""
 
 from __future__ import annotations
 
@@ -6,13 +8,14 @@ import logging
 import threading
 
 from flask import Flask
-from werkzeug.serving import make_server
+from waitress.server import create_server
 
 from aidc.api import SiteAPI
-from aidc.http import register_routes
+from aidc.http import MAX_BODY_BYTES, register_routes
 from dashboards.app import create_app
 
 log = logging.getLogger("aidc.web")
+THREADS = 8  # requests served at once: the console's refreshes, the API, /metrics
 
 
 class WebServer:
@@ -21,9 +24,12 @@ class WebServer:
         self.flask = Flask("aidc")
         register_routes(self.flask, api, api_token)
         self.dash = create_app(api, server=self.flask)
-        self._server = make_server(host, port, self.flask, threaded=True)
-        self.host, self.port = host, self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
+        # Flask answers an oversized body with a JSON 413 from its Content-Length; waitress
+        # bounds a chunked one (which has none) before the app reads it
+        self._server = create_server(self.flask, host=host, port=port, threads=THREADS,
+                                     ident="aidc", max_request_body_size=16 * MAX_BODY_BYTES)
+        self.host, self.port = host, self._server.effective_port
+        self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
 
     @property
     def url(self) -> str:
@@ -34,5 +40,15 @@ class WebServer:
         log.info("event=web_started url=%s", self.url)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(timeout=5)
+        """Close the listening socket and every connection on the server's own thread (its
+        trigger runs the closing there: waitress has no public stop), then its workers."""
+        def close_all() -> None:
+            for channel in list(self._server._map.values()):
+                channel.close()
+
+        if self._thread.is_alive():
+            self._server.trigger.pull_trigger(close_all)
+            self._thread.join(timeout=5)
+        else:
+            close_all()
+        self._server.task_dispatcher.shutdown(timeout=5)
