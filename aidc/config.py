@@ -183,6 +183,10 @@ class Cdu(DeviceBase):
     max_flow_lpm: float | None = Field(None, gt=0, le=1e6)  # maximum secondary flow
     pumps: int = Field(2, ge=1, le=16)  # installed
     pumps_required: int = Field(1, ge=1, le=16)  # running for the maximum flow
+    # the vendor's envelope of the secondary loop: below this flow the cold plates starve,
+    # above this differential pressure a strainer clogs or a valve is shut (alerted when set)
+    min_flow_lpm: float | None = Field(None, gt=0, le=1e6)
+    max_dp_kpa: float | None = Field(None, gt=0, le=10_000)
 
     @model_validator(mode="after")
     def _pumps(self) -> Cdu:
@@ -199,7 +203,8 @@ class Manifold(DeviceBase):
 
 class Supercap(DeviceBase):
     kind: Literal["supercap"]
-    capacitance_f: float = Field(gt=0, le=1e7)
+    capacitance_f: float = Field(gt=0, le=1e7)  # rated (end of life: 20 % below)
+    esr_mohm: float | None = Field(None, gt=0, le=1e6)  # rated (end of life: twice it)
     vmax_v: float = Field(gt=0, le=10_000)
     vmin_v: float = Field(ge=0, le=10_000)
 

@@ -25,6 +25,11 @@ GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator cou
 BAD_QUALITY_FOR_S = 300.0  # a series read bad or out of range this long
 BAD_QUALITIES = frozenset({Quality.BAD, Quality.OUT_OF_RANGE})
 PUE_ABOVE_TARGET_FOR_S = 900.0
+COOLANT_FOR_S = 30.0  # flow and dP ride through a pump's ramp or changeover
+HYSTERESIS = 0.05  # an envelope alert clears 5 % inside the limit that raised it
+# end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
+# ESR twice the rated value
+SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
 SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
 
 
@@ -54,6 +59,20 @@ RULES: dict[str, RuleInfo] = {
         "full flow, critical when its capacity is cut.",
         ("Check the pump's drive and breaker at the CDU; plan the swap.",
          "Critical: the loop's capacity is cut; hold new load on its racks.")),
+    "coolant_flow_low": RuleInfo(
+        "L/min", "A CDU's secondary flow is below the vendor's minimum (`min_flow_lpm`): the "
+        "cold plates downstream starve and the GPUs throttle or trip.",
+        ("Check the CDU's pumps, their speed and the loop's valves (one shut by mistake?).",
+         "Check the strainer's dP; a clogged strainer lowers the flow and raises the dP.")),
+    "coolant_dp_high": RuleInfo(
+        "kPa", "A CDU's secondary differential pressure is above the vendor's maximum "
+        "(`max_dp_kpa`): a strainer clogs, a valve is shut or a hose is kinked.",
+        ("Check and clean the strainer; check the isolation valves of the loop's racks.",)),
+    "supercap_end_of_life": RuleInfo(
+        "F", "A supercap module's capacitance is 20 % below rated or its ESR twice rated "
+        "(the end-of-life criteria): ride-through and smoothing are less than planned.",
+        ("Read the module's capacitance and ESR trend; plan its replacement.",
+         "Check the backup chain's ride-through in the console: is the shortfall covered?")),
     "ups_on_battery": RuleInfo(
         "", "The UPS runs on battery: utility power is lost upstream.",
         ("Confirm the generator started and transfers; watch the battery runtime left.",
@@ -216,9 +235,67 @@ def device_rules(i: Inputs) -> list[Condition | None]:
                 lambda v: v < SUPERCAP_SOC_LOW_PCT, WARNING,
                 "{device} state of charge {value:.0f} %", SUPERCAP_SOC_LOW_PCT)
         + _rectifier_redundancy(i)
+        + _coolant_envelope(i)
+        + _supercap_end_of_life(i)
         + _battery(i)
         + _bad_quality(i)
     )
+
+
+def _beyond(i: Inputs, rule: str, labels: dict[str, str], value: float | None,
+            limit: float, below: bool) -> bool | None:
+    """``value`` past ``limit`` (below it, or above), with hysteresis: an alert already
+    active clears only once the value is HYSTERESIS inside the limit."""
+    if value is None:
+        return None
+    if i.is_active(fingerprint(rule, {"site": i.site.site, **labels})):
+        limit *= (1 + HYSTERESIS) if below else (1 - HYSTERESIS)
+    return value < limit if below else value > limit
+
+
+def _coolant_envelope(i: Inputs) -> list[Condition | None]:
+    """Each CDU's secondary flow and differential pressure against the vendor's envelope
+    (``min_flow_lpm``, ``max_dp_kpa``), where the site file gives it."""
+    out = []
+    for d in i.site.devices_of("cdu"):
+        if d.min_flow_lpm is not None:
+            out.append(_envelope(i, "coolant_flow_low", d.id, "flow_lpm", d.min_flow_lpm, True))
+        if d.max_dp_kpa is not None:
+            out.append(_envelope(i, "coolant_dp_high", d.id, "dp_kpa", d.max_dp_kpa, False))
+    return out
+
+
+def _envelope(i: Inputs, rule: str, cdu: str, metric: str, limit: float,
+              below: bool) -> Condition | None:
+    labels = {"device": cdu, "kind": "cdu"}
+    v = i.value(cdu, metric)
+    return _condition(
+        i, rule, labels, _beyond(i, rule, labels, v, limit, below), v,
+        CRITICAL if below else WARNING,
+        f"{cdu}: {metric} {'unknown' if v is None else f'{v:g}'} "
+        f"{'below its minimum' if below else 'above its maximum'} {limit:g}",
+        for_s=COOLANT_FOR_S, threshold=limit)
+
+
+def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
+    """Capacitance 20 % below rated, or ESR twice rated (when the site file gives it)."""
+    out = []
+    for d in i.site.devices_of("supercap"):
+        farads, esr = i.value(d.id, "capacitance_f"), i.value(d.id, "esr_mohm")
+        worn = [] if farads is None else (
+            [f"capacitance {farads:g} F of {d.capacitance_f:g} F rated"]
+            if farads < SUPERCAP_EOL_CAPACITANCE * d.capacitance_f else [])
+        if d.esr_mohm is not None and esr is not None and esr > SUPERCAP_EOL_ESR * d.esr_mohm:
+            worn.append(f"ESR {esr:g} mOhm, {esr / d.esr_mohm:.1f} x its rated {d.esr_mohm:g}")
+        known = farads is not None and (d.esr_mohm is None or esr is not None)
+        out.append(_condition(
+            i, "supercap_end_of_life", {"device": d.id, "kind": "supercap"},
+            True if worn else (False if known else None), farads, WARNING,
+            f"{d.id} at end of life: {'; '.join(worn)}" if worn
+            else f"{d.id}: capacitance and ESR within their end-of-life limits" if known
+            else f"{d.id}: capacitance or ESR unknown",
+            threshold=SUPERCAP_EOL_CAPACITANCE * d.capacitance_f))
+    return out
 
 
 def _battery(i: Inputs) -> list[Condition | None]:

@@ -936,6 +936,39 @@ def test_battery_rules_count_runtime_left_and_a_late_generator(open_outbox):
     assert step(430, 0, 5) == [("resolved", "metric_bad_quality", "warning")]
 
 
+def test_coolant_envelope_and_supercap_wear_with_hysteresis(open_outbox):
+    """cdu-1: min_flow_lpm 100, max_dp_kpa 100 (for 30 s, clearing 5 % inside); sc-a: 20 F
+    and 4 mOhm rated (end of life below 16 F or above 8 mOhm)."""
+    from aidc.metrics import Sample
+    from alerts.rules import builtin_conditions
+
+    ev = Evaluator(open_outbox())
+
+    def step(at: float, flow: float, dp: float, farads: float = 20.0, esr: float = 4.0):
+        values = {("cdu-1", "flow_lpm"): flow, ("cdu-1", "dp_kpa"): dp,
+                  ("sc-a", "capacitance_f"): farads, ("sc-a", "esr_mohm"): esr}
+        latest = {k: Sample("x", {}, k[1], v, at) for k, v in values.items()}
+        conditions, _ = builtin_conditions(DEMO.site, [], None, latest,
+                                           lambda fp: fp in {a.fingerprint for a in
+                                                             ev.active_alerts()}, now=at)
+        wanted = ("coolant_flow_low", "coolant_dp_high", "supercap_end_of_life")
+        return [(t.kind, t.alert.rule) for t in ev.step(at, conditions)
+                if t.alert.rule in wanted]  # fmt: skip
+
+    assert step(0, 150, 40) == []
+    assert step(1, 99, 101) == []  # both pending their 30 s
+    assert step(31, 99, 101) == [("firing", "coolant_flow_low"), ("firing", "coolant_dp_high")]
+    assert step(40, 104, 96) == []  # inside the limits, not 5 % inside: held
+    assert step(50, 106, 94) == [("resolved", "coolant_flow_low"),
+                                 ("resolved", "coolant_dp_high")]
+    assert step(60, 150, 40, farads=16.5, esr=7.9) == []  # worn, not yet at end of life
+    assert step(70, 150, 40, farads=16.5, esr=8.1) == [("firing", "supercap_end_of_life")]
+    [alert] = [a for a in ev.active_alerts() if a.rule == "supercap_end_of_life"]
+    assert alert.summary == "sc-a at end of life: ESR 8.1 mOhm, 2.0 x its rated 4"
+    assert step(80, 150, 40, farads=15.9) == []  # still: now by its capacitance
+    assert step(90, 150, 40) == [("resolved", "supercap_end_of_life")]  # module replaced
+
+
 def test_dead_letters_raise_a_warning():
     from alerts.rules import builtin_conditions
 

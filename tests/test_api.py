@@ -70,7 +70,8 @@ def test_every_rule_that_can_fire_has_a_runbook(web):
 
     source = (ROOT / "alerts" / "rules.py").read_text()
     fired = {node.args[1].value for node in ast.walk(ast.parse(source))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("_condition", "_flag")
+             if isinstance(node, ast.Call)
+             and getattr(node.func, "id", "") in ("_condition", "_flag", "_envelope")
              and isinstance(node.args[1], ast.Constant)}  # fmt: skip
     assert len(fired) >= 12 and fired == set(RULES)
     page = get(web, "/runbooks")
