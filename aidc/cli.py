@@ -49,7 +49,7 @@ def _logging(verbose: bool) -> None:
     )
     # our own events carry every reason (DeviceUnreachable says why); the libraries' lines
     # repeat them in other formats, and httpx's would show URLs with query strings
-    for noisy in ("pymodbus", "waitress", "pysnmp", "httpx", "asyncua"):
+    for noisy in ("pymodbus", "waitress", "pysnmp", "httpx", "asyncua", "apprise"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 

@@ -271,14 +271,30 @@ class Room(Strict):
 
 class Webhook(Strict):
     name: str = "webhook"
-    url: str = Field(pattern=r"^https?://[^\s/]+")
+    # http(s) for the webhook formats; for apprise, any URL apprise knows (slack://,
+    # msteams://, pagerduty://, mailto://, json://...): write its tokens as ${ENV}
+    url: str = Field(pattern=r"^[a-z][a-z0-9+.-]*://\S+", max_length=2000)
     secret: SecretStr | None = None  # HMAC-SHA256 key for the X-Aidc-Signature header
     # generic: aidc's JSON; alertmanager: Alertmanager's webhook v4, for receivers written for
-    # it; alertmanager_push: postable alerts for Alertmanager's own POST /api/v2/alerts
-    format: Literal["generic", "alertmanager", "alertmanager_push"] = "generic"
+    # it; alertmanager_push: postable alerts for Alertmanager's own POST /api/v2/alerts;
+    # apprise: a chat or paging message through apprise (Slack, Teams, PagerDuty, email...)
+    format: Literal["generic", "alertmanager", "alertmanager_push", "apprise"] = "generic"
     # per receiver: a request unanswered this long is retried later (Slack, PagerDuty and
     # Alertmanager answer in well under a second; 10 s leaves a slow one room without resending)
     timeout_s: float = Field(10, gt=0, le=MAX_TIMEOUT_S)
+
+    @model_validator(mode="after")
+    def _url_for_format(self) -> Webhook:
+        if self.format != "apprise" and not re.match(r"https?://[^\s/]+", self.url):
+            raise ValueError(f"url: format {self.format} posts over http(s): expected "
+                             "http://host/... or https://host/...")
+        if self.format == "apprise":
+            import apprise
+
+            if not apprise.Apprise().add(self.url):
+                raise ValueError(f"url: apprise knows no service at {self.url.split(':')[0]}://"
+                                 " (see apprise's list of services)")
+        return self
 
 
 class Alerts(Strict):

@@ -166,12 +166,32 @@ def alertmanager_push_payload(
     return out
 
 
+def chat_message(t: Transition, site: str, context: Context) -> dict[str, str]:
+    """A chat or paging message (apprise): a title, a plain-text body that says what, where,
+    how bad, what is affected and where to look, and apprise's notification type."""
+    a = t.alert
+    where = " ".join(f"{k}={v}" for k, v in {"site": site, **context.where}.items())
+    lines = [summary(t), where]
+    if _finite(a.value) is not None:
+        lines.append(f"value {a.value:g} {a.unit}".rstrip()
+                     + ("" if _finite(a.threshold) is None else f", threshold {a.threshold:g}"))
+    if context.racks or context.loops:
+        lines.append("affected: " + ", ".join([*context.loops, *context.racks]))
+    lines += [f"{name}: {url}" for name, url in (("runbook", context.runbook_url),
+                                                   ("console", context.url)) if url]
+    kind = "success" if t.kind == "resolved" else "failure" if a.severity == "critical" \
+        else "warning"
+    return {"title": f"[{t.status.upper()} {a.severity}] {a.rule} at {site}",
+            "body": "\n".join(lines), "type": kind}
+
+
 Renderer = Callable[[Transition, str, str, str, Context], Any]
 FORMATS: Mapping[str, Renderer] = {
     "generic": lambda t, site, receiver, url, context: generic_payload(t, site, context),
     "alertmanager": lambda t, site, receiver, url, context: alertmanager_payload(
         [t], site=site, receiver=receiver, external_url=url, contexts=[context]
     ),
+    "apprise": lambda t, site, receiver, url, context: chat_message(t, site, context),
     "alertmanager_push": lambda t, site, receiver, url, context: alertmanager_push_payload(
         [(t, context)], site, t.at
     ),

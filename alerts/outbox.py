@@ -363,6 +363,8 @@ class Outbox:
     async def _attempt(
         self, client: httpx.AsyncClient, webhook: Webhook, row: OutboxRow
     ) -> _Outcome:
+        if webhook.format == "apprise":
+            return await self._attempt_apprise(webhook, row)
         headers = dict(row.headers)
         if webhook.secret is not None:
             secret = webhook.secret.get_secret_value().encode()
@@ -382,7 +384,26 @@ class Outbox:
             return self._reschedule(row, webhook.url, f"http_{code}", retry_after)
         return self._dead(row, webhook.url, f"http_{code}")
 
-    def _delivered(self, row: OutboxRow, url: str, code: int) -> _Outcome:
+    async def _attempt_apprise(self, webhook: Webhook, row: OutboxRow) -> _Outcome:
+        """One message through apprise, which speaks each chat or paging service's own API
+        and says only whether it was sent: a failure is retried like a 5xx. Services without
+        an idempotency key may show a message twice after a timeout."""
+        import apprise
+
+        message = json.loads(row.body)
+        sender = apprise.Apprise()
+        sender.add(webhook.url)
+        try:
+            async with asyncio.timeout(webhook.timeout_s):
+                sent = await sender.async_notify(body=message["body"], title=message["title"],
+                                                 notify_type=message["type"])
+        except TimeoutError:
+            sent = False
+        if sent:
+            return self._delivered(row, webhook.url, "sent")
+        return self._reschedule(row, webhook.url, "apprise_not_sent", None)
+
+    def _delivered(self, row: OutboxRow, url: str, code: int | str) -> _Outcome:
         with self.transaction() as db:
             db.execute("DELETE FROM outbox WHERE id = ? AND lease_owner = ?", (row.id, self._owner))
         self._failing.discard(row.webhook)
@@ -472,9 +493,11 @@ def _client() -> httpx.AsyncClient:
 
 
 def host_of(url: str) -> str:
-    """The URL's host only: paths and query strings may carry tokens."""
+    """The URL's host only: paths and query strings may carry tokens. For apprise's
+    service URLs (slack://, pagerduty://...) the scheme only: tokens sit where a host would."""
     try:
-        return urlsplit(url).hostname or "-"
+        parts = urlsplit(url)
+        return (parts.hostname or "-") if parts.scheme in ("http", "https") else f"{parts.scheme}://"
     except ValueError:
         return "-"
 

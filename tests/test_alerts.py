@@ -969,6 +969,50 @@ def test_coolant_envelope_and_supercap_wear_with_hysteresis(open_outbox):
     assert step(90, 150, 40) == [("resolved", "supercap_end_of_life")]  # module replaced
 
 
+def test_chat_and_paging_go_through_apprise_and_the_outbox(open_outbox, receiver):
+    """apprise's json:// and form:// targets against local receivers: the message says what,
+    where and what next; a receiver down is retried, then each message arrives once."""
+    from urllib.parse import parse_qs
+
+    form = Receiver()
+    hooks = [webhook(receiver, secret=None, name="chat", format="apprise",
+                     url=f"json://127.0.0.1:{receiver.port}/hook"),
+             webhook(form, secret=None, name="pager", format="apprise",
+                     url=f"form://127.0.0.1:{form.port}/page")]
+    p = pipeline(open_outbox, hooks)
+    p.evaluator.step(1000, [LEAK])
+    p.evaluator.step(1125, [])
+    asyncio.run(p.outbox.deliver_due())  # both down: not sent, kept for a retry
+    # each receiver's head (the firing) tried; its resolved waits behind it
+    assert sorted(str(r.last_error) for r in p.outbox.pending()) == [
+        "None", "None", "apprise_not_sent", "apprise_not_sent"]
+    receiver.start(), form.start()
+    try:
+        deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    finally:
+        form.stop()
+    chat = [r.json for r in receiver.requests]
+    assert [(m["title"], m["type"]) for m in chat] == [
+        ("[FIRING critical] leak at demo", "failure"), ("[RESOLVED critical] leak at demo",
+                                                         "success")]  # fmt: skip
+    affected = "affected: loop-1, r01, A01, A02, A03, A04, B01, B02, B03, B04"
+    assert chat[0]["message"].splitlines() == [
+        "leak at cdu-1", "site=demo rack=r01 device=cdu-1", "value 1", affected]
+    assert chat[1]["message"].startswith("resolved after 2 min 5 s: leak at cdu-1")
+    paged = [parse_qs(r.body.decode()) for r in form.requests]
+    assert [(m["title"], m["type"]) for m in paged] == [
+        (["[FIRING critical] leak at demo"], ["failure"]),
+        (["[RESOLVED critical] leak at demo"], ["success"])]  # fmt: skip
+
+
+def test_an_apprise_url_must_name_a_service_it_knows():
+    with pytest.raises(ValueError, match=r"apprise knows no service at nosuch://"):
+        Webhook(name="x", url="nosuch://token-abc/def", format="apprise")
+    with pytest.raises(ValueError, match="format generic posts over http"):
+        Webhook(name="x", url="slack://T000/B000/XXX")
+    assert Webhook(name="x", url="slack://T000/B000/XXXXXXXX", format="apprise")
+
+
 def test_dead_letters_raise_a_warning():
     from alerts.rules import builtin_conditions
 
