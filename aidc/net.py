@@ -51,3 +51,29 @@ def free_ports(kinds: list[str], host: str = "127.0.0.1") -> list[int]:
                 break
         _HANDED_OUT.update(zip(kinds, ports))
         return ports
+
+
+def free_offset(ports: list[tuple[str, int]], host: str = "127.0.0.1") -> int:
+    """An offset that moves every ``(kind, port)`` to a port that is free now, below the
+    kernel's ephemeral range, and never handed out before in this process (`aidc demo
+    --port-offset` for a demo run beside others). The moved ports count as handed out."""
+    candidates = set(_candidates())
+    top = max(p for _, p in ports)
+    with _LOCK:
+        for _ in range(1000):
+            offset = random.randrange(-min(p for _, p in ports) + 10_000, 65_536 - top)
+            moved = [(kind, p + offset) for kind, p in ports]
+            if all(p in candidates and (kind, p) not in _HANDED_OUT and _bindable(kind, p, host)
+                   for kind, p in moved):
+                _HANDED_OUT.update(moved)
+                return offset
+    raise RuntimeError("no free block of ports for the offset")
+
+
+def _bindable(kind: str, port: int, host: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False

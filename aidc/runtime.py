@@ -95,8 +95,9 @@ class Runtime:
         self.evaluator = Evaluator(
             self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify
         )
-        # read by /metrics from the web thread (the outbox's SQLite belongs to the loop)
-        self.notifier_backlog, self.notifier_oldest_s, self.notifier_dead_letters = 0, 0.0, 0
+        # read by /metrics from the web thread (the outbox's SQLite belongs to the loop);
+        # from the file at start: a backlog left by the last run shows before the first tick
+        self._count_outbox(time.time())
         self.started_at = time.time()
         self.ticks = 0
         self.last_tick_ms = self.last_alerting_ms = 0.0
@@ -268,6 +269,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ the model tick
 
+    def _count_outbox(self, now: float) -> None:
+        self.notifier_backlog = self.outbox.backlog()
+        self.notifier_oldest_s = self.outbox.oldest_age_s(now)
+        self.notifier_dead_letters = self.outbox.dead_letter_count()
+
     def fresh_latest(self, now: float) -> dict[tuple[str, str], Sample]:
         """Latest samples with those not refreshed in 2.5 poll intervals marked stale; the
         ones read bad or out of range are kept aside in ``bad_series`` (for their rule)."""
@@ -306,9 +312,7 @@ class Runtime:
         conditions = self.silences.apply(conditions, now)
         # notifications commit with the state change; a rule that failed resolves nothing
         self.evaluator.step(now, conditions, hold_absent=not complete)
-        self.notifier_backlog = self.outbox.backlog()
-        self.notifier_oldest_s = self.outbox.oldest_age_s(now)
-        self.notifier_dead_letters = self.outbox.dead_letter_count()
+        self._count_outbox(now)
         self.ticks += 1
         t2 = time.perf_counter()
         self.last_tick_ms, self.last_alerting_ms = (t2 - t0) * 1000, (t2 - t1) * 1000

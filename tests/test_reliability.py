@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +27,8 @@ from pathlib import Path
 import httpx
 
 from aidc.config import Store as StoreConfig
-from aidc.net import free_port
+from aidc.config import load_site
+from aidc.net import free_offset, free_port
 from aidc.store.influx import InfluxStore
 from tests.conftest import ROOT, Influxd, wait_for
 
@@ -68,27 +66,6 @@ class Pager:
             self.server = None
 
 
-def port_offset(site_text: str) -> int:
-    """An offset that puts every simulator port below the kernel's ephemeral range (where
-    free_port() picks) and on a port nothing listens on now."""
-    ports = [int(p) for p in re.findall(r"port: (\d+)", site_text)]
-    for _ in range(100):
-        offset = random.randrange(1000, 32000 - max(ports), 7)
-        if all(_free(p + offset) for p in ports):
-            return offset
-    raise AssertionError("no free block of ports for the simulators")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s, socket.socket(type=socket.SOCK_DGRAM) as u:
-        try:
-            s.bind(("127.0.0.1", port))
-            u.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 class Aidc:
     """`aidc demo` as a user runs it, in its own process."""
 
@@ -108,9 +85,13 @@ class Aidc:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=ROOT, env={**os.environ,
                                                         "AIDC_RELIABILITY_HOOK_SECRET": HOOK_SECRET})
-        wait_for(lambda: self.health().get("devices_up") == self.health().get("devices_total")
-                 or self.proc.poll() is not None, timeout_s=90, what="aidc demo up")
+        wait_for(lambda: self.all_up() or self.proc.poll() is not None, timeout_s=90,
+                 what="aidc demo up")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
+
+    def all_up(self) -> bool:
+        h = self.health()
+        return bool(h) and h["devices_up"] == h["devices_total"]
 
     def health(self) -> dict:
         try:
@@ -186,7 +167,8 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
     site = tmp_path / "site.yaml"
     site.write_text(text)
     pager, data_dir = Pager(), tmp_path / "data"
-    aidc = Aidc(site, data_dir, port_offset(text), pager)
+    ports = [("udp" if d.protocol == "snmp" else "tcp", d.port) for d in load_site(site).devices]
+    aidc = Aidc(site, data_dir, free_offset(ports), pager)
     influxd.start()
     pager.up()
     aidc.start()
@@ -213,6 +195,7 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
         influxd.start()
         pager.up()
         aidc.start()
+        assert aidc.backlog() >= len(queued)  # counted from the outbox file at start
         wait_for(lambda: aidc.health().get("spooled_samples") == 0 and aidc.backlog() == 0,
                  timeout_s=120, what="spool replayed and outbox delivered")
         store = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database="aidc"))
