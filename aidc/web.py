@@ -23,7 +23,7 @@ class WebServer:
                  api_token: str | None = None):
         self.flask = Flask("aidc")
         register_routes(self.flask, api, api_token)
-        self.dash = create_app(api, server=self.flask)
+        self.dash = create_app(api, server=self.flask, api_token=api_token)
         # Flask answers an oversized body with a JSON 413 from its Content-Length; waitress
         # bounds a chunked one (which has none) before the app reads it
         self._server = create_server(self.flask, host=host, port=port, threads=THREADS,

@@ -8,6 +8,7 @@ import time
 from aidc.api import SiteAPI
 from aidc.net import free_port
 from dashboards.app import create_app
+from tests.conftest import API_TOKEN
 from tests.conftest import wait_for as wait_for_state
 
 
@@ -96,3 +97,40 @@ def test_overview_shows_live_pue_racks_and_alerts(dash_duo, live_site, tmp_path)
     assert refusal.startswith("Cannot check: kw: Input should be"), refusal
     dash_duo.driver.save_screenshot(str(tmp_path / "capacity.png"))
     assert dash_duo.get_logs() == []  # no errors in the browser console
+
+
+def test_an_operator_acknowledges_and_silences_from_the_page(dash_duo, live_site):
+    """With the site's API token only: a wrong one is refused and changes nothing."""
+    api = SiteAPI(live_site.runtime)
+    dash_duo.start_server(create_app(api, api_token=API_TOKEN), port=free_port())
+    live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
+    wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 30,
+             "the unreachable alert in the alerts table")
+    dash_duo.find_element("#alerts-table tbody tr input[type=radio]").click()
+    dash_duo.find_element("#operator-name").send_keys("alice")
+    dash_duo.find_element("#operator-token").send_keys("not-the-token")
+
+    def result_after(button: str, expected: str) -> str:
+        dash_duo.find_element(button).click()
+        return wait_for(lambda: (t := dash_duo.find_element("#action-result").text)
+                        .startswith(expected) and t, what=expected)
+
+    assert result_after("#ack-selected", "Refused: missing or wrong API token.")
+    assert [a["acked_by"] for a in api.alerts()] == [None]
+    dash_duo.clear_input("#operator-token")  # as React sees it (clear() alone does not)
+    dash_duo.find_element("#operator-token").send_keys(API_TOKEN)
+    assert result_after("#ack-selected", "Acknowledged") == \
+        "Acknowledged device_unreachable by alice."
+    assert [a["acked_by"] for a in api.alerts()] == ["alice"]
+
+    dash_duo.find_element("#silence-matchers").send_keys("device=pdu-b02-b")
+    dash_duo.find_element("#silence-comment").send_keys("PDU swap")
+    assert result_after("#silence-add", "Silenced device=pdu-b02-b until")
+    [silence] = api.silences()
+    assert (silence["created_by"], silence["comment"], silence["state"]) == (
+        "alice", "PDU swap", "active")
+    wait_for_state(lambda: [a["state"] for a in api.alerts()] == ["suppressed"],
+                   what="the alert suppressed by the silence")
+    wait_for(lambda: "PDU swap" in dash_duo.find_element("#silences-table").text,
+             what="the silence listed")
+    assert dash_duo.get_logs() == []

@@ -103,8 +103,9 @@ WRONG_AUTH = [{}, {"Authorization": API_TOKEN}, {"Authorization": f"Basic {API_T
 
 
 def test_no_write_is_taken_without_the_token(web, reliability):
-    """Every route that takes a POST, PUT, PATCH or DELETE, with a well-formed body, under
-    every wrong credential. Two POSTs only ask: the what-if and the page's callbacks."""
+    """Every route that takes a POST, PUT, PATCH or DELETE, with a well-formed body, and the
+    page's own write actions (its callback that acknowledges and silences), under every
+    wrong credential. The what-if's POST only asks."""
     body = {"by": "mallory", "fault": "leak", "device": "cdu-1", "on": True,
             "matchers": ["device=cdu-1"], "duration_s": 60, "created_by": "m", "comment": "x"}
     writes = [(rule.rule.replace("<fingerprint>", "fp").replace("<silence_id>", "s1"), method)
@@ -119,9 +120,31 @@ def test_no_write_is_taken_without_the_token(web, reliability):
                               headers=headers)
             if r.status_code not in (401, 403):
                 accepted.append((method, path, headers, r.status_code))
+    wrong_tokens = [None, "", f"Bearer {API_TOKEN}", API_TOKEN[:-1], API_TOKEN + "x",
+                    API_TOKEN.upper(), f" {API_TOKEN}", ["x"]]
+    for action in ("ack-selected", "silence-add"):
+        for token in wrong_tokens:
+            r = post(web, "/_dash-update-component", json.dumps(page_action(action, token)))
+            if "Refused" not in r.text:
+                accepted.append(("page", action, token, r.status_code, r.text[:200]))
     reliability.count("HTTP: writes with a missing or wrong token", "requests",
-                      len(writes) * len(WRONG_AUTH), accepted=len(accepted))
+                      len(writes) * len(WRONG_AUTH) + 2 * len(wrong_tokens),
+                      accepted=len(accepted))
     assert accepted == []
+
+
+def page_action(action: str, token) -> dict:
+    """The page's call of its operator-action callback, as a browser makes it."""
+    values = {"operator-name": "mallory", "operator-token": token,
+              "silence-matchers": "device=cdu-1", "silence-for": "2 h",
+              "silence-comment": "x", "alerts-table": ["fp"]}
+    return {"output": "action-result.children",
+            "outputs": {"id": "action-result", "property": "children"},
+            "inputs": [{"id": "ack-selected", "property": "n_clicks", "value": 1},
+                       {"id": "silence-add", "property": "n_clicks", "value": 1}],
+            "state": [{"id": k, "property": "selected_row_ids" if k == "alerts-table"
+                       else "value", "value": v} for k, v in values.items()],
+            "changedPropIds": [f"{action}.n_clicks"]}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
