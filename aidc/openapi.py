@@ -13,7 +13,14 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from aidc import __version__
-from aidc.api import ALERT_TIMES, DEVICE_TIMES, AckRequest, SilenceRequest, WhatIfQuestion
+from aidc.api import (
+    ALERT_TIMES,
+    DEVICE_TIMES,
+    POOL_FIELDS,
+    AckRequest,
+    SilenceRequest,
+    WhatIfQuestion,
+)
 from aidc.derive import BackupStatus, Pool, RackStatus, WhatIf
 from aidc.metrics import DeviceHealth
 from alerts.evaluate import Alert
@@ -45,8 +52,7 @@ def rack() -> dict[str, Any]:
 
 def pool() -> dict[str, Any]:
     s = schema_of(Pool)
-    s["required"] = sorted({"id", "kind", "capacity_kw", "load_kw", "left_kw", "left_normal_kw",
-                            "worst_failure", "racks"})
+    s["required"] = sorted(POOL_FIELDS)  # the others only for the kinds they apply to
     s["properties"]["supply_limit_c"] = NUMBER_OR_NULL  # +inf (no class limit) is null
     return s
 
@@ -62,8 +68,7 @@ def site() -> dict[str, Any]:
 
 
 def interval_pue() -> dict[str, Any]:
-    props = {k: NUMBER_OR_NULL for k in ("pue", "it_kw", "it_kwh", "facility_kwh", "cooling_ppue")}
-    props.pop("it_kw")
+    props = {k: NUMBER_OR_NULL for k in ("pue", "it_kwh", "facility_kwh", "cooling_ppue")}
     props |= {"site": {"type": "string"}, "window": {"type": "string"},
               "from": ISO_TIME, "to": ISO_TIME, "note": {"type": ["string", "null"]},
               "pue_category": {"type": "integer"}, "missing": STRINGS}
