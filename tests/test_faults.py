@@ -165,9 +165,18 @@ def test_a_sensor_fault_is_bad_for_that_metric_only(live, device, metric):
 
 def test_a_stuck_sensor_keeps_its_value(live):
     inject(live, "stuck", "meter-main", "power_kw")
+    stuck_at = time.time()
     try:
         first = live.simulated.physics.values("meter-main")["power_kw"]
-        time.sleep(1.2)  # the racks swing meanwhile
+
+        def polled_after(t: float):
+            s = sample(live, "meter-main", "power_kw")
+            return s if s is not None and s.ts > t else None
+
+        # two polls after the fault, the racks swinging meanwhile: polls, not a time (a
+        # loaded machine may poll late)
+        after = wait_for(lambda: polled_after(stuck_at), what="a poll after the fault")
+        wait_for(lambda: polled_after(after.ts), what="the next poll")
         assert live.simulated.physics.values("meter-main")["power_kw"] == first
         assert sample(live, "meter-main", "power_kw").value == pytest.approx(first, rel=1e-6)
     finally:
