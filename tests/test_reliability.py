@@ -20,8 +20,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -31,50 +29,20 @@ from aidc.config import load_site
 from aidc.net import free_offset, free_port
 from aidc.store.influx import InfluxStore
 from tests.conftest import ROOT, Influxd, wait_for
+from tests.test_alerts import Receiver
 
 HOOK_SECRET = "hook-secret-for-the-reliability-run"
-
-
-class Pager:
-    """An on-call receiver on a fixed port that can be taken down (connection refused) and
-    brought back; it records the idempotency key of every notification it accepted."""
-
-    def __init__(self):
-        self.port, self.accepted = free_port(), []
-        self.server: ThreadingHTTPServer | None = None
-
-    def up(self) -> None:
-        pager = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                pager.accepted.append(self.headers["Idempotency-Key"])
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def down(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 class Aidc:
     """`aidc demo` as a user runs it, in its own process."""
 
-    def __init__(self, site: Path, data_dir: Path, offset: int, pager: Pager):
+    def __init__(self, site: Path, data_dir: Path, offset: int, pager: Receiver):
         self.data_dir, self.web_port = data_dir, free_port()
         self.args = [sys.executable, "-m", "aidc.cli", "demo", "--site", str(site),
                      "--data-dir", str(data_dir), "--web-port", str(self.web_port),
                      "--port-offset", str(offset),
-                     "--webhook", f"http://127.0.0.1:{pager.port}/hook",
+                     "--webhook", pager.url(),
                      "--webhook-secret", "env:AIDC_RELIABILITY_HOOK_SECRET"]
         self.url = f"http://127.0.0.1:{self.web_port}"
         self.proc: subprocess.Popen | None = None
@@ -166,17 +134,17 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
     assert "backend: influxdb" in text
     site = tmp_path / "site.yaml"
     site.write_text(text)
-    pager, data_dir = Pager(), tmp_path / "data"
+    pager, data_dir = Receiver(), tmp_path / "data"  # on-call: a fixed port, down at will
     ports = [("udp" if d.protocol == "snmp" else "tcp", d.port) for d in load_site(site).devices]
     aidc = Aidc(site, data_dir, free_offset(ports), pager)
     influxd.start()
-    pager.up()
+    pager.start()
     aidc.start()
     try:
         wait_for(lambda: aidc.health().get("store_up"), what="the store written")
         # the store and the receiver go down; faults page on-call meanwhile
         influxd.stop()
-        pager.down()
+        pager.stop()
         modules = "rectifier_redundancy_lost"
         faults = [("leak", "cdu-1", "leak", True), ("module_loss", "rect-a", modules, True),
                   ("leak", "cdu-1", "leak", False), ("leak", "cdu-2", "leak", True),
@@ -193,15 +161,16 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
         assert spooled and queued
         # everything comes back
         influxd.start()
-        pager.up()
+        pager.start()
         aidc.start()
         assert aidc.backlog() >= len(queued)  # counted from the outbox file at start
         wait_for(lambda: aidc.health().get("spooled_samples") == 0 and aidc.backlog() == 0,
                  timeout_s=120, what="spool replayed and outbox delivered")
         store = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database="aidc"))
         lost_samples = len(spooled - in_store(store, spooled))
-        lost_notes = len(queued - set(pager.accepted))
-        duplicated = len(pager.accepted) - len(set(pager.accepted))
+        accepted = [r.headers["idempotency-key"] for r in pager.requests]
+        lost_notes = len(queued - set(accepted))
+        duplicated = len(accepted) - len(set(accepted))
         reliability.count("samples: store down, aidc kill -9, both back", "samples",
                           len(spooled), lost=lost_samples)
         reliability.count("notifications: receiver down, aidc kill -9, both back",
@@ -223,5 +192,5 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
         assert found == []
     finally:
         aidc.stop()
-        pager.down()
+        pager.stop()
         influxd.stop()
