@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from aidc.fastyaml import read_plain_yaml
+
 Protocol = Literal["modbus", "snmp", "opcua"]
 DEVICE_KINDS = ("pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter")
 DAY_S = 86_400.0
@@ -483,24 +485,33 @@ def _walk(root: yaml.Node, path: str, base: Path) -> None:
 
 
 def _resolve_secret(node: yaml.ScalarNode, path: str, base: Path, line: int) -> None:
-    """``${VAR}`` from the environment and ``file:PATH`` from the file's first line."""
+    try:
+        value = secret_value(node.value, base)
+    except ValueError as e:
+        raise ConfigError(path, line, "", str(e)) from None
+    if value != node.value:
+        node.value, node.tag = value, "tag:yaml.org,2002:str"
+
+
+def secret_value(value: str, base: Path) -> str:
+    """``${VAR}`` from the environment and ``file:PATH`` (relative to the site file) from the
+    file's first line; ValueError says why one does not resolve."""
 
     def env(m: re.Match[str]) -> str:
         if m.group(1) not in os.environ:
-            raise ConfigError(path, line, "", f"environment variable {m.group(1)} is not set")
+            raise ValueError(f"environment variable {m.group(1)} is not set")
         return os.environ[m.group(1)]
 
-    value = _ENV.sub(env, node.value)
+    value = _ENV.sub(env, value)
     if value.startswith("file:"):
         secret_file = (base / value[5:]).expanduser()
         try:
-            value = secret_file.read_text().strip()
+            return secret_file.read_text().strip()
         except OSError as e:
-            raise ConfigError(path, line, "", f"cannot read {secret_file}: {e.strerror}") from None
-        except ValueError:
-            raise ConfigError(path, line, "", f"{secret_file} is not text") from None
-    if value != node.value:
-        node.value, node.tag = value, "tag:yaml.org,2002:str"
+            raise ValueError(f"cannot read {secret_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{secret_file} is not text") from None
+    return value
 
 
 def _line_of(node: yaml.Node, loc: tuple) -> int | None:
@@ -585,21 +596,17 @@ def load_site(
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(name, line, "", f"not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.CSafeLoader)  # libyaml: parsed once, in C
-    except yaml.YAMLError as e:
-        raise _yaml_error(name, text, e) from None
-    except RecursionError:
-        raise ConfigError(name, None, "", f"nested deeper than {MAX_DEPTH} levels") from None
-    if root is None or not isinstance(root, yaml.MappingNode):
-        raise ConfigError(name, 1, "", "expected a mapping with site, rooms, devices, racks")
-    _walk(root, name, Path(path).parent)
-    try:
-        data = yaml.CSafeLoader("").construct_document(root)
-    except yaml.YAMLError as e:  # e.g. a merge key that merges a list
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(name, mark.line + 1 if mark else None, "",
-                          f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    base = Path(path).parent
+    data = read_plain_yaml(text, MAX_NODES, MAX_DEPTH, lambda value: secret_value(value, base))
+    if data is not None:  # read fast; PyYAML reads it again only to locate a mistake
+        try:
+            site = Site.model_validate(data)
+        except ValidationError:
+            pass
+        else:
+            if not _problems(site, device_check):
+                return site
+    root, data = _read_exact(name, text, base)
     try:
         site = Site.model_validate(data)
     except ValidationError as e:
@@ -608,11 +615,34 @@ def load_site(
         if err["type"] == "union_tag_invalid":
             loc += ("kind",)
         raise ConfigError(name, _line_of(root, loc), _field_name(loc), _message(err)) from None
+    if problems := _problems(site, device_check):
+        loc, message = problems[0]
+        raise ConfigError(name, _line_of(root, loc), _field_name(loc), message)
+    return site
+
+
+def _problems(site: Site, device_check: Callable[[Any], str | None] | None) -> list:
     problems = _references(site)
     if device_check is not None:
         problems += [(("devices", i, "profile"), message) for i, d in enumerate(site.devices)
                      if (message := device_check(d))]
-    if problems:
-        loc, message = problems[0]
-        raise ConfigError(name, _line_of(root, loc), _field_name(loc), message)
-    return site
+    return problems
+
+
+def _read_exact(name: str, text: str, base: Path) -> tuple[yaml.Node, Any]:
+    """PyYAML's reading, node by node: every check of `_walk`, and the lines of mistakes."""
+    try:
+        root = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as e:
+        raise _yaml_error(name, text, e) from None
+    except RecursionError:
+        raise ConfigError(name, None, "", f"nested deeper than {MAX_DEPTH} levels") from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise ConfigError(name, 1, "", "expected a mapping with site, rooms, devices, racks")
+    _walk(root, name, base)
+    try:
+        return root, yaml.CSafeLoader("").construct_document(root)
+    except yaml.YAMLError as e:  # e.g. a merge key that merges a list
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(name, mark.line + 1 if mark else None, "",
+                          f"not valid YAML: {getattr(e, 'problem', e)}") from None

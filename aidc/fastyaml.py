@@ -1,0 +1,163 @@
+"""Reading a large site file fast, with exactly PyYAML's answer or none.
+
+PyYAML builds a Python node, two marks and a resolver call for every value, even on libyaml:
+9 s for a 10,000-rack site file (650,000 values). Here rapidyaml (C++) parses the file and
+writes it out as JSON, and the standard library's C decoder reads that: under a second.
+
+The data must be what PyYAML's safe loader (YAML 1.1) gives, so this reads only what it can
+vouch for and answers None for the rest: anchors, aliases, tags, merge keys, complex keys,
+tabs, directives or several documents, a duplicate key, nesting or size past the limits, a
+plain value YAML 1.1 types other than JSON does (``yes``, ``0x1F``, ``1_000``, ``~``), a
+secret that does not resolve, and anything rapidyaml refuses. The caller then reads the file
+with PyYAML, which also names the line of any mistake.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import ryml
+import yaml
+
+STR = "tag:yaml.org,2002:str"
+# what rapidyaml may read differently from PyYAML, or what only PyYAML's reading checks
+_UNSURE_TEXT = ("&", "*", "!", "\t", "\r", "\ufeff", "<<", "\n%", "\n---", "\n...")
+_UNSURE_START = ("%", "---", "...")
+_COMPLEX_KEY = [re.compile(r"\?(?:[ \n]|\Z)"), re.compile(r"[\]}] *:(?:[ \n]|\Z)")]
+_TYPED_FIRST = frozenset(k for k in yaml.resolver.Resolver.yaml_implicit_resolvers if k)
+_RESOLVER = yaml.resolver.Resolver()
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_BRACKETS = np.zeros(256, dtype=np.int8)
+_BRACKETS[[ord("["), ord("{")]], _BRACKETS[[ord("]"), ord("}")]] = 1, -1
+
+
+class _Unsure(Exception):
+    """PyYAML's reading might differ: let it read the file."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _yaml11_tag(plain: str) -> str:
+    """The tag PyYAML's implicit resolver (YAML 1.1) gives a plain scalar."""
+    return _RESOLVER.resolve(yaml.ScalarNode, plain, (True, False))
+
+
+def _plain_int(token: str) -> Any:
+    """A plain scalar rapidyaml wrote as a JSON integer: the same in YAML 1.1 unless it starts
+    with 0 (octal there)."""
+    return int(token) if token.lstrip("-")[:1] != "0" else _plain_number(token)
+
+
+def _plain_float(token: str) -> Any:
+    """A plain scalar rapidyaml wrote as a JSON float: ``1.5`` is a float in YAML 1.1 too,
+    ``1e3`` a string."""
+    return float(token) if "e" not in token and "E" not in token else _plain_number(token)
+
+
+def _plain_number(token: str) -> Any:
+    tag = _yaml11_tag(token)
+    return _CONSTRUCTOR.yaml_constructors[tag](_CONSTRUCTOR, yaml.ScalarNode(tag, token))
+
+
+def _refuse_constant(token: str) -> Any:
+    raise _Unsure(token)
+
+
+def _mapping(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Unsure("a duplicate key")
+    return out
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """rapidyaml prints its parse errors to file descriptor 2 before raising; the caller
+    words the error itself (with PyYAML's reading), so that line is dropped."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def read_plain_yaml(
+    text: str, max_values: int, max_depth: int, secret: Callable[[str], str] | None = None
+) -> dict[str, Any] | None:
+    """The mapping PyYAML's safe loader would read from ``text``, or None where that cannot
+    be vouched for, or where it holds more than ``max_values`` values or may nest deeper than
+    ``max_depth`` (the top mapping is depth 1). ``secret`` maps each string value (not keys)
+    and raises ValueError when one does not resolve."""
+    if (any(s in text for s in _UNSURE_TEXT) or text.startswith(_UNSURE_START)
+            or any(r.search(text) for r in _COMPLEX_KEY)
+            or yaml.reader.Reader.NON_PRINTABLE.search(text)):
+        return None
+    try:
+        with _quiet_stderr():
+            tree = ryml.parse_in_arena(text.encode())
+            if tree.size() > max_values:
+                return None
+            document = ryml.emit_json(tree)
+        strings = _strings(document)
+        if _depth(document) > max_depth or any(
+            _written_plain(s, text) for s in strings
+            if (not s or s[0] in _TYPED_FIRST) and _yaml11_tag(s) != STR
+        ):
+            return None
+        data = json.loads(document, object_pairs_hook=_mapping, parse_int=_plain_int,
+                          parse_float=_plain_float, parse_constant=_refuse_constant)
+        if secret is not None and any("${" in s or s.startswith("file:") for s in strings):
+            data = _map_strings(data, secret)
+    except (_Unsure, ValueError, RecursionError, ryml.ExceptionBasic):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _strings(document: str) -> set[str]:
+    """The distinct strings (keys and values) of a JSON document."""
+    if "\\" in document:  # escapes: read each string properly
+        return {json.loads(s) for s in re.findall(r'"(?:[^"\\]|\\.)*"', document)}
+    return set(document.split('"')[1::2])
+
+
+def _depth(document: str) -> int:
+    """At most how deep a JSON document nests, a scalar in the top mapping being at depth 2
+    (brackets within strings left out)."""
+    if "\\" in document:  # escaped backslashes and quotes would shift the quotes' count
+        document = document.replace("\\\\", "").replace('\\"', "")
+    raw = np.frombuffer(document.encode(), dtype=np.uint8)
+    inside = np.cumsum(raw == ord('"')) % 2 == 1
+    return int(np.cumsum(np.where(inside, 0, _BRACKETS[raw])).max(initial=0)) + 1
+
+
+def _written_plain(value: str, text: str) -> bool:
+    """Whether ``value`` (``'NO'`` quoted, for a row) may also stand somewhere in the text as
+    a plain scalar, which YAML 1.1 types (False): rapidyaml's JSON does not tell quoted from
+    plain strings. Errs towards yes: the caller then reads the file with PyYAML."""
+    if not value:
+        return True  # '' may be any empty plain value
+    for m in re.finditer(rf"{re.escape(value)}(?= *(?:[\n#:,\]}}]|\Z))", text):
+        before = text[max(0, m.start() - 80) : m.start()].rstrip(" ")[-1:]
+        if before in ("", "\n", "-", ":", "?", ",", "[", "{"):
+            return True
+    return False
+
+
+def _map_strings(data: Any, secret: Callable[[str], str]) -> Any:
+    """``data`` with ``secret`` applied to every string that is not a key."""
+    if isinstance(data, str):
+        return secret(data)
+    if isinstance(data, dict):
+        return {k: _map_strings(v, secret) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_map_strings(v, secret) for v in data]
+    return data
