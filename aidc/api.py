@@ -92,7 +92,8 @@ def by_limit_json(values: dict[str, float | None], key: str) -> dict[str, Any]:
 
 
 def rack_json(rack: RackStatus) -> dict[str, Any]:
-    return asdict(rack) | by_limit_json(rack.limits_kw, "limits_kw")
+    # `|` makes a shallow copy; asdict's deep copy took 0.3 ms a rack
+    return vars(rack) | by_limit_json(rack.limits_kw, "limits_kw")
 
 
 def pool_json(pool: Pool) -> dict[str, Any]:
@@ -110,8 +111,9 @@ def what_if_json(w: WhatIf) -> dict[str, Any]:
 
 
 def strict_json(value: Any) -> str:
-    """JSON that any parser reads: NaN or Infinity is a bug here, never printed."""
-    return json.dumps(value, allow_nan=False, indent=2)
+    """JSON that any parser reads: NaN or Infinity is a bug here, never printed. On one line:
+    indenting takes the standard library's pure-Python encoder, 2 s for 10,000 racks."""
+    return json.dumps(value, allow_nan=False)
 
 
 log = logging.getLogger("aidc.api")

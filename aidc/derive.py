@@ -202,6 +202,18 @@ class SiteModel:
 
     # ------------------------------------------------------------------ the tick
 
+    def series_read(self) -> frozenset[str] | None:
+        """The series keys `evaluate` reads, so that a reader of the store fetches only those
+        (a PDU's outlets, modules and energy counters are most of a site's series); None when
+        IT power is summed from every outlet."""
+        if self.site.model.it_measured_at == "it_input":
+            return None
+        return frozenset({
+            "power_kw", *PHASE_CURRENT, "output_power_kw", "input_power_kw", "modules_ok",
+            "runtime_min", "pumps_running", "leak", "flow_lpm", "supply_temp_c",
+            "return_temp_c", *self.loop_supply_metric, "voltage_v", "capacitance_f", "esr_mohm",
+        })
+
     def evaluate(self, latest: dict[tuple[str, str], Sample], now: float) -> SiteStatus:
         missing: dict[str, None] = {}  # in order, once each
 

@@ -52,6 +52,14 @@ class Reading:
         return series_key(self.metric, self.labels)
 
 
+TOPOLOGY_TAGS = frozenset({"site", "room", "row", "rack", "device"})  # the rest are labels
+
+
+def key_of(field: str, tags: dict[str, str]) -> str:
+    """The series key of a stored field: its labels are the tags beyond the topology's."""
+    return series_key(field, {k: v for k, v in tags.items() if k not in TOPOLOGY_TAGS})
+
+
 def series_key(metric: str, labels: dict[str, str]) -> str:
     if not labels:
         return metric

@@ -11,28 +11,27 @@ import numpy as np
 
 from aidc.config import Site
 from aidc.derive import SiteModel, SiteStatus
-from aidc.metrics import Sample, series_key
+from aidc.metrics import Sample, key_of
 from aidc.store import Store
-
-TOPOLOGY_TAGS = {"site", "room", "row", "rack", "device"}
 
 
 class NoRecentData(Exception):
     pass
 
 
-def latest_from_store(site: Site, store: Store, now: float) -> dict[tuple[str, str], Sample]:
+def latest_from_store(
+    site: Site, store: Store, now: float, keys: frozenset[str] | None = None
+) -> dict[tuple[str, str], Sample]:
     """The newest sample of every device series, keyed like the runtime's latest view; a
     sample older than 2.5 poll intervals is not taken (the runtime would call it stale), with
     the writer's flush interval on top: a sample reaches the store that much after the
-    runtime has it."""
+    runtime has it. With ``keys``, only the series with those keys."""
     horizon_s = 2.5 * max(site.poll_s(d) for d in site.devices) + site.store.flush_s
     out: dict[tuple[str, str], Sample] = {}
-    for s in store.latest(now - horizon_s):
+    for s in store.latest(now - horizon_s, keys):
         device = s.tags.get("device")
         if device:
-            labels = {k: v for k, v in s.tags.items() if k not in TOPOLOGY_TAGS}
-            out[(device, series_key(s.field, labels))] = s
+            out[(device, key_of(s.field, s.tags))] = s
     if not out:
         raise NoRecentData(
             f"no samples newer than {horizon_s:g} s in the store: is `aidc run` collecting?"
@@ -45,7 +44,7 @@ def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple
     site = model.site
     start, every = now - site.model.peak_window_s, site.model.tick_s
     by_pdu: dict[str, dict[float, float]] = defaultdict(dict)
-    for series in store.history("pdu", "power_kw", start, now, every_s=every):
+    for series in store.history("pdu", "power_kw", start, now, every_s=every, labels={}):
         by_pdu[series.tags.get("device", "")].update(series.points)
     times = sorted({t for points in by_pdu.values() for t in points})
 
@@ -61,6 +60,6 @@ def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple
 def status_from_store(site: Site, store: Store, now: float | None = None) -> tuple[SiteModel, SiteStatus]:
     now = time.time() if now is None else now
     model = SiteModel(site)
-    latest = latest_from_store(site, store, now)
+    latest = latest_from_store(site, store, now, model.series_read())
     model.peaks.extend(rack_power_history(model, store, now))
     return model, model.evaluate(latest, now)

@@ -283,3 +283,49 @@ def test_the_data_directory_is_private(tmp_path):
     runtime.writer.close()
     runtime.store.close()
     runtime.outbox.close()
+
+
+def test_a_reader_selects_series_by_key_and_by_labels(store):
+    """`aidc headroom` reads only the series the model needs: a PDU's power_kw and phase
+    currents, not its outlets' power_kw{outlet=N} (at 10,000 racks, 88,000 of 1.3 million);
+    and the rack power history takes the PDU's power_kw, not its outlets' under the same
+    field name (before, an outlet's points could overwrite the PDU's and shrink the peak)."""
+    pdu = {"site": "s", "device": "pdu-1", "rack": "R1"}
+    store.write([Sample("pdu", pdu, "power_kw", 18.0, T0),
+                 Sample("pdu", pdu | {"outlet": "1"}, "power_kw", 1.5, T0),
+                 Sample("pdu", pdu | {"phase": "1"}, "current_a", 25.0, T0),
+                 Sample("pdu", pdu | {"phase": "2"}, "current_a", 26.0, T0),
+                 Sample("pdu", pdu, "energy_kwh", 900.0, T0)])
+    got = {(s.field, s.tags.get("phase")): s.value
+           for s in store.latest(T0 - 1, keys={"power_kw", "current_a{phase=1}"})}
+    assert got == {("power_kw", None): 18.0, ("current_a", "1"): 25.0}
+    assert len(store.latest(T0 - 1)) == 5
+    (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 1, labels={})
+    assert series.points == [(T0, 18.0)]
+    (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 1, labels={"outlet": "1"})
+    assert series.points == [(T0, 1.5)]
+
+
+def test_a_store_made_before_series_keys_gets_them_once(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)  # the schema as it was, with two series
+    db.executescript("""
+        CREATE TABLE series (id INTEGER PRIMARY KEY, measurement TEXT NOT NULL,
+          tags TEXT NOT NULL, field TEXT NOT NULL, UNIQUE (measurement, tags, field));
+        CREATE TABLE samples (series INTEGER NOT NULL REFERENCES series(id), ts REAL NOT NULL,
+          value REAL, quality TEXT NOT NULL, PRIMARY KEY (series, ts)) WITHOUT ROWID;
+        INSERT INTO series VALUES (1, 'pdu', '{"device": "p", "site": "s"}', 'power_kw');
+        INSERT INTO series VALUES (2, 'pdu', '{"device": "p", "outlet": "3", "site": "s"}',
+                                   'power_kw');
+    """)
+    db.executemany("INSERT INTO samples VALUES (?, ?, ?, 'good')", [(1, T0, 9.0), (2, T0, 0.5)])
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    assert [(x.tags, x.value) for x in s.latest(T0 - 1, keys={"power_kw{outlet=3}"})] == [
+        ({"device": "p", "outlet": "3", "site": "s"}, 0.5)]
+    s.write([Sample("pdu", {"device": "p", "site": "s"}, "power_kw", 9.5, T0 + 5)])
+    assert [x.value for x in s.latest(T0 - 1, keys={"power_kw"})] == [9.5]
+    s.close()

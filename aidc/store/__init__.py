@@ -6,7 +6,7 @@ are kept (with their quality) so that they can be shown, never silently averaged
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,12 +45,16 @@ class Store(Protocol):
         end: float,
         where: dict[str, str] | None = None,
         every_s: float | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Series]:
         """Good values of ``field`` in [start, end], one Series per tag set; with
-        ``every_s``, the mean over windows of that length (window start as timestamp)."""
+        ``every_s``, the mean over windows of that length (window start as timestamp); with
+        ``labels``, only the series with exactly those labels (``{}``: none, so a PDU's
+        ``power_kw`` and not its outlets' ``power_kw{outlet=N}``)."""
 
-    def latest(self, since: float) -> list[Sample]:
-        """The newest sample of every series written at or after ``since``, any quality."""
+    def latest(self, since: float, keys: Collection[str] | None = None) -> list[Sample]:
+        """The newest sample of every series written at or after ``since``, any quality;
+        with ``keys``, only of the series with those keys (``series_key``)."""
 
     def close(self) -> None: ...
 

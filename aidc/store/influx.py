@@ -10,14 +10,14 @@ owns the escaping rules of line protocol.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import groupby
 
 import httpx
 from influxdb_client import Point, WritePrecision
 
 from aidc.config import Store as StoreConfig
-from aidc.metrics import Quality, Sample
+from aidc.metrics import Quality, Sample, key_of, series_key
 from aidc.store import Series, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("aidc.store.influx")
@@ -114,6 +114,7 @@ class InfluxStore:
         end: float,
         where: dict[str, str] | None = None,
         every_s: float | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Series]:
         self._connect()
         conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}"]
@@ -127,7 +128,7 @@ class InfluxStore:
         result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
         if "error" in result:
             raise StoreRejected(f"InfluxDB query failed: {result['error']}")
-        return [
+        found = [
             Series(
                 measurement,
                 {k: v for k, v in s.get("tags", {}).items() if v},
@@ -136,8 +137,12 @@ class InfluxStore:
             )
             for s in result.get("series", [])
         ]
+        if labels is None:
+            return found
+        wanted = series_key(field, labels)
+        return [s for s in found if key_of(field, s.tags) == wanted]
 
-    def latest(self, since: float) -> list[Sample]:
+    def latest(self, since: float, keys: Collection[str] | None = None) -> list[Sample]:
         """Newest value per series and field since ``since``; a newer ``<field>_quality``
         marker wins over an older good value (the sample is then shown as not good)."""
         self._connect()
@@ -165,7 +170,10 @@ class InfluxStore:
                 base = col.removesuffix("_quality")
                 if col.endswith("_quality") and base not in newest:
                     out.append(Sample(s["name"], tags, base, None, ts, Quality(q)))
-        return out
+        if keys is None:
+            return out
+        keys = set(keys)
+        return [s for s in out if key_of(s.field, s.tags) in keys]
 
     def close(self) -> None:
         self._http.close()

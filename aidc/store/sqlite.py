@@ -6,11 +6,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from aidc.files import private_sqlite
-from aidc.metrics import Quality, Sample
+from aidc.metrics import Quality, Sample, key_of, series_key
 from aidc.store import Series, StoreUnavailable
 
 SCHEMA = """
@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS series (
   measurement TEXT NOT NULL,
   tags TEXT NOT NULL,            -- JSON object, keys sorted
   field TEXT NOT NULL,
+  device TEXT,                   -- the device tag, if any
+  key TEXT,                      -- series_key: the field and its labels
   UNIQUE (measurement, tags, field)
 );
 CREATE TABLE IF NOT EXISTS samples (
@@ -40,17 +42,34 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_keys()
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str, str], int] = {
-            (m, t, f): i for i, m, t, f in self._db.execute("SELECT id, measurement, tags, field FROM series")
-        }
+        self._series: dict[tuple[str, str, str], int] | None = None  # loaded by the first write
         self._next_retention = 0.0
 
-    def _series_id(self, measurement: str, tags: str, field: str) -> int:
-        key = (measurement, tags, field)
+    def _add_keys(self) -> None:
+        """Stores made before series had their device and key columns get them once, so
+        that readers select the series they need by index instead of parsing every tag set."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
+        if "key" not in columns:
+            self._db.execute("BEGIN")
+            self._db.execute("ALTER TABLE series ADD COLUMN device TEXT")
+            self._db.execute("ALTER TABLE series ADD COLUMN key TEXT")
+            rows = [(json.loads(t).get("device"), key_of(f, json.loads(t)), i)
+                    for i, t, f in self._db.execute("SELECT id, tags, field FROM series")]
+            self._db.executemany("UPDATE series SET device = ?, key = ? WHERE id = ?", rows)
+            self._db.execute("COMMIT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS series_by_key ON series (key)")
+
+    def _series_id(self, s: Sample) -> int:
+        if self._series is None:
+            self._series = {(m, t, f): i for i, m, t, f in self._db.execute(
+                "SELECT id, measurement, tags, field FROM series")}
+        key = (s.measurement, json.dumps(s.tags, sort_keys=True), s.field)
         if key not in self._series:
             cur = self._db.execute(
-                "INSERT INTO series (measurement, tags, field) VALUES (?, ?, ?)", key
+                "INSERT INTO series (measurement, tags, field, device, key) VALUES (?, ?, ?, ?, ?)",
+                (*key, s.tags.get("device"), key_of(s.field, s.tags)),
             )
             self._series[key] = cur.lastrowid
         return self._series[key]
@@ -59,23 +78,12 @@ class SqliteStore:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                rows = [
-                    (
-                        self._series_id(s.measurement, json.dumps(s.tags, sort_keys=True), s.field),
-                        s.ts,
-                        s.value,
-                        str(s.quality),
-                    )
-                    for s in samples
-                ]
+                rows = [(self._series_id(s), s.ts, s.value, str(s.quality)) for s in samples]
                 self._db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
             except BaseException as e:
                 self._db.execute("ROLLBACK")
-                self._series = {
-                    (m, t, f): i
-                    for i, m, t, f in self._db.execute("SELECT id, measurement, tags, field FROM series")
-                }
+                self._series = None  # series inserted in the batch are gone: read them again
                 if isinstance(e, sqlite3.OperationalError):  # disk full, I/O error, locked
                     raise StoreUnavailable(f"{self.path}: {e}") from e
                 raise
@@ -94,9 +102,13 @@ class SqliteStore:
         end: float,
         where: dict[str, str] | None = None,
         every_s: float | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[Series]:
         tag_sql = "".join(f" AND json_extract(s.tags, '$.{k}') = ?" for k in (where or {}))
         args: list = [measurement, field, *(where or {}).values(), start, end]
+        if labels is not None:
+            tag_sql += " AND s.key = ?"
+            args.insert(-2, series_key(field, labels))
         if every_s:
             select = "s.tags, CAST(p.ts / ? AS INTEGER) * ? AS t, avg(p.value)"
             group = " GROUP BY s.id, t"
@@ -115,14 +127,18 @@ class SqliteStore:
             out.setdefault(tags, []).append((float(t), value))
         return [Series(measurement, json.loads(t), field, pts) for t, pts in out.items()]
 
-    def latest(self, since: float) -> list[Sample]:
+    def latest(self, since: float, keys: Collection[str] | None = None) -> list[Sample]:
         sql = (
             "SELECT s.measurement, s.tags, s.field, p.value, p.ts, p.quality FROM series s "
             "JOIN samples p ON p.series = s.id "
             "AND p.ts = (SELECT max(ts) FROM samples WHERE series = s.id) WHERE p.ts >= ?"
         )
+        args: tuple = (since,)
+        if keys is not None:
+            sql += " AND s.key IN (SELECT value FROM json_each(?))"
+            args += (json.dumps(sorted(keys)),)
         with self._lock:
-            rows = self._db.execute(sql, (since,)).fetchall()
+            rows = self._db.execute(sql, args).fetchall()
         return [Sample(m, json.loads(t), f, v, ts, Quality(q)) for m, t, f, v, ts, q in rows]
 
     def count(self) -> int:
