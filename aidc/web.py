@@ -25,9 +25,12 @@ class WebServer:
         register_routes(self.flask, api, api_token)
         self.dash = create_app(api, server=self.flask, api_token=api_token)
         # Flask answers an oversized body with a JSON 413 from its Content-Length; waitress
-        # bounds a chunked one (which has none) before the app reads it
+        # bounds a chunked one (which has none) before the app reads it. poll(), not select():
+        # with a socket per device the process holds descriptors past 1,024, where select()
+        # raises and waitress's thread dies, leaving the port open and nothing answering
         self._server = create_server(self.flask, host=host, port=port, threads=THREADS,
-                                     ident="aidc", max_request_body_size=16 * MAX_BODY_BYTES)
+                                     ident="aidc", max_request_body_size=16 * MAX_BODY_BYTES,
+                                     asyncore_use_poll=True)
         self.host, self.port = host, self._server.effective_port
         self._thread = threading.Thread(target=self._server.run, name="web", daemon=True)
 

@@ -170,3 +170,23 @@ def test_the_page_callbacks_take_any_values_without_a_500(web, data, reliability
     reliability.count("HTTP: Dash callbacks with hostile values", "requests", 1,
                       server_errors=r.status_code >= 500)
     assert r.status_code < 500, (output, body, r.status_code, r.text[:300])
+
+
+def test_the_app_answers_while_the_process_holds_over_1024_descriptors(web):
+    """A site of 1,000 racks polls 2,000 devices, a socket each: connections the web server
+    accepts then get descriptors past select()'s 1,024, which killed waitress's thread
+    (found by timing `aidc run` on a generated site)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held = [open("/dev/null") for _ in range(1100)]  # noqa: SIM115
+    try:
+        for _ in range(3):
+            r = httpx.get(web.url + "api/v1/site", timeout=10)
+            assert r.status_code == 200 and r.json()["site"] == "demo"
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert web._thread.is_alive()
