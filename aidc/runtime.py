@@ -106,6 +106,8 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
         self._stopping = False
+        self._not_heard_from = {d.id for d in site.devices}  # no poll of theirs ended yet
+        self._all_heard_from = asyncio.Event()
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
         """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
@@ -189,6 +191,10 @@ class Runtime:
                                    r.value, now, r.quality)
                         self.latest[(device.id, r.key)] = s
                         self._pending.append(s)
+                if self._not_heard_from:
+                    self._not_heard_from.discard(device.id)
+                    if not self._not_heard_from:
+                        self._all_heard_from.set()
                 health.retry_in_s = backoff_s(health.poll_s, health.failures,
                                               self.site.alerts.unreachable_intervals,
                                               self.site.defaults.backoff_max_s)
@@ -260,12 +266,16 @@ class Runtime:
             await asyncio.to_thread(self._write, self._take_pending())
 
     async def _tick_forever(self) -> None:
+        """The first tick as soon as every device's first poll has ended (answered or not),
+        at most a tick interval after the start; then one every tick interval."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_heard_from.wait(), self.site.model.tick_s)
         while not self._stopping:
-            await asyncio.sleep(self.site.model.tick_s)
             try:
                 self.tick(time.time())
             except Exception:
                 log.exception("event=model_tick_error")
+            await asyncio.sleep(self.site.model.tick_s)
 
     # ------------------------------------------------------------------ the model tick
 

@@ -309,3 +309,18 @@ def test_a_flood_of_protocol_errors_is_counted_not_logged_line_by_line(tmp_path,
     loop.close()
     runtime.writer.close()
     runtime.outbox.close()
+
+
+def test_the_first_tick_comes_once_every_device_was_heard_from(tmp_path: Path) -> None:
+    """An operator who restarts `aidc run` sees the model as soon as every device answered
+    (or failed) once, not a tick interval later: here 120 s, which the wait never reaches."""
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE.replace("model: {tick_s: 0.3}", "model: {tick_s: 120}"))
+    live = LiveSite(on_free_ports(load_site(path)), tmp_path / "data")
+    live.start(ticks=1, timeout_s=60)
+    try:
+        runtime = live.runtime
+        assert all(h.polls_total >= 1 for h in runtime.health.values())
+        assert runtime.status is not None and runtime.status.racks[0].power_kw is not None
+    finally:
+        live.stop()
