@@ -12,15 +12,17 @@ import math
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from aidc.derive import Pool, RackStatus, WhatIf, num, what_if
-from aidc.runtime import Runtime
 from alerts.evaluate import Alert
 from alerts.silences import MATCHER, Silence, parse_matcher
 from models import pue as pue_model
+
+if TYPE_CHECKING:  # the CLI's readers use the JSON helpers without the collectors' libraries
+    from aidc.runtime import Runtime
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
 REACHABLE = ("up", "degraded")  # device states whose last poll reached the device
