@@ -1,0 +1,188 @@
+"""Benchmark: how fast a big site checks, answers and starts, as users run it (whole processes).
+
+For sites of 1,000, 4,000 and 10,000 racks from `aidc gen-site` (2 PDUs a rack, one CDU per
+20 racks; 10,000 racks is 20,774 devices), each command is timed from exec to exit:
+
+- `aidc check FILE`;
+- `aidc headroom --json` and `aidc whatif --json` on an embedded store that holds one poll of
+  every series of every device (1.3 million at 10,000 racks: PDUs with per-outlet readings),
+  written from the simulator's physics;
+- `aidc run`, from exec to its first model result (`/api/v1/site` has ``updated_at``); nothing
+  listens on the devices' ports, so every poll fails, as on a site still being cabled;
+- in process, the stages every command shares: `load_site`, `SiteModel(site)`, and one
+  `evaluate` of what the store holds (read as `aidc headroom` reads it).
+
+Baseline, measured in the same run: PyYAML's libyaml loader (``yaml.load(CSafeLoader)``) reading
+the same file, alone, in its own process; what every command paid at least before. The
+growth exponent is the slope of log(time) over log(racks), 1,000 to 10,000 (1.0 is linear).
+
+Prints a table and writes benchmarks/results/startup.json. A benchmark never asserts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from aidc.config import load_site
+from aidc.derive import SiteModel
+from aidc.metrics import Sample
+from aidc.net import free_port
+from aidc.sitegen import generate
+from aidc.snapshot import latest_from_store
+from aidc.store import open_store
+from aidc.topology import Topology
+from benchmarks.common import machine
+from simulators.physics import SitePhysics
+
+SIZES = [int(n) for n in os.environ.get("AIDC_BENCH_SIZES", "1000,4000,10000").split(",")]
+REPEATS = 3
+RESULT = Path(__file__).parent / "results" / "startup.json"
+TARGETS_S = {"check": 3.0, "headroom": 3.0, "whatif": 3.0, "run_to_first_tick": 10.0}
+AIDC = [sys.executable, "-m", "aidc.cli"]
+KEY = re.compile(r"([^{]+)(?:\{(.*)\})?$")
+PYYAML_LOAD = "import sys, yaml; yaml.load(open(sys.argv[1]), Loader=yaml.CSafeLoader)"
+
+
+def site_file(folder: Path, racks: int) -> Path:
+    """A generated site whose samples stay fresh for the whole benchmark (poll every hour)."""
+    text = generate(racks, seed=1).replace("poll_s: 5,", "poll_s: 3600,", 1)
+    path = folder / f"site{racks}.yaml"
+    path.write_text(text)
+    return path
+
+
+def fill_store(site_path: Path, data_dir: Path) -> int:
+    """One poll of every device's series, as the collectors would write it."""
+    site = load_site(site_path)
+    tags, physics, now = Topology(site).device_tags, SitePhysics(site), time.time()
+    samples = []
+    for d in site.devices:
+        for key, value in physics.values(d.id).items():
+            if value is not None:
+                field, labels = KEY.match(key).groups()
+                extra = dict(kv.split("=") for kv in labels.split(",")) if labels else {}
+                samples.append(Sample(d.kind, tags[d.id] | extra, field, float(value), now))
+    store = open_store(site.store, data_dir)
+    store.write(samples)
+    store.close()
+    return len(samples)
+
+
+def stages(site_path: Path, data_dir: Path) -> dict[str, float]:
+    """Seconds of the stages every command shares, in this process."""
+    t0 = time.perf_counter()
+    site = load_site(site_path)
+    t1 = time.perf_counter()
+    model = SiteModel(site)
+    t2 = time.perf_counter()
+    store = open_store(site.store, data_dir, create=False)
+    latest = latest_from_store(site, store, time.time(), model.series_read())
+    store.close()
+    t3 = time.perf_counter()
+    model.evaluate(latest, time.time())
+    t4 = time.perf_counter()
+    return {"stage_load_site": t1 - t0, "stage_site_model": t2 - t1,
+            "stage_read_latest": t3 - t2, "stage_evaluate": t4 - t3}
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def run_to_first_tick(site_path: Path, data_dir: Path) -> float:
+    port = free_port()
+    start = time.perf_counter()
+    proc = subprocess.Popen([*AIDC, "run", "--site", str(site_path), "--data-dir", str(data_dir),
+                             "--web-port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/site") as r:
+                    if json.load(r)["updated_at"] is not None:
+                        return time.perf_counter() - start
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"aidc run exited with {proc.returncode}")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def exponent(times: list[float]) -> float | None:
+    if len(SIZES) < 2:
+        return None
+    return round(float(np.polyfit(np.log(SIZES), np.log(times), 1)[0]), 2)
+
+
+def main() -> None:
+    rows: dict[str, list[float]] = {k: [] for k in ("pyyaml_csafe_load", *TARGETS_S)}
+    rows |= {k: [] for k in ("stage_load_site", "stage_site_model", "stage_read_latest",
+                             "stage_evaluate")}
+    series = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for racks in SIZES:
+            folder = Path(tmp) / str(racks)
+            folder.mkdir()
+            path, data = site_file(folder, racks), folder / "data"
+            series.append(fill_store(path, data))
+            reader = ["--site", str(path), "--data-dir", str(data), "--json"]
+            commands = {
+                "pyyaml_csafe_load": [sys.executable, "-c", PYYAML_LOAD, str(path)],
+                "check": [*AIDC, "check", str(path)],
+                "headroom": [*AIDC, "headroom", *reader],
+                "whatif": [*AIDC, "whatif", *reader, "--row", "A", "--racks", "2", "--kw", "60"],
+            }
+            for name, argv in commands.items():
+                rows[name].append(statistics.median(timed(argv) for _ in range(REPEATS)))
+            rows["run_to_first_tick"].append(statistics.median(
+                run_to_first_tick(path, folder / f"run{i}") for i in range(REPEATS)))
+            runs = [stages(path, data) for _ in range(REPEATS)]
+            for name in runs[0]:
+                rows[name].append(statistics.median(r[name] for r in runs))
+            print(f"{racks} racks: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rows.items()),
+                  flush=True)
+    baseline = rows["pyyaml_csafe_load"]
+    figures = {f"{name}_{racks}_racks_s": round(times[i], 2)
+               for name, times in rows.items() for i, racks in enumerate(SIZES)}
+    figures |= {f"series_in_store_{racks}_racks": n for racks, n in zip(SIZES, series, strict=True)}
+    ratios = {f"{name}_vs_pyyaml_csafe_load_{SIZES[-1]}_racks": round(rows[name][-1] / baseline[-1], 2)
+              for name in TARGETS_S}
+    growth = {f"{name}_growth_exponent": exponent(times) for name, times in rows.items()}
+    print(f"\n{'command':<20}" + "".join(f"{n:>10,} racks" for n in SIZES) + "   exponent   target")
+    for name, times in rows.items():
+        target = (f"< {TARGETS_S[name]:g} s" if name in TARGETS_S else
+                  "baseline" if name == "pyyaml_csafe_load" else "exponent < 1.15")
+        print(f"{name:<20}" + "".join(f"{t:>14.2f} s" for t in times)
+              + f"   {growth[f'{name}_growth_exponent']}   {target}")
+    RESULT.parent.mkdir(exist_ok=True)
+    RESULT.write_text(json.dumps({
+        "name": "startup",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(f"{SIZES[-1]:,} racks largest"),
+        "baseline": "PyYAML CSafeLoader reading the same site file, alone, in its own process",
+        "figures": figures | growth,
+        "ratios": ratios,
+        "targets": {f"{k}_{SIZES[-1]}_racks_s": f"< {v:g}" for k, v in TARGETS_S.items()}
+        | {"growth_exponent": "< 1.15"},
+    }, indent=2) + "\n")
+    print(f"wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
