@@ -26,7 +26,7 @@ import numpy as np
 import ryml
 import yaml
 
-STR = "tag:yaml.org,2002:str"
+_STR = "tag:yaml.org,2002:str"
 # what rapidyaml may read differently from PyYAML, or what only PyYAML's reading checks
 _UNSURE_TEXT = ("&", "*", "!", "\t", "\r", "\ufeff", "<<", "\n%", "\n---", "\n...")
 _UNSURE_START = ("%", "---", "...")
@@ -110,7 +110,7 @@ def read_plain_yaml(
         strings = _strings(document)
         if _depth(document) > max_depth or any(
             _written_plain(s, text) for s in strings
-            if (not s or s[0] in _TYPED_FIRST) and _yaml11_tag(s) != STR
+            if (not s or s[0] in _TYPED_FIRST) and _yaml11_tag(s) != _STR
         ):
             return None
         data = json.loads(document, object_pairs_hook=_mapping, parse_int=_plain_int,

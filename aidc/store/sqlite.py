@@ -19,7 +19,6 @@ CREATE TABLE IF NOT EXISTS series (
   measurement TEXT NOT NULL,
   tags TEXT NOT NULL,            -- JSON object, keys sorted
   field TEXT NOT NULL,
-  device TEXT,                   -- the device tag, if any
   key TEXT,                      -- series_key: the field and its labels
   UNIQUE (measurement, tags, field)
 );
@@ -48,16 +47,18 @@ class SqliteStore:
         self._next_retention = 0.0
 
     def _add_keys(self) -> None:
-        """Stores made before series had their device and key columns get them once, so
-        that readers select the series they need by index instead of parsing every tag set."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
-        if "key" not in columns:
-            self._db.execute("BEGIN")
-            self._db.execute("ALTER TABLE series ADD COLUMN device TEXT")
-            self._db.execute("ALTER TABLE series ADD COLUMN key TEXT")
-            rows = [(json.loads(t).get("device"), key_of(f, json.loads(t)), i)
-                    for i, t, f in self._db.execute("SELECT id, tags, field FROM series")]
-            self._db.executemany("UPDATE series SET device = ?, key = ? WHERE id = ?", rows)
+        """Stores made before series had their key column get it once, so that readers
+        select the series they need by index instead of parsing every tag set."""
+        def keyed() -> bool:
+            return any(row[1] == "key" for row in self._db.execute("PRAGMA table_info(series)"))
+
+        if not keyed():
+            self._db.execute("BEGIN IMMEDIATE")  # another process may be adding it too
+            if not keyed():
+                self._db.execute("ALTER TABLE series ADD COLUMN key TEXT")
+                self._db.executemany("UPDATE series SET key = ? WHERE id = ?", [
+                    (key_of(f, json.loads(t)), i)
+                    for i, t, f in self._db.execute("SELECT id, tags, field FROM series")])
             self._db.execute("COMMIT")
         self._db.execute("CREATE INDEX IF NOT EXISTS series_by_key ON series (key)")
 
@@ -68,8 +69,8 @@ class SqliteStore:
         key = (s.measurement, json.dumps(s.tags, sort_keys=True), s.field)
         if key not in self._series:
             cur = self._db.execute(
-                "INSERT INTO series (measurement, tags, field, device, key) VALUES (?, ?, ?, ?, ?)",
-                (*key, s.tags.get("device"), key_of(s.field, s.tags)),
+                "INSERT INTO series (measurement, tags, field, key) VALUES (?, ?, ?, ?)",
+                (*key, key_of(s.field, s.tags)),
             )
             self._series[key] = cur.lastrowid
         return self._series[key]
