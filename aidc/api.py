@@ -365,4 +365,7 @@ class SiteAPI:
                [("", rt.notifier_oldest_s)])
         metric("aidc_notifier_dead_letters", "gauge", "Notifications a receiver refused for good.",
                [("", rt.notifier_dead_letters)])
+        metric("aidc_event_loop_lag_seconds", "gauge", "Worst delay of the polls' and the "
+               "model's event loop over the last minute (a blocked loop delays every poll).",
+               [("", rt.loop_lag_s)])
         return "\n".join(lines) + "\n"

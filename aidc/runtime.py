@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 from aidc.config import Site
@@ -33,6 +33,7 @@ from collectors import Collector, DeviceUnreachable, make_collector
 log = logging.getLogger("aidc.runtime")
 STOP_TIMEOUT_S = 10.0  # the longest a stopping runtime waits for its tasks
 WATCHDOG_S = 0.5  # how often the liveness watchdog looks at every device
+LAG_WINDOW_S = 60.0  # the loop lag reported is the worst over this window
 CANCEL_GRACE_S = 1.0  # what a cancelled poll gets to close its connections when stopping
 
 
@@ -106,6 +107,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
         self._stopping = False
+        self.loop_lag_s = 0.0  # worst over LAG_WINDOW_S: the tick and polls were that late
         self._not_heard_from = {d.id for d in site.devices}  # no poll of theirs ended yet
         self._all_heard_from = asyncio.Event()
 
@@ -222,10 +224,18 @@ class Runtime:
     async def _watch_forever(self) -> None:
         """Liveness, whatever a protocol library believes: a device whose poll has not
         finished by its deadline is stale, and down after ``unreachable_intervals`` more poll
-        intervals (a hung subscription, a half-open socket, a wedged await, a dead task)."""
+        intervals (a hung subscription, a half-open socket, a wedged await, a dead task).
+        Its own sleep measures the event loop's lag: how late a ready task starts."""
         intervals = self.site.alerts.unreachable_intervals
+        loop = asyncio.get_running_loop()
+        lags: deque[tuple[float, float]] = deque()  # (loop time, lag s) over LAG_WINDOW_S
         while not self._stopping:
+            asleep_at = loop.time()
             await asyncio.sleep(WATCHDOG_S)
+            lags.append((loop.time(), max(0.0, loop.time() - asleep_at - WATCHDOG_S)))
+            while lags[0][0] < lags[-1][0] - LAG_WINDOW_S:
+                lags.popleft()
+            self.loop_lag_s = max(lag for _, lag in lags)
             now = time.time()
             for h in self.health.values():
                 before = h.state

@@ -324,3 +324,18 @@ def test_the_first_tick_comes_once_every_device_was_heard_from(tmp_path: Path) -
         assert runtime.status is not None and runtime.status.racks[0].power_kw is not None
     finally:
         live.stop()
+
+
+def test_a_blocked_event_loop_shows_as_lag(small_site: LiveSite) -> None:
+    """A tick or a library call that blocks the loop delays every poll: `/metrics` reports
+    it (aidc_event_loop_lag_seconds, the worst of the last minute) instead of hiding it."""
+    import time
+
+    from aidc.api import SiteAPI
+
+    runtime = small_site.runtime
+    runtime.call_soon(time.sleep, 1.5)  # runs on the loop: nothing else runs meanwhile
+    wait_for(lambda: runtime.loop_lag_s >= 1.0, what="the lag measured")
+    line = next(x for x in SiteAPI(runtime).metrics_text().splitlines()
+                if x.startswith("aidc_event_loop_lag_seconds "))
+    assert float(line.split()[1]) >= 1.0
