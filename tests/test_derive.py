@@ -189,3 +189,37 @@ def test_power_swings_over_the_last_minute():
     (b,) = s.backup
     assert (b.swing_kw, b.ramp_kw_per_s, b.smoothing_kw) == (10.0, 5.0, 9604.0)
     assert s.racks[0].power_kw_peak == 50
+
+
+@pytest.mark.parametrize("where", ["pdu_output", "ups_output"])
+def test_a_reader_that_fetches_only_series_read_gets_the_same_answer(where):
+    """`aidc headroom` fetches from the store only `SiteModel.series_read()`, a list kept
+    beside `evaluate`: every series `evaluate` reads on the demo site must be in it, and the
+    answer from those alone must equal the answer from everything a poll gives."""
+    import time
+    from pathlib import Path
+
+    from aidc.config import load_site
+    from simulators.physics import SitePhysics
+
+    site = load_site(Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml")
+    site = site.model_copy(update={"model": site.model.model_copy(
+        update={"it_measured_at": where})})
+    physics, now = SitePhysics(site), time.time()
+    everything = {(d.id, key): Sample(d.kind, {}, key, value, now)
+                  for d in site.devices for key, value in physics.values(d.id).items()
+                  if value is not None}
+
+    read: set[str] = set()
+
+    class Recording(dict):
+        def get(self, key, default=None):
+            read.add(key[1])
+            return super().get(key, default)
+
+    keys = SiteModel(site).series_read()
+    full = SiteModel(site).evaluate(Recording(everything), now)
+    assert read and read <= keys, read - keys
+    fetched = {k: s for k, s in everything.items() if k[1] in keys}
+    assert len(fetched) < len(everything)
+    assert repr(SiteModel(site).evaluate(fetched, now)) == repr(full)  # NaN and arrays too
