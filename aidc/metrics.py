@@ -18,6 +18,9 @@ class Quality(StrEnum):
     OUT_OF_RANGE = "out_of_range"  # outside the profile's plausible limits
 
 
+QUALITY = {q.value: q for q in Quality}  # by stored name, without Enum's call per row
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     measurement: str
@@ -57,6 +60,8 @@ TOPOLOGY_TAGS = frozenset({"site", "room", "row", "rack", "device"})  # the rest
 
 def key_of(field: str, tags: dict[str, str]) -> str:
     """The series key of a stored field: its labels are the tags beyond the topology's."""
+    if tags.keys() <= TOPOLOGY_TAGS:  # most series: no labels
+        return field
     return series_key(field, {k: v for k, v in tags.items() if k not in TOPOLOGY_TAGS})
 
 

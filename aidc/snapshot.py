@@ -11,7 +11,7 @@ import numpy as np
 
 from aidc.config import Site
 from aidc.derive import SiteModel, SiteStatus
-from aidc.metrics import Sample, key_of
+from aidc.metrics import Sample
 from aidc.store import Store
 
 
@@ -27,11 +27,7 @@ def latest_from_store(
     the writer's flush interval on top: a sample reaches the store that much after the
     runtime has it. With ``keys``, only the series with those keys."""
     horizon_s = 2.5 * max(site.poll_s(d) for d in site.devices) + site.store.flush_s
-    out: dict[tuple[str, str], Sample] = {}
-    for s in store.latest(now - horizon_s, keys):
-        device = s.tags.get("device")
-        if device:
-            out[(device, key_of(s.field, s.tags))] = s
+    out = store.latest(now - horizon_s, keys)
     if not out:
         raise NoRecentData(
             f"no samples newer than {horizon_s:g} s in the store: is `aidc run` collecting?"

@@ -235,19 +235,20 @@ def test_sqlite_retention_deletes_old_samples(tmp_path):
     s.close()
 
 
-def test_latest_gives_the_newest_sample_of_every_series_with_its_quality(store):
+def test_latest_gives_the_newest_sample_of_every_device_series_with_its_quality(store):
     store.write(samples())
-    got = {(s.tags.get("device") or s.tags.get("rack"), s.field): s for s in store.latest(T0 - 1)}
+    got = store.latest(T0 - 1)
     # cdu-1's newest supply_temp_c is the good 44.0 at T0+12 (newer than the bad ones)
     assert (got[("cdu-1", "supply_temp_c")].value, got[("cdu-1", "supply_temp_c")].ts) == (44.0, T0 + 12)
     assert got[("cdu-1", "supply_temp_c")].quality is Quality.GOOD
     assert got[("cdu-2", "supply_temp_c")].value == 30.0
-    assert got[("A=1", "power_kw")].value == 80.5
+    assert got[("cdu-1", "supply_temp_c")].tags == CDU
+    assert set(got) == {("cdu-1", "supply_temp_c"), ("cdu-2", "supply_temp_c")}  # no rack's
     store.write([Sample("cdu", CDU2, "supply_temp_c", None, T0 + 20, Quality.BAD)])
-    got = {(s.tags.get("device"), s.field): s for s in store.latest(T0 - 1)}
+    got = store.latest(T0 - 1)
     assert got[("cdu-2", "supply_temp_c")].quality is Quality.BAD
     assert got[("cdu-2", "supply_temp_c")].value is None
-    assert store.latest(T0 + 30) == []
+    assert store.latest(T0 + 30) == {}
 
 
 def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
@@ -296,9 +297,8 @@ def test_a_reader_selects_series_by_key_and_by_labels(store):
                  Sample("pdu", pdu | {"phase": "1"}, "current_a", 25.0, T0),
                  Sample("pdu", pdu | {"phase": "2"}, "current_a", 26.0, T0),
                  Sample("pdu", pdu, "energy_kwh", 900.0, T0)])
-    got = {(s.field, s.tags.get("phase")): s.value
-           for s in store.latest(T0 - 1, keys={"power_kw", "current_a{phase=1}"})}
-    assert got == {("power_kw", None): 18.0, ("current_a", "1"): 25.0}
+    got = {k: s.value for k, s in store.latest(T0 - 1, keys={"power_kw", "current_a{phase=1}"}).items()}
+    assert got == {("pdu-1", "power_kw"): 18.0, ("pdu-1", "current_a{phase=1}"): 25.0}
     assert len(store.latest(T0 - 1)) == 5
     (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 1, labels={})
     assert series.points == [(T0, 18.0)]
@@ -324,8 +324,8 @@ def test_a_store_made_before_series_keys_gets_them_once(tmp_path):
     db.commit()
     db.close()
     s = SqliteStore(path)
-    assert [(x.tags, x.value) for x in s.latest(T0 - 1, keys={"power_kw{outlet=3}"})] == [
+    assert [(x.tags, x.value) for x in s.latest(T0 - 1, keys={"power_kw{outlet=3}"}).values()] == [
         ({"device": "p", "outlet": "3", "site": "s"}, 0.5)]
     s.write([Sample("pdu", {"device": "p", "site": "s"}, "power_kw", 9.5, T0 + 5)])
-    assert [x.value for x in s.latest(T0 - 1, keys={"power_kw"})] == [9.5]
+    assert [x.value for x in s.latest(T0 - 1, keys={"power_kw"}).values()] == [9.5]
     s.close()

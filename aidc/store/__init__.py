@@ -52,9 +52,13 @@ class Store(Protocol):
         ``labels``, only the series with exactly those labels (``{}``: none, so a PDU's
         ``power_kw`` and not its outlets' ``power_kw{outlet=N}``)."""
 
-    def latest(self, since: float, keys: Collection[str] | None = None) -> list[Sample]:
-        """The newest sample of every series written at or after ``since``, any quality;
-        with ``keys``, only of the series with those keys (``series_key``)."""
+    def latest(
+        self, since: float, keys: Collection[str] | None = None
+    ) -> dict[tuple[str, str], Sample]:
+        """The newest sample of every device's series written at or after ``since``, any
+        quality, keyed like the runtime's latest view: (device, ``series_key``); with
+        ``keys``, only of the series with those keys. Series of no device (the rack and
+        site values the model derives) are not in it."""
 
     def close(self) -> None: ...
 

@@ -142,7 +142,9 @@ class InfluxStore:
         wanted = series_key(field, labels)
         return [s for s in found if key_of(field, s.tags) == wanted]
 
-    def latest(self, since: float, keys: Collection[str] | None = None) -> list[Sample]:
+    def latest(
+        self, since: float, keys: Collection[str] | None = None
+    ) -> dict[tuple[str, str], Sample]:
         """Newest value per series and field since ``since``; a newer ``<field>_quality``
         marker wins over an older good value (the sample is then shown as not good)."""
         self._connect()
@@ -170,10 +172,8 @@ class InfluxStore:
                 base = col.removesuffix("_quality")
                 if col.endswith("_quality") and base not in newest:
                     out.append(Sample(s["name"], tags, base, None, ts, Quality(q)))
-        if keys is None:
-            return out
-        keys = set(keys)
-        return [s for s in out if key_of(s.field, s.tags) in keys]
+        by_key = {(s.tags["device"], key_of(s.field, s.tags)): s for s in out if "device" in s.tags}
+        return by_key if keys is None else {k: s for k, s in by_key.items() if k[1] in keys}
 
     def close(self) -> None:
         self._http.close()

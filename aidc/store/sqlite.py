@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from aidc.files import private_sqlite
-from aidc.metrics import Quality, Sample, key_of, series_key
+from aidc.metrics import QUALITY, Sample, key_of, series_key
 from aidc.store import Series, StoreUnavailable
 
 SCHEMA = """
@@ -128,10 +128,12 @@ class SqliteStore:
             out.setdefault(tags, []).append((float(t), value))
         return [Series(measurement, json.loads(t), field, pts) for t, pts in out.items()]
 
-    def latest(self, since: float, keys: Collection[str] | None = None) -> list[Sample]:
+    def latest(
+        self, since: float, keys: Collection[str] | None = None
+    ) -> dict[tuple[str, str], Sample]:
         sql = (
-            "SELECT s.measurement, s.tags, s.field, p.value, p.ts, p.quality FROM series s "
-            "JOIN samples p ON p.series = s.id "
+            "SELECT s.key, s.measurement, s.tags, s.field, p.value, p.ts, p.quality "
+            "FROM series s JOIN samples p ON p.series = s.id "
             "AND p.ts = (SELECT max(ts) FROM samples WHERE series = s.id) WHERE p.ts >= ?"
         )
         args: tuple = (since,)
@@ -140,7 +142,13 @@ class SqliteStore:
             args += (json.dumps(sorted(keys)),)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        return [Sample(m, json.loads(t), f, v, ts, Quality(q)) for m, t, f, v, ts, q in rows]
+        # one decode of all tag sets: a call per row costs more than the query
+        every_tags = json.loads("[" + ",".join(row[2] for row in rows) + "]")
+        return {
+            (tags["device"], key): Sample(m, tags, f, v, ts, QUALITY[q])
+            for (key, m, _, f, v, ts, q), tags in zip(rows, every_tags)
+            if "device" in tags
+        }
 
     def count(self) -> int:
         with self._lock:
