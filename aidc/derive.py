@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aidc.config import Site
-from aidc.metrics import Sample, series_key
+from aidc.metrics import FreshLatest, Sample, series_key
 from aidc.topology import Topology
 from models import backup, cooling, power
 from models import pue as pue_model
@@ -135,6 +135,13 @@ class SiteModel:
         self.feed_cap_kw = power.ab_feed_capacity_kw(_feed_capacity(pdus_a), _feed_capacity(pdus_b))
         self.pdus_a, self.pdus_b = pdus_a, pdus_b
         self.single_feed = np.array([p is None for p in pdus_b])
+        # per feed side: the phase currents its PDUs carry (DC and single-phase feeds: phase
+        # 1 only; None where none is), and the PDUs' ratings
+        self.phase_series = [
+            [(p.id, key) if p and (n == 1 or p.phases == 3) else None
+             for p in pdus for n, key in zip(PHASES, PHASE_CURRENT)]
+            for pdus in (pdus_a, pdus_b)]
+        self.pdu_ratings = [_pdu_arrays(pdus) for pdus in (pdus_a, pdus_b)]
 
         self.sources = site.devices_of("rectifier") + site.devices_of("ups")
         src_index = {s.id: i for i, s in enumerate(self.sources)}
@@ -187,6 +194,7 @@ class SiteModel:
         self.loop_rated_kw = cooling.loop_capacity_kw(self.cdu_rated_kw, self.cdu_loop, len(self.loops), 0)
         self.supercaps = site.devices_of("supercap")
         supercap_index = {sc.id: i for i, sc in enumerate(self.supercaps)}
+        self.supercap_vmin_v = np.array([sc.vmin_v for sc in self.supercaps], dtype=float)
         self.rack_supercap = np.array([supercap_index.get(r.supercap, -1) for r in racks], dtype=np.intp)
         self.supercap_sources = [
             sorted({int(x) for x in np.r_[self.feed_a_source[mine], self.feed_b_source[mine]] if x >= 0})
@@ -217,27 +225,40 @@ class SiteModel:
     def evaluate(self, latest: dict[tuple[str, str], Sample], now: float) -> SiteStatus:
         missing: dict[str, None] = {}  # in order, once each
 
+        if not isinstance(latest, FreshLatest):  # judged fresh by the reader (store, tests)
+            latest = FreshLatest(latest, None, now)
+        get = latest.get
+
+        def series(keys: list[tuple[str, str] | None]) -> np.ndarray:
+            """Good values of (device, metric) series, in one pass: NaN where unknown, and
+            named in ``missing``; a None key (no such device) is NaN, not missing."""
+            values = np.array(latest.good_values(keys), dtype=float)
+            for i in np.flatnonzero(np.isnan(values)).tolist():
+                if keys[i]:
+                    missing["{}.{}".format(*keys[i])] = None
+            return values
+
         def good(device: str | None, metric: str) -> float:
             if device is None:
                 return math.nan
-            s = latest.get((device, metric))
+            s = get((device, metric))
             if s is None or not s.good:
                 missing[f"{device}.{metric}"] = None
                 return math.nan
             return float(s.value)
 
         def many(devices, metric: str) -> np.ndarray:
-            return np.array([good(d, metric) if d else math.nan for d in devices], dtype=float)
+            return series([(d, metric) if d else None for d in devices])
 
         feed_a_kw = many(self.feed_a, "power_kw")
-        feed_b_kw = np.array([good(f, "power_kw") if f else 0.0 for f in self.feed_b])
+        feed_b_kw = np.where(self.single_feed, 0.0, many(self.feed_b, "power_kw"))
         rack_kw = feed_a_kw + feed_b_kw  # unknown when either feed is: never guessed
         peak_kw = self._peak(now, rack_kw)
         load_kw = np.fmax(rack_kw, peak_kw)  # capacity holds the window's peak
         with np.errstate(invalid="ignore", divide="ignore"):
             share_a = np.where(self.single_feed, 1.0,
                                np.where(rack_kw > 0, feed_a_kw / rack_kw, 0.5))  # NaN stays
-        phase = self._phase_headroom_kw(good, load_kw, feed_a_kw, feed_b_kw)
+        phase = self._phase_headroom_kw(series, load_kw, feed_a_kw, feed_b_kw)
 
         source_ids = [s.id for s in self.sources]
         source_out = many(source_ids, "output_power_kw")
@@ -267,7 +288,7 @@ class SiteModel:
             for lp, metric in zip(self.loops, self.loop_supply_metric)
         ])  # the warmest supply among the loop's CDUs; one unknown: unknown
 
-        liquid_capacity, liquid_heat = self._rack_liquid(good, load_kw)
+        liquid_capacity, liquid_heat = self._rack_liquid(many, load_kw)
         h = rack_headroom(
             power_kw=rack_kw,
             power_kw_peak=peak_kw,
@@ -298,7 +319,7 @@ class SiteModel:
             pue_category=self.pue_category,
             racks=self._racks(rack_kw, peak_kw, h),
             pools=pools,
-            backup=self._backup(good, rack_kw),
+            backup=self._backup(good, many, rack_kw),
             missing=list(missing),
             source_left_by_failure_kw=h.sources.left_by_failure_kw,
             **energy,
@@ -354,14 +375,13 @@ class SiteModel:
             "note": note,
         }
 
-    def _rack_liquid(self, good, load_kw) -> tuple[np.ndarray, np.ndarray]:
+    def _rack_liquid(self, many, load_kw) -> tuple[np.ndarray, np.ndarray]:
         """Each rack manifold's heat capacity at its maximum flow and design rise, and the
         heat in it now: measured (flow x rho cp x dT) where a meter is named, else capture
         x load. Properties at the metered supply temperature, else the loop's design one."""
         metered = [m is not None for m in self.manifold_meter]
-        flow = np.array([good(m, "flow_lpm") if m else math.nan for m in self.manifold_meter])
-        supply = np.array([good(m, "supply_temp_c") if m else math.nan for m in self.manifold_meter])
-        ret = np.array([good(m, "return_temp_c") if m else math.nan for m in self.manifold_meter])
+        flow, supply, ret = (many(self.manifold_meter, metric)
+                             for metric in ("flow_lpm", "supply_temp_c", "return_temp_c"))
         supply_c = np.where(metered, supply, self.rack_design_supply_c)
         capacity = cooling.liquid_capacity_kw(self.manifold_max_flow, supply_c, self.manifold_dt_k,
                                               self.rack_fluid)
@@ -377,24 +397,21 @@ class SiteModel:
             self.peaks.popleft()
         return np.fmax.reduce(np.stack([p for _, p in self.peaks]), axis=0)
 
-    def _phase_headroom_kw(self, good, rack_kw, feed_a_kw, feed_b_kw) -> np.ndarray:
+    def _phase_headroom_kw(self, series, rack_kw, feed_a_kw, feed_b_kw) -> np.ndarray:
         """Worst phase after a feed is lost: each surviving feed carries the whole rack
         (``rack_kw``, its peak) with its own phase balance, so its phase currents scale by
         rack kW / feed kW."""
         out = np.full(len(self.rack_ids), np.inf)
-        single_feed = np.array([p is None for p in self.pdus_b])  # its current is the rack's
-        for pdus, feed_kw in ((self.pdus_a, feed_a_kw), (self.pdus_b, feed_b_kw)):
+        for pdus, feed_kw, keys, ratings in zip((self.pdus_a, self.pdus_b), (feed_a_kw, feed_b_kw),
+                                                self.phase_series, self.pdu_ratings):
             present = np.array([p is not None for p in pdus])
             if not present.any():
                 continue
-            amps = np.array([
-                [good(p.id, key) if p and (n == 1 or p.phases == 3) else 0.0
-                 for n, key in zip(PHASES, PHASE_CURRENT)]
-                for p in pdus
-            ])  # DC and single-phase feeds carry their current on phase 1 only
+            carried = np.array([k is not None for k in keys])
+            amps = np.where(carried, series(keys), 0.0).reshape(len(pdus), len(PHASES))
             safe_kw = np.where(feed_kw > 0, feed_kw, 1.0)
-            scale = np.where(single_feed | (feed_kw == 0), 1.0, rack_kw / safe_kw)  # NaN stays
-            kw = power.phase_headroom_kw(amps * scale[:, None], np.zeros_like(amps), *_pdu_arrays(pdus))
+            scale = np.where(self.single_feed | (feed_kw == 0), 1.0, rack_kw / safe_kw)  # NaN stays
+            kw = power.phase_headroom_kw(amps * scale[:, None], np.zeros_like(amps), *ratings)
             out = np.where(present, np.minimum(out, kw), out)  # unknown currents: unknown
         return out
 
@@ -437,27 +454,31 @@ class SiteModel:
                 supply_compared=lp.class_checked_on))
         return pools
 
-    def _backup(self, good, rack_kw) -> list[BackupStatus]:
+    def _backup(self, good, many, rack_kw) -> list[BackupStatus]:
+        """Each supercap's ride-through chain and smoothing, all supercaps at once."""
         m, n = self.site.model, len(self.supercaps)
+        ids = [sc.id for sc in self.supercaps]
         load_kw = np.bincount(self.rack_supercap[self.rack_supercap >= 0],
                               weights=rack_kw[self.rack_supercap >= 0], minlength=n)
         ts, row_kw = self._last_minute(n)
-        out = []
-        for i, sc in enumerate(self.supercaps):
-            v = good(sc.id, "voltage_v")
-            energy_j = backup.supercap_usable_energy_j(good(sc.id, "capacitance_f"), v, sc.vmin_v)
-            supercap_s = backup.ride_through_s(energy_j, load_kw[i], m.supercap_efficiency)
-            battery_s = self._battery_s(good, self.supercap_sources[i])
-            chain = backup.backup_chain(supercap_s, battery_s, m.generator_start_s, m.transfer_s)
-            out.append(BackupStatus(
-                supercap=sc.id, load_kw=num(load_kw[i]), usable_energy_kj=num(energy_j / 1000),
-                supercap_s=num(supercap_s), battery_s=num(battery_s), bridge_s=num(chain.bridge_s),
-                required_s=float(chain.required_s), shortfall_s=num(chain.shortfall_s),
-                bridges=bool(chain.bridges), swing_kw=num(backup.power_swing_kw(row_kw[:, i])),
-                ramp_kw_per_s=num(backup.power_ramp_kw_per_s(ts, row_kw[:, i])),
-                smoothing_kw=num(backup.supercap_max_power_kw(v, good(sc.id, "esr_mohm"))),
-            ))
-        return out
+        v = many(ids, "voltage_v")
+        energy_j = backup.supercap_usable_energy_j(many(ids, "capacitance_f"), v, self.supercap_vmin_v)
+        supercap_s = backup.ride_through_s(energy_j, load_kw, m.supercap_efficiency)
+        battery_s = np.array([self._battery_s(good, sources) for sources in self.supercap_sources])
+        chain = backup.backup_chain(supercap_s, battery_s, m.generator_start_s, m.transfer_s)
+        smoothing = backup.supercap_max_power_kw(v, many(ids, "esr_mohm"))
+        columns = zip(load_kw, energy_j / 1000, supercap_s, battery_s, chain.bridge_s,
+                      chain.shortfall_s, backup.power_swing_kw(row_kw.T),
+                      backup.power_ramp_kw_per_s(ts, row_kw.T), smoothing)
+        return [
+            BackupStatus(
+                supercap=sc, load_kw=num(load), usable_energy_kj=num(kj), supercap_s=num(sc_s),
+                battery_s=num(bat_s), bridge_s=num(bridge), required_s=float(chain.required_s[i]),
+                shortfall_s=num(short), bridges=bool(chain.bridges[i]), swing_kw=num(swing),
+                ramp_kw_per_s=num(ramp), smoothing_kw=num(smooth))
+            for i, (sc, (load, kj, sc_s, bat_s, bridge, short, swing, ramp, smooth))
+            in enumerate(zip(ids, columns))
+        ]
 
     def _last_minute(self, n_supercaps: int) -> tuple[np.ndarray, np.ndarray]:
         """Times, and the summed power of each supercap's racks, over the last 60 s (dP/dt):

@@ -7,6 +7,8 @@ unit in the name (``supply_temp_c``), a value, a timestamp and a quality.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -19,6 +21,8 @@ class Quality(StrEnum):
 
 
 QUALITY = {q.value: q for q in Quality}  # by stored name, without Enum's call per row
+BAD_QUALITIES = frozenset({Quality.BAD, Quality.OUT_OF_RANGE})  # what the device read
+STALE_AFTER_POLLS = 2.5  # a good value not refreshed in this many poll intervals is stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,53 @@ class Sample:
     @property
     def device(self) -> str:
         return self.tags.get("device", "")
+
+
+class FreshLatest(Mapping[tuple[str, str], Sample]):
+    """The latest samples by (device, series key) as of ``now``, read in place: a good
+    sample not refreshed within STALE_AFTER_POLLS of its device's poll intervals reads as
+    stale (``poll_s`` None: they were judged before, as a store reader does). A tick reads
+    a small share of a large site's series (most are PDU outlets), so staleness is judged
+    on lookup, not by copying them all. Valid while nothing writes to ``latest`` (the tick
+    runs on the loop that does)."""
+
+    __slots__ = ("_latest", "_now", "_poll_s")
+
+    def __init__(self, latest: Mapping[tuple[str, str], Sample],
+                 poll_s: Mapping[str, float] | None, now: float):
+        self._latest, self._poll_s, self._now = latest, poll_s, now
+
+    def _stale(self, s: Sample, device: str) -> bool:
+        return self._poll_s is not None and self._now - s.ts > STALE_AFTER_POLLS * self._poll_s[device]
+
+    def get(self, key: tuple[str, str], default: Sample | None = None) -> Sample | None:
+        s = self._latest.get(key)
+        if s is None:
+            return default
+        if s.quality is Quality.GOOD and self._stale(s, key[0]):
+            return Sample(s.measurement, s.tags, s.field, s.value, s.ts, Quality.STALE)
+        return s
+
+    def good_values(self, keys: list[tuple[str, str] | None]) -> list[float]:
+        """The good values of these series in one pass, NaN where unknown or no key."""
+        get, nan = self._latest.get, math.nan
+        if self._poll_s is None:
+            return [s.value if k and (s := get(k)) is not None and s.good else nan for k in keys]
+        now, poll_s = self._now, self._poll_s
+        return [s.value if k and (s := get(k)) is not None and s.good
+                and now - s.ts <= STALE_AFTER_POLLS * poll_s[k[0]] else nan for k in keys]
+
+    def __getitem__(self, key: tuple[str, str]) -> Sample:
+        s = self.get(key)
+        if s is None:
+            raise KeyError(key)
+        return s
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from aidc.config import Site
 from aidc.derive import SiteModel, SiteStatus
 from aidc.files import private_dir
-from aidc.metrics import DeviceHealth, Quality, Sample, backoff_s
+from aidc.metrics import BAD_QUALITIES, DeviceHealth, FreshLatest, Quality, Sample, backoff_s
 from aidc.store import Store, open_store
 from aidc.store.spool import SpooledWriter
 from aidc.topology import Topology
@@ -102,7 +102,8 @@ class Runtime:
         self.started_at = time.time()
         self.ticks = 0
         self.last_tick_ms = self.last_alerting_ms = 0.0
-        self.bad_series: dict[tuple[str, str], Sample] = {}  # of the last fresh_latest
+        self.bad_series: dict[tuple[str, str], Sample] = {}  # of latest: read bad or out of range
+        self._poll_s = {d.id: h.poll_s for d, h in zip(site.devices, self.health.values())}
         self._pending: list[Sample] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
@@ -192,6 +193,10 @@ class Runtime:
                         s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
                                    r.value, now, r.quality)
                         self.latest[(device.id, r.key)] = s
+                        if s.quality in BAD_QUALITIES:
+                            self.bad_series[(device.id, r.key)] = s
+                        elif self.bad_series:
+                            self.bad_series.pop((device.id, r.key), None)
                         self._pending.append(s)
                 if self._not_heard_from:
                     self._not_heard_from.discard(device.id)
@@ -294,19 +299,9 @@ class Runtime:
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
         self.notifier_dead_letters = self.outbox.dead_letter_count()
 
-    def fresh_latest(self, now: float) -> dict[tuple[str, str], Sample]:
-        """Latest samples with those not refreshed in 2.5 poll intervals marked stale; the
-        ones read bad or out of range are kept aside in ``bad_series`` (for their rule)."""
-        out, bad = {}, {}
-        for key, s in self.latest.items():
-            if s.quality is Quality.GOOD:
-                if now - s.ts > 2.5 * self.health[key[0]].poll_s:
-                    s = Sample(s.measurement, s.tags, s.field, s.value, s.ts, Quality.STALE)
-            elif s.quality is not Quality.STALE:
-                bad[key] = s
-            out[key] = s
-        self.bad_series = bad
-        return out
+    def fresh_latest(self, now: float) -> FreshLatest:
+        """The latest samples as of ``now``: those not refreshed in time read as stale."""
+        return FreshLatest(self.latest, self._poll_s, now)
 
     def tick(self, now: float) -> SiteStatus:
         t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from aidc.config import Site
-from aidc.metrics import DeviceHealth, Quality, Sample
+from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample
 from alerts.evaluate import Condition, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
@@ -23,7 +23,6 @@ SUPERCAP_SOC_LOW_PCT = 50.0
 BATTERY_LOW_S, BATTERY_CRITICAL_S = 600.0, 300.0  # on battery, runtime left below these
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
 BAD_QUALITY_FOR_S = 300.0  # a series read bad or out of range this long
-BAD_QUALITIES = frozenset({Quality.BAD, Quality.OUT_OF_RANGE})
 PUE_ABOVE_TARGET_FOR_S = 900.0
 COOLANT_FOR_S = 30.0  # flow and dP ride through a pump's ramp or changeover
 HYSTERESIS = 0.05  # an envelope alert clears 5 % inside the limit that raised it

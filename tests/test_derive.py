@@ -13,7 +13,7 @@ import yaml
 
 from aidc.config import Site
 from aidc.derive import SiteModel, what_if
-from aidc.metrics import Quality, Sample
+from aidc.metrics import FreshLatest, Quality, Sample
 
 SITE = yaml.safe_load("""
 site: hand
@@ -103,6 +103,24 @@ def test_an_unknown_feed_never_becomes_a_number(model):
     # R1 is still known on its own limits, but the loop heat is unknown (R2 feeds it)
     assert r1.limits_kw["loop"] is None and not r1.complete
     assert (r1.headroom_kw, r1.limiting) == (pytest.approx(8), "feed")
+
+
+def test_a_value_not_refreshed_in_2_5_polls_is_unknown_to_the_tick(model):
+    """The runtime's view judges staleness on lookup: pdu-2 polls every 4 s, so its power
+    read 10.5 s ago is stale (> 2.5 x 4 s) and R2 is unknown, named as missing; read 9.5 s
+    ago it is still fresh. The same samples as a plain mapping (judged by their reader)
+    count as they are."""
+    samples = latest()
+    poll_s = dict.fromkeys(["meter", "ups-1", "pdu-1", "pdu-2", "cdu-1", "cdu-2"], 4.0)
+    stale = FreshLatest(samples, poll_s, 1010.5)
+    assert stale.get(("pdu-2", "power_kw")).quality is Quality.STALE
+    assert samples[("pdu-2", "power_kw")].quality is Quality.GOOD  # the view copies nothing
+    s = model.evaluate(stale, 1010.5)
+    assert [r.power_kw for r in s.racks] == [None, None] and "pdu-2.power_kw" in s.missing
+    s = SiteModel(model.site).evaluate(FreshLatest(samples, poll_s, 1009.5), 1009.5)
+    assert [r.power_kw for r in s.racks] == [40.0, 30.0] and "pdu-2.power_kw" not in s.missing
+    s = SiteModel(model.site).evaluate(samples, 1010.5)  # a plain mapping: as they are
+    assert [r.power_kw for r in s.racks] == [40.0, 30.0]
 
 
 def test_a_cdu_with_no_pump_running_carries_nothing(model):
