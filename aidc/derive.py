@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -222,7 +223,7 @@ class SiteModel:
             "return_temp_c", *self.loop_supply_metric, "voltage_v", "capacitance_f", "esr_mohm",
         })
 
-    def evaluate(self, latest: dict[tuple[str, str], Sample], now: float) -> SiteStatus:
+    def evaluate(self, latest: Mapping[tuple[str, str], Sample], now: float) -> SiteStatus:
         missing: dict[str, None] = {}  # in order, once each
 
         if not isinstance(latest, FreshLatest):  # judged fresh by the reader (store, tests)

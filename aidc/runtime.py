@@ -103,7 +103,7 @@ class Runtime:
         self.ticks = 0
         self.last_tick_ms = self.last_alerting_ms = 0.0
         self.bad_series: dict[tuple[str, str], Sample] = {}  # of latest: read bad or out of range
-        self._poll_s = {d.id: h.poll_s for d, h in zip(site.devices, self.health.values())}
+        self._poll_s = {d: h.poll_s for d, h in self.health.items()}
         self._pending: list[Sample] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}

@@ -11,7 +11,7 @@ import numpy as np
 
 from aidc.config import Site
 from aidc.derive import SiteModel, SiteStatus
-from aidc.metrics import Sample
+from aidc.metrics import STALE_AFTER_POLLS, Sample
 from aidc.store import Store
 
 
@@ -26,7 +26,7 @@ def latest_from_store(
     sample older than 2.5 poll intervals is not taken (the runtime would call it stale), with
     the writer's flush interval on top: a sample reaches the store that much after the
     runtime has it. With ``keys``, only the series with those keys."""
-    horizon_s = 2.5 * max(site.poll_s(d) for d in site.devices) + site.store.flush_s
+    horizon_s = STALE_AFTER_POLLS * max(site.poll_s(d) for d in site.devices) + site.store.flush_s
     out = store.latest(now - horizon_s, keys)
     if not out:
         raise NoRecentData(
