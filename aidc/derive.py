@@ -25,6 +25,8 @@ from models.whatif import WHATIF_LIMITS, place_racks
 
 PHASES = (1, 2, 3)
 PHASE_CURRENT = tuple(series_key("current_a", {"phase": str(n)}) for n in PHASES)
+# a rack's derived fields, in the order of its values: limits_kw is built in LIMITS' order
+RACK_FIELDS = ("power_kw", "power_kw_peak", "headroom_kw", *(f"headroom_{k}_kw" for k in LIMITS))
 SWING_WINDOW_S = 60.0  # GPU load swings are judged over the last minute
 
 
@@ -123,6 +125,7 @@ class SiteModel:
 
     def __init__(self, site: Site):
         self.site, self.topology = site, Topology(site)
+        self.rack_tags = [self.topology.rack_tags(r) for r in site.racks]
         by_id = {d.id: d for d in site.devices}
         racks = site.racks
         self.rack_ids = [r.id for r in racks]
@@ -511,13 +514,11 @@ class SiteModel:
         }
         out = [Sample("site", {"site": self.site.site}, k, v, t) for k, v in site_fields.items() if v is not None]
         rooms: dict[str, list[RackStatus]] = {}
-        for rack, cfg in zip(status.racks, self.site.racks):
+        for rack, tags in zip(status.racks, self.rack_tags):
             rooms.setdefault(rack.room, []).append(rack)
-            fields = {"power_kw": rack.power_kw, "power_kw_peak": rack.power_kw_peak,
-                      "headroom_kw": rack.headroom_kw}
-            fields |= {f"headroom_{k}_kw": v for k, v in rack.limits_kw.items()}
-            tags = self.topology.rack_tags(cfg)
-            out += [Sample("rack", tags, k, v, t) for k, v in fields.items() if v is not None and math.isfinite(v)]
+            values = (rack.power_kw, rack.power_kw_peak, rack.headroom_kw, *rack.limits_kw.values())
+            out += [Sample("rack", tags, k, v, t) for k, v in zip(RACK_FIELDS, values)
+                    if v is not None and math.isfinite(v)]
         for room, racks in rooms.items():
             kw = [r.power_kw for r in racks]
             if None not in kw:

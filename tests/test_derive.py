@@ -191,6 +191,19 @@ def test_pue_category_follows_where_it_is_measured(where, category, it_kw):
     assert s.pue == pytest.approx(80 / it_kw, abs=1e-3)
 
 
+def test_derived_samples_name_each_rack_value_and_leave_out_unknown_and_unlimited(model):
+    s = model.evaluate(latest(bad=(("pdu-2", "power_kw"),)), 1000.0)
+    rack = {(x.tags["rack"], x.field): x.value for x in model.derived_samples(s) if x.measurement == "rack"}
+    r1 = s.racks[0]
+    assert rack[("R1", "power_kw")] == 40 and rack[("R1", "headroom_kw")] == pytest.approx(8)
+    assert rack[("R1", "headroom_feed_kw")] == pytest.approx(r1.limits_kw["feed"])
+    assert rack[("R1", "headroom_upstream_kw")] == 30
+    assert ("R1", "headroom_loop_kw") not in rack  # unknown: R2's heat on the loop is
+    assert ("R1", "headroom_air_kw") not in rack  # no air limit: +inf is not a sample
+    assert ("R2", "power_kw") not in rack and ("R2", "headroom_design_kw") not in rack  # unknown
+    assert rack[("R2", "headroom_phase_kw")] == pytest.approx(34)
+
+
 def test_power_swings_over_the_last_minute():
     sc = {"id": "sc", "kind": "supercap", "protocol": "opcua", "port": 7, "profile": "supercap_opcua",
           "capacitance_f": 20, "vmax_v": 400, "vmin_v": 280}
