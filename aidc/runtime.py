@@ -287,7 +287,7 @@ class Runtime:
             await asyncio.wait_for(self._all_heard_from.wait(), self.site.model.tick_s)
         while not self._stopping:
             try:
-                self.tick(time.time())
+                await self.tick(time.time())
             except Exception:
                 log.exception("event=model_tick_error")
             await asyncio.sleep(self.site.model.tick_s)
@@ -299,16 +299,18 @@ class Runtime:
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
         self.notifier_dead_letters = self.outbox.dead_letter_count()
 
-    def fresh_latest(self, now: float) -> FreshLatest:
-        """The latest samples as of ``now``: those not refreshed in time read as stale."""
-        return FreshLatest(self.latest, self._poll_s, now)
+    def _evaluate(self, latest: FreshLatest, now: float) -> tuple[SiteStatus, list[Sample]]:
+        return (status := self.model.evaluate(latest, now)), self.model.derived_samples(status)
 
-    def tick(self, now: float) -> SiteStatus:
+    async def tick(self, now: float) -> SiteStatus:
+        """One model tick. The model runs in a worker thread on a copy of the latest samples,
+        so that polls go on meanwhile (at 10,000 racks it takes some 0.4 s); the rules and
+        the alert state run on the loop, which owns them."""
         t0 = time.perf_counter()
-        latest = self.fresh_latest(now)
-        status = self.model.evaluate(latest, now)
+        latest = FreshLatest(dict(self.latest), self._poll_s, now)  # polls write on meanwhile
+        status, derived = await asyncio.to_thread(self._evaluate, latest, now)
         self.status = status
-        self._pending.extend(self.model.derived_samples(status))
+        self._pending.extend(derived)
         t1 = time.perf_counter()
         alerts = self.evaluator.active_alerts()
         active = {a.fingerprint for a in alerts}
