@@ -339,3 +339,40 @@ def test_a_blocked_event_loop_shows_as_lag(small_site: LiveSite) -> None:
     line = next(x for x in SiteAPI(runtime).metrics_text().splitlines()
                 if x.startswith("aidc_event_loop_lag_seconds "))
     assert float(line.split()[1]) >= 1.0
+
+
+def test_the_model_evaluates_while_the_loop_goes_on_polling(tmp_path: Path) -> None:
+    """At 10,000 racks the model takes some 0.4 s a tick: it runs in a worker thread, so the
+    loop (every device's poll) runs meanwhile. Here the evaluation waits for a coroutine on
+    the loop; had it run on the loop, that coroutine could not run and the wait would fail."""
+    import time
+
+    from aidc.runtime import Runtime
+
+    runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path)
+    loop_ran, evaluated_on = threading.Event(), []
+    evaluate = runtime.model.evaluate
+
+    def evaluate_once_the_loop_ran(latest, now):
+        evaluated_on.append((threading.current_thread(), loop_ran.wait(30)))
+        return evaluate(latest, now)
+
+    runtime.model.evaluate = evaluate_once_the_loop_ran
+
+    async def tick_beside_a_poll():
+        async def poll() -> None:
+            loop_ran.set()
+
+        beside = asyncio.create_task(poll())
+        status = await runtime.tick(time.time())
+        await beside
+        return status
+
+    try:
+        status = asyncio.run(tick_beside_a_poll())
+        assert evaluated_on == [(evaluated_on[0][0], True)]
+        assert evaluated_on[0][0] is not threading.main_thread()
+        assert runtime.status is status and len(status.racks) == 8  # the tick completed
+    finally:
+        runtime.writer.close()
+        runtime.outbox.close()
