@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from aidc.config import Site
 from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample
@@ -174,6 +175,17 @@ class Inputs:
     alerting_rules: Collection[str] | None = None
     bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
 
+    @cached_property
+    def _by_kind(self) -> dict[str, list]:
+        by_kind: dict[str, list] = {}
+        for d in self.site.devices:
+            by_kind.setdefault(d.kind, []).append(d)
+        return by_kind
+
+    def devices_of(self, kind: str) -> list:
+        """The site's devices of a kind, indexed once a tick (the rules ask ten times)."""
+        return self._by_kind.get(kind, [])
+
     def keeps_inactive(self, rule: str) -> bool:
         return self.alerting_rules is None or rule in self.alerting_rules
 
@@ -212,7 +224,7 @@ def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], 
           severity: str, summary: str, threshold: float | None = None) -> list[Condition | None]:
     """One condition per device of ``kind`` from one of its metrics."""
     out = []
-    for d in i.site.devices_of(kind):
+    for d in i.devices_of(kind):
         v = i.value(d.id, metric)
         text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
         out.append(_condition(i, rule, {"device": d.id, "kind": kind},
@@ -256,7 +268,7 @@ def _coolant_envelope(i: Inputs) -> list[Condition | None]:
     """Each CDU's secondary flow and differential pressure against the vendor's envelope
     (``min_flow_lpm``, ``max_dp_kpa``), where the site file gives it."""
     out = []
-    for d in i.site.devices_of("cdu"):
+    for d in i.devices_of("cdu"):
         if d.min_flow_lpm is not None:
             out.append(_envelope(i, "coolant_flow_low", d.id, "flow_lpm", d.min_flow_lpm, True))
         if d.max_dp_kpa is not None:
@@ -279,7 +291,7 @@ def _envelope(i: Inputs, rule: str, cdu: str, metric: str, limit: float,
 def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
     """Capacitance 20 % below rated, or ESR twice rated (when the site file gives it)."""
     out = []
-    for d in i.site.devices_of("supercap"):
+    for d in i.devices_of("supercap"):
         farads, esr = i.value(d.id, "capacitance_f"), i.value(d.id, "esr_mohm")
         worn = [] if farads is None else (
             [f"capacitance {farads:g} F of {d.capacitance_f:g} F rated"]
@@ -303,7 +315,7 @@ def _battery(i: Inputs) -> list[Condition | None]:
     its start + transfer time (NFPA 110: Type 10 means 10 s)."""
     late_s = i.site.model.generator_start_s + i.site.model.transfer_s + GENERATOR_MARGIN_S
     out = []
-    for d in i.site.devices_of("ups") + i.site.devices_of("rectifier"):
+    for d in i.devices_of("ups") + i.devices_of("rectifier"):
         labels = {"device": d.id, "kind": d.kind}
         if d.kind == "ups":
             signal, minutes = i.value(d.id, "on_battery"), i.value(d.id, "runtime_min")
@@ -357,7 +369,7 @@ def _pump_redundancy(i: Inputs) -> list[Condition | None]:
     """A CDU running fewer pumps than installed has lost its spare (warning); fewer than its
     maximum flow needs, it has lost capacity too (critical)."""
     out = []
-    for d in i.site.devices_of("cdu"):
+    for d in i.devices_of("cdu"):
         running = i.value(d.id, "pumps_running")
         short = running is not None and running < d.pumps_required
         if running is None:
@@ -377,7 +389,7 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
     the summary says how much usable capacity (its redundancy kept) went with them."""
     pools = {p.id: p for p in i.status.pools} if i.status else {}
     out = []
-    for d in i.site.devices_of("rectifier"):
+    for d in i.devices_of("rectifier"):
         ok = i.value(d.id, "modules_ok")
         total = d.modules or i.value(d.id, "modules_total")
         lost = None if ok is None or total is None else total - ok
