@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -18,11 +19,20 @@ EXIT_USAGE = 2
 
 
 def _load(path: str) -> Site:
-    """A validated site whose every profile loads; one clear line and exit 2 otherwise."""
+    """A validated site whose every profile loads; one clear line and exit 2 otherwise.
+
+    The site lives as long as the process, and reading it makes no reference cycles: the
+    cyclic garbage collector is held off while it is read, then told to leave it alone for
+    good (``gc.freeze``). At 10,000 racks (some 700,000 objects) its full collections
+    otherwise walked the site again and again: 0.8 s of a 4.8 s `aidc headroom`."""
+    gc.disable()
     try:
         return load_site(path, device_check=_profile_problem)
     except ConfigError as e:
         sys.exit(_fail(str(e)))
+    finally:
+        gc.enable()
+        gc.freeze()
 
 
 def _profile_problem(device) -> str | None:

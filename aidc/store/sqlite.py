@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from aidc.files import private_sqlite
@@ -30,6 +30,11 @@ CREATE TABLE IF NOT EXISTS samples (
   PRIMARY KEY (series, ts)
 ) WITHOUT ROWID;
 """
+
+
+def _decoded(tag_sets: Iterable[str]) -> list[dict[str, str]]:
+    """JSON tag sets decoded in one call: a call per set costs more than the query."""
+    return json.loads("[" + ",".join(tag_sets) + "]")
 
 
 class SqliteStore:
@@ -126,7 +131,8 @@ class SqliteStore:
         out: dict[str, list[tuple[float, float]]] = {}
         for tags, t, value in rows:
             out.setdefault(tags, []).append((float(t), value))
-        return [Series(measurement, json.loads(t), field, pts) for t, pts in out.items()]
+        return [Series(measurement, tags, field, pts)
+                for tags, pts in zip(_decoded(out), out.values())]
 
     def latest(
         self, since: float, keys: Collection[str] | None = None
@@ -142,11 +148,9 @@ class SqliteStore:
             args += (json.dumps(sorted(keys)),)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        # one decode of all tag sets: a call per row costs more than the query
-        every_tags = json.loads("[" + ",".join(row[2] for row in rows) + "]")
         return {
             (tags["device"], key): Sample(m, tags, f, v, ts, QUALITY[q])
-            for (key, m, _, f, v, ts, q), tags in zip(rows, every_tags)
+            for (key, m, _, f, v, ts, q), tags in zip(rows, _decoded(row[2] for row in rows))
             if "device" in tags
         }
 
