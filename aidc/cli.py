@@ -87,6 +87,7 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
 
         simulated = SimulatedSite(site)
         await simulated.start()
+    _raise_open_files_limit(site)
     runtime = Runtime(site, data_dir)
     token = site.web.api_token.get_secret_value() if site.web.api_token else None
     if token is None and simulate:
@@ -108,6 +109,23 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
         if simulated:
             await simulated.stop()
         print("aidc stopped.", flush=True)
+
+
+def _raise_open_files_limit(site: Site) -> None:
+    """Every Modbus and OPC-UA device holds a TCP connection (SNMP devices share one socket):
+    take the hard limit on open files, as servers do (the usual soft limit is 1,024), and
+    say so in one line if the site needs more than that."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    connections = sum(d.protocol != "snmp" for d in site.devices)
+    if connections + 100 > wanted:  # the store, spool, web clients and webhooks need some
+        logging.getLogger("aidc.runtime").warning(
+            "event=open_files_short connections=%d limit=%d: raise it (ulimit -n, systemd "
+            "LimitNOFILE), or devices past it will read as down", connections, wanted)
 
 
 def _demo_token(data_dir: Path) -> str:

@@ -18,8 +18,8 @@ Only these two PDUs are ever sent: the collector is read-only.
 - Counters (``counter_bits``): see ``carry``. sysUpTime.0 rides along in the GET so that an
   agent restart is told from a wrap.
 
-- SNMPv2c (RFC 1901) goes through a small BER codec (ITU-T X.690) over one connected asyncio
-  UDP socket per device. Decoding a 12-varbind response with pyasn1 costs about 2 ms of CPU,
+- SNMPv2c (RFC 1901) goes through a small BER codec (ITU-T X.690) over one UDP socket that
+  all devices share (see ``SharedSocket``). Decoding a 12-varbind response with pyasn1 costs about 2 ms of CPU,
   with this codec about 20 us: the codec is what makes a collector host poll thousands of
   PDUs per second.
 - SNMPv3 (USM, RFC 3414; AES-128, RFC 3826; HMAC-SHA-2, RFC 7860) goes through pysnmp's
@@ -40,6 +40,7 @@ import dataclasses
 import logging
 import random
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from statistics import fmean
@@ -533,34 +534,135 @@ def parse_response(data: bytes) -> Response:
     return Response(request_id, error_status, error_index, varbinds)
 
 
-class CommunitySession(asyncio.DatagramProtocol):
-    """SNMPv2c GETs and GETBULKs over one connected UDP socket; responses matched by
-    request-id."""
+class SharedSocket(asyncio.DatagramProtocol):
+    """One unconnected UDP socket that every SNMPv2c session of an event loop sends from.
+
+    A socket per device ran out of file descriptors: 21,752 devices against this machine's
+    limit of 20,000 (and the usual default soft limit is 1,024), so devices past the limit
+    read as down. Responses are matched by request-id (unique in the socket) and must come
+    from the address the request went to, as a connected socket's kernel filter did. What a
+    connected socket also gave, ICMP port unreachable at once, is lost: a closed port is told
+    by the timeout. The socket closes with the last session that uses it.
+    """
+
+    RECEIVE_BUFFER = 8 << 20  # a burst of answers; the kernel caps it at net.core.rmem_max
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, family: int):
+        self.loop, self.family = loop, family
+        self.opened = asyncio.Event()
+        self.error: OSError | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.users = 0
+        self.pending: dict[int, tuple[tuple, asyncio.Future[Response]]] = {}
+        self.sessions: dict[tuple, CommunitySession] = {}  # address -> a session polling it
+        self._request_id = random.randrange(1, 2**31 - 1)
+        self.send_errors = 0
+
+    @classmethod
+    async def acquire(cls, family: int) -> SharedSocket:
+        """The loop's socket for ``family``, opened by its first user; hand it back with
+        ``release``. (Users wait on an Event: 20,000 of them shielding one task took O(n^2).)"""
+        loop = asyncio.get_running_loop()
+        shared = _SHARED.setdefault(loop, {}).get(family)
+        if shared is None:
+            shared = _SHARED[loop][family] = cls(loop, family)
+            loop.create_task(shared._open())
+        shared.users += 1
+        try:
+            await shared.opened.wait()
+            if shared.transport is None:
+                raise shared.error or OSError("the shared SNMP socket did not open")
+        except BaseException:
+            shared.release()
+            raise
+        return shared
+
+    async def _open(self) -> None:
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
+            sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
+            self.transport, _ = await self.loop.create_datagram_endpoint(lambda: self, sock=sock)
+        except OSError as e:
+            sock.close()
+            self.error = e
+        finally:
+            self.opened.set()
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            _SHARED[self.loop].pop(self.family, None)
+            if self.transport is not None:
+                self.transport.close()
+
+    def next_request_id(self) -> int:
+        while True:
+            self._request_id = self._request_id % (2**31 - 1) + 1
+            if self._request_id not in self.pending:
+                return self._request_id
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        try:
+            response = parse_response(data)
+        except Exception as e:  # noqa: BLE001  (whatever a peer sends: never the transport's end)
+            if (session := self.sessions.get(addr[:2])) is not None:
+                session.bad_response(e)
+            return
+        waiting = self.pending.get(response.request_id)
+        if waiting is not None and waiting[0] == addr[:2] and not waiting[1].done():
+            waiting[1].set_result(response)
+
+    def error_received(self, exc: Exception) -> None:
+        """A send that failed (no route, buffer full): the request times out, counted here."""
+        self.send_errors += 1
+        if self.send_errors in (1, 10, 100, 1000) or self.send_errors % 10_000 == 0:
+            log.warning("event=snmp_send_error count=%d error=%r", self.send_errors, str(exc))
+
+
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, SharedSocket]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def address_of(host: str, port: int) -> list[tuple]:
+    """getaddrinfo for UDP; an address written as numbers is read at once (asyncio sends
+    every lookup to a thread: 20,000 of them stalled the start)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+
+
+class CommunitySession:
+    """SNMPv2c GETs and GETBULKs to one device, through the loop's SharedSocket."""
 
     def __init__(self, community: str, timeout_s: float):
         self._community = community.encode()
         self._timeout_s = timeout_s
-        self._transport: asyncio.DatagramTransport | None = None
+        self._shared: SharedSocket | None = None
+        self._address: tuple = ()
         self._peer = ""
-        self._pending: dict[int, asyncio.Future[Response]] = {}
-        self._request_id = random.randrange(1, 2**31 - 1)
         self._oid_tlv: dict[str, bytes] = {}  # dotted OID -> encoded TLV
         self._oid_contents: dict[str, bytes] = {}  # dotted OID -> TLV contents
         self.bad_responses = 0  # datagrams that did not parse (logged at 1, 10, 100, ...)
 
     async def open(self, host: str, port: int) -> None:
         self._peer = f"udp {host}:{port}"
-        loop = asyncio.get_running_loop()
         try:
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: self, remote_addr=(host, port)
-            )
+            family, *_, address = (await address_of(host, port))[0]
+            self._shared = await SharedSocket.acquire(family)
         except OSError as e:
             raise DeviceUnreachable(f"{self._peer}: {e.strerror or e}") from None
+        self._address = address[:2]
+        self._shared.sessions[self._address] = self
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._shared is not None:
+            if self._shared.sessions.get(self._address) is self:
+                del self._shared.sessions[self._address]
+            self._shared.release()
+            self._shared = None
 
     async def exchange(self, oids: list[str]) -> tuple[int, int, dict[str, Raw]]:
         tlvs = [self._encoded(o) for o in oids]
@@ -580,20 +682,20 @@ class CommunitySession(asyncio.DatagramProtocol):
     async def _send(self, message: Callable[[int], bytes]) -> Response:
         """Send ``message(request_id)``, once more after half the timeout, and wait for its
         Response."""
-        assert self._transport is not None
-        self._request_id = self._request_id % (2**31 - 1) + 1
-        request_id = self._request_id
+        shared = self._shared
+        assert shared is not None and shared.transport is not None
+        request_id = shared.next_request_id()
         data = message(request_id)
         future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        shared.pending[request_id] = (self._address, future)
         try:
             for _ in range(ATTEMPTS):
-                self._transport.sendto(data)
+                shared.transport.sendto(data, self._address)
                 await asyncio.wait((future,), timeout=self._timeout_s / ATTEMPTS)
                 if future.done():
                     return future.result()
         finally:
-            del self._pending[request_id]
+            del shared.pending[request_id]
         raise DeviceUnreachable(
             f"{self._peer}: no answer within {self._timeout_s:g} s "
             "(check the address, the port and the community)"
@@ -606,27 +708,11 @@ class CommunitySession(asyncio.DatagramProtocol):
             self._oid_tlv[oid], self._oid_contents[oid] = tlv, tlv[start:end]
         return self._oid_tlv[oid]
 
-    # asyncio.DatagramProtocol
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        try:
-            response = parse_response(data)
-        except Exception as e:  # noqa: BLE001  (whatever a peer sends: never the transport's end)
-            self.bad_responses += 1
-            if self.bad_responses in (1, 10, 100, 1000) or self.bad_responses % 10_000 == 0:
-                log.warning("event=snmp_bad_response peer=%s count=%d error=%r",
-                            self._peer, self.bad_responses, str(e)[:200])  # fmt: skip
-            return
-        future = self._pending.get(response.request_id)
-        if future is not None and not future.done():
-            future.set_result(response)
-
-    def error_received(self, exc: Exception) -> None:
-        """ICMP port unreachable and the like: fail the waiting requests at once."""
-        reason = getattr(exc, "strerror", None) or str(exc)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(DeviceUnreachable(f"{self._peer}: {reason}"))
+    def bad_response(self, error: Exception) -> None:
+        self.bad_responses += 1
+        if self.bad_responses in (1, 10, 100, 1000) or self.bad_responses % 10_000 == 0:
+            log.warning("event=snmp_bad_response peer=%s count=%d error=%r",
+                        self._peer, self.bad_responses, str(error)[:200])  # fmt: skip
 
 
 # ---------------------------------------------------------------- SNMPv3: pysnmp engine (USM)
