@@ -89,6 +89,7 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
         await simulated.start()
     _raise_open_files_limit(site)
     runtime = Runtime(site, data_dir)
+    gc.freeze()  # its model, topology and health live as long as the process, like the site
     token = site.web.api_token.get_secret_value() if site.web.api_token else None
     if token is None and simulate:
         token = _demo_token(data_dir)

@@ -376,3 +376,34 @@ def test_the_model_evaluates_while_the_loop_goes_on_polling(tmp_path: Path) -> N
     finally:
         runtime.writer.close()
         runtime.outbox.close()
+
+
+def test_polls_start_a_batch_at_a_time_with_the_loop_running_between(tmp_path: Path) -> None:
+    """21,752 first polls started at once held the loop for 4 s: the watchdog then saw every
+    device as overdue and the first tick came late. Polls start START_BATCH at a time, and
+    another coroutine runs between batches. (Nothing listens on the generated site's ports.)"""
+    from aidc.runtime import START_BATCH, Runtime
+    from aidc.sitegen import generate
+
+    path = tmp_path / "site.yaml"
+    path.write_text(generate(120))  # 264 devices
+    runtime = Runtime(load_site(path), tmp_path / "data")
+    devices = len(runtime.site.devices)
+
+    async def watch_the_start() -> list[int]:
+        stop, started = asyncio.Event(), []
+
+        async def count() -> None:
+            while not started or started[-1] < devices:
+                started.append(sum(t.get_name().startswith("poll-") for t in asyncio.all_tasks()))
+                await asyncio.sleep(0)
+            stop.set()
+
+        asyncio.create_task(count())
+        await runtime.run(stop)
+        return started
+
+    started = asyncio.run(watch_the_start())
+    assert devices > 2 * START_BATCH
+    assert started[0] == START_BATCH  # the coroutine ran once the first batch had started
+    assert START_BATCH * 2 in started and started == sorted(started)
