@@ -36,6 +36,8 @@ _RESOLVER = yaml.resolver.Resolver()
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _BRACKETS = np.zeros(256, dtype=np.int8)
 _BRACKETS[[ord("["), ord("{")]], _BRACKETS[[ord("]"), ord("}")]] = 1, -1
+_MARKS = _BRACKETS != 0
+_MARKS[ord('"')] = True
 
 
 class _Unsure(Exception):
@@ -46,12 +48,6 @@ class _Unsure(Exception):
 def _yaml11_tag(plain: str) -> str:
     """The tag PyYAML's implicit resolver (YAML 1.1) gives a plain scalar."""
     return _RESOLVER.resolve(yaml.ScalarNode, plain, (True, False))
-
-
-def _plain_int(token: str) -> Any:
-    """A plain scalar rapidyaml wrote as a JSON integer: the same in YAML 1.1 unless it starts
-    with 0 (octal there)."""
-    return int(token) if token.lstrip("-")[:1] != "0" else _plain_number(token)
 
 
 def _plain_float(token: str) -> Any:
@@ -113,8 +109,10 @@ def read_plain_yaml(
             if (not s or s[0] in _TYPED_FIRST) and _yaml11_tag(s) != _STR
         ):
             return None
-        data = json.loads(document, object_pairs_hook=_mapping, parse_int=_plain_int,
-                          parse_float=_plain_float, parse_constant=_refuse_constant)
+        # integers need no hook: JSON has no leading zeros (YAML 1.1's octal), so json.loads
+        # refuses rapidyaml's ``-07``, and quotes its ``010`` (checked as strings above)
+        data = json.loads(document, object_pairs_hook=_mapping, parse_float=_plain_float,
+                          parse_constant=_refuse_constant)
         if secret is not None and any("${" in s or s.startswith("file:") for s in strings):
             data = _map_strings(data, secret)
     except (_Unsure, ValueError, RecursionError, ryml.ExceptionBasic):
@@ -131,12 +129,13 @@ def _strings(document: str) -> set[str]:
 
 def _depth(document: str) -> int:
     """At most how deep a JSON document nests, a scalar in the top mapping being at depth 2
-    (brackets within strings left out)."""
+    (brackets within strings left out). Only quotes and brackets are looked at."""
     if "\\" in document:  # escaped backslashes and quotes would shift the quotes' count
         document = document.replace("\\\\", "").replace('\\"', "")
     raw = np.frombuffer(document.encode(), dtype=np.uint8)
-    inside = np.cumsum(raw == ord('"')) % 2 == 1
-    return int(np.cumsum(np.where(inside, 0, _BRACKETS[raw])).max(initial=0)) + 1
+    marks = raw[_MARKS[raw]]
+    inside = np.cumsum(marks == ord('"')) % 2 == 1
+    return int(np.cumsum(np.where(inside, 0, _BRACKETS[marks])).max(initial=0)) + 1
 
 
 def _written_plain(value: str, text: str) -> bool:
