@@ -113,16 +113,16 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
 
 
 def _raise_open_files_limit(site: Site) -> None:
-    """Every Modbus and OPC-UA device holds a TCP connection (SNMP devices share one socket):
-    take the hard limit on open files, as servers do (the usual soft limit is 1,024), and
-    say so in one line if the site needs more than that."""
+    """Every Modbus and OPC-UA device holds a TCP connection, every SNMPv3 device a socket
+    (SNMPv2c devices share one): take the hard limit on open files, as servers do (the usual
+    soft limit is 1,024), and say so in one line if the site needs more than that."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    connections = sum(d.protocol != "snmp" for d in site.devices)
+    connections = sum(d.protocol != "snmp" or d.snmp.version != "2c" for d in site.devices)
     if connections + 100 > wanted:  # the store, spool, web clients and webhooks need some
         logging.getLogger("aidc.runtime").warning(
             "event=open_files_short connections=%d limit=%d: raise it (ulimit -n, systemd "

@@ -19,9 +19,9 @@ Only these two PDUs are ever sent: the collector is read-only.
   agent restart is told from a wrap.
 
 - SNMPv2c (RFC 1901) goes through a small BER codec (ITU-T X.690) over one UDP socket that
-  all devices share (see ``SharedSocket``). Decoding a 12-varbind response with pyasn1 costs about 2 ms of CPU,
-  with this codec about 20 us: the codec is what makes a collector host poll thousands of
-  PDUs per second.
+  all devices share (see ``SharedSocket``). Decoding a 12-varbind response with pyasn1 costs
+  about 2 ms of CPU, with this codec about 20 us: the codec is what makes a collector host
+  poll thousands of PDUs per second.
 - SNMPv3 (USM, RFC 3414; AES-128, RFC 3826; HMAC-SHA-2, RFC 7860) goes through pysnmp's
   engine, which keeps the discovered engine id, boots and time between polls. The engine is
   built in a thread: its ~70 ms of MIB loading would otherwise stall every other poll.

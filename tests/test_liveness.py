@@ -407,3 +407,33 @@ def test_polls_start_a_batch_at_a_time_with_the_loop_running_between(tmp_path: P
     assert devices > 2 * START_BATCH
     assert started[0] == START_BATCH  # the coroutine ran once the first batch had started
     assert START_BATCH * 2 in started and started == sorted(started)
+
+
+def test_aidc_run_takes_the_hard_open_files_limit_and_says_when_it_is_short(tmp_path) -> None:
+    """Under a soft limit of 64 open files, `aidc run` raises it to the hard limit; with a
+    hard limit below the site's connections (Modbus, OPC-UA, SNMPv3) it says so in one line,
+    instead of devices past the limit reading as down."""
+    import subprocess
+    import sys
+
+    from aidc.sitegen import generate
+
+    path = tmp_path / "site.yaml"
+    path.write_text(generate(40))  # 2 meters, a rectifier, 3 CDUs, 2 supercaps: 8 connections
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (64, int(sys.argv[2])))\n"
+        "from aidc.cli import _raise_open_files_limit\n"
+        "from aidc.config import load_site\n"
+        "_raise_open_files_limit(load_site(sys.argv[1]))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+
+    def run(hard: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, str(path), str(hard)],
+                              capture_output=True, text=True, check=True, cwd=ROOT)
+
+    enough, short = run(4096), run(100)
+    assert enough.stdout.split() == ["4096"] and "open_files_short" not in enough.stderr
+    assert short.stdout.split() == ["100"]
+    assert "event=open_files_short connections=8 limit=100" in short.stderr
