@@ -3,9 +3,7 @@ any host that can read the site's store, with no running web app (the store is t
 
 from __future__ import annotations
 
-import math
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -36,21 +34,22 @@ def latest_from_store(
 
 
 def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple[float, np.ndarray]]:
-    """Rack power (A + B feeds) per model tick over the peak window, from the PDU series."""
+    """Rack power (A + B feeds) per model tick over the peak window, from the PDU series: NaN
+    where a feed has no point in a tick."""
     site = model.site
     start, every = now - site.model.peak_window_s, site.model.tick_s
-    by_pdu: dict[str, dict[float, float]] = defaultdict(dict)
-    for series in store.history("pdu", "power_kw", start, now, every_s=every, labels={}):
-        by_pdu[series.tags.get("device", "")].update(series.points)
-    times = sorted({t for points in by_pdu.values() for t in points})
-
-    def at(pdu: str | None, t: float) -> float:
-        return 0.0 if pdu is None else by_pdu.get(pdu, {}).get(t, math.nan)
-
-    return [
-        (t, np.array([at(a, t) + at(b, t) for a, b in zip(model.feed_a, model.feed_b)]))
-        for t in times
-    ]
+    history = store.history("pdu", "power_kw", start, now, every_s=every, labels={})
+    times = sorted({t for series in history for t, _ in series.points})
+    column = {pdu: i for i, pdu in enumerate(dict.fromkeys(model.feed_a + model.feed_b)) if pdu}
+    kw = np.full((len(times), len(column) + 1), np.nan)  # tick x PDU, and a last column of
+    kw[:, -1] = 0.0  # zeros: a rack without feed B draws nothing through it
+    row = {t: i for i, t in enumerate(times)}
+    for series in history:
+        if (i := column.get(series.tags.get("device", ""))) is not None:
+            kw[[row[t] for t, _ in series.points], i] = [v for _, v in series.points]
+    feed_b = [column[b] if b else -1 for b in model.feed_b]
+    rack_kw = kw[:, [column[a] for a in model.feed_a]] + kw[:, feed_b]
+    return list(zip(times, rack_kw))
 
 
 def status_from_store(site: Site, store: Store, now: float | None = None) -> tuple[SiteModel, SiteStatus]:

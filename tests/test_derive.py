@@ -254,3 +254,33 @@ def test_a_reader_that_fetches_only_series_read_gets_the_same_answer(where):
     fetched = {k: s for k, s in everything.items() if k[1] in keys}
     assert len(fetched) < len(everything)
     assert repr(SiteModel(site).evaluate(fetched, now)) == repr(full)  # NaN and arrays too
+
+
+def test_the_store_history_of_rack_power_sums_both_feeds_per_tick(tmp_path):
+    """What `aidc headroom` holds the peak against: per model tick, the mean of each feed's
+    points in it, A + B; NaN where a feed has no point; a rack without feed B is its A."""
+    import copy
+    import time
+
+    import numpy as np
+
+    from aidc.snapshot import rack_power_history
+    from aidc.store.sqlite import SqliteStore
+
+    spec = copy.deepcopy(SITE)
+    spec["devices"].append({**spec["devices"][2], "id": "pdu-3", "port": 7})
+    spec["racks"][0]["feed_b"] = "pdu-3"
+    model = SiteModel(Site.model_validate(spec))
+    tick_s = model.site.model.tick_s
+    t0 = (time.time() // tick_s - 10) * tick_s  # a tick's start, within the store's retention
+    store = SqliteStore(tmp_path / "store.sqlite")
+    store.write([Sample("pdu", {"device": d}, "power_kw", kw, ts) for d, kw, ts in [
+        ("pdu-1", 20.0, t0), ("pdu-1", 22.0, t0 + tick_s / 2), ("pdu-3", 10.0, t0),
+        ("pdu-2", 15.0, t0),
+        ("pdu-1", 30.0, t0 + tick_s), ("pdu-2", 16.0, t0 + tick_s),  # pdu-3 missed this one
+    ]])
+    history = rack_power_history(model, store, t0 + tick_s + 1)
+    store.close()
+    assert [t for t, _ in history] == [t0, t0 + tick_s]
+    assert np.array_equal(np.stack([kw for _, kw in history]),
+                          [[21.0 + 10.0, 15.0], [np.nan, 16.0]], equal_nan=True)
