@@ -7,6 +7,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from aidc.files import private_sqlite
@@ -116,23 +118,27 @@ class SqliteStore:
             tag_sql += " AND s.key = ?"
             args.insert(-2, series_key(field, labels))
         if every_s:
-            select = "s.tags, CAST(p.ts / ? AS INTEGER) * ? AS t, avg(p.value)"
+            select = "s.id, CAST(p.ts / ? AS INTEGER) * ? AS t, avg(p.value)"
             group = " GROUP BY s.id, t"
             args = [every_s, every_s, *args]
         else:
-            select, group = "s.tags, p.ts AS t, p.value", ""
+            select, group = "s.id, p.ts AS t, p.value", ""
         sql = (
             f"SELECT {select} FROM samples p JOIN series s ON s.id = p.series "
             f"WHERE s.measurement = ? AND s.field = ?{tag_sql} AND p.ts BETWEEN ? AND ? "
             f"AND p.quality = 'good' AND p.value IS NOT NULL{group} ORDER BY s.id, t"
         )
-        with self._lock:
+        with self._lock:  # a tag set once a series, not once a point
             rows = self._db.execute(sql, args).fetchall()
-        out: dict[str, list[tuple[float, float]]] = {}
-        for tags, t, value in rows:
-            out.setdefault(tags, []).append((float(t), value))
+            ids = json.dumps(list(dict.fromkeys(row[0] for row in rows)))
+            tag_sets = self._db.execute(
+                "SELECT s.tags FROM json_each(?) j JOIN series s ON s.id = j.value ORDER BY j.key",
+                (ids,),
+            ).fetchall()
+        points = [[(float(t), v) for _, t, v in series_rows]
+                  for _, series_rows in groupby(rows, key=itemgetter(0))]
         return [Series(measurement, tags, field, pts)
-                for tags, pts in zip(_decoded(out), out.values())]
+                for tags, pts in zip(_decoded(t for (t,) in tag_sets), points, strict=True)]
 
     def latest(
         self, since: float, keys: Collection[str] | None = None
