@@ -199,3 +199,9 @@ def backoff_s(poll_s: float, failures: int, grace: int, cap_s: float) -> float:
     if failures < grace:
         return poll_s
     return min(poll_s * 2 ** (failures - grace + 1), max(cap_s, poll_s))
+
+
+def worth_logging(count: int) -> bool:
+    """Whether the ``count``-th of a repeated event gets a line: the 1st, 10th, 100th, 1000th
+    and every 10,000th, so that a flooding device cannot flood the log."""
+    return count in (1, 10, 100, 1000) or count % 10_000 == 0

@@ -18,7 +18,15 @@ from pathlib import Path
 from aidc.config import Site
 from aidc.derive import SiteModel, SiteStatus
 from aidc.files import private_dir
-from aidc.metrics import BAD_QUALITIES, DeviceHealth, FreshLatest, Quality, Sample, backoff_s
+from aidc.metrics import (
+    BAD_QUALITIES,
+    DeviceHealth,
+    FreshLatest,
+    Quality,
+    Sample,
+    backoff_s,
+    worth_logging,
+)
 from aidc.store import Store, open_store
 from aidc.store.spool import SpooledWriter
 from aidc.topology import Topology
@@ -263,7 +271,7 @@ class Runtime:
         message, error = context.get("message", ""), context.get("exception")
         key = (message, type(error).__name__)
         count = self._loop_errors[key] = self._loop_errors.get(key, 0) + 1
-        if count in (1, 10, 100, 1000) or count % 10_000 == 0:
+        if worth_logging(count):
             log.warning("event=loop_error count=%d message=%r error=%r", count, message[:200],
                         error, exc_info=error if count == 1 else None)  # fmt: skip
 

@@ -55,7 +55,7 @@ from pysnmp.entity.rfc3413 import cmdgen
 from pysnmp.proto import rfc1902, rfc1905
 
 from aidc.config import SnmpSettings
-from aidc.metrics import Quality, Reading, check_limits
+from aidc.metrics import Quality, Reading, check_limits, worth_logging
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import SnmpPoint, SnmpProfile
 
@@ -616,7 +616,7 @@ class SharedSocket(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         """A send that failed (no route, buffer full): the request times out, counted here."""
         self.send_errors += 1
-        if self.send_errors in (1, 10, 100, 1000) or self.send_errors % 10_000 == 0:
+        if worth_logging(self.send_errors):
             log.warning("event=snmp_send_error count=%d error=%r", self.send_errors, str(exc))
 
 
@@ -710,7 +710,7 @@ class CommunitySession:
 
     def bad_response(self, error: Exception) -> None:
         self.bad_responses += 1
-        if self.bad_responses in (1, 10, 100, 1000) or self.bad_responses % 10_000 == 0:
+        if worth_logging(self.bad_responses):
             log.warning("event=snmp_bad_response peer=%s count=%d error=%r",
                         self._peer, self.bad_responses, str(error)[:200])  # fmt: skip
 
