@@ -155,9 +155,11 @@ class Runtime:
         log.info("event=runtime_started site=%s devices=%d", self.site.site, len(self.site.devices))
         try:
             for i, d in enumerate(self.site.devices):
-                tasks.append(asyncio.create_task(self._poll(d), name=f"poll-{d.id}"))
-                if i % START_BATCH == START_BATCH - 1 and not stop.is_set():
+                if i % START_BATCH == 0 and i:
                     await asyncio.sleep(0)  # the polls started so far, answers and timers run
+                    if stop.is_set():
+                        break
+                tasks.append(asyncio.create_task(self._poll(d), name=f"poll-{d.id}"))
             await stop.wait()
         finally:
             # Python 3.11's wait_for can lose a cancel that races with its inner call ending
