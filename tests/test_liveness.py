@@ -378,35 +378,59 @@ def test_the_model_evaluates_while_the_loop_goes_on_polling(tmp_path: Path) -> N
         runtime.outbox.close()
 
 
-def test_polls_start_a_batch_at_a_time_with_the_loop_running_between(tmp_path: Path) -> None:
-    """21,752 first polls started at once held the loop for 4 s: the watchdog then saw every
-    device as overdue and the first tick came late. Polls start START_BATCH at a time, and
-    another coroutine runs between batches. (Nothing listens on the generated site's ports.)"""
-    from aidc.runtime import START_BATCH, Runtime
+def _start_watched(tmp_path: Path, stop_at: int | None) -> tuple[int, list[int], int]:
+    """The site's device count; the poll tasks that existed each time another coroutine ran
+    while `Runtime.run` started them (it sets stop once it has seen ``stop_at``, or all); and
+    how many polls the runtime made in all."""
+    from aidc.runtime import Runtime
     from aidc.sitegen import generate
 
     path = tmp_path / "site.yaml"
-    path.write_text(generate(120))  # 264 devices
+    path.write_text(generate(120))  # 264 devices; nothing listens on their ports
     runtime = Runtime(load_site(path), tmp_path / "data")
-    devices = len(runtime.site.devices)
+    devices, made, poll = len(runtime.site.devices), [], runtime._poll
+
+    def counted_poll(device):
+        made.append(device.id)
+        return poll(device)
+
+    runtime._poll = counted_poll
 
     async def watch_the_start() -> list[int]:
         stop, started = asyncio.Event(), []
 
         async def count() -> None:
-            while not started or started[-1] < devices:
+            while True:
                 started.append(sum(t.get_name().startswith("poll-") for t in asyncio.all_tasks()))
+                if started[-1] >= (stop_at or devices):
+                    return stop.set()
                 await asyncio.sleep(0)
-            stop.set()
 
         asyncio.create_task(count())
         await runtime.run(stop)
         return started
 
     started = asyncio.run(watch_the_start())
-    assert devices > 2 * START_BATCH
+    return devices, started, len(made)
+
+
+def test_polls_start_a_batch_at_a_time_with_the_loop_running_between(tmp_path: Path) -> None:
+    """21,752 first polls started at once held the loop for 4 s: the watchdog then saw every
+    device as overdue and the first tick came late. Polls start START_BATCH at a time, and
+    another coroutine runs between batches."""
+    from aidc.runtime import START_BATCH
+
+    devices, started, made = _start_watched(tmp_path, None)
+    assert devices > 2 * START_BATCH and made == devices
     assert started[0] == START_BATCH  # the coroutine ran once the first batch had started
-    assert START_BATCH * 2 in started and started == sorted(started)
+    assert START_BATCH * 2 in started and started == sorted(started) and started[-1] == devices
+
+
+def test_a_runtime_stopped_while_starting_starts_no_more_polls(tmp_path: Path) -> None:
+    from aidc.runtime import START_BATCH
+
+    devices, started, made = _start_watched(tmp_path, START_BATCH)
+    assert started == [START_BATCH] and made == START_BATCH < devices
 
 
 def test_aidc_run_takes_the_hard_open_files_limit_and_says_when_it_is_short(tmp_path) -> None:
