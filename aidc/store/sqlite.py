@@ -128,17 +128,17 @@ class SqliteStore:
             f"WHERE s.measurement = ? AND s.field = ?{tag_sql} AND p.ts BETWEEN ? AND ? "
             f"AND p.quality = 'good' AND p.value IS NOT NULL{group} ORDER BY s.id, t"
         )
-        with self._lock:  # a tag set once a series, not once a point
+        with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-            ids = json.dumps(list(dict.fromkeys(row[0] for row in rows)))
+        points = {series: [(float(t), v) for _, t, v in series_rows]
+                  for series, series_rows in groupby(rows, key=itemgetter(0))}
+        with self._lock:  # a tag set once a series, not once a point
             tag_sets = self._db.execute(
                 "SELECT s.tags FROM json_each(?) j JOIN series s ON s.id = j.value ORDER BY j.key",
-                (ids,),
+                (json.dumps(list(points)),),
             ).fetchall()
-        points = [[(float(t), v) for _, t, v in series_rows]
-                  for _, series_rows in groupby(rows, key=itemgetter(0))]
-        return [Series(measurement, tags, field, pts)
-                for tags, pts in zip(_decoded(t for (t,) in tag_sets), points, strict=True)]
+        return [Series(measurement, tags, field, pts) for tags, pts
+                in zip(_decoded(t for (t,) in tag_sets), points.values(), strict=True)]
 
     def latest(
         self, since: float, keys: Collection[str] | None = None
