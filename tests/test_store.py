@@ -66,6 +66,14 @@ def test_window_means(store):
     assert by_device(got) == {"cdu-1": [(T0, 41.0), (T0 + 10, 44.0)]}
 
 
+def test_window_maxima(store):
+    store.write(samples())
+    got = store.history("cdu", "supply_temp_c", T0, T0 + 19.999, where={"device": "cdu-1"},
+                        every_s=10, aggregate="max")
+    # window [T0, T0+10): max(40, 42), not the out-of-range 99.5; window [T0+10, T0+20): 44
+    assert by_device(got) == {"cdu-1": [(T0, 42.0), (T0 + 10, 44.0)]}
+
+
 def test_tags_with_spaces_commas_and_equals_round_trip(store):
     store.write(samples())
     (series,) = store.history("rack", "power_kw", T0 - 1, T0 + 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from aidc.config import Store as StoreConfig
 from aidc.metrics import Sample
@@ -33,6 +33,9 @@ class Series:
     points: list[tuple[float, float]]  # (unix seconds, value), oldest first
 
 
+Aggregate = Literal["mean", "max"]
+
+
 class Store(Protocol):
     def write(self, samples: Sequence[Sample]) -> None:
         """Write a batch; raise StoreUnavailable when the store cannot take it now."""
@@ -46,9 +49,11 @@ class Store(Protocol):
         where: dict[str, str] | None = None,
         every_s: float | None = None,
         labels: dict[str, str] | None = None,
+        aggregate: Aggregate = "mean",
     ) -> list[Series]:
         """Good values of ``field`` in [start, end], one Series per tag set; with
-        ``every_s``, the mean over windows of that length (window start as timestamp); with
+        ``every_s``, the ``aggregate`` (mean or max) over windows of that length, stamped
+        with the window's start (as InfluxDB's GROUP BY time does); with
         ``labels``, only the series with exactly those labels (``{}``: none, so a PDU's
         ``power_kw`` and not its outlets' ``power_kw{outlet=N}``)."""
 

@@ -18,7 +18,7 @@ from influxdb_client import Point, WritePrecision
 
 from aidc.config import Store as StoreConfig
 from aidc.metrics import Quality, Sample, key_of, series_key
-from aidc.store import Series, StoreRejected, StoreUnavailable
+from aidc.store import Aggregate, Series, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("aidc.store.influx")
 # answers that say "not now" rather than "not this": a token rotated (401), a grant missing
@@ -115,11 +115,12 @@ class InfluxStore:
         where: dict[str, str] | None = None,
         every_s: float | None = None,
         labels: dict[str, str] | None = None,
+        aggregate: Aggregate = "mean",
     ) -> list[Series]:
         self._connect()
         conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}"]
         conditions += [f"{_ident(k)} = {_literal(v)}" for k, v in (where or {}).items()]
-        select = f"mean({_ident(field)})" if every_s else _ident(field)
+        select = f"{aggregate}({_ident(field)})" if every_s else _ident(field)
         group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s else "*"
         q = (
             f"SELECT {select} FROM {_ident(measurement)} "

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from aidc.files import private_sqlite
 from aidc.metrics import QUALITY, Sample, key_of, series_key
-from aidc.store import Series, StoreUnavailable
+from aidc.store import Aggregate, Series, StoreUnavailable
+
+SQL_AGGREGATE = {"mean": "avg", "max": "max"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -111,6 +113,7 @@ class SqliteStore:
         where: dict[str, str] | None = None,
         every_s: float | None = None,
         labels: dict[str, str] | None = None,
+        aggregate: Aggregate = "mean",
     ) -> list[Series]:
         tag_sql = "".join(f" AND json_extract(s.tags, '$.{k}') = ?" for k in (where or {}))
         args: list = [measurement, field, *(where or {}).values(), start, end]
@@ -118,7 +121,7 @@ class SqliteStore:
             tag_sql += " AND s.key = ?"
             args.insert(-2, series_key(field, labels))
         if every_s:
-            select = "s.id, CAST(p.ts / ? AS INTEGER) * ? AS t, avg(p.value)"
+            select = f"s.id, CAST(p.ts / ? AS INTEGER) * ? AS t, {SQL_AGGREGATE[aggregate]}(p.value)"
             group = " GROUP BY s.id, t"
             args = [every_s, every_s, *args]
         else:
