@@ -8,9 +8,12 @@ import time
 import numpy as np
 
 from aidc.config import Site
-from aidc.derive import SiteModel, SiteStatus
+from aidc.derive import SWING_WINDOW_S, SiteModel, SiteStatus
 from aidc.metrics import STALE_AFTER_POLLS, Sample
 from aidc.store import Store
+
+
+PEAK_BUCKETS = 10  # the peak window before its last minute, read as this many maxima
 
 
 class NoRecentData(Exception):
@@ -34,22 +37,29 @@ def latest_from_store(
 
 
 def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple[float, np.ndarray]]:
-    """Rack power (A + B feeds) per model tick over the peak window, from the PDU series: NaN
-    where a feed has no point in a tick."""
-    site = model.site
-    start, every = now - site.model.peak_window_s, site.model.tick_s
-    history = store.history("pdu", "power_kw", start, now, every_s=every, labels={})
-    times = sorted({t for series in history for t, _ in series.points})
-    column = {pdu: i for i, pdu in enumerate(dict.fromkeys(model.feed_a + model.feed_b)) if pdu}
-    kw = np.full((len(times), len(column) + 1), np.nan)  # tick x PDU, and a last column of
-    kw[:, -1] = 0.0  # zeros: a rack without feed B draws nothing through it
-    row = {t: i for i, t in enumerate(times)}
-    for series in history:
-        if (i := column.get(series.tags.get("device", ""))) is not None:
-            kw[[row[t] for t, _ in series.points], i] = [v for _, v in series.points]
-    feed_b = [column[b] if b else -1 for b in model.feed_b]
-    rack_kw = kw[:, [column[a] for a in model.feed_a]] + kw[:, feed_b]
-    return list(zip(times, rack_kw))
+    """Each rack's power over the peak window, from the `rack` `power_kw` series the model
+    writes every tick (so the same sum of feeds, or of outlets, the runtime used): tick by
+    tick over the last minute, whose swings the backup model judges; before it, the maximum
+    of each of PEAK_BUCKETS windows, stamped at the window's end, so that a restarted
+    runtime holds each maximum until its newest point ages out: longer by up to one bucket,
+    never shorter. A rack with no point in a row is NaN there."""
+    window_s = model.site.model.peak_window_s
+    start, recent = now - window_s, now - min(SWING_WINDOW_S, window_s)
+    every_s = max(model.site.model.tick_s, (recent - start) / PEAK_BUCKETS)
+    maxima = store.history("rack", "power_kw", start, recent, every_s=every_s, aggregate="max")
+    ticks = store.history("rack", "power_kw", recent, now)
+    column = {rack: i for i, rack in enumerate(model.rack_ids)}
+    points = [(min(t + every_s, recent), column[s.tags["rack"]], kw)
+              for s in maxima if s.tags.get("rack") in column for t, kw in s.points]
+    points += [(t, column[s.tags["rack"]], kw)
+               for s in ticks if s.tags.get("rack") in column for t, kw in s.points]
+    if not points:
+        return []
+    times, racks, kw = (np.array(x) for x in zip(*points))
+    rows, row_of = np.unique(times, return_inverse=True)
+    rack_kw = np.full((len(rows), len(column)), np.nan)
+    np.fmax.at(rack_kw, (row_of, racks.astype(np.intp)), kw)  # a bucket's end may be a tick
+    return list(zip(rows.tolist(), rack_kw))
 
 
 def status_from_store(site: Site, store: Store, now: float | None = None) -> tuple[SiteModel, SiteStatus]:

@@ -7,6 +7,7 @@ the right rack: indexes of sources, loops and feeds, units, and what unknown inp
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import yaml
@@ -227,7 +228,6 @@ def test_a_reader_that_fetches_only_series_read_gets_the_same_answer(where):
     """`aidc headroom` fetches from the store only `SiteModel.series_read()`, a list kept
     beside `evaluate`: every series `evaluate` reads on the demo site must be in it, and the
     answer from those alone must equal the answer from everything a poll gives."""
-    import time
     from pathlib import Path
 
     from aidc.config import load_site
@@ -256,31 +256,32 @@ def test_a_reader_that_fetches_only_series_read_gets_the_same_answer(where):
     assert repr(SiteModel(site).evaluate(fetched, now)) == repr(full)  # NaN and arrays too
 
 
-def test_the_store_history_of_rack_power_sums_both_feeds_per_tick(tmp_path):
-    """What `aidc headroom` holds the peak against: per model tick, the mean of each feed's
-    points in it, A + B; NaN where a feed has no point; a rack without feed B is its A."""
-    import copy
-    import time
-
+def test_the_store_history_of_rack_power_is_tick_by_tick_in_the_last_minute_and_maxima_before(tmp_path):
+    """What `aidc headroom` and a restarted runtime hold the peak against: the model's own
+    `rack` `power_kw`, each point in the last minute (the backup model's swing), and before
+    it, the maximum of each tenth of the rest of the window, stamped at that tenth's end."""
     import numpy as np
 
     from aidc.snapshot import rack_power_history
     from aidc.store.sqlite import SqliteStore
 
-    spec = copy.deepcopy(SITE)
-    spec["devices"].append({**spec["devices"][2], "id": "pdu-3", "port": 7})
-    spec["racks"][0]["feed_b"] = "pdu-3"
-    model = SiteModel(Site.model_validate(spec))
-    tick_s = model.site.model.tick_s
-    t0 = (time.time() // tick_s - 10) * tick_s  # a tick's start, within the store's retention
+    model = SiteModel(Site.model_validate(SITE))
+    assert model.site.model.peak_window_s == 300 and model.site.model.tick_s <= 24
+    # the 240 s before the last minute in tenths of 24 s; `now` puts the window's start on an edge
+    now = (time.time() // 24 - 10) * 24 + 300
+    rack = {"R1": {"site": "s", "rack": "R1"}, "R2": {"site": "s", "rack": "R2"}}
     store = SqliteStore(tmp_path / "store.sqlite")
-    store.write([Sample("pdu", {"device": d}, "power_kw", kw, ts) for d, kw, ts in [
-        ("pdu-1", 20.0, t0), ("pdu-1", 22.0, t0 + tick_s / 2), ("pdu-3", 10.0, t0),
-        ("pdu-2", 15.0, t0),
-        ("pdu-1", 30.0, t0 + tick_s), ("pdu-2", 16.0, t0 + tick_s),  # pdu-3 missed this one
+    store.write([Sample("rack", rack[r], "power_kw", kw, now - ago, q) for r, kw, ago, q in [
+        ("R1", 90.0, 250, Quality.GOOD),  # in [start + 48, start + 72): stamped now - 228
+        ("R1", 85.0, 240, Quality.GOOD),  # the same tenth, below its maximum
+        ("R1", 99.0, 210, Quality.BAD),  # not a good value: no peak, and its tenth no row
+        ("R1", 70.0, 200, Quality.GOOD),  # in [start + 96, start + 120): stamped now - 180
+        ("R2", 40.0, 400, Quality.GOOD),  # before the window
+        ("R1", 80.0, 30, Quality.GOOD), ("R2", 50.0, 30, Quality.GOOD),
+        ("R1", 60.0, 5, Quality.GOOD),
     ]])
-    history = rack_power_history(model, store, t0 + tick_s + 1)
+    history = rack_power_history(model, store, now)
     store.close()
-    assert [t for t, _ in history] == [t0, t0 + tick_s]
+    assert [t - now for t, _ in history] == [-228, -180, -30, -5]
     assert np.array_equal(np.stack([kw for _, kw in history]),
-                          [[21.0 + 10.0, 15.0], [np.nan, 16.0]], equal_nan=True)
+                          [[90, np.nan], [70, np.nan], [80, 50], [60, np.nan]], equal_nan=True)
