@@ -27,6 +27,7 @@ from aidc.metrics import (
     backoff_s,
     worth_logging,
 )
+from aidc.snapshot import rack_power_history
 from aidc.store import Store, open_store
 from aidc.store.spool import SpooledWriter
 from aidc.topology import Topology
@@ -299,9 +300,12 @@ class Runtime:
 
     async def _tick_forever(self) -> None:
         """The first tick as soon as every device's first poll has ended (answered or not),
-        at most a tick interval after the start; then one every tick interval."""
+        at most a tick interval after the start, its peak window holding what the store
+        kept from before the start; then one every tick interval."""
+        peaks_read = asyncio.create_task(asyncio.to_thread(self._peaks_from_store))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_heard_from.wait(), self.site.model.tick_s)
+        await peaks_read  # bounded by the store's own timeouts; the tick owns the peaks next
         while not self._stopping:
             try:
                 await self.tick(time.time())
@@ -310,6 +314,14 @@ class Runtime:
             await asyncio.sleep(self.site.model.tick_s)
 
     # ------------------------------------------------------------------ the model tick
+
+    def _peaks_from_store(self) -> None:
+        """Capacity holds the peak of the whole window, restart or not: a runtime that
+        started with an empty window would show a restarted site more headroom than it has."""
+        try:
+            self.model.peaks.extend(rack_power_history(self.model, self.store, time.time()))
+        except Exception as e:  # the store down: the window starts empty, and says so
+            log.warning("event=peak_history_unread error=%r", str(e)[:300])
 
     def _count_outbox(self, now: float) -> None:
         self.notifier_backlog = self.outbox.backlog()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from aidc.config import load_site
+from aidc.metrics import Sample
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
@@ -322,6 +323,31 @@ def test_the_first_tick_comes_once_every_device_was_heard_from(tmp_path: Path) -
         runtime = live.runtime
         assert all(h.polls_total >= 1 for h in runtime.health.values())
         assert runtime.status is not None and runtime.status.racks[0].power_kw is not None
+    finally:
+        live.stop()
+
+
+def test_a_restarted_runtime_holds_the_peak_it_had_before(tmp_path: Path) -> None:
+    """Capacity holds the peak of the last 5 minutes, and a restart is not a reason to
+    forget it: the first tick after a restart holds the rack power the last run wrote."""
+    import time
+
+    from aidc.store.sqlite import SqliteStore
+
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE.replace("model: {tick_s: 0.3}", "model: {tick_s: 120}"))
+    site = on_free_ports(load_site(path))
+    (tmp_path / "data").mkdir(mode=0o700)
+    before = SqliteStore(tmp_path / "data" / site.store.path)
+    before.write([Sample("rack", {"site": "liveness", "rack": "R1"}, "power_kw", 250.0,
+                         time.time() - 100)])  # within the window, older than its last minute
+    before.close()
+    live = LiveSite(site, tmp_path / "data")
+    live.start(ticks=1, timeout_s=60)
+    try:
+        (rack,) = live.runtime.status.racks
+        assert rack.power_kw is not None and rack.power_kw < 250.0
+        assert rack.power_kw_peak == 250.0
     finally:
         live.stop()
 
