@@ -481,7 +481,12 @@ def console() -> None:
     """The `aidc` command: like main(), and `aidc ... | head` ends quietly. (Only here: a
     process that calls main() in-process, such as a test run, keeps its own SIGPIPE.)"""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed. What is left is freeing the site's objects one by
+    # one, 0.9 s at 10,000 racks (700,000 objects): the OS takes the memory back at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
