@@ -100,7 +100,7 @@ def rack_json(rack: RackStatus) -> dict[str, Any]:
 
 def pool_json(pool: Pool) -> dict[str, Any]:
     """A pool without the fields that do not apply to its kind, and no +inf."""
-    out = {k: v for k, v in asdict(pool).items() if v is not None or k in POOL_FIELDS}
+    out = {k: v for k, v in vars(pool).items() if v is not None or k in POOL_FIELDS}  # shallow
     if pool.kind == "loop":
         out["supply_limit_c"] = pool.supply_limit_c if math.isfinite(pool.supply_limit_c) else None
     else:

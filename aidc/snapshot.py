@@ -13,9 +13,6 @@ from aidc.metrics import STALE_AFTER_POLLS, Sample
 from aidc.store import Store
 
 
-PEAK_BUCKETS = 10  # the peak window before its last minute, read as this many maxima
-
-
 class NoRecentData(Exception):
     pass
 
@@ -39,18 +36,17 @@ def latest_from_store(
 def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple[float, np.ndarray]]:
     """Each rack's power over the peak window, from the `rack` `power_kw` series the model
     writes every tick (so the same sum of feeds, or of outlets, the runtime used): tick by
-    tick over the last minute, whose swings the backup model judges; before it, the maximum
-    of each of PEAK_BUCKETS windows, stamped at the window's end, so that a restarted
-    runtime holds each maximum until its newest point ages out: longer by up to one bucket,
-    never shorter. A rack with no point in a row is NaN there."""
+    tick over the last minute, whose swings the backup model judges, and before it, each
+    rack's maximum as one row stamped at the minute's start. A restarted runtime so holds
+    that maximum until the minute's start ages out: up to the window less a minute longer
+    than it would have, never shorter. A rack with no point in a row is NaN there."""
     window_s = model.site.model.peak_window_s
     start, recent = now - window_s, now - min(SWING_WINDOW_S, window_s)
-    every_s = max(model.site.model.tick_s, (recent - start) / PEAK_BUCKETS)
-    maxima = store.history("rack", "power_kw", start, recent, every_s=every_s, aggregate="max")
+    before = store.history("rack", "power_kw", start, recent, every_s=window_s, aggregate="max")
     ticks = store.history("rack", "power_kw", recent, now)
     column = {rack: i for i, rack in enumerate(model.rack_ids)}
-    points = [(min(t + every_s, recent), column[s.tags["rack"]], kw)
-              for s in maxima if s.tags.get("rack") in column for t, kw in s.points]
+    points = [(recent, column[s.tags["rack"]], kw)
+              for s in before if s.tags.get("rack") in column for _, kw in s.points]
     points += [(t, column[s.tags["rack"]], kw)
                for s in ticks if s.tags.get("rack") in column for t, kw in s.points]
     if not points:
@@ -58,7 +54,7 @@ def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple
     times, racks, kw = (np.array(x) for x in zip(*points))
     rows, row_of = np.unique(times, return_inverse=True)
     rack_kw = np.full((len(rows), len(column)), np.nan)
-    np.fmax.at(rack_kw, (row_of, racks.astype(np.intp)), kw)  # a bucket's end may be a tick
+    np.fmax.at(rack_kw, (row_of, racks.astype(np.intp)), kw)  # a tick at the minute's start
     return list(zip(rows.tolist(), rack_kw))
 
 

@@ -256,32 +256,32 @@ def test_a_reader_that_fetches_only_series_read_gets_the_same_answer(where):
     assert repr(SiteModel(site).evaluate(fetched, now)) == repr(full)  # NaN and arrays too
 
 
-def test_the_store_history_of_rack_power_is_tick_by_tick_in_the_last_minute_and_maxima_before(tmp_path):
+def test_the_store_history_of_rack_power_is_tick_by_tick_in_the_last_minute_and_a_maximum_before(
+        tmp_path):
     """What `aidc headroom` and a restarted runtime hold the peak against: the model's own
     `rack` `power_kw`, each point in the last minute (the backup model's swing), and before
-    it, the maximum of each tenth of the rest of the window, stamped at that tenth's end."""
+    it, each rack's maximum, stamped at the last minute's start."""
     import numpy as np
 
     from aidc.snapshot import rack_power_history
     from aidc.store.sqlite import SqliteStore
 
     model = SiteModel(Site.model_validate(SITE))
-    assert model.site.model.peak_window_s == 300 and model.site.model.tick_s <= 24
-    # the 240 s before the last minute in tenths of 24 s; `now` puts the window's start on an edge
-    now = (time.time() // 24 - 10) * 24 + 300
+    assert model.site.model.peak_window_s == 300
+    now = time.time() - 600  # within the store's retention
     rack = {"R1": {"site": "s", "rack": "R1"}, "R2": {"site": "s", "rack": "R2"}}
     store = SqliteStore(tmp_path / "store.sqlite")
     store.write([Sample("rack", rack[r], "power_kw", kw, now - ago, q) for r, kw, ago, q in [
-        ("R1", 90.0, 250, Quality.GOOD),  # in [start + 48, start + 72): stamped now - 228
-        ("R1", 85.0, 240, Quality.GOOD),  # the same tenth, below its maximum
-        ("R1", 99.0, 210, Quality.BAD),  # not a good value: no peak, and its tenth no row
-        ("R1", 70.0, 200, Quality.GOOD),  # in [start + 96, start + 120): stamped now - 180
-        ("R2", 40.0, 400, Quality.GOOD),  # before the window
+        ("R1", 90.0, 250, Quality.GOOD),  # R1's peak before the last minute
+        ("R1", 85.0, 200, Quality.GOOD),
+        ("R1", 99.0, 210, Quality.BAD),  # not a good value: not a peak
+        ("R2", 40.0, 400, Quality.GOOD),  # before the window: R2 has none before the minute
         ("R1", 80.0, 30, Quality.GOOD), ("R2", 50.0, 30, Quality.GOOD),
         ("R1", 60.0, 5, Quality.GOOD),
+        ("R2", 70.0, 60, Quality.GOOD),  # on the minute's start: in both reads, held once
     ]])
     history = rack_power_history(model, store, now)
     store.close()
-    assert [t - now for t, _ in history] == [-228, -180, -30, -5]
+    assert [t - now for t, _ in history] == [-60, -30, -5]
     assert np.array_equal(np.stack([kw for _, kw in history]),
-                          [[90, np.nan], [70, np.nan], [80, 50], [60, np.nan]], equal_nan=True)
+                          [[90, 70], [80, 50], [60, np.nan]], equal_nan=True)

@@ -72,6 +72,9 @@ def test_window_maxima(store):
                         every_s=10, aggregate="max")
     # window [T0, T0+10): max(40, 42), not the out-of-range 99.5; window [T0+10, T0+20): 44
     assert by_device(got) == {"cdu-1": [(T0, 42.0), (T0 + 10, 44.0)]}
+    # a window spanning the range, off the windows' edges: one point each, stamped its start
+    got = store.history("cdu", "supply_temp_c", T0 + 3, T0 + 13, every_s=10, aggregate="max")
+    assert by_device(got) == {"cdu-1": [(T0 + 3, 44.0)]}  # cdu-2's one point is at T0 + 1
 
 
 def test_tags_with_spaces_commas_and_equals_round_trip(store):

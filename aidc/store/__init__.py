@@ -53,7 +53,8 @@ class Store(Protocol):
     ) -> list[Series]:
         """Good values of ``field`` in [start, end], one Series per tag set; with
         ``every_s``, the ``aggregate`` (mean or max) over windows of that length, stamped
-        with the window's start (as InfluxDB's GROUP BY time does); with
+        with the window's start (as InfluxDB's GROUP BY time does), or over [start, end] as
+        one window, stamped ``start``, when ``every_s`` spans it; with
         ``labels``, only the series with exactly those labels (``{}``: none, so a PDU's
         ``power_kw`` and not its outlets' ``power_kw{outlet=N}``)."""
 

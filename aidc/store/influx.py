@@ -120,8 +120,9 @@ class InfluxStore:
         self._connect()
         conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}"]
         conditions += [f"{_ident(k)} = {_literal(v)}" for k, v in (where or {}).items()]
+        one_window = bool(every_s) and every_s >= end - start
         select = f"{aggregate}({_ident(field)})" if every_s else _ident(field)
-        group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s else "*"
+        group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s and not one_window else "*"
         q = (
             f"SELECT {select} FROM {_ident(measurement)} "
             f"WHERE {' AND '.join(conditions)} GROUP BY {group}"
@@ -134,7 +135,7 @@ class InfluxStore:
                 measurement,
                 {k: v for k, v in s.get("tags", {}).items() if v},
                 field,
-                [(t / 1000, v) for t, v in s["values"] if v is not None],
+                [(start if one_window else t / 1000, v) for t, v in s["values"] if v is not None],
             )
             for s in result.get("series", [])
         ]

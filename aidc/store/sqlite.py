@@ -116,20 +116,24 @@ class SqliteStore:
         aggregate: Aggregate = "mean",
     ) -> list[Series]:
         tag_sql = "".join(f" AND json_extract(s.tags, '$.{k}') = ?" for k in (where or {}))
-        args: list = [measurement, field, *(where or {}).values(), start, end]
+        args: list = [measurement, field, *(where or {}).values()]
         if labels is not None:
             tag_sql += " AND s.key = ?"
-            args.insert(-2, series_key(field, labels))
-        if every_s:
-            select = f"s.id, CAST(p.ts / ? AS INTEGER) * ? AS t, {SQL_AGGREGATE[aggregate]}(p.value)"
-            group = " GROUP BY s.id, t"
+            args.append(series_key(field, labels))
+        args += [start, end]
+        if every_s and every_s >= end - start:  # one window: rows come in series order
+            select = f"p.series, {float(start)!r}, {SQL_AGGREGATE[aggregate]}(p.value)"
+            group = " GROUP BY p.series"
+        elif every_s:
+            select = f"p.series, CAST(p.ts / ? AS INTEGER) * ? AS t, {SQL_AGGREGATE[aggregate]}(p.value)"
+            group = " GROUP BY p.series, t ORDER BY p.series, t"
             args = [every_s, every_s, *args]
         else:
-            select, group = "s.id, p.ts AS t, p.value", ""
-        sql = (
-            f"SELECT {select} FROM samples p JOIN series s ON s.id = p.series "
-            f"WHERE s.measurement = ? AND s.field = ?{tag_sql} AND p.ts BETWEEN ? AND ? "
-            f"AND p.quality = 'good' AND p.value IS NOT NULL{group} ORDER BY s.id, t"
+            select, group = "p.series, p.ts, p.value", ""  # in key order: (series, ts)
+        sql = (  # series by id, the samples' key order: no sorting where none is needed
+            f"SELECT {select} FROM samples p WHERE p.series IN (SELECT s.id FROM series s "
+            f"WHERE s.measurement = ? AND s.field = ?{tag_sql}) AND p.ts BETWEEN ? AND ? "
+            f"AND p.quality = 'good' AND p.value IS NOT NULL{group}"
         )
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
@@ -149,7 +153,8 @@ class SqliteStore:
         sql = (
             "SELECT s.key, s.measurement, s.tags, s.field, p.value, p.ts, p.quality "
             "FROM series s JOIN samples p ON p.series = s.id "
-            "AND p.ts = (SELECT max(ts) FROM samples WHERE series = s.id) WHERE p.ts >= ?"
+            "AND p.ts = (SELECT max(ts) FROM samples WHERE series = s.id) "
+            "WHERE json_extract(s.tags, '$.device') IS NOT NULL AND p.ts >= ?"
         )
         args: tuple = (since,)
         if keys is not None:
@@ -160,7 +165,6 @@ class SqliteStore:
         return {
             (tags["device"], key): Sample(m, tags, f, v, ts, QUALITY[q])
             for (key, m, _, f, v, ts, q), tags in zip(rows, _decoded(row[2] for row in rows))
-            if "device" in tags
         }
 
     def count(self) -> int:
