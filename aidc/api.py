@@ -325,47 +325,8 @@ class SiteAPI:
             "rejected_samples": rt.writer.rejected_samples,
         }
 
-    def metrics_text(self) -> str:
-        """Prometheus text exposition of aidc's own health."""
-        rt = self.runtime
-        lines: list[str] = []
+    def metrics(self, accept: str = "") -> tuple[bytes, str]:
+        """aidc's own health for Prometheus, and its content type."""
+        from aidc.prometheus import exposition
 
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
-
-        hs = list(rt.health.values())
-        metric("aidc_polls_total", "counter", "Polls attempted per device.",
-               [(f'{{device="{h.id}"}}', h.polls_total) for h in hs])
-        metric("aidc_poll_errors_total", "counter", "Polls that failed per device.",
-               [(f'{{device="{h.id}"}}', h.errors_total) for h in hs])
-        metric("aidc_device_up", "gauge", "1 when the last poll succeeded.",
-               [(f'{{device="{h.id}"}}', float(h.state in REACHABLE)) for h in hs])
-        metric("aidc_poll_duration_ms", "gauge", "Duration of the last good poll.",
-               [(f'{{device="{h.id}"}}', h.last_poll_ms) for h in hs])
-        metric("aidc_poll_backoff_seconds", "gauge", "Wait before the next poll (grows while down).",
-               [(f'{{device="{h.id}"}}', h.retry_in_s) for h in hs])
-        metric("aidc_spool_samples", "gauge", "Samples waiting on disk for the store.",
-               [("", rt.writer.spooled_samples())])
-        metric("aidc_spool_dropped_samples_total", "counter", "Samples dropped past the spool bound.",
-               [("", rt.writer.dropped_samples)])
-        metric("aidc_store_rejected_samples_total", "counter",
-               "Samples the store refused (kept in the spool file's rejected table).",
-               [("", rt.writer.rejected_samples)])
-        metric("aidc_store_up", "gauge", "1 when the last store write succeeded.",
-               [("", float(rt.writer.store_up))])
-        metric("aidc_model_ticks_total", "counter", "Model ticks run.", [("", rt.ticks)])
-        metric("aidc_model_tick_ms", "gauge", "Duration of the last model tick.", [("", rt.last_tick_ms)])
-        metric("aidc_alerting_tick_ms", "gauge", "Of the last tick, the rules, inhibition, "
-               "silences and alert state.", [("", rt.last_alerting_ms)])
-        metric("aidc_notifier_backlog", "gauge", "Notifications waiting for delivery.",
-               [("", rt.notifier_backlog)])
-        metric("aidc_notifier_oldest_seconds", "gauge", "Age of the oldest waiting notification.",
-               [("", rt.notifier_oldest_s)])
-        metric("aidc_notifier_dead_letters", "gauge", "Notifications a receiver refused for good.",
-               [("", rt.notifier_dead_letters)])
-        metric("aidc_event_loop_lag_seconds", "gauge", "Worst delay of the polls' and the "
-               "model's event loop over the last minute (a blocked loop delays every poll).",
-               [("", rt.loop_lag_s)])
-        return "\n".join(lines) + "\n"
+        return exposition(self.runtime, accept)

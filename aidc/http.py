@@ -159,7 +159,8 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
 
     @app.get("/metrics")
     def metrics():
-        return Response(api.metrics_text(), mimetype="text/plain; version=0.0.4")
+        body, content_type = api.metrics(request.headers.get("Accept", ""))
+        return Response(body, content_type=content_type)
 
     @app.get("/api/v1/site")
     def site():

@@ -63,6 +63,27 @@ def test_rack_headroom_lists_every_limit(web):
     assert get(web, "/api/v1/racks/Z99/headroom").status_code == 404
 
 
+def test_metrics_parse_as_prometheus_does_in_base_units(web, shared_live_site):
+    """`/metrics` as Prometheus's own parser reads it: counters end in `_total`, times are in
+    seconds (a poll of a device on this host takes well under its timeout; in milliseconds
+    it would not), and every device has its series."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(get(web, "/metrics").text)}
+    assert not [name for name in families if "_ms" in name]
+    counters = [f for f in families.values() if f.type == "counter"]
+    assert len(counters) == 5 and all(s.name.endswith("_total") for f in counters for s in f.samples)
+    site = shared_live_site.runtime.site
+    polls = {s.labels["device"]: s.value for s in families["aidc_poll_duration_seconds"].samples}
+    assert set(polls) == {d.id for d in site.devices}
+    assert all(0 < polls[d.id] < site.timeout_s(d) for d in site.devices)
+    assert families["aidc_model_tick_seconds"].samples[0].value < site.model.tick_s
+    # a scraper that asks for OpenMetrics gets it
+    om = get(web, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.text.endswith("# EOF\n")
+
+
 def test_every_rule_that_can_fire_has_a_runbook(web):
     import ast
 

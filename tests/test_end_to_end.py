@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from aidc.api import SiteAPI
 from aidc.config import Alerts, Defaults, Model, Site, Webhook, load_site
@@ -174,10 +175,13 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         assert resolved["summary"].startswith("resolved after ") and resolved["duration_s"] > 0
         assert not [b for b in receiver.bodies() if b["labels"].get("device") != "pdu-a01-a"]
 
-        metrics = (await asyncio.to_thread(httpx.get, web.url + "metrics")).text
-        assert 'aidc_device_up{device="pdu-a01-a"} 1' in metrics
+        scrape = await asyncio.to_thread(httpx.get, web.url + "metrics")
+        assert scrape.headers["content-type"].startswith("text/plain; version=")
+        metrics = {(s.name, tuple(s.labels.items())): s.value  # as Prometheus parses it
+                   for family in text_string_to_metric_families(scrape.text) for s in family.samples}
+        assert metrics["aidc_device_up", (("device", "pdu-a01-a"),)] == 1
         # both notifications were delivered: nothing waits, nothing was refused
-        assert "aidc_notifier_backlog 0\n" in metrics and "aidc_notifier_dead_letters 0\n" in metrics
+        assert metrics["aidc_notifier_backlog", ()] == metrics["aidc_notifier_dead_letters", ()] == 0
 
     asyncio.run(run_site(site, tmp_path, check))
 

@@ -362,7 +362,7 @@ def test_a_blocked_event_loop_shows_as_lag(small_site: LiveSite) -> None:
     runtime = small_site.runtime
     runtime.call_soon(time.sleep, 1.5)  # runs on the loop: nothing else runs meanwhile
     wait_for(lambda: runtime.loop_lag_s >= 1.0, what="the lag measured")
-    line = next(x for x in SiteAPI(runtime).metrics_text().splitlines()
+    line = next(x for x in SiteAPI(runtime).metrics()[0].decode().splitlines()
                 if x.startswith("aidc_event_loop_lag_seconds "))
     assert float(line.split()[1]) >= 1.0
 
