@@ -200,10 +200,13 @@ class SiteModel:
         supercap_index = {sc.id: i for i, sc in enumerate(self.supercaps)}
         self.supercap_vmin_v = np.array([sc.vmin_v for sc in self.supercaps], dtype=float)
         self.rack_supercap = np.array([supercap_index.get(r.supercap, -1) for r in racks], dtype=np.intp)
-        self.supercap_sources = [
-            sorted({int(x) for x in np.r_[self.feed_a_source[mine], self.feed_b_source[mine]] if x >= 0})
-            for mine in (self.rack_supercap == i for i in range(len(self.supercaps)))
-        ]
+        behind = self.rack_supercap >= 0  # each supercap's sources: one pass over the racks
+        pairs = {(int(sc), int(source)) for sc, *sources in zip(
+            self.rack_supercap[behind], self.feed_a_source[behind], self.feed_b_source[behind])
+            for source in sources if source >= 0}
+        self.supercap_sources: list[list[int]] = [[] for _ in self.supercaps]
+        for sc, source in sorted(pairs):
+            self.supercap_sources[sc].append(source)
 
         meters = site.devices_of("meter")
         self.facility_meter = next((m.id for m in meters if m.role == "facility"), None)
