@@ -70,9 +70,13 @@ class Topology:
         if loop := labels.get("loop") or self.loop_of_cdu.get(device):
             loops[loop] = None
             racks |= dict.fromkeys(self.racks_on_loop.get(loop, ()))
-        by_id = {r.id: r for r in self.site.racks}
-        loops |= dict.fromkeys(by_id[r].loop for r in racks if r in by_id and by_id[r].loop)
+        loop_of = self.loop_of_rack
+        loops |= dict.fromkeys(loop_of[r] for r in racks if loop_of.get(r))
         return list(racks), list(loops)  # type: ignore[arg-type]
+
+    @cached_property
+    def loop_of_rack(self) -> dict[str, str | None]:
+        return {r.id: r.loop for r in self.site.racks}
 
     @cached_property
     def device_tags(self) -> dict[str, dict[str, str]]:
