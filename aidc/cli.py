@@ -389,11 +389,23 @@ def cmd_gen_site(args: argparse.Namespace) -> int:
     from aidc.sitegen import generate
 
     try:
-        text = generate(args.racks, args.seed, args.first_port)
+        return _write_out(generate(args.racks, args.seed, args.first_port), args.output)
     except ValueError as e:
         return _fail(str(e))
-    if args.output:
-        Path(args.output).write_text(text)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from dashboards.grafana import dashboard
+
+    return _write_out(json.dumps(dashboard(_load(args.site)), indent=2) + "\n", args.output)
+
+
+def _write_out(text: str, output: str | None) -> int:
+    """To the ``--output`` file, or to standard output."""
+    if output:
+        Path(output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
@@ -467,6 +479,12 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--first-port", type=int, default=10_000, help="ports count up from here")
     g.add_argument("-o", "--output", help="file to write (default: standard output)")
     g.set_defaults(func=cmd_gen_site)
+
+    ex = sub.add_parser("export", help="write a Grafana dashboard for the site's InfluxDB store")
+    ex.add_argument("format", choices=["grafana"])
+    ex.add_argument("--site", required=True)
+    ex.add_argument("-o", "--output", help="file to write (default: standard output)")
+    ex.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("probe", help="read one device once and print every mapped metric")
     pr.add_argument("device")

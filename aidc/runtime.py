@@ -320,7 +320,7 @@ class Runtime:
         started with an empty window would show a restarted site more headroom than it has."""
         try:
             self.model.peaks.extend(rack_power_history(self.model, self.store, time.time()))
-        except Exception as e:  # the store down: the window starts empty, and says so
+        except Exception as e:  # noqa: BLE001  (a store down or broken: the window starts empty)
             log.warning("event=peak_history_unread error=%r", str(e)[:300])
 
     def _count_outbox(self, now: float) -> None:
