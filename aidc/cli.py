@@ -504,14 +504,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console() -> None:
-    """The `aidc` command: like main(), and `aidc ... | head` ends quietly. (Only here: a
-    process that calls main() in-process, such as a test run, keeps its own SIGPIPE.)"""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    code = main()
+    """The `aidc` command: like main(), and `aidc ... | head` ends quietly. SIGPIPE stays
+    ignored, as Python sets it: its default action would end `aidc run` whenever a client
+    hung up while the web server answered it. A reader of the output that went away shows as
+    BrokenPipeError instead, and the command ends as a shell reports SIGPIPE (141)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # as the Python docs advise: no second error while exiting
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + signal.SIGPIPE
     # Everything is written and closed. What is left is freeing the site's objects one by
     # one, 0.9 s at 10,000 racks (700,000 objects): the OS takes the memory back at once.
     logging.shutdown()
-    sys.stdout.flush()
     os._exit(code or 0)
 
 

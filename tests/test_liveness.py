@@ -490,3 +490,51 @@ def test_aidc_run_takes_the_hard_open_files_limit_and_says_when_it_is_short(tmp_
     assert enough.stdout.split() == [str(hard)] and "open_files_short" not in enough.stderr
     assert short.stdout.split() == ["100"]
     assert "event=open_files_short connections=8 limit=100" in short.stderr
+
+
+def test_aidc_outlives_a_client_that_hangs_up_mid_answer(tmp_path) -> None:
+    """A browser closing its tab while the console's scripts are on their way: the web
+    server's next write finds the connection reset. `aidc demo` (and `aidc run`) must carry
+    on; the default action of the SIGPIPE that such a write raises would end the process."""
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from aidc.net import free_offset, free_port
+
+    demo = ROOT / "site_configs" / "demo.yaml"
+    ports = [("udp" if d.protocol == "snmp" else "tcp", d.port) for d in load_site(demo).devices]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "aidc.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aidc.cli", "demo", "--site", str(demo), "--data-dir",
+             str(tmp_path / "data"), "--web-port", str(port), "--port-offset", str(free_offset(ports))],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(url + "/healthz", timeout=5).status_code in (200, 503)
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    try:
+        wait_for(answers, timeout_s=90, what="aidc demo serving")
+        assert proc.poll() is None, (tmp_path / "aidc.log").read_text()[-2000:]
+        script = next(s for s in re.findall(r'src="([^"]+)"', httpx.get(url + "/").text)
+                      if "dash_core_components.v" in s)
+        for _ in range(20):
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # the answer waits on us
+                s.connect(("127.0.0.1", port))
+                s.sendall(f"GET {script} HTTP/1.1\r\nHost: aidc\r\n\r\n".encode())
+                s.recv(100)  # it started; closing with the rest unread resets the connection
+        for _ in range(3):  # served whole after the hang-ups: those answers were given up
+            assert len(httpx.get(url + script, timeout=10).content) > 100_000
+        assert proc.poll() is None, f"aidc ended with {proc.poll()}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
