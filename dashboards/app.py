@@ -263,7 +263,8 @@ def what_if_text(w: dict) -> str:
 
 
 def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None = None) -> Dash:
-    app = Dash(__name__, server=server, title=f"aidc · {api.site_name}", update_title=None)
+    app = Dash(__name__, server=server, title=f"aidc · {api.site_name}", update_title=None,
+               compress=True)  # flask-compress: brotli or gzip, as the browser accepts
     app.layout = layout(api)
     app.server.before_request(partial(_refuse_malformed_update, app))
 

@@ -84,6 +84,21 @@ def test_metrics_parse_as_prometheus_does_in_base_units(web, shared_live_site):
     assert om.text.endswith("# EOF\n")
 
 
+def test_the_console_scripts_come_compressed_and_cached_for_a_year(web):
+    """A cold first render fetches the Dash bundles: compressed as the browser accepts, and
+    fingerprinted, so that a browser keeps them until aidc's next release."""
+    import re
+
+    page = get(web, "/", headers={"Accept-Encoding": "gzip, br"})
+    scripts = re.findall(r'src="(/_dash-component-suites/[^"]+)"', page.text)
+    assert len(scripts) >= 5
+    for src in scripts:
+        r = get(web, src, headers={"Accept-Encoding": "gzip, br"})
+        assert r.headers["content-encoding"] in ("br", "gzip"), src
+        assert r.num_bytes_downloaded < 0.6 * len(r.content), src
+        assert "max-age=31536000" in r.headers["cache-control"], src
+
+
 def test_every_rule_that_can_fire_has_a_runbook(web):
     import ast
 
