@@ -22,6 +22,19 @@ def exposition(runtime: Runtime, accept: str) -> tuple[bytes, str]:
     return encode(RuntimeMetrics(runtime)), content_type  # type: ignore[arg-type]
 
 
+Counter, Gauge = CounterMetricFamily, GaugeMetricFamily
+PER_DEVICE = [  # (family, name, help, value of a DeviceHealth)
+    (Counter, "aidc_polls", "Polls attempted per device.", lambda h: h.polls_total),
+    (Counter, "aidc_poll_errors", "Polls that failed per device.", lambda h: h.errors_total),
+    (Gauge, "aidc_device_up", "1 when the last poll succeeded.",
+     lambda h: float(h.state in REACHABLE)),
+    (Gauge, "aidc_poll_duration_seconds", "Duration of the last good poll.",
+     lambda h: h.last_poll_ms / 1000),
+    (Gauge, "aidc_poll_backoff_seconds", "Wait before the next poll (grows while down).",
+     lambda h: h.retry_in_s),
+]
+
+
 class RuntimeMetrics:
     """A prometheus_client collector, read from the runtime at each scrape."""
 
@@ -29,51 +42,34 @@ class RuntimeMetrics:
         self.runtime = runtime
 
     def collect(self):
-        rt, hs = self.runtime, list(self.runtime.health.values())
-
-        def per_device(family, value):
-            for h in hs:
-                family.add_metric([h.id], value(h))
-            return family
-
-        def one(family, value):
-            family.add_metric([], value)
-            return family
-
-        device = ["device"]
-        yield per_device(CounterMetricFamily("aidc_polls", "Polls attempted per device.",
-                                             labels=device), lambda h: h.polls_total)
-        yield per_device(CounterMetricFamily("aidc_poll_errors", "Polls that failed per device.",
-                                             labels=device), lambda h: h.errors_total)
-        yield per_device(GaugeMetricFamily("aidc_device_up", "1 when the last poll succeeded.",
-                                           labels=device), lambda h: float(h.state in REACHABLE))
-        yield per_device(GaugeMetricFamily("aidc_poll_duration_seconds", "Duration of the last "
-                                           "good poll.", labels=device), lambda h: h.last_poll_ms / 1000)
-        yield per_device(GaugeMetricFamily("aidc_poll_backoff_seconds", "Wait before the next "
-                                           "poll (grows while down).", labels=device),
-                         lambda h: h.retry_in_s)
-        w = rt.writer
-        yield one(GaugeMetricFamily("aidc_spool_samples", "Samples waiting on disk for the "
-                                    "store."), w.spooled_samples())
-        yield one(CounterMetricFamily("aidc_spool_dropped_samples", "Samples dropped past the "
-                                      "spool bound."), w.dropped_samples)
-        yield one(CounterMetricFamily("aidc_store_rejected_samples", "Samples the store refused "
-                                      "(kept in the spool file's rejected table)."),
-                  w.rejected_samples)
-        yield one(GaugeMetricFamily("aidc_store_up", "1 when the last store write succeeded."),
-                  float(w.store_up))
-        yield one(CounterMetricFamily("aidc_model_ticks", "Model ticks run."), rt.ticks)
-        yield one(GaugeMetricFamily("aidc_model_tick_seconds", "Duration of the last model "
-                                    "tick."), rt.last_tick_ms / 1000)
-        yield one(GaugeMetricFamily("aidc_alerting_tick_seconds", "Of the last tick, the rules, "
-                                    "inhibition, silences and alert state."),
-                  rt.last_alerting_ms / 1000)
-        yield one(GaugeMetricFamily("aidc_notifier_backlog", "Notifications waiting for "
-                                    "delivery."), rt.notifier_backlog)
-        yield one(GaugeMetricFamily("aidc_notifier_oldest_seconds", "Age of the oldest waiting "
-                                    "notification."), rt.notifier_oldest_s)
-        yield one(GaugeMetricFamily("aidc_notifier_dead_letters", "Notifications a receiver "
-                                    "refused for good."), rt.notifier_dead_letters)
-        yield one(GaugeMetricFamily("aidc_event_loop_lag_seconds", "Worst delay of the polls' "
-                                    "and the model's event loop over the last minute (a "
-                                    "blocked loop delays every poll)."), rt.loop_lag_s)
+        rt, w = self.runtime, self.runtime.writer
+        health = list(rt.health.values())
+        for family, name, help_, value in PER_DEVICE:
+            metric = family(name, help_, labels=["device"])
+            for h in health:
+                metric.add_metric([h.id], value(h))
+            yield metric
+        yield from (
+            Gauge("aidc_spool_samples", "Samples waiting on disk for the store.",
+                  value=w.spooled_samples()),
+            Counter("aidc_spool_dropped_samples", "Samples dropped past the spool bound.",
+                    value=w.dropped_samples),
+            Counter("aidc_store_rejected_samples", "Samples the store refused (kept in the "
+                    "spool file's rejected table).", value=w.rejected_samples),
+            Gauge("aidc_store_up", "1 when the last store write succeeded.",
+                  value=float(w.store_up)),
+            Counter("aidc_model_ticks", "Model ticks run.", value=rt.ticks),
+            Gauge("aidc_model_tick_seconds", "Duration of the last model tick.",
+                  value=rt.last_tick_ms / 1000),
+            Gauge("aidc_alerting_tick_seconds", "Of the last tick, the rules, inhibition, "
+                  "silences and alert state.", value=rt.last_alerting_ms / 1000),
+            Gauge("aidc_notifier_backlog", "Notifications waiting for delivery.",
+                  value=rt.notifier_backlog),
+            Gauge("aidc_notifier_oldest_seconds", "Age of the oldest waiting notification.",
+                  value=rt.notifier_oldest_s),
+            Gauge("aidc_notifier_dead_letters", "Notifications a receiver refused for good.",
+                  value=rt.notifier_dead_letters),
+            Gauge("aidc_event_loop_lag_seconds", "Worst delay of the polls' and the model's "
+                  "event loop over the last minute (a blocked loop delays every poll).",
+                  value=rt.loop_lag_s),
+        )
