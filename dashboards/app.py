@@ -20,6 +20,8 @@ from aidc.api import REACHABLE, AckRequest, SilenceRequest, SiteAPI, one_line
 from aidc.runtime import NotAnswering
 
 REFRESH_MS = 2000
+CHART_RACKS = 60  # bars in the overview's rack chart
+TABLE_ROWS = 50  # rows a page in the rack table, sorted across all pages
 SLOW_REFRESH_MS = 30_000  # interval PUE reads the store: no need to do it every 2 s
 CARD = {"padding": "12px 18px", "border": "1px solid #d0d7de", "borderRadius": "8px",
         "minWidth": "150px", "background": "#ffffff"}
@@ -73,7 +75,7 @@ def overview() -> html.Div:
              ("Peak (kW)", "power_kw_peak"), ("Design (kW)", "design_kw"),
              ("Headroom (kW)", "headroom_kw"), ("Binding limit", "limiting")],
             numeric=("power_kw", "power_kw_peak", "design_kw", "headroom_kw"),
-            sort_action="native",
+            sort_action="native", page_size=TABLE_ROWS,
             style_data_conditional=[
                 {"if": {"filter_query": "{headroom_kw} < 0"}, "backgroundColor": "#ffebe9"},
                 {"if": {"filter_query": "{complete} = false"}, "color": "#8c959f"},
@@ -203,6 +205,13 @@ def layout(api: SiteAPI) -> html.Div:
 
 
 def rack_figure(racks: list[dict]) -> go.Figure:
+    """Power and headroom of each rack; past CHART_RACKS, of those with the least headroom,
+    unknown first (2,000 bars are neither readable nor quick to draw: the table has them all)."""
+    title = ""
+    if len(racks) > CHART_RACKS:
+        title = f"the {CHART_RACKS} of {len(racks)} racks with the least headroom"
+        racks = sorted(racks, key=lambda r: (r["headroom_kw"] is not None, r["headroom_kw"] or 0))
+        racks = racks[:CHART_RACKS]
     ids = [r["id"] for r in racks]
     fig = go.Figure([
         go.Bar(name="power kW", x=ids, y=[r["power_kw"] for r in racks], marker_color="#0969da"),
@@ -210,8 +219,9 @@ def rack_figure(racks: list[dict]) -> go.Figure:
                marker_color="#8cd9a0", text=[r["limiting"] or "" for r in racks],
                textposition="inside"),
     ])
-    fig.update_layout(barmode="stack", margin={"l": 40, "r": 10, "t": 10, "b": 30},
-                      legend={"orientation": "h"}, yaxis_title="kW")
+    fig.update_layout(barmode="stack", margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30},
+                      legend={"orientation": "h"}, yaxis_title="kW",
+                      title={"text": title, "font": {"size": 13}})
     return fig
 
 

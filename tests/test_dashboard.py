@@ -134,3 +134,22 @@ def test_an_operator_acknowledges_and_silences_from_the_page(dash_duo, live_site
     wait_for(lambda: "PDU swap" in dash_duo.find_element("#silences-table").text,
              what="the silence listed")
     assert dash_duo.get_logs() == []
+
+
+def test_a_large_site_charts_the_racks_with_least_headroom_unknown_first():
+    """2,000 bars are neither readable nor quick to draw: past CHART_RACKS the chart keeps
+    the racks nearest their limit (over it first), and those whose headroom is unknown."""
+    from dashboards.app import CHART_RACKS, rack_figure
+
+    racks = [{"id": f"R{i:04}", "power_kw": 50.0, "headroom_kw": float(i % 97) - 3,
+              "limiting": "feed"} for i in range(500)]
+    racks[321]["headroom_kw"] = None  # unknown: shown, never ranked as a number
+    fig = rack_figure(racks)
+    shown = list(fig.data[0].x)
+    assert len(shown) == CHART_RACKS and shown[0] == "R0321"
+    by_id = {r["id"]: r["headroom_kw"] for r in racks}
+    known = [by_id[i] for i in shown[1:]]
+    assert known == sorted(known) and known[0] == -3.0
+    assert max(known) <= min(h for i, h in by_id.items() if h is not None and i not in shown)
+    assert f"{CHART_RACKS} of 500" in fig.layout.title.text
+    assert rack_figure(racks[:8]).layout.title.text in ("", None)  # a small site: every rack
