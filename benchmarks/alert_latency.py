@@ -28,9 +28,10 @@ from pathlib import Path
 import httpx
 
 from aidc.config import load_site
-from aidc.net import free_offset, free_port
+from aidc.net import free_port
 from alerts.outbox import Outbox
 from benchmarks.common import machine
+from simulators.site import free_port_offset
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "alert_latency.json"
@@ -80,8 +81,7 @@ def main() -> None:
     receiver, rng = Receiver(), random.Random(1)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, web_port = Path(tmp) / "data", free_port()
-        offset = free_offset([("udp" if d.protocol == "snmp" else "tcp", d.port)
-                              for d in site.devices])
+        offset = free_port_offset(site)
         proc = subprocess.Popen(
             [sys.executable, "-m", "aidc.cli", "demo", "--site", str(site_file), "--data-dir",
              str(data_dir), "--web-port", str(web_port), "--port-offset", str(offset),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from aidc.net import free_port
 from aidc.sitegen import generate
 from benchmarks.common import machine
 from dashboards.app import CHART_RACKS
+from simulators.site import free_port_offset
 
 RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "2000"))
 REPEATS = 5
@@ -58,30 +58,12 @@ return [all.reduce((n, e) => n + e.transferSize, 0), all.reduce((n, e) => n + e.
 """
 
 
-def port_offset(site_path: Path) -> int:
-    """An offset that puts every simulated device on a free port of 127.0.0.1."""
-    ports = [d.port for d in load_site(site_path).devices]
-    for offset in range(0, 40_000, 1_000):
-        if max(ports) + offset < 65_000 and all(_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("no free range of ports for the simulated devices")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def start_demo(site_path: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    port, offset = free_port(), free_port_offset(load_site(site_path))
     with open(data_dir.parent / "demo.log", "ab") as log:  # the child keeps its own handle
         proc = subprocess.Popen(
             [sys.executable, "-m", "aidc.cli", "demo", "--site", str(site_path), "--web-port",
-             str(port), "--port-offset", str(port_offset(site_path)), "--data-dir", str(data_dir)],
+             str(port), "--port-offset", str(offset), "--data-dir", str(data_dir)],
             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 600

@@ -503,16 +503,17 @@ def test_aidc_outlives_a_client_that_hangs_up_mid_answer(tmp_path) -> None:
 
     import httpx
 
-    from aidc.net import free_offset, free_port
+    from aidc.net import free_port
+    from simulators.site import free_port_offset
 
     demo = ROOT / "site_configs" / "demo.yaml"
-    ports = [("udp" if d.protocol == "snmp" else "tcp", d.port) for d in load_site(demo).devices]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with open(tmp_path / "aidc.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "aidc.cli", "demo", "--site", str(demo), "--data-dir",
-             str(tmp_path / "data"), "--web-port", str(port), "--port-offset", str(free_offset(ports))],
+             str(tmp_path / "data"), "--web-port", str(port), "--port-offset",
+             str(free_port_offset(load_site(demo)))],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def answers() -> bool:

@@ -26,8 +26,9 @@ import httpx
 
 from aidc.config import Store as StoreConfig
 from aidc.config import load_site
-from aidc.net import free_offset, free_port
+from aidc.net import free_port
 from aidc.store.influx import InfluxStore
+from simulators.site import free_port_offset
 from tests.conftest import ROOT, Influxd, wait_for
 from tests.test_alerts import Receiver
 
@@ -135,8 +136,7 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
     site = tmp_path / "site.yaml"
     site.write_text(text)
     pager, data_dir = Receiver(), tmp_path / "data"  # on-call: a fixed port, down at will
-    ports = [("udp" if d.protocol == "snmp" else "tcp", d.port) for d in load_site(site).devices]
-    aidc = Aidc(site, data_dir, free_offset(ports), pager)
+    aidc = Aidc(site, data_dir, free_port_offset(load_site(site)), pager)
     influxd.start()
     pager.start()
     aidc.start()
