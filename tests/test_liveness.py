@@ -346,7 +346,9 @@ def test_a_restarted_runtime_holds_the_peak_it_had_before(tmp_path: Path) -> Non
     live.start(ticks=1, timeout_s=60)
     try:
         (rack,) = live.runtime.status.racks
-        assert rack.power_kw is not None and rack.power_kw < 250.0
+        # the peak from before the start, whether or not the first poll got the rack's power
+        # (a loaded machine may leave it unknown in the first tick): never below it
+        assert rack.power_kw is None or rack.power_kw < 250.0
         assert rack.power_kw_peak == 250.0
     finally:
         live.stop()
