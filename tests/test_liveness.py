@@ -527,16 +527,17 @@ def test_aidc_outlives_a_client_that_hangs_up_mid_answer(tmp_path) -> None:
     try:
         wait_for(answers, timeout_s=90, what="aidc demo serving")
         assert proc.poll() is None, (tmp_path / "aidc.log").read_text()[-2000:]
-        script = next(s for s in re.findall(r'src="([^"]+)"', httpx.get(url + "/").text)
-                      if "dash_core_components.v" in s)
+        page = httpx.get(url + "/", timeout=30).text
+        script = next(s for s in re.findall(r'src="([^"]+)"', page) if "dash_core_components.v" in s)
         for _ in range(20):
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # the answer waits on us
+                s.settimeout(30)
                 s.connect(("127.0.0.1", port))
                 s.sendall(f"GET {script} HTTP/1.1\r\nHost: aidc\r\n\r\n".encode())
                 s.recv(100)  # it started; closing with the rest unread resets the connection
         for _ in range(3):  # served whole after the hang-ups: those answers were given up
-            assert len(httpx.get(url + script, timeout=10).content) > 100_000
+            assert len(httpx.get(url + script, timeout=30).content) > 100_000
         assert proc.poll() is None, f"aidc ended with {proc.poll()}"
     finally:
         proc.terminate()
