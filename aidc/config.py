@@ -132,6 +132,11 @@ class DeviceBase(Strict):
     snmp: SnmpSettings = SnmpSettings()
     opcua: OpcuaSettings = OpcuaSettings()
 
+    @property
+    def transport(self) -> Literal["udp", "tcp"]:
+        """What its port is: SNMP over UDP, Modbus and OPC-UA over TCP."""
+        return "udp" if self.protocol == "snmp" else "tcp"
+
 
 class Pdu(DeviceBase):
     """A rack PDU: one feed (A or B) of one rack. Inlet breaker sets its capacity."""
@@ -423,8 +428,7 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
             need(("loops", i, "cdus", j), c, {"cdu"}, "cdu")
     listening: dict[tuple[str, str, int], Any] = {}  # (transport, host, port) -> first device
     for i, d in enumerate(site.devices):
-        transport = "udp" if d.protocol == "snmp" else "tcp"
-        other = listening.setdefault((transport, d.host, d.port), d)
+        other = listening.setdefault((d.transport, d.host, d.port), d)
         gateway = other.protocol == d.protocol == "modbus" and other.modbus.unit_id != d.modbus.unit_id
         if other is not d and not gateway:
             errors.append((("devices", i, "port"),

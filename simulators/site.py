@@ -168,7 +168,7 @@ def on_free_ports(site: Site) -> Site:
     """Every device on its own port, free right now: for tests and side-by-side demos."""
     from aidc.net import free_ports
 
-    ports = free_ports([_transport(d) for d in site.devices])
+    ports = free_ports([d.transport for d in site.devices])
     by_device = dict(zip((d.id for d in site.devices), ports))
     return relocate(site, lambda d: by_device[d.id])
 
@@ -177,8 +177,4 @@ def free_port_offset(site: Site) -> int:
     """An `aidc demo --port-offset` that puts every device of ``site`` on a port free now."""
     from aidc.net import free_offset
 
-    return free_offset([(_transport(d), d.port) for d in site.devices])
-
-
-def _transport(device: Any) -> str:
-    return "udp" if device.protocol == "snmp" else "tcp"
+    return free_offset([(d.transport, d.port) for d in site.devices])
