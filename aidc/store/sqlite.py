@@ -122,8 +122,9 @@ class SqliteStore:
             args.append(series_key(field, labels))
         args += [start, end]
         if every_s and every_s >= end - start:  # one window: rows come in series order
-            select = f"p.series, {float(start)!r}, {SQL_AGGREGATE[aggregate]}(p.value)"
+            select = f"p.series, ? AS t, {SQL_AGGREGATE[aggregate]}(p.value)"
             group = " GROUP BY p.series"
+            args = [start, *args]
         elif every_s:
             select = f"p.series, CAST(p.ts / ? AS INTEGER) * ? AS t, {SQL_AGGREGATE[aggregate]}(p.value)"
             group = " GROUP BY p.series, t ORDER BY p.series, t"
