@@ -70,8 +70,8 @@ def fill_store(site_path: Path, data_dir: Path) -> int:
     """What a running site's store holds: one poll of every device's series, as the
     collectors write it, one tick's results as the model writes them (the `rack`, `room` and
     `site` measurements), and each rack's power once a tick over the peak window (600,000
-    points at 10,000 racks), which `aidc headroom` holds the peak against. The rack power
-    goes on past now, so that every command timed in the next MEASURED_WITHIN_S reads a
+    points a window at 10,000 racks), which `aidc headroom` holds the peak against. The rack
+    power goes on past now, so that every command timed in the next MEASURED_WITHIN_S reads a
     full window, never a part that aged out while the benchmark ran (readers take no
     point later than their now)."""
     site = load_site(site_path)
