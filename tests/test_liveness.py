@@ -335,13 +335,12 @@ def test_a_restarted_runtime_holds_the_peak_it_had_before(tmp_path: Path) -> Non
     forget it: the first tick after a restart holds the rack power the last run wrote."""
     import time
 
-    from aidc.store.sqlite import SqliteStore
+    from aidc.store import open_store
 
     path = tmp_path / "site.yaml"
     path.write_text(SITE.replace("model: {tick_s: 0.3}", "model: {tick_s: 120}"))
     site = on_free_ports(load_site(path))
-    (tmp_path / "data").mkdir(mode=0o700)
-    before = SqliteStore(tmp_path / "data" / site.store.path)
+    before = open_store(site.store, tmp_path / "data")  # where the runtime will read it
     before.write([Sample("rack", {"site": "liveness", "rack": "R1"}, "power_kw", 250.0,
                          time.time() - 100)])  # within the window, older than its last minute
     before.close()
