@@ -71,8 +71,10 @@ def test_metrics_parse_as_prometheus_does_in_base_units(web, shared_live_site):
 
     families = {f.name: f for f in text_string_to_metric_families(get(web, "/metrics").text)}
     assert not [name for name in families if "_ms" in name]
-    counters = [f for f in families.values() if f.type == "counter"]
-    assert len(counters) == 5 and all(s.name.endswith("_total") for f in counters for s in f.samples)
+    counters = {f.name: f for f in families.values() if f.type == "counter"}
+    assert set(counters) == {"aidc_polls", "aidc_poll_errors", "aidc_spool_dropped_samples",
+                             "aidc_store_rejected_samples", "aidc_model_ticks"}
+    assert all(s.name.endswith("_total") for f in counters.values() for s in f.samples)
     site = shared_live_site.runtime.site
     polls = {s.labels["device"]: s.value for s in families["aidc_poll_duration_seconds"].samples}
     assert set(polls) == {d.id for d in site.devices}
