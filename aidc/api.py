@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from aidc.derive import Pool, RackStatus, WhatIf, num, what_if
+from aidc.matchers import MATCHER, a_matcher, parse_matcher
 from alerts.evaluate import Alert
-from alerts.silences import MATCHER, Silence, parse_matcher
+from alerts.silences import Silence
 from models import pue as pue_model
 
 if TYPE_CHECKING:  # the CLI's readers use the JSON helpers without the collectors' libraries
@@ -49,11 +50,6 @@ class WhatIfQuestion(BaseModel):
     capture: float = Field(0.85, ge=0, le=1)
     feed_kw: float | None = Field(None, gt=0, le=10_000)
     air_kw: float | None = Field(None, ge=0, le=10_000)
-
-
-def a_matcher(text: str) -> str:
-    parse_matcher(text)  # ValueError with one line: what a matcher looks like
-    return text
 
 
 class AckRequest(BaseModel):

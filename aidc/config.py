@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from aidc.fastyaml import read_plain_yaml
+from aidc.matchers import a_matcher
 
 Protocol = Literal["modbus", "snmp", "opcua"]
 DEVICE_KINDS = ("pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter")
@@ -304,10 +306,21 @@ class Webhook(Strict):
         return self
 
 
+class Route(Strict):
+    """Where notifications go, as Alertmanager's routes, kept flat: an alert takes the first
+    route whose matchers all hold (over its rule, severity and labels; none: every alert),
+    and the routes after one with ``continue`` too."""
+
+    matchers: list[Annotated[str, AfterValidator(a_matcher)]] = []
+    receivers: list[str] = Field(min_length=1)  # webhook names
+    continue_: bool = Field(False, alias="continue")
+
+
 class Alerts(Strict):
     unreachable_intervals: int = Field(3, ge=1, le=1000)
     repeat_s: float = Field(4 * 3600, gt=0, le=30 * DAY_S)
     webhooks: list[Webhook] = []
+    routes: list[Route] = []  # none: every webhook gets every notification
 
 
 class Store(Strict):
@@ -440,10 +453,35 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
                 if not file.is_file():
                     errors.append((("devices", i, "opcua", "security"),
                                    f"certificate or key file {file} not found"))
+    errors += _route_problems(site.alerts)
     fed = Counter([r.feed_a for r in site.racks] + [r.feed_b for r in site.racks if r.feed_b])
     for i, d in enumerate(site.devices):
         if d.kind == "pdu" and fed[d.id] > 1:
             errors.append((("devices", i, "id"), f"pdu '{d.id}' feeds more than one rack"))
+    return errors
+
+
+def _route_problems(alerts: Alerts) -> list[tuple[tuple, str]]:
+    """Routes name webhooks that exist, every webhook is on a route, and the last route
+    takes every alert: none goes unsent for want of a match."""
+    if not alerts.routes:
+        return []
+    errors: list[tuple[tuple, str]] = []
+    names = [w.name for w in alerts.webhooks]
+    for i, route in enumerate(alerts.routes):
+        for j, name in enumerate(route.receivers):
+            if name not in names:
+                errors.append((("alerts", "routes", i, "receivers", j),
+                               f"no webhook is named '{name}' (webhooks: {', '.join(names)})"))
+    if alerts.routes[-1].matchers:
+        errors.append((("alerts", "routes", len(alerts.routes) - 1, "matchers"),
+                       ("the last route must have no matchers: it takes every alert the "
+                        "routes before it did not, so that none goes unsent")))
+    routed = {name for route in alerts.routes for name in route.receivers}
+    for i, name in enumerate(names):
+        if name not in routed:
+            errors.append((("alerts", "webhooks", i, "name"),
+                           f"webhook '{name}' is on no route: it would never be sent anything"))
     return errors
 
 

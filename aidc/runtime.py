@@ -104,7 +104,7 @@ class Runtime:
         self.status: SiteStatus | None = None
         self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
-                                 site.web.external_url)
+                                 site.web.external_url, site.alerts.routes)
         self.silences = Silences(self.outbox)
         self.evaluator = Evaluator(
             self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify

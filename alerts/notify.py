@@ -1,4 +1,11 @@
-"""Notify: render each transition for every webhook in its format and put it in the outbox.
+"""Notify: route each transition to its webhooks, render it in each one's format and put it
+in the outbox.
+
+Routing is Alertmanager's, kept flat (``alerts.routes`` in the site file): an alert goes to
+the receivers of the first route whose matchers hold over its rule, severity and labels, and
+of the routes after one with ``continue``. A change of severity and the resolve also go to
+every receiver told of the alert before: the pager that had the critical hears it fall back
+to warning, and hears it end.
 
 Signing is not done here but by the outbox at each delivery attempt, so that the signed
 timestamp stays fresh however long a receiver was down (see ``alerts.outbox``). Alertmanager
@@ -16,7 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import httpx
 
-from aidc.config import Webhook
+from aidc.config import Route, Webhook
+from aidc.matchers import parse_matcher
 from aidc.topology import Topology
 from alerts.evaluate import Alert, Transition
 from alerts.formats import (
@@ -37,14 +45,14 @@ WHERE = ("room", "row", "rack", "device", "loop", "supercap")
 
 
 class Notifier:
-    """Turns transitions into outbox rows, one per transition and webhook.
+    """Turns transitions into outbox rows, one per transition and webhook it is routed to.
 
     Pass ``notify`` to the ``Evaluator`` so the rows commit with the state change.
     """
 
     def __init__(
         self, topology: Topology, webhooks: Iterable[Webhook], outbox: Outbox,
-        external_url: str | None = None,
+        external_url: str | None = None, routes: Iterable[Route] = (),
     ):
         self._webhooks = list(webhooks_by_name(webhooks).values())
         for w in self._webhooks:
@@ -52,6 +60,29 @@ class Notifier:
                 raise ValueError(f"webhook '{w.name}': unknown format '{w.format}'")
         self._topology, self._outbox = topology, outbox
         self._external_url = (external_url or "").rstrip("/")
+        self._routes = [([parse_matcher(m) for m in r.matchers], set(r.receivers), r.continue_)
+                        for r in routes]  # fmt: skip
+
+    def routed(self, alert: Alert) -> set[str]:
+        """The webhooks the routes send ``alert`` to as it is now (no routes: all of them)."""
+        if not self._routes:
+            return {w.name for w in self._webhooks}
+        labels = alert.labels | {"severity": alert.severity}
+        out: set[str] = set()
+        for matchers, receivers, go_on in self._routes:
+            if all(m.matches(alert.rule, labels) for m in matchers):
+                out |= receivers
+                if not go_on:
+                    break
+        return out
+
+    def receivers(self, t: Transition) -> list[Webhook]:
+        """Where ``t`` goes: where the alert is routed now, and, but for a repeat (a
+        reminder of what it is now), every webhook told of it before."""
+        names = self.routed(t.alert)
+        if t.kind != "repeat":
+            names |= self._outbox.told(t.alert.fingerprint)
+        return [w for w in self._webhooks if w.name in names]
 
     def context(self, t: Transition) -> Context:
         """Where the alert is, the racks and loops it touches, and links to its runbook and
@@ -69,19 +100,21 @@ class Notifier:
         )
 
     def notify(self, transitions: Sequence[Transition]) -> None:
-        """Enqueue every transition for every webhook, in one transaction."""
+        """Enqueue every transition for the webhooks it is routed to, in one transaction."""
         site = self._topology.site.site
         with self._outbox.transaction():
             for t in transitions:
                 key = idempotency_key(t)
                 headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
                 context = self.context(t)
-                for w in self._webhooks:
+                for w in self.receivers(t):
                     body = render(w.format, t, site=site, receiver=w.name,
                                   external_url=self._external_url, context=context)
                     self._outbox.enqueue(
                         w.name, body, headers, key, t.alert.fingerprint, t.delivery_priority
                     )
+                if t.kind == "resolved":
+                    self._outbox.forget(t.alert.fingerprint)
 
     async def resend_to_alertmanager(
         self, active: Callable[[], list[Alert]], stop: asyncio.Event,
@@ -99,18 +132,23 @@ class Notifier:
                     pass
 
     async def resend_once(self, client: httpx.AsyncClient, alerts: list[Alert], now: float) -> int:
-        """Post the notified, unsuppressed firing ``alerts``; the receivers that took them."""
+        """Post to each ``alertmanager_push`` receiver the notified, unsuppressed firing
+        ``alerts`` it is routed or was told; the receivers that took them."""
         firing = [a for a in alerts if a.state == "firing" and a.suppressed_by is None
                   and a.last_notified_at is not None]  # fmt: skip
         hooks = [w for w in self._webhooks if w.format == "alertmanager_push"]
         if not firing or not hooks:
             return 0
-        transitions = [Transition("repeat", a, now) for a in firing]
-        body = json.dumps(alertmanager_push_payload(
-            [(t, self.context(t)) for t in transitions], self._topology.site.site, now,
-        ), separators=(",", ":")).encode()  # fmt: skip
+        sent_to = {a.fingerprint: self.routed(a) | self._outbox.told(a.fingerprint) for a in firing}
         took = 0
         for w in hooks:
+            transitions = [Transition("repeat", a, now) for a in firing
+                           if w.name in sent_to[a.fingerprint]]  # fmt: skip
+            if not transitions:
+                continue
+            body = json.dumps(alertmanager_push_payload(
+                [(t, self.context(t)) for t in transitions], self._topology.site.site, now,
+            ), separators=(",", ":")).encode()  # fmt: skip
             headers = {"Content-Type": "application/json"}
             if w.secret is not None:
                 headers |= signature_headers(w.secret.get_secret_value().encode(), body, int(now))

@@ -70,6 +70,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     priority INTEGER NOT NULL DEFAULT 0,
     UNIQUE (webhook, idempotency_key)
 );
+CREATE TABLE IF NOT EXISTS told (  -- the receivers an alert was sent to, until it resolves
+    alert TEXT NOT NULL,
+    webhook TEXT NOT NULL,
+    PRIMARY KEY (alert, webhook)
+) WITHOUT ROWID;
 """
 # Added after the first release: an outbox file written by it gains them on open (its rows
 # then form one queue per webhook, in order, as they did).
@@ -205,6 +210,7 @@ class Outbox:
         """Store one notification for ``webhook``; False if that key is already queued.
 
         Rows of one ``alert`` are sent in order; among alerts, lower ``priority`` goes first.
+        The webhook is then one the alert was ``told`` to.
         """
         with self.transaction() as db:
             now = self._clock()
@@ -214,10 +220,21 @@ class Outbox:
                 (webhook, idempotency_key, body, json.dumps(dict(headers)), now, now, alert,
                  priority),
             )  # fmt: skip
+            if alert:
+                db.execute("INSERT OR IGNORE INTO told VALUES (?, ?)", (alert, webhook))
         for wake in (self._wake, self._receiver_wakes.get(webhook)):
             if wake is not None:
                 wake.set()
         return cur.rowcount == 1
+
+    def told(self, alert: str) -> set[str]:
+        """The webhooks sent (or queued) a notification of ``alert`` since it fired."""
+        return {r[0] for r in self._db.execute("SELECT webhook FROM told WHERE alert = ?", (alert,))}
+
+    def forget(self, alert: str) -> None:
+        """``alert`` resolved: whom it was told to no longer matters."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM told WHERE alert = ?", (alert,))
 
     # ------------------------------------------------------------ metrics and inspection
 

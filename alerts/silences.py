@@ -10,13 +10,13 @@ it, as the audit trail.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+from aidc.matchers import Matcher, checked
 from alerts.evaluate import Condition
 
 if TYPE_CHECKING:
@@ -37,43 +37,6 @@ CREATE TABLE IF NOT EXISTS silences (
 _COLUMNS = ("id", "matchers", "starts_at", "ends_at", "created_by", "comment", "created_at",
             "expired_by")  # fmt: skip
 KEEP_EXPIRED_S = 7 * 24 * 3600  # expired silences stay listed this long
-
-
-@dataclass(frozen=True)
-class Matcher:
-    """``name`` is a label, or ``rule``; ``=`` equal, ``=~`` a full regex match (RE2-like
-    Python syntax), ``!=`` and ``!~`` their negations."""
-
-    name: str
-    value: str
-    op: Literal["=", "!=", "=~", "!~"] = "="
-
-    def matches(self, rule: str, labels: Mapping[str, str]) -> bool:
-        got = rule if self.name in ("rule", "alertname") else labels.get(self.name, "")
-        hit = (re.fullmatch(self.value, got) is not None if self.op in ("=~", "!~")
-               else got == self.value)  # fmt: skip
-        return hit if self.op in ("=", "=~") else not hit
-
-
-MATCHER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(=~|!~|!=|=)(.*)$")
-
-
-def parse_matcher(text: str) -> Matcher:
-    """``device=cdu-1``, ``rule=~leak|pump_.*``, ``row!=B``; ValueError on anything else."""
-    m = MATCHER.match(text.strip())
-    if m is None:
-        raise ValueError(f"'{text}' is not a matcher: write name=value, name!=value, "
-                         "name=~regex or name!~regex")
-    return checked(Matcher(m.group(1), m.group(3), m.group(2)))  # type: ignore[arg-type]
-
-
-def checked(matcher: Matcher) -> Matcher:
-    if matcher.op in ("=~", "!~"):
-        try:
-            re.compile(matcher.value)
-        except re.error as e:
-            raise ValueError(f"matcher {matcher.name}{matcher.op}: bad regex: {e}") from None
-    return matcher
 
 
 @dataclass(frozen=True)

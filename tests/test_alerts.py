@@ -25,7 +25,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from aidc.config import Webhook, load_site
+from aidc.config import ConfigError, Route, Webhook, load_site
 from aidc.net import free_port
 from aidc.topology import Topology
 from alerts.evaluate import Alert, Condition, Evaluator, Transition, fingerprint
@@ -383,7 +383,8 @@ def test_inhibition_follows_the_power_and_cooling_graph():
 
 
 def test_silence_matchers_states_and_refusals(open_outbox):
-    from alerts.silences import Matcher, Silences, parse_matcher
+    from aidc.matchers import Matcher, parse_matcher
+    from alerts.silences import Silences
 
     silences = Silences(open_outbox())
     cdu1 = silences.add(
@@ -416,6 +417,74 @@ def test_silence_matchers_states_and_refusals(open_outbox):
         silences.add([parse_matcher("device!=nothing")], 0, 10, "eve", "all", now=0)
     with pytest.raises(ValueError, match="end after"):
         silences.add([parse_matcher("device=cdu-1")], 0, 10, "eve", "past", now=20)
+
+
+def test_routes_send_an_alert_where_it_matches_and_its_changes_to_whoever_heard_of_it(
+        open_outbox):
+    """Alertmanager's routing, flat: the first route that matches takes the alert, and those
+    after a ``continue``; a change of severity and the resolve also reach every receiver
+    told of it before; a reminder goes only where the alert is routed now."""
+    hooks = [Webhook(name=n, url=f"http://127.0.0.1:9/{n}") for n in ("pager", "pumps", "chat")]
+    routes = [Route.model_validate({"matchers": ["severity=critical"], "receivers": ["pager"],
+                                    "continue": True}),
+              Route(matchers=["rule=~pump_.*", "device!=cdu-9"], receivers=["pumps"]),
+              Route(receivers=["chat"])]
+    outbox = open_outbox(hooks)
+    ev = Evaluator(outbox, repeat_s=100, notify=Notifier(DEMO, hooks, outbox, routes=routes).notify)
+    one = Condition("rectifier_module_lost", {"source": "rect-1"}, True, 1.0, "1 lost", "warning")
+    two = replace(one, value=2.0, summary="2 lost", severity="critical")
+    pump = Condition("pump_redundancy_lost", {"device": "cdu-1"}, True, 2.0, "1 of 3", "warning")
+    queued: set[int] = set()
+
+    def sent(now: float, conditions: list[Condition]) -> set[tuple[str, str, str]]:
+        """(rule, kind, webhook) of each notification this step queued."""
+        ev.step(now, conditions)
+        rows = [r for r in outbox.pending() if r.id not in queued]
+        queued.update(r.id for r in rows)
+        return {(json.loads(r.body)["rule"], json.loads(r.body)["kind"], r.webhook) for r in rows}
+
+    assert sent(0, [one, LEAK, pump]) == {
+        ("rectifier_module_lost", "firing", "chat"),  # a warning: the catch-all
+        ("leak", "firing", "pager"), ("leak", "firing", "chat"),  # critical, and on
+        ("pump_redundancy_lost", "firing", "pumps"),  # matched: the catch-all is not tried
+    }
+    ev.acknowledge(LEAK.fingerprint, "ops")
+    ev.acknowledge(pump.fingerprint, "ops")
+    assert sent(10, [two, LEAK, pump]) == {("rectifier_module_lost", "escalated", "pager"),
+                                           ("rectifier_module_lost", "escalated", "chat")}
+    assert outbox.told(one.fingerprint) == {"pager", "chat"}
+    assert sent(20, [one, LEAK, pump]) == {  # the pager hears that its critical is a warning
+        ("rectifier_module_lost", "deescalated", "pager"),
+        ("rectifier_module_lost", "deescalated", "chat")}
+    assert sent(120, [one, LEAK, pump]) == {("rectifier_module_lost", "repeat", "chat")}
+    assert sent(130, [LEAK]) == {  # and hears it end, as the pumps' team hears theirs
+        ("rectifier_module_lost", "resolved", "pager"), ("rectifier_module_lost", "resolved", "chat"),
+        ("pump_redundancy_lost", "resolved", "pumps")}
+    assert outbox.told(one.fingerprint) == outbox.told(pump.fingerprint) == set()
+    assert outbox.told(LEAK.fingerprint) == {"pager", "chat"}
+
+
+def test_routes_that_would_lose_an_alert_are_refused_with_their_line(tmp_path):
+    site = (ROOT / "site_configs" / "demo.yaml").read_text()
+    cases = {
+        '[{matchers: ["severity=critical"], receivers: [pager]}]':
+            "alerts.routes[0].matchers: the last route must have no matchers",
+        '[{receivers: [pager, chat]}]': "alerts.routes[0].receivers[1]: no webhook is named 'chat'",
+        '[{matchers: ["severity=critical"], receivers: [pager], continue: true}, {receivers: [pager]}]':
+            "",
+        '[{receivers: [pager]}, {matchers: ["rule=~(leak"], receivers: [pager]}]':
+            "alerts.routes[1].matchers[0]: matcher rule=~: bad regex",
+    }
+    for routes, error in cases.items():
+        path = tmp_path / "site.yaml"
+        path.write_text(site.replace("  webhooks: []\n", "  webhooks:\n"
+                                     "    - {name: pager, url: 'http://127.0.0.1:9/p'}\n"
+                                     "    - {name: spare, url: 'http://127.0.0.1:9/s'}\n"
+                                     f"  routes: {routes}\n"))
+        with pytest.raises(ConfigError) as e:
+            load_site(path)
+        expected = error or "alerts.webhooks[1].name: webhook 'spare' is on no route"
+        assert f"{path}:{22 if error else 21}: {expected}" in str(e.value)
 
 
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
@@ -574,11 +643,18 @@ def test_alertmanager_v4_payload_has_the_fields_receivers_parse(open_outbox, rec
     assert resolved["groupKey"] == firing["groupKey"]
 
 
-def test_alertmanager_push_reaches_a_real_alertmanager_and_stays_alive(open_outbox, alertmanager):
+def test_alertmanager_push_reaches_a_real_alertmanager_and_stays_alive(open_outbox, alertmanager,
+                                                                        caplog):
     hook = Webhook(name="am", url=f"{alertmanager.url}/api/v2/alerts", format="alertmanager_push",
                    timeout_s=5.0)  # fmt: skip
-    outbox = open_outbox([hook])
-    notifier = Notifier(DEMO, [hook], outbox, external_url="https://aidc.example")
+    # routed only warnings, on a port where nothing listens: it is never tried
+    warnings = Webhook(name="am-warnings", url=f"http://127.0.0.1:{free_port()}/api/v2/alerts",
+                       format="alertmanager_push")
+    routes = [Route(matchers=["severity=warning"], receivers=[warnings.name]),
+              Route(receivers=[hook.name])]
+    outbox = open_outbox([hook, warnings])
+    notifier = Notifier(DEMO, [hook, warnings], outbox, external_url="https://aidc.example",
+                        routes=routes)
     ev = Evaluator(outbox, notify=notifier.notify)
     now = time.time()
     ev.step(now, [LEAK])
@@ -606,6 +682,7 @@ def test_alertmanager_push_reaches_a_real_alertmanager_and_stays_alive(open_outb
     deliver_until(outbox, lambda: outbox.backlog() == 0)
     wait_for(lambda: alertmanager.alerts() == [], what="Alertmanager to resolve it")
     assert asyncio.run(resend(time.time())) == 0  # nothing firing: nothing re-posted
+    assert "am-warnings" not in caplog.text
 
 
 def test_alertmanager_group_shares_common_labels(open_outbox):

@@ -16,7 +16,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from aidc.api import SiteAPI
-from aidc.config import Alerts, Defaults, Model, Site, Webhook, load_site
+from aidc.config import Alerts, Defaults, Model, Route, Site, Webhook, load_site
 from aidc.config import Store as StoreConfig
 from aidc.net import free_port
 from aidc.runtime import Runtime
@@ -143,6 +143,11 @@ async def check_readings_and_pue(simulated, runtime, web, started: float) -> Non
 
 def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
     site = fast_site(receiver.url)
+    chat = Webhook(name="chat", url=receiver.url + "?to=chat")  # is sent the warnings only
+    site = site.model_copy(update={"alerts": site.alerts.model_copy(update={
+        "webhooks": [*site.alerts.webhooks, chat],
+        "routes": [Route(matchers=["severity=warning"], receivers=["chat"]),
+                   Route(receivers=[site.alerts.webhooks[0].name])]})})
     started = time.time()
 
     async def check(simulated, runtime, web):
@@ -174,6 +179,7 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         [resolved] = alerts_for(receiver, "pdu-a01-a", "resolved")
         assert resolved["summary"].startswith("resolved after ") and resolved["duration_s"] > 0
         assert not [b for b in receiver.bodies() if b["labels"].get("device") != "pdu-a01-a"]
+        assert {r["path"] for r in receiver.requests} == {"/hook"}  # critical: not to chat
 
         scrape = await asyncio.to_thread(httpx.get, web.url + "metrics")
         assert scrape.headers["content-type"].startswith("text/plain; version=")
