@@ -350,7 +350,8 @@ class Runtime:
                                                   latest, active.__contains__, store, now,
                                                   self.notifier_dead_letters,
                                                   alerting_rules={a.rule for a in alerts},
-                                                  bad_series=self.bad_series)
+                                                  bad_series=self.bad_series,
+                                                  gateways=self.topology.devices_behind_gateway)
         try:
             conditions = inhibit(self.topology, conditions, status.racks)
         except Exception:  # a bug here must cost extra pages, never the tick

@@ -44,6 +44,16 @@ class Topology:
         return out
 
     @cached_property
+    def devices_behind_gateway(self) -> dict[str, list[str]]:
+        """The Modbus units that share one ``host:port`` (a Modbus TCP gateway's), by it; an
+        endpoint with one device is no gateway."""
+        by_endpoint: dict[str, list[str]] = {}
+        for d in self.site.devices:
+            if d.protocol == "modbus":
+                by_endpoint.setdefault(f"{d.host}:{d.port}", []).append(d.id)
+        return {k: units for k, units in by_endpoint.items() if len(units) > 1}
+
+    @cached_property
     def racks_on_supercap(self) -> dict[str, list[str]]:
         return self._racks_by("supercap")
 
@@ -57,9 +67,14 @@ class Topology:
 
     def affected(self, labels: dict[str, str]) -> tuple[list[str], list[str]]:
         """The racks and loops an alert on these labels touches (rack, loop, supercap or
-        device: a PDU's rack, a source's racks, a CDU's loop and its racks)."""
+        device: a PDU's rack, a source's racks, a CDU's loop and its racks; gateway: what its
+        units touch)."""
         racks: dict[str, None] = {}
         loops: dict[str, None] = {}
+        for unit in self.devices_behind_gateway.get(labels.get("gateway", ""), ()):
+            unit_racks, unit_loops = self.affected({"device": unit})
+            racks |= dict.fromkeys(unit_racks)
+            loops |= dict.fromkeys(unit_loops)
         if rack := labels.get("rack"):
             racks[rack] = None
         device = labels.get("device", "")

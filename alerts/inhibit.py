@@ -8,7 +8,9 @@ naming the cause); the evaluator only holds back its notifications. What inhibit
   ``supply_class`` limit (one page for the pump, not one per rack);
 - a source on battery, short of rectifier modules, or not answering -> the racks it feeds:
   ``feed_redundancy_lost`` and ``rack_over_headroom`` on their ``upstream`` limit;
-- a device that does not answer -> every other alert on that device.
+- a device that does not answer -> every other alert on that device;
+- a Modbus gateway none of whose units answers -> their ``device_unreachable`` (and so, as
+  above, all their alerts).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
     for c in conditions:
         if not c.active:
             continue
+        if c.rule == "gateway_unreachable":
+            name = f"gateway_unreachable{{gateway={c.labels['gateway']}}}"
+            for unit in graph.devices_behind_gateway.get(c.labels["gateway"], ()):
+                cause_of.setdefault(("gateway", unit), []).append((name, None))
+            continue
         device = c.labels.get("device")
         if device is None:
             continue
@@ -66,8 +73,10 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
 
 def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:
     device, rack = c.labels.get("device"), c.labels.get("rack")
-    if device is not None and c.rule != "device_unreachable" and ("*", device) in cause_of:
-        return cause_of[("*", device)][0][0]
+    if device is not None:
+        key = ("gateway", device) if c.rule == "device_unreachable" else ("*", device)
+        if key in cause_of:
+            return cause_of[key][0][0]
     for name, limits in cause_of.get((c.rule, rack), ()) if rack is not None else ():
         if limits is None or limiting.get(rack) in limits:
             return name

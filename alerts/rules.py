@@ -50,6 +50,12 @@ RULES: dict[str, RuleInfo] = {
         ("Check the device's network path and power (ping its host, the switch port).",
          "Check `aidc probe` against it: wrong port, unit id, community or credentials?",
          "While it is dark, the racks it measures show unknown headroom, never a guess.")),
+    "gateway_unreachable": RuleInfo(
+        "units", "No unit behind a Modbus TCP gateway answers: the gateway, or the path to it, "
+        "is down. Its units' own alerts are held as its symptoms: one page, not one a unit.",
+        ("Check the gateway's power and network link (ping it, the switch port).",
+         "Check its serial side: one unit answering again means the gateway is up.",
+         "While it is dark, the racks its units measure show unknown headroom.")),
     "leak": RuleInfo(
         "", "The CDU's leak sensor is wet.",
         ("Go to the CDU; isolate it if the leak is confirmed (the loop runs on the others).",
@@ -174,6 +180,7 @@ class Inputs:
     # inactive to the evaluator, and a quiet 10,000-rack site then makes next to none
     alerting_rules: Collection[str] | None = None
     bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
+    gateways: Mapping[str, list[str]] | None = None  # Modbus gateway -> the units behind it
 
     @cached_property
     def _by_kind(self) -> dict[str, list]:
@@ -218,6 +225,26 @@ def device_unreachable(i: Inputs) -> list[Condition | None]:
                    if not h.stalled else f"{h.kind} {h.id}: {h.error}", threshold=n)
         for h in i.health if keep or h.failures >= n or h.stalled
     ]
+
+
+def gateway_unreachable(i: Inputs) -> list[Condition | None]:
+    """Active while no unit behind a Modbus gateway answered its last poll and one of them is
+    unreachable (as device_unreachable counts it): so the gateway is judged down in the same
+    tick as its first unit, whose own alert is then its symptom. One unit answering clears
+    it."""
+    if not i.gateways:
+        return []
+    n = i.site.alerts.unreachable_intervals
+    failing = {h.id: h.failures >= n or h.stalled for h in i.health if h.failures or h.stalled}
+    out = []
+    for gateway, units in i.gateways.items():
+        down = [u for u in units if u in failing]
+        out.append(_condition(i, "gateway_unreachable", {"gateway": gateway},
+                              len(down) == len(units) and any(failing[u] for u in down),
+                              float(len(down)), CRITICAL,
+                              f"Modbus gateway {gateway}: {len(down)} of its {len(units)} units "
+                              f"do not answer ({', '.join(units)})", threshold=len(units)))
+    return out
 
 
 def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
@@ -481,15 +508,16 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        now: float = 0.0, dead_letters: int = 0,
                        alerting_rules: Collection[str] | None = None,
                        bad_series: Mapping[tuple[str, str], Sample] | None = None,
+                       gateways: Mapping[str, list[str]] | None = None,
                        ) -> tuple[list[Condition], bool]:
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
     i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
-               alerting_rules, bad_series)
+               alerting_rules, bad_series, gateways)
     out: list[Condition] = []
     complete = True
-    for rules in (device_unreachable, device_rules, model_rules, store_rules, notifier_rules):
+    for rules in (device_unreachable, gateway_unreachable, device_rules, model_rules, store_rules, notifier_rules):
         try:
             out += [c for c in rules(i) if c is not None]
         except Exception:

@@ -382,6 +382,45 @@ def test_inhibition_follows_the_power_and_cooling_graph():
     assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, racks))
 
 
+def test_a_dark_modbus_gateway_is_one_page_for_all_its_units():
+    """Units behind one gateway that all stop answering are one cause: the gateway pages,
+    with the racks its units measure; their own alerts are its suppressed symptoms. One
+    unit still answering means the gateway is up: then the dark unit pages itself."""
+    from aidc.metrics import DeviceHealth
+    from alerts.inhibit import inhibit
+    from alerts.rules import builtin_conditions
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    units = ["cdu-1", "cdu-2", "mf-a01"]  # on one gateway, unit ids 1..3
+    for n, unit in enumerate(units, 1):
+        i = next(i for i, d in enumerate(site.devices) if d.id == unit)
+        site.devices[i] = site.devices[i].model_copy(update={
+            "port": 15023, "modbus": site.devices[i].modbus.model_copy(update={"unit_id": n})})
+    graph = Topology(site)
+    assert graph.devices_behind_gateway == {"127.0.0.1:15023": units}
+
+    def alerts(dark: list[str], failing: tuple[str, ...] = ()) -> dict[tuple[str, str], str | None]:
+        """The active alerts and what suppresses them, ``dark`` units unreachable (3 polls
+        missed), ``failing`` ones with one missed."""
+        health = [DeviceHealth(d.id, d.kind, 5.0, failures=3 if d.id in dark else
+                               1 if d.id in failing else 0) for d in site.devices]
+        conditions, complete = builtin_conditions(site, health, None, {},
+                                                  gateways=graph.devices_behind_gateway)
+        assert complete
+        return {(c.rule, c.labels.get("device") or c.labels["gateway"]): c.suppressed_by
+                for c in inhibit(graph, conditions, []) if c.active}
+
+    cause = "gateway_unreachable{gateway=127.0.0.1:15023}"
+    assert alerts(units) == {("gateway_unreachable", "127.0.0.1:15023"): None,
+                             **{("device_unreachable", u): cause for u in units}}
+    assert alerts(units[:2]) == {("device_unreachable", u): None for u in units[:2]}
+    # the first unit to count as unreachable: the others missed their last poll, no more
+    assert alerts(units[:1], failing=tuple(units[1:])) == {
+        ("gateway_unreachable", "127.0.0.1:15023"): None, ("device_unreachable", units[0]): cause}
+    racks, loops = graph.affected({"gateway": "127.0.0.1:15023"})
+    assert loops == ["loop-1"] and set(racks) == {r.id for r in site.racks if r.loop == "loop-1"}
+
+
 def test_silence_matchers_states_and_refusals(open_outbox):
     from aidc.matchers import Matcher, parse_matcher
     from alerts.silences import Silences

@@ -202,3 +202,46 @@ def test_demo_site_end_to_end_influxdb(tmp_path, receiver, influxd):
         assert runtime.writer.store_up
 
     asyncio.run(run_site(site, tmp_path, check))
+
+
+def test_a_dark_modbus_gateway_pages_once_for_its_units(tmp_path, receiver):
+    """Both CDUs and the manifold meter behind one Modbus gateway, as the simulator serves
+    them (one server, a unit id each); the gateway goes dark: one page, for the gateway,
+    its units' alerts listed as its symptoms; back: one resolved notice."""
+    site = fast_site(receiver.url)
+    units = ["cdu-1", "cdu-2", "mf-a01"]
+    port = site.device(units[0]).port
+    devices = [d.model_copy(update={"port": port, "modbus": d.modbus.model_copy(
+                   update={"unit_id": units.index(d.id) + 1})}) if d.id in units else d
+               for d in site.devices]  # fmt: skip
+    site = site.model_copy(update={"devices": devices})
+    gateway = f"127.0.0.1:{port}"
+
+    def sent(rule: str, status: str) -> list[dict]:
+        return [b for b in receiver.bodies() if b["rule"] == rule and b["status"] == status]
+
+    async def check(simulated, runtime, web):
+        await wait_until(lambda: all(runtime.health[u].last_ok for u in units), 30,
+                         "a first good poll of each unit")
+        await simulated.servers[units[0]].stop()  # the gateway itself
+        await wait_until(lambda: sent("gateway_unreachable", "firing"), 30, "the gateway's page")
+        alerts = {(a["rule"], a["labels"].get("device") or a["labels"].get("gateway")): a
+                  for a in await get_json(web.url + "api/v1/alerts")}
+        assert alerts[("gateway_unreachable", gateway)]["state"] == "firing"
+        await wait_until(lambda: all(runtime.health[u].failures >= 3 for u in units), 30,
+                         "every unit unreachable")
+        alerts = {(a["rule"], a["labels"].get("device") or a["labels"].get("gateway")): a
+                  for a in await get_json(web.url + "api/v1/alerts")}
+        for u in units:
+            assert alerts[("device_unreachable", u)]["suppressed_by"] == (
+                f"gateway_unreachable{{gateway={gateway}}}")
+        [page] = sent("gateway_unreachable", "firing")
+        assert page["affected"]["loops"] == ["loop-1"]
+        await simulated.servers[units[0]].start()
+        await wait_until(lambda: sent("gateway_unreachable", "resolved"), 30, "the resolve")
+        await wait_until(lambda: not any(a["rule"] == "device_unreachable" for a in
+                                         runtime.evaluator.active_alerts()), 30, "units back")
+        assert not [b for b in receiver.bodies() if b["rule"] == "device_unreachable"]
+        assert len(sent("gateway_unreachable", "firing")) == 1
+
+    asyncio.run(run_site(site, tmp_path, check))
