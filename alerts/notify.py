@@ -79,6 +79,8 @@ class Notifier:
     def receivers(self, t: Transition) -> list[Webhook]:
         """Where ``t`` goes: where the alert is routed now, and, but for a repeat (a
         reminder of what it is now), every webhook told of it before."""
+        if not self._webhooks:
+            return []
         names = self.routed(t.alert)
         if t.kind != "repeat":
             names |= self._outbox.told(t.alert.fingerprint)
