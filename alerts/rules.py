@@ -230,20 +230,30 @@ def device_unreachable(i: Inputs) -> list[Condition | None]:
 def gateway_unreachable(i: Inputs) -> list[Condition | None]:
     """Active while no unit behind a Modbus gateway answered its last poll and one of them is
     unreachable (as device_unreachable counts it): so the gateway is judged down in the same
-    tick as its first unit, whose own alert is then its symptom. One unit answering clears
-    it."""
+    tick as its first unit, whose own alert is then its symptom. Once a unit answers again it
+    holds two poll intervals for the others to answer too (they would page on their own
+    between the gateway's return and their next poll); a unit still dark after that is a
+    unit's own fault."""
     if not i.gateways:
         return []
     n = i.site.alerts.unreachable_intervals
-    failing = {h.id: h.failures >= n or h.stalled for h in i.health if h.failures or h.stalled}
+    behind = {u for units in i.gateways.values() for u in units}
+    health = {h.id: h for h in i.health if h.id in behind}
     out = []
     for gateway, units in i.gateways.items():
-        down = [u for u in units if u in failing]
-        out.append(_condition(i, "gateway_unreachable", {"gateway": gateway},
-                              len(down) == len(units) and any(failing[u] for u in down),
-                              float(len(down)), CRITICAL,
-                              f"Modbus gateway {gateway}: {len(down)} of its {len(units)} units "
-                              f"do not answer ({', '.join(units)})", threshold=len(units)))
+        hs = [health[u] for u in units if u in health]
+        dark = [h for h in hs if h.failures >= n or h.stalled]
+        answering = [h for h in hs if not (h.failures or h.stalled)]
+        back_s = i.now - min(h.since or i.now for h in answering) if answering else 0.0
+        labels = {"gateway": gateway}
+        active = bool(dark) and (not answering or (
+            back_s < 2 * max(h.poll_s for h in hs)
+            and i.is_active(fingerprint("gateway_unreachable", {"site": i.site.site, **labels}))))
+        out.append(_condition(i, "gateway_unreachable", labels, active,
+                              float(len(hs) - len(answering)), CRITICAL,
+                              f"Modbus gateway {gateway}: {len(hs) - len(answering)} of its "
+                              f"{len(units)} units do not answer ({', '.join(units)})",
+                              threshold=len(units)))
     return out
 
 

@@ -399,24 +399,38 @@ def test_a_dark_modbus_gateway_is_one_page_for_all_its_units():
     graph = Topology(site)
     assert graph.devices_behind_gateway == {"127.0.0.1:15023": units}
 
-    def alerts(dark: list[str], failing: tuple[str, ...] = ()) -> dict[tuple[str, str], str | None]:
+    was_down = fingerprint("gateway_unreachable", {"site": site.site, "gateway": "127.0.0.1:15023"})
+
+    def alerts(dark: list[str], failing: tuple[str, ...] = (), back_s: float | None = None
+               ) -> dict[tuple[str, str], str | None]:
         """The active alerts and what suppresses them, ``dark`` units unreachable (3 polls
-        missed), ``failing`` ones with one missed."""
+        missed), ``failing`` ones with one missed; with ``back_s``, the gateway was down and
+        the other units answer again since that long."""
+        now = 1000.0
         health = [DeviceHealth(d.id, d.kind, 5.0, failures=3 if d.id in dark else
-                               1 if d.id in failing else 0) for d in site.devices]
+                               1 if d.id in failing else 0,
+                               since=None if back_s is None else now - back_s)
+                  for d in site.devices]
         conditions, complete = builtin_conditions(site, health, None, {},
-                                                  gateways=graph.devices_behind_gateway)
+                                                  is_active=lambda fp: back_s is not None
+                                                  and fp == was_down,
+                                                  now=now, gateways=graph.devices_behind_gateway)
         assert complete
         return {(c.rule, c.labels.get("device") or c.labels["gateway"]): c.suppressed_by
                 for c in inhibit(graph, conditions, []) if c.active}
 
     cause = "gateway_unreachable{gateway=127.0.0.1:15023}"
-    assert alerts(units) == {("gateway_unreachable", "127.0.0.1:15023"): None,
-                             **{("device_unreachable", u): cause for u in units}}
+    gateway = {("gateway_unreachable", "127.0.0.1:15023"): None}
+    assert alerts(units) == gateway | {("device_unreachable", u): cause for u in units}
     assert alerts(units[:2]) == {("device_unreachable", u): None for u in units[:2]}
     # the first unit to count as unreachable: the others missed their last poll, no more
-    assert alerts(units[:1], failing=tuple(units[1:])) == {
-        ("gateway_unreachable", "127.0.0.1:15023"): None, ("device_unreachable", units[0]): cause}
+    assert alerts(units[:1], failing=tuple(units[1:])) == gateway | {
+        ("device_unreachable", units[0]): cause}
+    # back: one unit answers; the others, not yet polled again, stay its symptoms for two
+    # poll intervals, then page as their own
+    assert alerts(units[1:], back_s=4.0) == gateway | {("device_unreachable", u): cause
+                                                         for u in units[1:]}
+    assert alerts(units[1:], back_s=11.0) == {("device_unreachable", u): None for u in units[1:]}
     racks, loops = graph.affected({"gateway": "127.0.0.1:15023"})
     assert loops == ["loop-1"] and set(racks) == {r.id for r in site.racks if r.loop == "loop-1"}
 

@@ -228,8 +228,9 @@ def test_a_dark_modbus_gateway_pages_once_for_its_units(tmp_path, receiver):
         alerts = {(a["rule"], a["labels"].get("device") or a["labels"].get("gateway")): a
                   for a in await get_json(web.url + "api/v1/alerts")}
         assert alerts[("gateway_unreachable", gateway)]["state"] == "firing"
-        await wait_until(lambda: all(runtime.health[u].failures >= 3 for u in units), 30,
-                         "every unit unreachable")
+        await wait_until(lambda: {a.labels.get("device") for a in runtime.evaluator.active_alerts()
+                                  if a.rule == "device_unreachable"} >= set(units), 30,
+                         "every unit's own alert")
         alerts = {(a["rule"], a["labels"].get("device") or a["labels"].get("gateway")): a
                   for a in await get_json(web.url + "api/v1/alerts")}
         for u in units:
