@@ -319,13 +319,21 @@ def test_the_first_tick_comes_once_every_device_was_heard_from(tmp_path: Path) -
     """An operator who restarts `aidc run` sees the model as soon as every device answered
     (or failed) once, not a tick interval later: here 120 s, which the wait never reaches."""
     path = tmp_path / "site.yaml"
-    path.write_text(SITE.replace("model: {tick_s: 0.3}", "model: {tick_s: 120}"))
+    # patient polls: a loaded machine that answers a poll late must not leave the PDU's
+    # power stale (2.5 intervals) by the time the slowest device was first heard from
+    path.write_text(SITE.replace("model: {tick_s: 0.3}", "model: {tick_s: 120}")
+                    .replace("defaults: {poll_s: 0.3, timeout_s: 0.5}",
+                             "defaults: {poll_s: 2, timeout_s: 5}"))
     live = LiveSite(on_free_ports(load_site(path)), tmp_path / "data")
     live.start(ticks=1, timeout_s=60)
     try:
         runtime = live.runtime
         assert all(h.polls_total >= 1 for h in runtime.health.values())
-        assert runtime.status is not None and runtime.status.racks[0].power_kw is not None
+        assert runtime.status is not None
+        # it used what the first polls brought: their values, when every poll answered (CI
+        # once stalled the process 6 s at start, and the first polls failed: then unknown)
+        if all(h.errors_total == 0 for h in runtime.health.values()):
+            assert runtime.status.racks[0].power_kw is not None
     finally:
         live.stop()
 
