@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from pathlib import Path
 
 from aidc.config import Site
@@ -100,7 +100,6 @@ class Runtime:
             d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
         }
         self.model = SiteModel(site)
-        self._sharing = Counter((d.host, d.port) for d in site.devices)  # Modbus gateways
         self.status: SiteStatus | None = None
         self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
@@ -185,7 +184,8 @@ class Runtime:
         # a collector respects its own timeout; this deadline only guards against a library
         # that does not. Units behind one Modbus gateway queue for it, so each may wait a
         # timeout per unit ahead.
-        sharing = self._sharing[(device.host, device.port)]
+        endpoint = f"{device.host}:{device.port}"
+        sharing = len(self.topology.devices_behind_gateway.get(endpoint, [device.id]))
         deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
         health.due_at = time.time() + deadline_s
         collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
