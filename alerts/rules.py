@@ -245,11 +245,9 @@ def gateway_unreachable(i: Inputs) -> list[Condition | None]:
         dark = [h for h in hs if h.failures >= n or h.stalled]
         answering = [h for h in hs if not (h.failures or h.stalled)]
         back_s = i.now - min(h.since or i.now for h in answering) if answering else 0.0
-        labels = {"gateway": gateway}
-        active = bool(dark) and (not answering or (
-            back_s < 2 * max(h.poll_s for h in hs)
-            and i.is_active(fingerprint("gateway_unreachable", {"site": i.site.site, **labels}))))
-        out.append(_condition(i, "gateway_unreachable", labels, active,
+        just_back = bool(answering) and back_s < 2 * max(h.poll_s for h in hs)
+        active = bool(dark) and (None if just_back else not answering)  # None: holds its state
+        out.append(_condition(i, "gateway_unreachable", {"gateway": gateway}, active,
                               float(len(hs) - len(answering)), CRITICAL,
                               f"Modbus gateway {gateway}: {len(hs) - len(answering)} of its "
                               f"{len(units)} units do not answer ({', '.join(units)})",
