@@ -83,8 +83,13 @@ class Notifier:
             return []
         names = self.routed(t.alert)
         if t.kind != "repeat":
-            names |= self._outbox.told(t.alert.fingerprint)
+            names |= self._told(t.alert)
         return [w for w in self._webhooks if w.name in names]
+
+    def _told(self, alert: Alert) -> set[str]:
+        """The webhooks told of ``alert`` before; without routes every one is routed anyway,
+        and the outbox is not asked (a storm's first tick makes thousands of transitions)."""
+        return self._outbox.told(alert.fingerprint) if self._routes else set()
 
     def context(self, t: Transition) -> Context:
         """Where the alert is, the racks and loops it touches, and links to its runbook and
@@ -141,7 +146,7 @@ class Notifier:
         hooks = [w for w in self._webhooks if w.format == "alertmanager_push"]
         if not firing or not hooks:
             return 0
-        sent_to = {a.fingerprint: self.routed(a) | self._outbox.told(a.fingerprint) for a in firing}
+        sent_to = {a.fingerprint: self.routed(a) | self._told(a) for a in firing}
         took = 0
         for w in hooks:
             transitions = [Transition("repeat", a, now) for a in firing
