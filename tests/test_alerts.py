@@ -530,14 +530,17 @@ def test_routes_that_would_lose_an_alert_are_refused_with_their_line(tmp_path):
     }
     for routes, error in cases.items():
         path = tmp_path / "site.yaml"
-        path.write_text(site.replace("  webhooks: []\n", "  webhooks:\n"
-                                     "    - {name: pager, url: 'http://127.0.0.1:9/p'}\n"
-                                     "    - {name: spare, url: 'http://127.0.0.1:9/s'}\n"
-                                     f"  routes: {routes}\n"))
+        text = site.replace("  webhooks: []\n", "  webhooks:\n"
+                            "    - {name: pager, url: 'http://127.0.0.1:9/p'}\n"
+                            "    - {name: spare, url: 'http://127.0.0.1:9/s'}\n"
+                            f"  routes: {routes}\n")
+        path.write_text(text)
         with pytest.raises(ConfigError) as e:
             load_site(path)
+        line = 1 + text.splitlines().index(f"  routes: {routes}" if error else
+                                           "    - {name: spare, url: 'http://127.0.0.1:9/s'}")
         expected = error or "alerts.webhooks[1].name: webhook 'spare' is on no route"
-        assert f"{path}:{22 if error else 21}: {expected}" in str(e.value)
+        assert f"{path}:{line}: {expected}" in str(e.value)
 
 
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
