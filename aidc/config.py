@@ -258,6 +258,7 @@ class Rack(Strict):
     loop: str | None = None
     supercap: str | None = None
     manifold: RackLiquid | None = None
+    position: int | None = Field(None, ge=1, le=10_000)  # slot in its row, from the row's start
 
 
 class Loop(Strict):
@@ -276,6 +277,7 @@ class Loop(Strict):
 class Room(Strict):
     id: str
     name: str | None = None
+    rows: list[str] = []  # front to back as the floor shows them; none: its racks' rows, sorted
 
 
 class Webhook(Strict):
@@ -414,7 +416,9 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
             seen.add(value)
     kinds = {d.id: d.kind for d in site.devices}
     rooms = {r.id for r in site.rooms}
+    rows = {r.id: set(r.rows) for r in site.rooms}
     loops = {lp.id for lp in site.loops}
+    slots: dict[tuple[str, str, int], str] = {}  # (room, row, position) -> rack
 
     def need(loc: tuple, ref: str | None, allowed: set[str], what: str) -> None:
         if ref is not None and kinds.get(ref) not in allowed:
@@ -432,6 +436,14 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
             need(("racks", i, "manifold", "meter"), r.manifold.meter, {"manifold"}, "manifold")
         if r.room not in rooms:
             errors.append((("racks", i, "room"), f"expected one of the rooms {sorted(rooms)}"))
+        elif rows[r.room] and r.row not in rows[r.room]:
+            expected = f"expected one of room {r.room}'s rows {sorted(rows[r.room])}"
+            errors.append((("racks", i, "row"), expected))
+        if r.position is not None:
+            other = slots.setdefault((r.room, r.row, r.position), r.id)
+            if other != r.id:
+                taken = f"position {r.position} of row {r.row} is rack {other}'s"
+                errors.append((("racks", i, "position"), taken))
         if r.loop is not None and r.loop not in loops:
             errors.append((("racks", i, "loop"), f"expected one of the loops {sorted(loops)}"))
         if r.feed_b is not None and r.feed_b == r.feed_a:

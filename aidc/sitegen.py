@@ -47,7 +47,7 @@ def generate(racks: int, seed: int = 1, first_port: int = 10_000) -> str:
         "defaults: {poll_s: 5, timeout_s: 2}",
         f"model: {{tick_s: 5, pue_target: 1.25, unmetered_kw: {{lighting: {max(10, racks // 100)}}}}}",
         "rooms:",
-        *(f"  - {{id: hall{r + 1}}}" for r in range(rooms)),
+        *(f"  - {{id: hall{h + 1}, rows: [{_rows(h * ROWS_PER_ROOM, rows)}]}}" for h in range(rooms)),
         "devices:",
         (f"  - {{id: meter-main, kind: meter, role: facility, protocol: modbus, "
          f"port: {port(tcp)}, profile: power_meter}}"),
@@ -96,7 +96,7 @@ def generate(racks: int, seed: int = 1, first_port: int = 10_000) -> str:
                 ]
                 rack_lines.append(
                     f"  - {{id: {rack}, room: hall{r // ROWS_PER_ROOM + 1}, row: '{_row(r)}', "
-                    f"design_kw: {kw}, capture_ratio: {CAPTURE[kw]}, "
+                    f"position: {i % RACKS_PER_ROW + 1}, design_kw: {kw}, capture_ratio: {CAPTURE[kw]}, "
                     f"air_kw: {round(kw * (1 - CAPTURE[kw])) + 2}, "
                     f"feed_a: pdu-{rack}-a, feed_b: pdu-{rack}-b, loop: {loop}, supercap: {sc}}}")
     return "\n".join([*out, "loops:", *loop_lines, "racks:", *rack_lines]) + "\n"
@@ -108,6 +108,11 @@ def _breaker_a(design_a: float) -> int:
         if 0.8 * rating >= design_a:
             return rating
     return 800
+
+
+def _rows(first: int, rows: int) -> str:
+    """A room's rows, from its first, as a YAML flow list's items."""
+    return ", ".join(f"'{_row(r)}'" for r in range(first, min(rows, first + ROWS_PER_ROOM)))
 
 
 def _row(index: int) -> str:
