@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from aidc.derive import Pool, RackStatus, WhatIf, num, what_if
+from aidc.derive import PHASE_CURRENT, Pool, RackStatus, SiteStatus, WhatIf, num, what_if
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
 from alerts.evaluate import Alert
 from alerts.silences import Silence
@@ -24,11 +24,16 @@ from models import pue as pue_model
 
 if TYPE_CHECKING:  # the CLI's readers use the JSON helpers without the collectors' libraries
     from aidc.runtime import Runtime
+    from aidc.store import Series
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
 REACHABLE = ("up", "degraded")  # device states whose last poll reached the device
 POOL_FIELDS = {"id", "kind", "capacity_kw", "load_kw", "left_kw", "left_normal_kw",
                "worst_failure", "racks"}  # every pool has them, null when unknown
+ON_BATTERY = frozenset({"ups_on_battery", "rectifier_on_battery"})
+REDUNDANCY_LOST = frozenset({"rectifier_redundancy_lost", "pump_redundancy_lost",
+                             "feed_redundancy_lost"})
+STALE_AFTER_TICKS = 3  # a model result older than 3 ticks: the page shows data stale
 MIN_STEPS_COUNTED = 100  # IT energy must span 100 counter steps: rounding then stays under 1 %
 
 
@@ -148,6 +153,31 @@ def alert_json(a: Alert) -> dict[str, Any]:
     return out
 
 
+def site_state(status: SiteStatus | None, alerts: list[Alert], now: float,
+               tick_s: float) -> dict[str, Any]:
+    """The site in one word and one line: ``stale`` (no model result for 3 ticks: nothing
+    below is known now), ``on_battery`` (with the shortest runtime left, or unknown),
+    ``degraded`` (redundancy lost, by an alert or a pool that would not hold its worst
+    failure) or ``normal``; suppressed alerts count, silenced or not: the state is a fact."""
+    age_s = None if status is None else max(now - status.updated_at, 0.0)
+    out = {"state": "normal", "state_detail": "", "data_age_s": num(age_s)}
+    active = [a for a in alerts if str(a.state) == "firing"]
+    if age_s is None or age_s > STALE_AFTER_TICKS * tick_s:
+        ago = "no model result yet" if age_s is None else f"last model result {age_s:.0f} s ago"
+        return out | {"state": "stale", "state_detail": ago}
+    if on_battery := sorted({a.labels.get("device", "?") for a in active if a.rule in ON_BATTERY}):
+        left = [b.battery_s for b in status.backup if b.battery_s is not None]
+        runtime = f"{min(left) / 60:.1f} min of battery left" if left else "battery runtime unknown"
+        return out | {"state": "on_battery", "state_detail": f"{', '.join(on_battery)}: {runtime}"}
+    lost = sorted({f"{a.rule} at {a.labels.get('device') or a.labels.get('rack', '?')}"
+                   for a in active if a.rule in REDUNDANCY_LOST})
+    lost += [f"{p.id} would not hold {p.worst_failure} failing" for p in status.pools
+             if p.left_kw is not None and p.left_kw < 0 and p.worst_failure]
+    if lost:
+        return out | {"state": "degraded", "state_detail": "; ".join(lost)}
+    return out
+
+
 class SiteAPI:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -175,7 +205,8 @@ class SiteAPI:
             "note": s.note if s else "no model result yet",
             "updated_at": iso(s.updated_at) if s else None,
             "missing": s.missing if s else [],
-        }
+        } | site_state(s, self.runtime.evaluator.active_alerts(), time.time(),
+                       self.runtime.site.model.tick_s)
 
     def racks(self) -> list[dict[str, Any]]:
         s = self.runtime.status
@@ -188,6 +219,50 @@ class SiteAPI:
         if rack is None:
             return None
         return rack_json(rack) | {"pools": [pool_json(p) for p in s.pools if rack_id in p.racks]}
+
+    def rack_detail(self, rack_id: str) -> dict[str, Any] | None:
+        """A rack's headroom with what the rack page shows beside it: each feed's power and
+        phase currents against its breaker, liquid and air heat, and the devices it depends
+        on with their state; ``missing`` names the measurements of those devices that the
+        model lacked (why a limit is unknown)."""
+        out = self.rack_headroom(rack_id)
+        if out is None:
+            return None
+        graph, latest, health = self.runtime.topology, self.runtime.latest, self.runtime.health
+        rack = graph.rack_by_id[rack_id]
+
+        def value(device: str, key: str) -> float | None:
+            sample = latest.get((device, key))
+            return sample.value if sample is not None and sample.good else None
+
+        feeds = []
+        for side, pdu_id in (("A", rack.feed_a), ("B", rack.feed_b)):
+            if pdu_id is None:
+                continue
+            pdu = graph.device_by_id[pdu_id]
+            phases = ((1,) if pdu.phases in (1, "dc") else (1, 2, 3))
+            feeds.append({
+                "side": side, "pdu": pdu_id, "upstream": pdu.upstream,
+                "power_kw": num(value(pdu_id, "power_kw")),
+                "breaker_a": pdu.breaker_a,
+                "continuous_a": pdu.breaker_a * pdu.continuous_derating,
+                "phase_current_a": {str(n): num(value(pdu_id, PHASE_CURRENT[n - 1]))
+                                    for n in phases},
+            })
+        power_kw = out["power_kw"]
+        liquid_kw = None if power_kw is None else power_kw * rack.capture_ratio
+        depends = [f["pdu"] for f in feeds] + sorted({f["upstream"] for f in feeds})
+        depends += graph.cdus_of_loop.get(rack.loop or "", [])
+        depends += [d for d in (rack.supercap, rack.manifold and rack.manifold.meter) if d]
+        s = self.runtime.status
+        return out | {
+            "position": rack.position, "loop": rack.loop, "feeds": feeds,
+            "liquid_heat_kw": num(liquid_kw),
+            "air_heat_kw": None if liquid_kw is None else num(power_kw - liquid_kw),
+            "devices": [{"id": d, "kind": health[d].kind, "state": health[d].state}
+                        for d in depends],
+            "missing": [m for m in (s.missing if s else []) if m.split(".")[0] in depends],
+        }
 
     def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:
         """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool: the
@@ -258,6 +333,14 @@ class SiteAPI:
             "cooling_ppue": num(pue_model.partial_pue(it_kwh, cooling_kwh)),
             "missing": missing,
         }
+
+    def trend(self, measurement: str, field: str, window_s: float,
+              where: dict[str, str] | None = None, points: int = 300) -> list[Series]:
+        """``field`` over the last ``window_s``, downsampled by the store to about ``points``
+        means per series (never the raw points read into Python)."""
+        end = time.time()
+        return self.runtime.store.history(measurement, field, end - window_s, end, where,
+                                          every_s=max(window_s / points, 1.0))
 
     def backup(self) -> list[dict[str, Any]]:
         s = self.runtime.status

@@ -174,6 +174,11 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     def racks():
         return jsonify(api.racks())
 
+    @app.get("/api/v1/racks/<rack_id>")
+    def rack(rack_id: str):
+        found = api.rack_detail(rack_id)
+        return jsonify(found) if found else error(404, short(f"no rack '{rack_id}'"))
+
     @app.get("/api/v1/racks/<rack_id>/headroom")
     def rack_headroom(rack_id: str):
         found = api.rack_headroom(rack_id)

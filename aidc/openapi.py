@@ -63,7 +63,26 @@ def site() -> dict[str, Any]:
     props = {k: NUMBER_OR_NULL for k in numbers} | {
         "site": {"type": "string"}, "pue_category": {"type": "integer"},
         "unaccounted": STRINGS, "missing": STRINGS, "note": {"type": ["string", "null"]},
-        "updated_at": ISO_TIME}
+        "updated_at": ISO_TIME, "state": {"enum": ["normal", "on_battery", "degraded", "stale"]},
+        "state_detail": {"type": "string"}, "data_age_s": NUMBER_OR_NULL}
+    return {"type": "object", "properties": props, "required": sorted(props)}
+
+
+def rack_detail() -> dict[str, Any]:
+    feed = {"side": {"enum": ["A", "B"]}, "pdu": {"type": "string"},
+            "upstream": {"type": "string"}, "power_kw": NUMBER_OR_NULL,
+            "breaker_a": {"type": "number"}, "continuous_a": {"type": "number"},
+            "phase_current_a": {"type": "object", "additionalProperties": NUMBER_OR_NULL}}
+    device = {"id": {"type": "string"}, "kind": {"type": "string"}, "state": {"type": "string"}}
+    props = rack()["properties"] | {
+        "pools": {"type": "array", "items": ref("Pool")},
+        "position": {"type": ["integer", "null"]}, "loop": {"type": ["string", "null"]},
+        "feeds": {"type": "array", "items": {"type": "object", "properties": feed,
+                                             "required": sorted(feed)}},
+        "liquid_heat_kw": NUMBER_OR_NULL, "air_heat_kw": NUMBER_OR_NULL,
+        "devices": {"type": "array", "items": {"type": "object", "properties": device,
+                                               "required": sorted(device)}},
+        "missing": STRINGS}
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 
@@ -101,6 +120,7 @@ def schemas() -> dict[str, dict]:
         "Rack": rack(),
         "RackHeadroom": rack() | {"properties": rack()["properties"] | {
             "pools": {"type": "array", "items": ref("Pool")}}},
+        "RackDetail": rack_detail(),
         "Pool": pool(),
         "Headroom": {"type": "object", "required": ["racks", "pools", "updated_at"],
                      "properties": {"racks": {"type": "array", "items": ref("Rack")},
@@ -194,6 +214,10 @@ def openapi() -> dict[str, Any]:
                                 params=[query("window", {"enum": ["1h", "24h", "30d"]},
                                               "Default 1h.")]),
             "/api/v1/racks": read("Every rack's headroom", array_of("Rack")),
+            "/api/v1/racks/{rack_id}": read(
+                "One rack: its limits, feeds, heat and the devices it depends on",
+                ref("RackDetail"), 404,
+                params=[path_param("rack_id", "The rack's id in the site file.")]),
             "/api/v1/racks/{rack_id}/headroom": read(
                 "One rack's limits and the shared pools it draws on", ref("RackHeadroom"), 404,
                 params=[path_param("rack_id", "The rack's id in the site file.")]),

@@ -16,6 +16,18 @@ class Topology:
     site: Site
 
     @cached_property
+    def device_by_id(self) -> dict:
+        return {d.id: d for d in self.site.devices}
+
+    @cached_property
+    def rack_by_id(self) -> dict[str, Rack]:
+        return {r.id: r for r in self.site.racks}
+
+    @cached_property
+    def cdus_of_loop(self) -> dict[str, list[str]]:
+        return {lp.id: lp.cdus for lp in self.site.loops}
+
+    @cached_property
     def rack_of_pdu(self) -> dict[str, Rack]:
         out = {}
         for r in self.site.racks:

@@ -63,6 +63,25 @@ def test_rack_headroom_lists_every_limit(web):
     assert get(web, "/api/v1/racks/Z99/headroom").status_code == 404
 
 
+def test_a_rack_in_detail_names_its_feeds_heat_and_devices(web, shared_live_site):
+    body = get(web, "/api/v1/racks/A03").json()
+    a, b = body["feeds"]
+    # feed A: a DC PDU (one current) on rect-a; feed B: 3-phase, 125 A derated to 80 %
+    assert (a["side"], a["pdu"], a["upstream"], list(a["phase_current_a"])) == (
+        "A", "pdu-a03-a", "rect-a", ["1"])
+    assert (b["pdu"], b["upstream"], b["breaker_a"], b["continuous_a"]) == (
+        "pdu-a03-b", "ups-b", 125, 100.0)
+    assert list(b["phase_current_a"]) == ["1", "2", "3"]
+    assert all(isinstance(x, float) for x in b["phase_current_a"].values())
+    # A03 sends 85 % of its power to the liquid, the rest to the air
+    assert body["liquid_heat_kw"] == pytest.approx(0.85 * body["power_kw"], abs=0.01)
+    assert body["air_heat_kw"] == pytest.approx(0.15 * body["power_kw"], abs=0.01)
+    assert [d["id"] for d in body["devices"]] == [
+        "pdu-a03-a", "pdu-a03-b", "rect-a", "ups-b", "cdu-1", "cdu-2", "sc-a"]
+    assert (body["position"], body["loop"], body["missing"]) == (3, "loop-1", [])
+    assert get(web, "/api/v1/racks/Z99").status_code == 404
+
+
 def test_metrics_parse_as_prometheus_does_in_base_units(web, shared_live_site):
     """`/metrics` as Prometheus's own parser reads it: counters end in `_total`, times are in
     seconds (a poll of a device on this host takes well under its timeout; in milliseconds
