@@ -33,6 +33,9 @@ POOL_FIELDS = {"id", "kind", "capacity_kw", "load_kw", "left_kw", "left_normal_k
 ON_BATTERY = frozenset({"ups_on_battery", "rectifier_on_battery"})
 REDUNDANCY_LOST = frozenset({"rectifier_redundancy_lost", "pump_redundancy_lost",
                              "feed_redundancy_lost"})
+CDU_READINGS = ("supply_temp_c", "return_temp_c", "facility_supply_temp_c", "flow_lpm", "dp_kpa",
+                "pumps_running", "leak")
+BACKUP_SHOWN = ("load_kw", "supercap_s", "battery_s", "required_s", "bridges", "shortfall_s")
 STALE_AFTER_TICKS = 3  # a model result older than 3 ticks: the page shows data stale
 MIN_STEPS_COUNTED = 100  # IT energy must span 100 counter steps: rounding then stays under 1 %
 
@@ -262,6 +265,89 @@ class SiteAPI:
             "devices": [{"id": d, "kind": health[d].kind, "state": health[d].state}
                         for d in depends],
             "missing": [m for m in (s.missing if s else []) if m.split(".")[0] in depends],
+        }
+
+    def cooling(self) -> list[dict[str, Any]]:
+        """Each loop (its pool: capacity with its redundancy kept, heat, supply against its
+        ASHRAE class) with its CDUs: what they read now against their envelope, and the heat
+        each carries against what it can."""
+        s, graph, latest = self.runtime.status, self.runtime.topology, self.runtime.latest
+        by_cdu = {c.id: c for c in s.cdus} if s else {}
+        pools = {p.id: pool_json(p) for p in s.pools if p.kind == "loop"} if s else {}
+
+        def value(device: str, key: str) -> float | None:
+            sample = latest.get((device, key))
+            return num(sample.value) if sample is not None and sample.good else None
+
+        out = []
+        for lp in self.runtime.site.loops:
+            cdus = []
+            for cdu_id in lp.cdus:
+                c, model = graph.device_by_id[cdu_id], by_cdu.get(cdu_id)
+                cdus.append({
+                    "id": cdu_id, "state": self.runtime.health[cdu_id].state,
+                    **{k: value(cdu_id, k) for k in CDU_READINGS},
+                    "max_flow_lpm": c.max_flow_lpm, "min_flow_lpm": c.min_flow_lpm,
+                    "max_dp_kpa": c.max_dp_kpa, "pumps": c.pumps,
+                    "pumps_required": c.pumps_required, "rated_kw": c.rated_kw,
+                    "capacity_kw": model.capacity_kw if model else None,
+                    "heat_kw": model.heat_kw if model else None,
+                })
+            out.append({"id": lp.id, "redundancy": lp.redundancy, "fluid": lp.fluid,
+                        "ashrae_class": lp.ashrae_class, "pool": pools.get(lp.id),
+                        "cdus": cdus})
+        return out
+
+    def power(self) -> dict[str, Any]:
+        """The power chain as it runs now: each rectifier and UPS (input, output, loss,
+        modules, battery), the kW it sends to each row through its PDUs (unknown when one of
+        them is), and each supercap's state of charge beside its ride-through."""
+        site, graph, latest = self.runtime.site, self.runtime.topology, self.runtime.latest
+        s = self.runtime.status
+        pools = {p.id: p for p in s.pools} if s else {}
+
+        def value(device: str, key: str) -> float | None:
+            sample = latest.get((device, key))
+            return num(sample.value) if sample is not None and sample.good else None
+
+        sources = []
+        for d in site.devices_of("rectifier") + site.devices_of("ups"):
+            out_kw, in_kw = value(d.id, "output_power_kw"), value(d.id, "input_power_kw")
+            on_battery = (value(d.id, "on_battery") if d.kind == "ups" else
+                          None if (a := value(d.id, "battery_current_a")) is None else a > 0)
+            pool = pools.get(d.id)
+            sources.append({
+                "id": d.id, "kind": d.kind, "state": self.runtime.health[d.id].state,
+                "rating_kw": d.rating_kw, "redundancy": d.redundancy,
+                "output_kw": out_kw, "input_kw": in_kw,
+                "loss_kw": None if None in (out_kw, in_kw) else num(in_kw - out_kw),
+                "modules": d.modules, "modules_ok": value(d.id, "modules_ok"),
+                "module_kw": d.module_kw, "capacity_kw": pool.capacity_kw if pool else None,
+                "on_battery": None if on_battery is None else bool(on_battery),
+                "runtime_min": value(d.id, "runtime_min"),
+            })
+        flows: dict[tuple[str, str], float | None] = {}
+        for pdu in site.devices_of("pdu"):
+            rack = graph.rack_of_pdu.get(pdu.id)
+            if rack is None:
+                continue
+            key, kw = (pdu.upstream, rack.row), value(pdu.id, "power_kw")
+            so_far = flows.get(key, 0.0)
+            flows[key] = None if kw is None or so_far is None else so_far + kw
+        backup = {b.supercap: b for b in s.backup} if s else {}
+
+        def chain(supercap: str) -> dict[str, Any]:
+            b = backup.get(supercap)
+            return {k: getattr(b, k) if b else None for k in BACKUP_SHOWN}
+
+        return {
+            "sources": sources,
+            "flows": [{"source": src, "row": row, "kw": num(kw)}
+                      for (src, row), kw in sorted(flows.items())],
+            "supercaps": [{"id": sc.id, "soc_pct": value(sc.id, "soc_pct"),
+                           "state": self.runtime.health[sc.id].state} | chain(sc.id)
+                          for sc in site.devices_of("supercap")],
+            "generator_start_s": site.model.generator_start_s + site.model.transfer_s,
         }
 
     def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:

@@ -87,6 +87,15 @@ class BackupStatus:
 
 
 @dataclass(frozen=True)
+class CduStatus:
+    id: str
+    loop: str
+    rated_kw: float
+    capacity_kw: float | None  # usable now: the pumps running and no leak
+    heat_kw: float | None  # carried now: flow x rho cp x (return - supply)
+
+
+@dataclass(frozen=True)
 class SiteStatus:
     updated_at: float
     pue: float | None
@@ -102,6 +111,7 @@ class SiteStatus:
     pools: list[Pool]
     backup: list[BackupStatus]
     missing: list[str]  # series the model needed but had no good value for
+    cdus: list[CduStatus] = field(default_factory=list)
     unaccounted: list[str] = field(default_factory=list)  # facility loads neither metered
     # nor declared: facility power and PUE are then unknown
     pue_at_least: float | None = None  # with unaccounted loads: from what is known
@@ -327,6 +337,8 @@ class SiteModel:
             racks=self._racks(rack_kw, peak_kw, h),
             pools=pools,
             backup=self._backup(good, many, rack_kw),
+            cdus=[CduStatus(c.id, self.loops[k].id, c.rated_kw, num(cap), num(heat))
+                  for c, k, cap, heat in zip(self.cdus, self.cdu_loop, cdu_capacity, cdu_heat)],
             missing=list(missing),
             source_left_by_failure_kw=h.sources.left_by_failure_kw,
             **energy,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from aidc.api import SiteAPI
 from aidc.net import free_port
@@ -25,44 +26,110 @@ def wait_for(predicate, timeout_s: float = 30, what: str = "the page"):
     return wait_for_state(shown, timeout_s, what)
 
 
-def test_overview_shows_live_pue_racks_and_alerts(dash_duo, live_site, tmp_path):
-    app = create_app(SiteAPI(live_site.runtime))
-    dash_duo.start_server(app, port=free_port())
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
+RED_CSS = "rgba(207, 34, 46, 1)"  # widgets.RED as the browser reports it
 
-    # each wait is on what the page shows: a sample stale for a moment on a loaded machine
-    # blanks a figure until the next refresh
+
+def open_page(dash_duo, path: str, element: str) -> None:
+    dash_duo.driver.get(dash_duo.server_url.rstrip("/") + path)
+    dash_duo.wait_for_element(element, timeout=20)
+
+
+def screenshot(dash_duo, name: str) -> None:
+    """For review, not committed (build/ is ignored)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    dash_duo.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def table_rows(dash_duo, table: str) -> list[str]:
+    """The text of each data row (not the header's or the filter's)."""
+    return [r.text for r in dash_duo.find_elements(f"{table} tbody tr:has(td.dash-cell)")]
+
+
+def click_floor_cell(dash_duo, row: str, position: int) -> None:
+    """A real mouse click on the floor map's cell (row, position), found from the axes; after
+    a pause on it, as a hand would: plotly clicks on the point the hover found."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    x, y = dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#floor-map .js-plotly-plot');"
+        "const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"
+        "const r = gd.getBoundingClientRect();"
+        "return [r.left + xa._offset + xa.d2p(arguments[1]),"
+        "        r.top + ya._offset + ya.d2p(arguments[0])];", row, position)
+    mouse = ActionBuilder(dash_duo.driver)
+    mouse.pointer_action.move_to_location(int(x), int(y)).pause(0.5).click()
+    mouse.perform()
+
+
+def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, live_site):
+    api = SiteAPI(live_site.runtime)
+    dash_duo.start_server(create_app(api), port=free_port())
+    dash_duo.wait_for_element("#pue-value", timeout=20)
+
+    # overview: each wait is on what the page shows (a sample stale for a moment on a loaded
+    # machine makes a figure unknown until the next refresh)
     pue_text = wait_for(
         lambda: re.fullmatch(r"1\.\d{3}", dash_duo.find_element("#pue-value").text), 20, "a PUE"
     ).group(0)
     truth = live_site.simulated.truth()["pue"]
     assert abs(float(pue_text) - truth) / truth < 0.02
     wait_for(lambda: "category 2" in dash_duo.find_element("#pue-note").text, what="category")
+    wait_for(lambda: dash_duo.find_element("#site-state").text == "Normal", what="normal")
+    assert dash_duo.find_element("#alert-counts").text == "0 critical · 0 warning"
+
+    def bridging() -> bool:
+        rows = table_rows(dash_duo, "#backup-table")
+        return len(rows) == 2 and all(r.rstrip().endswith("yes") for r in rows)
+
+    wait_for(bridging, what="both backup chains bridging to the generator")
+    wait_for(lambda: [r.split()[0] for r in table_rows(dash_duo, "#redundancy-table")]
+             == ["rect-a", "ups-b", "loop-1"], what="every source and loop")
+    screenshot(dash_duo, "overview")
+
+    # the floor: two rows of four racks; clicking A03 opens its page
+    open_page(dash_duo, "/floor", "#floor-map .js-plotly-plot")
+    wait_for(lambda: dash_duo.driver.execute_script(
+        "return document.querySelector('#floor-map .js-plotly-plot').data.length") >= 2,
+        what="the floor map drawn")
+    screenshot(dash_duo, "floor")
+    click_floor_cell(dash_duo, "A", 3)
+    wait_for(lambda: dash_duo.driver.current_url.endswith("/rack/A03"), what="A03's page")
+    wait_for(lambda: dash_duo.find_element("#page-title").text == "Rack A03", what="its title")
+
+    # the rack: live numbers, a binding limit, each feed's power against its breaker
+    wait_for(lambda: re.fullmatch(r"[\d,]+\.\d", dash_duo.find_element("#rack-headroom").text),
+             20, "A03's headroom in kW")
+    assert dash_duo.find_element("#rack-binding").text.startswith("binding: ")
+    feeds = wait_for(lambda: (rows := table_rows(dash_duo, "#rack-feeds")) and len(rows) == 2
+                     and all(re.search(r"pdu-a03-[ab] \S+ [\d.]+", r) for r in rows) and rows,
+                     what="both feeds with their power")
+    assert feeds[0].startswith("A pdu-a03-a rect-a") and feeds[1].startswith("B pdu-a03-b ups-b")
+    assert "cdu-1" in dash_duo.find_element("#rack-devices").text
+    screenshot(dash_duo, "rack-A03")
+
+    # capacity: eight racks, A03 bound by its weaker feed; the pools with their worst failures
+    open_page(dash_duo, "/capacity", "#rack-table")
 
     def a03_row() -> str | None:
-        rows = [r.text for r in dash_duo.find_elements("#rack-table tbody tr")[1:]]
-        a03 = [r for r in rows if r.startswith("A03")]  # the header row is the first <tr>
+        rows = table_rows(dash_duo, "#rack-table")
+        a03 = [r for r in rows if r.startswith("A03")]
         return a03[0] if len(rows) == 8 and a03 and ("feed" in a03[0] or "phase" in a03[0]) \
             else None
 
     wait_for(a03_row, what="eight racks, A03 bound by its weaker feed")
-    wait_for(lambda: dash_duo.find_element("#no-alerts").text == "No active alerts.",
-             what="no alert")
+    dash_duo.select_dcc_dropdown("#filter-row", "B")
+    wait_for(lambda: [r.split()[0] for r in table_rows(dash_duo, "#rack-table")]
+             == ["B01", "B02", "B03", "B04"], what="row B only")
 
-    def bridging() -> bool:
-        rows = dash_duo.find_elements("#backup-table tbody tr")[1:]
-        return len(rows) == 2 and all(r.text.rstrip().endswith("yes") for r in rows)
+    def pools() -> list[str] | None:
+        rows = table_rows(dash_duo, "#pool-table")
+        return rows if len(rows) == 3 and "ups-b" in rows[0] and "rect-a" in rows[1] else None
 
-    wait_for(bridging, what="both backup chains bridging to the generator")
+    assert [p.split()[0] for p in wait_for(pools, what="the pools")] == \
+        ["rect-a", "ups-b", "loop-1"]
 
-    # a PDU goes dark: the alert shows up on the page without a reload
-    live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
-    wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 20,
-             "the unreachable alert in the alerts table")
-    dash_duo.driver.save_screenshot(str(tmp_path / "overview.png"))
-
-    # the capacity tab: a planner asks whether 6 racks of 120 kW fit in row B
-    dash_duo.find_elements(".tab")[1].click()
-    dash_duo.wait_for_element("#whatif-run")
+    # a planner asks whether 6 racks of 120 kW fit in row B
     for field, value in (("#whatif-racks", "6"), ("#whatif-kw", "120")):
         box = dash_duo.find_element(field)
         box.clear()
@@ -78,24 +145,77 @@ def test_overview_shows_live_pue_racks_and_alerts(dash_duo, live_site, tmp_path)
     text = wait_for(answer, 20, "a what-if answer with every limit known")
     assert "does not fit" in text and "first limit to break: loop" in text
     assert "Not checked: feed, air" in text  # never "all fit" for what was not asked
-    def pools() -> list[str] | None:
-        """The rows once each source names the other as its worst failure (a sample stale
-        for a moment on a loaded machine blanks a pool's figures)."""
-        rows = [r.text for r in dash_duo.find_elements("#pool-table tbody tr")[1:]]
-        return rows if len(rows) == 3 and "ups-b" in rows[0] and "rect-a" in rows[1] else None
-
-    rows = wait_for(pools, what="the pools with their worst failures")
-    assert [p.split()[0] for p in rows] == ["rect-a", "ups-b", "loop-1"]
-
-    # the page validates like the API: a negative rack power is refused, not "fits"
-    box = dash_duo.find_element("#whatif-kw")
+    box = dash_duo.find_element("#whatif-kw")  # the page validates like the API
     box.clear()
     box.send_keys("-1")
     dash_duo.find_element("#whatif-run").click()
     refusal = wait_for(lambda: (t := dash_duo.find_element("#whatif-result").text)
                        .startswith("Cannot check") and t, what="the refusal")
     assert refusal.startswith("Cannot check: kw: Input should be"), refusal
-    dash_duo.driver.save_screenshot(str(tmp_path / "capacity.png"))
+    screenshot(dash_duo, "capacity")
+
+    # devices: every device of the site, all up
+    open_page(dash_duo, "/devices", "#devices-table")
+    n = len(live_site.runtime.site.devices)
+    wait_for(lambda: dash_duo.find_element("#devices-summary").text == f"{n} devices: {n} up",
+             what="every device up")
+    assert len(table_rows(dash_duo, "#devices-table")) == n
+    screenshot(dash_duo, "devices")
+
+    # cooling: the loop against its class, both CDUs dry with their pumps
+    open_page(dash_duo, "/cooling", "#cooling-loops")
+    wait_for(lambda: dash_duo.find_element(".loop-summary").text.startswith(
+        "loop-1: PG25, class W32 (supply limit 32.0 °C"), what="the loop's summary")
+    cdus = wait_for(lambda: (rows := table_rows(dash_duo, "#cdus-loop-1")) and len(rows) == 2
+                    and all(r.endswith("dry") and "unknown" not in r for r in rows) and rows,
+                    what="both CDUs read in full")
+    assert cdus[0].startswith("cdu-1 up") and "(1 required)" in cdus[0]
+    screenshot(dash_duo, "cooling")
+
+    # power: the chain from the utility to the rows, modules, supercaps charged
+    open_page(dash_duo, "/power", "#power-sankey .js-plotly-plot")
+    nodes = wait_for(lambda: dash_duo.driver.execute_script(
+        "const gd = document.querySelector('#power-sankey .js-plotly-plot');"
+        "return gd.data && gd.data[0] && gd.data[0].link.value.length >= 8 && gd.data[0].node.label"),
+        what="the Sankey with every link")
+    assert nodes == ["utility", "rect-a", "ups-b", "conversion loss", "row A", "row B"]
+    sources = wait_for(lambda: (rows := table_rows(dash_duo, "#sources-table")) and len(rows) == 2
+                       and rows, what="both sources")
+    assert re.search(r"rect-a rectifier up .* of 13 \(N\+1, \d+ carry the load\) no$", sources[0])
+    wait_for(lambda: all(re.match(r"sc-[ab] \d+\.\d ", r)
+                         for r in table_rows(dash_duo, "#supercaps-table")), what="charges")
+    screenshot(dash_duo, "power")
+
+    # faults: a leak at cdu-1 turns the bar red on whatever page is open; a dark PDU is
+    # listed on the alerts page, and marked on its rack's page
+    open_page(dash_duo, "/alerts", "#alerts-table")
+    wait_for(lambda: dash_duo.find_element("#no-alerts").text == "No active alerts.",
+             what="no alert")
+    live_site.call(live_site.simulated.inject("leak", "cdu-1", None, True, None))
+    wait_for_state(lambda: any(a["rule"] == "leak" and a["state"] == "firing"
+                               for a in api.alerts()), what="the leak firing in the API")
+    wait_for(lambda: dash_duo.find_element("#worst-alert").text.startswith("critical: ")
+             and "leak" in dash_duo.find_element("#worst-alert").text, 20,
+             "the leak in the status bar")
+    bar = dash_duo.find_element("#status-bar")
+    assert bar.value_of_css_property("border-bottom-color") == RED_CSS
+    assert re.match(r"[1-9]\d* critical", dash_duo.find_element("#alert-counts").text)
+    live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
+    open_page(dash_duo, "/cooling", "#cooling-loops")
+    wait_for(lambda: any(r.startswith("cdu-1") and r.endswith("LEAK")
+                         for r in table_rows(dash_duo, "#cdus-loop-1")), what="the leak")
+    screenshot(dash_duo, "cooling-under-faults")
+    open_page(dash_duo, "/alerts", "#alerts-table")
+    wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 20,
+             "the unreachable alert in the alerts table")
+    screenshot(dash_duo, "alerts-under-faults")
+    open_page(dash_duo, "/rack/B02", "#rack-devices")
+    wait_for(lambda: any(r.startswith(("pdu-b02-b pdu down", "pdu-b02-b pdu stale"))
+                         for r in table_rows(dash_duo, "#rack-devices")), 20,
+             "B02's dark PDU on its page")
+    screenshot(dash_duo, "rack-B02-under-faults")
+    open_page(dash_duo, "/", "#pue-value")
+    screenshot(dash_duo, "overview-under-faults")
     assert dash_duo.get_logs() == []  # no errors in the browser console
 
 
@@ -103,6 +223,7 @@ def test_an_operator_acknowledges_and_silences_from_the_page(dash_duo, live_site
     """With the site's API token only: a wrong one is refused and changes nothing."""
     api = SiteAPI(live_site.runtime)
     dash_duo.start_server(create_app(api, api_token=API_TOKEN), port=free_port())
+    open_page(dash_duo, "/alerts", "#alerts-table")
     live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
     wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 30,
              "the unreachable alert in the alerts table")
@@ -139,7 +260,7 @@ def test_an_operator_acknowledges_and_silences_from_the_page(dash_duo, live_site
 def test_a_large_site_charts_the_racks_with_least_headroom_unknown_first():
     """2,000 bars are neither readable nor quick to draw: past CHART_RACKS the chart keeps
     the racks nearest their limit (over it first), and those whose headroom is unknown."""
-    from dashboards.app import CHART_RACKS, rack_figure
+    from dashboards.pages.overview import CHART_RACKS, rack_figure
 
     racks = [{"id": f"R{i:04}", "power_kw": 50.0, "headroom_kw": float(i % 97) - 3,
               "limiting": "feed"} for i in range(500)]

@@ -1,0 +1,105 @@
+"""Alerts: what is firing, pending or suppressed (and by what), acknowledging one and
+silencing what matches from the page, and the silences."""
+
+from __future__ import annotations
+
+import hmac
+
+from dash import Dash, Input, Output, State, ctx, dcc, html
+from pydantic import ValidationError
+
+from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
+from aidc.runtime import NotAnswering
+from dashboards.widgets import NOTE, RED, ROW, table
+
+SILENCE_FOR = {"30 min": 1800, "2 h": 7200, "8 h": 28800, "1 day": 86400}
+
+
+def layout(api: SiteAPI) -> html.Div:
+    return html.Div([
+        html.H3("Active alerts"),
+        table("alerts-table", [("Severity", "severity"), ("Alert", "rule"), ("State", "state"),
+                               ("Since", "starts_at"), ("Acknowledged by", "acked_by"),
+                               ("Summary", "summary"), ("Suppressed by", "suppressed_by")],
+              row_selectable="single", selected_rows=[], selected_row_ids=[],
+              style_data_conditional=[{"if": {"filter_query": '{severity} = "critical"'},
+                                       "color": RED}]),
+        html.Div(id="no-alerts", style=NOTE),
+        operator_actions(),
+        html.H3("Silences (aidc silence add | list | expire)"),
+        table("silences-table", [("State", "state"), ("Matchers", "matchers"),
+                                 ("From", "starts_at"), ("Until", "ends_at"),
+                                 ("By", "created_by"), ("Comment", "comment"),
+                                 ("Expired by", "expired_by")]),
+    ])
+
+
+def operator_actions() -> html.Div:
+    """Acknowledge the selected alert, or silence what matches: both need the site's API
+    token (``web.api_token``), checked like the API's bearer token."""
+    field = {"marginRight": "12px"}
+    return html.Div([
+        html.Label(["Your name ", dcc.Input(id="operator-name", type="text", maxLength=100)],
+                   style=field),
+        html.Label(["API token ", dcc.Input(id="operator-token", type="password")], style=field),
+        html.Button("Acknowledge selected alert", id="ack-selected", style=field),
+        html.Label(["Silence ", dcc.Input(id="silence-matchers", type="text", size="32",
+                                          placeholder="device=cdu-1 rule=~leak|pump_.*")],
+                   style=field),
+        html.Label(["for ", dcc.Dropdown(list(SILENCE_FOR), "2 h", id="silence-for",
+                                         clearable=False, style={"width": "100px"})],
+                   style=field),
+        html.Label(["because ", dcc.Input(id="silence-comment", type="text", maxLength=1000)],
+                   style=field),
+        html.Button("Silence", id="silence-add"),
+        html.Div(id="action-result", style={"width": "100%", "margin": "6px 0"}),
+    ], style={**ROW, "alignItems": "center", "margin": "8px 0"})
+
+
+def operator_action(api: SiteAPI, api_token: str | None, action: str | None, name, token,
+                    matchers, duration, comment, selected) -> str:
+    """What the page says after an operator's action: done, or why not (never a 500)."""
+    if not api_token:
+        return "Refused: write actions are disabled (set web.api_token in the site file)."
+    if not (isinstance(token, str) and hmac.compare_digest(token.encode(), api_token.encode())):
+        return "Refused: missing or wrong API token."
+    try:
+        if action == "ack-selected":
+            # by its id (the fingerprint), not its row: a refresh may reorder the table
+            if not (isinstance(selected, list) and len(selected) == 1
+                    and isinstance(selected[0], str)):
+                return "Select one alert in the table first."
+            q = AckRequest.model_validate({"by": name})
+            acked = api.acknowledge(selected[0], q.by)
+            return f"Acknowledged {acked['rule']} by {q.by}."
+        q = SilenceRequest.model_validate({
+            "matchers": matchers.split() if isinstance(matchers, str) else matchers,
+            "duration_s": SILENCE_FOR.get(duration) if isinstance(duration, str) else None,
+            "created_by": name, "comment": comment})
+        s = api.add_silence(q.matchers, q.duration_s, q.created_by, q.comment)
+        return f"Silenced {' '.join(s['matchers'])} until {s['ends_at']} (silence {s['id']})."
+    except ValidationError as e:
+        return f"Not done: {one_line(e)}"
+    except (ValueError, NotAnswering) as e:
+        return f"Not done: {e}"
+    except KeyError:
+        return "Not done: that alert is no longer active."
+
+
+def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+    @app.callback(Output("alerts-table", "data"), Output("no-alerts", "children"),
+                  Output("silences-table", "data"), Input("refresh", "n_intervals"))
+    def refresh(_n):
+        alerts = api.alerts()
+        return ([{**a, "id": a["fingerprint"]} for a in alerts],  # selected by id
+                "" if alerts else "No active alerts.",
+                [{**x, "matchers": " ".join(x["matchers"])} for x in api.silences()])
+
+    @app.callback(Output("action-result", "children"), Input("ack-selected", "n_clicks"),
+                  Input("silence-add", "n_clicks"), State("operator-name", "value"),
+                  State("operator-token", "value"), State("silence-matchers", "value"),
+                  State("silence-for", "value"), State("silence-comment", "value"),
+                  State("alerts-table", "selected_row_ids"), prevent_initial_call=True)
+    def act(_ack, _silence, name, token, matchers, duration, comment, selected):
+        return operator_action(api, api_token, ctx.triggered_id, name, token, matchers,
+                               duration, comment, selected)

@@ -1,0 +1,74 @@
+"""What every page of the console is built from: cards, tables, numbers that say when they
+are unknown, and the colours of severity."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from dash import dash_table, dcc, html
+from dash.dash_table.Format import Format, Scheme
+
+CARD = {"padding": "12px 18px", "border": "1px solid #d0d7de", "borderRadius": "8px",
+        "minWidth": "150px", "background": "#ffffff"}
+KW = Format(precision=1, scheme=Scheme.fixed)
+ROW = {"display": "flex", "gap": "12px", "flexWrap": "wrap"}
+CELL = {"fontFamily": "inherit", "padding": "6px", "textAlign": "left"}
+NOTE = {"color": "#57606a", "margin": "6px 0"}
+UNKNOWN = "unknown"
+UNKNOWN_STYLE = {"color": "#8c959f", "fontStyle": "italic"}
+# severity and site state, as the status bar and the floor colour them
+RED, AMBER, GREEN, GREY = "#cf222e", "#bf8700", "#1a7f37", "#8c959f"
+
+
+def kpi(label: str, value_id: str, note_id: str | None = None) -> html.Div:
+    children = [
+        html.Div(label, style={"fontSize": "13px", "color": "#57606a"}),
+        html.Div("…", id=value_id, style={"fontSize": "30px", "fontWeight": 600}),
+    ]
+    if note_id:
+        children.append(html.Div(id=note_id, style={"fontSize": "12px", "color": "#57606a"}))
+    return html.Div(children, style=CARD)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    """A number, or the word unknown: never a dash a reader could take for zero."""
+    return UNKNOWN if value is None else f"{value:,.{digits}f}"
+
+
+def table(table_id: str, columns: list[tuple[str, str]], numeric: tuple[str, ...] = (),
+          links: tuple[str, ...] = (), **kw) -> dash_table.DataTable:
+    """A table; ``links`` are columns of markdown links (to a rack's page, say)."""
+    def column(name: str, cid: str) -> dict:
+        if cid in numeric:
+            return {"name": name, "id": cid, "type": "numeric", "format": KW}
+        if cid in links:
+            return {"name": name, "id": cid, "presentation": "markdown"}
+        return {"name": name, "id": cid}
+
+    return dash_table.DataTable(
+        id=table_id, columns=[column(name, cid) for name, cid in columns],
+        style_cell=CELL, markdown_options={"link_target": "_self"},
+        style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "right"} for c in numeric],
+        **kw,
+    )
+
+
+def bridges(chain: dict) -> str:
+    """Whether a backup chain bridges to the generator: no only when the shortfall is known."""
+    if chain["bridges"]:
+        return "yes"
+    return UNKNOWN if chain["shortfall_s"] is None else "no"
+
+
+def rack_link(rack_id: str) -> str:
+    return f"[{rack_id}](/rack/{rack_id})"
+
+
+def graph(graph_id: str, height_px: int = 300) -> dcc.Graph:
+    return dcc.Graph(id=graph_id, config={"displayModeBar": False},
+                     style={"height": f"{height_px}px"})
+
+
+def said(fig: go.Figure, message: str) -> go.Figure:
+    """A chart that says why it has nothing to draw (no data, the store down)."""
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
