@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from aidc.derive import PHASE_CURRENT, Pool, RackStatus, SiteStatus, WhatIf, num, what_if
+from aidc.derive import (
+    PHASE_CURRENT,
+    RACK_FIELDS,
+    SITE_FIELDS,
+    Pool,
+    RackStatus,
+    SiteStatus,
+    WhatIf,
+    num,
+    what_if,
+)
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
 from alerts.evaluate import Alert
 from alerts.silences import Silence
@@ -421,12 +431,28 @@ class SiteAPI:
         }
 
     def trend(self, measurement: str, field: str, window_s: float,
-              where: dict[str, str] | None = None, points: int = 300) -> list[Series]:
-        """``field`` over the last ``window_s``, downsampled by the store to about ``points``
-        means per series (never the raw points read into Python)."""
-        end = time.time()
+              where: dict[str, str] | None = None, points: int = 300,
+              end: float | None = None) -> list[Series]:
+        """``field`` over ``window_s`` up to ``end`` (now), downsampled by the store to about
+        ``points`` means per series (never the raw points read into Python)."""
+        end = time.time() if end is None else end
         return self.runtime.store.history(measurement, field, end - window_s, end, where,
                                           every_s=max(window_s / points, 1.0))
+
+    def trend_subject(self, kind: str, subject: str) -> tuple[str, dict[str, str], list[str]]:
+        """Where a trend of the site, a rack or a device is stored: its measurement, the tags
+        that select it, and the fields it has (KeyError if the site has no such subject)."""
+        graph = self.runtime.topology
+        if kind == "site":
+            return "site", {}, list(SITE_FIELDS)
+        if kind == "rack":
+            graph.rack_by_id[subject]
+            return "rack", {"rack": subject}, list(RACK_FIELDS)
+        from collectors.profiles import load_profile
+
+        device = graph.device_by_id[subject]
+        fields = sorted({p.metric for p in load_profile(device.profile).points})
+        return device.kind, {"device": subject}, fields
 
     def backup(self) -> list[dict[str, Any]]:
         s = self.runtime.status

@@ -26,6 +26,8 @@ from models.whatif import WHATIF_LIMITS, place_racks
 PHASES = (1, 2, 3)
 PHASE_CURRENT = tuple(series_key("current_a", {"phase": str(n)}) for n in PHASES)
 # a rack's derived fields, in the order of its values: limits_kw is built in LIMITS' order
+SITE_FIELDS = ("pue", "it_kw", "facility_kw", "cooling_kw", "cooling_ppue", "power_ppue",
+               "conversion_loss_kw")  # the `site` measurement's, in derived_samples
 RACK_FIELDS = ("power_kw", "power_kw_peak", "headroom_kw", *(f"headroom_{k}_kw" for k in LIMITS))
 SWING_WINDOW_S = 60.0  # GPU load swings are judged over the last minute
 
@@ -522,11 +524,7 @@ class SiteModel:
     def derived_samples(self, status: SiteStatus) -> list[Sample]:
         """The tick's results as samples of the `rack`, `room` and `site` measurements."""
         t = status.updated_at
-        site_fields = {
-            "pue": status.pue, "it_kw": status.it_kw, "facility_kw": status.facility_kw,
-            "cooling_kw": status.cooling_kw, "cooling_ppue": status.cooling_ppue,
-            "power_ppue": status.power_ppue, "conversion_loss_kw": status.conversion_loss_kw,
-        }
+        site_fields = {k: getattr(status, k) for k in SITE_FIELDS}
         out = [Sample("site", {"site": self.site.site}, k, v, t) for k, v in site_fields.items() if v is not None]
         rooms: dict[str, list[RackStatus]] = {}
         for rack, tags in zip(status.racks, self.rack_tags):

@@ -1,5 +1,5 @@
 """The operators' console: a Dash app of one page per question (overview, floor, rack,
-cooling, power, alerts, capacity, devices), each at its own URL, under a status bar that says at a glance
+cooling, power, trends, alerts, capacity, devices), each at its own URL, under a status bar that says at a glance
 whether the site is normal, on battery, degraded or showing stale data.
 
 It reads through aidc.api only (never the store or devices directly) and refreshes live.
@@ -15,7 +15,17 @@ from flask import Flask, jsonify, request
 
 from aidc.api import SiteAPI
 from alerts.evaluate import severity_rank
-from dashboards.pages import alerts, capacity, cooling, devices, floor, overview, power, rack
+from dashboards.pages import (
+    alerts,
+    capacity,
+    cooling,
+    devices,
+    floor,
+    overview,
+    power,
+    rack,
+    trends,
+)
 from dashboards.widgets import AMBER, GREEN, GREY, RED
 
 REFRESH_MS = 2000
@@ -24,7 +34,7 @@ PAGE = {"fontFamily": "system-ui, sans-serif", "margin": "0 auto", "maxWidth": "
         "padding": "0 16px 16px", "background": "#f6f8fa"}
 # (path, title in the menu, module); a rack's page is /rack/<id>, reached from the others
 PAGES = [("/", "Overview", overview), ("/floor", "Floor", floor), ("/cooling", "Cooling", cooling),
-         ("/power", "Power", power), ("/alerts", "Alerts", alerts),
+         ("/power", "Power", power), ("/trends", "Trends", trends), ("/alerts", "Alerts", alerts),
          ("/capacity", "Capacity", capacity), ("/devices", "Devices", devices)]
 STATE_WORDS = {"normal": ("Normal", GREEN), "on_battery": ("On battery", RED),
                "degraded": ("Degraded redundancy", AMBER), "stale": ("Data stale", GREY)}

@@ -186,6 +186,18 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
                          for r in table_rows(dash_duo, "#supercaps-table")), what="charges")
     screenshot(dash_duo, "power")
 
+    # trends: the site's PUE over 24 h, then the last hour, as the store downsamples them
+    open_page(dash_duo, "/trends", "#trend-chart")
+    wait_for(lambda: re.match(r"pue of demo: [1-9]\d* points in 1 series, means over 288 s",
+                              dash_duo.find_element("#trend-note").text), what="24 h of PUE")
+    dash_duo.find_element("#trend-range input[value='1 h']").click()
+    wait_for(lambda: "means over 12 s windows" in dash_duo.find_element("#trend-note").text,
+             what="the last hour")
+    dash_duo.select_dcc_dropdown("#trend-kind", "a rack")
+    wait_for(lambda: dash_duo.find_element("#trend-note").text.startswith("power_kw of A01: "),
+             what="a rack's power")
+    screenshot(dash_duo, "trends")
+
     # faults: a leak at cdu-1 turns the bar red on whatever page is open; a dark PDU is
     # listed on the alerts page, and marked on its rack's page
     open_page(dash_duo, "/alerts", "#alerts-table")
