@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -195,6 +196,17 @@ class SiteAPI:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
+    def _reader(self) -> Callable[[str, str], float | None]:
+        """value(device, series key): its latest good value now, None when unknown (never
+        read, bad, or stale: a dark device's last reading is not shown as current)."""
+        latest = self.runtime.fresh_latest(time.time())
+
+        def value(device: str, key: str) -> float | None:
+            sample = latest.get((device, key))
+            return num(sample.value) if sample is not None and sample.good else None
+
+        return value
+
     @property
     def site_name(self) -> str:
         return self.runtime.site.site
@@ -241,12 +253,8 @@ class SiteAPI:
         out = self.rack_headroom(rack_id)
         if out is None:
             return None
-        graph, latest, health = self.runtime.topology, self.runtime.latest, self.runtime.health
+        graph, health, value = self.runtime.topology, self.runtime.health, self._reader()
         rack = graph.rack_by_id[rack_id]
-
-        def value(device: str, key: str) -> float | None:
-            sample = latest.get((device, key))
-            return sample.value if sample is not None and sample.good else None
 
         feeds = []
         for side, pdu_id in (("A", rack.feed_a), ("B", rack.feed_b)):
@@ -281,13 +289,9 @@ class SiteAPI:
         """Each loop (its pool: capacity with its redundancy kept, heat, supply against its
         ASHRAE class) with its CDUs: what they read now against their envelope, and the heat
         each carries against what it can."""
-        s, graph, latest = self.runtime.status, self.runtime.topology, self.runtime.latest
+        s, graph, value = self.runtime.status, self.runtime.topology, self._reader()
         by_cdu = {c.id: c for c in s.cdus} if s else {}
         pools = {p.id: pool_json(p) for p in s.pools if p.kind == "loop"} if s else {}
-
-        def value(device: str, key: str) -> float | None:
-            sample = latest.get((device, key))
-            return num(sample.value) if sample is not None and sample.good else None
 
         out = []
         for lp in self.runtime.site.loops:
@@ -312,13 +316,9 @@ class SiteAPI:
         """The power chain as it runs now: each rectifier and UPS (input, output, loss,
         modules, battery), the kW it sends to each row through its PDUs (unknown when one of
         them is), and each supercap's state of charge beside its ride-through."""
-        site, graph, latest = self.runtime.site, self.runtime.topology, self.runtime.latest
+        site, graph, value = self.runtime.site, self.runtime.topology, self._reader()
         s = self.runtime.status
         pools = {p.id: p for p in s.pools} if s else {}
-
-        def value(device: str, key: str) -> float | None:
-            sample = latest.get((device, key))
-            return num(sample.value) if sample is not None and sample.good else None
 
         sources = []
         for d in site.devices_of("rectifier") + site.devices_of("ups"):
@@ -488,6 +488,21 @@ class SiteAPI:
 
     def devices(self) -> list[dict[str, Any]]:
         return [with_iso_times(asdict(h), DEVICE_TIMES) for h in self.runtime.health.values()]
+
+    def device_readings(self, device_id: str) -> list[dict[str, Any]] | None:
+        """Every series of one device as last read: ``value`` when good, ``read_value``
+        whatever its quality (a sentinel, an out-of-range reading), the quality (stale when
+        not refreshed for 2.5 polls) and when it was read; None for an unknown device."""
+        if device_id not in self.runtime.health:
+            return None
+        now, mine = time.time(), {}
+        for key, sample in dict(self.runtime.latest).items():  # a copy: polls write on
+            if key[0] == device_id:
+                mine[key] = sample
+        fresh = self.runtime.fresh_latest(now, mine)
+        return [{"series": key[1], "value": num(s.value) if s.good else None,
+                 "read_value": num(s.value), "quality": str(s.quality), "read_at": iso(s.ts)}
+                for key in sorted(mine) if (s := fresh.get(key)) is not None]
 
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(a) for a in self.runtime.evaluator.active_alerts()]

@@ -205,6 +205,11 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     def devices():
         return jsonify(api.devices())
 
+    @app.get("/api/v1/devices/<device_id>/readings")
+    def device_readings(device_id: str):
+        found = api.device_readings(device_id)
+        return jsonify(found) if found is not None else error(404, short(f"no device '{device_id}'"))
+
     @app.get("/api/v1/alerts")
     def alerts():
         return jsonify(api.alerts())

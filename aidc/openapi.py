@@ -68,6 +68,12 @@ def site() -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 
+def reading() -> dict[str, Any]:
+    props = {"series": {"type": "string"}, "value": NUMBER_OR_NULL, "read_value": NUMBER_OR_NULL,
+             "quality": {"enum": ["good", "stale", "bad", "out_of_range"]}, "read_at": ISO_TIME}
+    return {"type": "object", "properties": props, "required": sorted(props)}
+
+
 def rack_detail() -> dict[str, Any]:
     feed = {"side": {"enum": ["A", "B"]}, "pdu": {"type": "string"},
             "upstream": {"type": "string"}, "power_kw": NUMBER_OR_NULL,
@@ -136,6 +142,7 @@ def schemas() -> dict[str, dict]:
         "SilenceRequest": request_schema(SilenceRequest),
         "AckRequest": request_schema(AckRequest),
         "Health": health(),
+        "Reading": reading(),
     }
 
 
@@ -234,6 +241,9 @@ def openapi() -> dict[str, Any]:
             "/api/v1/backup": read("Supercap and battery ride-through against the generator",
                                    array_of("Backup")),
             "/api/v1/devices": read("Every device's polling state", array_of("Device")),
+            "/api/v1/devices/{device_id}/readings": read(
+                "One device's series as last read, with their quality", array_of("Reading"), 404,
+                params=[path_param("device_id", "The device's id in the site file.")]),
             "/api/v1/alerts": read("Pending, firing and suppressed alerts", array_of("Alert")),
             "/api/v1/alerts/{fingerprint}/ack": {**write(
                 "post", "Acknowledge an alert: no repeats until it changes", "AckRequest",

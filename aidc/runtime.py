@@ -331,12 +331,17 @@ class Runtime:
     def _evaluate(self, latest: FreshLatest, now: float) -> tuple[SiteStatus, list[Sample]]:
         return (status := self.model.evaluate(latest, now)), self.model.derived_samples(status)
 
+    def fresh_latest(self, now: float, latest: dict | None = None) -> FreshLatest:
+        """The latest samples as of ``now``, a good one not refreshed for 2.5 of its
+        device's polls read as stale: what the web reads (a lookup is safe from its threads)."""
+        return FreshLatest(self.latest if latest is None else latest, self._poll_s, now)
+
     async def tick(self, now: float) -> SiteStatus:
         """One model tick. The model runs in a worker thread on a copy of the latest samples,
         so that polls go on meanwhile (at 10,000 racks it takes some 0.7 s); the rules and
         the alert state run on the loop, which owns them."""
         t0 = time.perf_counter()
-        latest = FreshLatest(dict(self.latest), self._poll_s, now)  # polls write on meanwhile
+        latest = self.fresh_latest(now, dict(self.latest))  # polls write on meanwhile
         status, derived = await asyncio.to_thread(self._evaluate, latest, now)
         self.status = status
         self._pending.extend(derived)

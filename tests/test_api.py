@@ -82,6 +82,27 @@ def test_a_rack_in_detail_names_its_feeds_heat_and_devices(web, shared_live_site
     assert get(web, "/api/v1/racks/Z99").status_code == 404
 
 
+def test_a_dark_device_reads_stale_never_its_last_value_as_current(live_site, own_web):
+    """Its last good readings stay listed as what was read, with quality stale; the rack it
+    feeds shows that feed's power unknown."""
+    readings = {r["series"]: r for r in get(own_web, "/api/v1/devices/pdu-b02-b/readings").json()}
+    assert readings["power_kw"]["quality"] == "good"
+    assert readings["power_kw"]["value"] == readings["power_kw"]["read_value"] > 0
+    assert {"current_a{phase=1}", "current_a{phase=3}", "energy_kwh"} <= set(readings)
+    live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
+
+    def stale() -> dict | None:
+        r = {x["series"]: x for x in get(own_web, "/api/v1/devices/pdu-b02-b/readings").json()}
+        return r if r["power_kw"]["quality"] == "stale" else None
+
+    power = wait_for(stale, what="pdu-b02-b's power stale")["power_kw"]
+    assert power["value"] is None and power["read_value"] > 0
+    feed_b = get(own_web, "/api/v1/racks/B02").json()["feeds"][1]
+    assert (feed_b["pdu"], feed_b["power_kw"]) == ("pdu-b02-b", None)
+    assert set(feed_b["phase_current_a"].values()) == {None}
+    assert get(own_web, "/api/v1/devices/nope/readings").status_code == 404
+
+
 def test_metrics_parse_as_prometheus_does_in_base_units(web, shared_live_site):
     """`/metrics` as Prometheus's own parser reads it: counters end in `_total`, times are in
     seconds (a poll of a device on this host takes well under its timeout; in milliseconds

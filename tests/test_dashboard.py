@@ -160,6 +160,12 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     wait_for(lambda: dash_duo.find_element("#devices-summary").text == f"{n} devices: {n} up",
              what="every device up")
     assert len(table_rows(dash_duo, "#devices-table")) == n
+    dash_duo.find_element("#devices-table td[data-dash-column='id'] div").click()  # the first
+    first = table_rows(dash_duo, "#devices-table")[0].split()[0]
+    wait_for(lambda: dash_duo.find_element("#readings-title").text == f"Series of {first}",
+             what="its readings")
+    readings = wait_for(lambda: table_rows(dash_duo, "#readings-table"), what="its series")
+    assert all(re.fullmatch(r"\S+ -?[\d.e+-]+ good \S+", r) for r in readings), readings
     screenshot(dash_duo, "devices")
 
     # cooling: the loop against its class, both CDUs dry with their pumps

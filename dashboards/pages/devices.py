@@ -1,9 +1,10 @@
 """Devices: every device's polling state, its last good poll, the error and the wait before
-the next try (which grows while it stays down)."""
+the next try (which grows while it stays down); a device clicked shows each of its series as
+last read, with its quality (`aidc probe` reads the device itself, once)."""
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, html
+from dash import Dash, Input, Output, dcc, html, no_update
 
 from aidc.api import SiteAPI
 from dashboards.widgets import AMBER, GREY, NOTE, RED, table
@@ -23,8 +24,25 @@ def layout(api: SiteAPI) -> html.Div:
               filter_action="native", page_size=100,
               style_data_conditional=[{"if": {"filter_query": f'{{state}} = "{state}"'},
                                        "color": colour}
-                                      for state, colour in STATE_COLOURS.items()]),
+                                      for state, colour in STATE_COLOURS.items()]
+              + [{"if": {"column_id": "id"}, "color": "#0969da", "cursor": "pointer"}]),
+        dcc.Store(id="device-shown"),
+        html.H3(id="readings-title"),
+        table("readings-table", [("Series", "series"), ("Value", "value"),
+                                 ("Quality", "quality"), ("Read at", "read_at")],
+              style_data_conditional=[{"if": {"filter_query": '{quality} != "good"'},
+                                       "color": RED}]),
     ])
+
+
+def reading_rows(readings: list[dict]) -> list[dict]:
+    """A value when good; otherwise what was read, said as such (never a bare number)."""
+    def shown(r: dict) -> str:
+        if r["value"] is not None:
+            return f"{r['value']:g}"
+        return "unknown" if r["read_value"] is None else f"unknown (read {r['read_value']:g})"
+
+    return [{**r, "value": shown(r)} for r in readings]
 
 
 def device_rows(devices: list[dict]) -> list[dict]:
@@ -43,3 +61,17 @@ def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
             counts[d["state"]] = counts.get(d["state"], 0) + 1
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         return device_rows(devices), f"{len(devices)} devices: {summary}"
+
+    @app.callback(Output("device-shown", "data"), Input("devices-table", "active_cell"),
+                  prevent_initial_call=True)
+    def choose(cell):
+        device = cell.get("row_id") if isinstance(cell, dict) else None
+        return device if isinstance(device, str) else no_update
+
+    @app.callback(Output("readings-title", "children"), Output("readings-table", "data"),
+                  Input("device-shown", "data"), Input("refresh", "n_intervals"))
+    def readings(device, _n):
+        found = api.device_readings(device) if isinstance(device, str) else None
+        if found is None:
+            return "Click a device to see what it last read.", []
+        return f"Series of {device}", reading_rows(found)
