@@ -15,6 +15,7 @@ from collectors.profiles import ProfileError, load_profile
 
 DEMO_SITE = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
 EXIT_USAGE = 2
+MIN_PASSWORD = 12  # characters (NIST SP 800-63B asks 8 at least; a console that acts, more)
 
 
 def _load(path: str) -> Site:
@@ -100,6 +101,8 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
           "  Ctrl-C stops.", flush=True)
     if token and simulate and not site.web.api_token:
         print(f"write actions (alert ack) take the bearer token in {data_dir / 'api-token'}")
+    if simulate and (data_dir / "operator-password").exists():
+        print(f"sign in as 'operator' with the password in {data_dir / 'operator-password'}")
     try:
         await runtime.run(stop)
     finally:
@@ -130,14 +133,27 @@ def _demo_token(data_dir: Path) -> str:
     """A random token for the demo's write actions, kept in a file only its owner reads."""
     import secrets
 
-    from aidc.files import private_dir
+    from aidc.files import private_file
 
     path = data_dir / "api-token"
     if not path.exists():
-        private_dir(data_dir)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24) + "\n")
+        private_file(path, secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip()
+
+
+def _demo_operator(data_dir: Path):
+    """The demo's operator, whose random password is kept in a file only its owner reads."""
+    import secrets
+
+    from aidc.auth import hash_password
+    from aidc.config import User
+    from aidc.files import private_file
+
+    path = data_dir / "operator-password"
+    if not path.exists():
+        private_file(path, secrets.token_urlsafe(12) + "\n")
+    return User(name="operator", role="operator",
+                password_hash=hash_password(path.read_text().strip()))
 
 
 def _serve_until_stopped(site: Site, args: argparse.Namespace, simulate: bool) -> int:
@@ -168,6 +184,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         site = site.model_copy(update={"alerts": site.alerts.model_copy(update={"webhooks": hooks})})
     if site.web.external_url is None:  # notifications link to this demo's console
         web = site.web.model_copy(update={"external_url": f"http://{args.host}:{args.web_port}"})
+        site = site.model_copy(update={"web": web})
+    if not site.web.users:  # anyone reads; an operator signs in to act
+        web = site.web.model_copy(update={"users": [_demo_operator(Path(args.data_dir))],
+                                          "anonymous_read": True})
         site = site.model_copy(update={"web": web})
     return _serve_until_stopped(site, args, simulate=True)
 
@@ -394,6 +414,25 @@ def cmd_gen_site(args: argparse.Namespace) -> int:
         return _fail(str(e))
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """An argon2 hash for `web.users` (the password from the terminal, asked twice, or the
+    first line of standard input): never the password on the command line."""
+    import getpass
+
+    from aidc.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            return _fail("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < MIN_PASSWORD:
+        return _fail(f"a password needs at least {MIN_PASSWORD} characters")
+    print(hash_password(password))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import json
 
@@ -479,6 +518,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--first-port", type=int, default=10_000, help="ports count up from here")
     g.add_argument("-o", "--output", help="file to write (default: standard output)")
     g.set_defaults(func=cmd_gen_site)
+
+    hp = sub.add_parser("hash-password", help="an argon2 hash of a password, for web.users")
+    hp.set_defaults(func=cmd_hash_password)
 
     ex = sub.add_parser("export", help="write a Grafana dashboard for the site's InfluxDB store")
     ex.add_argument("format", choices=["grafana"])

@@ -353,11 +353,30 @@ class Model(Strict):
     supercap_efficiency: float = Field(0.95, gt=0, le=1)  # DC/DC between supercap and load
 
 
+class User(Strict):
+    """Who may sign in to the console: a viewer reads, an operator also acknowledges and
+    silences, an admin may do all of it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$", max_length=100)
+    role: Literal["viewer", "operator", "admin"] = "viewer"
+    password_hash: SecretStr  # argon2, from `aidc hash-password`; or a ${VAR} or file: holding it
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().startswith("$argon2"):
+            raise ValueError("expected an argon2 hash (from `aidc hash-password`), never a password")
+        return v
+
+
 class Web(Strict):
     api_token: SecretStr | None = None  # bearer token for write actions (ack); none: refused
     # where people reach this app (behind its proxy): notifications link to its console and
     # runbooks; without it they carry no links
     external_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    users: list[User] = []  # none: no sign-in (reads open, writes by api_token only)
+    anonymous_read: bool = False  # with users: reading needs no sign-in
+    session_secret: SecretStr | None = None  # signs session cookies; none: one in the data dir
 
 
 class Defaults(Strict):
@@ -407,6 +426,7 @@ def _references(site: Site) -> list[tuple[tuple, str]]:
         (("racks",), site.racks, "id"),
         (("loops",), site.loops, "id"),
         (("alerts", "webhooks"), site.alerts.webhooks, "name"),
+        (("web", "users"), site.web.users, "name"),
     ):
         seen: set[str] = set()
         for i, item in enumerate(items):

@@ -18,6 +18,14 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def private_file(path: Path, text: str) -> None:
+    """Write ``text`` to a new file only its owner reads (made 0600 before anything is in it)."""
+    private_dir(path.parent)
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(text)
+
+
 def private_sqlite(path: str | Path, **connect_kwargs) -> sqlite3.Connection:
     """A connection to the SQLite file at ``path``, created 0600 in a 0700 directory."""
     path = Path(path)

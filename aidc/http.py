@@ -12,13 +12,14 @@ import math
 from functools import wraps
 from html import escape
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, MapAdapter, Rule
 
 from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
+from aidc.auth import Auth
 from aidc.derive import NotInSite
 from aidc.openapi import openapi
 from aidc.runtime import NotAnswering
@@ -102,6 +103,32 @@ def bearer_guard(api_token: str | None):
     return writes
 
 
+def write_guard(auth: Auth):
+    """Decorator for write actions: the bearer token, or a session of an operator or admin
+    (who is then the author, whatever the body says); 401 without, 403 for a viewer or when
+    writes are disabled."""
+
+    def writes(view):
+        @wraps(view)
+        def guarded(*args, **kwargs):
+            if not (auth.api_token or auth.enabled):
+                return error(403, "write actions are disabled: set web.api_token in the site file")
+            who, refused = auth.may_write()
+            if refused:
+                return error(403 if auth.user() else 401, refused)
+            g.author = who
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return writes
+
+
+def author(given: str) -> str:
+    """Who did it: the signed-in user, or the name a script gave with the bearer token."""
+    return g.get("author") or given
+
+
 def api_routes(app: Flask) -> MapAdapter:
     """The app's /api/ routes alone (without the Dash page's catch-all), to match against."""
     rules = [Rule(r.rule, methods=r.methods, endpoint=r.endpoint)
@@ -109,10 +136,11 @@ def api_routes(app: Flask) -> MapAdapter:
     return Map(rules).bind("localhost")
 
 
-def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> None:
+def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
     app.json = FiniteJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused from Content-Length, unread
-    writes = bearer_guard(api_token)
+    auth.install(app)
+    writes = write_guard(auth)
 
     @app.errorhandler(ValueError)
     def bad_input(e: ValueError):
@@ -222,7 +250,8 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     @writes
     def add_silence():
         q = parse(SilenceRequest, request.get_json(silent=True))
-        body = api.add_silence(q.matchers, q.duration_s, q.created_by, q.comment, q.starts_at)
+        body = api.add_silence(q.matchers, q.duration_s, author(q.created_by), q.comment,
+                               q.starts_at)
         return jsonify(body), 201
 
     @app.delete("/api/v1/silences/<silence_id>")
@@ -230,7 +259,7 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     def expire_silence(silence_id: str):
         q = parse(AckRequest, request.get_json(silent=True))
         try:
-            return jsonify(api.expire_silence(silence_id, q.by))
+            return jsonify(api.expire_silence(silence_id, author(q.by)))
         except KeyError:
             return error(404, short(f"no pending or active silence '{silence_id}'"))
 
@@ -244,6 +273,6 @@ def register_routes(app: Flask, api: SiteAPI, api_token: str | None = None) -> N
     def acknowledge(fingerprint: str):
         q = parse(AckRequest, request.get_json(silent=True))
         try:
-            return jsonify(api.acknowledge(fingerprint, q.by))
+            return jsonify(api.acknowledge(fingerprint, author(q.by)))
         except KeyError:
             return error(404, short(f"no active alert '{fingerprint}'"))

@@ -199,9 +199,11 @@ def openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "aidc", "version": __version__, "description": (
-            "Headroom, PUE, backup, devices and alerts of one site. Reads are open; writes "
-            "need `Authorization: Bearer <web.api_token>`. Times are ISO 8601 UTC; a value "
-            "that is unknown is null, never a number.")},
+            "Headroom, PUE, backup, devices and alerts of one site. Writes need "
+            "`Authorization: Bearer <web.api_token>` (or an operator's console session with "
+            "its X-CSRFToken); reads are open, or with `web.users` need a session or the "
+            "token unless `web.anonymous_read`. Times are ISO 8601 UTC; a value that is "
+            "unknown is null, never a number.")},
         "components": {"schemas": schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {

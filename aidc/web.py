@@ -11,6 +11,7 @@ from flask import Flask
 from waitress.server import create_server
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from aidc.http import MAX_BODY_BYTES, register_routes
 from dashboards.app import create_app
 
@@ -22,8 +23,9 @@ class WebServer:
     def __init__(self, api: SiteAPI, host: str = "127.0.0.1", port: int = 8050,
                  api_token: str | None = None):
         self.flask = Flask("aidc")
-        register_routes(self.flask, api, api_token)
-        self.dash = create_app(api, server=self.flask, api_token=api_token)
+        self.auth = Auth(api.runtime.site.web, api_token, api.runtime.data_dir)
+        register_routes(self.flask, api, self.auth)
+        self.dash = create_app(api, server=self.flask, auth=self.auth)
         # Flask answers an oversized body with a JSON 413 from its Content-Length; waitress
         # bounds a chunked one (which has none) before the app reads it. poll(), not select():
         # with a socket per device the process holds descriptors past 1,024, where select()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from functools import partial
 
-from dash import Dash, Input, Output, dcc, html
-from flask import Flask, jsonify, request
+from dash import Dash, Input, Output, dcc, html, no_update
+from flask import Flask, jsonify, request, session
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
+from aidc.config import Web
 from alerts.evaluate import severity_rank
 from dashboards.pages import (
     alerts,
@@ -77,9 +79,11 @@ def layout() -> html.Div:
     menu = [dcc.Link(title, href=path, style={"marginRight": "16px"}) for path, title, _ in PAGES]
     return html.Div([
         dcc.Location(id="url"),
+        dcc.Location(id="redirect", refresh=True),
         html.Div(id="status-bar", style={**BAR, "borderBottom": f"4px solid {GREY}"}),
         html.Div([html.H2(id="page-title", style={"margin": "8px 24px 8px 0"}),
-                  html.Nav(menu)], style={"display": "flex", "alignItems": "baseline"}),
+                  html.Nav(menu), html.Div(id="who", style={"marginLeft": "auto"})],
+                 style={"display": "flex", "alignItems": "baseline"}),
         html.Div(id="page"),
         dcc.Interval(id="refresh", interval=REFRESH_MS),
         dcc.Interval(id="slow-refresh", interval=SLOW_REFRESH_MS),
@@ -114,7 +118,11 @@ def _refuse_malformed_update(app: Dash):
     return None if ok else (jsonify({"error": "not a call of one of this page's callbacks"}), 400)
 
 
-def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None = None) -> Dash:
+def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None = None,
+               auth: Auth | None = None) -> Dash:
+    """The console; ``auth`` (the web server's: sign-in and roles) or, standalone, writes by
+    ``api_token`` only."""
+    auth = auth or Auth(Web(), api_token)
     # the pages' components come and go with the URL: their callbacks are checked when
     # called, not against the first layout
     app = Dash(__name__, server=server, title=f"aidc · {api.site_name}", update_title=None,
@@ -142,6 +150,24 @@ def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None 
         return children, {**BAR, "borderBottom": f"4px solid {colour}"}
 
     for _, _, page in PAGES:
-        page.register(app, api, api_token)
-    rack.register(app, api, api_token)
+        page.register(app, api, auth)
+    rack.register(app, api, auth)
+
+    @app.callback(Output("who", "children"), Input("url", "pathname"))
+    def who(_path):
+        if not auth.enabled:
+            return []
+        if (u := auth.user()) is None:
+            return html.A("Sign in", href="/login", id="sign-in")
+        return [html.Span(f"{u[0]} ({u[1]})", id="signed-in-as"),
+                html.Button("Sign out", id="sign-out", style={"marginLeft": "8px"})]
+
+    @app.callback(Output("redirect", "href"), Input("sign-out", "n_clicks"),
+                  prevent_initial_call=True)
+    def sign_out(clicks):
+        if not clicks:
+            return no_update
+        session.clear()  # the session cookie goes with this response
+        return "/login"
+
     return app

@@ -258,7 +258,8 @@ class LiveSite:
 API_TOKEN = "test-token-0123456789"
 
 
-def start_live_site(data_dir: Path) -> LiveSite:
+def start_live_site(data_dir: Path, **web) -> LiveSite:
+    """The demo site live on free ports; ``web`` adds to its web section (users, say)."""
     from pydantic import SecretStr
 
     from aidc.config import Alerts, Defaults, Model, Web, Webhook, load_site
@@ -269,7 +270,7 @@ def start_live_site(data_dir: Path) -> LiveSite:
         update={
             "defaults": Defaults(poll_s=0.5, timeout_s=2.0),  # patient: a loaded machine
             "model": Model(tick_s=0.5),
-            "web": Web(api_token=SecretStr(API_TOKEN)),
+            "web": Web(api_token=SecretStr(API_TOKEN), **web),
             "alerts": Alerts(webhooks=[Webhook(name="oncall", url=receiver.url)]),
         }
     )

@@ -17,7 +17,8 @@ from aidc.web import WebServer
 from tests.conftest import API_TOKEN, start_live_site
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-NOT_API = ("/_dash", "/_reload-hash", "/_favicon", "/assets/", "/static/", "/runbooks", "/<path")
+NOT_API = ("/_dash", "/_reload-hash", "/_favicon", "/assets/", "/static/", "/runbooks", "/<path",
+           "/login", "/logout")  # the console's sign-in form, not the API
 
 
 @pytest.fixture(scope="module")

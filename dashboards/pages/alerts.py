@@ -3,12 +3,11 @@ silencing what matches from the page, and the silences."""
 
 from __future__ import annotations
 
-import hmac
-
 from dash import Dash, Input, Output, State, ctx, dcc, html
 from pydantic import ValidationError
 
 from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
+from aidc.auth import Auth
 from aidc.runtime import NotAnswering
 from dashboards.widgets import NOTE, RED, ROW, table
 
@@ -35,8 +34,8 @@ def layout(api: SiteAPI) -> html.Div:
 
 
 def operator_actions() -> html.Div:
-    """Acknowledge the selected alert, or silence what matches: both need the site's API
-    token (``web.api_token``), checked like the API's bearer token."""
+    """Acknowledge the selected alert, or silence what matches: signed in as an operator, or
+    with a name and the site's API token (``web.api_token``), checked as the API checks it."""
     field = {"marginRight": "12px"}
     return html.Div([
         html.Label(["Your name ", dcc.Input(id="operator-name", type="text", maxLength=100)],
@@ -56,13 +55,12 @@ def operator_actions() -> html.Div:
     ], style={**ROW, "alignItems": "center", "margin": "8px 0"})
 
 
-def operator_action(api: SiteAPI, api_token: str | None, action: str | None, name, token,
+def operator_action(api: SiteAPI, auth: Auth, action: str | None, name, token,
                     matchers, duration, comment, selected) -> str:
     """What the page says after an operator's action: done, or why not (never a 500)."""
-    if not api_token:
-        return "Refused: write actions are disabled (set web.api_token in the site file)."
-    if not (isinstance(token, str) and hmac.compare_digest(token.encode(), api_token.encode())):
-        return "Refused: missing or wrong API token."
+    name, refused = auth.may_write_from_page(name, token)
+    if refused:
+        return refused
     try:
         if action == "ack-selected":
             # by its id (the fingerprint), not its row: a refresh may reorder the table
@@ -86,7 +84,7 @@ def operator_action(api: SiteAPI, api_token: str | None, action: str | None, nam
         return "Not done: that alert is no longer active."
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("alerts-table", "data"), Output("no-alerts", "children"),
                   Output("silences-table", "data"), Input("refresh", "n_intervals"))
     def refresh(_n):
@@ -101,5 +99,5 @@ def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
                   State("silence-for", "value"), State("silence-comment", "value"),
                   State("alerts-table", "selected_row_ids"), prevent_initial_call=True)
     def act(_ack, _silence, name, token, matchers, duration, comment, selected):
-        return operator_action(api, api_token, ctx.triggered_id, name, token, matchers,
+        return operator_action(api, auth, ctx.triggered_id, name, token, matchers,
                                duration, comment, selected)

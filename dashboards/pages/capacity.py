@@ -6,6 +6,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from dashboards.widgets import GREY, NOTE, ROW, table
 from models.headroom import LIMITS
 
@@ -95,7 +96,7 @@ def what_if_text(w: dict) -> str:
     return text
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("pool-table", "data"), Output("rack-table", "data"),
                   Input("refresh", "n_intervals"), Input("filter-room", "value"),
                   Input("filter-row", "value"), Input("filter-min-kw", "value"),

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, dcc, html
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from dashboards.widgets import NOTE, RED, UNKNOWN, fmt, table
 
 # the supply the loop's ASHRAE class is checked on (loops.class_checked_on)
@@ -102,7 +103,7 @@ def loop_block(loop: dict) -> html.Div:
     ])
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("cooling-loops", "children"), Input("refresh", "n_intervals"))
     def refresh(_n):
         loops = api.cooling()

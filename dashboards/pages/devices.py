@@ -7,6 +7,7 @@ from __future__ import annotations
 from dash import Dash, Input, Output, dcc, html, no_update
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from dashboards.widgets import AMBER, GREY, NOTE, RED, table
 
 STATE_COLOURS = {"down": RED, "stale": RED, "degraded": AMBER, "unknown": GREY}
@@ -51,7 +52,7 @@ def device_rows(devices: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda d: (d["state"] == "up", d["id"]))
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("devices-table", "data"), Output("devices-summary", "children"),
                   Input("refresh", "n_intervals"))
     def refresh(_n):

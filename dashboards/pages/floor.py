@@ -13,6 +13,7 @@ from dash import Dash, Input, Output, dcc, html, no_update
 from plotly.subplots import make_subplots
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from aidc.config import Site
 from aidc.topology import Topology
 from alerts.evaluate import severity_rank
@@ -183,7 +184,7 @@ def layout(api: SiteAPI) -> html.Div:
     ])
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     site, graph = api.runtime.site, api.runtime.topology
     plans = floor_plan(site)
     capture = {r.id: r.capture_ratio for r in site.racks}

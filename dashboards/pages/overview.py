@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, html
 
 from aidc.api import REACHABLE, SiteAPI
+from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import (
     ROW,
@@ -109,7 +110,7 @@ def pue_figure(series, target: float) -> go.Figure:
     return fig if points else said(fig, "no PUE stored in the last 24 h")
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(
         Output("pue-value", "children"), Output("pue-note", "children"),
         Output("it-kw", "children"), Output("facility-kw", "children"),

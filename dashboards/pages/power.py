@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, html
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from dashboards.widgets import NOTE, RED, UNKNOWN, bridges, fmt, graph, table
 
 LOSS = "conversion loss"
@@ -93,7 +94,7 @@ def supercap_rows(supercaps: list[dict]) -> list[dict]:
     return [{**c, "soc": fmt(c["soc_pct"]), "bridges": bridges(c)} for c in supercaps]
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("power-sankey", "figure"), Output("power-unknown", "children"),
                   Output("sources-table", "data"), Output("supercaps-table", "data"),
                   Input("refresh", "n_intervals"))

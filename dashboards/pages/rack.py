@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import GREY, NOTE, RED, ROW, UNKNOWN, fmt, graph, kpi, said, table
 from models.headroom import LIMITS
@@ -103,7 +104,7 @@ def history_figure(power, headroom) -> go.Figure:
     return fig
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(
         Output("rack-where", "children"), Output("rack-power", "children"),
         Output("rack-peak", "children"), Output("rack-design", "children"),

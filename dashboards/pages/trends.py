@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aidc.api import SiteAPI
+from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import NOTE, ROW, graph, said
 
@@ -66,7 +67,7 @@ def trend_figure(series, unit_name: str) -> go.Figure:
     return fig
 
 
-def register(app: Dash, api: SiteAPI, api_token: str | None) -> None:
+def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     site, graph_ = api.runtime.site, api.runtime.topology
 
     @app.callback(Output("trend-subject", "options"), Output("trend-subject", "value"),

@@ -1,0 +1,176 @@
+"""Sign-in and roles on a live site with users: who reads, who acts, and what a forged or
+cross-site request gets. Over real HTTP to the app's own server, cookies as a browser keeps
+them."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from aidc.api import SiteAPI
+from aidc.auth import CSRF_COOKIE, CSRF_HEADER, hash_password
+from aidc.config import User
+from aidc.net import free_port
+from aidc.web import WebServer
+from tests.conftest import API_TOKEN, start_live_site, wait_for
+
+PASSWORDS = {"vera": "viewer-password-1", "olga": "operator-password-1"}
+
+
+@pytest.fixture(scope="module")
+def signed_site(tmp_path_factory):
+    users = [User(name="vera", role="viewer", password_hash=hash_password(PASSWORDS["vera"])),
+             User(name="olga", role="operator", password_hash=hash_password(PASSWORDS["olga"]))]
+    live = start_live_site(tmp_path_factory.mktemp("auth") / "data", users=users)
+    live.call(live.simulated.stop_device("pdu-b02-b"))  # an alert to act on
+    server = WebServer(SiteAPI(live.runtime), port=free_port(), api_token=API_TOKEN)
+    server.start()
+    yield live, server
+    server.stop()
+    live.stop()
+
+
+def client(server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=10, follow_redirects=False)
+
+
+def sign_in(server, name: str) -> tuple[httpx.Client, httpx.Response]:
+    c = client(server)
+    form = c.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    r = c.post("/login?next=/alerts", data={"csrf": csrf, "name": name,
+                                            "password": PASSWORDS[name]})
+    assert r.status_code == 302 and r.headers["location"] == "/alerts", r.text[:200]
+    return c, r
+
+
+def an_alert(live) -> str:
+    """The dark PDU's alert, once it fires."""
+    return wait_for(lambda: [a["fingerprint"] for a in SiteAPI(live.runtime).alerts()
+                             if a["labels"].get("device") == "pdu-b02-b"
+                             and a["state"] in ("firing", "suppressed")],
+                    what="pdu-b02-b's alert firing")[0]
+
+
+def test_without_a_session_nothing_is_read(signed_site):
+    _, server = signed_site
+    c = client(server)
+    assert c.get("/api/v1/site").status_code == 401
+    assert c.post("/_dash-update-component", json={}).status_code == 401
+    page = c.get("/floor")
+    assert (page.status_code, page.headers["location"]) == (302, "/login?next=/floor")
+    assert c.get("/healthz").status_code == 200  # probes and scrapes stay open
+    assert c.get("/login").status_code == 200
+    # the API's bearer token stays for scripts
+    assert c.get("/api/v1/site", headers={"Authorization": f"Bearer {API_TOKEN}"}).json()[
+        "site"] == "demo"
+
+
+def test_a_wrong_password_or_a_forged_form_signs_nobody_in(signed_site):
+    _, server = signed_site
+    c = client(server)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+    wrong = c.post("/login", data={"csrf": csrf, "name": "olga", "password": "guess"})
+    assert "Wrong name or password." in wrong.text
+    nobody = c.post("/login", data={"csrf": csrf, "name": "mallory", "password": "guess"})
+    assert "Wrong name or password." in nobody.text  # the same words for a name not known
+    forged = client(server).post("/login", data={"csrf": "x", "name": "olga",
+                                                 "password": PASSWORDS["olga"]})
+    assert "The form expired" in forged.text  # no token from this server's form
+    assert c.get("/api/v1/site").status_code == 401
+
+
+def test_a_viewer_reads_and_is_refused_a_write_with_403(signed_site):
+    live, server = signed_site
+    c, signed_in = sign_in(server, "vera")
+    cookies = {h.split("=", 1)[0]: h for h in signed_in.headers.get_list("set-cookie")}
+    # the session out of the page's scripts' reach; the CSRF token for them to send back
+    assert "; HttpOnly" in cookies["session"] and "; SameSite=Strict" in cookies["session"]
+    assert "HttpOnly" not in cookies[CSRF_COOKIE] and "; SameSite=Strict" in cookies[CSRF_COOKIE]
+    assert c.get("/api/v1/site").json()["site"] == "demo"
+    fingerprint = an_alert(live)
+    r = c.post(f"/api/v1/alerts/{fingerprint}/ack", json={"by": "vera"},
+               headers={CSRF_HEADER: c.cookies[CSRF_COOKIE]})
+    assert r.status_code == 403 and "vera is a viewer" in r.json()["error"]
+    assert [a["acked_by"] for a in SiteAPI(live.runtime).alerts()] == [None]
+
+
+def test_an_operator_acts_as_herself_and_only_with_the_csrf_token(signed_site):
+    _, server = signed_site
+    c, _ = sign_in(server, "olga")
+    body = {"matchers": ["device=pdu-b02-b"], "duration_s": 600, "created_by": "mallory",
+            "comment": "swap"}
+    no_token = c.post("/api/v1/silences", json=body)
+    assert no_token.status_code == 403 and "CSRF" in no_token.json()["error"]
+    done = c.post("/api/v1/silences", json=body, headers={CSRF_HEADER: c.cookies[CSRF_COOKIE]})
+    assert done.status_code == 201 and done.json()["created_by"] == "olga"  # not the body's
+    expired = c.request("DELETE", f"/api/v1/silences/{done.json()['id']}", json={"by": "x"},
+                        headers={CSRF_HEADER: c.cookies[CSRF_COOKIE]})
+    assert (expired.status_code, expired.json()["expired_by"]) == (200, "olga")
+    signed_out = c.post("/logout", headers={CSRF_HEADER: c.cookies[CSRF_COOKIE]})
+    assert signed_out.headers["location"] == "/login"
+    assert c.get("/api/v1/site").status_code == 401
+
+
+def test_sign_in_never_sends_anyone_off_site(signed_site):
+    _, server = signed_site
+    c = client(server)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post("/login?next=//evil.example/x", data={"csrf": csrf, "name": "vera",
+                                                     "password": PASSWORDS["vera"]})
+    assert r.headers["location"] == "/"
+
+
+def test_hash_password_reads_the_password_from_stdin_never_argv():
+    import subprocess
+    import sys
+
+    from aidc.auth import HASHER
+
+    def run(password: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "aidc.cli", "hash-password"], check=False,
+                              input=password + "\n", capture_output=True, text=True, timeout=60)
+
+    out = run("correct horse battery")
+    assert out.returncode == 0 and HASHER.verify(out.stdout.strip(), "correct horse battery")
+    short = run("short")
+    assert short.returncode != 0 and short.stderr == "error: a password needs at least 12 characters\n"
+
+
+def test_in_the_browser_an_operator_signs_in_acknowledges_and_signs_out(dash_duo, signed_site):
+    live, server = signed_site
+    fingerprint = an_alert(live)
+    driver = dash_duo.driver
+    driver.get(server.url + "alerts")  # to the form first, and back after it
+
+    def sign_in_as(name: str) -> None:
+        dash_duo.wait_for_element("#login-name", timeout=20).send_keys(name)
+        dash_duo.find_element("#login-password").send_keys(PASSWORDS[name])
+        dash_duo.find_element("#login-submit").click()
+        role = {"vera": "viewer", "olga": "operator"}[name]
+        dash_duo.wait_for_text_to_equal("#signed-in-as", f"{name} ({role})", timeout=20)
+
+    def act(button: str, expected: str) -> str:
+        dash_duo.find_element(button).click()
+        return wait_for(lambda: (t := dash_duo.find_element("#action-result").text)
+                        .startswith(expected) and t, what=expected)
+
+    def select_the_alert() -> None:
+        wait_for(lambda: dash_duo.find_elements("#alerts-table tbody tr input[type=radio]"),
+                 what="the alert listed")
+        dash_duo.find_element("#alerts-table tbody tr input[type=radio]").click()
+
+    sign_in_as("vera")
+    select_the_alert()
+    assert act("#ack-selected", "Refused") == (
+        "Refused: vera is a viewer; acknowledging and silencing need an operator.")
+    dash_duo.find_element("#sign-out").click()
+    sign_in_as("olga")  # signing out led back to the form
+    driver.get(server.url + "alerts")
+    select_the_alert()
+    assert act("#ack-selected", "Acknowledged") == "Acknowledged device_unreachable by olga."
+    acked = {a["fingerprint"]: a["acked_by"] for a in SiteAPI(live.runtime).alerts()}
+    assert acked[fingerprint] == "olga"
+    assert dash_duo.get_logs() == []
