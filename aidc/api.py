@@ -29,7 +29,7 @@ from aidc.derive import (
     what_if,
 )
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
-from alerts.evaluate import Alert
+from alerts.evaluate import Alert, read_history
 from alerts.silences import Silence
 from models import pue as pue_model
 
@@ -503,6 +503,20 @@ class SiteAPI:
         return [{"series": key[1], "value": num(s.value) if s.good else None,
                  "read_value": num(s.value), "quality": str(s.quality), "read_at": iso(s.ts)}
                 for key in sorted(mine) if (s := fresh.get(key)) is not None]
+
+    def alert_history(self, hours: float = 24, limit: int = 500) -> list[dict[str, Any]]:
+        """What changed over the last ``hours``, newest first: fired, escalated,
+        de-escalated, resolved (repeats left out)."""
+        since = time.time() - hours * 3600
+        return [with_iso_times(h, ("at", "starts_at"))
+                for h in read_history(self.runtime.alerts_db, since, limit)]
+
+    def notifications(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Notifications not delivered yet and dead letters, oldest first."""
+        from alerts.outbox import read_deliveries  # httpx: not for the CLI's readers
+
+        return [with_iso_times(d, ("created_at", "next_attempt_at"))
+                for d in read_deliveries(self.runtime.alerts_db, limit)]
 
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(a) for a in self.runtime.evaluator.active_alerts()]

@@ -23,6 +23,7 @@ from aidc.auth import Auth
 from aidc.derive import NotInSite
 from aidc.openapi import openapi
 from aidc.runtime import NotAnswering
+from alerts.evaluate import HISTORY_DAYS
 from alerts.rules import RULES
 
 MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred bytes
@@ -241,6 +242,21 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
     @app.get("/api/v1/alerts")
     def alerts():
         return jsonify(api.alerts())
+
+    @app.get("/api/v1/alerts/history")
+    def alert_history():
+        hours = request.args.get("hours", "24")
+        try:
+            hours = float(hours)
+        except ValueError:
+            raise ValueError(f"hours: expected a number of hours, got '{short(hours, 40)}'") from None
+        if not 0 < hours <= 24 * HISTORY_DAYS:
+            raise ValueError(f"hours: expected more than 0 and at most {24 * HISTORY_DAYS}")
+        return jsonify(api.alert_history(hours))
+
+    @app.get("/api/v1/notifications")
+    def notifications():
+        return jsonify(api.notifications())
 
     @app.get("/api/v1/silences")
     def silences():

@@ -68,6 +68,24 @@ def site() -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 
+def history_entry() -> dict[str, Any]:
+    props = {"at": ISO_TIME, "kind": {"enum": ["firing", "escalated", "deescalated", "resolved"]},
+             "fingerprint": {"type": "string"}, "rule": {"type": "string"},
+             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+             "severity": {"type": "string"}, "previous_severity": {"type": ["string", "null"]},
+             "summary": {"type": "string"}, "value": NUMBER_OR_NULL, "unit": {"type": "string"},
+             "starts_at": ISO_TIME}
+    return {"type": "object", "properties": props, "required": sorted(props)}
+
+
+def notification() -> dict[str, Any]:
+    props = {"webhook": {"type": "string"}, "alert": {"type": "string"},
+             "status": {"enum": ["pending", "dead"]}, "created_at": ISO_TIME,
+             "attempts": {"type": "integer"}, "next_attempt_at": ISO_TIME,
+             "last_error": {"type": ["string", "null"]}}
+    return {"type": "object", "properties": props, "required": sorted(props)}
+
+
 def reading() -> dict[str, Any]:
     props = {"series": {"type": "string"}, "value": NUMBER_OR_NULL, "read_value": NUMBER_OR_NULL,
              "quality": {"enum": ["good", "stale", "bad", "out_of_range"]}, "read_at": ISO_TIME}
@@ -143,6 +161,8 @@ def schemas() -> dict[str, dict]:
         "AckRequest": request_schema(AckRequest),
         "Health": health(),
         "Reading": reading(),
+        "HistoryEntry": history_entry(),
+        "Notification": notification(),
     }
 
 
@@ -247,6 +267,14 @@ def openapi() -> dict[str, Any]:
                 "One device's series as last read, with their quality", array_of("Reading"), 404,
                 params=[path_param("device_id", "The device's id in the site file.")]),
             "/api/v1/alerts": read("Pending, firing and suppressed alerts", array_of("Alert")),
+            "/api/v1/alerts/history": read(
+                "What changed: fired, escalated, de-escalated, resolved; newest first",
+                array_of("HistoryEntry"), 400,
+                params=[query("hours", {"type": "number", "exclusiveMinimum": 0,
+                                        "maximum": 720}, "Default 24.")]),
+            "/api/v1/notifications": read(
+                "Notifications not delivered yet (with their last error) and dead letters",
+                array_of("Notification")),
             "/api/v1/alerts/{fingerprint}/ack": {**write(
                 "post", "Acknowledge an alert: no repeats until it changes", "AckRequest",
                 ref("Alert"), 200, 404), "parameters": [fp]},

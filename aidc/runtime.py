@@ -101,7 +101,8 @@ class Runtime:
         }
         self.model = SiteModel(site)
         self.status: SiteStatus | None = None
-        self.outbox = Outbox(data_dir / "alerts.sqlite", site.alerts.webhooks)
+        self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
+        self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
                                  site.web.external_url, site.alerts.routes)
         self.silences = Silences(self.outbox)

@@ -26,8 +26,10 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -53,6 +55,21 @@ CREATE TABLE IF NOT EXISTS alert_state (
     acked_at REAL
 )
 """
+_HISTORY = """
+CREATE TABLE IF NOT EXISTS alert_history (  -- what on-call heard, kept HISTORY_DAYS
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    previous_severity TEXT,
+    summary TEXT NOT NULL,
+    value REAL,
+    unit TEXT NOT NULL,
+    starts_at REAL
+)"""
+HISTORY_DAYS = 30
 _ADDED_COLUMNS = {  # since the first release: an older file gains them on open
     "suppressed_by": "TEXT", "unit": "TEXT NOT NULL DEFAULT ''", "threshold": "REAL",
 }
@@ -165,6 +182,8 @@ class Evaluator:
         self._store, self._repeat_s, self._notify = store, repeat_s, notify
         with store.transaction() as db:
             db.execute(_SCHEMA)
+            db.execute(_HISTORY)
+            db.execute("CREATE INDEX IF NOT EXISTS alert_history_at ON alert_history (at)")
             have = {r[1] for r in db.execute("PRAGMA table_info(alert_state)")}
             for name, decl in _ADDED_COLUMNS.items():
                 if name not in have:
@@ -194,6 +213,7 @@ class Evaluator:
             _save(db, [a for fp, a in alerts.items()
                        if fp not in self._alerts or _durable(self._alerts[fp]) != _durable(a)])
             _delete(db, [fp for fp in self._alerts if fp not in alerts])
+            _record(db, transitions, now)
             if transitions and self._notify is not None:
                 self._notify(transitions)
         self._alerts = alerts
@@ -306,6 +326,28 @@ def _save(db: sqlite3.Connection, alerts: list[Alert]) -> None:
             for a in alerts
         ],
     )  # fmt: skip
+
+
+def _record(db: sqlite3.Connection, transitions: list[Transition], now: float) -> None:
+    """Each change of state (not the repeats) into the history; what aged out, out of it."""
+    db.executemany(
+        "INSERT INTO alert_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(t.at, t.kind, t.alert.fingerprint, t.alert.rule, json.dumps(t.alert.labels),
+          t.alert.severity, t.previous_severity, t.alert.summary, t.alert.value, t.alert.unit,
+          t.alert.starts_at) for t in transitions if t.kind != "repeat"])  # fmt: skip
+    db.execute("DELETE FROM alert_history WHERE at < ?", (now - HISTORY_DAYS * 86_400,))
+
+
+def read_history(path: Path, since: float, limit: int) -> list[dict]:
+    """The newest ``limit`` changes since ``since``, newest first, read on a connection of
+    the caller's own (the evaluator's belongs to the event loop's thread)."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        rows = db.execute(
+            "SELECT at, kind, fingerprint, rule, labels, severity, previous_severity, summary,"
+            " value, unit, starts_at FROM alert_history WHERE at >= ? ORDER BY at DESC, rowid"
+            " DESC LIMIT ?", (since, limit))
+        names = [c[0] for c in rows.description]
+        return [dict(zip(names, r)) | {"labels": json.loads(r[4])} for r in rows]
 
 
 def _delete(db: sqlite3.Connection, fingerprints: list[str]) -> None:

@@ -36,7 +36,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -526,3 +526,17 @@ async def _wait_any(events: list[asyncio.Event], timeout_s: float) -> None:
     finally:
         for w in waiters:
             w.cancel()
+
+
+def read_deliveries(path: Path, limit: int) -> list[dict]:
+    """Notifications not delivered yet (pending, with their attempts and last error) and
+    dead letters, oldest first, ``limit`` of each; on a connection of the caller's own."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        rows = db.execute(
+            "SELECT * FROM (SELECT webhook, alert, status, created_at, attempts, next_attempt_at,"
+            " last_error, id FROM outbox WHERE status = 'pending' ORDER BY id LIMIT ?)"
+            " UNION ALL SELECT * FROM (SELECT webhook, alert, status, created_at, attempts,"
+            " next_attempt_at, last_error, id FROM outbox WHERE status = 'dead' ORDER BY id"
+            " LIMIT ?)", (limit, limit))
+        names = [c[0] for c in rows.description][:-1]
+        return [dict(zip(names, r)) for r in rows]

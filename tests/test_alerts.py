@@ -28,10 +28,18 @@ from pydantic import SecretStr
 from aidc.config import ConfigError, Route, Webhook, load_site
 from aidc.net import free_port
 from aidc.topology import Topology
-from alerts.evaluate import Alert, Condition, Evaluator, Transition, fingerprint
+from alerts.evaluate import (
+    HISTORY_DAYS,
+    Alert,
+    Condition,
+    Evaluator,
+    Transition,
+    fingerprint,
+    read_history,
+)
 from alerts.formats import alertmanager_payload, generic_payload, signature_headers
 from alerts.notify import Notifier
-from alerts.outbox import Outbox, RetryPolicy, parse_retry_after
+from alerts.outbox import Outbox, RetryPolicy, parse_retry_after, read_deliveries
 from tests.conftest import ROOT, require, wait_for
 
 FAST = RetryPolicy(base_s=0.01, cap_s=0.05)
@@ -320,6 +328,28 @@ def test_severity_changes_notify_both_ways_and_escalation_clears_the_ack(open_ou
         "deescalated", "critical", "warning",
     )  # fmt: skip
     assert kinds(ev.step(50, [])) == ["resolved"]
+
+
+def test_the_history_keeps_each_change_of_state_for_30_days_not_the_repeats(tmp_path):
+    path = tmp_path / "alerts.sqlite"
+    ev = Evaluator(Outbox(path), repeat_s=100)
+    one = Condition("rectifier_module_lost", {"device": "rect-1"}, True, 1.0, "1 lost", "warning")
+    two = replace(one, value=2.0, summary="2 lost", severity="critical")
+    ev.step(0, [one])
+    ev.step(100, [one])  # a repeat: notified, but nothing changed
+    ev.step(150, [two])
+    ev.step(200, [])
+    changes = read_history(path, since=0, limit=10)
+    assert [(h["at"], h["kind"], h["previous_severity"], h["severity"]) for h in changes] == [
+        (200, "resolved", None, "critical"), (150, "escalated", "warning", "critical"),
+        (0, "firing", None, "warning")]  # newest first
+    assert changes[0]["labels"] == {"device": "rect-1"} and changes[1]["summary"] == "2 lost"
+    assert [h["at"] for h in read_history(path, since=100, limit=10)] == [200, 150]
+    assert len(read_history(path, since=0, limit=1)) == 1
+    ev.step(150 + HISTORY_DAYS * 86_400 - 1, [one])  # the first change ages out
+    assert [h["at"] for h in read_history(path, since=0, limit=10)][-1] == 150
+    ev.step(300 + HISTORY_DAYS * 86_400, [one])
+    assert [h["kind"] for h in read_history(path, since=0, limit=10)] == ["firing"]
 
 
 def test_a_pending_alert_changes_severity_silently(open_outbox):
@@ -827,7 +857,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped():
     assert policy.delay_s(1, rng, retry_after_s=10**6) == 3600
 
 
-def test_400_is_dead_lettered_once_and_the_queue_moves_on(open_outbox, receiver):
+def test_400_is_dead_lettered_once_and_the_queue_moves_on(open_outbox, receiver, tmp_path):
     receiver.answers = [(400, {})]
     p = pipeline(open_outbox, [webhook(receiver.start())])
     now = time.time()
@@ -840,6 +870,11 @@ def test_400_is_dead_lettered_once_and_the_queue_moves_on(open_outbox, receiver)
     assert (dead.attempts, dead.last_error, json.loads(dead.body)["status"]) == (
         1, "http_400", "firing",
     )  # fmt: skip
+    # as the console reads it, on a connection of its own
+    [shown] = read_deliveries(tmp_path / "alerts.sqlite", 10)
+    assert {k: shown[k] for k in ("webhook", "alert", "status", "attempts", "last_error")} == {
+        "webhook": "oncall", "alert": LEAK.fingerprint, "status": "dead", "attempts": 1,
+        "last_error": "http_400"}
 
 
 def test_restart_sends_no_duplicate_and_delivers_the_backlog(open_outbox, receiver, reliability):

@@ -75,8 +75,9 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     truth = live_site.simulated.truth()["pue"]
     assert abs(float(pue_text) - truth) / truth < 0.02
     wait_for(lambda: "category 2" in dash_duo.find_element("#pue-note").text, what="category")
-    wait_for(lambda: dash_duo.find_element("#site-state").text == "Normal", what="normal")
-    assert dash_duo.find_element("#alert-counts").text == "0 critical · 0 warning"
+    wait_for(lambda: dash_duo.find_element("#site-state").text == "Normal"
+             and dash_duo.find_element("#alert-counts").text == "0 critical · 0 warning",
+             what="normal, no alert")
 
     def bridging() -> bool:
         rows = table_rows(dash_duo, "#backup-table")
@@ -160,22 +161,28 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     wait_for(lambda: dash_duo.find_element("#devices-summary").text == f"{n} devices: {n} up",
              what="every device up")
     assert len(table_rows(dash_duo, "#devices-table")) == n
-    dash_duo.find_element("#devices-table td[data-dash-column='id'] div").click()  # the first
-    first = table_rows(dash_duo, "#devices-table")[0].split()[0]
+    def click_the_first_device() -> str:  # retried if a refresh replaced the cell meanwhile
+        cell = dash_duo.find_element("#devices-table td[data-dash-column='id'] div")
+        name = cell.text
+        cell.click()
+        return name
+
+    first = wait_for(click_the_first_device, what="a device clicked")
     wait_for(lambda: dash_duo.find_element("#readings-title").text == f"Series of {first}",
              what="its readings")
-    readings = wait_for(lambda: table_rows(dash_duo, "#readings-table"), what="its series")
-    assert all(re.fullmatch(r"\S+ -?[\d.e+-]+ good \S+", r) for r in readings), readings
+    wait_for(lambda: (rows := table_rows(dash_duo, "#readings-table"))
+             and all(re.fullmatch(r"\S+ -?[\d.e+-]+ good \S+", r) for r in rows),
+             what="its series, each read good")
     screenshot(dash_duo, "devices")
 
     # cooling: the loop against its class, both CDUs dry with their pumps
     open_page(dash_duo, "/cooling", "#cooling-loops")
     wait_for(lambda: dash_duo.find_element(".loop-summary").text.startswith(
         "loop-1: PG25, class W32 (supply limit 32.0 °C"), what="the loop's summary")
-    cdus = wait_for(lambda: (rows := table_rows(dash_duo, "#cdus-loop-1")) and len(rows) == 2
-                    and all(r.endswith("dry") and "unknown" not in r for r in rows) and rows,
-                    what="both CDUs read in full")
-    assert cdus[0].startswith("cdu-1 up") and "(1 required)" in cdus[0]
+    wait_for(lambda: (rows := table_rows(dash_duo, "#cdus-loop-1")) and len(rows) == 2
+             and all(r.endswith("dry") and "unknown" not in r for r in rows)
+             and rows[0].startswith("cdu-1 up") and "(1 required)" in rows[0],
+             what="both CDUs read in full")
     screenshot(dash_duo, "cooling")
 
     # power: the chain from the utility to the rows, modules, supercaps charged
@@ -185,9 +192,9 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
         "return gd.data && gd.data[0] && gd.data[0].link.value.length >= 8 && gd.data[0].node.label"),
         what="the Sankey with every link")
     assert nodes == ["utility", "rect-a", "ups-b", "conversion loss", "row A", "row B"]
-    sources = wait_for(lambda: (rows := table_rows(dash_duo, "#sources-table")) and len(rows) == 2
-                       and rows, what="both sources")
-    assert re.search(r"rect-a rectifier up .* of 13 \(N\+1, \d+ carry the load\) no$", sources[0])
+    wait_for(lambda: (rows := table_rows(dash_duo, "#sources-table")) and len(rows) == 2
+             and re.search(r"rect-a rectifier up .* of 13 \(N\+1, \d+ carry the load\) no$",
+                           rows[0]), what="both sources, rect-a's modules")
     wait_for(lambda: all(re.match(r"sc-[ab] \d+\.\d ", r)
                          for r in table_rows(dash_duo, "#supercaps-table")), what="charges")
     screenshot(dash_duo, "power")
@@ -226,6 +233,11 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     open_page(dash_duo, "/alerts", "#alerts-table")
     wait_for(lambda: "pdu-b02-b" in dash_duo.find_element("#alerts-table").text, 20,
              "the unreachable alert in the alerts table")
+    wait_for(lambda: any(r.split("+00:00 ", 1)[-1].startswith("fired critical leak")
+                         for r in table_rows(dash_duo, "#history-table")),
+             what="the leak in the last 24 h's changes")
+    assert re.fullmatch(r"Every notification delivered\.|\d+ waiting for delivery, \d+ dead letters",
+                        dash_duo.find_element("#deliveries-summary").text)
     screenshot(dash_duo, "alerts-under-faults")
     open_page(dash_duo, "/rack/B02", "#rack-devices")
     wait_for(lambda: any(r.startswith(("pdu-b02-b pdu down", "pdu-b02-b pdu stale"))

@@ -1,5 +1,6 @@
 """Alerts: what is firing, pending or suppressed (and by what), acknowledging one and
-silencing what matches from the page, and the silences."""
+silencing what matches from the page, the silences, what changed over the last day, and the
+notifications not delivered yet or dead."""
 
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ def layout(api: SiteAPI) -> html.Div:
                                  ("From", "starts_at"), ("Until", "ends_at"),
                                  ("By", "created_by"), ("Comment", "comment"),
                                  ("Expired by", "expired_by")]),
+        html.H3("Changes, last 24 h"),
+        table("history-table", [("At", "at"), ("Change", "change"), ("Alert", "rule"),
+                                ("Summary", "summary"), ("Since", "starts_at")],
+              page_size=25, style_data_conditional=[
+                  {"if": {"filter_query": '{change} contains "critical"'}, "color": RED},
+                  {"if": {"filter_query": '{change} = "resolved"'}, "color": "#1a7f37"}]),
+        html.H3("Notifications"),
+        html.Div(id="deliveries-summary", style=NOTE),
+        table("deliveries-table", [("Receiver", "webhook"), ("Status", "status"),
+                                   ("Queued at", "created_at"), ("Attempts", "attempts"),
+                                   ("Next try", "next_attempt_at"), ("Last error", "last_error")],
+              page_size=25, style_data_conditional=[
+                  {"if": {"filter_query": '{status} = "dead"'}, "color": RED}]),
     ])
 
 
@@ -84,6 +98,16 @@ def operator_action(api: SiteAPI, auth: Auth, action: str | None, name, token,
         return "Not done: that alert is no longer active."
 
 
+def history_rows(history: list[dict]) -> list[dict]:
+    """A change in words: fired critical, escalated warning -> critical, resolved."""
+    def change(h: dict) -> str:
+        if h["kind"] in ("escalated", "deescalated"):
+            return f"{h['kind']} {h['previous_severity']} -> {h['severity']}"
+        return "resolved" if h["kind"] == "resolved" else f"fired {h['severity']}"
+
+    return [{**h, "change": change(h)} for h in history]
+
+
 def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("alerts-table", "data"), Output("no-alerts", "children"),
                   Output("silences-table", "data"), Input("refresh", "n_intervals"))
@@ -92,6 +116,15 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         return ([{**a, "id": a["fingerprint"]} for a in alerts],  # selected by id
                 "" if alerts else "No active alerts.",
                 [{**x, "matchers": " ".join(x["matchers"])} for x in api.silences()])
+
+    @app.callback(Output("history-table", "data"), Output("deliveries-table", "data"),
+                  Output("deliveries-summary", "children"), Input("refresh", "n_intervals"))
+    def record(_n):
+        deliveries = api.notifications()
+        dead = sum(d["status"] == "dead" for d in deliveries)
+        summary = (f"{len(deliveries) - dead} waiting for delivery, {dead} dead letters"
+                   if deliveries else "Every notification delivered.")
+        return history_rows(api.alert_history(24)), deliveries, summary
 
     @app.callback(Output("action-result", "children"), Input("ack-selected", "n_clicks"),
                   Input("silence-add", "n_clicks"), State("operator-name", "value"),
