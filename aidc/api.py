@@ -264,11 +264,10 @@ class SiteAPI:
             phases = ((1,) if pdu.phases in (1, "dc") else (1, 2, 3))
             feeds.append({
                 "side": side, "pdu": pdu_id, "upstream": pdu.upstream,
-                "power_kw": num(value(pdu_id, "power_kw")),
+                "power_kw": value(pdu_id, "power_kw"),
                 "breaker_a": pdu.breaker_a,
                 "continuous_a": pdu.breaker_a * pdu.continuous_derating,
-                "phase_current_a": {str(n): num(value(pdu_id, PHASE_CURRENT[n - 1]))
-                                    for n in phases},
+                "phase_current_a": {str(n): value(pdu_id, PHASE_CURRENT[n - 1]) for n in phases},
             })
         power_kw = out["power_kw"]
         liquid_kw = None if power_kw is None else power_kw * rack.capture_ratio
@@ -446,7 +445,8 @@ class SiteAPI:
         if kind == "site":
             return "site", {}, list(SITE_FIELDS)
         if kind == "rack":
-            graph.rack_by_id[subject]
+            if subject not in graph.rack_by_id:
+                raise KeyError(subject)
             return "rack", {"rack": subject}, list(RACK_FIELDS)
         from collectors.profiles import load_profile
 

@@ -68,6 +68,15 @@ def graph(graph_id: str, height_px: int = 300) -> dcc.Graph:
                      style={"height": f"{height_px}px"})
 
 
+def time_figure(lines: list[tuple[str, list[tuple[float, float]]]], y_title: str) -> go.Figure:
+    """Lines over time from the store's (unix s, value) points, one per (name, points)."""
+    fig = go.Figure([go.Scatter(x=[t * 1000 for t, _ in points], y=[v for _, v in points],
+                                mode="lines", name=name) for name, points in lines])
+    fig.update_layout(margin={"l": 50, "r": 10, "t": 10, "b": 30}, xaxis_type="date",
+                      yaxis_title=y_title, legend={"orientation": "h"})
+    return fig
+
+
 def said(fig: go.Figure, message: str) -> go.Figure:
     """A chart that says why it has nothing to draw (no data, the store down)."""
     fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)

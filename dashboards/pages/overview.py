@@ -21,6 +21,7 @@ from dashboards.widgets import (
     rack_link,
     said,
     table,
+    time_figure,
 )
 
 CHART_RACKS = 20  # bars in the least-headroom chart: the floor and the capacity table have all
@@ -102,11 +103,8 @@ def redundancy_rows(pools: list[dict]) -> list[dict]:
 
 def pue_figure(series, target: float) -> go.Figure:
     points = series[0].points if series else []
-    fig = go.Figure(go.Scatter(x=[t * 1000 for t, _ in points], y=[v for _, v in points],
-                               mode="lines", name="PUE", line={"color": "#0969da"}))
+    fig = time_figure([("PUE", points)], "PUE")
     fig.add_hline(y=target, line_dash="dot", annotation_text=f"target {target:g}")
-    fig.update_layout(margin={"l": 40, "r": 10, "t": 10, "b": 30}, xaxis_type="date",
-                      yaxis_title="PUE")
     return fig if points else said(fig, "no PUE stored in the last 24 h")
 
 

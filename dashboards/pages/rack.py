@@ -10,7 +10,19 @@ from dash import Dash, Input, Output, State, dcc, html
 from aidc.api import SiteAPI
 from aidc.auth import Auth
 from aidc.store import StoreUnavailable
-from dashboards.widgets import GREY, NOTE, RED, ROW, UNKNOWN, fmt, graph, kpi, said, table
+from dashboards.widgets import (
+    GREY,
+    NOTE,
+    RED,
+    ROW,
+    UNKNOWN,
+    fmt,
+    graph,
+    kpi,
+    said,
+    table,
+    time_figure,
+)
 from models.headroom import LIMITS
 
 DAY_S = 86_400.0
@@ -93,15 +105,9 @@ def feed_rows(feeds: list[dict]) -> list[dict]:
 
 
 def history_figure(power, headroom) -> go.Figure:
-    fig = go.Figure()
-    for series, name, colour in ((power, "power kW", "#0969da"),
-                                 (headroom, "headroom kW", "#1a7f37")):
-        points = series[0].points if series else []
-        fig.add_trace(go.Scatter(x=[t * 1000 for t, _ in points], y=[v for _, v in points],
-                                 mode="lines", name=name, line={"color": colour}))
-    fig.update_layout(margin={"l": 40, "r": 10, "t": 10, "b": 30}, xaxis_type="date",
-                      yaxis_title="kW", legend={"orientation": "h"})
-    return fig
+    return time_figure([(name, series[0].points if series else [])
+                        for series, name in ((power, "power kW"), (headroom, "headroom kW"))],
+                       "kW")
 
 
 def register(app: Dash, api: SiteAPI, auth: Auth) -> None:

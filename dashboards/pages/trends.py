@@ -13,7 +13,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 from aidc.api import SiteAPI
 from aidc.auth import Auth
 from aidc.store import StoreUnavailable
-from dashboards.widgets import NOTE, ROW, graph, said
+from dashboards.widgets import NOTE, ROW, graph, said, time_figure
 
 RANGES_S = {"1 h": 3600.0, "24 h": 86_400.0, "7 d": 7 * 86_400.0, "30 d": 30 * 86_400.0}
 CUSTOM = "custom"
@@ -56,15 +56,11 @@ def window(range_name: str, start_day, end_day, now: float) -> tuple[float, floa
     return (end - start).total_seconds(), min(end.timestamp(), now)
 
 
-def trend_figure(series, unit_name: str) -> go.Figure:
-    fig = go.Figure([
-        go.Scatter(x=[t * 1000 for t, _ in s.points], y=[v for _, v in s.points], mode="lines",
-                   name=",".join(f"{k}={v}" for k, v in s.tags.items()
-                                 if k not in ("site", "room", "row")) or unit_name)
-        for s in series])
-    fig.update_layout(margin={"l": 50, "r": 10, "t": 10, "b": 30}, xaxis_type="date",
-                      yaxis_title=unit_name, legend={"orientation": "h"})
-    return fig
+def trend_figure(series, metric: str) -> go.Figure:
+    """One line a series, named by the tags that tell them apart (a PDU's phases, say)."""
+    return time_figure([(",".join(f"{k}={v}" for k, v in s.tags.items()
+                                  if k not in ("site", "room", "row")) or metric, s.points)
+                        for s in series], metric)
 
 
 def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
