@@ -1,9 +1,10 @@
 """The operators' console: a Dash app of one page per question (overview, floor, rack,
-cooling, power, trends, alerts, capacity, devices), each at its own URL, under a status bar that says at a glance
-whether the site is normal, on battery, degraded or showing stale data.
+cooling, power, trends, alerts, capacity, devices), each at its own URL, under a status bar
+that says at a glance whether the site is normal, on battery, degraded or showing stale data.
 
 It reads through aidc.api only (never the store or devices directly) and refreshes live.
-Its write actions (acknowledge an alert, silence) need the site's API token, as the API's do.
+Its write actions (acknowledge an alert, silence) need an operator's session or the site's
+API token, as the API's do (aidc.auth).
 """
 
 from __future__ import annotations
