@@ -599,8 +599,11 @@ def test_a_device_turning_slow_mid_session_is_unreachable(supercap_server: Serve
     out, and when it answers promptly again the next poll opens a new session."""
 
     async def scenario() -> tuple[DeviceUnreachable, list[Reading]]:
-        c = collector(supercap(supercap_server.port, "subscribe"), TIMEOUT_S)
+        # the session and subscription are set up patiently (CI once took over 1 s for them,
+        # loaded); only the reads while the device is slow are timed
+        c = collector(supercap(supercap_server.port, "subscribe"), PATIENT_S)
         await c.read()
+        c.timeout_s = TIMEOUT_S
         with supercap_server.faulted(delay_s=3.0):
             await asyncio.sleep(0.3)  # the publish in flight is held back
             with pytest.raises(DeviceUnreachable) as failed:
