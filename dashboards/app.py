@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from dash import Dash, Input, Output, dcc, html, no_update
+from dash import Dash, Input, Output, dcc, html
 from flask import Flask, jsonify, request, session
 
 from aidc.api import SiteAPI
@@ -80,7 +80,6 @@ def layout() -> html.Div:
     menu = [dcc.Link(title, href=path, style={"marginRight": "16px"}) for path, title, _ in PAGES]
     return html.Div([
         dcc.Location(id="url"),
-        dcc.Location(id="redirect", refresh=True),
         html.Div(id="status-bar", style={**BAR, "borderBottom": f"4px solid {GREY}"}),
         html.Div([html.H2(id="page-title", style={"margin": "8px 24px 8px 0"}),
                   html.Nav(menu), html.Div(id="who", style={"marginLeft": "auto"})],
@@ -160,15 +159,11 @@ def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None 
             return []
         if (u := auth.user()) is None:
             return html.A("Sign in", href="/login", id="sign-in")
+        # a form to /logout: the browser leaves the page, so no refresh of it runs unsigned
         return [html.Span(f"{u[0]} ({u[1]})", id="signed-in-as"),
-                html.Button("Sign out", id="sign-out", style={"marginLeft": "8px"})]
-
-    @app.callback(Output("redirect", "href"), Input("sign-out", "n_clicks"),
-                  prevent_initial_call=True)
-    def sign_out(clicks):
-        if not clicks:
-            return no_update
-        session.clear()  # the session cookie goes with this response
-        return "/login"
+                html.Form([dcc.Input(type="hidden", name="csrf", value=session.get("csrf", "")),
+                           html.Button("Sign out", id="sign-out", type="submit")],
+                          action="/logout", method="POST",
+                          style={"display": "inline", "marginLeft": "8px"})]
 
     return app
