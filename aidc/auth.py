@@ -106,6 +106,8 @@ class Auth:
         app.before_request(self._guard)
         app.add_url_rule("/login", "login", self._login, methods=["GET", "POST"])
         app.add_url_rule("/logout", "logout", self._logout, methods=["POST"])
+        # 204 while the page may still read, 401 once not (the console then goes to /login)
+        app.add_url_rule("/_session", "session_check", lambda: ("", 204))
 
     def _guard(self):
         """Reads need a session (with users, unless anonymous); a session's unsafe request
@@ -113,7 +115,7 @@ class Auth:
         path = request.path
         if (self.enabled and not path.startswith(OPEN_PATHS)
                 and not (self.anonymous_read or self.user() or self.bearer_ok())):
-            if path.startswith(("/api/", "/_dash")):
+            if path.startswith(("/api/", "/_dash", "/_session")):
                 return jsonify({"error": "sign in at /login, or send the bearer token"}), 401
             return redirect(f"/login?next={path}")
         if request.method in UNSAFE and "user" in session and not self.bearer_ok():

@@ -33,6 +33,17 @@ from dashboards.widgets import AMBER, GREEN, GREY, RED
 
 REFRESH_MS = 2000
 SLOW_REFRESH_MS = 30_000  # trends from the store: no need to read them every 2 s
+SESSION_CHECK_MS = 10_000  # a page whose session ended goes to /login within this
+# the page's refreshes would only fail with 401 once its session ends (12 h, or signed out
+# elsewhere): a wall screen would freeze on old numbers, so the page asks and leaves
+TO_LOGIN_WHEN_SIGNED_OUT = """
+async function(n) {
+    const r = await fetch('/_session', {credentials: 'same-origin', cache: 'no-store'});
+    if (r.status === 401) {
+        window.location.assign('/login?next=' + encodeURIComponent(window.location.pathname));
+    }
+    return window.dash_clientside.no_update;
+}"""
 PAGE = {"fontFamily": "system-ui, sans-serif", "margin": "0 auto", "maxWidth": "1280px",
         "padding": "0 16px 16px", "background": "#f6f8fa"}
 # (path, title in the menu, module); a rack's page is /rack/<id>, reached from the others
@@ -149,6 +160,10 @@ def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None 
         children, colour = status_bar(api.site(), api.alerts())
         return children, {**BAR, "borderBottom": f"4px solid {colour}"}
 
+    if auth.enabled:
+        app.layout.children.append(dcc.Interval(id="session-check", interval=SESSION_CHECK_MS))
+        app.clientside_callback(TO_LOGIN_WHEN_SIGNED_OUT, Output("session-check", "disabled"),
+                                Input("session-check", "n_intervals"), prevent_initial_call=True)
     for _, _, page in PAGES:
         page.register(app, api, auth)
     rack.register(app, api, auth)

@@ -176,3 +176,8 @@ def test_in_the_browser_an_operator_signs_in_acknowledges_and_signs_out(dash_duo
     acked = {a["fingerprint"]: a["acked_by"] for a in SiteAPI(live.runtime).alerts()}
     assert acked[fingerprint] == "olga"
     assert dash_duo.get_logs() == []
+    # the session ends (expired, or signed out elsewhere): the page leaves for the form
+    # rather than freeze on old numbers
+    driver.delete_cookie("session")
+    wait_for(lambda: driver.current_url.endswith("/login?next=%2Falerts"), 30,
+             "the page gone to the sign-in form, to come back to the alerts")

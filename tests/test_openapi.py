@@ -18,7 +18,7 @@ from tests.conftest import API_TOKEN, start_live_site
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 NOT_API = ("/_dash", "/_reload-hash", "/_favicon", "/assets/", "/static/", "/runbooks", "/<path",
-           "/login", "/logout")  # the console's sign-in form, not the API
+           "/login", "/logout", "/_session")  # the console's sign-in, not the API
 
 
 @pytest.fixture(scope="module")
