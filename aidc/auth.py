@@ -62,10 +62,13 @@ class Auth:
             return None
         return user
 
+    def token_ok(self, token) -> bool:
+        return (isinstance(token, str) and self.api_token is not None
+                and hmac.compare_digest(token.encode(), self.api_token.encode()))
+
     def bearer_ok(self) -> bool:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        return (scheme == "Bearer" and self.api_token is not None
-                and hmac.compare_digest(given.encode(), self.api_token.encode()))
+        return scheme == "Bearer" and self.token_ok(given)
 
     def user(self) -> tuple[str, str] | None:
         """(name, role) of the request's session, if it has one of a user still configured."""
@@ -73,30 +76,19 @@ class Auth:
         user = self.users.get(name) if isinstance(name, str) else None
         return (user.name, user.role) if user else None
 
-    def may_write(self) -> tuple[str | None, str | None]:
-        """(who, None) if this request may write (who is None for the bearer token), or
-        (None, why not) with the HTTP status's reason."""
-        if self.bearer_ok():
-            return None, None
-        if (u := self.user()) and ROLES[u[1]] >= ROLES[WRITER]:
-            return u[0], None
-        if u:
-            return None, f"{u[0]} is a {u[1]}: acknowledging and silencing need an operator"
-        return None, "sign in as an operator, or send the bearer token"
-
-    def may_write_from_page(self, name, token) -> tuple[str | None, str | None]:
-        """(who, None) for a write from the console: an operator's session (who is then
-        the author), or the API token typed in the page with a name; else (None, why)."""
+    def may_write(self, token=None, name: str | None = None) -> tuple[str | None, str | None]:
+        """Whether this request may acknowledge or silence: (who, None), ``who`` being the
+        signed-in operator, or ``name`` when the API ``token`` is given instead (a script's
+        bearer token, or the token typed in the page); else (None, why not)."""
         if (u := self.user()) and ROLES[u[1]] >= ROLES[WRITER]:
             return u[0], None
         if not (self.api_token or self.enabled):
-            return None, "Refused: write actions are disabled (set web.api_token in the site file)."
-        if (isinstance(token, str) and self.api_token
-                and hmac.compare_digest(token.encode(), self.api_token.encode())):
+            return None, "write actions are disabled (set web.api_token in the site file)"
+        if self.token_ok(token):
             return name, None
         if u:
-            return None, f"Refused: {u[0]} is a {u[1]}; acknowledging and silencing need an operator."
-        return None, "Refused: missing or wrong API token."
+            return None, f"{u[0]} is a {u[1]}; acknowledging and silencing need an operator"
+        return None, "missing or wrong API token"
 
     def install(self, app: Flask) -> None:
         app.secret_key = self._secret

@@ -95,7 +95,7 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
     if simulated:
         from simulators.control import register_fault_routes
 
-        register_fault_routes(web.flask, simulated, token)
+        register_fault_routes(web.flask, simulated, web.auth)
     web.start()
     print(f"aidc {'demo ' if simulate else ''}running: {web.url}  (API: {web.url}api/v1/site)"
           "  Ctrl-C stops.", flush=True)

@@ -7,7 +7,6 @@ OpenAPI document (``aidc.openapi``) is served at ``/api/v1/openapi.json``.
 
 from __future__ import annotations
 
-import hmac
 import math
 from functools import wraps
 from html import escape
@@ -86,38 +85,20 @@ def parse(model: type[BaseModel], data) -> BaseModel:
         raise ValueError(one_line(e)) from None
 
 
-def bearer_guard(api_token: str | None):
-    """Decorator for write actions: ``Authorization: Bearer <api_token>`` or 401/403."""
-
-    def writes(view):
-        @wraps(view)
-        def guarded(*args, **kwargs):
-            if not api_token:
-                return error(403, "write actions are disabled: set web.api_token in the site file")
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme != "Bearer" or not hmac.compare_digest(given.encode(), api_token.encode()):
-                return error(401, "missing or wrong bearer token")
-            return view(*args, **kwargs)
-
-        return guarded
-
-    return writes
-
-
 def write_guard(auth: Auth):
-    """Decorator for write actions: the bearer token, or a session of an operator or admin
-    (who is then the author, whatever the body says); 401 without, 403 for a viewer or when
-    writes are disabled."""
+    """Decorator for write actions: ``Authorization: Bearer <api_token>``, or a session of an
+    operator or admin (who is then the author, whatever the body says); 401 without, 403 for
+    a viewer or when writes are disabled."""
 
     def writes(view):
         @wraps(view)
         def guarded(*args, **kwargs):
-            if not (auth.api_token or auth.enabled):
-                return error(403, "write actions are disabled: set web.api_token in the site file")
-            who, refused = auth.may_write()
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            who, refused = auth.may_write(token if scheme == "Bearer" else None)
             if refused:
-                return error(403 if auth.user() else 401, refused)
-            g.author = who
+                writes_off = not (auth.api_token or auth.enabled)
+                return error(403 if writes_off or auth.user() else 401, refused)
+            g.author = who  # None for the token: the name the body gives
             return view(*args, **kwargs)
 
         return guarded

@@ -13,7 +13,8 @@ from typing import Literal
 from flask import Flask, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
-from aidc.http import bearer_guard, parse
+from aidc.auth import Auth
+from aidc.http import parse, write_guard
 from simulators.site import FAULTS, SimulatedSite
 
 
@@ -26,7 +27,7 @@ class FaultRequest(BaseModel):
     value: float | None = Field(None, ge=0, le=3600)  # seconds late, or a module number
 
 
-def register_fault_routes(app: Flask, simulated: SimulatedSite, api_token: str | None) -> None:
+def register_fault_routes(app: Flask, simulated: SimulatedSite, auth: Auth) -> None:
     @app.get("/api/v1/sim/faults")
     def faults():
         return jsonify([
@@ -35,7 +36,7 @@ def register_fault_routes(app: Flask, simulated: SimulatedSite, api_token: str |
         ])
 
     @app.post("/api/v1/sim/faults")
-    @bearer_guard(api_token)
+    @write_guard(auth)
     def inject():
         q = parse(FaultRequest, request.get_json(silent=True))
         coro = simulated.inject(q.fault, q.device, q.metric, q.on, q.value)

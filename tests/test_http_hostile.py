@@ -30,7 +30,7 @@ def web(tmp_path_factory):
     site = load_site(ROOT / "site_configs" / "demo.yaml")
     runtime = Runtime(site, tmp_path_factory.mktemp("data"))
     server = WebServer(SiteAPI(runtime), port=free_port(), api_token=API_TOKEN)
-    register_fault_routes(server.flask, SimulatedSite(site), API_TOKEN)  # never started
+    register_fault_routes(server.flask, SimulatedSite(site), server.auth)  # never started
     server.start()
     yield server
     server.stop()

@@ -72,9 +72,9 @@ def operator_actions() -> html.Div:
 def operator_action(api: SiteAPI, auth: Auth, action: str | None, name, token,
                     matchers, duration, comment, selected) -> str:
     """What the page says after an operator's action: done, or why not (never a 500)."""
-    name, refused = auth.may_write_from_page(name, token)
+    name, refused = auth.may_write(token, name)
     if refused:
-        return refused
+        return f"Refused: {refused}."
     try:
         if action == "ack-selected":
             # by its id (the fingerprint), not its row: a refresh may reorder the table
