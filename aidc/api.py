@@ -29,7 +29,7 @@ from aidc.derive import (
     what_if,
 )
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
-from alerts.evaluate import Alert, read_history
+from alerts.evaluate import Alert, read_history, severity_rank
 from alerts.silences import Silence
 from models import pue as pue_model
 
@@ -192,6 +192,19 @@ def site_state(status: SiteStatus | None, alerts: list[Alert], now: float,
     return out
 
 
+def alert_counts(alerts: list[Alert]) -> dict[str, Any]:
+    """What the status bar says of the alerts: firing critical and warning ones (the
+    suppressed counted apart: their cause is), and the worst in words: the most severe, and
+    of those the first to fire (in a storm, most likely the cause)."""
+    firing = [a for a in alerts if a.state == "firing" and not a.suppressed_by]
+    critical = sum(a.severity == "critical" for a in firing)
+    worst = min(firing, key=lambda a: (-severity_rank(a.severity), a.starts_at or a.active_since),
+                default=None)
+    return {"critical": critical, "warning": len(firing) - critical,
+            "suppressed": sum(a.suppressed_by is not None for a in alerts),
+            "worst": f"{worst.severity}: {worst.summary}" if worst else None}
+
+
 class SiteAPI:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -212,7 +225,7 @@ class SiteAPI:
         return self.runtime.site.site
 
     def site(self) -> dict[str, Any]:
-        s = self.runtime.status
+        s, alerts = self.runtime.status, self.runtime.evaluator.active_alerts()
         return {
             "site": self.site_name,
             "pue": s.pue if s else None,
@@ -230,8 +243,8 @@ class SiteAPI:
             "note": s.note if s else "no model result yet",
             "updated_at": iso(s.updated_at) if s else None,
             "missing": s.missing if s else [],
-        } | site_state(s, self.runtime.evaluator.active_alerts(), time.time(),
-                       self.runtime.site.model.tick_s)
+            "alerts": alert_counts(alerts),
+        } | site_state(s, alerts, time.time(), self.runtime.site.model.tick_s)
 
     def racks(self) -> list[dict[str, Any]]:
         s = self.runtime.status
@@ -359,6 +372,11 @@ class SiteAPI:
             "generator_start_s": site.model.generator_start_s + site.model.transfer_s,
         }
 
+    def pools(self) -> list[dict[str, Any]]:
+        """Every shared pool, without the racks' JSON that ``headroom`` builds beside them."""
+        s = self.runtime.status
+        return [pool_json(p) for p in s.pools] if s else []
+
     def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:
         """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool: the
         per-rack figures of a shared pool must not be added up."""
@@ -369,7 +387,7 @@ class SiteAPI:
             and (min_kw is None or (r.headroom_kw is not None and r.headroom_kw >= min_kw))
         ]
         return {"racks": [rack_json(r) for r in racks],
-                "pools": [pool_json(p) for p in s.pools] if s else [],
+                "pools": [pool_json(p) for p in s.pools] if s else [],  # of the same tick
                 "updated_at": iso(s.updated_at) if s else None}
 
     def what_if(self, question: Any) -> dict[str, Any]:

@@ -64,7 +64,11 @@ def site() -> dict[str, Any]:
         "site": {"type": "string"}, "pue_category": {"type": "integer"},
         "unaccounted": STRINGS, "missing": STRINGS, "note": {"type": ["string", "null"]},
         "updated_at": ISO_TIME, "state": {"enum": ["normal", "on_battery", "degraded", "stale"]},
-        "state_detail": {"type": "string"}, "data_age_s": NUMBER_OR_NULL}
+        "state_detail": {"type": "string"}, "data_age_s": NUMBER_OR_NULL,
+        "alerts": {"type": "object", "required": ["critical", "warning", "suppressed", "worst"],
+                   "properties": {"critical": {"type": "integer"}, "warning": {"type": "integer"},
+                                  "suppressed": {"type": "integer"},
+                                  "worst": {"type": ["string", "null"]}}}}
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 

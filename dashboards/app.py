@@ -17,7 +17,6 @@ from flask import Flask, jsonify, request, session
 from aidc.api import SiteAPI
 from aidc.auth import Auth
 from aidc.config import Web
-from alerts.evaluate import severity_rank
 from dashboards.pages import (
     alerts,
     capacity,
@@ -58,28 +57,22 @@ BAR = {"display": "flex", "gap": "16px", "alignItems": "center", "flexWrap": "wr
 CAPTION = {"color": "#ffffff", "fontWeight": 600, "padding": "2px 10px", "borderRadius": "4px"}
 
 
-def status_bar(site: dict, alerts_now: list[dict]) -> tuple[list, str]:
+def status_bar(site: dict) -> tuple[list, str]:
     """The bar's content and its colour: red with a critical alert firing or the site on
     battery, amber with a warning or redundancy lost, grey when the data is stale (nothing
-    is known now), green otherwise. Suppressed alerts are counted apart: their cause is."""
-    firing = [a for a in alerts_now if a["state"] == "firing"]
-    critical = sum(a["severity"] == "critical" for a in firing)
-    warning = len(firing) - critical
-    state = site["state"]
+    is known now), green otherwise."""
+    alerts_now, state = site["alerts"], site["state"]
+    critical, warning, suppressed, worst = (
+        alerts_now[k] for k in ("critical", "warning", "suppressed", "worst"))
     colour = (GREY if state == "stale" else RED if critical or state == "on_battery"
               else AMBER if warning or state == "degraded" else GREEN)
-    # the most severe, and of those the first to fire: in a storm, most likely the cause
-    worst = min(firing, key=lambda a: (-severity_rank(a["severity"]), a["starts_at"] or ""),
-                default=None)
-    suppressed = sum(a["state"] == "suppressed" for a in alerts_now)
     age = site["data_age_s"]
     words, state_colour = STATE_WORDS[state]
     children = [
         html.Span(words, id="site-state", style={**CAPTION, "background": state_colour}),
         html.Span(f"{critical} critical · {warning} warning"
                   + (f" · {suppressed} suppressed" if suppressed else ""), id="alert-counts"),
-        html.Span(f"{worst['severity']}: {worst['summary']}" if worst else "no alert firing",
-                  id="worst-alert", style={"fontWeight": 600 if worst else 400}),
+        html.Span(worst or "no alert firing", id="worst-alert", style={"fontWeight": 600 if worst else 400}),
         html.Span(site["state_detail"], id="state-detail"),
         html.Span("no data yet" if age is None else f"data {age:.0f} s old", id="data-age",
                   style={"marginLeft": "auto", "color": "#57606a"}),
@@ -157,7 +150,7 @@ def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None 
     @app.callback(Output("status-bar", "children"), Output("status-bar", "style"),
                   Input("refresh", "n_intervals"))
     def refresh_status(_n):
-        children, colour = status_bar(api.site(), api.alerts())
+        children, colour = status_bar(api.site())
         return children, {**BAR, "borderBottom": f"4px solid {colour}"}
 
     if auth.enabled:

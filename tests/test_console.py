@@ -4,9 +4,10 @@ unknown limit is drawn."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from aidc.api import site_state
+from aidc.api import alert_counts, site_state
 from aidc.config import load_site
 from aidc.derive import BackupStatus, Pool
 from aidc.topology import Topology
@@ -66,26 +67,30 @@ def test_the_site_state_in_its_order_stale_battery_degraded_normal():
     assert site_state(Status(pools=[pool(3.0)]), [], NOW, tick_s)["state"] == "normal"
 
 
-def bar(state: str, *alerts: dict) -> tuple[str, str, str]:
-    site = {"state": state, "state_detail": "", "data_age_s": 2.0}
-    children, colour = status_bar(site, list(alerts))
+def bar(state: str, *alerts: Alert) -> tuple[str, str, str]:
+    site = {"state": state, "state_detail": "", "data_age_s": 2.0,
+            "alerts": alert_counts(list(alerts))}
+    children, colour = status_bar(site)
     text = {c.id: c.children for c in children}
     return colour, text["alert-counts"], text["worst-alert"]
 
 
-def shown(severity: str, state: str = "firing", summary: str = "s", since: str = "t") -> dict:
-    return {"severity": severity, "state": state, "summary": summary, "starts_at": since}
+def shown(severity: str, summary: str = "s", since: float = 0.0, by: str | None = None,
+          state: str = "firing") -> Alert:
+    return replace(alert(summary, severity, state), summary=summary, starts_at=since,
+                   suppressed_by=by)
 
 
 def test_the_status_bar_colour_follows_the_worst_fact():
     assert bar("normal") == (GREEN, "0 critical · 0 warning", "no alert firing")
-    assert bar("normal", shown("warning", summary="pump 2 of cdu-1 stopped"))[0] == AMBER
+    assert bar("normal", shown("warning", "pump 2 of cdu-1 stopped"))[0] == AMBER
+    assert bar("normal", shown("critical", state="pending"))[0] == GREEN  # not yet a fact
     assert bar("degraded")[0] == AMBER
     assert bar("on_battery")[0] == RED
-    colour, counts, worst = bar("degraded", shown("warning", summary="pump", since="1"),
-                                shown("critical", summary="pdu dark", since="3"),
-                                shown("critical", summary="leak at cdu-1", since="2"),
-                                shown("critical", "suppressed", summary="rack over", since="0"))
+    colour, counts, worst = bar("degraded", shown("warning", "pump", since=1),
+                                shown("critical", "pdu dark", since=3),
+                                shown("critical", "leak at cdu-1", since=2),
+                                shown("critical", "rack over", since=0, by="leak{device=cdu-1}"))
     assert (colour, counts, worst) == (RED, "2 critical · 1 warning · 1 suppressed",
                                        "critical: leak at cdu-1")  # the first critical
     assert bar("stale", shown("critical"))[0] == GREY  # nothing is known now

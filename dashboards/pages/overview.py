@@ -129,7 +129,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         return (
             fmt(site["pue"], 3), note, fmt(site["it_kw"]), fmt(site["facility_kw"]),
             fmt(site["cooling_kw"]), cooling, fmt(site["conversion_loss_kw"]),
-            f"{up} / {len(devices)}", redundancy_rows(api.headroom()["pools"]),
+            f"{up} / {len(devices)}", redundancy_rows(api.pools()),
             [{**b, "bridges": bridges(b)} for b in api.backup()],
             rack_figure(racks), least,
         )
