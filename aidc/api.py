@@ -513,14 +513,11 @@ class SiteAPI:
         not refreshed for 2.5 polls) and when it was read; None for an unknown device."""
         if device_id not in self.runtime.health:
             return None
-        now, mine = time.time(), {}
-        for key, sample in dict(self.runtime.latest).items():  # a copy: polls write on
-            if key[0] == device_id:
-                mine[key] = sample
-        fresh = self.runtime.fresh_latest(now, mine)
-        return [{"series": key[1], "value": num(s.value) if s.good else None,
+        latest = self.runtime.fresh_latest(time.time())
+        return [{"series": key, "value": num(s.value) if s.good else None,
                  "read_value": num(s.value), "quality": str(s.quality), "read_at": iso(s.ts)}
-                for key in sorted(mine) if (s := fresh.get(key)) is not None]
+                for key in sorted(self.runtime.series_of.get(device_id, ()))
+                if (s := latest.get((device_id, key))) is not None]
 
     def alert_history(self, hours: float = 24, limit: int = 500) -> list[dict[str, Any]]:
         """What changed over the last ``hours``, newest first: fired, escalated,

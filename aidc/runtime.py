@@ -95,6 +95,7 @@ class Runtime:
         self.store = store or open_store(site.store, data_dir)
         self.writer = SpooledWriter(self.store, data_dir / "spool.sqlite")
         self.latest: dict[tuple[str, str], Sample] = {}  # (device, Reading.key) -> newest
+        self.series_of: dict[str, tuple[str, ...]] = {}  # device -> its keys in `latest`
         self.ever_good: set[tuple[str, str]] = set()  # series that have read good at least once
         self.health = {
             d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
@@ -205,6 +206,7 @@ class Runtime:
                     collector = await self._renew(device, collector, deadline_s)
                 else:
                     bad = sum(r.quality is not Quality.GOOD for r in readings)
+                    self.series_of[device.id] = tuple(r.key for r in readings)
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
                     self.ever_good.update((device.id, r.key) for r in readings
                                           if r.quality is Quality.GOOD)
