@@ -90,9 +90,9 @@ class BackupStatus:
 
 @dataclass(frozen=True)
 class CduStatus:
+    """What the tick found of one CDU (its loop and rating are in the site file)."""
+
     id: str
-    loop: str
-    rated_kw: float
     capacity_kw: float | None  # usable now: the pumps running and no leak
     heat_kw: float | None  # carried now: flow x rho cp x (return - supply)
 
@@ -339,8 +339,8 @@ class SiteModel:
             racks=self._racks(rack_kw, peak_kw, h),
             pools=pools,
             backup=self._backup(good, many, rack_kw),
-            cdus=[CduStatus(c.id, self.loops[k].id, c.rated_kw, num(cap), num(heat))
-                  for c, k, cap, heat in zip(self.cdus, self.cdu_loop, cdu_capacity, cdu_heat)],
+            cdus=[CduStatus(c.id, num(cap), num(heat))
+                  for c, cap, heat in zip(self.cdus, cdu_capacity, cdu_heat)],
             missing=list(missing),
             source_left_by_failure_kw=h.sources.left_by_failure_kw,
             **energy,
