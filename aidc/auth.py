@@ -92,8 +92,11 @@ class Auth:
 
     def install(self, app: Flask) -> None:
         app.secret_key = self._secret
+        # the cookie is sent only when sign-in or sign-out changes it: re-sent on every
+        # request (Flask's default for a permanent session), a page refresh still in flight
+        # when the user signs out would put the old session back in the browser
         app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
-                          SESSION_COOKIE_SECURE=self.secure,
+                          SESSION_COOKIE_SECURE=self.secure, SESSION_REFRESH_EACH_REQUEST=False,
                           PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS))
         app.before_request(self._guard)
         app.add_url_rule("/login", "login", self._login, methods=["GET", "POST"])

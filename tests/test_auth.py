@@ -89,7 +89,11 @@ def test_a_viewer_reads_and_is_refused_a_write_with_403(signed_site):
     # the session out of the page's scripts' reach; the CSRF token for them to send back
     assert "; HttpOnly" in cookies["session"] and "; SameSite=Strict" in cookies["session"]
     assert "HttpOnly" not in cookies[CSRF_COOKIE] and "; SameSite=Strict" in cookies[CSRF_COOKIE]
-    assert c.get("/api/v1/site").json()["site"] == "demo"
+    read = c.get("/api/v1/site")
+    assert read.json()["site"] == "demo"
+    # only signing in and out send the cookie: a read answered after a sign-out (a page's
+    # refresh in flight) must not put the old session back in the browser
+    assert "set-cookie" not in read.headers
     fingerprint = an_alert(live)
     r = c.post(f"/api/v1/alerts/{fingerprint}/ack", json={"by": "vera"},
                headers={CSRF_HEADER: c.cookies[CSRF_COOKIE]})
