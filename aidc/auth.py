@@ -1,7 +1,7 @@
 """Who may read and act in the console and the API.
 
-With no users in the site file there is no sign-in: reading is open and writes take the
-API's bearer token (``web.api_token``), for scripts. With users, people sign in at
+With no users (``web.users``, ``web.users_file``) there is no sign-in: reading is open and
+writes take the API's bearer token (``web.api_token``), for scripts. With users, people sign in at
 ``/login`` (argon2 password hashes, verified by argon2-cffi) to a session in a signed
 cookie (HttpOnly, SameSite=Strict, Secure behind https); reading then needs a session unless
 ``web.anonymous_read``, and writes need the operator or admin role (or the bearer token).
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
+import threading
+import time
 from datetime import timedelta
 from html import escape
 from pathlib import Path
@@ -22,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Flask, jsonify, redirect, request, session
 
-from aidc.config import User, Web
+from aidc.config import ConfigError, User, Web, load_users
 from aidc.files import private_file
 
 log = logging.getLogger("aidc.auth")
@@ -32,6 +35,7 @@ CSRF_COOKIE, CSRF_HEADER = "_csrf_token", "X-CSRFToken"
 SESSION_HOURS = 12  # a shift
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 OPEN_PATHS = ("/login", "/healthz", "/metrics", "/_dash-component-suites/", "/assets/")
+USERS_FILE_CHECK_S = 1.0  # how often the users file is looked at for a change
 HASHER = PasswordHasher()
 _NOBODY = HASHER.hash(secrets.token_hex(16))  # verified against for an unknown name
 
@@ -42,7 +46,12 @@ def hash_password(password: str) -> str:
 
 class Auth:
     def __init__(self, web: Web, api_token: str | None = None, data_dir: Path | None = None):
-        self.users = {u.name: u for u in web.users}
+        self._site_users = {u.name: u for u in web.users}
+        self._users_file = web.users_file
+        self._file_users: dict[str, User] = {}
+        self._file_seen: tuple | None = None  # the users file's (inode, mtime, size) last read
+        self._file_checked_at = -USERS_FILE_CHECK_S
+        self._file_lock = threading.Lock()
         self.api_token = api_token
         self.anonymous_read = web.anonymous_read
         self.secure = bool(web.external_url and web.external_url.startswith("https://"))
@@ -51,7 +60,37 @@ class Auth:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.users)
+        """Sign-in is on with any user configured, or a users file: one that cannot be read
+        keeps it on (closed), never opens the console."""
+        return bool(self._site_users or self._users_file)
+
+    @property
+    def users(self) -> dict[str, User]:
+        """The site file's users and the users file's, as last read: the file is looked at
+        once a second at most, and read again when it changed. A file that no longer loads
+        keeps the users last read (a half-saved edit locks no one out), and says why."""
+        if self._users_file and time.monotonic() - self._file_checked_at >= USERS_FILE_CHECK_S:
+            with self._file_lock:
+                self._file_checked_at = time.monotonic()
+                self._read_users_file()
+        return {**self._site_users, **self._file_users}
+
+    def _read_users_file(self) -> None:
+        try:
+            st = os.stat(self._users_file)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            seen = None
+        if seen == self._file_seen:
+            return
+        self._file_seen = seen
+        try:
+            users = load_users(self._users_file, set(self._site_users))
+        except ConfigError as e:
+            log.error("event=users_file_refused kept=%d error=%s", len(self._file_users), e)
+            return
+        self._file_users = {u.name: u for u in users}
+        log.info("event=users_file_read users=%d file=%s", len(users), self._users_file)
 
     def verify(self, name: str, password: str) -> User | None:
         """The user if the password is theirs; an unknown name costs the same hash."""

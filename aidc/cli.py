@@ -185,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if site.web.external_url is None:  # notifications link to this demo's console
         web = site.web.model_copy(update={"external_url": f"http://{args.host}:{args.web_port}"})
         site = site.model_copy(update={"web": web})
-    if not site.web.users:  # anyone reads; an operator signs in to act
+    if not (site.web.users or site.web.users_file):  # anyone reads; an operator signs in to act
         web = site.web.model_copy(update={"users": [_demo_operator(Path(args.data_dir))],
                                           "anonymous_read": True})
         site = site.model_copy(update={"web": web})

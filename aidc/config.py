@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -369,12 +369,21 @@ class User(Strict):
         return v
 
 
+class UsersFile(Strict):
+    """``web.users_file``: people kept apart from the site file, so that adding one is not a
+    site change, and re-read by the running console when it changes."""
+
+    users: list[User] = []
+
+
 class Web(Strict):
     api_token: SecretStr | None = None  # bearer token for write actions (ack); none: refused
     # where people reach this app (behind its proxy): notifications link to its console and
     # runbooks; without it they carry no links
     external_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     users: list[User] = []  # none: no sign-in (reads open, writes by api_token only)
+    # more users, kept out of the site file (users: [...] as above); read again on change
+    users_file: str | None = None
     anonymous_read: bool = False  # with users: reading needs no sign-in
     session_secret: SecretStr | None = None  # signs session cookies; none: one in the data dir
 
@@ -418,22 +427,28 @@ class Site(Strict):
 # ---------------------------------------------------------------- cross references
 
 
-def _references(site: Site) -> list[tuple[tuple, str]]:
-    """Every id that must name something else in the file: (location, message)."""
+def _unique(*sections: tuple[tuple, list, str]) -> list[tuple[tuple, str]]:
+    """Each (location, items, key): an item whose key another item before it has."""
     errors: list[tuple[tuple, str]] = []
-    for section, items, key in (
-        (("devices",), site.devices, "id"),
-        (("racks",), site.racks, "id"),
-        (("loops",), site.loops, "id"),
-        (("alerts", "webhooks"), site.alerts.webhooks, "name"),
-        (("web", "users"), site.web.users, "name"),
-    ):
+    for section, items, key in sections:
         seen: set[str] = set()
         for i, item in enumerate(items):
             value = getattr(item, key)
             if value in seen:
                 errors.append(((*section, i, key), f"{key} '{value}' is used twice"))
             seen.add(value)
+    return errors
+
+
+def _references(site: Site) -> list[tuple[tuple, str]]:
+    """Every id that must name something else in the file: (location, message)."""
+    errors = _unique(
+        (("devices",), site.devices, "id"),
+        (("racks",), site.racks, "id"),
+        (("loops",), site.loops, "id"),
+        (("alerts", "webhooks"), site.alerts.webhooks, "name"),
+        (("web", "users"), site.web.users, "name"),
+    )
     kinds = {d.id: d.kind for d in site.devices}
     rooms = {r.id for r in site.rooms}
     rows = {r.id: set(r.rows) for r in site.rooms}
@@ -659,7 +674,37 @@ def load_site(
     """Read and validate a site file; raise ConfigError with the line of the first mistake.
 
     ``device_check`` may refuse a device with a message (the CLI checks that its profile
-    loads and fits it); the error is then located like any other."""
+    loads and fits it); the error is then located like any other. A users file it names is
+    read and checked too, and its path made absolute (the console reads it again when it
+    changes)."""
+    site = _load(path, Site, lambda s: _problems(s, device_check),
+                 "expected a mapping with site, rooms, devices, racks")
+    if site.web.users_file is None:
+        return site
+    users_file = Path(path).parent / Path(site.web.users_file).expanduser()
+    load_users(users_file, {u.name for u in site.web.users})  # its mistakes named as written
+    web = site.web.model_copy(update={"users_file": str(users_file.resolve())})
+    return site.model_copy(update={"web": web})
+
+
+def load_users(path: str | os.PathLike[str], in_site_file: set[str] = frozenset()) -> list[User]:
+    """The users of a users file (``web.users_file``), checked like a site file; a name the
+    site file's ``web.users`` also gives is refused (which one would sign in?)."""
+    def problems(f: UsersFile) -> list:
+        return _unique((("users",), f.users, "name")) + [
+            (("users", i, "name"), f"'{u.name}' is in the site file's web.users too")
+            for i, u in enumerate(f.users) if u.name in in_site_file]
+
+    return list(_load(path, UsersFile, problems, "expected a mapping with users").users)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load(path: str | os.PathLike[str], model: type[M], problems: Callable[[M], list],
+          expected: str) -> M:
+    """One YAML file validated into ``model``, the first mistake (of pydantic's or of
+    ``problems``: [(location, message)]) raised as ConfigError at its line."""
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -674,25 +719,25 @@ def load_site(
     data = read_plain_yaml(text, MAX_NODES, MAX_DEPTH, lambda value: secret_value(value, base))
     if data is not None:  # read fast; PyYAML reads it again only to locate a mistake
         try:
-            site = Site.model_validate(data)
+            loaded = model.model_validate(data)
         except ValidationError:
             pass
         else:
-            if not _problems(site, device_check):
-                return site
-    root, data = _read_exact(name, text, base)
+            if not problems(loaded):
+                return loaded
+    root, data = _read_exact(name, text, base, expected)
     try:
-        site = Site.model_validate(data)
+        loaded = model.model_validate(data)
     except ValidationError as e:
         err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # typos first
         loc = tuple(err["loc"])
         if err["type"] == "union_tag_invalid":
             loc += ("kind",)
         raise ConfigError(name, _line_of(root, loc), _field_name(loc), _message(err)) from None
-    if problems := _problems(site, device_check):
-        loc, message = problems[0]
+    if found := problems(loaded):
+        loc, message = found[0]
         raise ConfigError(name, _line_of(root, loc), _field_name(loc), message)
-    return site
+    return loaded
 
 
 def _problems(site: Site, device_check: Callable[[Any], str | None] | None) -> list:
@@ -703,7 +748,7 @@ def _problems(site: Site, device_check: Callable[[Any], str | None] | None) -> l
     return problems
 
 
-def _read_exact(name: str, text: str, base: Path) -> tuple[yaml.Node, Any]:
+def _read_exact(name: str, text: str, base: Path, expected: str) -> tuple[yaml.Node, Any]:
     """PyYAML's reading, node by node: every check of `_walk`, and the lines of mistakes."""
     try:
         root = yaml.compose(text, Loader=yaml.CSafeLoader)
@@ -712,7 +757,7 @@ def _read_exact(name: str, text: str, base: Path) -> tuple[yaml.Node, Any]:
     except RecursionError:
         raise ConfigError(name, None, "", f"nested deeper than {MAX_DEPTH} levels") from None
     if root is None or not isinstance(root, yaml.MappingNode):
-        raise ConfigError(name, 1, "", "expected a mapping with site, rooms, devices, racks")
+        raise ConfigError(name, 1, "", expected)
     _walk(root, name, base)
     try:
         return root, yaml.CSafeLoader("").construct_document(root)

@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,14 +17,23 @@ from aidc.net import free_port
 from aidc.web import WebServer
 from tests.conftest import API_TOKEN, start_live_site, wait_for
 
-PASSWORDS = {"vera": "viewer-password-1", "olga": "operator-password-1"}
+PASSWORDS = {"vera": "viewer-password-1", "olga": "operator-password-1",
+             "uma": "operator-password-2"}
+
+
+def users_yaml(*names: str, role: str = "operator") -> str:
+    return "users:\n" + "".join(f"  - {{name: {n}, role: {role}, password_hash: "
+                                f"'{hash_password(PASSWORDS[n])}'}}\n" for n in names)
 
 
 @pytest.fixture(scope="module")
 def signed_site(tmp_path_factory):
-    users = [User(name="vera", role="viewer", password_hash=hash_password(PASSWORDS["vera"])),
-             User(name="olga", role="operator", password_hash=hash_password(PASSWORDS["olga"]))]
-    live = start_live_site(tmp_path_factory.mktemp("auth") / "data", users=users)
+    """vera (viewer) in the site file, olga (operator) in a users file beside it."""
+    folder = tmp_path_factory.mktemp("auth")
+    users_file = folder / "users.yaml"
+    users_file.write_text(users_yaml("olga"))
+    vera = User(name="vera", role="viewer", password_hash=hash_password(PASSWORDS["vera"]))
+    live = start_live_site(folder / "data", users=[vera], users_file=str(users_file))
     live.call(live.simulated.stop_device("pdu-b02-b"))  # an alert to act on
     server = WebServer(SiteAPI(live.runtime), port=free_port(), api_token=API_TOKEN)
     server.start()
@@ -36,13 +46,20 @@ def client(server) -> httpx.Client:
     return httpx.Client(base_url=server.url, timeout=10, follow_redirects=False)
 
 
-def sign_in(server, name: str) -> tuple[httpx.Client, httpx.Response]:
+def try_sign_in(server, name: str, target: str = "/alerts"):
+    """(client, answer) when ``name`` signs in with her password, else None."""
     c = client(server)
-    form = c.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-    r = c.post("/login?next=/alerts", data={"csrf": csrf, "name": name,
-                                            "password": PASSWORDS[name]})
-    assert r.status_code == 302 and r.headers["location"] == "/alerts", r.text[:200]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post(f"/login?next={target}", data={"csrf": csrf, "name": name,
+                                              "password": PASSWORDS[name]})
+    return (c, r) if r.status_code == 302 else None
+
+
+def sign_in(server, name: str) -> tuple[httpx.Client, httpx.Response]:
+    signed_in = try_sign_in(server, name)
+    assert signed_in is not None, f"{name} was refused"
+    c, r = signed_in
+    assert r.headers["location"] == "/alerts", r.text[:200]
     return c, r
 
 
@@ -125,6 +142,29 @@ def test_sign_in_never_sends_anyone_off_site(signed_site):
     r = c.post("/login?next=//evil.example/x", data={"csrf": csrf, "name": "vera",
                                                      "password": PASSWORDS["vera"]})
     assert r.headers["location"] == "/"
+
+
+def test_the_users_file_is_read_again_when_it_changes_and_a_broken_one_keeps_its_users(
+        signed_site, caplog):
+    live, server = signed_site
+    users_file = Path(live.site.web.users_file)
+    kept = users_file.read_text()
+    try:
+        users_file.write_text(users_yaml("olga", "uma"))  # uma added: no restart
+        uma, _ = wait_for(lambda: try_sign_in(server, "uma"), what="uma signing in")
+        # a half-saved edit: refused with its line, uma and olga still sign in
+        users_file.write_text(kept + "  - {name: uma, role: operator, password_hash: 'x'}\n"
+                              + "  - name: [\n")
+        wait_for(lambda: uma.get("/api/v1/site").status_code == 200  # the file is read on use
+                 and "event=users_file_refused" in caplog.text, what="the refusal logged")
+        assert f"{users_file}:5: not valid YAML" in caplog.text, caplog.text
+        assert try_sign_in(server, "olga") is not None
+        # uma removed: her session ends at once, the site file's viewer stays
+        users_file.write_text(users_yaml("olga"))
+        wait_for(lambda: uma.get("/api/v1/site").status_code == 401, what="uma's session ending")
+        assert try_sign_in(server, "uma") is None and try_sign_in(server, "vera") is not None
+    finally:
+        users_file.write_text(kept)
 
 
 def test_hash_password_reads_the_password_from_stdin_never_argv():

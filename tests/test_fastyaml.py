@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def exact(text: str, base: Path) -> object:
     try:
-        return _read_exact("site.yaml", text, base)[1]
+        return _read_exact("site.yaml", text, base, "expected a mapping")[1]
     except ConfigError:
         return ConfigError
 
