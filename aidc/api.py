@@ -29,6 +29,7 @@ from aidc.derive import (
     what_if,
 )
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
+from aidc.metrics import Quality
 from alerts.evaluate import Alert, read_history, severity_rank
 from alerts.silences import Silence
 from models import pue as pue_model
@@ -518,6 +519,24 @@ class SiteAPI:
                  "read_value": num(s.value), "quality": str(s.quality), "read_at": iso(s.ts)}
                 for key in sorted(self.runtime.series_of.get(device_id, ()))
                 if (s := latest.get((device_id, key))) is not None]
+
+    def probe(self, device_id: str) -> dict[str, Any] | None:
+        """One device read now, as `aidc probe` reads it: each series with what came off
+        the wire (``raw``), its value when good and its quality; or the error. None for an
+        unknown device; NotAnswering when the runtime is not running."""
+        from aidc.runtime import probe_deadline_s
+
+        device = self.runtime.topology.device_by_id.get(device_id)
+        if device is None:
+            return None
+        p = self.runtime.call_soon(self.runtime.probe, device_id, timeout_s=probe_deadline_s(
+            self.runtime.site.timeout_s(device)) * 2 + 1)  # a probe of it may be under way
+        return {"device": p.device, "read_at": iso(p.at), "elapsed_ms": round(p.elapsed_ms, 1),
+                "error": p.error, "readings": [
+                    {"series": r.key, "raw": None if r.raw is None else str(r.raw),
+                     "value": num(r.value) if r.quality is Quality.GOOD else None,
+                     "read_value": num(r.value), "quality": str(r.quality)}
+                    for r in p.readings]}
 
     def alert_history(self, hours: float = 24, limit: int = 500) -> list[dict[str, Any]]:
         """What changed over the last ``hours``, newest first: fired, escalated,

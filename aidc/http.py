@@ -220,6 +220,11 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
         found = api.device_readings(device_id)
         return jsonify(found) if found is not None else error(404, short(f"no device '{device_id}'"))
 
+    @app.get("/api/v1/devices/<device_id>/probe")
+    def device_probe(device_id: str):
+        found = api.probe(device_id)
+        return jsonify(found) if found is not None else error(404, short(f"no device '{device_id}'"))
+
     @app.get("/api/v1/alerts")
     def alerts():
         return jsonify(api.alerts())

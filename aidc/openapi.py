@@ -96,6 +96,17 @@ def reading() -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 
+def probe() -> dict[str, Any]:
+    series = {"series": {"type": "string"}, "raw": {"type": ["string", "null"]},
+              "value": NUMBER_OR_NULL, "read_value": NUMBER_OR_NULL,
+              "quality": {"enum": ["good", "bad", "out_of_range"]}}
+    props = {"device": {"type": "string"}, "read_at": ISO_TIME, "elapsed_ms": {"type": "number"},
+             "error": {"type": ["string", "null"]},
+             "readings": {"type": "array", "items": {"type": "object", "properties": series,
+                                                     "required": sorted(series)}}}
+    return {"type": "object", "properties": props, "required": sorted(props)}
+
+
 def rack_detail() -> dict[str, Any]:
     feed = {"side": {"enum": ["A", "B"]}, "pdu": {"type": "string"},
             "upstream": {"type": "string"}, "power_kw": NUMBER_OR_NULL,
@@ -165,6 +176,7 @@ def schemas() -> dict[str, dict]:
         "AckRequest": request_schema(AckRequest),
         "Health": health(),
         "Reading": reading(),
+        "Probe": probe(),
         "HistoryEntry": history_entry(),
         "Notification": notification(),
     }
@@ -269,6 +281,11 @@ def openapi() -> dict[str, Any]:
             "/api/v1/devices": read("Every device's polling state", array_of("Device")),
             "/api/v1/devices/{device_id}/readings": read(
                 "One device's series as last read, with their quality", array_of("Reading"), 404,
+                params=[path_param("device_id", "The device's id in the site file.")]),
+            "/api/v1/devices/{device_id}/probe": read(
+                "Read one device now, once, on a connection of its own (as `aidc probe`): "
+                "every series as read off the wire, or why not; an answer under 2 s old is "
+                "given again", ref("Probe"), 404, 503,
                 params=[path_param("device_id", "The device's id in the site file.")]),
             "/api/v1/alerts": read("Pending, firing and suppressed alerts", array_of("Alert")),
             "/api/v1/alerts/history": read(

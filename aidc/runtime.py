@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from aidc.config import Site
@@ -23,6 +25,7 @@ from aidc.metrics import (
     DeviceHealth,
     FreshLatest,
     Quality,
+    Reading,
     Sample,
     backoff_s,
     worth_logging,
@@ -83,6 +86,29 @@ def _drop_outcome(task: asyncio.Task) -> None:
         log.debug("event=abandoned_task_ended error=%r", task.exception())
 
 
+PROBE_REUSE_S = 2.0  # a probe ended this recently is given again, not read again
+
+
+def probe_deadline_s(timeout_s: float) -> float:
+    """The longest a probe may take: a connection and a read, each within the timeout."""
+    return max(3 * timeout_s, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One device read on demand: each metric as read (raw, value, quality), or why not."""
+
+    device: str
+    at: float
+    elapsed_ms: float
+    readings: tuple[Reading, ...]
+    error: str | None
+
+    @property
+    def done_at(self) -> float:
+        return self.at + self.elapsed_ms / 1000
+
+
 class NotAnswering(Exception):
     """A call from another thread that the runtime's loop did not take (stopped or busy)."""
 
@@ -123,17 +149,21 @@ class Runtime:
         self._loop_errors: dict[tuple[str, str], int] = {}
         self._stopping = False
         self.loop_lag_s = 0.0  # worst over LAG_WINDOW_S: the tick and polls were that late
+        self._probe_locks: dict[str, asyncio.Lock] = {}
+        self._probes: dict[str, Probe] = {}  # each device's last probe
         self._not_heard_from = {d.id for d in site.devices}  # no poll of theirs ended yet
         self._all_heard_from = asyncio.Event()
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
         """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
-        SQLite handles) from another thread, such as the web server's, and return its result."""
+        SQLite handles) from another thread, such as the web server's, and return its result
+        (awaited, if ``fn`` is a coroutine function)."""
         if self._loop is None or self._stopping:
             raise NotAnswering("the runtime is not running")
 
         async def call():
-            return fn(*args)
+            result = fn(*args)
+            return await result if inspect.isawaitable(result) else result
 
         try:
             return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout_s)
@@ -234,6 +264,33 @@ class Runtime:
         finally:
             with contextlib.suppress(Exception, TimeoutError):
                 await bounded(collector.close(), deadline_s)
+
+    async def probe(self, device_id: str) -> Probe:
+        """Read one device now, once, on a connection of its own, as `aidc probe` does; what
+        it read goes nowhere but the answer. One probe of a device at a time, and one that
+        ended less than PROBE_REUSE_S ago is given again: clicks in a row (or callers waiting
+        on the same probe) cost the device one read."""
+        device = self.topology.device_by_id[device_id]
+        async with self._probe_locks.setdefault(device_id, asyncio.Lock()):
+            last = self._probes.get(device_id)
+            if last is not None and time.time() - last.done_at < PROBE_REUSE_S:
+                return last
+            loop, at = asyncio.get_running_loop(), time.time()
+            started, deadline_s = loop.time(), probe_deadline_s(self.site.timeout_s(device))
+            collector = make_collector(device, self.site.timeout_s(device))
+            readings, error = (), None
+            try:
+                readings = tuple(await bounded(collector.read(), deadline_s))
+            except (DeviceUnreachable, TimeoutError) as e:
+                error = str(e) or f"no answer within {deadline_s:g} s"
+            finally:
+                with contextlib.suppress(Exception, TimeoutError):
+                    await bounded(collector.close(), deadline_s)
+            probe = Probe(device_id, at, (loop.time() - started) * 1000, readings, error)
+            self._probes[device_id] = probe
+            log.info("event=device_probed device=%s ms=%.0f readings=%d error=%s", device_id,
+                     probe.elapsed_ms, len(readings), error)
+            return probe
 
     async def _renew(self, device, collector: Collector, deadline_s: float) -> Collector:
         """After a failed poll: close the collector's connections, or, if even closing hangs,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -43,8 +45,8 @@ def own_web(live_site):
     server.stop()
 
 
-def get(web, path, **kw):
-    return httpx.get(web.url + path.lstrip("/"), timeout=5, **kw)
+def get(web, path, timeout=5, **kw):
+    return httpx.get(web.url + path.lstrip("/"), timeout=timeout, **kw)
 
 
 def post(web, path, body, **kw):
@@ -88,6 +90,23 @@ def test_a_rack_in_detail_names_its_feeds_heat_and_devices(web, shared_live_site
     assert get(web, "/api/v1/racks/Z99").status_code == 404
 
 
+def test_a_probe_reads_the_device_now_and_shows_what_came_off_the_wire(web):
+    for device, series, raw in (("cdu-1", "flow_lpm", r"\[\d+(, \d+)*\]"),  # register words
+                                ("ups-b", "battery_charge_pct", r"\d+"),     # an SNMP integer
+                                ("sc-a", "soc_pct", r"[\d.]+")):           # an OPC-UA double
+        probe = get(web, f"/api/v1/devices/{device}/probe", timeout=15).json()
+        assert probe["error"] is None and probe["elapsed_ms"] > 0, probe
+        read = {r["series"]: r for r in probe["readings"]}[series]
+        assert read["quality"] == "good" and read["value"] == read["read_value"], read
+        assert re.fullmatch(raw, read["raw"]), read
+    assert get(web, "/api/v1/devices/nope/probe").status_code == 404
+    # two at once (clicks in a row, two people): one read of the device, one answer
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda _: get(web, "/api/v1/devices/pdu-a01-a/probe",
+                                           timeout=15).json(), range(2)))
+    assert both[0] == both[1] and both[0]["error"] is None
+
+
 def test_a_dark_device_reads_stale_never_its_last_value_as_current(live_site, own_web):
     """Its last good readings stay listed as what was read, with quality stale; the rack it
     feeds shows that feed's power unknown."""
@@ -99,7 +118,13 @@ def test_a_dark_device_reads_stale_never_its_last_value_as_current(live_site, ow
                      what="pdu-b02-b's power read good")
     assert first["power_kw"]["value"] == first["power_kw"]["read_value"] > 0
     assert {"current_a{phase=1}", "current_a{phase=3}", "energy_kwh"} <= set(first)
+    probe = get(own_web, "/api/v1/devices/pdu-b02-b/probe").json()
+    assert probe["error"] is None and {r["series"] for r in probe["readings"]} == set(first)
     live_site.call(live_site.simulated.stop_device("pdu-b02-b"))
+    # a probe is read again once the last is 2 s old: then it says why it read nothing
+    dark = wait_for(lambda: (p := get(own_web, "/api/v1/devices/pdu-b02-b/probe",
+                                      timeout=15).json())["error"] and p, what="a failed probe")
+    assert dark["readings"] == [] and "no answer" in dark["error"], dark
 
     power = wait_for(lambda: (r := readings())["power_kw"]["quality"] == "stale" and r,
                      what="pdu-b02-b's power stale")["power_kw"]

@@ -173,6 +173,13 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     wait_for(lambda: (rows := table_rows(dash_duo, "#readings-table"))
              and all(re.fullmatch(r"\S+ -?[\d.e+-]+ good \S+", r) for r in rows),
              what="its series, each read good")
+    dash_duo.find_element("#device-probe").click()  # read now: what came off the wire
+    wait_for(lambda: re.fullmatch(r"Probe at \S+: \d+ series in \d+ ms",
+                                  dash_duo.find_element("#probe-result").text),
+             what="the probe's answer")
+    assert len(table_rows(dash_duo, "#probe-table")) == len(table_rows(dash_duo, "#readings-table"))
+    assert dash_duo.find_element("#device-probe-json").get_attribute("href").endswith(
+        f"/api/v1/devices/{first}/probe")
     screenshot(dash_duo, "devices")
 
     # cooling: the loop against its class, both CDUs dry with their pumps

@@ -1,16 +1,19 @@
 """Devices: every device's polling state, its last good poll, the error and the wait before
 the next try (which grows while it stays down); a device clicked shows each of its series as
-last read, with its quality (`aidc probe` reads the device itself, once)."""
+last read, with its quality, and "Probe now" reads it once more on a connection of its own,
+as `aidc probe` does, showing what came off the wire (also as JSON from the API)."""
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
+from aidc.runtime import NotAnswering
 from dashboards.widgets import AMBER, GREY, NOTE, RED, table
 
 STATE_COLOURS = {"down": RED, "stale": RED, "degraded": AMBER, "unknown": GREY}
+NOT_GOOD = [{"if": {"filter_query": '{quality} != "good"'}, "color": RED}]
 
 
 def layout(api: SiteAPI) -> html.Div:
@@ -31,9 +34,26 @@ def layout(api: SiteAPI) -> html.Div:
         html.H3(id="readings-title"),
         table("readings-table", [("Series", "series"), ("Value", "value"),
                                  ("Quality", "quality"), ("Read at", "read_at")],
-              style_data_conditional=[{"if": {"filter_query": '{quality} != "good"'},
-                                       "color": RED}]),
+              style_data_conditional=NOT_GOOD),
+        html.Div([html.Button("Probe now", id="device-probe", disabled=True),
+                  html.A("as JSON", id="device-probe-json", target="_blank",
+                         style={"marginLeft": "12px"}),
+                  html.Span(id="probe-result", style={"marginLeft": "12px"})],
+                 style={"margin": "12px 0"}),
+        table("probe-table", [("Series", "series"), ("Raw", "raw"), ("Value", "value"),
+                              ("Quality", "quality")], style_data_conditional=NOT_GOOD),
     ])
+
+
+def probe_said(probe: dict | None) -> tuple[str, list[dict]]:
+    """The probe in a line (when, how long, or why it failed) and its rows."""
+    if probe is None:
+        return "No such device.", []
+    said = f"Probe at {probe['read_at']}: "
+    if probe["error"]:
+        return said + f"failed after {probe['elapsed_ms']:.0f} ms: {probe['error']}", []
+    return (said + f"{len(probe['readings'])} series in {probe['elapsed_ms']:.0f} ms",
+            reading_rows(probe["readings"]))
 
 
 def reading_rows(readings: list[dict]) -> list[dict]:
@@ -76,3 +96,22 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         if found is None:
             return "Click a device to see what it last read.", []
         return f"Series of {device}", reading_rows(found)
+
+    @app.callback(Output("device-probe", "disabled"), Output("device-probe-json", "href"),
+                  Output("probe-result", "children", allow_duplicate=True),
+                  Output("probe-table", "data", allow_duplicate=True),
+                  Input("device-shown", "data"), prevent_initial_call=True)
+    def chosen(device):
+        return False, f"/api/v1/devices/{device}/probe", "", []
+
+    @app.callback(Output("probe-result", "children"), Output("probe-table", "data"),
+                  Input("device-probe", "n_clicks"), State("device-shown", "data"),
+                  prevent_initial_call=True, running=[(Output("device-probe", "disabled"),
+                                                       True, False)])
+    def probe(_n, device):
+        if not isinstance(device, str):
+            return no_update, no_update
+        try:
+            return probe_said(api.probe(device))
+        except NotAnswering as e:
+            return f"Not probed: {e}", []
