@@ -13,7 +13,7 @@ from aidc.derive import BackupStatus, Pool
 from aidc.topology import Topology
 from alerts.evaluate import Alert
 from dashboards.app import status_bar
-from dashboards.pages.capacity import rack_rows
+from dashboards.pages.capacity import csv_text, rack_rows, sorted_rows
 from dashboards.pages.cooling import cdu_rows
 from dashboards.pages.floor import floor_figure, floor_plan, rack_alert_state, rack_values
 from dashboards.pages.power import sankey
@@ -166,6 +166,24 @@ def test_the_capacity_table_filters_as_a_planner_asks():
     assert rack_rows(racks, min_kw=0)[0]["limiting"] == "feed"
     assert rack_rows(racks, room="hall1", limit="unknown")[0]["limiting"] == \
         "unknown (upper bound)"
+
+
+def test_the_capacity_table_sorts_unknowns_last_and_exports_them_as_empty_cells():
+    rows = [{"id": i, "row": row, "headroom_kw": kw}
+            for i, row, kw in (("A", "1", 5.0), ("B", "2", None), ("C", "1", 9.5), ("D", "2", 5.0))]
+
+    def ids(*sort_by) -> str:
+        return "".join(r["id"] for r in sorted_rows(rows, [
+            {"column_id": c, "direction": d} for c, d in sort_by]))
+
+    assert ids(("headroom_kw", "asc")) == "ADCB"
+    assert ids(("headroom_kw", "desc")) == "CADB"  # unknown last either way
+    assert ids(("row", "desc"), ("headroom_kw", "desc")) == "DBCA"  # the first column first
+    assert ids() == "ABCD"
+    lines = csv_text(sorted_rows(rows, [{"column_id": "headroom_kw", "direction": "asc"}]))
+    assert lines.splitlines()[0] == \
+        "id,room,row,power_kw,power_kw_peak,design_kw,headroom_kw,limiting"
+    assert lines.splitlines()[-1] == "B,,2,,,,,"  # unknown: an empty cell, never 0
 
 
 def cdu(**readings) -> dict:

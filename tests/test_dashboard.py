@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import time
 from pathlib import Path
@@ -122,6 +123,24 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     dash_duo.select_dcc_dropdown("#filter-row", "B")
     wait_for(lambda: [r.split()[0] for r in table_rows(dash_duo, "#rack-table")]
              == ["B01", "B02", "B03", "B04"], what="row B only")
+    assert dash_duo.find_element("#rack-count").text == "4 of 8 racks"
+    # sorted by the server across every page: least headroom first, then most
+    def headroom_column() -> list[float]:
+        return [float(c.text) for c in dash_duo.find_elements(
+            "#rack-table td[data-dash-column='headroom_kw'] div")]
+
+    for descending in (False, True):
+        dash_duo.find_element("#rack-table th[data-dash-column='headroom_kw'] "
+                              ".column-header--sort").click()
+        wait_for(lambda d=descending: len(kw := headroom_column()) == 4 and kw != kw[::-1]
+                 and kw == sorted(kw, reverse=d), what=f"row B by headroom, descending {descending}")
+    # the CSV: every rack the filters keep, the table's columns
+    dash_duo.find_element("#rack-csv-button").click()
+    csv_file = Path(dash_duo.download_path) / "demo-headroom.csv"
+    wait_for(csv_file.exists, what="the CSV downloaded")
+    exported = list(csv.DictReader(csv_file.open()))
+    assert sorted(r["id"] for r in exported) == ["B01", "B02", "B03", "B04"]
+    assert all(float(r["design_kw"]) > 0 and r["limiting"] for r in exported)
 
     def pools() -> list[str] | None:
         rows = table_rows(dash_duo, "#pool-table")
