@@ -16,9 +16,10 @@ from dashboards.app import status_bar
 from dashboards.pages.capacity import csv_text, rack_rows, sorted_rows
 from dashboards.pages.cooling import cdu_rows
 from dashboards.pages.floor import floor_figure, floor_plan, rack_alert_state, rack_values
+from dashboards.pages.overview import redundancy_rows
 from dashboards.pages.power import sankey
 from dashboards.pages.rack import limits_figure
-from dashboards.widgets import AMBER, GREEN, GREY, RED
+from dashboards.widgets import AMBER, GREEN, GREY, RED, pool_rows
 
 DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
 NOW = 1_800_000_000.0
@@ -229,3 +230,13 @@ def test_the_power_chain_leaves_out_and_names_what_is_unknown():
     assert list(zip(s.link.source, s.link.target, s.link.value)) == [
         (0, 1, 210.0), (1, 3, 10.0), (1, 4, 120.0), (1, 5, 80.0)]  # nothing drawn as 0
     assert unknown == ["ups-b input", "ups-b to row A"]
+
+
+def test_pool_rows_send_the_browser_no_rack_lists():
+    pools = [{"id": "rect-a", "kind": "rectifier", "left_kw": 5.0, "modules_ok": 12.0,
+              "racks": [f"R{i:05d}" for i in range(5000)]},
+             {"id": "loop-1", "kind": "loop", "left_kw": None, "racks": ["R00001"]}]
+    rows = redundancy_rows(pools)
+    assert [(r["id"], r["holds"], r["modules_ok"]) for r in rows] == [
+        ("rect-a", "yes", "12"), ("loop-1", "unknown", "")]
+    assert all("racks" not in r for r in rows + pool_rows(pools))

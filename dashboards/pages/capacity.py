@@ -15,7 +15,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from dashboards.widgets import GREY, NOTE, ROW, table
+from dashboards.widgets import GREY, NOTE, ROW, pool_rows, table
 from models.headroom import LIMITS
 
 TABLE_ROWS = 50  # rows a page in the rack table, sorted across all pages
@@ -146,7 +146,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         h, rows = kept(room, row, min_kw, limit, sort_by)
         pages = max(1, math.ceil(len(rows) / TABLE_ROWS))
         page = min(page, pages - 1) if isinstance(page, int) and page >= 0 else 0
-        return (h["pools"], rows[page * TABLE_ROWS:(page + 1) * TABLE_ROWS], pages, page,
+        return (pool_rows(h["pools"]), rows[page * TABLE_ROWS:(page + 1) * TABLE_ROWS], pages, page,
                 f"{len(rows)} of {len(h['racks'])} racks")
 
     @app.callback(Output("rack-csv", "data"), Input("rack-csv-button", "n_clicks"),

@@ -18,6 +18,7 @@ from dashboards.widgets import (
     fmt,
     graph,
     kpi,
+    pool_rows,
     rack_link,
     said,
     table,
@@ -98,7 +99,7 @@ def redundancy_rows(pools: list[dict]) -> list[dict]:
 
     return [{**p, "holds": holds(p),
              "modules_ok": "" if p.get("modules_ok") is None else f"{p['modules_ok']:g}"}
-            for p in pools]
+            for p in pool_rows(pools)]
 
 
 def pue_figure(series, target: float) -> go.Figure:
