@@ -23,6 +23,7 @@ FILTERS = (Input("filter-room", "value"), Input("filter-row", "value"),
            Input("filter-min-kw", "value"), Input("filter-limit", "value"))
 CSV_COLUMNS = ("id", "room", "row", "power_kw", "power_kw_peak", "design_kw", "headroom_kw",
                "limiting")
+TABLE_FIELDS = (*CSV_COLUMNS, "complete")  # what the table shows and greys by, nothing more
 FIELD = {"marginRight": "12px"}
 
 
@@ -146,7 +147,8 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         h, rows = kept(room, row, min_kw, limit, sort_by)
         pages = max(1, math.ceil(len(rows) / TABLE_ROWS))
         page = min(page, pages - 1) if isinstance(page, int) and page >= 0 else 0
-        return (pool_rows(h["pools"]), rows[page * TABLE_ROWS:(page + 1) * TABLE_ROWS], pages, page,
+        shown = [{k: r[k] for k in TABLE_FIELDS} for r in rows[page * TABLE_ROWS:(page + 1) * TABLE_ROWS]]
+        return (pool_rows(h["pools"]), shown, pages, page,
                 f"{len(rows)} of {len(h['racks'])} racks")
 
     @app.callback(Output("rack-csv", "data"), Input("rack-csv-button", "n_clicks"),
