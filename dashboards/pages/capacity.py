@@ -147,7 +147,8 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         h, rows = kept(room, row, min_kw, limit, sort_by)
         pages = max(1, math.ceil(len(rows) / TABLE_ROWS))
         page = min(page, pages - 1) if isinstance(page, int) and page >= 0 else 0
-        shown = [{k: r[k] for k in TABLE_FIELDS} for r in rows[page * TABLE_ROWS:(page + 1) * TABLE_ROWS]]
+        first = page * TABLE_ROWS
+        shown = [{k: r[k] for k in TABLE_FIELDS} for r in rows[first:first + TABLE_ROWS]]
         return (pool_rows(h["pools"]), shown, pages, page,
                 f"{len(rows)} of {len(h['racks'])} racks")
 
