@@ -181,6 +181,8 @@ def test_the_capacity_table_sorts_unknowns_last_and_exports_them_as_empty_cells(
     assert ids(("headroom_kw", "desc")) == "CADB"  # unknown last either way
     assert ids(("row", "desc"), ("headroom_kw", "desc")) == "DBCA"  # the first column first
     assert ids() == "ABCD"
+    assert ids(("power", "asc"), ("headroom_kw", "sideways")) == "ABCD"  # not the table's
+    assert "".join(r["id"] for r in sorted_rows(rows, [None, "x", {}])) == "ABCD"
     lines = csv_text(sorted_rows(rows, [{"column_id": "headroom_kw", "direction": "asc"}]))
     assert lines.splitlines()[0] == \
         "id,room,row,power_kw,power_kw_peak,design_kw,headroom_kw,limiting"

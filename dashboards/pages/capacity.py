@@ -99,10 +99,15 @@ def rack_rows(racks: list[dict], room=None, row=None, min_kw=None, limit=None) -
             and (min_kw is None or (r["headroom_kw"] is not None and r["headroom_kw"] >= min_kw))]
 
 
-def sorted_rows(rows: list[dict], sort_by: list[dict] | None) -> list[dict]:
-    """Sorted as the table's headers ask (Dash's ``sort_by``, first column first); an unknown
-    value goes last whichever the direction."""
-    for by in reversed(sort_by or []):
+def sorted_rows(rows: list[dict], sort_by) -> list[dict]:
+    """Sorted as the table's headers ask (Dash's ``sort_by``, first column first), by the
+    table's columns only (anything else a request holds is left out); an unknown value goes
+    last whichever the direction."""
+    asked = sort_by if isinstance(sort_by, list) else []
+    for by in reversed(asked):
+        if not (isinstance(by, dict) and by.get("column_id") in CSV_COLUMNS
+                and by.get("direction") in ("asc", "desc")):
+            continue
         column, descending = by["column_id"], by["direction"] == "desc"
         known = [r for r in rows if r.get(column) is not None]
         rows = (sorted(known, key=itemgetter(column), reverse=descending)
@@ -136,8 +141,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     def kept(room, row, min_kw, limit, sort_by) -> tuple[dict, list[dict]]:
         h = api.headroom()
         min_kw = min_kw if isinstance(min_kw, int | float) else None
-        return h, sorted_rows(rack_rows(h["racks"], room, row, min_kw, limit),
-                              sort_by if isinstance(sort_by, list) else None)
+        return h, sorted_rows(rack_rows(h["racks"], room, row, min_kw, limit), sort_by)
 
     @app.callback(Output("pool-table", "data"), Output("rack-table", "data"),
                   Output("rack-table", "page_count"), Output("rack-table", "page_current"),
