@@ -124,6 +124,12 @@ def pool_json(pool: Pool) -> dict[str, Any]:
     return out
 
 
+def reading_json(series: str, value: float | None, quality: Quality) -> dict[str, Any]:
+    """One series as read: ``value`` only when good, ``read_value`` whatever its quality."""
+    return {"series": series, "value": num(value) if quality is Quality.GOOD else None,
+            "read_value": num(value), "quality": str(quality)}
+
+
 def what_if_json(w: WhatIf) -> dict[str, Any]:
     return asdict(w) | by_limit_json(w.racks_fit_by_limit, "racks_fit_by_limit")
 
@@ -515,8 +521,7 @@ class SiteAPI:
         if device_id not in self.runtime.health:
             return None
         latest = self.runtime.fresh_latest(time.time())
-        return [{"series": key, "value": num(s.value) if s.good else None,
-                 "read_value": num(s.value), "quality": str(s.quality), "read_at": iso(s.ts)}
+        return [reading_json(key, s.value, s.quality) | {"read_at": iso(s.ts)}
                 for key in sorted(self.runtime.series_of.get(device_id, ()))
                 if (s := latest.get((device_id, key))) is not None]
 
@@ -533,10 +538,8 @@ class SiteAPI:
             self.runtime.site.timeout_s(device)) * 2 + 1)  # a probe of it may be under way
         return {"device": p.device, "read_at": iso(p.at), "elapsed_ms": round(p.elapsed_ms, 1),
                 "error": p.error, "readings": [
-                    {"series": r.key, "raw": None if r.raw is None else str(r.raw),
-                     "value": num(r.value) if r.quality is Quality.GOOD else None,
-                     "read_value": num(r.value), "quality": str(r.quality)}
-                    for r in p.readings]}
+                    reading_json(r.key, r.value, r.quality)
+                    | {"raw": None if r.raw is None else str(r.raw)} for r in p.readings]}
 
     def alert_history(self, hours: float = 24, limit: int = 500) -> list[dict[str, Any]]:
         """What changed over the last ``hours``, newest first: fired, escalated,
