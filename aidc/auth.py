@@ -48,7 +48,7 @@ class Auth:
     def __init__(self, web: Web, api_token: str | None = None, data_dir: Path | None = None):
         self._site_users = {u.name: u for u in web.users}
         self._users_file = web.users_file
-        self._file_users: dict[str, User] = {}
+        self._users = self._site_users  # with the users file's, as last read
         self._file_seen: tuple | None = None  # the users file's (inode, mtime, size) last read
         self._file_checked_at = -USERS_FILE_CHECK_S
         self._file_lock = threading.Lock()
@@ -73,7 +73,7 @@ class Auth:
             with self._file_lock:
                 self._file_checked_at = time.monotonic()
                 self._read_users_file()
-        return {**self._site_users, **self._file_users}
+        return self._users
 
     def _read_users_file(self) -> None:
         try:
@@ -87,9 +87,10 @@ class Auth:
         try:
             users = load_users(self._users_file, set(self._site_users))
         except ConfigError as e:
-            log.error("event=users_file_refused kept=%d error=%s", len(self._file_users), e)
+            log.error("event=users_file_refused kept=%d error=%s",
+                      len(self._users) - len(self._site_users), e)
             return
-        self._file_users = {u.name: u for u in users}
+        self._users = self._site_users | {u.name: u for u in users}
         log.info("event=users_file_read users=%d file=%s", len(users), self._users_file)
 
     def verify(self, name: str, password: str) -> User | None:
