@@ -114,9 +114,11 @@ def rack_json(rack: RackStatus) -> dict[str, Any]:
     return vars(rack) | by_limit_json(rack.limits_kw, "limits_kw")
 
 
-def pool_json(pool: Pool) -> dict[str, Any]:
-    """A pool without the fields that do not apply to its kind, and no +inf."""
-    out = {k: v for k, v in vars(pool).items() if v is not None or k in POOL_FIELDS}  # shallow
+def pool_json(pool: Pool, with_racks: bool = True) -> dict[str, Any]:
+    """A pool without the fields that do not apply to its kind, and no +inf; without the ids
+    of its racks unless ``with_racks``."""
+    out = {k: v for k, v in vars(pool).items()  # shallow
+           if (v is not None or k in POOL_FIELDS) and (with_racks or k != "racks")}
     if pool.kind == "loop":
         out["supply_limit_c"] = pool.supply_limit_c if math.isfinite(pool.supply_limit_c) else None
     else:
@@ -380,9 +382,10 @@ class SiteAPI:
         }
 
     def pools(self) -> list[dict[str, Any]]:
-        """Every shared pool, without the racks' JSON that ``headroom`` builds beside them."""
+        """Every shared pool, for the console: without the ids of the racks behind each, which
+        are every rack of the site three times over, for no column of a page."""
         s = self.runtime.status
-        return [pool_json(p) for p in s.pools] if s else []
+        return [pool_json(p, with_racks=False) for p in s.pools] if s else []
 
     def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:
         """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool: the

@@ -59,12 +59,6 @@ def bridges(chain: dict) -> str:
     return UNKNOWN if chain["shortfall_s"] is None else "no"
 
 
-def pool_rows(pools: list[dict]) -> list[dict]:
-    """Pools as table rows, without the ids of the racks behind each: those are every rack of
-    the site three times over, sent to the browser on every refresh for no column."""
-    return [{k: v for k, v in p.items() if k != "racks"} for p in pools]
-
-
 def rack_link(rack_id: str) -> str:
     return f"[{rack_id}](/rack/{rack_id})"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from aidc.api import alert_counts, site_state
+from aidc.api import alert_counts, pool_json, site_state
 from aidc.config import load_site
 from aidc.derive import BackupStatus, Pool
 from aidc.topology import Topology
@@ -19,7 +19,7 @@ from dashboards.pages.floor import floor_figure, floor_plan, rack_alert_state, r
 from dashboards.pages.overview import redundancy_rows
 from dashboards.pages.power import sankey
 from dashboards.pages.rack import limits_figure
-from dashboards.widgets import AMBER, GREEN, GREY, RED, pool_rows
+from dashboards.widgets import AMBER, GREEN, GREY, RED
 
 DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
 NOW = 1_800_000_000.0
@@ -234,11 +234,15 @@ def test_the_power_chain_leaves_out_and_names_what_is_unknown():
     assert unknown == ["ups-b input", "ups-b to row A"]
 
 
-def test_pool_rows_send_the_browser_no_rack_lists():
-    pools = [{"id": "rect-a", "kind": "rectifier", "left_kw": 5.0, "modules_ok": 12.0,
-              "racks": [f"R{i:05d}" for i in range(5000)]},
-             {"id": "loop-1", "kind": "loop", "left_kw": None, "racks": ["R00001"]}]
-    rows = redundancy_rows(pools)
+def test_pools_reach_the_console_without_rack_lists():
+    """The API keeps each pool's racks; the console's pools leave them out (every rack of the
+    site three times over, for no column), and say whether each holds its worst failure."""
+    racks = [f"R{i:05d}" for i in range(5000)]
+    pools = [Pool("rect-a", "rectifier", 100.0, 80.0, 5.0, 20.0, "rect-b", racks, modules_ok=12.0),
+             Pool("loop-1", "loop", None, None, None, None, None, racks[:1])]
+    assert pool_json(pools[0])["racks"] == racks
+    console = [pool_json(p, with_racks=False) for p in pools]
+    rows = redundancy_rows(console)
     assert [(r["id"], r["holds"], r["modules_ok"]) for r in rows] == [
         ("rect-a", "yes", "12"), ("loop-1", "unknown", "")]
-    assert all("racks" not in r for r in rows + pool_rows(pools))
+    assert all("racks" not in r for r in console + rows)

@@ -15,7 +15,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from dashboards.widgets import GREY, NOTE, ROW, pool_rows, table
+from dashboards.widgets import GREY, NOTE, ROW, table
 from models.headroom import LIMITS
 
 TABLE_ROWS = 50  # rows a page in the rack table, sorted across all pages
@@ -153,7 +153,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         page = min(page, pages - 1) if isinstance(page, int) and page >= 0 else 0
         first = page * TABLE_ROWS
         shown = [{k: r[k] for k in TABLE_FIELDS} for r in rows[first:first + TABLE_ROWS]]
-        return (pool_rows(h["pools"]), shown, pages, page,
+        return (api.pools(), shown, pages, page,
                 f"{len(rows)} of {len(h['racks'])} racks")
 
     @app.callback(Output("rack-csv", "data"), Input("rack-csv-button", "n_clicks"),

@@ -18,7 +18,6 @@ from dashboards.widgets import (
     fmt,
     graph,
     kpi,
-    pool_rows,
     rack_link,
     said,
     table,
@@ -99,7 +98,7 @@ def redundancy_rows(pools: list[dict]) -> list[dict]:
 
     return [{**p, "holds": holds(p),
              "modules_ok": "" if p.get("modules_ok") is None else f"{p['modules_ok']:g}"}
-            for p in pool_rows(pools)]
+            for p in pools]
 
 
 def pue_figure(series, target: float) -> go.Figure:
