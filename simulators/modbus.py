@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import Counter
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from enum import IntEnum
@@ -276,7 +277,7 @@ class ModbusGatewayServer:
     board); ``busy`` answers that many requests with exception 06 (a device busy with
     something else); :meth:`set_unit_offline` takes one device behind the gateway off its bus.
 
-    For tests: ``function_codes_seen`` records the function code of every request received,
+    For tests: ``function_codes_seen`` counts the requests received by function code,
     ``connections_accepted`` counts TCP connections, ``peak_transactions`` is the most
     requests ever received and not yet answered at one time, over all connections.
     """
@@ -291,7 +292,7 @@ class ModbusGatewayServer:
         self.delay_s = 0.0
         self.refuse: set[str] = set()
         self.busy = 0  # the next requests that answer exception 06 (server device busy)
-        self.function_codes_seen: list[int] = []
+        self.function_codes_seen: Counter[int] = Counter()
         self.connections_accepted = 0
         self.peak_transactions = 0
         self._outstanding = 0
@@ -342,7 +343,7 @@ class ModbusGatewayServer:
                 if protocol != 0 or not 2 <= length <= 254:
                     return  # not Modbus TCP: drop the connection
                 pdu = await reader.readexactly(length - 1)
-                self.function_codes_seen.append(pdu[0])
+                self.function_codes_seen[pdu[0]] += 1
                 self._outstanding += 1
                 self.peak_transactions = max(self.peak_transactions, self._outstanding)
                 answer = self._answer(writer, transaction, unit_id, pdu)

@@ -57,6 +57,7 @@ import logging
 import re
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, NamedTuple
@@ -328,7 +329,7 @@ class SnmpDeviceServer:
         self.v3_users = v3_users or []
         self.delay_s = 0.0  # every answer this late: a slow device
         self.refuse: set[str] = set()  # metrics (or series keys) whose OIDs answer genErr
-        self.pdu_types_seen: list[str] = []  # "GetRequest", "GetNextRequest", ... as received
+        self.pdu_types_seen: Counter[str] = Counter()  # "GetRequest", "GetNextRequest", ...
         self._mib: ProfileMib | None = None
         self._sock: socket.socket | None = None
         self._endpoint: asyncio.DatagramTransport | None = None
@@ -369,7 +370,7 @@ class SnmpDeviceServer:
 
     def answer(self, pdu: Any) -> Answer | None:
         """The answer to one request PDU (SNMPv2 form), or None: not answered (a SET)."""
-        self.pdu_types_seen.append(type(pdu).__name__.removesuffix("PDU"))
+        self.pdu_types_seen[type(pdu).__name__.removesuffix("PDU")] += 1
         if pdu.tagSet not in READ_PDUS or self._mib is None:
             return None
         return self._mib.answer(pdu, self.refuse)
