@@ -54,6 +54,14 @@ def alerts_for(receiver, device: str, status: str) -> list[dict]:
     ]
 
 
+async def scraped_metrics(web) -> dict[tuple[str, tuple], float]:
+    """/metrics as Prometheus parses it, by (name, labels)."""
+    scrape = await asyncio.to_thread(httpx.get, web.url + "metrics")
+    assert scrape.headers["content-type"].startswith("text/plain; version=")
+    return {(s.name, tuple(s.labels.items())): s.value
+            for family in text_string_to_metric_families(scrape.text) for s in family.samples}
+
+
 async def run_site(site: Site, data_dir: Path, check) -> None:
     """Start simulators, runtime and web server; run ``check``; stop everything."""
     simulated = SimulatedSite(site)
@@ -173,21 +181,22 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         # it comes back: the resolved notice follows, once
         await simulated.start_device("pdu-a01-a")
         await wait_until(lambda: alerts_for(receiver, "pdu-a01-a", "resolved"), 30, "resolved webhook")
-        await asyncio.sleep(1.0)
+        # both notifications were delivered: the outbox, the only sender, empties (nothing
+        # waits, nothing was refused), so no duplicate can follow
+        metrics = await scraped_metrics(web)
+        deadline = time.monotonic() + 30
+        while metrics["aidc_notifier_backlog", ()] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            metrics = await scraped_metrics(web)
+        assert metrics["aidc_notifier_backlog", ()] == metrics["aidc_notifier_dead_letters", ()] == 0, (
+            await get_json(web.url + "api/v1/notifications"))  # what waits, if anything
+        assert metrics["aidc_device_up", (("device", "pdu-a01-a"),)] == 1
         assert len(alerts_for(receiver, "pdu-a01-a", "firing")) == 1
         assert len(alerts_for(receiver, "pdu-a01-a", "resolved")) == 1
         [resolved] = alerts_for(receiver, "pdu-a01-a", "resolved")
         assert resolved["summary"].startswith("resolved after ") and resolved["duration_s"] > 0
         assert not [b for b in receiver.bodies() if b["labels"].get("device") != "pdu-a01-a"]
         assert {r["path"] for r in receiver.requests} == {"/hook"}  # critical: not to chat
-
-        scrape = await asyncio.to_thread(httpx.get, web.url + "metrics")
-        assert scrape.headers["content-type"].startswith("text/plain; version=")
-        metrics = {(s.name, tuple(s.labels.items())): s.value  # as Prometheus parses it
-                   for family in text_string_to_metric_families(scrape.text) for s in family.samples}
-        assert metrics["aidc_device_up", (("device", "pdu-a01-a"),)] == 1
-        # both notifications were delivered: nothing waits, nothing was refused
-        assert metrics["aidc_notifier_backlog", ()] == metrics["aidc_notifier_dead_letters", ()] == 0
 
     asyncio.run(run_site(site, tmp_path, check))
 
