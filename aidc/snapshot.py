@@ -4,13 +4,14 @@ any host that can read the site's store, with no running web app (the store is t
 from __future__ import annotations
 
 import time
+from itertools import chain
 
 import numpy as np
 
 from aidc.config import Site
 from aidc.derive import SWING_WINDOW_S, SiteModel, SiteStatus
 from aidc.metrics import STALE_AFTER_POLLS, Sample
-from aidc.store import Store
+from aidc.store import Series, Store
 
 
 class NoRecentData(Exception):
@@ -45,13 +46,18 @@ def rack_power_history(model: SiteModel, store: Store, now: float) -> list[tuple
     before = store.history("rack", "power_kw", start, recent, every_s=window_s, aggregate="max")
     ticks = store.history("rack", "power_kw", recent, now)
     column = {rack: i for i, rack in enumerate(model.rack_ids)}
-    points = [(recent, column[s.tags["rack"]], kw)
-              for s in before if s.tags.get("rack") in column for _, kw in s.points]
-    points += [(t, column[s.tags["rack"]], kw)
-               for s in ticks if s.tags.get("rack") in column for t, kw in s.points]
-    if not points:
+
+    def flat(series: list[Series], at: float | None = None) -> tuple[np.ndarray, ...]:
+        """Times (``at`` if given), rack columns and kW of every point, as arrays built
+        without a Python object a point (120,000 points a minute at 10,000 racks)."""
+        kept = [s for s in series if s.tags.get("rack") in column]
+        t_kw = np.array(list(chain.from_iterable(s.points for s in kept)), float).reshape(-1, 2)
+        racks = np.repeat([column[s.tags["rack"]] for s in kept], [len(s.points) for s in kept])
+        return (t_kw[:, 0] if at is None else np.full(len(t_kw), at)), racks, t_kw[:, 1]
+
+    times, racks, kw = (np.concatenate(x) for x in zip(flat(before, recent), flat(ticks)))
+    if not len(times):
         return []
-    times, racks, kw = (np.array(x) for x in zip(*points))
     rows, row_of = np.unique(times, return_inverse=True)
     rack_kw = np.full((len(rows), len(column)), np.nan)
     np.fmax.at(rack_kw, (row_of, racks.astype(np.intp)), kw)  # a tick at the minute's start
