@@ -148,8 +148,11 @@ class SiteModel:
         self.feed_b = [r.feed_b for r in racks]
         pdus_a = [by_id[f] for f in self.feed_a]
         pdus_b = [by_id[f] if f else None for f in self.feed_b]
-        self.feed_cap_kw = power.ab_feed_capacity_kw(_feed_capacity(pdus_a), _feed_capacity(pdus_b))
         self.pdus_a, self.pdus_b = pdus_a, pdus_b
+        self.pdu_ratings = [_pdu_arrays(pdus) for pdus in (pdus_a, pdus_b)]
+        self.feed_cap_kw = power.ab_feed_capacity_kw(
+            *(np.asarray(power.feed_capacity_kw(*ratings), dtype=float)
+              for ratings in self.pdu_ratings))
         self.single_feed = np.array([p is None for p in pdus_b])
         # per feed side: the phase currents its PDUs carry (DC and single-phase feeds: phase
         # 1 only; None where none is), and the PDUs' ratings
@@ -157,7 +160,6 @@ class SiteModel:
             [(p.id, key) if p and (n == 1 or p.phases == 3) else None
              for p in pdus for n, key in zip(PHASES, PHASE_CURRENT)]
             for pdus in (pdus_a, pdus_b)]
-        self.pdu_ratings = [_pdu_arrays(pdus) for pdus in (pdus_a, pdus_b)]
 
         self.sources = site.devices_of("rectifier") + site.devices_of("ups")
         src_index = {s.id: i for i, s in enumerate(self.sources)}
@@ -557,21 +559,11 @@ def _outlet_power_kw(latest: dict[tuple[str, str], Sample]) -> dict[str, float]:
 
 def _pdu_arrays(pdus: list) -> tuple[np.ndarray, ...]:
     """breaker_a, voltage_v, phases (0 = DC), power_factor, derating: NaN where no PDU."""
-    def col(f):
-        return np.array([f(p) if p is not None else np.nan for p in pdus], dtype=float)
-
-    return (
-        col(lambda p: p.breaker_a),
-        col(lambda p: p.voltage_v),
-        col(lambda p: 0 if p.phases == "dc" else p.phases),
-        col(lambda p: p.power_factor),
-        col(lambda p: p.continuous_derating),
-    )
-
-
-def _feed_capacity(pdus: list) -> np.ndarray:
-    """Each feed's derated capacity (kW); NaN where the rack has no such feed."""
-    return np.asarray(power.feed_capacity_kw(*_pdu_arrays(pdus)), dtype=float)
+    none = (np.nan,) * 5
+    rows = np.array([none if p is None else (
+        p.breaker_a, p.voltage_v, 0 if p.phases == "dc" else p.phases, p.power_factor,
+        p.continuous_derating) for p in pdus], dtype=float).reshape(-1, 5)
+    return tuple(np.ascontiguousarray(column) for column in rows.T)
 
 
 class NotInSite(ValueError):
