@@ -277,9 +277,18 @@ class OpcuaCollector(Collector):
             raise
         return client
 
+    @property
+    def _publish_s(self) -> float:
+        return self.poll_s / 2  # two publishes per poll
+
     def _new_client(self) -> Client:
         client = Client(self.url, timeout=self.timeout_s, watchdog_intervall=KEEPALIVE_PROBE_S)
         client.session_timeout = SESSION_TIMEOUT_S * 1000
+        # asyncua deletes and creates again a subscription whose publish is 1.5 intervals
+        # late (1 s at least): on a loaded machine, a late one, not a lost one, and the
+        # values stop meanwhile. A quiet poll reads whole and an ended subscription is
+        # rebuilt (_session), so leave it to asyncua only after INTEGRITY_S of silence.
+        client._stale_check_margin = INTEGRITY_S / self._publish_s  # keep-alive count 1
         client.name = client.description = f"aidc {self.device.id}"
         settings = self.device.opcua
         if settings.username:
@@ -342,7 +351,7 @@ class OpcuaCollector(Collector):
     async def _subscribe(self, client: Client) -> _Latest | None:
         """One subscription, one monitored item per resolved point (Part 4 §5.13, §5.12), or
         None when the server refuses subscriptions (the device is then polled)."""
-        publish_ms = 500.0 * self.poll_s  # two publishes per poll
+        publish_ms = self._publish_s * 1000
         sampling_ms = publish_ms / QUEUE_SIZE
         items = {
             i: _monitored_item(i, nodeid, sampling_ms, point.deadband)

@@ -524,6 +524,33 @@ def test_subscription_reports_changes_and_keep_alives_without_reads(
     ) in caplog.text
 
 
+def test_late_publishes_keep_the_subscription(supercap_server: Served) -> None:
+    """A loaded machine answers late: 1.5 s late here, at a 100 ms publishing interval. The
+    subscription is late, not lost; the polls read through it (a quiet poll reads whole), and
+    nothing deletes or creates it again (asyncua's own watchdog would, after 1 s)."""
+    requests = supercap_server.server.requests
+
+    async def scenario() -> list[Reading]:
+        c = collector(supercap(supercap_server.port, mode="subscribe"), timeout_s=10.0)
+        await c.read()
+        supercap_server.server.delay_s = 1.5
+        try:
+            for _ in range(3):
+                await c.read()
+        finally:
+            supercap_server.server.delay_s = 0.0
+        await asyncio.sleep(0.5)
+        readings = await c.read()
+        await c.close()
+        return readings
+
+    before = requests.copy()
+    readings = asyncio.run(scenario())
+    assert all(r.quality is Quality.GOOD for r in readings)
+    made = requests - before
+    assert made["CreateSubscription"] == 1 and made["DeleteSubscriptions"] == 0, made
+
+
 @pytest.mark.parametrize("mode", ["poll", "subscribe"])
 @pytest.mark.parametrize("profile", ["supercap_opcua", "cdu_plc_opcua"])
 def test_a_full_poll_cycle_sends_no_write(
