@@ -70,9 +70,10 @@ def test_a_rack_in_detail_names_its_feeds_heat_and_devices(web, shared_live_site
         body = get(web, "/api/v1/racks/A03").json()
         feeds_read = all(None not in (f["power_kw"], *f["phase_current_a"].values())
                          for f in body["feeds"])
-        return body if feeds_read and body["power_kw"] is not None else None
+        complete = feeds_read and body["power_kw"] is not None and not body["missing"]
+        return body if complete else None
 
-    body = wait_for(known, what="A03 with every feed read")
+    body = wait_for(known, what="A03 with every feed read and nothing it needs missing")
     a, b = body["feeds"]
     # feed A: a DC PDU (one current) on rect-a; feed B: 3-phase, 125 A derated to 80 %
     assert (a["side"], a["pdu"], a["upstream"], list(a["phase_current_a"])) == (
@@ -86,7 +87,7 @@ def test_a_rack_in_detail_names_its_feeds_heat_and_devices(web, shared_live_site
     assert body["air_heat_kw"] == pytest.approx(0.15 * body["power_kw"], abs=0.01)
     assert [d["id"] for d in body["devices"]] == [
         "pdu-a03-a", "pdu-a03-b", "rect-a", "ups-b", "cdu-1", "cdu-2", "sc-a"]
-    assert (body["position"], body["loop"], body["missing"]) == (3, "loop-1", [])
+    assert (body["position"], body["loop"]) == (3, "loop-1")
     assert get(web, "/api/v1/racks/Z99").status_code == 404
 
 
