@@ -311,11 +311,14 @@ class Webhook(Strict):
 class Route(Strict):
     """Where notifications go, as Alertmanager's routes, kept flat: an alert takes the first
     route whose matchers all hold (over its rule, severity and labels; none: every alert),
-    and the routes after one with ``continue`` too."""
+    and the routes after one with ``continue`` too. ``repeat_s``: how often its receivers
+    are reminded of a firing alert nobody acknowledged (Alertmanager's repeat_interval;
+    default ``alerts.repeat_s``)."""
 
     matchers: list[Annotated[str, AfterValidator(a_matcher)]] = []
     receivers: list[str] = Field(min_length=1)  # webhook names
     continue_: bool = Field(False, alias="continue")
+    repeat_s: float | None = Field(None, gt=0, le=30 * DAY_S)
 
 
 class Alerts(Strict):
@@ -323,6 +326,11 @@ class Alerts(Strict):
     repeat_s: float = Field(4 * 3600, gt=0, le=30 * DAY_S)
     webhooks: list[Webhook] = []
     routes: list[Route] = []  # none: every webhook gets every notification
+
+    @property
+    def shortest_repeat_s(self) -> float:
+        """How often reminders are looked for: the shortest repeat of any route."""
+        return min([self.repeat_s, *(r.repeat_s for r in self.routes if r.repeat_s)])
 
 
 class Store(Strict):

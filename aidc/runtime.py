@@ -131,10 +131,10 @@ class Runtime:
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
-                                 site.web.external_url, site.alerts.routes)
+                                 site.web.external_url, site.alerts.routes, site.alerts.repeat_s)
         self.silences = Silences(self.outbox)
-        self.evaluator = Evaluator(
-            self.outbox, repeat_s=site.alerts.repeat_s, notify=self.notifier.notify
+        self.evaluator = Evaluator(  # offers reminders; the notifier sends each where due
+            self.outbox, repeat_s=site.alerts.shortest_repeat_s, notify=self.notifier.notify
         )
         # read by /metrics from the web thread (the outbox's SQLite belongs to the loop);
         # from the file at start: a backlog left by the last run shows before the first tick

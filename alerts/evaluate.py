@@ -5,7 +5,8 @@ An alert is identified by its fingerprint (rule name + labels). A condition that
 ``firing`` transition is emitted. While it fires, a change of severity is an ``escalated`` or
 ``deescalated`` transition (an escalation also clears an acknowledgement: a critical is not
 the warning someone took), and a ``repeat`` transition is emitted every ``repeat_s`` since the
-last notification unless someone acknowledged it. When the condition
+last notification unless someone acknowledged it (the runtime gives the shortest repeat of any
+route; the notifier sends each reminder only where its route's repeat is due). When the condition
 clears, a firing alert emits ``resolved`` (acknowledged or not); a pending one is dropped
 silently.
 

@@ -5,7 +5,9 @@ Routing is Alertmanager's, kept flat (``alerts.routes`` in the site file): an al
 the receivers of the first route whose matchers hold over its rule, severity and labels, and
 of the routes after one with ``continue``. A change of severity and the resolve also go to
 every receiver told of the alert before: the pager that had the critical hears it fall back
-to warning, and hears it end.
+to warning, and hears it end. A reminder goes to a receiver the alert is routed to once the
+route's ``repeat_s`` has passed since that receiver was last told (the evaluator offers
+reminders at the shortest repeat of any route).
 
 Signing is not done here but by the outbox at each delivery attempt, so that the signed
 timestamp stays fresh however long a receiver was down (see ``alerts.outbox``). Alertmanager
@@ -53,6 +55,7 @@ class Notifier:
     def __init__(
         self, topology: Topology, webhooks: Iterable[Webhook], outbox: Outbox,
         external_url: str | None = None, routes: Iterable[Route] = (),
+        repeat_s: float = 4 * 3600,
     ):
         self._webhooks = list(webhooks_by_name(webhooks).values())
         for w in self._webhooks:
@@ -60,36 +63,44 @@ class Notifier:
                 raise ValueError(f"webhook '{w.name}': unknown format '{w.format}'")
         self._topology, self._outbox = topology, outbox
         self._external_url = (external_url or "").rstrip("/")
-        self._routes = [([parse_matcher(m) for m in r.matchers], set(r.receivers), r.continue_)
-                        for r in routes]  # fmt: skip
+        self._routes = [([parse_matcher(m) for m in r.matchers], r.receivers, r.continue_,
+                         r.repeat_s or repeat_s) for r in routes]  # fmt: skip
+        self._repeat_s = repeat_s
 
-    def routed(self, alert: Alert) -> set[str]:
-        """The webhooks the routes send ``alert`` to as it is now (no routes: all of them)."""
+    def routed(self, alert: Alert) -> dict[str, float]:
+        """The webhooks the routes send ``alert`` to as it is now (no routes: all of them),
+        each with its repeat: the shortest of the routes that send it there."""
         if not self._routes:
-            return {w.name for w in self._webhooks}
+            return {w.name: self._repeat_s for w in self._webhooks}
         labels = alert.labels | {"severity": alert.severity}
-        out: set[str] = set()
-        for matchers, receivers, go_on in self._routes:
+        out: dict[str, float] = {}
+        for matchers, receivers, go_on, repeat_s in self._routes:
             if all(m.matches(alert.rule, labels) for m in matchers):
-                out |= receivers
+                out |= {r: min(repeat_s, out.get(r, repeat_s)) for r in receivers}
                 if not go_on:
                     break
         return out
 
     def receivers(self, t: Transition) -> list[Webhook]:
-        """Where ``t`` goes: where the alert is routed now, and, but for a repeat (a
-        reminder of what it is now), every webhook told of it before."""
+        """Where ``t`` goes: where the alert is routed now, and, but for a repeat, every
+        webhook told of it before. A repeat (a reminder of what it is now) goes only where
+        the alert is routed, to each receiver whose route's repeat has passed since it was
+        last told."""
         if not self._webhooks:
             return []
-        names = self.routed(t.alert)
+        routed, told = self.routed(t.alert), self._told(t.alert)
         if t.kind != "repeat":
-            names |= self._told(t.alert)
+            names = routed.keys() | told.keys()
+        else:  # a receiver never told is due (without routes: every one, at the one repeat)
+            names = {n for n, repeat_s in routed.items()
+                     if n not in told or t.at - told[n] >= repeat_s}
         return [w for w in self._webhooks if w.name in names]
 
-    def _told(self, alert: Alert) -> set[str]:
-        """The webhooks told of ``alert`` before; without routes every one is routed anyway,
-        and the outbox is not asked (a storm's first tick makes thousands of transitions)."""
-        return self._outbox.told(alert.fingerprint) if self._routes else set()
+    def _told(self, alert: Alert) -> dict[str, float]:
+        """The webhooks told of ``alert`` before, and when last; without routes every one is
+        routed anyway, at one repeat, and the outbox is not asked (a storm's first tick makes
+        thousands of transitions)."""
+        return self._outbox.told(alert.fingerprint) if self._routes else {}
 
     def context(self, t: Transition) -> Context:
         """Where the alert is, the racks and loops it touches, and links to its runbook and
@@ -117,9 +128,8 @@ class Notifier:
                 for w in self.receivers(t):
                     body = render(w.format, t, site=site, receiver=w.name,
                                   external_url=self._external_url, context=context)
-                    self._outbox.enqueue(
-                        w.name, body, headers, key, t.alert.fingerprint, t.delivery_priority
-                    )
+                    self._outbox.enqueue(w.name, body, headers, key, t.alert.fingerprint,
+                                         t.delivery_priority, told_at=t.at)
                 if t.kind == "resolved":
                     self._outbox.forget(t.alert.fingerprint)
 
@@ -146,7 +156,7 @@ class Notifier:
         hooks = [w for w in self._webhooks if w.format == "alertmanager_push"]
         if not firing or not hooks:
             return 0
-        sent_to = {a.fingerprint: self.routed(a) | self._told(a) for a in firing}
+        sent_to = {a.fingerprint: self.routed(a).keys() | self._told(a).keys() for a in firing}
         took = 0
         for w in hooks:
             transitions = [Transition("repeat", a, now) for a in firing

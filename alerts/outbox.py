@@ -73,14 +73,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS told (  -- the receivers an alert was sent to, until it resolves
     alert TEXT NOT NULL,
     webhook TEXT NOT NULL,
+    at REAL NOT NULL DEFAULT 0,  -- when it was last queued for that receiver
     PRIMARY KEY (alert, webhook)
 ) WITHOUT ROWID;
 """
 # Added after the first release: an outbox file written by it gains them on open (its rows
-# then form one queue per webhook, in order, as they did).
+# then form one queue per webhook, in order, as they did; its receivers are due a reminder).
 _ADDED_COLUMNS = {
-    "alert": "TEXT NOT NULL DEFAULT ''",  # the alert's fingerprint: its rows go out in order
-    "priority": "INTEGER NOT NULL DEFAULT 0",  # lower goes first among the alerts' heads
+    "outbox": {
+        "alert": "TEXT NOT NULL DEFAULT ''",  # the alert's fingerprint: its rows go in order
+        "priority": "INTEGER NOT NULL DEFAULT 0",  # lower goes first among the alerts' heads
+    },
+    "told": {"at": "REAL NOT NULL DEFAULT 0"},
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (status, webhook, id);
@@ -180,10 +184,11 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=FULL")  # a committed notification survives power loss
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
-        have = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
-        for name, decl in _ADDED_COLUMNS.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         self._db.executescript(_INDEXES)
 
     def close(self) -> None:
@@ -205,12 +210,13 @@ class Outbox:
 
     def enqueue(
         self, webhook: str, body: bytes, headers: Mapping[str, str], idempotency_key: str,
-        alert: str = "", priority: int = 0,
+        alert: str = "", priority: int = 0, told_at: float | None = None,
     ) -> bool:
         """Store one notification for ``webhook``; False if that key is already queued.
 
         Rows of one ``alert`` are sent in order; among alerts, lower ``priority`` goes first.
-        The webhook is then one the alert was ``told`` to.
+        The webhook is then one the alert was ``told`` to, at ``told_at`` (the time of what
+        it tells; default now).
         """
         with self.transaction() as db:
             now = self._clock()
@@ -221,15 +227,18 @@ class Outbox:
                  priority),
             )  # fmt: skip
             if alert:
-                db.execute("INSERT OR IGNORE INTO told VALUES (?, ?)", (alert, webhook))
+                db.execute("INSERT INTO told VALUES (?, ?, ?) ON CONFLICT (alert, webhook)"
+                           " DO UPDATE SET at = excluded.at",
+                           (alert, webhook, now if told_at is None else told_at))
         for wake in (self._wake, self._receiver_wakes.get(webhook)):
             if wake is not None:
                 wake.set()
         return cur.rowcount == 1
 
-    def told(self, alert: str) -> set[str]:
-        """The webhooks sent (or queued) a notification of ``alert`` since it fired."""
-        return {r[0] for r in self._db.execute("SELECT webhook FROM told WHERE alert = ?", (alert,))}
+    def told(self, alert: str) -> dict[str, float]:
+        """The webhooks sent (or queued) a notification of ``alert`` since it fired, and
+        when each was last queued one."""
+        return dict(self._db.execute("SELECT webhook, at FROM told WHERE alert = ?", (alert,)))
 
     def forget(self, alert: str) -> None:
         """``alert`` resolved: whom it was told to no longer matters."""

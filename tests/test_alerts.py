@@ -25,7 +25,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from aidc.config import ConfigError, Route, Webhook, load_site
+from aidc.config import Alerts, ConfigError, Route, Webhook, load_site
 from aidc.net import free_port
 from aidc.topology import Topology
 from alerts.evaluate import (
@@ -513,7 +513,8 @@ def test_routes_send_an_alert_where_it_matches_and_its_changes_to_whoever_heard_
               Route(matchers=["rule=~pump_.*", "device!=cdu-9"], receivers=["pumps"]),
               Route(receivers=["chat"])]
     outbox = open_outbox(hooks)
-    ev = Evaluator(outbox, repeat_s=100, notify=Notifier(DEMO, hooks, outbox, routes=routes).notify)
+    notifier = Notifier(DEMO, hooks, outbox, routes=routes, repeat_s=100)
+    ev = Evaluator(outbox, repeat_s=100, notify=notifier.notify)
     one = Condition("rectifier_module_lost", {"source": "rect-1"}, True, 1.0, "1 lost", "warning")
     two = replace(one, value=2.0, summary="2 lost", severity="critical")
     pump = Condition("pump_redundancy_lost", {"device": "cdu-1"}, True, 2.0, "1 of 3", "warning")
@@ -535,7 +536,7 @@ def test_routes_send_an_alert_where_it_matches_and_its_changes_to_whoever_heard_
     ev.acknowledge(pump.fingerprint, "ops")
     assert sent(10, [two, LEAK, pump]) == {("rectifier_module_lost", "escalated", "pager"),
                                            ("rectifier_module_lost", "escalated", "chat")}
-    assert outbox.told(one.fingerprint) == {"pager", "chat"}
+    assert outbox.told(one.fingerprint) == {"pager": 10, "chat": 10}  # when each was told
     assert sent(20, [one, LEAK, pump]) == {  # the pager hears that its critical is a warning
         ("rectifier_module_lost", "deescalated", "pager"),
         ("rectifier_module_lost", "deescalated", "chat")}
@@ -543,8 +544,40 @@ def test_routes_send_an_alert_where_it_matches_and_its_changes_to_whoever_heard_
     assert sent(130, [LEAK]) == {  # and hears it end, as the pumps' team hears theirs
         ("rectifier_module_lost", "resolved", "pager"), ("rectifier_module_lost", "resolved", "chat"),
         ("pump_redundancy_lost", "resolved", "pumps")}
-    assert outbox.told(one.fingerprint) == outbox.told(pump.fingerprint) == set()
-    assert outbox.told(LEAK.fingerprint) == {"pager", "chat"}
+    assert outbox.told(one.fingerprint) == outbox.told(pump.fingerprint) == {}
+    assert outbox.told(LEAK.fingerprint).keys() == {"pager", "chat"}
+
+
+def test_each_route_reminds_its_receivers_at_its_own_repeat(open_outbox):
+    """Alertmanager's repeat_interval, per route: the pager is reminded of a critical every
+    10 minutes, the chat every hour (``alerts.repeat_s``), each counted from when that
+    receiver was last told; an acknowledged alert reminds no one."""
+    hooks = [Webhook(name=n, url=f"http://127.0.0.1:9/{n}") for n in ("pager", "chat")]
+    alerts = Alerts.model_validate({"repeat_s": 3600, "webhooks": hooks, "routes": [
+        {"matchers": ["severity=critical"], "receivers": ["pager"], "continue": True,
+         "repeat_s": 600},
+        {"receivers": ["chat"]}]})
+    assert alerts.shortest_repeat_s == 600
+    outbox = open_outbox(hooks)
+    notifier = Notifier(DEMO, hooks, outbox, routes=alerts.routes, repeat_s=alerts.repeat_s)
+    ev = Evaluator(outbox, repeat_s=alerts.shortest_repeat_s, notify=notifier.notify)
+    queued: set[int] = set()
+
+    def sent(now: float) -> set[tuple[str, str]]:
+        ev.step(now, [LEAK])
+        rows = [r for r in outbox.pending() if r.id not in queued]
+        queued.update(r.id for r in rows)
+        return {(json.loads(r.body)["kind"], r.webhook) for r in rows}
+
+    assert sent(1000) == {("firing", "pager"), ("firing", "chat")}
+    assert sent(1599) == set()
+    assert sent(1600) == {("repeat", "pager")}  # the chat's hour has not passed
+    assert sent(2205) == {("repeat", "pager")}
+    assert sent(4599) == {("repeat", "pager")}  # 3,599 s since the chat heard: not yet
+    assert sent(5200) == {("repeat", "pager"), ("repeat", "chat")}
+    assert outbox.told(LEAK.fingerprint) == {"pager": 5200, "chat": 5200}
+    ev.acknowledge(LEAK.fingerprint, "ops")
+    assert sent(9000) == set()
 
 
 def test_routes_that_would_lose_an_alert_are_refused_with_their_line(tmp_path):
@@ -557,6 +590,8 @@ def test_routes_that_would_lose_an_alert_are_refused_with_their_line(tmp_path):
             "",
         '[{receivers: [pager]}, {matchers: ["rule=~(leak"], receivers: [pager]}]':
             "alerts.routes[1].matchers[0]: matcher rule=~: bad regex",
+        '[{receivers: [pager, spare], repeat_s: 0}]':
+            "alerts.routes[0].repeat_s: Input should be greater than 0",
     }
     for routes, error in cases.items():
         path = tmp_path / "site.yaml"
@@ -1217,3 +1252,23 @@ def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
     assert [a.rule for a in ev.active_alerts()] == ["pue_above_target"]  # held, not resolved
     ev.step(20.0, conditions)  # a complete evaluation without it: now it resolves
     assert ev.active_alerts() == []
+
+
+def test_an_outbox_from_before_per_route_repeats_opens_with_its_receivers_due(tmp_path):
+    """A file whose ``told`` table has no time: it gains one on open, each receiver told
+    long ago (due its next reminder), and later notices record when."""
+    import sqlite3
+
+    path = tmp_path / "alerts.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE told (alert TEXT NOT NULL, webhook TEXT NOT NULL,"
+                   " PRIMARY KEY (alert, webhook)) WITHOUT ROWID")
+        db.execute("INSERT INTO told VALUES ('fp', 'pager')")
+    db.close()
+    outbox = Outbox(path, [Webhook(name="pager", url="http://127.0.0.1:9/p")])
+    try:
+        assert outbox.told("fp") == {"pager": 0}
+        outbox.enqueue("pager", b"{}", {}, "key-1", "fp", told_at=1234.5)
+        assert outbox.told("fp") == {"pager": 1234.5}
+    finally:
+        outbox.close()
