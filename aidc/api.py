@@ -387,9 +387,11 @@ class SiteAPI:
         s = self.runtime.status
         return [pool_json(p, with_racks=False) for p in s.pools] if s else []
 
-    def headroom(self, row: str | None = None, min_kw: float | None = None) -> dict[str, Any]:
-        """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool: the
-        per-rack figures of a shared pool must not be added up."""
+    def headroom(self, row: str | None = None, min_kw: float | None = None,
+                 with_racks: bool = True) -> dict[str, Any]:
+        """Racks (of a row) with at least ``min_kw`` of headroom, and every shared pool (with
+        the ids of its racks unless not ``with_racks``): the per-rack figures of a shared pool
+        must not be added up."""
         s = self.runtime.status
         racks = [
             r for r in (s.racks if s else [])
@@ -397,7 +399,7 @@ class SiteAPI:
             and (min_kw is None or (r.headroom_kw is not None and r.headroom_kw >= min_kw))
         ]
         return {"racks": [rack_json(r) for r in racks],
-                "pools": [pool_json(p) for p in s.pools] if s else [],  # of the same tick
+                "pools": [pool_json(p, with_racks) for p in s.pools] if s else [],  # same tick
                 "updated_at": iso(s.updated_at) if s else None}
 
     def what_if(self, question: Any) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def what_if_text(w: dict) -> str:
 
 def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     def kept(room, row, min_kw, limit, sort_by) -> tuple[dict, list[dict]]:
-        h = api.headroom()
+        h = api.headroom(with_racks=False)  # the pools' rack ids are for no column
         min_kw = min_kw if isinstance(min_kw, int | float) else None
         return h, sorted_rows(rack_rows(h["racks"], room, row, min_kw, limit), sort_by)
 
@@ -153,7 +153,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         page = min(page, pages - 1) if isinstance(page, int) and page >= 0 else 0
         first = page * TABLE_ROWS
         shown = [{k: r[k] for k in TABLE_FIELDS} for r in rows[first:first + TABLE_ROWS]]
-        return (api.pools(), shown, pages, page,
+        return (h["pools"], shown, pages, page,
                 f"{len(rows)} of {len(h['racks'])} racks")
 
     @app.callback(Output("rack-csv", "data"), Input("rack-csv-button", "n_clicks"),
