@@ -32,6 +32,7 @@ from aidc.matchers import a_matcher
 Protocol = Literal["modbus", "snmp", "opcua"]
 DEVICE_KINDS = ("pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter")
 DAY_S = 86_400.0
+REPEAT_S = 4 * 3600.0  # a firing alert is told again this often (Alertmanager's default)
 MAX_TIMEOUT_S = 600.0
 MAX_KW = 1e6  # 1 GW: any larger power is a typo
 MAX_DEPTH = 64  # of YAML nesting: a site file needs a handful
@@ -323,7 +324,7 @@ class Route(Strict):
 
 class Alerts(Strict):
     unreachable_intervals: int = Field(3, ge=1, le=1000)
-    repeat_s: float = Field(4 * 3600, gt=0, le=30 * DAY_S)
+    repeat_s: float = Field(REPEAT_S, gt=0, le=30 * DAY_S)
     webhooks: list[Webhook] = []
     routes: list[Route] = []  # none: every webhook gets every notification
 

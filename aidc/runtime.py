@@ -130,8 +130,7 @@ class Runtime:
         self.status: SiteStatus | None = None
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
-        self.notifier = Notifier(self.topology, site.alerts.webhooks, self.outbox,
-                                 site.web.external_url, site.alerts.routes, site.alerts.repeat_s)
+        self.notifier = Notifier(self.topology, site.alerts, self.outbox, site.web.external_url)
         self.silences = Silences(self.outbox)
         self.evaluator = Evaluator(  # offers reminders; the notifier sends each where due
             self.outbox, repeat_s=site.alerts.shortest_repeat_s, notify=self.notifier.notify

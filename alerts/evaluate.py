@@ -33,6 +33,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from aidc.config import REPEAT_S
+
 if TYPE_CHECKING:
     from alerts.outbox import Outbox
 
@@ -179,7 +181,7 @@ class Evaluator:
     Use from the thread that owns the outbox (the event loop's).
     """
 
-    def __init__(self, store: Outbox, *, repeat_s: float = 4 * 3600, notify: Notify | None = None):
+    def __init__(self, store: Outbox, *, repeat_s: float = REPEAT_S, notify: Notify | None = None):
         self._store, self._repeat_s, self._notify = store, repeat_s, notify
         with store.transaction() as db:
             db.execute(_SCHEMA)

@@ -21,11 +21,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 
-from aidc.config import Route, Webhook
+from aidc.config import Alerts, Webhook
 from aidc.matchers import parse_matcher
 from aidc.topology import Topology
 from alerts.evaluate import Alert, Transition
@@ -52,20 +52,17 @@ class Notifier:
     Pass ``notify`` to the ``Evaluator`` so the rows commit with the state change.
     """
 
-    def __init__(
-        self, topology: Topology, webhooks: Iterable[Webhook], outbox: Outbox,
-        external_url: str | None = None, routes: Iterable[Route] = (),
-        repeat_s: float = 4 * 3600,
-    ):
-        self._webhooks = list(webhooks_by_name(webhooks).values())
+    def __init__(self, topology: Topology, alerts: Alerts, outbox: Outbox,
+                 external_url: str | None = None):
+        self._webhooks = list(webhooks_by_name(alerts.webhooks).values())
         for w in self._webhooks:
             if w.format not in FORMATS:
                 raise ValueError(f"webhook '{w.name}': unknown format '{w.format}'")
         self._topology, self._outbox = topology, outbox
         self._external_url = (external_url or "").rstrip("/")
         self._routes = [([parse_matcher(m) for m in r.matchers], r.receivers, r.continue_,
-                         r.repeat_s or repeat_s) for r in routes]  # fmt: skip
-        self._repeat_s = repeat_s
+                         r.repeat_s or alerts.repeat_s) for r in alerts.routes]  # fmt: skip
+        self._repeat_s = alerts.repeat_s
 
     def routed(self, alert: Alert) -> dict[str, float]:
         """The webhooks the routes send ``alert`` to as it is now (no routes: all of them),

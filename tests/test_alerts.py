@@ -215,7 +215,7 @@ def pipeline(
     open_outbox: OpenOutbox, webhooks: list[Webhook], repeat_s: float = 3600, **kw
 ) -> Pipeline:
     outbox = open_outbox(webhooks, **kw)
-    notifier = Notifier(DEMO, webhooks, outbox)
+    notifier = Notifier(DEMO, Alerts(webhooks=webhooks), outbox)
     return Pipeline(outbox, Evaluator(outbox, repeat_s=repeat_s, notify=notifier.notify))
 
 
@@ -513,7 +513,7 @@ def test_routes_send_an_alert_where_it_matches_and_its_changes_to_whoever_heard_
               Route(matchers=["rule=~pump_.*", "device!=cdu-9"], receivers=["pumps"]),
               Route(receivers=["chat"])]
     outbox = open_outbox(hooks)
-    notifier = Notifier(DEMO, hooks, outbox, routes=routes, repeat_s=100)
+    notifier = Notifier(DEMO, Alerts(repeat_s=100, webhooks=hooks, routes=routes), outbox)
     ev = Evaluator(outbox, repeat_s=100, notify=notifier.notify)
     one = Condition("rectifier_module_lost", {"source": "rect-1"}, True, 1.0, "1 lost", "warning")
     two = replace(one, value=2.0, summary="2 lost", severity="critical")
@@ -559,7 +559,7 @@ def test_each_route_reminds_its_receivers_at_its_own_repeat(open_outbox):
         {"receivers": ["chat"]}]})
     assert alerts.shortest_repeat_s == 600
     outbox = open_outbox(hooks)
-    notifier = Notifier(DEMO, hooks, outbox, routes=alerts.routes, repeat_s=alerts.repeat_s)
+    notifier = Notifier(DEMO, alerts, outbox)
     ev = Evaluator(outbox, repeat_s=alerts.shortest_repeat_s, notify=notifier.notify)
     queued: set[int] = set()
 
@@ -611,7 +611,7 @@ def test_routes_that_would_lose_an_alert_are_refused_with_their_line(tmp_path):
 def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
     """A failure while enqueuing leaves no trace: the next evaluation notifies again."""
     outbox = open_outbox([webhook(receiver)])
-    notifier = Notifier(DEMO, [webhook(receiver)], outbox)
+    notifier = Notifier(DEMO, Alerts(webhooks=[webhook(receiver)]), outbox)
 
     def crash(transitions) -> None:
         notifier.notify(transitions)
@@ -634,7 +634,7 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
     import jsonschema
 
     schema = json.loads((ROOT / "alerts" / "schema" / "generic-v2.json").read_text())
-    notifier = Notifier(DEMO, [], open_outbox(), external_url="https://aidc.example/ops/")
+    notifier = Notifier(DEMO, Alerts(), open_outbox(), external_url="https://aidc.example/ops/")
     ev = Evaluator(open_outbox())
     pump = Condition("pump_redundancy_lost", {"site": "demo", "device": "cdu-2", "kind": "cdu"},
                      True, 1.0, "cdu-2 runs 1 of 2 pumps: no spare pump left", "warning",
@@ -679,7 +679,7 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
     jsonschema.validate(body, schema)
     with pytest.raises(jsonschema.ValidationError):  # the schema holds the payload to account
         jsonschema.validate({**body, "ends_at": None}, schema)
-    bare = Notifier(DEMO, [], open_outbox()).context(resolved)  # no external_url: no links
+    bare = Notifier(DEMO, Alerts(), open_outbox()).context(resolved)  # no external_url: no links
     assert (bare.runbook_url, bare.url) == (None, None)
 
 
@@ -688,7 +688,7 @@ def test_a_pdu_alert_says_which_rack_room_and_row():
     labels = {"site": "demo", "device": rack.feed_a, "kind": "pdu"}
     alert = Alert(fingerprint("device_unreachable", labels), "device_unreachable", labels,
                   "critical", "dark", 3.0, "firing", 0.0)  # fmt: skip
-    context = Notifier(DEMO, [], None).context(Transition("firing", alert, 0.0))  # type: ignore[arg-type]
+    context = Notifier(DEMO, Alerts(), None).context(Transition("firing", alert, 0.0))  # type: ignore[arg-type]
     assert context.where == {"room": rack.room, "row": rack.row, "rack": rack.id,
                              "device": rack.feed_a}  # fmt: skip
     assert (context.racks, context.loops) == ([rack.id], [rack.loop])
@@ -774,8 +774,8 @@ def test_alertmanager_push_reaches_a_real_alertmanager_and_stays_alive(open_outb
     routes = [Route(matchers=["severity=warning"], receivers=[warnings.name]),
               Route(receivers=[hook.name])]
     outbox = open_outbox([hook, warnings])
-    notifier = Notifier(DEMO, [hook, warnings], outbox, external_url="https://aidc.example",
-                        routes=routes)
+    notifier = Notifier(DEMO, Alerts(webhooks=[hook, warnings], routes=routes), outbox,
+                        external_url="https://aidc.example")
     ev = Evaluator(outbox, notify=notifier.notify)
     now = time.time()
     ev.step(now, [LEAK])
