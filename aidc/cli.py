@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from aidc.config import ConfigError, Site, Webhook, load_site
+from alerts.rules import rule_problems
 from collectors.profiles import ProfileError, load_profile
 
 DEMO_SITE = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
@@ -19,16 +20,22 @@ MIN_PASSWORD = 12  # characters (NIST SP 800-63B asks 8 at least; a console that
 
 
 def _load(path: str) -> Site:
-    """A validated site whose every profile loads; one clear line and exit 2 otherwise.
+    """A validated site whose every profile loads and whose rules the rule pack has; one
+    clear line and exit 2 otherwise.
     Reading it makes no reference cycles: the cyclic garbage collector is held off meanwhile
     (at 10,000 racks, some 700,000 objects, it walked them again and again)."""
     gc.disable()
     try:
-        return load_site(path, device_check=_profile_problem)
+        return load_site(path, check=lambda site: _profile_problems(site) + rule_problems(site))
     except ConfigError as e:
         sys.exit(_fail(str(e)))
     finally:
         gc.enable()
+
+
+def _profile_problems(site: Site) -> list[tuple[tuple, str]]:
+    return [(("devices", i, "profile"), message) for i, d in enumerate(site.devices)
+            if (message := _profile_problem(d))]
 
 
 def _profile_problem(device) -> str | None:

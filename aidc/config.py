@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -322,11 +323,31 @@ class Route(Strict):
     repeat_s: float | None = Field(None, gt=0, le=30 * DAY_S)
 
 
+Severity = Literal["critical", "warning", "info"]
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+
+
+class RuleSettings(Strict):
+    """What a site changes in one rule of aidc's rule pack (``alerts.rules.<rule>``); what is
+    not given stays as the pack has it. A rule takes only the settings its pack entry has
+    (``for_s``, ``severity``, ``warning``/``critical`` thresholds), and every rule takes
+    ``enabled``, ``labels`` (added to its alerts, for routes to match) and ``runbook_url``."""
+
+    enabled: bool = True
+    for_s: float | None = Field(None, ge=0, le=DAY_S)  # the condition holds this long first
+    severity: Severity | None = None  # of a rule with one severity
+    warning: float | None = None  # thresholds of a rule with levels, in the rule's unit
+    critical: float | None = None
+    labels: dict[LabelName, str] = {}
+    runbook_url: str | None = Field(None, pattern=r"^https?://\S+$", max_length=2000)
+
+
 class Alerts(Strict):
     unreachable_intervals: int = Field(3, ge=1, le=1000)
     repeat_s: float = Field(REPEAT_S, gt=0, le=30 * DAY_S)
     webhooks: list[Webhook] = []
     routes: list[Route] = []  # none: every webhook gets every notification
+    rules: dict[str, RuleSettings] = {}  # rule name -> what this site changes in it
 
     @property
     def shortest_repeat_s(self) -> float:
@@ -677,17 +698,15 @@ def _yaml_error(name: str, text: str, libyaml_error: yaml.YAMLError) -> ConfigEr
     return ConfigError(name, mark.line + 1 if mark else 1, "", message)
 
 
-def load_site(
-    path: str | os.PathLike[str], device_check: Callable[[Any], str | None] | None = None
-) -> Site:
+def load_site(path: str | os.PathLike[str], check: Problems | None = None) -> Site:
     """Read and validate a site file; raise ConfigError with the line of the first mistake.
 
-    ``device_check`` may refuse a device with a message (the CLI checks that its profile
-    loads and fits it); the error is then located like any other. A users file it names is
-    read and checked too, and its path made absolute (the console reads it again when it
-    changes)."""
-    site = _load(path, Site, lambda s: _problems(s, device_check),
-                 "expected a mapping with site, rooms, devices, racks")
+    ``check`` gives the mistakes the layers above find, as [(location, message)] (the CLI's:
+    a device's profile that does not load or fit it, a rule the rule pack does not have);
+    they are located like any other. A users file it names is read and checked too, and its
+    path made absolute (the console reads it again when it changes)."""
+    site = load_model(path, Site, lambda s: _references(s) + (check(s) if check else []),
+                      "expected a mapping with site, rooms, devices, racks")
     if site.web.users_file is None:
         return site
     users_file = Path(path).parent / Path(site.web.users_file).expanduser()
@@ -704,14 +723,15 @@ def load_users(path: str | os.PathLike[str], in_site_file: set[str] = frozenset(
             (("users", i, "name"), f"'{u.name}' is in the site file's web.users too")
             for i, u in enumerate(f.users) if u.name in in_site_file]
 
-    return list(_load(path, UsersFile, problems, "expected a mapping with users").users)
+    return list(load_model(path, UsersFile, problems, "expected a mapping with users").users)
 
 
 M = TypeVar("M", bound=BaseModel)
+Problems = Callable[[Any], list[tuple[tuple, str]]]  # a loaded file -> [(location, message)]
 
 
-def _load(path: str | os.PathLike[str], model: type[M], problems: Callable[[M], list],
-          expected: str) -> M:
+def load_model(path: str | os.PathLike[str], model: type[M], problems: Problems,
+               expected: str) -> M:
     """One YAML file validated into ``model``, the first mistake (of pydantic's or of
     ``problems``: [(location, message)]) raised as ConfigError at its line."""
     name = str(path)
@@ -747,14 +767,6 @@ def _load(path: str | os.PathLike[str], model: type[M], problems: Callable[[M], 
         loc, message = found[0]
         raise ConfigError(name, _line_of(root, loc), _field_name(loc), message)
     return loaded
-
-
-def _problems(site: Site, device_check: Callable[[Any], str | None] | None) -> list:
-    problems = _references(site)
-    if device_check is not None:
-        problems += [(("devices", i, "profile"), message) for i, d in enumerate(site.devices)
-                     if (message := device_check(d))]
-    return problems
 
 
 def _read_exact(name: str, text: str, base: Path, expected: str) -> tuple[yaml.Node, Any]:

@@ -19,25 +19,29 @@ from werkzeug.routing import Map, MapAdapter, Rule
 
 from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
 from aidc.auth import Auth
+from aidc.config import Site
 from aidc.derive import NotInSite
 from aidc.openapi import openapi
 from aidc.runtime import NotAnswering
 from alerts.evaluate import HISTORY_DAYS
-from alerts.rules import RULES
+from alerts.rules import site_rules
 
 MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred bytes
 
 
-def runbooks_html(site: str) -> str:
-    """One section per built-in rule, its id the rule's name (``/runbooks#<rule>``)."""
+def runbooks_html(site: Site) -> str:
+    """One section per rule, its id the rule's name (``/runbooks#<rule>``): what it means,
+    how this site has it set, and the first steps."""
     sections = "".join(
-        f'<section id="{escape(rule)}"><h2>{escape(rule)}</h2><p>{escape(info.meaning)}</p>'
-        + (f"<p>Value in {escape(info.unit)}.</p>" if info.unit else "")
-        + "<ol>" + "".join(f"<li>{escape(step)}</li>" for step in info.steps) + "</ol></section>"
-        for rule, info in RULES.items()
+        f'<section id="{escape(name)}"><h2>{escape(name)}</h2><p>{escape(rule.meaning)}</p>'
+        f"<p>{escape(rule.settings_text())}</p>"
+        + "<ol>" + "".join(f"<li>{escape(step)}</li>" for step in rule.steps) + "</ol>"
+        + (f'<p><a href="{escape(rule.runbook_url)}">This site\'s runbook</a></p>'
+           if rule.runbook_url else "") + "</section>"
+        for name, rule in site_rules(site).items()
     )
     return (f"<!doctype html><html><head><meta charset=utf-8><title>aidc runbooks · "
-            f"{escape(site)}</title></head><body><h1>Runbooks</h1>{sections}</body></html>")
+            f"{escape(site.site)}</title></head><body><h1>Runbooks</h1>{sections}</body></html>")
 
 
 def finite(obj):
@@ -268,7 +272,7 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
     @app.get("/runbooks")
     def runbooks():
         """What each built-in rule means and the first steps: notifications link here."""
-        return Response(runbooks_html(api.site_name), mimetype="text/html")
+        return Response(runbooks_html(api.runtime.site), mimetype="text/html")
 
     @app.post("/api/v1/alerts/<fingerprint>/ack")
     @writes

@@ -40,6 +40,7 @@ from alerts.formats import (
     signature_headers,
 )
 from alerts.outbox import Outbox, host_of, webhooks_by_name
+from alerts.rules import site_rules
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Notifier:
             if w.format not in FORMATS:
                 raise ValueError(f"webhook '{w.name}': unknown format '{w.format}'")
         self._topology, self._outbox = topology, outbox
+        self._rules = site_rules(topology.site)  # refuses a rule the pack does not have
         self._external_url = (external_url or "").rstrip("/")
         self._routes = [([parse_matcher(m) for m in r.matchers], r.receivers, r.continue_,
                          r.repeat_s or alerts.repeat_s) for r in alerts.routes]  # fmt: skip
@@ -100,8 +102,8 @@ class Notifier:
         return self._outbox.told(alert.fingerprint) if self._routes else {}
 
     def context(self, t: Transition) -> Context:
-        """Where the alert is, the racks and loops it touches, and links to its runbook and
-        the console (only with ``web.external_url``)."""
+        """Where the alert is, the racks and loops it touches, and links to its runbook (the
+        site's own, or the console's) and the console (only with ``web.external_url``)."""
         labels = t.alert.labels
         where = dict(self._topology.device_tags.get(labels.get("device", ""), {}))
         where |= {k: labels[k] for k in WHERE if k in labels}
@@ -110,7 +112,8 @@ class Notifier:
         base = self._external_url
         return Context(
             where={k: where[k] for k in WHERE if k in where}, racks=racks, loops=loops,
-            runbook_url=f"{base}/runbooks#{t.alert.rule}" if base else None,
+            runbook_url=getattr(self._rules.get(t.alert.rule), "runbook_url", None)
+            or (f"{base}/runbooks#{t.alert.rule}" if base else None),
             url=f"{base}/" if base else None,
         )
 

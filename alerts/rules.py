@@ -1,5 +1,7 @@
 """Built-in rules: conditions derived each tick from device health, latest values and the
-model's status.
+model's status. What each rule means, its severity or levels, its ``for_s``, labels and
+runbook are data: the rule pack ``alerts/rules.yaml``, which a site changes rule by rule
+under ``alerts.rules`` in its site file.
 
 A rule whose input is unknown (device unreachable, value not good) neither fires nor
 resolves: it keeps its current state, so a data-source outage raises one alert (the device
@@ -8,24 +10,25 @@ is unreachable) instead of firing or clearing every alert that depends on it.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
+from pathlib import Path
 
-from aidc.config import Site
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from aidc.config import RuleSettings, Severity, Site, load_model
 from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample
 from alerts.evaluate import Condition, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
 
+PACK = Path(__file__).with_name("rules.yaml")
+TUNABLE = ("for_s", "severity", "warning", "critical")  # as far as a rule's pack entry has them
 CRITICAL, WARNING = "critical", "warning"
-SUPERCAP_SOC_LOW_PCT = 50.0
-BATTERY_LOW_S, BATTERY_CRITICAL_S = 600.0, 300.0  # on battery, runtime left below these
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
-BAD_QUALITY_FOR_S = 300.0  # a series read bad or out of range this long
-PUE_ABOVE_TARGET_FOR_S = 900.0
-COOLANT_FOR_S = 30.0  # flow and dP ride through a pump's ramp or changeover
 HYSTERESIS = 0.05  # an envelope alert clears 5 % inside the limit that raised it
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
 # ESR twice the rated value
@@ -33,123 +36,97 @@ SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
 SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
 
 
-@dataclass(frozen=True)
-class RuleInfo:
-    """What a notification tells on-call beyond its summary: the unit of its value, what the
-    rule means and the first steps (served as the runbook at ``/runbooks#<rule>``)."""
+class Rule(BaseModel):
+    """One rule of the pack (``alerts/rules.yaml``), as a site has it after its changes."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
     unit: str
-    meaning: str
-    steps: tuple[str, ...]
+    meaning: str  # what the alert means
+    steps: tuple[str, ...]  # what on-call does first
+    enabled: bool = True
+    for_s: float | None = Field(None, ge=0)  # None: the rule computes it
+    severity: Severity | None = None  # None: the rule has levels, or computes it
+    warning: float | None = None  # a rule with levels fires below these
+    critical: float | None = None
+    labels: dict[str, str] = {}
+    runbook_url: str | None = None  # None: the console's /runbooks#<rule>
+
+    @property
+    def has_levels(self) -> bool:
+        return self.warning is not None or self.critical is not None
+
+    def settings_text(self) -> str:
+        """How the rule is set, in words: ``fires below 600 s (warning), 300 s (critical).``"""
+        unit = f" {self.unit}" if self.unit else ""
+        levels = ", ".join(f"{getattr(self, s):g}{unit} ({s})" for s in (WARNING, CRITICAL)
+                           if getattr(self, s) is not None)
+        parts = [self.severity or (f"fires below {levels}" if levels else "severity by cause")]
+        if self.for_s:
+            parts.append(f"after {self.for_s:g} s")
+        if not self.enabled:
+            parts.insert(0, "off at this site")
+        return "; ".join(parts) + (f". Value in {self.unit}." if self.unit else ".")
+
+    def level(self, value: float) -> str | None:
+        """The worst level whose threshold ``value`` is below, or None."""
+        for severity in (CRITICAL, WARNING):
+            limit = getattr(self, severity)
+            if limit is not None and value < limit:
+                return severity
+        return None
 
 
-RULES: dict[str, RuleInfo] = {
-    "device_unreachable": RuleInfo(
-        "polls", "A device missed polls in a row, or its poll is stuck: its values are unknown "
-        "and the rules that need them hold their state.",
-        ("Check the device's network path and power (ping its host, the switch port).",
-         "Check `aidc probe` against it: wrong port, unit id, community or credentials?",
-         "While it is dark, the racks it measures show unknown headroom, never a guess.")),
-    "gateway_unreachable": RuleInfo(
-        "units", "No unit behind a Modbus TCP gateway answers: the gateway, or the path to it, "
-        "is down. Its units' own alerts are held as its symptoms: one page, not one a unit.",
-        ("Check the gateway's power and network link (ping it, the switch port).",
-         "Check its serial side: one unit answering again means the gateway is up.",
-         "While it is dark, the racks its units measure show unknown headroom.")),
-    "leak": RuleInfo(
-        "", "The CDU's leak sensor is wet.",
-        ("Go to the CDU; isolate it if the leak is confirmed (the loop runs on the others).",
-         "Check the loop's capacity in the console: with one CDU isolated, what is left?")),
-    "pump_redundancy_lost": RuleInfo(
-        "pumps", "A CDU runs fewer pumps than installed: warning while the rest still give "
-        "full flow, critical when its capacity is cut.",
-        ("Check the pump's drive and breaker at the CDU; plan the swap.",
-         "Critical: the loop's capacity is cut; hold new load on its racks.")),
-    "coolant_flow_low": RuleInfo(
-        "L/min", "A CDU's secondary flow is below the vendor's minimum (`min_flow_lpm`): the "
-        "cold plates downstream starve and the GPUs throttle or trip.",
-        ("Check the CDU's pumps, their speed and the loop's valves (one shut by mistake?).",
-         "Check the strainer's dP; a clogged strainer lowers the flow and raises the dP.")),
-    "coolant_dp_high": RuleInfo(
-        "kPa", "A CDU's secondary differential pressure is above the vendor's maximum "
-        "(`max_dp_kpa`): a strainer clogs, a valve is shut or a hose is kinked.",
-        ("Check and clean the strainer; check the isolation valves of the loop's racks.",)),
-    "supercap_end_of_life": RuleInfo(
-        "F", "A supercap module's capacitance is 20 % below rated or its ESR twice rated "
-        "(the end-of-life criteria): ride-through and smoothing are less than planned.",
-        ("Read the module's capacitance and ESR trend; plan its replacement.",
-         "Check the backup chain's ride-through in the console: is the shortfall covered?")),
-    "ups_on_battery": RuleInfo(
-        "", "The UPS runs on battery: utility power is lost upstream.",
-        ("Confirm the generator started and transfers; watch the battery runtime left.",
-         "If the generator does not take the load, shed load before the battery ends.")),
-    "rectifier_on_battery": RuleInfo(
-        "A", "A rectifier discharges its battery (value: battery current): its AC input is "
-        "lost, and its racks' DC feeds run on the battery.",
-        ("Check the rectifier's AC input breaker and the utility or generator upstream.",
-         "Its battery runtime is the configured one: watch generator_not_taking_load.")),
-    "battery_runtime_low": RuleInfo(
-        "s", "A UPS on battery has little runtime left (value: seconds left): warning under "
-        "10 minutes, critical under 5.",
-        ("Get the generator on the load (start it by hand if it failed to).",
-         "Shed load in order of priority before the battery ends; stop jobs cleanly.")),
-    "generator_not_taking_load": RuleInfo(
-        "s", "A UPS or rectifier has been on battery longer than the generator's start and "
-        "transfer: the generator did not take the load (value: battery runtime left, s).",
-        ("Check the generator: started? breaker closed? transfer switch position?",
-         "Watch battery_runtime_low; prepare to shed load.")),
-    "supercap_soc_low": RuleInfo(
-        "%", "A supercapacitor module's state of charge is low: it may not bridge the next "
-        "step in load or the transfer to battery.",
-        ("Check the module's charger and ESR; a module that does not recharge is failing.",)),
-    "rectifier_redundancy_lost": RuleInfo(
-        "modules", "Rectifier modules are out: warning while within the spares, critical when "
-        "the source's usable capacity is cut.",
-        ("Swap the failed modules (hot-swappable on most shelves).",
-         "Critical: check the source's pools in the console before placing any load.")),
-    "rack_over_headroom": RuleInfo(
-        "kW", "A rack draws more than its binding limit allows (value: kW headroom, negative).",
-        ("Open the rack in the console: which limit binds (feed, upstream, loop, air)?",
-         "Cap or move the rack's load, or restore the failed part behind the limit.")),
-    "feed_redundancy_lost": RuleInfo(
-        "kW", "A rack draws more than one of its feeds can carry alone: losing the other feed "
-        "drops it.",
-        ("Reduce the rack's load below one feed's rating, or fix the failed feed.",)),
-    "supply_over_class": RuleInfo(
-        "°C", "The loop's supply water is above the limit of its ASHRAE W class.",
-        ("Check the dry coolers or chillers and the facility valves.",
-         "Hot supply cuts the cooling capacity of every rack on the loop.")),
-    "backup_shortfall": RuleInfo(
-        "s", "The supercaps and battery bridge less time than the generator needs to start "
-        "and transfer.",
-        ("Check battery health and the supercap modules; hold load growth behind it.",)),
-    "power_swing_over_smoothing": RuleInfo(
-        "kW", "Rack power steps exceed what the supercap modules can smooth.",
-        ("Check the training job's power profile; spread its steps or add modules.",)),
-    "pue_above_target": RuleInfo(
-        "", "The site's PUE has stayed above its target.",
-        ("Check the cooling plant's setpoints and the free-cooling hours.",)),
-    "metric_bad_quality": RuleInfo(
-        "", "A metric has read bad (the device says so) or out of its plausible range for 5 "
-        "minutes while the device answers: a failed sensor, or a wrong register map.",
-        ("Compare with the device's own display; `aidc probe` shows what is read.",
-         "Out of range: check the profile's scale, byte order and limits for that point.",
-         "The model and the rules that need it treat it as unknown, never as a number.")),
-    "notifications_dead_lettered": RuleInfo(
-        "notifications", "A webhook receiver refused notifications for good (a 4xx): they are "
-        "kept as dead letters, not delivered.",
-        ("Check the receiver's URL, format and secret; its logs say why it refused.",
-         "Dead letters are kept in the outbox file (status 'dead') for inspection.")),
-    "store_unavailable": RuleInfo(
-        "samples", "The store does not take samples: they wait in the spool on disk (value: "
-        "samples waiting).",
-        ("Check InfluxDB (up, disk, token); samples replay in order once it is back.",
-         "Critical: the spool is near its bound; past it, the oldest samples are dropped.")),
-    "samples_not_stored": RuleInfo(
-        "samples", "Samples were lost: dropped past the spool's bound or refused by the store.",
-        ("Check the store's error in /healthz.",
-         "Refused batches are kept for inspection in the spool file's rejected table.")),
-}
+class RulePack(RootModel[dict[str, Rule]]):
+    pass
+
+
+@cache
+def rule_pack() -> dict[str, Rule]:
+    """aidc's rules as shipped, by name."""
+    return load_model(PACK, RulePack, lambda pack: [], "expected rule names, each a mapping").root
+
+
+def rule_problems(site: Site) -> list[tuple[tuple, str]]:
+    """The site's changes to rules the pack does not have, or settings a rule does not take;
+    and a critical threshold not below its warning one."""
+    if not site.alerts.rules:
+        return []
+    pack, out = rule_pack(), []
+    for name, given in site.alerts.rules.items():
+        rule = pack.get(name)
+        if rule is None:
+            near = difflib.get_close_matches(name, pack, 1)
+            out.append((("alerts", "rules", name), f"no rule is named '{name}'"
+                        + (f": did you mean '{near[0]}'?" if near else "")))
+            continue
+        takes = [f for f in ("for_s", "severity") if getattr(rule, f) is not None]
+        takes += ["warning", "critical"] if rule.has_levels else []
+        takes_too = ", ".join(takes + ["enabled", "labels", "runbook_url"])
+        for field in sorted(given.model_fields_set & set(TUNABLE) - set(takes)):
+            out.append((("alerts", "rules", name, field),
+                        f"rule '{name}' takes no {field} (it takes {takes_too})"))
+        merged = _changed(rule, given)
+        low, high = merged.critical, merged.warning
+        if low is not None and high is not None and low >= high:
+            why = f"{low:g} must be below the warning threshold {high:g}: it fires as values fall"
+            out.append((("alerts", "rules", name, "critical"), why))
+    return out
+
+
+def site_rules(site: Site) -> dict[str, Rule]:
+    """The rule pack with the site's changes (``alerts.rules``)."""
+    if problems := rule_problems(site):  # `aidc check` names their lines; this, the field
+        loc, message = problems[0]
+        raise ValueError(f"{'.'.join(map(str, loc))}: {message}")
+    pack = rule_pack()
+    return pack | {name: _changed(pack[name], given) for name, given in site.alerts.rules.items()}
+
+
+def _changed(rule: Rule, given: RuleSettings) -> Rule:
+    """``rule`` with what ``given`` sets; a null warning or critical drops that level."""
+    update = {f: getattr(given, f) for f in given.model_fields_set
+              if getattr(given, f) is not None or f in (WARNING, CRITICAL)}
+    return rule.model_copy(update=update | {"labels": rule.labels | given.labels})
 
 
 @dataclass(frozen=True)
@@ -183,6 +160,15 @@ class Inputs:
     gateways: Mapping[str, list[str]] | None = None  # Modbus gateway -> the units behind it
 
     @cached_property
+    def rules(self) -> dict[str, Rule]:
+        return site_rules(self.site)
+
+    def labels(self, rule: str, labels: dict[str, str]) -> dict[str, str]:
+        """An alert's labels: the rule's own (from the pack and the site), the site's name,
+        and the subject's, which no added label may change."""
+        return {**self.rules[rule].labels, "site": self.site.site, **labels}
+
+    @cached_property
     def _by_kind(self) -> dict[str, list]:
         by_kind: dict[str, list] = {}
         for d in self.site.devices:
@@ -202,15 +188,20 @@ class Inputs:
 
 
 def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None,
-               value: float | None, severity: str, summary: str, for_s: float = 0.0,
-               threshold: float | None = None) -> Condition | None:
-    if active is False and not i.keeps_inactive(rule):
-        return None  # inactive, and nothing of this rule to resolve
-    labels = {"site": i.site.site, **labels}
+               value: float | None, summary: str, *, severity: str | None = None,
+               for_s: float = 0.0, threshold: float | None = None) -> Condition | None:
+    """A rule's condition over one subject. ``severity`` and ``for_s`` are the rule's where
+    it computes them; otherwise the pack's (with the site's changes) hold."""
+    spec = i.rules[rule]
+    if not spec.enabled or (active is False and not i.keeps_inactive(rule)):
+        return None  # off, or inactive with nothing of this rule to resolve
+    labels = i.labels(rule, labels)
     if active is None:  # unknown: hold whatever state it has
         active = i.is_active(fingerprint(rule, labels))
-    return Condition(rule, labels, active, value, summary, severity, for_s,
-                     unit=RULES[rule].unit, threshold=threshold)
+    return Condition(rule, labels, active, value, summary,
+                     severity or spec.severity or WARNING,
+                     spec.for_s if spec.for_s is not None else for_s,
+                     unit=spec.unit, threshold=threshold)
 
 
 def device_unreachable(i: Inputs) -> list[Condition | None]:
@@ -220,7 +211,7 @@ def device_unreachable(i: Inputs) -> list[Condition | None]:
     n, keep = i.site.alerts.unreachable_intervals, i.keeps_inactive("device_unreachable")
     return [
         _condition(i, "device_unreachable", {"device": h.id, "kind": h.kind},
-                   h.failures >= n or h.stalled, float(h.failures), CRITICAL,
+                   h.failures >= n or h.stalled, float(h.failures),
                    f"{h.kind} {h.id} has not answered {h.failures} polls: {h.error}"
                    if not h.stalled else f"{h.kind} {h.id}: {h.error}", threshold=n)
         for h in i.health if keep or h.failures >= n or h.stalled
@@ -248,7 +239,7 @@ def gateway_unreachable(i: Inputs) -> list[Condition | None]:
         just_back = bool(answering) and back_s < 2 * max(h.poll_s for h in hs)
         active = bool(dark) and (None if just_back else not answering)  # None: holds its state
         out.append(_condition(i, "gateway_unreachable", {"gateway": gateway}, active,
-                              float(len(hs) - len(answering)), CRITICAL,
+                              float(len(hs) - len(answering)),
                               f"Modbus gateway {gateway}: {len(hs) - len(answering)} of its "
                               f"{len(units)} units do not answer ({', '.join(units)})",
                               threshold=len(units)))
@@ -256,30 +247,43 @@ def gateway_unreachable(i: Inputs) -> list[Condition | None]:
 
 
 def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
-          severity: str, summary: str, threshold: float | None = None) -> list[Condition | None]:
+          summary: str, threshold: float | None = None) -> list[Condition | None]:
     """One condition per device of ``kind`` from one of its metrics."""
     out = []
     for d in i.devices_of(kind):
         v = i.value(d.id, metric)
         text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
         out.append(_condition(i, rule, {"device": d.id, "kind": kind},
-                              None if v is None else test(v), v, severity, text,
-                              threshold=threshold))
+                              None if v is None else test(v), v, text, threshold=threshold))
+    return out
+
+
+def _levels(i: Inputs, rule: str, kind: str, metric: str,
+            summary: str) -> list[Condition | None]:
+    """One condition per device of ``kind``: a metric below the rule's warning or critical
+    threshold, at the worst level it is below."""
+    spec, out = i.rules[rule], []
+    for d in i.devices_of(kind):
+        v = i.value(d.id, metric)
+        level = None if v is None else spec.level(v)
+        out.append(_condition(
+            i, rule, {"device": d.id, "kind": kind}, None if v is None else level is not None,
+            v, f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v),
+            severity=level, threshold=spec.critical if level == CRITICAL else spec.warning))
     return out
 
 
 def device_rules(i: Inputs) -> list[Condition | None]:
     return (
-        _flag(i, "leak", "cdu", "leak", lambda v: v >= 1, CRITICAL, "leak detected at {device}")
+        _flag(i, "leak", "cdu", "leak", lambda v: v >= 1, "leak detected at {device}")
         + _pump_redundancy(i)
-        + _flag(i, "ups_on_battery", "ups", "on_battery", lambda v: v >= 1, CRITICAL,
+        + _flag(i, "ups_on_battery", "ups", "on_battery", lambda v: v >= 1,
                 "{device} is on battery: utility power lost")
         + _flag(i, "rectifier_on_battery", "rectifier", "battery_current_a", lambda v: v > 0,
-                CRITICAL, "{device} discharges its battery ({value:.0f} A): its AC input is "
-                "lost", threshold=0)
-        + _flag(i, "supercap_soc_low", "supercap", "soc_pct",
-                lambda v: v < SUPERCAP_SOC_LOW_PCT, WARNING,
-                "{device} state of charge {value:.0f} %", SUPERCAP_SOC_LOW_PCT)
+                "{device} discharges its battery ({value:.0f} A): its AC input is lost",
+                threshold=0)
+        + _levels(i, "supercap_soc_low", "supercap", "soc_pct",
+                  "{device} state of charge {value:.0f} %")
         + _rectifier_redundancy(i)
         + _coolant_envelope(i)
         + _supercap_end_of_life(i)
@@ -294,7 +298,7 @@ def _beyond(i: Inputs, rule: str, labels: dict[str, str], value: float | None,
     active clears only once the value is HYSTERESIS inside the limit."""
     if value is None:
         return None
-    if i.is_active(fingerprint(rule, {"site": i.site.site, **labels})):
+    if i.is_active(fingerprint(rule, i.labels(rule, labels))):
         limit *= (1 + HYSTERESIS) if below else (1 - HYSTERESIS)
     return value < limit if below else value > limit
 
@@ -317,10 +321,9 @@ def _envelope(i: Inputs, rule: str, cdu: str, metric: str, limit: float,
     v = i.value(cdu, metric)
     return _condition(
         i, rule, labels, _beyond(i, rule, labels, v, limit, below), v,
-        CRITICAL if below else WARNING,
         f"{cdu}: {metric} {'unknown' if v is None else f'{v:g}'} "
         f"{'below its minimum' if below else 'above its maximum'} {limit:g}",
-        for_s=COOLANT_FOR_S, threshold=limit)
+        threshold=limit)
 
 
 def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
@@ -336,7 +339,7 @@ def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
         known = farads is not None and (d.esr_mohm is None or esr is not None)
         out.append(_condition(
             i, "supercap_end_of_life", {"device": d.id, "kind": "supercap"},
-            True if worn else (False if known else None), farads, WARNING,
+            True if worn else (False if known else None), farads,
             f"{d.id} at end of life: {'; '.join(worn)}" if worn
             else f"{d.id}: capacitance and ESR within their end-of-life limits" if known
             else f"{d.id}: capacitance or ESR unknown",
@@ -349,6 +352,7 @@ def _battery(i: Inputs) -> list[Condition | None]:
     a UPS reports (warning, then critical), and a generator that has not taken the load by
     its start + transfer time (NFPA 110: Type 10 means 10 s)."""
     late_s = i.site.model.generator_start_s + i.site.model.transfer_s + GENERATOR_MARGIN_S
+    runtime = i.rules["battery_runtime_low"]
     out = []
     for d in i.devices_of("ups") + i.devices_of("rectifier"):
         labels = {"device": d.id, "kind": d.kind}
@@ -356,17 +360,18 @@ def _battery(i: Inputs) -> list[Condition | None]:
             signal, minutes = i.value(d.id, "on_battery"), i.value(d.id, "runtime_min")
             on = None if signal is None else signal >= 1
             left = None if minutes is None else minutes * 60
-            low = None if on is None or left is None else on and left < BATTERY_LOW_S
+            level = None if left is None else runtime.level(left)
+            low = None if on is None or left is None else on and level is not None
             out.append(_condition(
                 i, "battery_runtime_low", labels, low, left,
-                CRITICAL if left is not None and left < BATTERY_CRITICAL_S else WARNING,
                 f"{d.id} on battery with {'?' if left is None else f'{left:.0f}'} s left",
-                threshold=BATTERY_LOW_S))
+                severity=level, threshold=runtime.critical if level == CRITICAL
+                else runtime.warning))
         else:
             current = i.value(d.id, "battery_current_a")
             on, left = None if current is None else current > 0, None
         out.append(_condition(
-            i, "generator_not_taking_load", labels, on, left, CRITICAL,
+            i, "generator_not_taking_load", labels, on, left,
             f"{d.id} is still on battery {late_s:g} s after the outage: the generator has not "
             f"taken the load" + ("" if left is None else f" ({left:.0f} s of battery left)"),
             for_s=late_s, threshold=late_s))
@@ -386,17 +391,15 @@ def _bad_quality(i: Inputs) -> list[Condition | None]:
             out.append(_condition(
                 i, "metric_bad_quality", {"device": device, "kind": kinds[device],
                                           "metric": metric},
-                True, sample.value, WARNING,
-                f"{device} {metric} reads {sample.quality.value}"
-                + ("" if sample.value is None else f" ({sample.value:g})"),
-                for_s=BAD_QUALITY_FOR_S))
+                True, sample.value, f"{device} {metric} reads {sample.quality.value}"
+                + ("" if sample.value is None else f" ({sample.value:g})")))
     return out
 
 
 def notifier_rules(i: Inputs) -> list[Condition | None]:
     return [_condition(
         i, "notifications_dead_lettered", {}, i.dead_letters > 0, float(i.dead_letters),
-        WARNING, f"{i.dead_letters} notification(s) refused for good by a receiver",
+        f"{i.dead_letters} notification(s) refused for good by a receiver",
         threshold=0)]
 
 
@@ -415,7 +418,8 @@ def _pump_redundancy(i: Inputs) -> list[Condition | None]:
                 if short else "no spare pump left")
         out.append(_condition(i, "pump_redundancy_lost", {"device": d.id, "kind": "cdu"},
                               None if running is None else running < d.pumps, running,
-                              CRITICAL if short else WARNING, summary, threshold=d.pumps))
+                              summary, severity=CRITICAL if short else WARNING,
+                              threshold=d.pumps))
     return out
 
 
@@ -438,8 +442,8 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
                         f"{d.redundancy} kept ({full - pool.capacity_kw:g} kW lost)")
         out.append(_condition(
             i, "rectifier_redundancy_lost", {"device": d.id, "kind": "rectifier"},
-            None if lost is None else lost > 0, lost, CRITICAL if (lost or 0) > spare else WARNING,
-            summary, threshold=0))
+            None if lost is None else lost > 0, lost, summary,
+            severity=CRITICAL if (lost or 0) > spare else WARNING, threshold=0))
     return out
 
 
@@ -456,38 +460,36 @@ def model_rules(i: Inputs) -> list[Condition | None]:
         if over is not False or keep_over:
             out.append(_condition(
                 i, "rack_over_headroom", {"rack": r.id, "row": r.row}, over, r.headroom_kw,
-                CRITICAL,
                 f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW",
                 threshold=0))
         short = None if feed is None else feed < 0
         if short is not False or keep_feed:
             out.append(_condition(
-                i, "feed_redundancy_lost", {"rack": r.id, "row": r.row}, short, feed, CRITICAL,
+                i, "feed_redundancy_lost", {"rack": r.id, "row": r.row}, short, feed,
                 f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
                 threshold=0))
     for p in s.pools:
         if p.kind == "loop":
             hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
             out.append(_condition(
-                i, "supply_over_class", {"loop": p.id}, hot, p.supply_temp_c, CRITICAL,
+                i, "supply_over_class", {"loop": p.id}, hot, p.supply_temp_c,
                 f"loop {p.id} facility water {p.supply_temp_c} C is over its class limit "
                 f"{p.supply_limit_c:g} C", threshold=p.supply_limit_c))
     for b in s.backup:
         out.append(_condition(
             i, "backup_shortfall", {"supercap": b.supercap},
-            None if b.shortfall_s is None else b.shortfall_s > 0, b.shortfall_s, CRITICAL,
+            None if b.shortfall_s is None else b.shortfall_s > 0, b.shortfall_s,
             f"backup behind {b.supercap} bridges {b.bridge_s} s of the {b.required_s:g} s "
             "the generator needs", threshold=0))
         swing = None if b.swing_kw is None or b.smoothing_kw is None else b.swing_kw > b.smoothing_kw
         out.append(_condition(
-            i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw, WARNING,
+            i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw,
             f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth",
             threshold=b.smoothing_kw))
     target = i.site.model.pue_target
     out.append(_condition(
-        i, "pue_above_target", {}, None if s.pue is None else s.pue > target, s.pue, WARNING,
-        f"PUE {s.pue} above the target {target:g}", for_s=PUE_ABOVE_TARGET_FOR_S,
-        threshold=target))
+        i, "pue_above_target", {}, None if s.pue is None else s.pue > target, s.pue,
+        f"PUE {s.pue} above the target {target:g}", threshold=target))
     return out
 
 
@@ -500,10 +502,10 @@ def store_rules(i: Inputs) -> list[Condition | None]:
     lost = st.last_loss_at is not None and i.now - st.last_loss_at < SAMPLES_LOST_HOLD_S
     return [
         _condition(i, "store_unavailable", {}, not st.up, float(st.spooled),
-                   CRITICAL if full > 0.8 else WARNING,
                    f"the store is not taking samples ({st.error}): {st.spooled} wait on disk, "
-                   f"{100 * full:.0f} % of the spool's bound"),
-        _condition(i, "samples_not_stored", {}, lost, float(st.dropped + st.rejected), CRITICAL,
+                   f"{100 * full:.0f} % of the spool's bound",
+                   severity=CRITICAL if full > 0.8 else WARNING),
+        _condition(i, "samples_not_stored", {}, lost, float(st.dropped + st.rejected),
                    f"samples lost: {st.dropped} dropped past the spool's bound, {st.rejected} "
                    "refused by the store (kept in the spool file's rejected table)"),
     ]

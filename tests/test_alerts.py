@@ -1272,3 +1272,59 @@ def test_an_outbox_from_before_per_route_repeats_opens_with_its_receivers_due(tm
         assert outbox.told("fp") == {"pager": 1234.5}
     finally:
         outbox.close()
+
+
+def test_a_site_sets_the_rule_pack_its_own_way(open_outbox):
+    """The rules' levels, for, severity, labels and runbook are data (alerts/rules.yaml): a
+    site raises the battery levels, turns the leak rule off, delays the UPS alert and labels
+    it for its power team's route, makes dead letters critical, and names its own runbook."""
+    from aidc.metrics import Sample
+    from alerts.rules import builtin_conditions
+
+    power, chat = (Webhook(name=n, url=f"http://127.0.0.1:9/{n}") for n in ("power", "chat"))
+    alerts = Alerts.model_validate({
+        "webhooks": [power, chat],
+        "routes": [{"matchers": ["team=power"], "receivers": ["power"]}, {"receivers": ["chat"]}],
+        "rules": {"battery_runtime_low": {"warning": 900, "critical": 420},
+                  "leak": {"enabled": False},
+                  "ups_on_battery": {"for_s": 20, "labels": {"team": "power"}},
+                  "notifications_dead_lettered": {"severity": "critical"},
+                  "rectifier_on_battery": {"runbook_url": "https://wiki.example/rectifiers"}}})
+    site = DEMO.site.model_copy(update={"alerts": alerts})
+
+    def conditions(s, runtime_min: float) -> dict[tuple[str, str | None], Condition]:
+        latest = {(d, m): Sample(k, {}, m, v, 0.0) for d, k, m, v in (
+            ("ups-b", "ups", "on_battery", 1.0), ("ups-b", "ups", "runtime_min", runtime_min),
+            ("cdu-1", "cdu", "leak", 1.0), ("rect-a", "rectifier", "battery_current_a", 50.0))}
+        out, complete = builtin_conditions(s, [], None, latest, dead_letters=1)
+        assert complete
+        return {(c.rule, c.labels.get("device")): c for c in out}
+
+    low = ("battery_runtime_low", "ups-b")
+    # 12 minutes left (720 s): the pack's 600 s says nothing yet; this site's 900 s warns
+    assert not conditions(DEMO.site, 12)[low].active
+    assert (conditions(site, 12)[low].severity, conditions(site, 12)[low].threshold) == \
+        ("warning", 900)
+    # 6 minutes (360 s): a warning by the pack (over 300 s), critical here (under 420 s)
+    assert conditions(DEMO.site, 6)[low].severity == "warning"
+    assert (conditions(site, 6)[low].severity, conditions(site, 6)[low].threshold) == \
+        ("critical", 420)
+    assert conditions(DEMO.site, 6)[("leak", "cdu-1")].active
+    assert ("leak", "cdu-1") not in conditions(site, 6)
+    dead = ("notifications_dead_lettered", None)
+    assert (conditions(DEMO.site, 6)[dead].severity, conditions(site, 6)[dead].severity) == \
+        ("warning", "critical")
+
+    # the UPS alert waits its 20 s, then goes to the power team by its added label
+    notifier = Notifier(Topology(site), alerts, open_outbox([power, chat]),
+                        external_url="https://aidc.example")
+    ev = Evaluator(open_outbox())
+    ups = conditions(site, 12)[("ups_on_battery", "ups-b")]
+    assert ups.labels["team"] == "power" and "team" not in \
+        conditions(DEMO.site, 12)[("ups_on_battery", "ups-b")].labels
+    assert ev.step(0, [ups]) == [] and ev.step(19, [ups]) == []
+    [fired] = ev.step(20, [ups])
+    assert fired.kind == "firing" and notifier.routed(fired.alert).keys() == {"power"}
+    assert notifier.context(fired).runbook_url == "https://aidc.example/runbooks#ups_on_battery"
+    [rect] = ev.step(21, [ups, conditions(site, 12)[("rectifier_on_battery", "rect-a")]])
+    assert notifier.context(rect).runbook_url == "https://wiki.example/rectifiers"
