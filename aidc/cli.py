@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import logging
 import os
@@ -26,7 +27,8 @@ def _load(path: str) -> Site:
     (at 10,000 racks, some 700,000 objects, it walked them again and again)."""
     gc.disable()
     try:
-        return load_site(path, check=lambda site: _profile_problems(site) + rule_problems(site))
+        return load_site(path, check=lambda site: _profile_problems(site) or
+                         rule_problems(site) or _rule_metric_problems(site))
     except ConfigError as e:
         sys.exit(_fail(str(e)))
     finally:
@@ -36,6 +38,23 @@ def _load(path: str) -> Site:
 def _profile_problems(site: Site) -> list[tuple[tuple, str]]:
     return [(("devices", i, "profile"), message) for i, d in enumerate(site.devices)
             if (message := _profile_problem(d))]
+
+
+def _rule_metric_problems(site: Site) -> list[tuple[tuple, str]]:
+    """A rule of the site's own over a metric that no profile of its kind at the site reads
+    (a typo there would be a rule that never fires)."""
+    own = {name: rule for name, rule in site.alerts.rules.items() if rule.metric is not None}
+    read: dict[str, set[str]] = {}
+    for kind, profile in {(d.kind, d.profile) for d in site.devices} if own else ():
+        read.setdefault(kind, set()).update(p.metric for p in load_profile(profile).points)
+    out = []
+    for name, rule in own.items():
+        metrics = read.get(rule.kind or "", set())
+        if rule.metric not in metrics:
+            near = difflib.get_close_matches(rule.metric, metrics, 1)
+            out.append((("alerts", "rules", name, "metric"), f"no {rule.kind} at this site reads "
+                        f"'{rule.metric}'" + (f" (did you mean '{near[0]}'?)" if near else "")))
+    return out
 
 
 def _profile_problem(device) -> str | None:

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -31,7 +31,8 @@ from aidc.fastyaml import read_plain_yaml
 from aidc.matchers import a_matcher
 
 Protocol = Literal["modbus", "snmp", "opcua"]
-DEVICE_KINDS = ("pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter")
+DeviceKind = Literal["pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter"]
+DEVICE_KINDS = get_args(DeviceKind)
 DAY_S = 86_400.0
 REPEAT_S = 4 * 3600.0  # a firing alert is told again this often (Alertmanager's default)
 MAX_TIMEOUT_S = 600.0
@@ -327,19 +328,61 @@ Severity = Literal["critical", "warning", "info"]
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 
 
+SUMMARY_FIELDS = ("device", "kind", "metric", "value", "unit", "threshold", "severity",
+                  "room", "row", "rack")  # what a site rule's summary may name
+
+
 class RuleSettings(Strict):
-    """What a site changes in one rule of aidc's rule pack (``alerts.rules.<rule>``); what is
-    not given stays as the pack has it. A rule takes only the settings its pack entry has
-    (``for_s``, ``severity``, ``warning``/``critical`` thresholds), and every rule takes
-    ``enabled``, ``labels`` (added to its alerts, for routes to match) and ``runbook_url``."""
+    """A rule as a site file gives it (``alerts.rules.<rule>``).
+
+    For a rule of aidc's pack, what the site changes; what is not given stays as the pack has
+    it. Such a rule takes only the settings its pack entry has (``for_s``, ``severity``,
+    ``warning``/``critical``), besides ``enabled``, ``labels`` (added to its alerts, for
+    routes to match) and ``runbook_url``. A name the pack does not have is the site's own
+    rule: every series of a device ``metric`` of a ``kind`` (rows too: each phase of a PDU)
+    that ``fires`` above or below its ``warning``/``critical`` levels, on the devices its
+    ``matchers`` take (over device, kind, room, row, rack and row labels)."""
 
     enabled: bool = True
     for_s: float | None = Field(None, ge=0, le=DAY_S)  # the condition holds this long first
     severity: Severity | None = None  # of a rule with one severity
-    warning: float | None = None  # thresholds of a rule with levels, in the rule's unit
+    warning: float | None = None  # the levels of a rule with levels, in the rule's unit
     critical: float | None = None
     labels: dict[LabelName, str] = {}
     runbook_url: str | None = Field(None, pattern=r"^https?://\S+$", max_length=2000)
+    # a rule of the site's own
+    kind: DeviceKind | None = None
+    metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")  # canonical (aidc.metrics)
+    fires: Literal["above", "below"] | None = None
+    clear: float = Field(0.0, ge=0)  # hysteresis: clears this far back inside its level
+    matchers: list[Annotated[str, AfterValidator(a_matcher)]] = []
+    unit: str | None = Field(None, max_length=20)
+    summary: str | None = Field(None, max_length=500)  # "{device} inlet {value:.1f} {unit}"
+    meaning: str | None = Field(None, max_length=2000)  # for the runbook page
+    steps: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _own_rule(self) -> RuleSettings:
+        if self.metric is None:
+            return self
+        if self.kind is None or self.fires is None:
+            raise ValueError("a rule of the site's own needs kind, metric and fires (above "
+                             "or below)")
+        if self.warning is None and self.critical is None:
+            raise ValueError("a rule of the site's own needs a warning or critical level")
+        if self.severity is not None:
+            raise ValueError("a rule of the site's own takes its severity from its levels")
+        return self
+
+    @field_validator("summary")
+    @classmethod
+    def _fillable(cls, summary: str | None) -> str | None:
+        try:
+            summary is None or summary.format(**{f: 1.0 for f in SUMMARY_FIELDS})
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"cannot fill {e} (a summary may name "
+                             f"{', '.join(SUMMARY_FIELDS)})") from None
+        return summary
 
 
 class Alerts(Strict):

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import RootModel
 
-from aidc.config import RuleSettings, Severity, Site, load_model
+from aidc.config import RuleSettings, Site, load_model
+from aidc.matchers import parse_matcher
 from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample
 from alerts.evaluate import Condition, fingerprint
 
@@ -36,19 +37,13 @@ SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
 SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
 
 
-class Rule(BaseModel):
-    """One rule of the pack (``alerts/rules.yaml``), as a site has it after its changes."""
+class Rule(RuleSettings):
+    """A rule as it runs: its pack entry (``alerts/rules.yaml``) with the site's changes, or
+    a rule of the site's own. ``for_s`` None: the rule computes it; ``severity`` None: its
+    levels give it, or the rule computes it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    unit: str
+    unit: str = ""
     meaning: str  # what the alert means
-    steps: tuple[str, ...]  # what on-call does first
-    enabled: bool = True
-    for_s: float | None = Field(None, ge=0)  # None: the rule computes it
-    severity: Severity | None = None  # None: the rule has levels, or computes it
-    warning: float | None = None  # a rule with levels fires below these
-    critical: float | None = None
-    labels: dict[str, str] = {}
     runbook_url: str | None = None  # None: the console's /runbooks#<rule>
 
     @property
@@ -60,24 +55,35 @@ class Rule(BaseModel):
         unit = f" {self.unit}" if self.unit else ""
         levels = ", ".join(f"{getattr(self, s):g}{unit} ({s})" for s in (WARNING, CRITICAL)
                            if getattr(self, s) is not None)
-        parts = [self.severity or (f"fires below {levels}" if levels else "severity by cause")]
+        parts = [self.severity or (f"fires {self.fires} {levels}" if levels
+                                   else "severity by cause")]
+        if self.metric:
+            parts.insert(0, f"{self.kind} {self.metric}")
         if self.for_s:
             parts.append(f"after {self.for_s:g} s")
         if not self.enabled:
             parts.insert(0, "off at this site")
         return "; ".join(parts) + (f". Value in {self.unit}." if self.unit else ".")
 
-    def level(self, value: float) -> str | None:
-        """The worst level whose threshold ``value`` is below, or None."""
+    def level(self, value: float, active: bool = False) -> str | None:
+        """The worst level ``value`` is past; an ``active`` alert holds a level until the
+        value is ``clear`` back inside it (hysteresis)."""
+        above = self.fires == "above"
         for severity in (CRITICAL, WARNING):
             limit = getattr(self, severity)
-            if limit is not None and value < limit:
+            if limit is None:
+                continue
+            limit += (-self.clear if above else self.clear) if active else 0.0
+            if (value > limit) if above else (value < limit):
                 return severity
         return None
 
 
 class RulePack(RootModel[dict[str, Rule]]):
     pass
+
+
+OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "meaning", "steps")
 
 
 @cache
@@ -87,39 +93,46 @@ def rule_pack() -> dict[str, Rule]:
 
 
 def rule_problems(site: Site) -> list[tuple[tuple, str]]:
-    """The site's changes to rules the pack does not have, or settings a rule does not take;
-    and a critical threshold not below its warning one."""
+    """Changes to rules the pack does not have, or settings a rule does not take; a rule of
+    the site's own that shadows one of the pack; levels the wrong way round."""
     if not site.alerts.rules:
         return []
     pack, out = rule_pack(), []
     for name, given in site.alerts.rules.items():
-        rule = pack.get(name)
-        if rule is None:
+        rule, at = pack.get(name), ("alerts", "rules", name)
+        if rule is None and given.metric is None:
             near = difflib.get_close_matches(name, pack, 1)
-            out.append((("alerts", "rules", name), f"no rule is named '{name}'"
-                        + (f": did you mean '{near[0]}'?" if near else "")))
+            out.append((at, f"no rule is named '{name}'" + (f" (did you mean '{near[0]}'?)"
+                        if near else "") + "; a rule of the site's own needs kind, metric and "
+                        "fires"))  # fmt: skip
             continue
-        takes = [f for f in ("for_s", "severity") if getattr(rule, f) is not None]
-        takes += ["warning", "critical"] if rule.has_levels else []
-        takes_too = ", ".join(takes + ["enabled", "labels", "runbook_url"])
-        for field in sorted(given.model_fields_set & set(TUNABLE) - set(takes)):
-            out.append((("alerts", "rules", name, field),
-                        f"rule '{name}' takes no {field} (it takes {takes_too})"))
-        merged = _changed(rule, given)
-        low, high = merged.critical, merged.warning
-        if low is not None and high is not None and low >= high:
-            why = f"{low:g} must be below the warning threshold {high:g}: it fires as values fall"
-            out.append((("alerts", "rules", name, "critical"), why))
+        if rule is None:
+            merged = _own(given)
+        else:
+            takes = [f for f in ("for_s", "severity") if getattr(rule, f) is not None]
+            takes += [WARNING, CRITICAL] if rule.has_levels else []
+            takes_too = ", ".join(takes + ["enabled", "labels", "runbook_url"])
+            for field in sorted(given.model_fields_set & {*TUNABLE, *OWN_ONLY} - set(takes)):
+                out.append(((*at, field), f"rule '{name}' takes no {field}: it takes {takes_too}"
+                            + (" (its condition is aidc's: name a rule of your own for another)"
+                               if field in OWN_ONLY else "")))
+            merged = _changed(rule, given)
+        worst, first, fires = merged.critical, merged.warning, merged.fires
+        if worst is not None and first is not None and \
+                not (worst > first if fires == "above" else worst < first):
+            why = f"{worst:g} must be {fires} the warning level {first:g}: it fires {fires} them"
+            out.append(((*at, CRITICAL), why))
     return out
 
 
 def site_rules(site: Site) -> dict[str, Rule]:
-    """The rule pack with the site's changes (``alerts.rules``)."""
+    """The rule pack with the site's changes and the site's own rules (``alerts.rules``)."""
     if problems := rule_problems(site):  # `aidc check` names their lines; this, the field
         loc, message = problems[0]
         raise ValueError(f"{'.'.join(map(str, loc))}: {message}")
     pack = rule_pack()
-    return pack | {name: _changed(pack[name], given) for name, given in site.alerts.rules.items()}
+    return pack | {name: _changed(pack[name], given) if name in pack else _own(given)
+                   for name, given in site.alerts.rules.items()}
 
 
 def _changed(rule: Rule, given: RuleSettings) -> Rule:
@@ -127,6 +140,14 @@ def _changed(rule: Rule, given: RuleSettings) -> Rule:
     update = {f: getattr(given, f) for f in given.model_fields_set
               if getattr(given, f) is not None or f in (WARNING, CRITICAL)}
     return rule.model_copy(update=update | {"labels": rule.labels | given.labels})
+
+
+def _own(given: RuleSettings) -> Rule:
+    """A rule of the site's own as it runs."""
+    meaning = given.meaning or (f"A rule of this site: a {given.kind}'s {given.metric} "
+                                f"{given.fires} its levels.")
+    return Rule.model_validate(given.model_dump(exclude_unset=True) | {
+        "meaning": meaning, "for_s": given.for_s or 0.0, "unit": given.unit or ""})
 
 
 @dataclass(frozen=True)
@@ -396,6 +417,56 @@ def _bad_quality(i: Inputs) -> list[Condition | None]:
     return out
 
 
+def site_own_rules(i: Inputs) -> list[Condition | None]:
+    """The site's own rules: each series of their metric on the devices their matchers take
+    (a PDU's phases each), at the worst level it is past. The series are found among the
+    latest samples, which carry the device's place (room, row, rack) and row labels."""
+    own = [(name, rule, [parse_matcher(m) for m in rule.matchers])
+           for name, rule in i.rules.items() if rule.metric and rule.enabled]
+    if not own:
+        return []
+    wanted = {rule.metric for _, rule, _ in own}
+    series: dict[str, list[tuple[str, str]]] = {}
+    for device, key in i.latest:
+        if (metric := key.partition("{")[0]) in wanted:
+            series.setdefault(metric, []).append((device, key))
+    out = []
+    for name, rule, matchers in own:
+        for device, key in series.get(rule.metric, ()):
+            s = i.latest[(device, key)]
+            labels = {k: v for k, v in s.tags.items() if k != "site"} | {"kind": s.measurement}
+            if s.measurement != rule.kind or not all(m.matches(name, labels) for m in matchers):
+                continue
+            v = s.value if s.good else None
+            level = None if v is None else rule.level(
+                v, i.is_active(fingerprint(name, i.labels(name, labels))))
+            limit = rule.critical if level == CRITICAL else rule.warning
+            if limit is None:
+                limit = rule.critical
+            out.append(_condition(i, name, labels, None if v is None else level is not None, v,
+                                  _summary(rule, labels, key, v, limit, level),
+                                  severity=level, threshold=limit))
+    return out
+
+
+def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
+             threshold: float | None, level: str | None) -> str:
+    if value is None:
+        return f"{labels['device']}: {key} unknown"
+    fields = {"room": "", "row": "", "rack": ""} | labels | {
+        "metric": key, "value": value, "unit": rule.unit, "threshold": threshold,
+        "severity": level or "ok"}
+    if rule.summary:
+        try:
+            return rule.summary.format(**fields)
+        except (KeyError, IndexError, ValueError, TypeError):
+            pass  # a format that fits a number, given a name: the plain summary says it
+    unit = f" {rule.unit}" if rule.unit else ""
+    return (f"{labels['device']} {key} {value:g}{unit}, " + (
+        f"{rule.fires} the {level} level {threshold:g}{unit}" if level
+        else "back inside its levels"))
+
+
 def notifier_rules(i: Inputs) -> list[Condition | None]:
     return [_condition(
         i, "notifications_dead_lettered", {}, i.dead_letters > 0, float(i.dead_letters),
@@ -527,7 +598,8 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                alerting_rules, bad_series, gateways)
     out: list[Condition] = []
     complete = True
-    for rules in (device_unreachable, gateway_unreachable, device_rules, model_rules, store_rules, notifier_rules):
+    for rules in (device_unreachable, gateway_unreachable, device_rules, model_rules, store_rules,
+                  notifier_rules, site_own_rules):
         try:
             out += [c for c in rules(i) if c is not None]
         except Exception:

@@ -1328,3 +1328,51 @@ def test_a_site_sets_the_rule_pack_its_own_way(open_outbox):
     assert notifier.context(fired).runbook_url == "https://aidc.example/runbooks#ups_on_battery"
     [rect] = ev.step(21, [ups, conditions(site, 12)[("rectifier_on_battery", "rect-a")]])
     assert notifier.context(rect).runbook_url == "https://wiki.example/rectifiers"
+
+
+def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
+    """A rule of the site's own: every series of a metric on the devices its matchers take,
+    with warning and critical levels, hysteresis and a summary of the site's words; a PDU's
+    phases each alert on their own."""
+    from aidc.metrics import Sample
+    from alerts.rules import builtin_conditions
+
+    alerts = Alerts.model_validate({"rules": {
+        "cdu_supply_hot": {"kind": "cdu", "metric": "supply_temp_c", "fires": "above",
+                           "warning": 40, "critical": 45, "clear": 1, "unit": "°C",
+                           "matchers": ["device=cdu-1"],
+                           "summary": "{device} supply {value:.1f} {unit} ({severity})"},
+        "pdu_phase_current_high": {"kind": "pdu", "metric": "current_a", "fires": "above",
+                                   "warning": 25, "labels": {"team": "power"}}}})
+    site = DEMO.site.model_copy(update={"alerts": alerts})
+    ev = Evaluator(open_outbox())
+    tags = DEMO.device_tags
+
+    def step(at: float, supply_c: float, phase_a: tuple[float, float, float] = (10, 10, 10)):
+        latest = {(cdu, "supply_temp_c"): Sample("cdu", tags[cdu], "supply_temp_c", supply_c, at)
+                  for cdu in ("cdu-1", "cdu-2")}
+        latest |= {("pdu-a01-b", f"current_a{{phase={p}}}"): Sample(
+            "pdu", tags["pdu-a01-b"] | {"phase": str(p)}, "current_a", a, at)
+            for p, a in enumerate(phase_a, 1)}
+        active = {a.fingerprint for a in ev.active_alerts()}
+        conditions, complete = builtin_conditions(site, [], None, latest, active.__contains__,
+                                                  now=at)
+        assert complete
+        return [(t.kind, t.alert.rule, t.alert.severity, t.alert.summary)
+                for t in ev.step(at, conditions) if t.alert.rule in alerts.rules]
+
+    assert step(0, 39.0) == []
+    assert step(1, 41.0) == [("firing", "cdu_supply_hot", "warning",
+                              "cdu-1 supply 41.0 °C (warning)")]
+    assert step(2, 46.0)[0][:3] == ("escalated", "cdu_supply_hot", "critical")
+    assert step(3, 44.5) == []  # still critical: it clears 1 °C inside 45
+    assert step(4, 43.9)[0][:3] == ("deescalated", "cdu_supply_hot", "warning")
+    assert step(5, 39.5) == []  # still warning until below 39
+    assert step(6, 38.9)[0][:3] == ("resolved", "cdu_supply_hot", "warning")  # cdu-2 never
+
+    [(kind, rule, severity, summary)] = step(7, 30.0, (10, 26.5, 10))
+    assert (kind, rule, severity) == ("firing", "pdu_phase_current_high", "warning")
+    assert summary == "pdu-a01-b current_a{phase=2} 26.5, above the warning level 25"
+    [alert] = [a for a in ev.active_alerts() if a.rule == "pdu_phase_current_high"]
+    assert alert.labels | {"phase": "2", "team": "power"} == alert.labels
+    assert alert.labels["rack"] == tags["pdu-a01-b"]["rack"]

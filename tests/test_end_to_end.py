@@ -255,3 +255,41 @@ def test_a_dark_modbus_gateway_pages_once_for_its_units(tmp_path, receiver):
         assert len(sent("gateway_unreachable", "firing")) == 1
 
     asyncio.run(run_site(site, tmp_path, check))
+
+
+def test_a_rule_of_the_sites_own_pages_through_the_whole_chain(tmp_path, receiver):
+    """A site's own rule over a metric read by Modbus: a pump fails at the simulator, the
+    rule fires with the site's summary and label, the label's route sends it to the cooling
+    team's hook, and the pump's return resolves it."""
+    site = fast_site(receiver.url)
+    cooling = Webhook(name="cooling", url=receiver.url + "-cooling")
+    alerts = Alerts.model_validate({
+        "unreachable_intervals": 3, "webhooks": [*site.alerts.webhooks, cooling],
+        "routes": [{"matchers": ["team=cooling"], "receivers": ["cooling"]},
+                   {"receivers": [site.alerts.webhooks[0].name]}],
+        "rules": {"cdu_on_one_pump": {
+            "kind": "cdu", "metric": "pumps_running", "fires": "below", "warning": 2,
+            "unit": "pumps", "matchers": ["device=cdu-1"], "labels": {"team": "cooling"},
+            "summary": "{device} runs {value:g} {unit}, fewer than its {threshold:g}"}}})
+    site = site.model_copy(update={"alerts": alerts})
+
+    def own(status: str) -> list[dict]:
+        return [b for b in receiver.bodies()
+                if b["rule"] == "cdu_on_one_pump" and b["status"] == status]
+
+    async def check(simulated, runtime, web):
+        await wait_until(lambda: runtime.ticks >= 2, 30, "two model ticks")
+        assert not own("firing")
+        await simulated.inject("pump_failure", "cdu-1")
+        await wait_until(lambda: own("firing"), 30, "the site's own rule to page")
+        [fired] = own("firing")
+        assert fired["summary"] == "cdu-1 runs 1 pumps, fewer than its 2"
+        assert (fired["labels"]["team"], fired["value"], fired["threshold"]) == ("cooling", 1, 2)
+        assert fired["severity"] == "warning" and fired["where"]["device"] == "cdu-1"
+        assert {r["path"] for r in receiver.requests
+                if r["json"]["rule"] == "cdu_on_one_pump"} == {"/hook-cooling"}
+        await simulated.inject("pump_failure", "cdu-1", on=False)
+        await wait_until(lambda: own("resolved"), 30, "its resolved notice")
+        assert len(own("firing")) == 1
+
+    asyncio.run(run_site(site, tmp_path, check))
