@@ -41,18 +41,22 @@ def _profile_problems(site: Site) -> list[tuple[tuple, str]]:
 
 
 def _rule_metric_problems(site: Site) -> list[tuple[tuple, str]]:
-    """A rule of the site's own over a metric that no profile of its kind at the site reads
-    (a typo there would be a rule that never fires)."""
+    """A rule of the site's own over a metric that no profile of its kind at the site reads,
+    or the model does not derive (a typo there would be a rule that never fires)."""
     own = {name: rule for name, rule in site.alerts.rules.items() if rule.metric is not None}
-    read: dict[str, set[str]] = {}
-    for kind, profile in {(d.kind, d.profile) for d in site.devices} if own else ():
+    if not own:
+        return []
+    from aidc.derive import RACK_FIELDS, SITE_FIELDS  # the model: only for such rules
+
+    read = {"rack": set(RACK_FIELDS), "room": {"it_kw"}, "site": set(SITE_FIELDS)}
+    for kind, profile in {(d.kind, d.profile) for d in site.devices}:
         read.setdefault(kind, set()).update(p.metric for p in load_profile(profile).points)
     out = []
     for name, rule in own.items():
         metrics = read.get(rule.kind or "", set())
         if rule.metric not in metrics:
             near = difflib.get_close_matches(rule.metric, metrics, 1)
-            out.append((("alerts", "rules", name, "metric"), f"no {rule.kind} at this site reads "
+            out.append((("alerts", "rules", name, "metric"), f"no {rule.kind} at this site has "
                         f"'{rule.metric}'" + (f" (did you mean '{near[0]}'?)" if near else "")))
     return out
 

@@ -339,9 +339,10 @@ class RuleSettings(Strict):
     it. Such a rule takes only the settings its pack entry has (``for_s``, ``severity``,
     ``warning``/``critical``), besides ``enabled``, ``labels`` (added to its alerts, for
     routes to match) and ``runbook_url``. A name the pack does not have is the site's own
-    rule: every series of a device ``metric`` of a ``kind`` (rows too: each phase of a PDU)
-    that ``fires`` above or below its ``warning``/``critical`` levels, on the devices its
-    ``matchers`` take (over device, kind, room, row, rack and row labels)."""
+    rule: every series of a ``metric`` of a ``kind`` (a device's, rows too: each phase of a
+    PDU; or the model's: a rack's, a room's, the site's) that ``fires`` above or below its
+    ``warning``/``critical`` levels, where its ``matchers`` take it (over device, kind, room,
+    row, rack and row labels)."""
 
     enabled: bool = True
     for_s: float | None = Field(None, ge=0, le=DAY_S)  # the condition holds this long first
@@ -351,8 +352,8 @@ class RuleSettings(Strict):
     labels: dict[LabelName, str] = {}
     runbook_url: str | None = Field(None, pattern=r"^https?://\S+$", max_length=2000)
     # a rule of the site's own
-    kind: DeviceKind | None = None
-    metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")  # canonical (aidc.metrics)
+    kind: DeviceKind | Literal["rack", "room", "site"] | None = None  # the last: the model's
+    metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")  # as the store names it
     fires: Literal["above", "below"] | None = None
     clear: float = Field(0.0, ge=0)  # hysteresis: clears this far back inside its level
     matchers: list[Annotated[str, AfterValidator(a_matcher)]] = []

@@ -415,7 +415,8 @@ class Runtime:
                                                   self.notifier_dead_letters,
                                                   alerting_rules={a.rule for a in alerts},
                                                   bad_series=self.bad_series,
-                                                  gateways=self.topology.devices_behind_gateway)
+                                                  gateways=self.topology.devices_behind_gateway,
+                                                  derived=derived)
         try:
             conditions = inhibit(self.topology, conditions, status.racks)
         except Exception:  # a bug here must cost extra pages, never the tick

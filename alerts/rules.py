@@ -179,6 +179,7 @@ class Inputs:
     alerting_rules: Collection[str] | None = None
     bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
     gateways: Mapping[str, list[str]] | None = None  # Modbus gateway -> the units behind it
+    derived: Iterable[Sample] = ()  # the tick's rack, room and site series (derived_samples)
 
     @cached_property
     def rules(self) -> dict[str, Rule]:
@@ -418,24 +419,28 @@ def _bad_quality(i: Inputs) -> list[Condition | None]:
 
 
 def site_own_rules(i: Inputs) -> list[Condition | None]:
-    """The site's own rules: each series of their metric on the devices their matchers take
-    (a PDU's phases each), at the worst level it is past. The series are found among the
-    latest samples, which carry the device's place (room, row, rack) and row labels."""
+    """The site's own rules: each series of their metric that their matchers take (a PDU's
+    phases each; every rack's headroom), at the worst level it is past. A device's series
+    are found among the latest samples, the model's (rack, room, site) among this tick's
+    derived ones; both carry their place (room, row, rack) and row labels."""
     own = [(name, rule, [parse_matcher(m) for m in rule.matchers])
            for name, rule in i.rules.items() if rule.metric and rule.enabled]
     if not own:
         return []
     wanted = {rule.metric for _, rule, _ in own}
-    series: dict[str, list[tuple[str, str]]] = {}
+    series: dict[tuple[str, str], list[tuple[str, Sample]]] = {}  # (kind, metric) -> samples
     for device, key in i.latest:
         if (metric := key.partition("{")[0]) in wanted:
-            series.setdefault(metric, []).append((device, key))
+            s = i.latest[(device, key)]
+            series.setdefault((s.measurement, metric), []).append((key, s))
+    for s in i.derived:
+        if s.field in wanted:
+            series.setdefault((s.measurement, s.field), []).append((s.field, s))
     out = []
     for name, rule, matchers in own:
-        for device, key in series.get(rule.metric, ()):
-            s = i.latest[(device, key)]
+        for key, s in series.get((rule.kind, rule.metric), ()):
             labels = {k: v for k, v in s.tags.items() if k != "site"} | {"kind": s.measurement}
-            if s.measurement != rule.kind or not all(m.matches(name, labels) for m in matchers):
+            if not all(m.matches(name, labels) for m in matchers):
                 continue
             v = s.value if s.good else None
             level = None if v is None else rule.level(
@@ -451,9 +456,10 @@ def site_own_rules(i: Inputs) -> list[Condition | None]:
 
 def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
              threshold: float | None, level: str | None) -> str:
+    subject = next((labels[k] for k in ("device", "rack", "room") if k in labels), "the site")
     if value is None:
-        return f"{labels['device']}: {key} unknown"
-    fields = {"room": "", "row": "", "rack": ""} | labels | {
+        return f"{subject}: {key} unknown"
+    fields = {"device": "", "room": "", "row": "", "rack": ""} | labels | {
         "metric": key, "value": value, "unit": rule.unit, "threshold": threshold,
         "severity": level or "ok"}
     if rule.summary:
@@ -462,7 +468,7 @@ def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
         except (KeyError, IndexError, ValueError, TypeError):
             pass  # a format that fits a number, given a name: the plain summary says it
     unit = f" {rule.unit}" if rule.unit else ""
-    return (f"{labels['device']} {key} {value:g}{unit}, " + (
+    return (f"{subject} {key} {value:g}{unit}, " + (
         f"{rule.fires} the {level} level {threshold:g}{unit}" if level
         else "back inside its levels"))
 
@@ -590,12 +596,13 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        alerting_rules: Collection[str] | None = None,
                        bad_series: Mapping[tuple[str, str], Sample] | None = None,
                        gateways: Mapping[str, list[str]] | None = None,
+                       derived: Iterable[Sample] = (),
                        ) -> tuple[list[Condition], bool]:
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
     i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
-               alerting_rules, bad_series, gateways)
+               alerting_rules, bad_series, gateways, derived)
     out: list[Condition] = []
     complete = True
     for rules in (device_unreachable, gateway_unreachable, device_rules, model_rules, store_rules,

@@ -1343,20 +1343,25 @@ def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
                            "matchers": ["device=cdu-1"],
                            "summary": "{device} supply {value:.1f} {unit} ({severity})"},
         "pdu_phase_current_high": {"kind": "pdu", "metric": "current_a", "fires": "above",
-                                   "warning": 25, "labels": {"team": "power"}}}})
+                                   "warning": 25, "labels": {"team": "power"}},
+        "rack_headroom_low": {"kind": "rack", "metric": "headroom_kw", "fires": "below",
+                              "warning": 5, "critical": 0, "unit": "kW"}}})
     site = DEMO.site.model_copy(update={"alerts": alerts})
     ev = Evaluator(open_outbox())
     tags = DEMO.device_tags
 
-    def step(at: float, supply_c: float, phase_a: tuple[float, float, float] = (10, 10, 10)):
+    def step(at: float, supply_c: float, phase_a: tuple[float, float, float] = (10, 10, 10),
+             headroom_kw: dict[str, float] | None = None):
         latest = {(cdu, "supply_temp_c"): Sample("cdu", tags[cdu], "supply_temp_c", supply_c, at)
                   for cdu in ("cdu-1", "cdu-2")}
         latest |= {("pdu-a01-b", f"current_a{{phase={p}}}"): Sample(
             "pdu", tags["pdu-a01-b"] | {"phase": str(p)}, "current_a", a, at)
             for p, a in enumerate(phase_a, 1)}
         active = {a.fingerprint for a in ev.active_alerts()}
+        derived = [Sample("rack", {"site": "demo", "room": "hall-1", "row": rack[0], "rack": rack},
+                          "headroom_kw", kw, at) for rack, kw in (headroom_kw or {}).items()]
         conditions, complete = builtin_conditions(site, [], None, latest, active.__contains__,
-                                                  now=at)
+                                                  now=at, derived=derived)
         assert complete
         return [(t.kind, t.alert.rule, t.alert.severity, t.alert.summary)
                 for t in ev.step(at, conditions) if t.alert.rule in alerts.rules]
@@ -1376,3 +1381,11 @@ def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
     [alert] = [a for a in ev.active_alerts() if a.rule == "pdu_phase_current_high"]
     assert alert.labels | {"phase": "2", "team": "power"} == alert.labels
     assert alert.labels["rack"] == tags["pdu-a01-b"]["rack"]
+
+    # the model's series too: a rack's headroom, from the tick's derived samples
+    racks = step(8, 30.0, (10, 26.5, 10), {"A01": 3.0, "A02": 10.0, "B01": -1.5})
+    assert sorted(racks) == [
+        ("firing", "rack_headroom_low", "critical",
+         "B01 headroom_kw -1.5 kW, below the critical level 0 kW"),
+        ("firing", "rack_headroom_low", "warning",
+         "A01 headroom_kw 3 kW, below the warning level 5 kW")]
