@@ -28,6 +28,7 @@ log = logging.getLogger("aidc.alerts.rules")
 
 PACK = Path(__file__).with_name("rules.yaml")
 TUNABLE = ("for_s", "severity", "warning", "critical")  # as far as a rule's pack entry has them
+OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "meaning", "steps")
 CRITICAL, WARNING = "critical", "warning"
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
 HYSTERESIS = 0.05  # an envelope alert clears 5 % inside the limit that raised it
@@ -81,9 +82,6 @@ class Rule(RuleSettings):
 
 class RulePack(RootModel[dict[str, Rule]]):
     pass
-
-
-OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "meaning", "steps")
 
 
 @cache
