@@ -14,6 +14,7 @@ import inspect
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from alerts.evaluate import Evaluator
 from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
-from alerts.rules import StoreState, builtin_conditions
+from alerts.rules import CRITICAL_FLAGS, StoreState, builtin_conditions
 from alerts.silences import Silences
 from collectors import Collector, DeviceUnreachable, make_collector
 
@@ -87,6 +88,12 @@ def _drop_outcome(task: asyncio.Task) -> None:
 
 
 PROBE_REUSE_S = 2.0  # a probe ended this recently is given again, not read again
+MIN_TICK_GAP_S = 0.25  # between two ticks' starts, however often a flag flips
+
+
+def flipped(test: Callable[[float], bool], new: Sample, old: Sample | None) -> bool:
+    """Whether ``new`` flips a flag's ``test`` that ``old`` held the other way (both good)."""
+    return old is not None and old.good and new.good and test(old.value) != test(new.value)
 
 
 def probe_deadline_s(timeout_s: float) -> float:
@@ -152,6 +159,11 @@ class Runtime:
         self._probes: dict[str, Probe] = {}  # each device's last probe
         self._not_heard_from = {d.id for d in site.devices}  # no poll of theirs ended yet
         self._all_heard_from = asyncio.Event()
+        # a poll that flips one of these (a leak, a source on battery) ticks the model now
+        self._flags: dict[str, dict[str, Callable[[float], bool]]] = {}  # kind -> metric -> test
+        for f in CRITICAL_FLAGS:
+            self._flags.setdefault(f.kind, {})[f.metric] = f.test
+        self._flag_flipped = asyncio.Event()
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
         """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
@@ -239,9 +251,13 @@ class Runtime:
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
                     self.ever_good.update((device.id, r.key) for r in readings
                                           if r.quality is Quality.GOOD)
+                    flags = self._flags.get(device.kind)
                     for r in readings:
                         s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
                                    r.value, now, r.quality)
+                        if flags and r.metric in flags and flipped(
+                                flags[r.metric], s, self.latest.get((device.id, r.key))):
+                            self._flag_flipped.set()
                         self.latest[(device.id, r.key)] = s
                         if s.quality in BAD_QUALITIES:
                             self.bad_series[(device.id, r.key)] = s
@@ -360,17 +376,23 @@ class Runtime:
     async def _tick_forever(self) -> None:
         """The first tick as soon as every device's first poll has ended (answered or not),
         at most a tick interval after the start, its peak window holding what the store
-        kept from before the start; then one every tick interval."""
+        kept from before the start; then one every tick interval, or sooner when a poll
+        flips a critical flag: a leak pages a poll after it starts, not a tick later."""
         peaks_read = asyncio.create_task(asyncio.to_thread(self._peaks_from_store))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_heard_from.wait(), self.site.model.tick_s)
         await peaks_read  # bounded by the store's own timeouts; the tick owns the peaks next
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            started = loop.time()
+            self._flag_flipped.clear()  # the tick reads what the polls have read until now
             try:
                 await self.tick(time.time())
             except Exception:
                 log.exception("event=model_tick_error")
-            await asyncio.sleep(self.site.model.tick_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flag_flipped.wait(), self.site.model.tick_s)
+            await asyncio.sleep(started + MIN_TICK_GAP_S - loop.time())
 
     # ------------------------------------------------------------------ the model tick
 

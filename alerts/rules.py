@@ -293,15 +293,33 @@ def _levels(i: Inputs, rule: str, kind: str, metric: str,
     return out
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A rule that holds at once (no ``for``) on one metric of a device kind: the runtime
+    evaluates as soon as a poll flips ``test``, not at its next tick."""
+
+    rule: str
+    kind: str
+    metric: str
+    test: Callable[[float], bool]
+    summary: str
+    threshold: float | None = None
+
+
+CRITICAL_FLAGS = (
+    Flag("leak", "cdu", "leak", lambda v: v >= 1, "leak detected at {device}"),
+    Flag("ups_on_battery", "ups", "on_battery", lambda v: v >= 1,
+         "{device} is on battery: utility power lost"),
+    Flag("rectifier_on_battery", "rectifier", "battery_current_a", lambda v: v > 0,
+         "{device} discharges its battery ({value:.0f} A): its AC input is lost", threshold=0),
+)
+
+
 def device_rules(i: Inputs) -> list[Condition | None]:
     return (
-        _flag(i, "leak", "cdu", "leak", lambda v: v >= 1, "leak detected at {device}")
+        [c for f in CRITICAL_FLAGS
+         for c in _flag(i, f.rule, f.kind, f.metric, f.test, f.summary, f.threshold)]
         + _pump_redundancy(i)
-        + _flag(i, "ups_on_battery", "ups", "on_battery", lambda v: v >= 1,
-                "{device} is on battery: utility power lost")
-        + _flag(i, "rectifier_on_battery", "rectifier", "battery_current_a", lambda v: v > 0,
-                "{device} discharges its battery ({value:.0f} A): its AC input is lost",
-                threshold=0)
         + _levels(i, "supercap_soc_low", "supercap", "soc_pct",
                   "{device} state of charge {value:.0f} %")
         + _rectifier_redundancy(i)

@@ -188,13 +188,14 @@ def test_the_console_scripts_come_compressed_and_cached_for_a_year(web):
 def test_every_rule_that_can_fire_has_a_runbook(web):
     import ast
 
-    from alerts.rules import rule_pack
+    from alerts.rules import CRITICAL_FLAGS, rule_pack
 
     source = (ROOT / "alerts" / "rules.py").read_text()
     fired = {node.args[1].value for node in ast.walk(ast.parse(source))
              if isinstance(node, ast.Call)
              and getattr(node.func, "id", "") in ("_condition", "_flag", "_levels", "_envelope")
              and isinstance(node.args[1], ast.Constant)}  # fmt: skip
+    fired |= {f.rule for f in CRITICAL_FLAGS}
     assert len(fired) >= 12 and fired == set(rule_pack())
     page = get(web, "/runbooks")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

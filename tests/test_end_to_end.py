@@ -293,3 +293,25 @@ def test_a_rule_of_the_sites_own_pages_through_the_whole_chain(tmp_path, receive
         assert len(own("firing")) == 1
 
     asyncio.run(run_site(site, tmp_path, check))
+
+
+def test_a_leak_pages_a_poll_after_it_starts_not_a_tick_later(tmp_path, receiver):
+    """A poll that flips a critical flag (a leak, a source on battery) ticks the model at
+    once: with a tick a minute, the leak still pages within seconds, and so does its end."""
+    site = fast_site(receiver.url)
+    site = site.model_copy(update={"model": site.model.model_copy(update={"tick_s": 60.0})})
+
+    def paged(status: str) -> list[dict]:
+        return [b for b in receiver.bodies() if b["rule"] == "leak" and b["status"] == status]
+
+    async def check(simulated, runtime, web):
+        # the first tick comes once every device was first heard from; the next, a minute on
+        await wait_until(lambda: runtime.ticks >= 1, 30, "the first tick")
+        first = runtime.ticks
+        await simulated.inject("leak", "cdu-1")
+        await wait_until(lambda: paged("firing"), 20, "the leak's page")
+        assert runtime.ticks > first and paged("firing")[0]["severity"] == "critical"
+        await simulated.inject("leak", "cdu-1", on=False)
+        await wait_until(lambda: paged("resolved"), 20, "its resolved notice")
+
+    asyncio.run(run_site(site, tmp_path, check))
