@@ -12,6 +12,7 @@ back).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -90,6 +91,7 @@ def main() -> None:
             results = {}
             for name, latest in (("quiet", quiet), ("storm", storm)):
                 runtime = Runtime(site, Path(tmp) / name)
+                gc.freeze()  # as `aidc run` does once its runtime is made
                 await timed_ticks(runtime, latest, now)  # warm-up: caches, first notifications
                 results[name] = await timed_ticks(runtime, latest, now + 3600)
                 runtime.outbox.close()
