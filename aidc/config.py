@@ -392,6 +392,13 @@ class Alerts(Strict):
     webhooks: list[Webhook] = []
     routes: list[Route] = []  # none: every webhook gets every notification
     rules: dict[str, RuleSettings] = {}  # rule name -> what this site changes in it
+    # more of them in a file of their own (``rules:`` as above), relative to the site file:
+    # rules that several sites share
+    rules_file: str | None = None
+
+
+class RulesFile(Strict):
+    rules: dict[str, RuleSettings] = {}
 
     @property
     def shortest_repeat_s(self) -> float:
@@ -751,12 +758,36 @@ def load_site(path: str | os.PathLike[str], check: Problems | None = None) -> Si
     path made absolute (the console reads it again when it changes)."""
     site = load_model(path, Site, lambda s: _references(s) + (check(s) if check else []),
                       "expected a mapping with site, rooms, devices, racks")
+    if site.alerts.rules_file is not None:
+        site = _with_rules_file(site, Path(path).parent / Path(site.alerts.rules_file).expanduser(),
+                                check)
     if site.web.users_file is None:
         return site
     users_file = Path(path).parent / Path(site.web.users_file).expanduser()
     load_users(users_file, {u.name for u in site.web.users})  # its mistakes named as written
     web = site.web.model_copy(update={"users_file": str(users_file.resolve())})
     return site.model_copy(update={"web": web})
+
+
+def _with_rules_file(site: Site, path: Path, check: Problems | None) -> Site:
+    """``site`` with the rules of its rules file too, checked like the site file's own (by
+    ``check``) and named at their lines in that file; a rule the site file also has is
+    refused (which would hold?)."""
+    def with_rules(rules: dict[str, RuleSettings]) -> Site:
+        alerts = site.alerts.model_copy(update={"rules": rules})
+        return site.model_copy(update={"alerts": alerts})
+
+    def problems(f: RulesFile) -> list[tuple[tuple, str]]:
+        out = [(("rules", name), f"rule '{name}' is in the site file's alerts.rules too")
+               for name in f.rules if name in site.alerts.rules]
+        found = check(with_rules(f.rules)) if check and f.rules else []
+        return out + [(("rules", *loc[2:]), message) for loc, message in found
+                      if loc[:2] == ("alerts", "rules")]
+
+    shared = load_model(path, RulesFile, problems, "expected a mapping with rules").rules
+    site = with_rules(shared | site.alerts.rules)
+    alerts = site.alerts.model_copy(update={"rules_file": str(path.resolve())})
+    return site.model_copy(update={"alerts": alerts})
 
 
 def load_users(path: str | os.PathLike[str], in_site_file: set[str] = frozenset()) -> list[User]:

@@ -81,3 +81,12 @@ def test_backoff_waits_for_the_alert_then_doubles_to_its_cap():
     # poll 2 s, alert after 3 failures, cap 30 s: 2, 2, 2 (failures 0-2), then 4, 8, 16, 30, 30
     assert [backoff_s(2, f, 3, 30) for f in range(8)] == [2, 2, 2, 4, 8, 16, 30, 30]
     assert backoff_s(60, 5, 3, 30) == 60  # never faster than the poll interval
+
+
+def test_a_rules_file_adds_its_rules_to_the_site_files():
+    """Rules several sites share, in a file of their own beside the site file's."""
+    site = load_site(CASES / "rules_file_valid" / "site.yaml")
+    rules = site.alerts.rules
+    assert set(rules) == {"cdu_supply_hot", "battery_runtime_low", "pue_above_target"}
+    assert (rules["battery_runtime_low"].warning, rules["pue_above_target"].severity) == (900, "info")
+    assert site.alerts.rules_file == str((CASES / "rules_file_valid" / "rules.yaml").resolve())
