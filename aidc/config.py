@@ -396,14 +396,14 @@ class Alerts(Strict):
     # rules that several sites share
     rules_file: str | None = None
 
-
-class RulesFile(Strict):
-    rules: dict[str, RuleSettings] = {}
-
     @property
     def shortest_repeat_s(self) -> float:
         """How often reminders are looked for: the shortest repeat of any route."""
         return min([self.repeat_s, *(r.repeat_s for r in self.routes if r.repeat_s)])
+
+
+class RulesFile(Strict):
+    rules: dict[str, RuleSettings] = {}
 
 
 class Store(Strict):
