@@ -31,6 +31,7 @@ from aidc.derive import (
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
 from aidc.metrics import Quality
 from alerts.evaluate import Alert, read_history, severity_rank
+from alerts.rules import rule_pack, site_rules
 from alerts.silences import Silence
 from models import pue as pue_model
 
@@ -562,6 +563,13 @@ class SiteAPI:
 
     def alerts(self) -> list[dict[str, Any]]:
         return [alert_json(a) for a in self.runtime.evaluator.active_alerts()]
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The site's rules as they run: aidc's pack with the site's changes, and its own."""
+        pack = rule_pack()
+        return [rule.model_dump(mode="json") | {
+            "name": name, "source": "aidc" if name in pack else "site",
+            "settings": rule.settings_text()} for name, rule in site_rules(self.runtime.site).items()]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Serving while the model ticks (503 "stalled" when it stops). "degraded" when a

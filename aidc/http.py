@@ -244,6 +244,10 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
             raise ValueError(f"hours: expected more than 0 and at most {24 * HISTORY_DAYS}")
         return jsonify(api.alert_history(hours))
 
+    @app.get("/api/v1/rules")
+    def rules():
+        return jsonify(api.rules())
+
     @app.get("/api/v1/notifications")
     def notifications():
         return jsonify(api.notifications())

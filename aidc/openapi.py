@@ -24,6 +24,7 @@ from aidc.api import (
 from aidc.derive import BackupStatus, Pool, RackStatus, WhatIf
 from aidc.metrics import DeviceHealth
 from alerts.evaluate import Alert
+from alerts.rules import Rule
 
 NUMBER_OR_NULL = {"type": ["number", "null"]}
 STRINGS = {"type": "array", "items": {"type": "string"}}
@@ -142,6 +143,14 @@ def silence() -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 
+def rule_schema() -> dict[str, Any]:
+    schema = Rule.model_json_schema(mode="serialization")
+    props = schema["properties"] | {
+        "name": {"type": "string"}, "source": {"enum": ["aidc", "site"]},
+        "settings": {"type": "string", "description": "How the rule is set, in words"}}
+    return schema | {"properties": props, "required": sorted(props)}
+
+
 def health() -> dict[str, Any]:
     props = {"status": {"enum": ["ok", "degraded", "stalled"]}, "inputs_never_read": STRINGS,
              "last_tick_age_s": {"type": "number"}, "devices_up": {"type": "integer"},
@@ -172,6 +181,7 @@ def schemas() -> dict[str, dict]:
         "Alert": schema_of(Alert, **{k: ISO_TIME for k in ALERT_TIMES},
                            state={"enum": ["pending", "firing", "suppressed"]}),
         "Silence": silence(),
+        "Rule": rule_schema(),
         "SilenceRequest": request_schema(SilenceRequest),
         "AckRequest": request_schema(AckRequest),
         "Health": health(),
@@ -296,6 +306,9 @@ def openapi() -> dict[str, Any]:
             "/api/v1/notifications": read(
                 "Notifications not delivered yet (with their last error) and dead letters",
                 array_of("Notification")),
+            "/api/v1/rules": read(
+                "The site's rules as they run: aidc's rule pack with the site's changes "
+                "(source aidc) and the site's own (source site)", array_of("Rule")),
             "/api/v1/alerts/{fingerprint}/ack": {**write(
                 "post", "Acknowledge an alert: no repeats until it changes", "AckRequest",
                 ref("Alert"), 200, 404), "parameters": [fp]},

@@ -204,6 +204,12 @@ def test_every_rule_that_can_fire_has_a_runbook(web):
     # each as the site has it: the demo keeps the pack's levels and delays
     assert "fires below 600 s (warning), 300 s (critical)" in page.text
     assert "critical; after 30 s. Value in L/min." in page.text  # coolant_flow_low
+    # and so does the API, for scripts
+    rules = {r["name"]: r for r in get(web, "/api/v1/rules").json()}
+    assert rules.keys() == set(rule_pack()) and {r["source"] for r in rules.values()} == {"aidc"}
+    low = rules["battery_runtime_low"]
+    assert (low["warning"], low["critical"], low["fires"], low["unit"]) == (600, 300, "below", "s")
+    assert rules["coolant_flow_low"]["settings"] == "critical; after 30 s. Value in L/min."
 
 
 def test_headroom_filters_by_row_and_min_kw(web):
