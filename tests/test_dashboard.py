@@ -264,6 +264,10 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
              what="the leak in the last 24 h's changes")
     assert re.fullmatch(r"Every notification delivered\.|\d+ waiting for delivery, \d+ dead letters",
                         dash_duo.find_element("#deliveries-summary").text)
+    rules = [" ".join(r.split()) for r in table_rows(dash_duo, "#rules-table")]
+    assert any(r.startswith("battery_runtime_low aidc fires below 600 s (warning), 300 s "
+                            "(critical)") for r in rules), rules
+    assert dash_duo.find_element("#rules-table a[href='/runbooks#leak']").text == "leak"
     screenshot(dash_duo, "alerts-under-faults")
     open_page(dash_duo, "/rack/B02", "#rack-devices")
     wait_for(lambda: any(r.startswith(("pdu-b02-b pdu down", "pdu-b02-b pdu stale"))

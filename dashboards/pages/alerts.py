@@ -1,6 +1,6 @@
 """Alerts: what is firing, pending or suppressed (and by what), acknowledging one and
-silencing what matches from the page, the silences, what changed over the last day, and the
-notifications not delivered yet or dead."""
+silencing what matches from the page, the silences, what changed over the last day, the
+notifications not delivered yet or dead, and the rules as this site has them."""
 
 from __future__ import annotations
 
@@ -44,7 +44,17 @@ def layout(api: SiteAPI) -> html.Div:
                                    ("Next try", "next_attempt_at"), ("Last error", "last_error")],
               page_size=25, style_data_conditional=[
                   {"if": {"filter_query": '{status} = "dead"'}, "color": RED}]),
+        html.H3("Rules (alerts.rules in the site file)"),
+        table("rules-table", [("Rule", "rule"), ("From", "source"), ("Set", "settings"),
+                              ("Meaning", "meaning")], links=("rule",), page_size=50,
+              data=rule_rows(api.rules())),
     ])
+
+
+def rule_rows(rules: list[dict]) -> list[dict]:
+    """Each rule linked to its runbook (the site's own, or the console's)."""
+    return [{**r, "rule": f"[{r['name']}]({r['runbook_url'] or '/runbooks#' + r['name']})",
+             "source": "aidc" if r["source"] == "aidc" else "this site"} for r in rules]
 
 
 def operator_actions() -> html.Div:
