@@ -60,7 +60,7 @@ class Notifier:
             if w.format not in FORMATS:
                 raise ValueError(f"webhook '{w.name}': unknown format '{w.format}'")
         self._topology, self._outbox = topology, outbox
-        self._rules = site_rules(topology.site)  # refuses a rule the pack does not have
+        self.rules = site_rules(topology.site)  # refuses a rule the pack does not have
         self._external_url = (external_url or "").rstrip("/")
         self._routes = [([parse_matcher(m) for m in r.matchers], r.receivers, r.continue_,
                          r.repeat_s or alerts.repeat_s) for r in alerts.routes]  # fmt: skip
@@ -112,7 +112,7 @@ class Notifier:
         base = self._external_url
         return Context(
             where={k: where[k] for k in WHERE if k in where}, racks=racks, loops=loops,
-            runbook_url=getattr(self._rules.get(t.alert.rule), "runbook_url", None)
+            runbook_url=getattr(self.rules.get(t.alert.rule), "runbook_url", None)
             or (f"{base}/runbooks#{t.alert.rule}" if base else None),
             url=f"{base}/" if base else None,
         )

@@ -21,7 +21,7 @@ from pydantic import RootModel
 
 from aidc.config import RuleSettings, Site, load_model
 from aidc.matchers import parse_matcher
-from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample
+from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample, series_key
 from alerts.evaluate import Condition, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
@@ -46,6 +46,14 @@ class Rule(RuleSettings):
     unit: str = ""
     meaning: str  # what the alert means
     runbook_url: str | None = None  # None: the console's /runbooks#<rule>
+
+    def watches(self, name: str, sample: Sample) -> bool:
+        """Whether this rule of the site's own takes ``sample``'s series (its kind, metric
+        and matchers; the series keeps these, so it is asked once a series)."""
+        if sample.measurement != self.kind or sample.field != self.metric:
+            return False
+        labels = series_labels(sample) if self.matchers else {}
+        return all(parse_matcher(m).matches(name, labels) for m in self.matchers)
 
     @property
     def has_levels(self) -> bool:
@@ -178,6 +186,8 @@ class Inputs:
     bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
     gateways: Mapping[str, list[str]] | None = None  # Modbus gateway -> the units behind it
     derived: Iterable[Sample] = ()  # the tick's rack, room and site series (derived_samples)
+    # a rule of the site's own -> the series it watches; None: scan ``latest``
+    watched: Mapping[str, Iterable[tuple[str, str]]] | None = None
 
     @cached_property
     def rules(self) -> dict[str, Rule]:
@@ -435,39 +445,62 @@ def _bad_quality(i: Inputs) -> list[Condition | None]:
 
 
 def site_own_rules(i: Inputs) -> list[Condition | None]:
-    """The site's own rules: each series of their metric that their matchers take (a PDU's
-    phases each; every rack's headroom), at the worst level it is past. A device's series
-    are found among the latest samples, the model's (rack, room, site) among this tick's
-    derived ones; both carry their place (room, row, rack) and row labels."""
-    own = [(name, rule, [parse_matcher(m) for m in rule.matchers])
-           for name, rule in i.rules.items() if rule.metric and rule.enabled]
-    if not own:
-        return []
-    wanted = {rule.metric for _, rule, _ in own}
-    series: dict[tuple[str, str], list[tuple[str, Sample]]] = {}  # (kind, metric) -> samples
-    for device, key in i.latest:
-        if (metric := key.partition("{")[0]) in wanted:
-            s = i.latest[(device, key)]
-            series.setdefault((s.measurement, metric), []).append((key, s))
-    for s in i.derived:
-        if s.field in wanted:
-            series.setdefault((s.measurement, s.field), []).append((s.field, s))
+    """The site's own rules: each series they watch (a PDU's phases each; every rack's
+    headroom), at the worst level it is past. A device's series are among the latest
+    samples, the model's (rack, room, site) among this tick's derived ones; both carry their
+    place (room, row, rack) and row labels. Only a series past its first level becomes a
+    condition; while the rule has alerts, also one within ``clear`` of it (it may hold its
+    alert) and one unknown (it holds its alert). One back inside resolves by its absence:
+    a quiet rule over 60,000 PDU phases costs a comparison a phase."""
     out = []
-    for name, rule, matchers in own:
-        for key, s in series.get((rule.kind, rule.metric), ()):
-            labels = {k: v for k, v in s.tags.items() if k != "site"} | {"kind": s.measurement}
-            if not all(m.matches(name, labels) for m in matchers):
-                continue
+    for name, rule in i.rules.items():
+        if not (rule.metric and rule.enabled):
+            continue
+        alerting = i.keeps_inactive(name)
+        first = [x for x in (rule.warning, rule.critical) if x is not None]
+        clear = rule.clear if alerting else 0.0
+        if rule.fires == "above":
+            edge = min(first) - clear
+            samples = [s for s in _watched(i, name, rule)
+                       if (s.value > edge if s.good else alerting)]
+        else:
+            edge = max(first) + clear
+            samples = [s for s in _watched(i, name, rule)
+                       if (s.value < edge if s.good else alerting)]
+        for s in samples:
+            labels = series_labels(s)
             v = s.value if s.good else None
             level = None if v is None else rule.level(
                 v, i.is_active(fingerprint(name, i.labels(name, labels))))
             limit = rule.critical if level == CRITICAL else rule.warning
             if limit is None:
                 limit = rule.critical
+            key = series_key(s.field, {k: labels[k] for k in labels.keys() - PLACE})
             out.append(_condition(i, name, labels, None if v is None else level is not None, v,
                                   _summary(rule, labels, key, v, limit, level),
                                   severity=level, threshold=limit))
     return out
+
+
+PLACE = frozenset({"device", "kind", "room", "row", "rack"})
+
+
+def series_labels(s: Sample) -> dict[str, str]:
+    """A series' labels as its alerts carry them: its place and row labels, and its kind."""
+    return {k: v for k, v in s.tags.items() if k != "site"} | {"kind": s.measurement}
+
+
+def _watched(i: Inputs, name: str, rule: Rule) -> list[Sample]:
+    """The latest sample of every series ``rule`` watches (stale ones read as such): the
+    model's from the derived samples, a device's from the runtime's index of them (without
+    one, a scan of every latest sample)."""
+    if rule.kind in ("rack", "room", "site"):
+        kind, metric = rule.kind, rule.metric
+        return [s for s in i.derived if s.field == metric and s.measurement == kind
+                and (not rule.matchers or rule.watches(name, s))]
+    if i.watched is not None:
+        return [s for k in i.watched.get(name, ()) if (s := i.latest.get(k)) is not None]
+    return [s for k in i.latest if (s := i.latest.get(k)) is not None and rule.watches(name, s)]
 
 
 def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
@@ -613,12 +646,13 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        bad_series: Mapping[tuple[str, str], Sample] | None = None,
                        gateways: Mapping[str, list[str]] | None = None,
                        derived: Iterable[Sample] = (),
+                       watched: Mapping[str, Iterable[tuple[str, str]]] | None = None,
                        ) -> tuple[list[Condition], bool]:
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
     i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
-               alerting_rules, bad_series, gateways, derived)
+               alerting_rules, bad_series, gateways, derived, watched)
     out: list[Condition] = []
     complete = True
     for rules in (device_unreachable, gateway_unreachable, device_rules, model_rules, store_rules,
