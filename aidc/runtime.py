@@ -262,7 +262,8 @@ class Runtime:
                 else:
                     bad = sum(r.quality is not Quality.GOOD for r in readings)
                     keys = tuple(r.key for r in readings)
-                    new_series = keys != self.series_of.get(device.id)
+                    new_series = device.kind in self._own_rules and \
+                        keys != self.series_of.get(device.id)
                     self.series_of[device.id] = keys
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
                     self.ever_good.update((device.id, r.key) for r in readings
@@ -275,7 +276,7 @@ class Runtime:
                                 flags[r.metric], s, self.latest.get((device.id, r.key))):
                             self._flag_flipped.set()
                         self.latest[(device.id, r.key)] = s
-                        if new_series and device.kind in self._own_rules:
+                        if new_series:
                             self._watch(device, r.key, s)
                         if s.quality in BAD_QUALITIES:
                             self.bad_series[(device.id, r.key)] = s

@@ -221,7 +221,16 @@ class LiveSite:
             finally:
                 await self.simulated.stop()
 
-        self.loop.run_until_complete(main())
+        try:
+            self.loop.run_until_complete(main())
+        finally:  # as asyncio.run ends: nothing of this site's runs on, nor do its threads
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()
 
     def start(self, ticks: int = 2, timeout_s: float = 60):
         """Start, and wait for ``ticks`` model ticks."""
