@@ -31,7 +31,7 @@ from aidc.derive import (
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
 from aidc.metrics import Quality
 from alerts.evaluate import Alert, read_history, severity_rank
-from alerts.rules import rule_pack, site_rules
+from alerts.rules import rule_pack
 from alerts.silences import Silence
 from models import pue as pue_model
 
@@ -569,7 +569,7 @@ class SiteAPI:
         pack = rule_pack()
         return [rule.model_dump(mode="json") | {
             "name": name, "source": "aidc" if name in pack else "site",
-            "settings": rule.settings_text()} for name, rule in site_rules(self.runtime.site).items()]
+            "settings": rule.settings_text(), "runbook": rule.runbook(name, "")} for name, rule in self.runtime.notifier.rules.items()]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Serving while the model ticks (503 "stalled" when it stops). "degraded" when a

@@ -46,9 +46,9 @@ def _rule_metric_problems(site: Site) -> list[tuple[tuple, str]]:
     own = {name: rule for name, rule in site.alerts.rules.items() if rule.metric is not None}
     if not own:
         return []
-    from aidc.derive import RACK_FIELDS, SITE_FIELDS  # the model: only for such rules
+    from aidc.derive import RACK_FIELDS, ROOM_FIELDS, SITE_FIELDS  # only for such rules
 
-    read = {"rack": set(RACK_FIELDS), "room": {"it_kw"}, "site": set(SITE_FIELDS)}
+    read = {"rack": set(RACK_FIELDS), "room": set(ROOM_FIELDS), "site": set(SITE_FIELDS)}
     for kind, profile in {(d.kind, d.profile) for d in site.devices}:
         read.setdefault(kind, set()).update(p.metric for p in load_profile(profile).points)
     out = []

@@ -33,6 +33,7 @@ from aidc.matchers import a_matcher
 Protocol = Literal["modbus", "snmp", "opcua"]
 DeviceKind = Literal["pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter"]
 DEVICE_KINDS = get_args(DeviceKind)
+ModelKind = Literal["rack", "room", "site"]  # what the model derives series of
 DAY_S = 86_400.0
 REPEAT_S = 4 * 3600.0  # a firing alert is told again this often (Alertmanager's default)
 MAX_TIMEOUT_S = 600.0
@@ -352,7 +353,7 @@ class RuleSettings(Strict):
     labels: dict[LabelName, str] = {}
     runbook_url: str | None = Field(None, pattern=r"^https?://\S+$", max_length=2000)
     # a rule of the site's own
-    kind: DeviceKind | Literal["rack", "room", "site"] | None = None  # the last: the model's
+    kind: DeviceKind | ModelKind | None = None
     metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")  # as the store names it
     fires: Literal["above", "below"] | None = None
     clear: float = Field(0.0, ge=0)  # hysteresis: clears this far back inside its level

@@ -28,6 +28,7 @@ PHASE_CURRENT = tuple(series_key("current_a", {"phase": str(n)}) for n in PHASES
 # a rack's derived fields, in the order of its values: limits_kw is built in LIMITS' order
 SITE_FIELDS = ("pue", "it_kw", "facility_kw", "cooling_kw", "cooling_ppue", "power_ppue",
                "conversion_loss_kw")  # the `site` measurement's, in derived_samples
+ROOM_FIELDS = ("it_kw",)  # the `room` measurement's
 RACK_FIELDS = ("power_kw", "power_kw_peak", "headroom_kw", *(f"headroom_{k}_kw" for k in LIMITS))
 SWING_WINDOW_S = 60.0  # GPU load swings are judged over the last minute
 
@@ -537,7 +538,8 @@ class SiteModel:
         for room, racks in rooms.items():
             kw = [r.power_kw for r in racks]
             if None not in kw:
-                out.append(Sample("room", {"site": self.site.site, "room": room}, "it_kw", sum(kw), t))
+                out.append(Sample("room", {"site": self.site.site, "room": room}, ROOM_FIELDS[0],
+                                  sum(kw), t))
         return out
 
 

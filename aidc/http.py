@@ -8,6 +8,7 @@ OpenAPI document (``aidc.openapi``) is served at ``/api/v1/openapi.json``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import wraps
 from html import escape
 
@@ -19,17 +20,16 @@ from werkzeug.routing import Map, MapAdapter, Rule
 
 from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
 from aidc.auth import Auth
-from aidc.config import Site
 from aidc.derive import NotInSite
 from aidc.openapi import openapi
 from aidc.runtime import NotAnswering
 from alerts.evaluate import HISTORY_DAYS
-from alerts.rules import site_rules
+from alerts.rules import Rule as AlertRule
 
 MAX_BODY_BYTES = 64 * 1024  # every request body aidc takes is a few hundred bytes
 
 
-def runbooks_html(site: Site) -> str:
+def runbooks_html(site: str, rules: Mapping[str, AlertRule]) -> str:
     """One section per rule, its id the rule's name (``/runbooks#<rule>``): what it means,
     how this site has it set, and the first steps."""
     sections = "".join(
@@ -38,10 +38,10 @@ def runbooks_html(site: Site) -> str:
         + "<ol>" + "".join(f"<li>{escape(step)}</li>" for step in rule.steps) + "</ol>"
         + (f'<p><a href="{escape(rule.runbook_url)}">This site\'s runbook</a></p>'
            if rule.runbook_url else "") + "</section>"
-        for name, rule in site_rules(site).items()
+        for name, rule in rules.items()
     )
     return (f"<!doctype html><html><head><meta charset=utf-8><title>aidc runbooks · "
-            f"{escape(site.site)}</title></head><body><h1>Runbooks</h1>{sections}</body></html>")
+            f"{escape(site)}</title></head><body><h1>Runbooks</h1>{sections}</body></html>")
 
 
 def finite(obj):
@@ -275,8 +275,10 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
 
     @app.get("/runbooks")
     def runbooks():
-        """What each built-in rule means and the first steps: notifications link here."""
-        return Response(runbooks_html(api.runtime.site), mimetype="text/html")
+        """What each rule means, how this site has it set, and the first steps:
+        notifications link here."""
+        return Response(runbooks_html(api.site_name, api.runtime.notifier.rules),
+                        mimetype="text/html")
 
     @app.post("/api/v1/alerts/<fingerprint>/ack")
     @writes

@@ -147,7 +147,9 @@ def rule_schema() -> dict[str, Any]:
     schema = Rule.model_json_schema(mode="serialization")
     props = schema["properties"] | {
         "name": {"type": "string"}, "source": {"enum": ["aidc", "site"]},
-        "settings": {"type": "string", "description": "How the rule is set, in words"}}
+        "settings": {"type": "string", "description": "How the rule is set, in words"},
+        "runbook": {"type": "string", "description": "The site's own runbook, or the "
+                    "console's page (a path)"}}
     return schema | {"properties": props, "required": sorted(props)}
 
 

@@ -457,7 +457,8 @@ class Runtime:
                                                   alerting_rules={a.rule for a in alerts},
                                                   bad_series=self.bad_series,
                                                   gateways=self.topology.devices_behind_gateway,
-                                                  derived=derived, watched=self.watched_series)
+                                                  derived=derived, watched=self.watched_series,
+                                                  rules=self.notifier.rules)
         try:
             conditions = inhibit(self.topology, conditions, status.racks)
         except Exception:  # a bug here must cost extra pages, never the tick

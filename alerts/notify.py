@@ -110,10 +110,10 @@ class Notifier:
         where.pop("site", None)
         racks, loops = self._topology.affected(labels)
         base = self._external_url
+        rule = self.rules.get(t.alert.rule)
         return Context(
             where={k: where[k] for k in WHERE if k in where}, racks=racks, loops=loops,
-            runbook_url=getattr(self.rules.get(t.alert.rule), "runbook_url", None)
-            or (f"{base}/runbooks#{t.alert.rule}" if base else None),
+            runbook_url=rule.runbook(t.alert.rule, base or None) if rule else None,
             url=f"{base}/" if base else None,
         )
 

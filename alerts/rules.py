@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import RootModel
 
-from aidc.config import RuleSettings, Site, load_model
+from aidc.config import DEVICE_KINDS, RuleSettings, Site, load_model
 from aidc.matchers import parse_matcher
 from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample, series_key
 from alerts.evaluate import Condition, fingerprint
@@ -73,6 +73,15 @@ class Rule(RuleSettings):
         if not self.enabled:
             parts.insert(0, "off at this site")
         return "; ".join(parts) + (f". Value in {self.unit}." if self.unit else ".")
+
+    def threshold(self, level: str | None) -> float | None:
+        """The threshold of ``level``; not past any, the first level's."""
+        first = self.warning if self.warning is not None else self.critical
+        return self.critical if level == CRITICAL else first
+
+    def runbook(self, name: str, base: str | None) -> str | None:
+        """The site's own runbook, or the console's (at ``base``; none without one)."""
+        return self.runbook_url or (f"{base}/runbooks#{name}" if base is not None else None)
 
     def level(self, value: float, active: bool = False) -> str | None:
         """The worst level ``value`` is past; an ``active`` alert holds a level until the
@@ -188,10 +197,11 @@ class Inputs:
     derived: Iterable[Sample] = ()  # the tick's rack, room and site series (derived_samples)
     # a rule of the site's own -> the series it watches; None: scan ``latest``
     watched: Mapping[str, Iterable[tuple[str, str]]] | None = None
+    given_rules: Mapping[str, Rule] | None = None  # site_rules(site), made once; None: here
 
     @cached_property
-    def rules(self) -> dict[str, Rule]:
-        return site_rules(self.site)
+    def rules(self) -> Mapping[str, Rule]:
+        return self.given_rules if self.given_rules is not None else site_rules(self.site)
 
     def labels(self, rule: str, labels: dict[str, str]) -> dict[str, str]:
         """An alert's labels: the rule's own (from the pack and the site), the site's name,
@@ -299,7 +309,7 @@ def _levels(i: Inputs, rule: str, kind: str, metric: str,
         out.append(_condition(
             i, rule, {"device": d.id, "kind": kind}, None if v is None else level is not None,
             v, f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v),
-            severity=level, threshold=spec.critical if level == CRITICAL else spec.warning))
+            severity=level, threshold=spec.threshold(level)))
     return out
 
 
@@ -413,8 +423,7 @@ def _battery(i: Inputs) -> list[Condition | None]:
             out.append(_condition(
                 i, "battery_runtime_low", labels, low, left,
                 f"{d.id} on battery with {'?' if left is None else f'{left:.0f}'} s left",
-                severity=level, threshold=runtime.critical if level == CRITICAL
-                else runtime.warning))
+                severity=level, threshold=runtime.threshold(level)))
         else:
             current = i.value(d.id, "battery_current_a")
             on, left = None if current is None else current > 0, None
@@ -472,9 +481,7 @@ def site_own_rules(i: Inputs) -> list[Condition | None]:
             v = s.value if s.good else None
             level = None if v is None else rule.level(
                 v, i.is_active(fingerprint(name, i.labels(name, labels))))
-            limit = rule.critical if level == CRITICAL else rule.warning
-            if limit is None:
-                limit = rule.critical
+            limit = rule.threshold(level)
             key = series_key(s.field, {k: labels[k] for k in labels.keys() - PLACE})
             out.append(_condition(i, name, labels, None if v is None else level is not None, v,
                                   _summary(rule, labels, key, v, limit, level),
@@ -494,7 +501,7 @@ def _watched(i: Inputs, name: str, rule: Rule) -> list[Sample]:
     """The latest sample of every series ``rule`` watches (stale ones read as such): the
     model's from the derived samples, a device's from the runtime's index of them (without
     one, a scan of every latest sample)."""
-    if rule.kind in ("rack", "room", "site"):
+    if rule.kind not in DEVICE_KINDS:  # the model's
         kind, metric = rule.kind, rule.metric
         return [s for s in i.derived if s.field == metric and s.measurement == kind
                 and (not rule.matchers or rule.watches(name, s))]
@@ -647,19 +654,20 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        gateways: Mapping[str, list[str]] | None = None,
                        derived: Iterable[Sample] = (),
                        watched: Mapping[str, Iterable[tuple[str, str]]] | None = None,
+                       rules: Mapping[str, Rule] | None = None,
                        ) -> tuple[list[Condition], bool]:
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
     i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
-               alerting_rules, bad_series, gateways, derived, watched)
+               alerting_rules, bad_series, gateways, derived, watched, rules)
     out: list[Condition] = []
     complete = True
-    for rules in (device_unreachable, gateway_unreachable, device_rules, model_rules, store_rules,
-                  notifier_rules, site_own_rules):
+    for group in (device_unreachable, gateway_unreachable, device_rules, model_rules,
+                  store_rules, notifier_rules, site_own_rules):
         try:
-            out += [c for c in rules(i) if c is not None]
+            out += [c for c in group(i) if c is not None]
         except Exception:
-            log.exception("event=rule_error rules=%s", rules.__name__)
+            log.exception("event=rule_error rules=%s", group.__name__)
             complete = False
     return out, complete

@@ -53,7 +53,7 @@ def layout(api: SiteAPI) -> html.Div:
 
 def rule_rows(rules: list[dict]) -> list[dict]:
     """Each rule linked to its runbook (the site's own, or the console's)."""
-    return [{**r, "rule": f"[{r['name']}]({r['runbook_url'] or '/runbooks#' + r['name']})",
+    return [{**r, "rule": f"[{r['name']}]({r['runbook']})",
              "source": "aidc" if r["source"] == "aidc" else "this site"} for r in rules]
 
 
