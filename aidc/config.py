@@ -312,21 +312,31 @@ class Webhook(Strict):
         return self
 
 
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+
+
 class Route(Strict):
     """Where notifications go, as Alertmanager's routes, kept flat: an alert takes the first
     route whose matchers all hold (over its rule, severity and labels; none: every alert),
     and the routes after one with ``continue`` too. ``repeat_s``: how often its receivers
     are reminded of a firing alert nobody acknowledged (Alertmanager's repeat_interval;
-    default ``alerts.repeat_s``)."""
+    default ``alerts.repeat_s``).
+
+    ``group_by`` (Alertmanager's grouping): the route's alerts that share these labels
+    (``rule`` and ``severity`` name the alert's own) reach each receiver as one notification,
+    the first ``group_wait_s`` after the group's first alert, then its changes gathered over
+    ``group_interval_s``. Without it, each alert is a notification of its own, sent at once."""
 
     matchers: list[Annotated[str, AfterValidator(a_matcher)]] = []
     receivers: list[str] = Field(min_length=1)  # webhook names
     continue_: bool = Field(False, alias="continue")
     repeat_s: float | None = Field(None, gt=0, le=30 * DAY_S)
+    group_by: list[LabelName] | None = None
+    group_wait_s: float = Field(30, ge=0, le=DAY_S)  # Alertmanager's defaults
+    group_interval_s: float = Field(300, gt=0, le=DAY_S)
 
 
 Severity = Literal["critical", "warning", "info"]
-LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 
 
 SUMMARY_FIELDS = ("device", "kind", "metric", "value", "unit", "threshold", "severity",
@@ -597,11 +607,16 @@ def _route_problems(alerts: Alerts) -> list[tuple[tuple, str]]:
         return []
     errors: list[tuple[tuple, str]] = []
     names = [w.name for w in alerts.webhooks]
+    pushed = {w.name for w in alerts.webhooks if w.format == "alertmanager_push"}
     for i, route in enumerate(alerts.routes):
         for j, name in enumerate(route.receivers):
             if name not in names:
                 errors.append((("alerts", "routes", i, "receivers", j),
                                f"no webhook is named '{name}' (webhooks: {', '.join(names)})"))
+            elif name in pushed and route.group_by is not None:
+                errors.append((("alerts", "routes", i, "group_by"),
+                               f"webhook '{name}' pushes each alert to Alertmanager, which "
+                               + "groups them itself: group on its routes instead"))
     if alerts.routes[-1].matchers:
         errors.append((("alerts", "routes", len(alerts.routes) - 1, "matchers"),
                        ("the last route must have no matchers: it takes every alert the "

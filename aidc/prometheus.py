@@ -69,6 +69,8 @@ class RuntimeMetrics:
                   value=rt.notifier_oldest_s),
             Gauge("aidc_notifier_dead_letters", "Notifications a receiver refused for good.",
                   value=rt.notifier_dead_letters),
+            Gauge("aidc_notifier_groups_held", "Alert groups holding changes until their "
+                  "group_wait or group_interval ends.", value=rt.notifier_groups_held),
             Gauge("aidc_event_loop_lag_seconds", "Worst delay of the polls' and the model's "
                   "event loop over the last minute (a blocked loop delays every poll).",
                   value=rt.loop_lag_s),

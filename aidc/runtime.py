@@ -199,6 +199,7 @@ class Runtime:
             asyncio.create_task(self._tick_forever(), name="model"),
             asyncio.create_task(self._watch_forever(), name="watchdog"),
             asyncio.create_task(self.outbox.deliver_forever(stop), name="notifier"),
+            asyncio.create_task(self.notifier.tell_groups_forever(stop), name="alert-groups"),
             asyncio.create_task(self.notifier.resend_to_alertmanager(
                 self.evaluator.active_alerts, stop), name="alertmanager-resend"),
         ]
@@ -427,6 +428,7 @@ class Runtime:
         self.notifier_backlog = self.outbox.backlog()
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
         self.notifier_dead_letters = self.outbox.dead_letter_count()
+        self.notifier_groups_held = self.notifier.groups_held()
 
     def _evaluate(self, latest: FreshLatest, now: float) -> tuple[SiteStatus, list[Sample]]:
         return (status := self.model.evaluate(latest, now)), self.model.derived_samples(status)

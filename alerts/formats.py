@@ -127,11 +127,16 @@ def alertmanager_payload(
     """
     contexts = contexts or [Context()] * len(transitions)
     alerts = [_am_alert(t, site, c) for t, c in zip(transitions, contexts, strict=True)]
+    return _am_message(alerts, receiver, external_url, group_labels)
+
+
+def _am_message(alerts: Sequence[Mapping[str, Any]], receiver: str, external_url: str,
+                group_labels: Mapping[str, str] | None) -> dict[str, Any]:
     common_labels = _common(a["labels"] for a in alerts)
     groups = dict(common_labels if group_labels is None else group_labels)
     return {
         "version": "4",
-        "groupKey": _group_key(groups),
+        "groupKey": group_key(groups),
         "truncatedAlerts": 0,
         "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
         "receiver": receiver,
@@ -139,7 +144,7 @@ def alertmanager_payload(
         "commonLabels": common_labels,
         "commonAnnotations": _common(a["annotations"] for a in alerts),
         "externalURL": external_url,
-        "alerts": alerts,
+        "alerts": list(alerts),
     }
 
 
@@ -204,6 +209,58 @@ def render(fmt: str, t: Transition, *, site: str, receiver: str, external_url: s
     if fmt not in FORMATS:
         raise ValueError(f"unknown webhook format '{fmt}', expected one of {sorted(FORMATS)}")
     payload = FORMATS[fmt](t, site, receiver, external_url, context)
+    return _json(payload)
+
+
+# A group (``alerts.groups``) is told as one message: each alert in it as the format shows
+# one (its part), gathered as the format gathers several. Alertmanager push receivers are
+# never grouped: Alertmanager groups what it is pushed itself.
+PARTS: Mapping[str, Callable[[Transition, str, Context], dict[str, Any]]] = {
+    "generic": generic_payload,
+    "alertmanager": lambda t, site, context: _am_alert(t, site, context),
+    "apprise": chat_message,
+}
+
+
+def generic_group(parts: Sequence[Mapping[str, Any]], site: str,
+                  group_labels: Mapping[str, str]) -> dict[str, Any]:
+    """The generic JSON document (schema version 2, ``kind: group``) of a group's alerts:
+    each one's own document, firing ones first."""
+    firing = sum(p["status"] == "firing" for p in parts)
+    return {"version": SCHEMA_VERSION, "kind": "group",
+            "status": "firing" if firing else "resolved",
+            "group_key": group_key(group_labels), "group_labels": dict(group_labels),
+            "firing": firing, "resolved": len(parts) - firing, "site": site,
+            "alerts": list(parts)}  # fmt: skip
+
+
+def chat_group(parts: Sequence[Mapping[str, str]], site: str,
+               group_labels: Mapping[str, str]) -> dict[str, str]:
+    """One chat message for a group: how many fire and resolved, then each alert's."""
+    firing = sum(p["type"] != "success" for p in parts)
+    resolved = len(parts) - firing
+    what = " ".join(f"{k}={v}" for k, v in group_labels.items()) or "alerts"
+    counts = ", ".join([f"FIRING:{firing}"] * bool(firing) + [f"RESOLVED:{resolved}"] * bool(resolved))
+    kinds = {p["type"] for p in parts}
+    kind = "failure" if "failure" in kinds else "warning" if "warning" in kinds else "success"
+    return {"title": f"[{counts}] {what} at {site}",
+            "body": "\n\n".join(f"{p['title']}\n{p['body']}" for p in parts), "type": kind}
+
+
+def render_group(fmt: str, parts: Sequence[Mapping[str, Any]], *, site: str, receiver: str,
+                 group_labels: Mapping[str, str], external_url: str = "") -> bytes:
+    """The request body telling a group's ``parts`` (each from ``PARTS[fmt]``)."""
+    if fmt == "generic":
+        return _json(generic_group(parts, site, group_labels))
+    if fmt == "alertmanager":
+        labels = {("alertname" if k == "rule" else k): v for k, v in group_labels.items()}
+        return _json(_am_message(parts, receiver, external_url, labels))
+    if fmt == "apprise":
+        return _json(chat_group(parts, site, group_labels))
+    raise ValueError(f"webhook format '{fmt}' is not grouped")
+
+
+def _json(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -233,7 +290,7 @@ def _am_alert(t: Transition, site: str, context: Context) -> dict[str, Any]:
     }
 
 
-def _group_key(group_labels: Mapping[str, str]) -> str:
+def group_key(group_labels: Mapping[str, str]) -> str:
     """Alertmanager's key of a group under the root route: ``{}:{name="value",...}``."""
     pairs = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(group_labels.items()))
     return "{}:{" + pairs + "}"

@@ -7,7 +7,8 @@ of the routes after one with ``continue``. A change of severity and the resolve 
 every receiver told of the alert before: the pager that had the critical hears it fall back
 to warning, and hears it end. A reminder goes to a receiver the alert is routed to once the
 route's ``repeat_s`` has passed since that receiver was last told (the evaluator offers
-reminders at the shortest repeat of any route).
+reminders at the shortest repeat of any route). A route with ``group_by`` holds its alerts'
+changes in groups, told one notification per group (see ``alerts.groups``).
 
 Signing is not done here but by the outbox at each delivery attempt, so that the signed
 timestamp stays fresh however long a receiver was down (see ``alerts.outbox``). Alertmanager
@@ -20,31 +21,45 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import httpx
 
 from aidc.config import Alerts, Webhook
 from aidc.matchers import parse_matcher
 from aidc.topology import Topology
+from alerts import groups
 from alerts.evaluate import Alert, Transition
 from alerts.formats import (
     ALERTMANAGER_RESEND_S,
     FORMATS,
     IDEMPOTENCY_HEADER,
+    PARTS,
     Context,
     alertmanager_push_payload,
     idempotency_key,
     render,
+    render_group,
     signature_headers,
 )
-from alerts.outbox import Outbox, host_of, webhooks_by_name
+from alerts.groups import Grouping
+from alerts.outbox import Outbox, host_of, wait_any, webhooks_by_name
 from alerts.rules import site_rules
 
 log = logging.getLogger(__name__)
 
 WHERE = ("room", "row", "rack", "device", "loop", "supercap")
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """How a route sends an alert to one receiver."""
+
+    repeat_s: float
+    grouping: Grouping | None = None
 
 
 class Notifier:
@@ -62,20 +77,30 @@ class Notifier:
         self._topology, self._outbox = topology, outbox
         self.rules = site_rules(topology.site)  # refuses a rule the pack does not have
         self._external_url = (external_url or "").rstrip("/")
-        self._routes = [([parse_matcher(m) for m in r.matchers], r.receivers, r.continue_,
-                         r.repeat_s or alerts.repeat_s) for r in alerts.routes]  # fmt: skip
+        self._routes = [
+            ([parse_matcher(m) for m in r.matchers], r.receivers, r.continue_,
+             r.repeat_s or alerts.repeat_s,
+             Grouping(tuple(r.group_by), r.group_wait_s, r.group_interval_s)
+             if r.group_by is not None else None)
+            for r in alerts.routes]  # fmt: skip
         self._repeat_s = alerts.repeat_s
+        with outbox.transaction() as db:
+            groups.create(db)
+        self._held: asyncio.Event | None = None  # set when a group is due sooner
 
-    def routed(self, alert: Alert) -> dict[str, float]:
+    def routed(self, alert: Alert) -> dict[str, Routed]:
         """The webhooks the routes send ``alert`` to as it is now (no routes: all of them),
-        each with its repeat: the shortest of the routes that send it there."""
+        each with its repeat (the shortest of the routes that send it there) and grouping
+        (the first's)."""
         if not self._routes:
-            return {w.name: self._repeat_s for w in self._webhooks}
+            return {w.name: Routed(self._repeat_s) for w in self._webhooks}
         labels = alert.labels | {"severity": alert.severity}
-        out: dict[str, float] = {}
-        for matchers, receivers, go_on, repeat_s in self._routes:
+        out: dict[str, Routed] = {}
+        for matchers, receivers, go_on, repeat_s, grouping in self._routes:
             if all(m.matches(alert.rule, labels) for m in matchers):
-                out |= {r: min(repeat_s, out.get(r, repeat_s)) for r in receivers}
+                for r in receivers:
+                    before = out.get(r, Routed(repeat_s, grouping))
+                    out[r] = Routed(min(repeat_s, before.repeat_s), before.grouping)
                 if not go_on:
                     break
         return out
@@ -91,8 +116,8 @@ class Notifier:
         if t.kind != "repeat":
             names = routed.keys() | told.keys()
         else:  # a receiver never told is due (without routes: every one, at the one repeat)
-            names = {n for n, repeat_s in routed.items()
-                     if n not in told or t.at - told[n] >= repeat_s}
+            names = {n for n, r in routed.items()
+                     if n not in told or t.at - told[n] >= r.repeat_s}
         return [w for w in self._webhooks if w.name in names]
 
     def _told(self, alert: Alert) -> dict[str, float]:
@@ -118,20 +143,83 @@ class Notifier:
         )
 
     def notify(self, transitions: Sequence[Transition]) -> None:
-        """Enqueue every transition for the webhooks it is routed to, in one transaction."""
+        """Enqueue every transition for the webhooks it is routed to, or hold it in its
+        group there, in one transaction."""
         site = self._topology.site.site
-        with self._outbox.transaction():
+        grouped = any(r[4] for r in self._routes)
+        with self._outbox.transaction() as db:
             for t in transitions:
                 key = idempotency_key(t)
                 headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
                 context = self.context(t)
+                routed = self.routed(t.alert) if grouped else {}
                 for w in self.receivers(t):
+                    if self._hold(db, w, t, context, routed.get(w.name)):
+                        continue
                     body = render(w.format, t, site=site, receiver=w.name,
                                   external_url=self._external_url, context=context)
                     self._outbox.enqueue(w.name, body, headers, key, t.alert.fingerprint,
                                          t.delivery_priority, told_at=t.at)
                 if t.kind == "resolved":
                     self._outbox.forget(t.alert.fingerprint)
+
+    def _hold(self, db: sqlite3.Connection, w: Webhook, t: Transition, context: Context,
+              routed: Routed | None) -> bool:
+        """Hold ``t`` in the alert's group at ``w``: the one it is in, or the one its route
+        groups it in if it is new there. False if the alert is told to ``w`` on its own."""
+        a = t.alert
+        key = groups.group_of(db, w.name, a.fingerprint)
+        if key is None:
+            grouping = routed.grouping if routed is not None else None
+            if grouping is None or t.kind == "resolved":
+                return False
+            key = groups.join(db, w.name, grouping, grouping.labels(a.rule, a.severity,
+                                                                     a.labels), t.at)
+        groups.hold(db, w.name, key, a.fingerprint, a.labels, t.kind != "resolved",
+                    t.delivery_priority, PARTS[w.format](t, self._topology.site.site, context),
+                    t.at)
+        self._outbox.mark_told(a.fingerprint, w.name, t.at)
+        if self._held is not None:
+            self._held.set()
+        return True
+
+    def tell_groups(self, now: float) -> int:
+        """Enqueue the notification of every group due at ``now``; how many."""
+        with self._outbox.transaction() as db:
+            due = groups.due(db, now)
+            by_name = {w.name: w for w in self._webhooks}
+            for g in due:
+                fmt = by_name[g.webhook].format if g.webhook in by_name else "generic"
+                body = render_group(fmt, g.parts, site=self._topology.site.site,
+                                    receiver=g.webhook, group_labels=g.labels,
+                                    external_url=self._external_url)
+                key = f"{g.id}-{round(now * 1000)}"
+                headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
+                self._outbox.enqueue(g.webhook, body, headers, key, g.id, g.priority)
+                groups.told(db, g, now)
+        return len(due)
+
+    def groups_held(self) -> int:
+        """Groups holding changes not told yet."""
+        with self._outbox.transaction() as db:
+            return groups.held(db)
+
+    async def tell_groups_forever(self, stop: asyncio.Event, idle_s: float = 1.0) -> None:
+        """Tell each group when it is due, until ``stop``."""
+        held = self._held = asyncio.Event()
+        try:
+            while not stop.is_set():
+                held.clear()
+                try:
+                    self.tell_groups(time.time())
+                except Exception:  # a bug here must not end the telling of groups
+                    log.exception("event=alert_group_error")
+                with self._outbox.transaction() as db:
+                    due_at = groups.next_due(db)
+                wait_s = idle_s if due_at is None else min(idle_s, due_at - time.time())
+                await wait_any([stop, held], max(0.0, wait_s))
+        finally:
+            self._held = None
 
     async def resend_to_alertmanager(
         self, active: Callable[[], list[Alert]], stop: asyncio.Event,

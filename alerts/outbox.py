@@ -215,8 +215,8 @@ class Outbox:
         """Store one notification for ``webhook``; False if that key is already queued.
 
         Rows of one ``alert`` are sent in order; among alerts, lower ``priority`` goes first.
-        The webhook is then one the alert was ``told`` to, at ``told_at`` (the time of what
-        it tells; default now).
+        With ``told_at`` (the time of what it tells), the webhook is then one the alert was
+        ``told`` to.
         """
         with self.transaction() as db:
             now = self._clock()
@@ -226,14 +226,17 @@ class Outbox:
                 (webhook, idempotency_key, body, json.dumps(dict(headers)), now, now, alert,
                  priority),
             )  # fmt: skip
-            if alert:
-                db.execute("INSERT INTO told VALUES (?, ?, ?) ON CONFLICT (alert, webhook)"
-                           " DO UPDATE SET at = excluded.at",
-                           (alert, webhook, now if told_at is None else told_at))
+            if alert and told_at is not None:
+                self.mark_told(alert, webhook, told_at)
         for wake in (self._wake, self._receiver_wakes.get(webhook)):
             if wake is not None:
                 wake.set()
         return cur.rowcount == 1
+
+    def mark_told(self, alert: str, webhook: str, at: float) -> None:
+        """``webhook`` was told of ``alert`` at ``at``."""
+        self._db.execute("INSERT INTO told VALUES (?, ?, ?) ON CONFLICT (alert, webhook)"
+                         " DO UPDATE SET at = excluded.at", (alert, webhook, at))
 
     def told(self, alert: str) -> dict[str, float]:
         """The webhooks sent (or queued) a notification of ``alert`` since it fired, and
@@ -294,7 +297,7 @@ class Outbox:
                             workers[name] = asyncio.create_task(
                                 self._serve(client, name, stop, idle_s), name=f"outbox-{name}"
                             )
-                    await _wait_any([stop, wake], idle_s)
+                    await wait_any([stop, wake], idle_s)
                 await asyncio.gather(*workers.values(), return_exceptions=True)
         finally:
             for worker in workers.values():
@@ -314,7 +317,7 @@ class Outbox:
                 log.exception("event=outbox_worker_error webhook=%s", name)
             if not self._has_pending(name):
                 return
-            await _wait_any([stop, wake], self._sleep_s(name, idle_s))
+            await wait_any([stop, wake], self._sleep_s(name, idle_s))
 
     async def deliver_due(
         self, now: float | None = None, client: httpx.AsyncClient | None = None
@@ -528,7 +531,7 @@ def host_of(url: str) -> str:
         return "-"
 
 
-async def _wait_any(events: list[asyncio.Event], timeout_s: float) -> None:
+async def wait_any(events: list[asyncio.Event], timeout_s: float) -> None:
     waiters = [asyncio.create_task(e.wait()) for e in events]
     try:
         await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)

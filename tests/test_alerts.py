@@ -580,6 +580,146 @@ def test_each_route_reminds_its_receivers_at_its_own_repeat(open_outbox):
     assert sent(9000) == set()
 
 
+def test_a_grouped_route_tells_each_group_once_per_interval_and_holds_it_through_a_restart(
+        open_outbox):
+    """Alertmanager's grouping, step by hand: a route grouping the racks' alerts by room
+    sends nothing for 30 s (group_wait), then one notification per room to each receiver;
+    a resolve, an escalation and a new rack come in the next one, 300 s after the first
+    (group_interval), even across a restart; a reminder of what still fires, a repeat
+    later. An alert on an ungrouped route goes out at once."""
+    import jsonschema
+    import referencing
+
+    schemas = {name: json.loads((ROOT / "alerts" / "schema" / name).read_text())
+               for name in ("generic-v2.json", "generic-group-v2.json")}
+    registry = referencing.Registry().with_resources(
+        (s["$id"], referencing.Resource.from_contents(s)) for s in schemas.values())
+    group_schema = jsonschema.Draft202012Validator(schemas["generic-group-v2.json"],
+                                                   registry=registry)
+    hooks = [Webhook(name="chat", url="http://127.0.0.1:9/chat"),
+             Webhook(name="am", url="http://127.0.0.1:9/am", format="alertmanager"),
+             Webhook(name="phone", url="json://127.0.0.1:9/phone", format="apprise")]
+    alerts = Alerts.model_validate({"repeat_s": 3600, "webhooks": hooks, "routes": [
+        {"matchers": ["rule=rack_over_headroom"], "receivers": ["chat", "am", "phone"],
+         "group_by": ["rule", "room"], "group_wait_s": 30, "group_interval_s": 300},
+        {"receivers": ["chat"]}]})
+
+    def rack(name: str, room: str, severity: str = "warning", active: bool = True) -> Condition:
+        return Condition("rack_over_headroom", {"rack": name, "room": room}, active, 2.0,
+                         f"{name} over", severity, unit="kW", threshold=0.0)
+
+    outbox = open_outbox(hooks)
+    notifier = Notifier(DEMO, alerts, outbox)
+    ev = Evaluator(outbox, repeat_s=3600, notify=notifier.notify)
+    queued: set[int] = set()
+
+    def new_rows() -> dict[tuple[str, str], dict]:
+        """(webhook, room) -> body of each notification queued since the last call."""
+        rows = [r for r in outbox.pending() if r.id not in queued]
+        queued.update(r.id for r in rows)
+        out = {}
+        for r in rows:
+            body = json.loads(r.body)
+            room = (body.get("group_labels") or body.get("groupLabels") or {}).get("room", "-")
+            out[(r.webhook, room)] = body | {"_row": r}
+        return out
+
+    def racks(body: dict) -> list[tuple[str, str, str]]:
+        """(rack, status, severity) of each alert, as the generic or Alertmanager body says."""
+        return [(a["labels"]["rack"], a["status"], a.get("severity") or a["labels"]["severity"])
+                for a in body["alerts"]]
+
+    a1, a2, b1 = rack("A01", "hall-1"), rack("A02", "hall-1"), rack("B01", "hall-2")
+    ev.step(1000, [a1, a2, b1, LEAK])
+    assert [(k, b["rule"]) for k, b in new_rows().items()] == [(("chat", "-"), "leak")]
+    assert notifier.tell_groups(1029.9) == 0 and new_rows() == {}
+    assert notifier.tell_groups(1030) == 6
+    first = {k: b for k, b in new_rows().items() if k[0] != "phone"}
+    assert first.keys() == {("chat", "hall-1"), ("chat", "hall-2"), ("am", "hall-1"),
+                            ("am", "hall-2")}
+    chat = first[("chat", "hall-1")]
+    group_schema.validate({k: v for k, v in chat.items() if k != "_row"})
+    assert (chat["kind"], chat["status"], chat["firing"], chat["resolved"]) == (
+        "group", "firing", 2, 0)
+    assert chat["group_labels"] == {"rule": "rack_over_headroom", "room": "hall-1"}
+    assert racks(chat) == [("A01", "firing", "warning"), ("A02", "firing", "warning")]
+    am = first[("am", "hall-1")]
+    assert am["groupLabels"] == {"alertname": "rack_over_headroom", "room": "hall-1"}
+    assert am["groupKey"] == '{}:{alertname="rack_over_headroom",room="hall-1"}'
+    assert racks(am) == racks(chat) and am["status"] == "firing"
+    assert racks(first[("chat", "hall-2")]) == [("B01", "firing", "warning")]
+
+    # a resolve, an escalation and a new rack, gathered until 300 s after the first notice
+    ev.step(1100, [rack("A01", "hall-1", active=False), rack("A02", "hall-1", "critical"),
+                   rack("A03", "hall-1"), b1, LEAK])
+    assert new_rows() == {}
+    assert notifier.tell_groups(1329) == 0
+    outbox.close()  # a restart: what the groups hold is in the file
+    outbox = open_outbox(hooks)
+    notifier = Notifier(DEMO, alerts, outbox)
+    ev = Evaluator(outbox, repeat_s=3600, notify=notifier.notify)
+    assert notifier.tell_groups(1330) == 3
+    second = new_rows()
+    assert second.keys() == {("chat", "hall-1"), ("am", "hall-1"), ("phone", "-")}
+    phone = second[("phone", "-")]
+    assert (phone["title"], phone["type"]) == (
+        "[FIRING:2, RESOLVED:1] rule=rack_over_headroom room=hall-1 at demo", "failure")
+    assert phone["body"].startswith("[FIRING critical] rack_over_headroom at demo\n"
+                                    "escalated from warning to critical: A02 over\n")
+    chat = second[("chat", "hall-1")]
+    group_schema.validate({k: v for k, v in chat.items() if k != "_row"})
+    assert racks(chat) == [("A02", "firing", "critical"), ("A03", "firing", "warning"),
+                           ("A01", "resolved", "warning")]  # the critical first
+    assert [a["kind"] for a in chat["alerts"]] == ["escalated", "firing", "resolved"]
+    assert (chat["firing"], chat["resolved"]) == (2, 1)
+    assert racks(second[("am", "hall-1")]) == racks(chat)
+    assert chat["_row"].priority == 0  # a critical change: sent before any warning
+    assert chat["_row"].alert == first[("chat", "hall-1")]["_row"].alert  # in order, one queue
+    assert chat["_row"].idempotency_key != first[("chat", "hall-1")]["_row"].idempotency_key
+    assert outbox.told(a1.fingerprint) == {}  # resolved: no receiver waits for it
+
+    # the room's last racks resolve: one resolved notice, and the group ends
+    ev.step(1400, [b1, LEAK])
+    assert notifier.tell_groups(1629) == 0 and notifier.tell_groups(1630) == 3
+    chat = new_rows()[("chat", "hall-1")]
+    assert (chat["status"], racks(chat)) == (
+        "resolved", [("A02", "resolved", "critical"), ("A03", "resolved", "warning")])
+    assert notifier.tell_groups(99_999) == 0
+
+    # an hour after it fired, hall-2's rack is due a reminder: its group is told again
+    ev.step(4599, [b1, LEAK])
+    assert new_rows() == {}
+    ev.step(4600, [b1, LEAK])
+    assert {k: b.get("kind") for k, b in new_rows().items()} == {("chat", "-"): "repeat"}
+    assert notifier.tell_groups(4600) == 3
+    reminder = new_rows()
+    assert racks(reminder[("chat", "hall-2")]) == [("B01", "firing", "warning")]
+    assert reminder[("chat", "hall-2")]["alerts"][0]["kind"] == "repeat"
+    assert outbox.told(b1.fingerprint) == {"chat": 4600, "am": 4600, "phone": 4600}
+
+
+def test_grouping_that_cannot_work_is_refused_with_its_line(tmp_path):
+    site = (ROOT / "site_configs" / "demo.yaml").read_text()
+    cases = {
+        "[{receivers: [am], group_by: [rule]}]": "alerts.routes[0].group_by: webhook 'am' "
+        "pushes each alert to Alertmanager, which groups them itself: group on its routes",
+        "[{receivers: [am], group_by: [rule-name]}]": "alerts.routes[0].group_by[0]: String "
+        "should match pattern",
+        "[{receivers: [am], group_wait_s: -1}]": "alerts.routes[0].group_wait_s: Input should "
+        "be greater than or equal to 0",
+    }
+    for routes, error in cases.items():
+        path = tmp_path / "site.yaml"
+        text = site.replace("  webhooks: []\n", "  webhooks:\n    - {name: am, url: "
+                            "'http://127.0.0.1:9/api/v2/alerts', format: alertmanager_push}\n"
+                            f"  routes: {routes}\n")
+        path.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_site(path)
+        line = 1 + text.splitlines().index(f"  routes: {routes}")
+        assert f"{path}:{line}: {error}" in str(e.value)
+
+
 def test_routes_that_would_lose_an_alert_are_refused_with_their_line(tmp_path):
     site = (ROOT / "site_configs" / "demo.yaml").read_text()
     cases = {
@@ -683,12 +823,12 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
     assert (bare.runbook_url, bare.url) == (None, None)
 
 
-def test_a_pdu_alert_says_which_rack_room_and_row():
+def test_a_pdu_alert_says_which_rack_room_and_row(open_outbox):
     rack = DEMO.site.racks[0]
     labels = {"site": "demo", "device": rack.feed_a, "kind": "pdu"}
     alert = Alert(fingerprint("device_unreachable", labels), "device_unreachable", labels,
                   "critical", "dark", 3.0, "firing", 0.0)  # fmt: skip
-    context = Notifier(DEMO, Alerts(), None).context(Transition("firing", alert, 0.0))  # type: ignore[arg-type]
+    context = Notifier(DEMO, Alerts(), open_outbox()).context(Transition("firing", alert, 0.0))
     assert context.where == {"room": rack.room, "row": rack.row, "rack": rack.id,
                              "device": rack.feed_a}  # fmt: skip
     assert (context.racks, context.loops) == ([rack.id], [rack.loop])

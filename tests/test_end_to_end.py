@@ -315,3 +315,49 @@ def test_a_leak_pages_a_poll_after_it_starts_not_a_tick_later(tmp_path, receiver
         await wait_until(lambda: paged("resolved"), 20, "its resolved notice")
 
     asyncio.run(run_site(site, tmp_path, check))
+
+
+def test_a_grouped_route_pages_once_for_two_dark_pdus_and_once_for_their_return(
+        tmp_path, receiver):
+    """Two PDUs go dark at once; a route grouping the unreachable devices by rule sends
+    its hook one notification that names both, not one each, and, once both answer again,
+    notices that resolve both. The site's other alerts go to the catch-all route's hook."""
+    site = fast_site(receiver.url)
+    grouped = Webhook(name="grouped", url=receiver.url + "-grouped")
+    alerts = Alerts.model_validate({
+        "unreachable_intervals": 3, "webhooks": [*site.alerts.webhooks, grouped],
+        "routes": [{"matchers": ["rule=device_unreachable"], "receivers": ["grouped"],
+                    "group_by": ["rule"], "group_wait_s": 10, "group_interval_s": 1},
+                   {"receivers": [site.alerts.webhooks[0].name]}]})
+    site = site.model_copy(update={"alerts": alerts})
+    dark = sorted({site.racks[0].feed_a, site.racks[1].feed_a})
+
+    def groups() -> list[dict]:
+        return [r["json"] for r in receiver.requests if r["path"] == "/hook-grouped"]
+
+    def told(status: str) -> set[str]:
+        return {a["labels"]["device"] for g in groups() for a in g["alerts"]
+                if a["status"] == status}
+
+    async def check(simulated, runtime, web):
+        await wait_until(lambda: all(runtime.health[d].last_ok for d in dark), 30,
+                         "a first good poll of each PDU")
+        for d in dark:
+            await simulated.stop_device(d)
+        await wait_until(lambda: runtime.notifier_groups_held == 1, 60, "the group to hold")
+        assert not groups()  # held for its group_wait
+        assert ("aidc_notifier_groups_held", ()) in await scraped_metrics(web)
+        await wait_until(lambda: groups(), 60, "the group's notification")
+        [page] = groups()
+        assert (page["kind"], page["status"], page["group_labels"]) == (
+            "group", "firing", {"rule": "device_unreachable"})
+        assert sorted(a["labels"]["device"] for a in page["alerts"]) == dark
+        assert all(a["rule"] == "device_unreachable" for a in page["alerts"])
+        for d in dark:
+            await simulated.start_device(d)
+        await wait_until(lambda: told("resolved") == set(dark), 60, "both resolved")
+        assert groups()[-1]["status"] == "resolved"
+        # none of them went to the catch-all's hook, one by one
+        assert not [b for b in receiver.bodies() if b.get("rule") == "device_unreachable"]
+
+    asyncio.run(run_site(site, tmp_path, check))
