@@ -464,10 +464,13 @@ class SiteAPI:
               where: dict[str, str] | None = None, points: int = 300,
               end: float | None = None) -> list[Series]:
         """``field`` over ``window_s`` up to ``end`` (now), downsampled by the store to about
-        ``points`` means per series (never the raw points read into Python)."""
+        ``points`` means per series (never the raw points read into Python); windows over a
+        minute are whole minutes, which the store reads from its rollups."""
         end = time.time() if end is None else end
+        every_s = max(window_s / points, 1.0)
         return self.runtime.store.history(measurement, field, end - window_s, end, where,
-                                          every_s=max(window_s / points, 1.0))
+                                          every_s=every_s if every_s <= 60 else
+                                          math.ceil(every_s / 60) * 60)
 
     def trend_subject(self, kind: str, subject: str) -> tuple[str, dict[str, str], list[str]]:
         """Where a trend of the site, a rack or a device is stored: its measurement, the tags

@@ -420,6 +420,12 @@ class RulesFile(Strict):
 class Store(Strict):
     backend: Literal["embedded", "influxdb"] = "embedded"
     path: str = "data/aidc.sqlite"  # embedded, relative to the site file's data dir
+    # how long samples are kept as read, then as 1-minute and 1-hour min/mean/max (the
+    # embedded store rolls them up itself; on InfluxDB 1.x aidc makes retention policies and
+    # continuous queries that do it)
+    raw_days: float = Field(30, ge=0.125, le=3650)  # 3 h at least: an hour's rollup is
+    minute_days: float = Field(90, ge=0.125, le=3650)  # recomputed over the last 2
+    hour_days: float = Field(400, ge=0.125, le=36500)
     url: str = "http://127.0.0.1:8086"  # influxdb
     database: str = "aidc"  # 1.x database, or 2.x bucket
     token: SecretStr | None = None
@@ -428,6 +434,13 @@ class Store(Strict):
     batch_size: int = Field(5000, ge=1, le=1_000_000)
     flush_s: float = Field(1.0, gt=0, le=3600)
     create_database: bool = True  # influxdb 1.x: create it at start and when it was dropped
+
+    @model_validator(mode="after")
+    def _coarser_kept_longer(self) -> Store:
+        if not self.raw_days <= self.minute_days <= self.hour_days:
+            raise ValueError("raw_days <= minute_days <= hour_days: a rollup is made from "
+                             "what the finer one keeps")
+        return self
 
 
 class Model(Strict):

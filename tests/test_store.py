@@ -9,7 +9,7 @@ import pytest
 from aidc.config import Store as StoreConfig
 from aidc.metrics import Quality, Sample
 from aidc.net import free_port
-from aidc.store.influx import InfluxStore, to_line_protocol
+from aidc.store.influx import InfluxStore, rollup_query, to_line_protocol
 from aidc.store.spool import SpooledWriter
 from aidc.store.sqlite import SqliteStore
 from tests.conftest import Influxd
@@ -91,6 +91,27 @@ def test_line_protocol_marks_quality_instead_of_hiding_it():
         f'cdu,device=cdu-1,site=s supply_temp_c_quality="bad" {ms + 8000}',
         f'cdu,device=cdu-1,site=s supply_temp_c_quality="out_of_range",supply_temp_c_raw=99.5 {ms + 9000}',
     ]
+
+
+def test_line_protocol_escapes_as_influxdb_clients_point_does():
+    """The lines are put together from pieces Point renders once (a tag set, a field name):
+    the same text as a Point a line, for names that need escaping, floats of every kind,
+    and a point whose only value is not finite (no line)."""
+    from influxdb_client import Point, WritePrecision
+
+    odd = ["hall 1,west", "A=1", 'q"uote', "back\\slash\\", "tab\tnew\nline", "#hash", "é"]
+    values = [0.0, -1.5, 2.0, 1e21, 1.2345678901234567e-7, 3.0e-300, float("inf")]
+    samples = [Sample(m, {"site": "s", "room": tag}, f, v, T0 + i)
+               for i, (m, tag, f, v) in enumerate(zip(odd, reversed(odd), odd, values))]
+    samples.append(Sample("rack", {"rack": "r"}, "power_kw", float("nan"), T0))
+    expected = []
+    for s in samples:
+        point = Point(s.measurement).time(round(s.ts * 1000), WritePrecision.MS)
+        for k, v in s.tags.items():
+            point.tag(k, v)
+        expected.append(point.field(s.field, s.value).to_line_protocol())
+    with pytest.warns(SyntaxWarning):  # Point's: a measurement that starts with '#'
+        assert to_line_protocol(samples).splitlines() == [line for line in expected if line]
 
 
 def test_influx_version_is_detected(influxd):
@@ -238,7 +259,7 @@ def test_sqlite_store_survives_reopen(tmp_path):
 
 
 def test_sqlite_retention_deletes_old_samples(tmp_path):
-    s = SqliteStore(tmp_path / "r.sqlite", retention_days=1)
+    s = SqliteStore(tmp_path / "r.sqlite", raw_days=1)
     now = time.time()
     s.write([Sample("pdu", {"device": "p"}, "power_kw", 1.0, now - 2 * 86400),
              Sample("pdu", {"device": "p"}, "power_kw", 2.0, now)])
@@ -339,4 +360,142 @@ def test_a_store_made_before_series_keys_gets_them_once(tmp_path):
         ({"device": "p", "outlet": "3", "site": "s"}, 0.5)]
     s.write([Sample("pdu", {"device": "p", "site": "s"}, "power_kw", 9.5, T0 + 5)])
     assert [x.value for x in s.latest(T0 - 1, keys={"power_kw"}).values()] == [9.5]
+    s.close()
+
+
+# ---------------------------------------------------------------- rollups (embedded)
+
+H0 = float((int(time.time()) - 86400) // 3600 * 3600)  # an hour's start, a day ago
+PUE = {"site": "s"}
+
+
+def three_hours() -> list[Sample]:
+    """A site's PUE every 10 s for three hours, 0, 1 ... 6 over and over, and a bad read."""
+    return [Sample("site", PUE, "pue", float(i % 7), H0 + 10 * i) for i in range(3 * 360)] + [
+        Sample("site", PUE, "pue", 99.0, H0 + 15, Quality.OUT_OF_RANGE)]
+
+
+def rolled_up(s: SqliteStore, until: float) -> None:
+    """Roll up until everything before ``until`` is (a pass takes an hour at most)."""
+    while s._db.execute("SELECT until FROM rolled_up").fetchone()[0] < until // 60 * 60:
+        s.roll_up(time.time())
+
+
+def brute(samples: list[Sample], start: float, end: float, every_s: float, fn) -> list[tuple]:
+    """The windows of the good samples in [start, end], as the raw query makes them."""
+    windows: dict[float, list[float]] = {}
+    for x in samples:
+        if start <= x.ts <= end and x.quality is Quality.GOOD:
+            windows.setdefault(x.ts // every_s * every_s, []).append(x.value)
+    return [(t, fn(v)) for t, v in sorted(windows.items())]
+
+
+def test_sqlite_rolls_up_minutes_and_hours_of_good_values(tmp_path):
+    s = SqliteStore(tmp_path / "r.sqlite")
+    s.write(three_hours())
+    rolled_up(s, H0 + 3 * 3600 + 30)
+    [series] = [i for (i,) in s._db.execute("SELECT id FROM series")]
+    minute = s._db.execute("SELECT n, mean, lo, hi FROM rollup_1m WHERE ts = ?", (H0,)).fetchone()
+    assert minute == (6, 2.5, 0.0, 5.0)  # 0 1 2 3 4 5: the out-of-range 99 is not a value
+    assert s._db.execute("SELECT COUNT(*) FROM rollup_1m").fetchone() == (180,)
+    hour = s._db.execute("SELECT n, mean, lo, hi FROM rollup_1h WHERE series = ? AND ts = ?",
+                         (series, H0)).fetchone()
+    assert hour[0] == 360 and hour[1] == pytest.approx(1074 / 360)  # 51 x (0+...+6) + 0+1+2
+    assert hour[2:] == (0.0, 6.0)
+    assert s._db.execute("SELECT COUNT(*) FROM rollup_1h").fetchone() == (3,)
+    s.close()
+
+
+@pytest.mark.parametrize(("every_s", "aggregate"), [
+    (600, "mean"), (3600, "max"), (7200, "mean"), (300, "max"), (1800, "mean")])
+def test_sqlite_reads_whole_periods_from_rollups_and_the_same_as_raw(tmp_path, every_s, aggregate):
+    """Windows of whole minutes or hours over an unaligned range: whole periods come from the
+    rollups, edges and the part not rolled up yet raw, and every window is what the raw
+    samples give."""
+    data = three_hours()
+    s = SqliteStore(tmp_path / "r.sqlite")
+    s.write(data)
+    rolled_up(s, H0 + 2 * 3600 + 30)  # the third hour is not rolled up yet
+    start, end = H0 + 125, H0 + 3 * 3600 - 35
+    pieces = s._pieces(start, end, every_s)
+    assert {t for t, _, _ in pieces} >= {"rollup_1m", "samples"}  # both were read
+    assert pieces[0][1] == start and pieces[-1][2] == end
+    fn = max if aggregate == "max" else (lambda v: sum(v) / len(v))
+    [got] = s.history("site", "pue", start, end, every_s=every_s, aggregate=aggregate)
+    expected = brute(data, start, end, every_s, fn)
+    assert [t for t, _ in got.points] == [t for t, _ in expected]
+    assert [v for _, v in got.points] == pytest.approx([v for _, v in expected], abs=1e-12)
+    [one] = s.history("site", "pue", start, end, every_s=end - start, aggregate=aggregate)
+    everything = [x.value for x in data if start <= x.ts <= end and x.quality is Quality.GOOD]
+    assert one.points[0] == (start, pytest.approx(fn(everything), abs=1e-12))
+    s.close()
+
+
+def test_sqlite_keeps_rollups_after_the_raw_samples_age_out_and_rolls_up_late_ones(tmp_path):
+    """A day-old hour rolled up, then the store keeps raw samples only half a day: the
+    hour's trend still answers, from the rollups. A sample written late (a spool replaying
+    an outage) into a rolled-up minute counts at once and is rolled up again."""
+    data = three_hours()
+    path = tmp_path / "r.sqlite"
+    s = SqliteStore(path)
+    s.write(data)
+    rolled_up(s, H0 + 3 * 3600)
+    late = Sample("site", PUE, "pue", 20.0, H0 + 5)  # into the rolled-up minute H0
+    s._next_roll_up = float("inf")  # written between two roll-ups
+    s.write([late])
+    assert s._pieces(H0, H0 + 3600, 60)[0] == ("samples", H0, H0 + 3600)  # raw until rolled
+    [got] = s.history("site", "pue", H0, H0 + 3599, every_s=60)
+    assert got.points[0] == (H0, pytest.approx((15 + 20) / 7))
+    rolled_up(s, H0 + 3 * 3600)
+    assert s._db.execute("SELECT n, hi FROM rollup_1m WHERE ts = ?", (H0,)).fetchone() == (7, 20.0)
+    s.close()
+    s = SqliteStore(path, raw_days=0.5)
+    s._apply_retention(time.time())
+    assert s.history("site", "pue", H0, H0 + 3 * 3600) == []  # raw: gone
+    [hourly] = s.history("site", "pue", H0, H0 + 3 * 3600 - 1, every_s=3600, aggregate="max")
+    assert hourly.points == [(H0, 20.0), (H0 + 3600, 6.0), (H0 + 7200, 6.0)]
+    s.close()
+
+
+def test_store_retention_must_keep_a_rollup_at_least_as_long_as_what_it_is_made_of():
+    with pytest.raises(ValueError, match="raw_days <= minute_days <= hour_days"):
+        StoreConfig(raw_days=100, minute_days=90)
+
+
+def test_influxdb_gets_retention_policies_and_rollups_and_reads_them_past_the_raw(influxd):
+    """On a real influxd: aidc makes its retention policies (raw the default) and the
+    continuous queries that roll up; the minutes' rollup (its query run once, as influxd
+    runs it each minute) answers a trend that reaches back past the raw samples with the
+    windows the raw samples give. A second start changes a policy's duration, and adds no
+    second continuous query."""
+    db = f"keep{free_port()}"
+    config = StoreConfig(backend="influxdb", url=influxd.url, database=db, raw_days=0.5,
+                         minute_days=2, hour_days=30)
+    s = InfluxStore(config)
+    now = time.time()
+    start = float(int(now - 3 * 3600) // 60 * 60)
+    data = [Sample("site", PUE, "pue", float(i % 7), start + 10 * i) for i in range(2 * 360)] + [
+        Sample("site", PUE, "pue", None, start + 15, Quality.BAD)]
+    s.write(data)
+    policies = {row[0]: row for row in s._show(f'SHOW RETENTION POLICIES ON "{db}"')}
+    assert {n: (p[1], p[4]) for n, p in policies.items() if n.startswith("aidc")} == {
+        "aidc_raw": ("12h0m0s", True), "aidc_1m": ("48h0m0s", False),
+        "aidc_1h": ("720h0m0s", False)}
+    assert [r[0] for r in s._show("SHOW CONTINUOUS QUERIES", db)] == ["aidc_1m", "aidc_1h"]
+    s._query(rollup_query(db, "aidc_1m", 60, f" WHERE time >= {int(start)}s"))
+    back = now - 0.75 * 86400  # before the raw policy's reach: the minutes answer
+    assert s._rollup_for(back, 600, False) == "aidc_1m"
+    assert s._rollup_for(now - 3600, 600, False) is None  # raw reaches: raw answers
+    for every_s, aggregate, fn in ((600, "mean", lambda v: sum(v) / len(v)), (3600, "max", max)):
+        [got] = s.history("site", "pue", back, now, every_s=every_s, aggregate=aggregate)
+        [raw] = s.history("site", "pue", start, now, every_s=every_s, aggregate=aggregate)
+        expected = brute(data, start, now, every_s, fn)
+        assert [t for t, _ in got.points] == [t for t, _ in expected] == [t for t, _ in raw.points]
+        assert [v for _, v in got.points] == pytest.approx([v for _, v in expected])
+    s.close()
+    s = InfluxStore(config.model_copy(update={"raw_days": 1.0}))
+    s.write(data[:1])
+    policies = {row[0]: row for row in s._show(f'SHOW RETENTION POLICIES ON "{db}"')}
+    assert policies["aidc_raw"][1] == "24h0m0s"
+    assert [r[0] for r in s._show("SHOW CONTINUOUS QUERIES", db)] == ["aidc_1m", "aidc_1h"]
     s.close()

@@ -83,4 +83,5 @@ def open_store(config: StoreConfig, data_dir: Path, create: bool = True) -> Stor
     if not create and not path.is_file():
         raise StoreUnavailable(
             f"no store at {path}: give the --data-dir that `aidc run` (or `aidc demo`) uses")
-    return SqliteStore(path, reader=not create)
+    return SqliteStore(path, config.raw_days, config.minute_days, config.hour_days,
+                       reader=not create)

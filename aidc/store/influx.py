@@ -5,16 +5,26 @@ assumed. 1.x is spoken natively (``/write?db=``, ``/query``, user/password); 2.x
 expose the same endpoints for v1 compatibility with token auth (the bucket is the database),
 so one code path serves all three. Points are rendered by influxdb-client's ``Point``, which
 owns the escaping rules of line protocol.
+
+On 1.x, where aidc makes the database (``store.create_database``), it also makes what keeps
+a year of a large site, when missing: the retention policy ``aidc_raw`` (the default, where
+samples are written, kept ``raw_days``), ``aidc_1m`` and ``aidc_1h`` (``minute_days``,
+``hour_days``), and continuous queries that fill these with each field's count, sum, min
+and max over each minute and hour (recomputed over the last 10 minutes and 2 hours, for
+samples a spool writes late). A query that reaches back past the raw samples reads the
+finest rollup that does, means weighted by the counts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Collection, Sequence
-from itertools import groupby
+from functools import lru_cache
 
 import httpx
-from influxdb_client import Point, WritePrecision
+from influxdb_client import Point
 
 from aidc.config import Store as StoreConfig
 from aidc.metrics import Quality, Sample, key_of, series_key
@@ -27,26 +37,65 @@ OUTAGE = {401, 403, 404, 408, 429}
 
 
 def to_line_protocol(samples: Sequence[Sample]) -> str:
-    """One line per (measurement, tags, timestamp); good values as ``field=value``, other
-    qualities as ``<field>_quality="bad"`` (and ``<field>_raw`` when a value was read)."""
+    """One line per (measurement, tags, timestamp in ms); good values as ``field=value``,
+    other qualities as ``<field>_quality="bad"`` (and ``<field>_raw`` when a value was read).
 
-    def key(s: Sample) -> tuple:
-        return (s.measurement, tuple(sorted(s.tags.items())), round(s.ts * 1000))
-
+    The escaping is influxdb-client's: its ``Point`` renders each tag set, field name and
+    string once, and the lines are put together here from those pieces. A ``Point`` a line
+    took five times as long as the rest of a write to influxd (``benchmarks/storage.py``)."""
+    points: dict[tuple, dict[str, float | str]] = {}
+    for s in samples:
+        fields = points.setdefault((s.measurement, tuple(s.tags.items()), round(s.ts * 1000)), {})
+        if s.quality is Quality.GOOD and s.value is not None:
+            fields[s.field] = float(s.value)
+        else:
+            fields[f"{s.field}_quality"] = str(s.quality)
+            if s.value is not None:
+                fields[f"{s.field}_raw"] = float(s.value)
     lines = []
-    for (measurement, tags, ts_ms), group in groupby(sorted(samples, key=key), key=key):
-        point = Point(measurement).time(ts_ms, WritePrecision.MS)
-        for k, v in tags:
-            point.tag(k, v)
-        for s in group:
-            if s.quality is Quality.GOOD and s.value is not None:
-                point.field(s.field, float(s.value))
-            else:
-                point.field(f"{s.field}_quality", str(s.quality))
-                if s.value is not None:
-                    point.field(f"{s.field}_raw", float(s.value))
-        lines.append(point.to_line_protocol())
+    for (measurement, tags, ts_ms), fields in points.items():
+        rendered = ",".join(f"{_field_key(k)}={_value(v)}" for k, v in sorted(fields.items())
+                            if not isinstance(v, float) or math.isfinite(v))
+        if rendered:  # a point of no finite value is no point (as Point renders it)
+            lines.append(f"{_series(measurement, tags)} {rendered} {ts_ms}")
     return "\n".join(lines)
+
+
+@lru_cache(maxsize=1 << 17)
+def _series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """``measurement,tag=value,...`` as ``Point`` escapes and orders it."""
+    point = Point(measurement)
+    for k, v in tags:
+        point.tag(k, v)
+    return point.field("f", 1.0).to_line_protocol().removesuffix(" f=1")
+
+
+@lru_cache(maxsize=4096)
+def _field_key(name: str) -> str:
+    return Point("m").field(name, 1.0).to_line_protocol()[2:-2]
+
+
+def _value(value: float | str) -> str:
+    """A float as ``Point`` writes it (``2`` for 2.0); a string quoted and escaped by it."""
+    if isinstance(value, str):
+        return _string(value)
+    return str(value).removesuffix(".0")
+
+
+@lru_cache(maxsize=256)
+def _string(value: str) -> str:
+    return Point("m").field("f", value).to_line_protocol()[4:]
+
+
+ROLLUPS = (("aidc_1m", 60, "10m"), ("aidc_1h", 3600, "2h"))  # finest first; recomputed over
+
+
+def rollup_query(database: str, policy: str, period_s: int, where: str = "") -> str:
+    """The SELECT ... INTO of rollup ``policy``: every measurement's fields' count, sum, min
+    and max over each ``period_s`` of the raw samples (string fields are counted only)."""
+    db = _ident(database)
+    return (f"SELECT count(*), sum(*), min(*), max(*) INTO {db}.{_ident(policy)}.:MEASUREMENT"
+            f" FROM {db}.\"aidc_raw\"./.*/{where} GROUP BY time({period_s}s), *")
 
 
 def _ident(name: str) -> str:
@@ -83,8 +132,39 @@ class InfluxStore:
             raise StoreUnavailable(f"{self.config.url} does not answer /ping like InfluxDB")
         if version.lstrip("v").startswith("1.") and self.config.create_database:
             self._post("/query", {"q": f"CREATE DATABASE {_ident(self.config.database)}"})
+            self._keep()
         self.version = version
         log.info("event=influx_connected url=%s version=%s", self.config.url, version)
+
+    def _keep(self) -> None:
+        """The retention policies (made, or set to the site file's durations) and the
+        continuous queries (made when missing) of the module's docstring."""
+        c, db = self.config, _ident(self.config.database)
+        have = {row[0] for row in self._show(f"SHOW RETENTION POLICIES ON {db}")}
+        for name, days, default in (("aidc_raw", c.raw_days, True),
+                                    ("aidc_1m", c.minute_days, False),
+                                    ("aidc_1h", c.hour_days, False)):
+            verb = "ALTER" if name in have else "CREATE"
+            self._query(f"{verb} RETENTION POLICY {_ident(name)} ON {db} DURATION "
+                        f"{round(days * 1440)}m REPLICATION 1{' DEFAULT' * default}")
+        have = {row[0] for row in self._show("SHOW CONTINUOUS QUERIES",
+                                             self.config.database)}
+        for name, period_s, resample in ROLLUPS:
+            if name not in have:
+                self._query(f"CREATE CONTINUOUS QUERY {_ident(name)} ON {db} RESAMPLE FOR "
+                            f"{resample} BEGIN {rollup_query(c.database, name, period_s)} END")
+
+    def _query(self, q: str) -> dict:
+        result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
+        if "error" in result:
+            raise StoreRejected(f"InfluxDB query failed: {result['error']}")
+        return result
+
+    def _show(self, q: str, series_name: str | None = None) -> list[list]:
+        """The rows of a SHOW statement (of the series named ``series_name`` if given)."""
+        return [row for s in self._query(q).get("series", [])
+                if series_name is None or s.get("name") == series_name
+                for row in s.get("values") or []]
 
     def _post(self, path: str, params: dict, content: str | None = None) -> httpx.Response:
         try:
@@ -121,15 +201,16 @@ class InfluxStore:
         conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}"]
         conditions += [f"{_ident(k)} = {_literal(v)}" for k, v in (where or {}).items()]
         one_window = bool(every_s) and every_s >= end - start
-        select = f"{aggregate}({_ident(field)})" if every_s else _ident(field)
+        source, f = _ident(measurement), _ident(field)
+        select = f"{aggregate}({f})" if every_s else f
+        policy = self._rollup_for(start, every_s, one_window)
+        if policy is not None:
+            source = f"{_ident(policy)}.{source}"
+            select = (f"sum({_ident('sum_' + field)}) / sum({_ident('count_' + field)})"
+                      if aggregate == "mean" else f"max({_ident('max_' + field)})")
         group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s and not one_window else "*"
-        q = (
-            f"SELECT {select} FROM {_ident(measurement)} "
-            f"WHERE {' AND '.join(conditions)} GROUP BY {group}"
-        )
-        result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
-        if "error" in result:
-            raise StoreRejected(f"InfluxDB query failed: {result['error']}")
+        result = self._query(f"SELECT {select} FROM {source} "
+                             f"WHERE {' AND '.join(conditions)} GROUP BY {group}")
         found = [
             Series(
                 measurement,
@@ -143,6 +224,19 @@ class InfluxStore:
             return found
         wanted = series_key(field, labels)
         return [s for s in found if key_of(field, s.tags) == wanted]
+
+    def _rollup_for(self, start: float, every_s: float | None, one_window: bool) -> str | None:
+        """The rollup a query from ``start`` reads: none while the raw samples reach back
+        that far (or without aidc's policies), else the finest that does and whose periods
+        make up the windows."""
+        c, now = self.config, time.time()
+        if (not every_s or not c.create_database or not (self.version or "").lstrip("v")
+                .startswith("1.") or start >= now - c.raw_days * 86400):
+            return None
+        for (policy, period_s, _), days in zip(ROLLUPS, (c.minute_days, c.hour_days)):
+            if (one_window or every_s % period_s == 0) and start >= now - days * 86400:
+                return policy
+        return None
 
     def latest(
         self, since: float, keys: Collection[str] | None = None

@@ -1,4 +1,14 @@
-"""Embedded store: SQLite in WAL mode, zero set-up (the default and `aidc demo`'s store)."""
+"""Embedded store: SQLite in WAL mode, zero set-up (the default and `aidc demo`'s store).
+
+Samples are kept as read for ``raw_days``; each series is also rolled up into 1-minute and
+1-hour rows (count, mean, min and max of its good values), kept ``minute_days`` and
+``hour_days``, so that a year of a large site fits and a month's trend reads a few hundred
+rows a series. The writer rolls up, a minute at a time, everything from the oldest sample
+written since its last roll-up (a spool replaying an outage's samples is rolled up too).
+A query over windows of whole minutes or hours reads each window's whole rolled-up periods
+from the rollups and the rest (its edges, and what is not rolled up yet) raw: the same
+means and maxima as from the raw samples alone, while these are kept.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +44,24 @@ CREATE TABLE IF NOT EXISTS samples (
   quality TEXT NOT NULL,
   PRIMARY KEY (series, ts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_1m (  -- good values of [ts, ts + 60 s)
+  series INTEGER NOT NULL, ts REAL NOT NULL,
+  n INTEGER NOT NULL, mean REAL NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
+  PRIMARY KEY (series, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_1h (  -- of the minutes of [ts, ts + 3600 s)
+  series INTEGER NOT NULL, ts REAL NOT NULL,
+  n INTEGER NOT NULL, mean REAL NOT NULL, lo REAL NOT NULL, hi REAL NOT NULL,
+  PRIMARY KEY (series, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rolled_up (  -- the rollups hold everything written before this
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  until REAL NOT NULL
+);
 """
+ROLLUPS = (("rollup_1h", 3600), ("rollup_1m", 60))  # coarsest first
+ROLL_UP_EVERY_S = 60.0
+MAX_ROLL_UP_S = 3600.0  # a store catching up rolls up an hour of samples a pass
 
 
 def _decoded(tag_sets: Iterable[str]) -> list[dict[str, str]]:
@@ -47,8 +74,11 @@ class SqliteStore:
     ``reader`` (`aidc headroom`, `aidc whatif`) maps the file into memory: its reads of
     scattered pages are then no system calls."""
 
-    def __init__(self, path: Path, retention_days: float = 30, reader: bool = False):
-        self.path, self.retention_s = path, retention_days * 86400
+    def __init__(self, path: Path, raw_days: float = 30, minute_days: float = 90,
+                 hour_days: float = 400, reader: bool = False):
+        self.path = path
+        self.keep_s = {"samples": raw_days * 86400, "rollup_1m": minute_days * 86400,
+                       "rollup_1h": hour_days * 86400}
         self._db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -56,9 +86,12 @@ class SqliteStore:
             self._db.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         self._db.executescript(SCHEMA)
         self._add_keys()
+        self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE("
+                         "(SELECT MIN(ts) FROM samples), ?)", (time.time(),))
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str, str], int] | None = None  # loaded by the first write
-        self._next_retention = 0.0
+        self._seen: dict[tuple, int] = {}  # (measurement, field, *tags as given) -> id
+        self._next_retention = self._next_roll_up = 0.0
 
     def _add_keys(self) -> None:
         """Stores made before series had their key column get it once, so that readers
@@ -77,6 +110,12 @@ class SqliteStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS series_by_key ON series (key)")
 
     def _series_id(self, s: Sample) -> int:
+        """The id of the sample's series, made if new. Looked up by the tags as given
+        (sorting and encoding them a sample took most of a write's time), then as stored."""
+        seen = (s.measurement, s.field, *s.tags.items())
+        found = self._seen.get(seen)
+        if found is not None:
+            return found
         if self._series is None:
             self._series = {(m, t, f): i for i, m, t, f in self._db.execute(
                 "SELECT id, measurement, tags, field FROM series")}
@@ -87,6 +126,7 @@ class SqliteStore:
                 (*key, key_of(s.field, s.tags)),
             )
             self._series[key] = cur.lastrowid
+        self._seen[seen] = self._series[key]
         return self._series[key]
 
     def write(self, samples: Sequence[Sample]) -> None:
@@ -95,19 +135,55 @@ class SqliteStore:
             try:
                 rows = [(self._series_id(s), s.ts, s.value, str(s.quality)) for s in samples]
                 self._db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
+                if rows:  # rolled up again from the oldest (raw older than that is not kept)
+                    oldest = max(min(r[1] for r in rows), time.time() - self.keep_s["samples"])
+                    self._db.execute("UPDATE rolled_up SET until = MIN(until, ?)", (oldest,))
                 self._db.execute("COMMIT")
             except BaseException as e:
                 self._db.execute("ROLLBACK")
-                self._series = None  # series inserted in the batch are gone: read them again
+                self._series, self._seen = None, {}  # series inserted in the batch are gone
                 if isinstance(e, sqlite3.OperationalError):  # disk full, I/O error, locked
                     raise StoreUnavailable(f"{self.path}: {e}") from e
                 raise
-            if time.time() >= self._next_retention:
-                self._apply_retention()
+            now = time.time()
+            if now >= self._next_roll_up:
+                self.roll_up(now)
+            if now >= self._next_retention:
+                self._apply_retention(now)
 
-    def _apply_retention(self) -> None:
-        self._db.execute("DELETE FROM samples WHERE ts < ?", (time.time() - self.retention_s,))
-        self._next_retention = time.time() + 3600
+    def roll_up(self, now: float) -> None:
+        """Roll up the whole minutes before ``now`` not rolled up yet (at most
+        ``MAX_ROLL_UP_S`` of them: the next write goes on), then the hours they complete.
+        Call with the lock held (``write`` does)."""
+        (until,) = self._db.execute("SELECT until FROM rolled_up").fetchone()
+        start = max(until, now - self.keep_s["samples"]) // 60 * 60  # raw still kept
+        end = min(now // 60 * 60, start + MAX_ROLL_UP_S)
+        if end <= start:
+            self._next_roll_up = now + ROLL_UP_EVERY_S
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "INSERT OR REPLACE INTO rollup_1m SELECT series, CAST(ts / 60 AS INTEGER) * 60"
+                " AS m, COUNT(*), AVG(value), MIN(value), MAX(value) FROM samples WHERE ts >= ?"
+                " AND ts < ? AND quality = 'good' AND value IS NOT NULL GROUP BY series, m",
+                (start, end))  # fmt: skip
+            hours = (start // 3600 * 3600, end // 3600 * 3600)  # those ``end`` completes
+            self._db.execute(
+                "INSERT OR REPLACE INTO rollup_1h SELECT series, CAST(ts / 3600 AS INTEGER)"
+                " * 3600 AS h, SUM(n), SUM(mean * n) / SUM(n), MIN(lo), MAX(hi) FROM rollup_1m"
+                " WHERE ts >= ? AND ts < ? GROUP BY series, h", hours)  # fmt: skip
+            self._db.execute("UPDATE rolled_up SET until = ?", (end,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._next_roll_up = now + (ROLL_UP_EVERY_S if end >= now // 60 * 60 else 0.0)
+
+    def _apply_retention(self, now: float) -> None:
+        for table, keep_s in self.keep_s.items():
+            self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (now - keep_s,))
+        self._next_retention = now + 3600
 
     def history(
         self,
@@ -125,6 +201,10 @@ class SqliteStore:
         if labels is not None:
             tag_sql += " AND s.key = ?"
             args.append(series_key(field, labels))
+        pieces = self._pieces(start, end, every_s) if every_s else []
+        if len(pieces) > 1:
+            return self._as_series(measurement, field, self._rolled(
+                tag_sql, args, pieces, start, end, every_s, aggregate))
         args += [start, end]
         if every_s and every_s >= end - start:  # one window: rows come in series order
             select = f"p.series, ? AS t, {SQL_AGGREGATE[aggregate]}(p.value)"
@@ -143,6 +223,55 @@ class SqliteStore:
         )
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
+        return self._as_series(measurement, field, rows)
+
+    def _pieces(self, start: float, end: float, every_s: float) -> list[tuple[str, float, float]]:
+        """[start, end] as (table, from, to) pieces, oldest first: whole periods of a
+        rollup where the windows of ``every_s`` are made of them (one window: any) and the
+        rollup holds them, the rest raw (the last raw piece includes ``end``)."""
+        with self._lock:
+            (until,) = self._db.execute("SELECT until FROM rolled_up").fetchone()
+        one_window = every_s >= end - start
+
+        def split(lo: float, hi: float, levels: tuple) -> list[tuple[str, float, float]]:
+            for i, (table, period_s) in enumerate(levels):
+                if not one_window and every_s % period_s:
+                    continue
+                a = -(-lo // period_s) * period_s
+                b = min(hi // period_s, until // period_s) * period_s
+                if b > a:
+                    rest = levels[i + 1:]
+                    return [*split(lo, a, rest), (table, a, b), *split(b, hi, rest)]
+            return [("samples", lo, hi)] if hi > lo or hi == end else []
+
+        return split(start, end, ROLLUPS)
+
+    def _rolled(self, tag_sql: str, args: list, pieces: list[tuple[str, float, float]],
+                start: float, end: float, every_s: float, aggregate: Aggregate) -> list[tuple]:
+        """(series, window, value) rows over the ``pieces``: the rollups' counts and means
+        weigh in as the raw samples they stand for."""
+        parts, part_args = [], []
+        for table, lo, hi in pieces:
+            if table == "samples":
+                upto = "<=" if hi == end else "<"
+                parts.append(f"SELECT series, ts, 1 AS n, value AS mean, value AS hi FROM samples"
+                             f" WHERE series IN sel AND ts >= ? AND ts {upto} ? AND quality ="
+                             " 'good' AND value IS NOT NULL")
+            else:
+                parts.append(f"SELECT series, ts, n, mean, hi FROM {table}"
+                             " WHERE series IN sel AND ts >= ? AND ts < ?")
+            part_args += [lo, hi]
+        value = "SUM(mean * n) / SUM(n)" if aggregate == "mean" else "MAX(hi)"
+        window = "?" if every_s >= end - start else "CAST(ts / ? AS INTEGER) * ?"
+        window_args = [start] if every_s >= end - start else [every_s, every_s]
+        sql = (f"WITH sel(id) AS (SELECT s.id FROM series s WHERE s.measurement = ?"
+               f" AND s.field = ?{tag_sql}) SELECT series, {window} AS t, {value} FROM ("
+               + " UNION ALL ".join(parts) + ") GROUP BY series, t ORDER BY series, t")
+        with self._lock:
+            return self._db.execute(sql, [*args, *window_args, *part_args]).fetchall()
+
+    def _as_series(self, measurement: str, field: str, rows: list[tuple]) -> list[Series]:
+        """Series of (series id, time, value) rows in series order."""
         points = {series: [(float(t), v) for _, t, v in series_rows]
                   for series, series_rows in groupby(rows, key=itemgetter(0))}
         with self._lock:  # a tag set once a series, not once a point

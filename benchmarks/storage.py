@@ -1,0 +1,194 @@
+"""Storage, as the runtime's writer uses it, against what each store takes by itself.
+
+- **Ingest**: one sample of every series of a 2,000-rack site (4,400 devices, 10 fields
+  each), round after round, in the writer's batches of 5,000, through `SqliteStore.write`
+  and `InfluxStore.write` (a real influxd). Baselines, the same run: SQLite taking the same
+  rows already built (`executemany` into the same table, a transaction a batch), and influxd
+  taking the same points already rendered as line protocol, a request a batch.
+- **A 30-day trend** of a site metric (300 windows, as the console asks it) on the embedded
+  store with its minute and hour rollups, against the same store read raw (its rollups not
+  made). The store keeps each series under its own key, so the other series of a large site
+  do not change what one series' query reads.
+
+Medians over the rounds (ingest) and the calls (trend).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from aidc.config import Store as StoreConfig
+from aidc.metrics import Sample
+from aidc.store.influx import InfluxStore, to_line_protocol
+from aidc.store.sqlite import SCHEMA, SqliteStore
+from benchmarks.common import machine
+from tests.conftest import Influxd
+
+DEVICES, FIELDS, ROUNDS, BATCH = 4_400, 10, 10, 5_000
+TREND_DAYS, TREND_POINTS, TREND_CALLS, TICK_S = 30, 300, 10, 5
+RESULT = Path(__file__).parent / "results" / "storage.json"
+TARGETS = {"embedded_samples_per_s": 300_000, "influxdb_points_per_s": 200_000,
+           "trend_30d_rolled_up_ms": 500}
+
+
+def rounds(start: float) -> list[list[Sample]]:
+    """Every series' sample of each round, 5 s apart."""
+    tags = [{"site": "bench", "device": f"pdu-{d:04d}"} for d in range(DEVICES)]
+    return [[Sample("pdu", t, f"field_{f}", 1.0 + r + f, start + 5 * r)
+             for t in tags for f in range(FIELDS)] for r in range(ROUNDS)]
+
+
+def batches(samples: list) -> list[list]:
+    return [samples[i:i + BATCH] for i in range(0, len(samples), BATCH)]
+
+
+def rate(write, data: list[list]) -> float:
+    """Median over the rounds of items written a second; ``data``: each round's batches."""
+    rates = []
+    for round_batches in data:
+        t0 = time.perf_counter()
+        for batch in round_batches:
+            write(batch)
+        rates.append(sum(map(len, round_batches)) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def embedded(tmp: Path, data: list[list[Sample]]) -> tuple[float, float]:
+    """Samples a second through the store, and through SQLite alone."""
+    store = SqliteStore(tmp / "ingest.sqlite")
+    ours = rate(store.write, [batches(r) for r in data])
+    store.close()
+    import sqlite3
+
+    db = sqlite3.connect(tmp / "baseline.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    ids: dict[tuple, int] = {}
+    rows = [[(ids.setdefault((s.tags["device"], s.field), len(ids)), s.ts, s.value, "good")
+             for s in r] for r in data]
+
+    def insert(batch: list[tuple]) -> None:
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", batch)
+        db.execute("COMMIT")
+
+    baseline = rate(insert, [batches(r) for r in rows])
+    db.close()
+    return ours, baseline
+
+
+def influxdb(tmp: Path, data: list[list[Sample]]) -> tuple[float, float, int]:
+    """Samples a second through the store, and as line protocol alone; lines a round."""
+    (tmp / "influxd").mkdir()
+    server = Influxd(tmp / "influxd")
+    server.start()
+    try:
+        store = InfluxStore(StoreConfig(backend="influxdb", url=server.url, database="ours"))
+        ours = rate(store.write, [batches(r) for r in data])
+        store.close()
+        http = httpx.Client(base_url=server.url, timeout=60)
+        http.post("/query", params={"q": "CREATE DATABASE baseline"}).raise_for_status()
+        bodies = [[to_line_protocol(b) for b in batches(r)] for r in data]
+        lines = sum(body.count("\n") + 1 for body in bodies[0])
+
+        def post(body: str) -> None:
+            http.post("/write", params={"db": "baseline", "precision": "ms"},
+                      content=body).raise_for_status()
+
+        samples_per_body = [[len(b) for b in batches(r)] for r in data]
+        rates = []
+        for round_bodies, sizes in zip(bodies, samples_per_body, strict=True):
+            t0 = time.perf_counter()
+            for body in round_bodies:
+                post(body)
+            rates.append(sum(sizes) / (time.perf_counter() - t0))
+        http.close()
+        return ours, statistics.median(rates), lines
+    finally:
+        server.stop()
+
+
+def trend(tmp: Path) -> tuple[float, float, int]:
+    """Median ms of a 30-day trend rolled up and raw, and the raw points it spans."""
+    now = time.time()
+    start = now - TREND_DAYS * 86400
+    days = [[Sample("site", {"site": "bench"}, "pue", 1.2 + (t % 600) / 6000, t)
+             for t in range(int(start + d * 86400), int(min(now, start + (d + 1) * 86400)),
+                            TICK_S)] for d in range(TREND_DAYS + 1)]
+    stores = {"rolled_up": SqliteStore(tmp / "rolled.sqlite"),
+              "raw": SqliteStore(tmp / "raw.sqlite")}
+    stores["raw"]._next_roll_up = float("inf")  # never rolled up: every query reads raw
+    for store in stores.values():
+        for day in days:
+            for batch in batches(day):
+                store.write(batch)
+    rolled = stores["rolled_up"]
+    while rolled._db.execute("SELECT until FROM rolled_up").fetchone()[0] < now // 60 * 60 - 60:
+        rolled.roll_up(time.time())  # as a running writer keeps it: a minute behind at most
+    out = {}
+    every_s = TREND_DAYS * 86400 / TREND_POINTS
+    for name, store in stores.items():
+        ms = []
+        for _ in range(TREND_CALLS):
+            t0 = time.perf_counter()
+            [series] = store.history("site", "pue", now - TREND_DAYS * 86400, now,
+                                     every_s=every_s)
+            ms.append((time.perf_counter() - t0) * 1000)
+        assert 290 <= len(series.points) <= TREND_POINTS + 1, len(series.points)
+        out[name] = statistics.median(ms)
+        store.close()
+    return out["rolled_up"], out["raw"], sum(map(len, days))
+
+
+def main() -> None:
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        data = rounds(time.time() - 3600)
+        ours, baseline = embedded(tmp, data)
+        figures |= {"embedded_samples_per_s": round(ours), "sqlite_alone_rows_per_s": round(baseline)}
+        ours_i, baseline_i, lines = influxdb(tmp, data)
+        per_line = DEVICES * FIELDS / lines
+        figures |= {"influxdb_samples_per_s": round(ours_i),
+                    "influxdb_points_per_s": round(ours_i / per_line),
+                    "line_protocol_alone_samples_per_s": round(baseline_i),
+                    "line_protocol_alone_points_per_s": round(baseline_i / per_line),
+                    "samples_per_point": per_line}
+        rolled, raw, points = trend(tmp)
+        figures |= {"trend_30d_rolled_up_ms": round(rolled, 1), "trend_30d_raw_ms": round(raw, 1),
+                    "trend_30d_raw_points": points}
+    ratios = {"embedded_vs_sqlite_alone": round(ours / baseline, 2),
+              "influxdb_vs_line_protocol_alone": round(ours_i / baseline_i, 2),
+              "trend_30d_rolled_up_vs_raw": round(rolled / raw, 3)}
+    for k, v in figures.items():
+        print(f"  {k:<36}{v:>14,}")
+    for k, v in ratios.items():
+        print(f"  {k:<36}{v:>14}")
+    print("  targets: " + ", ".join(f"{k} {'<' if k.endswith('_ms') else '>'} {v:,}"
+                                    for k, v in TARGETS.items()))
+    result = {
+        "name": "storage",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(f"influxd on 127.0.0.1, {DEVICES:,} devices x {FIELDS} fields, "
+                           f"batches of {BATCH:,}"),
+        "figures": figures,
+        "ratios": ratios,
+        "baseline": "the same rows into SQLite alone and the same points as pre-rendered line "
+                    "protocol, a request a batch; the same 30 days read raw; same run",
+        "targets": {k: f"{'<' if k.endswith('_ms') else '>'} {v}" for k, v in TARGETS.items()},
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
