@@ -152,6 +152,11 @@ def next_due(db: sqlite3.Connection) -> float | None:
     return db.execute("SELECT MIN(due_at) FROM alert_group").fetchone()[0]
 
 
+def held_alerts(db: sqlite3.Connection) -> int:
+    """Alerts in groups."""
+    return db.execute("SELECT COUNT(*) FROM group_member").fetchone()[0]
+
+
 def held(db: sqlite3.Connection) -> int:
     """Groups with a notification not sent yet."""
     return db.execute("SELECT COUNT(*) FROM alert_group WHERE due_at IS NOT NULL").fetchone()[0]

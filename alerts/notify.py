@@ -86,6 +86,9 @@ class Notifier:
         self._repeat_s = alerts.repeat_s
         with outbox.transaction() as db:
             groups.create(db)
+            # alerts are looked up in groups where routes group or groups are left from before
+            # (a storm's first tick makes thousands of transitions)
+            self._grouping = any(r[4] for r in self._routes) or groups.held_alerts(db) > 0
         self._held: asyncio.Event | None = None  # set when a group is due sooner
 
     def routed(self, alert: Alert) -> dict[str, Routed]:
@@ -146,15 +149,14 @@ class Notifier:
         """Enqueue every transition for the webhooks it is routed to, or hold it in its
         group there, in one transaction."""
         site = self._topology.site.site
-        grouped = any(r[4] for r in self._routes)
         with self._outbox.transaction() as db:
             for t in transitions:
                 key = idempotency_key(t)
                 headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
                 context = self.context(t)
-                routed = self.routed(t.alert) if grouped else {}
+                routed = self.routed(t.alert) if self._grouping else {}
                 for w in self.receivers(t):
-                    if self._hold(db, w, t, context, routed.get(w.name)):
+                    if self._grouping and self._hold(db, w, t, context, routed.get(w.name)):
                         continue
                     body = render(w.format, t, site=site, receiver=w.name,
                                   external_url=self._external_url, context=context)
