@@ -222,6 +222,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _serve_until_stopped(site, args, simulate=True)
 
 
+def cmd_farm(args: argparse.Namespace) -> int:
+    """The site's devices, simulated on 127.0.0.1 over their protocols, in a process of their
+    own: an `aidc run` of the same site file polls them as it would a real site, and its CPU
+    and memory are its own (`aidc demo` simulates in its own process)."""
+    import asyncio
+
+    from simulators.site import relocate
+
+    _logging(args.verbose)
+    site = _load(args.site)
+    if args.port_offset:
+        site = relocate(site, lambda d: d.port + args.port_offset)
+    asyncio.run(_farm(site))
+    return 0
+
+
+async def _farm(site: Site) -> None:
+    import asyncio
+
+    from simulators.site import SimulatedSite
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    _raise_open_files_limit(site)
+    simulated = SimulatedSite(site)
+    await simulated.start()
+    gc.freeze()
+    print(f"aidc farm: {len(site.devices)} devices of {site.site} answering on 127.0.0.1."
+          "  Ctrl-C stops.", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await simulated.stop()
+        print("aidc farm stopped.", flush=True)
+
+
 def _secret_arg(value: str, option: str = "--webhook-secret") -> str:
     """``env:NAME`` or ``file:PATH``: a secret typed on the command line would show in ``ps``."""
     kind, _, name = value.partition(":")
@@ -504,6 +541,12 @@ def parser() -> argparse.ArgumentParser:
             r.add_argument("--webhook", help="also send alert webhooks to this URL")
             r.add_argument("--webhook-secret", metavar="env:NAME|file:PATH",
                            help="sign the --webhook's notifications with this HMAC key")
+    f = sub.add_parser("farm", help="only the simulated devices of a site, for `aidc run`")
+    f.add_argument("--site", default=str(DEMO_SITE), help="site file")
+    f.add_argument("--port-offset", type=int, default=0,
+                   help="add to every simulated device's port")
+    f.add_argument("-v", "--verbose", action="store_true")
+    f.set_defaults(func=cmd_farm)
     for name, helptext in (("headroom", "kW headroom per rack, the binding limit, the pools"),
                            ("whatif", "can a row take N more racks of X kW?")):
         h = sub.add_parser(name, help=helptext)

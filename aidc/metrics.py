@@ -8,6 +8,7 @@ unit in the name (``supply_temp_c``), a value, a timestamp and a quality.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -132,6 +133,24 @@ def check_limits(value: float | None, low: float | None, high: float | None) -> 
     if (low is not None and value < low) or (high is not None and value > high):
         return Quality.OUT_OF_RANGE
     return Quality.GOOD
+
+
+POLL_DELAY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class PollTiming:
+    """How late polls start against when they were due, over every device (the counts of
+    a Prometheus histogram: ``counts[i]`` started at most ``POLL_DELAY_BUCKETS_S[i]`` late,
+    the last any later), and the intervals skipped because a poll ran into the next one."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(POLL_DELAY_BUCKETS_S) + 1))
+    late_s: float = 0.0  # the sum
+    missed: int = 0
+
+    def started(self, late_s: float) -> None:
+        self.counts[bisect_left(POLL_DELAY_BUCKETS_S, late_s)] += 1
+        self.late_s += late_s
 
 
 @dataclass(slots=True)

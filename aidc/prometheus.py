@@ -4,12 +4,14 @@ conventions (base units such as seconds, `_total` on counters)."""
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
 
 from aidc.api import REACHABLE
+from aidc.metrics import POLL_DELAY_BUCKETS_S
 
 if TYPE_CHECKING:
     from aidc.runtime import Runtime
@@ -22,7 +24,7 @@ def exposition(runtime: Runtime, accept: str) -> tuple[bytes, str]:
     return encode(RuntimeMetrics(runtime)), content_type  # type: ignore[arg-type]
 
 
-Counter, Gauge = CounterMetricFamily, GaugeMetricFamily
+Counter, Gauge, Histogram = CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 PER_DEVICE = [  # (family, name, help, value of a DeviceHealth)
     (Counter, "aidc_polls", "Polls attempted per device.", lambda h: h.polls_total),
     (Counter, "aidc_poll_errors", "Polls that failed per device.", lambda h: h.errors_total),
@@ -71,6 +73,13 @@ class RuntimeMetrics:
                   value=rt.notifier_dead_letters),
             Gauge("aidc_notifier_groups_held", "Alert groups holding changes until their "
                   "group_wait or group_interval ends.", value=rt.notifier_groups_held),
+            Histogram("aidc_poll_start_delay_seconds", "How late polls started against when "
+                      "they were due, every device's.", buckets=[
+                          *zip(map(str, (*POLL_DELAY_BUCKETS_S, "+Inf")),
+                               accumulate(rt.poll_timing.counts), strict=True)],
+                      sum_value=rt.poll_timing.late_s),
+            Counter("aidc_poll_intervals_missed", "Poll intervals skipped because a poll ran "
+                    "into the next one.", value=rt.poll_timing.missed),
             Gauge("aidc_event_loop_lag_seconds", "Worst delay of the polls' and the model's "
                   "event loop over the last minute (a blocked loop delays every poll).",
                   value=rt.loop_lag_s),

@@ -25,6 +25,7 @@ from aidc.metrics import (
     BAD_QUALITIES,
     DeviceHealth,
     FreshLatest,
+    PollTiming,
     Quality,
     Reading,
     Sample,
@@ -162,6 +163,7 @@ class Runtime:
         self._loop_errors: dict[tuple[str, str], int] = {}
         self._stopping = False
         self.loop_lag_s = 0.0  # worst over LAG_WINDOW_S: the tick and polls were that late
+        self.poll_timing = PollTiming()
         self._probe_locks: dict[str, asyncio.Lock] = {}
         self._probes: dict[str, Probe] = {}  # each device's last probe
         self._not_heard_from = {d.id for d in site.devices}  # no poll of theirs ended yet
@@ -250,6 +252,8 @@ class Runtime:
         try:
             while not self._stopping:
                 started, now = loop.time(), time.time()
+                if health.polls_total:
+                    self.poll_timing.started(max(0.0, started - next_at))
                 health.due_at = now + deadline_s
                 try:
                     readings = await bounded(collector.read(), deadline_s)
@@ -293,6 +297,7 @@ class Runtime:
                                               self.site.defaults.backoff_max_s)
                 next_at += health.retry_in_s
                 if next_at < loop.time():  # missed ticks are skipped, not bunched
+                    self.poll_timing.missed += 1 + int((loop.time() - next_at) // health.retry_in_s)
                     next_at = loop.time() + health.retry_in_s
                 health.due_at = time.time() + (next_at - loop.time()) + deadline_s
                 await asyncio.sleep(next_at - loop.time())

@@ -157,7 +157,14 @@ def test_metrics_parse_as_prometheus_does_in_base_units(web, shared_live_site):
     assert not [name for name in families if "_ms" in name]
     counters = {f.name: f for f in families.values() if f.type == "counter"}
     assert set(counters) == {"aidc_polls", "aidc_poll_errors", "aidc_spool_dropped_samples",
-                             "aidc_store_rejected_samples", "aidc_model_ticks"}
+                             "aidc_store_rejected_samples", "aidc_model_ticks",
+                             "aidc_poll_intervals_missed"}
+    delays = families["aidc_poll_start_delay_seconds"]
+    assert delays.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in delays.samples if s.name.endswith("_bucket")}
+    assert list(buckets)[-1] == "+Inf" and list(buckets.values()) == sorted(buckets.values())
+    count = next(s.value for s in delays.samples if s.name.endswith("_count"))
+    assert buckets["+Inf"] == count > 0
     assert all(s.name.endswith("_total") for f in counters.values() for s in f.samples)
     site = shared_live_site.runtime.site
     polls = {s.labels["device"]: s.value for s in families["aidc_poll_duration_seconds"].samples}

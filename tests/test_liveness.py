@@ -377,11 +377,21 @@ def test_a_blocked_event_loop_shows_as_lag(small_site: LiveSite) -> None:
     from aidc.api import SiteAPI
 
     runtime = small_site.runtime
+    timing = runtime.poll_timing
+    late_before, missed_before = sum(timing.counts[-3:]), timing.missed  # over 1 s late
     runtime.call_soon(time.sleep, 1.5)  # runs on the loop: nothing else runs meanwhile
     wait_for(lambda: runtime.loop_lag_s >= 1.0, what="the lag measured")
-    line = next(x for x in SiteAPI(runtime).metrics()[0].decode().splitlines()
-                if x.startswith("aidc_event_loop_lag_seconds "))
+    # the polls due meanwhile started over a second late, and skipped the intervals missed
+    wait_for(lambda: sum(timing.counts[-3:]) >= late_before + len(runtime.health),
+             what="every device's late poll counted")
+    wait_for(lambda: timing.missed >= missed_before + len(runtime.health),
+             what="the intervals they skipped counted")
+    lines = SiteAPI(runtime).metrics()[0].decode().splitlines()
+    line = next(x for x in lines if x.startswith("aidc_event_loop_lag_seconds "))
     assert float(line.split()[1]) >= 1.0
+    buckets = [float(x.split()[1]) for x in lines
+               if x.startswith("aidc_poll_start_delay_seconds_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] - buckets[-4] >= len(runtime.health)
 
 
 def test_the_model_evaluates_while_the_loop_goes_on_polling(tmp_path: Path) -> None:

@@ -45,3 +45,55 @@ def test_the_simulators_serve_a_generated_site(tmp_path):
         wait_for(lambda: not live.runtime.evaluator.active_alerts(), what="no alert")
     finally:
         live.stop()
+
+
+def test_aidc_run_polls_a_farm_in_a_process_of_its_own(tmp_path):
+    """`aidc farm` serves a generated site's devices; `aidc run` of the same file, in another
+    process, finds every one up and times its polls' starts; both stop cleanly on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aidc.net import free_port
+    from simulators.site import free_port_offset
+
+    path = tmp_path / "site.yaml"
+    main(["gen-site", "--racks", "4", "-o", str(path)])
+    first = 10_000 + free_port_offset(load_site(path))  # every device on a port free now
+    main(["gen-site", "--racks", "4", "--first-port", str(first), "-o", str(path)])
+    devices = len(load_site(path).devices)
+    port = free_port()
+    log = {name: tmp_path / f"{name}.log" for name in ("farm", "run")}
+
+    def start(*args: str) -> subprocess.Popen:
+        with open(log[args[0]], "wb") as out:
+            return subprocess.Popen([sys.executable, "-m", "aidc.cli", *args, "--site", str(path)],
+                                    stdout=out, stderr=subprocess.STDOUT)
+
+    def scraped(name: str, sample: str) -> float:
+        """The sum of a metric's samples named ``sample`` (0 until aidc run answers)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            return 0.0
+        return sum(s.value for f in text_string_to_metric_families(text) if f.name == name
+                   for s in f.samples if s.name == sample)
+
+    procs = {"farm": start("farm")}
+    try:
+        wait_for(lambda: b"answering" in log["farm"].read_bytes(), timeout_s=90,
+                 what="the farm serving")
+        procs["run"] = start("run", "--data-dir", str(tmp_path / "data"), "--web-port", str(port))
+        wait_for(lambda: scraped("aidc_device_up", "aidc_device_up") == devices, timeout_s=90,
+                 what=f"aidc run to find all {devices} devices up")
+        wait_for(lambda: scraped("aidc_poll_start_delay_seconds",
+                                 "aidc_poll_start_delay_seconds_count") >= devices,
+                 timeout_s=60, what="a second poll of each device timed")
+    finally:
+        for name, proc in reversed(procs.items()):
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0, log[name].read_text()[-2000:]
+    assert b"aidc farm stopped." in log["farm"].read_bytes()
