@@ -234,29 +234,41 @@ def cmd_farm(args: argparse.Namespace) -> int:
     site = _load(args.site)
     if args.port_offset:
         site = relocate(site, lambda d: d.port + args.port_offset)
-    asyncio.run(_farm(site))
+    try:
+        asyncio.run(_farm(site, args.snmpd))
+    except RuntimeError as e:  # no snmpd
+        return _fail(str(e))
     return 0
 
 
-async def _farm(site: Site) -> None:
+async def _farm(site: Site, snmpd: bool) -> None:
     import asyncio
+    import tempfile
 
     from simulators.site import SimulatedSite
+    from simulators.snmpd import SnmpdFarm
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     _raise_open_files_limit(site)
-    simulated = SimulatedSite(site)
-    await simulated.start()
-    gc.freeze()
-    print(f"aidc farm: {len(site.devices)} devices of {site.site} answering on 127.0.0.1."
-          "  Ctrl-C stops.", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await simulated.stop()
-        print("aidc farm stopped.", flush=True)
+    by_snmpd = [d for d in site.devices
+                if snmpd and d.protocol == "snmp" and d.snmp.version == "2c"]
+    simulated = SimulatedSite(site, served_elsewhere={d.id for d in by_snmpd})
+    simulated.physics.step()  # snmpd serves the values of the first step
+    with tempfile.TemporaryDirectory(prefix="aidc-farm-") as work:
+        agents = SnmpdFarm(by_snmpd, simulated.physics.values, Path(work))
+        agents.start()
+        await simulated.start()
+        gc.freeze()
+        print(f"aidc farm: {len(site.devices)} devices of {site.site} answering on 127.0.0.1"
+              f" ({len(by_snmpd)} by {len(agents.agents)} snmpd).  Ctrl-C stops.", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await simulated.stop()
+            agents.stop()
+            print("aidc farm stopped.", flush=True)
 
 
 def _secret_arg(value: str, option: str = "--webhook-secret") -> str:
@@ -545,6 +557,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--site", default=str(DEMO_SITE), help="site file")
     f.add_argument("--port-offset", type=int, default=0,
                    help="add to every simulated device's port")
+    f.add_argument("--snmpd", action="store_true",
+                   help="serve SNMPv2c devices by net-snmp's snmpd (static values; cheap)")
     f.add_argument("-v", "--verbose", action="store_true")
     f.set_defaults(func=cmd_farm)
     for name, helptext in (("headroom", "kW headroom per rack, the binding limit, the pools"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from aidc.config import Site
@@ -45,10 +46,12 @@ def make_server(device: Any, physics: SitePhysics) -> Any:
 class SimulatedSite:
     """Start, stop and fault every device of ``site`` (ports as the config gives them)."""
 
-    def __init__(self, site: Site, physics: SitePhysics | None = None):
+    def __init__(self, site: Site, physics: SitePhysics | None = None,
+                 served_elsewhere: Collection[str] = ()):
         self.site = site
         self.physics = physics or SitePhysics(site)
-        self.servers = {d.id: make_server(d, self.physics) for d in site.devices if d.protocol != "modbus"}
+        self.servers = {d.id: make_server(d, self.physics) for d in site.devices
+                        if d.protocol != "modbus" and d.id not in served_elsewhere}
         self.servers |= self._modbus_gateways(site)
         self._stepper: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aidc.cli import main
 from aidc.config import load_site
 from simulators.site import on_free_ports
@@ -47,9 +49,11 @@ def test_the_simulators_serve_a_generated_site(tmp_path):
         live.stop()
 
 
-def test_aidc_run_polls_a_farm_in_a_process_of_its_own(tmp_path):
-    """`aidc farm` serves a generated site's devices; `aidc run` of the same file, in another
-    process, finds every one up and times its polls' starts; both stop cleanly on SIGINT."""
+@pytest.mark.parametrize("snmp_by", ["python", "snmpd"])
+def test_aidc_run_polls_a_farm_in_a_process_of_its_own(tmp_path, snmp_by):
+    """`aidc farm` serves a generated site's devices (its SNMP ones by the Python simulator
+    or by net-snmp's snmpd); `aidc run` of the same file, in another process, finds every
+    one up and times its polls' starts; both stop cleanly on SIGINT."""
     import signal
     import subprocess
     import sys
@@ -82,7 +86,7 @@ def test_aidc_run_polls_a_farm_in_a_process_of_its_own(tmp_path):
         return sum(s.value for f in text_string_to_metric_families(text) if f.name == name
                    for s in f.samples if s.name == sample)
 
-    procs = {"farm": start("farm")}
+    procs = {"farm": start("farm", *["--snmpd"] * (snmp_by == "snmpd"))}
     try:
         wait_for(lambda: b"answering" in log["farm"].read_bytes(), timeout_s=90,
                  what="the farm serving")
@@ -96,4 +100,7 @@ def test_aidc_run_polls_a_farm_in_a_process_of_its_own(tmp_path):
         for name, proc in reversed(procs.items()):
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0, log[name].read_text()[-2000:]
-    assert b"aidc farm stopped." in log["farm"].read_bytes()
+    farm_log = log["farm"].read_text()
+    assert "aidc farm stopped." in farm_log
+    snmp = sum(d.protocol == "snmp" for d in load_site(path).devices)
+    assert f"({snmp if snmp_by == 'snmpd' else 0} by " in farm_log

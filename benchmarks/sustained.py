@@ -1,0 +1,176 @@
+"""A 2,000-rack site sustained by one `aidc run`, its devices served by `aidc farm --snmpd`
+(the PDUs and UPSes by net-snmp's snmpd, the rest by the Python simulators) in processes of
+their own, all on this machine.
+
+After every device was found up and a warm-up, for ``AIDC_BENCH_SECONDS`` (default 300):
+the poll intervals missed and how late polls started (p50, p99, from `/metrics`'
+histogram), and each process's CPU share (of one core) and resident memory, read from
+/proc. Baseline, the same run: the farm's CPU for answering the same polls, against
+aidc's for making them (and storing, modelling, alerting and serving meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from aidc.config import load_site
+from aidc.metrics import POLL_DELAY_BUCKETS_S
+from aidc.net import free_port
+from benchmarks.common import machine
+from simulators.site import free_port_offset
+
+RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "2000"))
+SECONDS = float(os.environ.get("AIDC_BENCH_SECONDS", "300"))
+WARM_UP_S = 30.0
+RESULT = Path(__file__).parent / "results" / "sustained.json"
+TARGETS = {"missed_intervals": "0", "poll_start_delay_p99_s": "< 0.25", "aidc_rss_mb": "< 400"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def aidc(*args: str, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "aidc.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scrape(url: str) -> dict[str, list]:
+    text = httpx.get(url + "metrics", timeout=30).text
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def total(metrics: dict, name: str, sample: str | None = None) -> float:
+    return sum(s.value for s in metrics.get(name, []) if s.name == (sample or name))
+
+
+def delays(metrics: dict) -> list[float]:
+    """The poll-start histogram's cumulative counts, bucket by bucket (+Inf last)."""
+    return [s.value for s in metrics["aidc_poll_start_delay_seconds"]
+            if s.name.endswith("_bucket")]
+
+
+def quantile(before: list[float], after: list[float], q: float) -> float:
+    """The bucket bound under which a share ``q`` of the window's poll starts fell."""
+    counts = [b - a for a, b in zip(before, after, strict=True)]
+    for bound, count in zip((*POLL_DELAY_BUCKETS_S, float("inf")), counts, strict=True):
+        if count >= q * counts[-1]:
+            return bound
+    return float("inf")
+
+
+def wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(1)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        site_path = tmp / "site.yaml"
+        subprocess.run([sys.executable, "-m", "aidc.cli", "gen-site", "--racks", str(RACKS),
+                        "-o", str(site_path)], check=True)
+        first = 10_000 + free_port_offset(load_site(site_path))
+        subprocess.run([sys.executable, "-m", "aidc.cli", "gen-site", "--racks", str(RACKS),
+                        "--first-port", str(first), "-o", str(site_path)], check=True)
+        site = load_site(site_path)
+        devices = len(site.devices)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        farm = aidc("farm", "--snmpd", "--site", str(site_path), log=tmp / "farm.log")
+        run = None
+        try:
+            wait(lambda: b"answering" in (tmp / "farm.log").read_bytes(), 600, "the farm")
+            run = aidc("run", "--site", str(site_path), "--data-dir", str(tmp / "data"),
+                       "--web-port", str(port), log=tmp / "run.log")
+
+            def all_up() -> bool:
+                try:
+                    return total(scrape(url), "aidc_device_up") == devices
+                except httpx.HTTPError:
+                    return False
+
+            wait(all_up, 600, f"all {devices} devices up")
+            time.sleep(WARM_UP_S)
+            before, t0 = scrape(url), time.monotonic()
+            cpu0 = {p.pid: cpu_s(p.pid) for p in (run, farm)}
+            peak = {p.pid: 0.0 for p in (run, farm)}
+            while time.monotonic() - t0 < SECONDS:
+                time.sleep(min(5.0, SECONDS - (time.monotonic() - t0)))
+                for p in (run, farm):
+                    peak[p.pid] = max(peak[p.pid], rss_mb(p.pid))
+            after, elapsed = scrape(url), time.monotonic() - t0
+            cpu = {p.pid: (cpu_s(p.pid) - cpu0[p.pid]) / elapsed for p in (run, farm)}
+        finally:
+            for p in (run, farm):
+                if p is not None:
+                    p.send_signal(signal.SIGINT)
+                    p.wait(timeout=60)
+    polls = total(after, "aidc_polls", "aidc_polls_total") - total(
+        before, "aidc_polls", "aidc_polls_total")
+    errors = total(after, "aidc_poll_errors", "aidc_poll_errors_total") - total(
+        before, "aidc_poll_errors", "aidc_poll_errors_total")
+    missed = total(after, "aidc_poll_intervals_missed", "aidc_poll_intervals_missed_total") - \
+        total(before, "aidc_poll_intervals_missed", "aidc_poll_intervals_missed_total")
+    poll_s = site.defaults.poll_s
+    figures = {
+        "devices": devices,
+        "seconds": round(elapsed),
+        "polls": int(polls),
+        "polls_expected": round(devices * elapsed / poll_s),
+        "poll_errors": int(errors),
+        "missed_intervals": int(missed),
+        "poll_start_delay_p50_s": quantile(delays(before), delays(after), 0.50),
+        "poll_start_delay_p99_s": quantile(delays(before), delays(after), 0.99),
+        "aidc_cpu_share": round(cpu[run.pid], 3),
+        "aidc_rss_mb": round(peak[run.pid], 1),
+        "farm_cpu_share": round(cpu[farm.pid], 3),
+        "farm_rss_mb": round(peak[farm.pid], 1),
+    }
+    ratios = {"aidc_cpu_vs_farm_cpu": round(cpu[run.pid] / cpu[farm.pid], 2)}
+    for k, v in {**figures, **ratios}.items():
+        print(f"  {k:<28}{v:>12}")
+    print("  targets: " + ", ".join(f"{k} {v}" for k, v in TARGETS.items()) +
+          " (p50 and p99 are the histogram's bucket bounds)")
+    result = {
+        "name": "sustained",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(f"{RACKS:,}-rack generated site, {devices:,} devices every "
+                           f"{poll_s:g} s, embedded store; aidc run and aidc farm"),
+        "figures": figures,
+        "ratios": ratios,
+        "baseline": "the farm's CPU answering the same polls, same run",
+        "targets": TARGETS,
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"  wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
