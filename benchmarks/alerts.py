@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -27,7 +25,7 @@ from aidc.config import Site
 from aidc.metrics import Sample
 from aidc.runtime import Runtime
 from aidc.sitegen import generate
-from benchmarks.common import machine
+from benchmarks.common import write_result
 from simulators.physics import SitePhysics
 
 RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "10000"))  # smaller to try it out
@@ -115,18 +113,10 @@ def main() -> None:
               f"{held:>14.1f}{active:>8}")  # fmt: skip
     print(f"  target: alerting <= {TARGET_MS:g} ms per tick; loop held: the longest the event "
           "loop (its polls) waited during a tick")
-    result = {
-        "name": "alerts",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine("the runtime's tick, embedded store, no webhook"),
-        "figures": figures,
-        "ratios": ratios,
-        "baseline": "the rest of the same tick (model and derived series), same run",
-        "targets": {"quiet_alerting_ms": f"<= {TARGET_MS:g}", "storm_alerting_ms": f"<= {TARGET_MS:g}"},
-    }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {RESULT}")
+    write_result(
+        RESULT, machine_note="the runtime's tick, embedded store, no webhook", figures=figures,
+        ratios=ratios, baseline="the rest of the same tick (model and derived series), same run",
+        targets={f"{state}_alerting_ms": f"<= {TARGET_MS:g}" for state in ("quiet", "storm")})
 
 
 if __name__ == "__main__":

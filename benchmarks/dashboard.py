@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
 from selenium import webdriver
@@ -49,7 +48,7 @@ from aidc.net import free_port
 from aidc.sitegen import generate
 from aidc.store.influx import InfluxStore
 from aidc.store.sqlite import SqliteStore
-from benchmarks.common import machine
+from benchmarks.common import write_result
 from dashboards.pages.capacity import TABLE_ROWS
 from dashboards.pages.overview import CHART_RACKS
 from simulators.site import free_port_offset
@@ -289,20 +288,12 @@ def main() -> None:
     targets = {k: f"< {v:g}" for k, v in TARGETS_MS.items()}
     print(f"  wire/decoded (cold): {ratios['cold_wire_vs_decoded_bytes']}; warm/cold render: "
           f"{ratios['warm_vs_cold_render']}; targets: {targets}")
-    result = {
-        "name": "dashboard",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(f"headless Chromium, `aidc demo` serving {RACKS} racks"),
-        "figures": figures,
-        "ratios": ratios,
-        "baseline": "the bytes the browser decoded in the same load; the cold load for the "
-                    "warm; GET /api/v1/racks for the floor callback; GET /api/v1/headroom for "
-                    "the capacity table; the same 30 days read raw for each store's trend",
-        "targets": targets,
-    }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {RESULT}")
+    write_result(
+        RESULT, machine_note=f"headless Chromium, `aidc demo` serving {RACKS} racks",
+        figures=figures, ratios=ratios, targets=targets,
+        baseline="the bytes the browser decoded in the same load; the cold load for the warm; "
+                 "GET /api/v1/racks for the floor callback; GET /api/v1/headroom for the "
+                 "capacity table; the same 30 days read raw for each store's trend")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ Medians over the rounds (ingest) and the calls (trend).
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -28,7 +26,7 @@ from aidc.config import Store as StoreConfig
 from aidc.metrics import Sample
 from aidc.store.influx import InfluxStore, to_line_protocol
 from aidc.store.sqlite import SCHEMA, SqliteStore
-from benchmarks.common import machine
+from benchmarks.common import write_result
 from tests.conftest import Influxd
 
 DEVICES, FIELDS, ROUNDS, BATCH = 4_400, 10, 10, 5_000
@@ -174,20 +172,12 @@ def main() -> None:
         print(f"  {k:<36}{v:>14}")
     print("  targets: " + ", ".join(f"{k} {'<' if k.endswith('_ms') else '>'} {v:,}"
                                     for k, v in TARGETS.items()))
-    result = {
-        "name": "storage",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(f"influxd on 127.0.0.1, {DEVICES:,} devices x {FIELDS} fields, "
-                           f"batches of {BATCH:,}"),
-        "figures": figures,
-        "ratios": ratios,
-        "baseline": "the same rows into SQLite alone and the same points as pre-rendered line "
-                    "protocol, a request a batch; the same 30 days read raw; same run",
-        "targets": {k: f"{'<' if k.endswith('_ms') else '>'} {v}" for k, v in TARGETS.items()},
-    }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {RESULT}")
+    write_result(
+        RESULT, machine_note=f"influxd on 127.0.0.1, {DEVICES:,} devices x {FIELDS} fields, "
+                             f"batches of {BATCH:,}", figures=figures, ratios=ratios,
+        baseline="the same rows into SQLite alone and the same points as pre-rendered line "
+                 "protocol, a request a batch; the same 30 days read raw; same run",
+        targets={k: f"{'<' if k.endswith('_ms') else '>'} {v}" for k, v in TARGETS.items()})
 
 
 if __name__ == "__main__":

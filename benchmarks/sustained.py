@@ -11,24 +11,22 @@ aidc's for making them (and storing, modelling, alerting and serving meanwhile).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from aidc.config import load_site
+from aidc.config import Site, load_site
 from aidc.metrics import POLL_DELAY_BUCKETS_S
 from aidc.net import free_port
-from benchmarks.common import machine
-from simulators.site import free_port_offset
+from benchmarks.common import write_result
 
 RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "2000"))
 SECONDS = float(os.environ.get("AIDC_BENCH_SECONDS", "300"))
@@ -44,17 +42,35 @@ def aidc(*args: str, log: Path) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)
 
 
+def family(pid: int) -> list[int]:
+    """The process and its children (the farm's snmpd agents)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass  # ended meanwhile
+    return [pid, *children]
+
+
 def cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """User and system CPU seconds of a process and its children so far."""
+    total = 0.0
+    for p in family(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of a process and its children."""
+    total = 0.0
+    for p in family(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def scrape(url: str) -> dict[str, list]:
@@ -81,11 +97,33 @@ def quantile(before: list[float], after: list[float], q: float) -> float:
     return float("inf")
 
 
-def wait(predicate, timeout_s: float, what: str) -> None:
+def free(transport: str, port: int) -> bool:
+    kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def on_free_ports(path: Path) -> Site:
+    """A generated site written to ``path`` whose every device's port is free now."""
+    for first in range(10_000, 30_000, 1_000):
+        subprocess.run([sys.executable, "-m", "aidc.cli", "gen-site", "--racks", str(RACKS),
+                        "--first-port", str(first), "-o", str(path)], check=True)
+        site = load_site(path)
+        if all(free(d.transport, d.port) for d in site.devices):
+            return site
+    raise SystemExit("no free block of ports for the site")
+
+
+def wait(predicate, timeout_s: float, what: str, up: list | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout_s:g} s waiting for {what}")
+            raise SystemExit(f"timed out after {timeout_s:g} s waiting for "
+                             + what.format(up=up[0] if up else "?"))
         time.sleep(1)
 
 
@@ -93,12 +131,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         site_path = tmp / "site.yaml"
-        subprocess.run([sys.executable, "-m", "aidc.cli", "gen-site", "--racks", str(RACKS),
-                        "-o", str(site_path)], check=True)
-        first = 10_000 + free_port_offset(load_site(site_path))
-        subprocess.run([sys.executable, "-m", "aidc.cli", "gen-site", "--racks", str(RACKS),
-                        "--first-port", str(first), "-o", str(site_path)], check=True)
-        site = load_site(site_path)
+        site = on_free_ports(site_path)
         devices = len(site.devices)
         port = free_port()
         url = f"http://127.0.0.1:{port}/"
@@ -109,13 +142,16 @@ def main() -> None:
             run = aidc("run", "--site", str(site_path), "--data-dir", str(tmp / "data"),
                        "--web-port", str(port), log=tmp / "run.log")
 
+            up = [0.0]
+
             def all_up() -> bool:
                 try:
-                    return total(scrape(url), "aidc_device_up") == devices
+                    up[0] = total(scrape(url), "aidc_device_up")
                 except httpx.HTTPError:
-                    return False
+                    pass
+                return up[0] == devices
 
-            wait(all_up, 600, f"all {devices} devices up")
+            wait(all_up, 600, f"all {devices} devices up (up: {{up}})", up)
             time.sleep(WARM_UP_S)
             before, t0 = scrape(url), time.monotonic()
             cpu0 = {p.pid: cpu_s(p.pid) for p in (run, farm)}
@@ -157,19 +193,11 @@ def main() -> None:
         print(f"  {k:<28}{v:>12}")
     print("  targets: " + ", ".join(f"{k} {v}" for k, v in TARGETS.items()) +
           " (p50 and p99 are the histogram's bucket bounds)")
-    result = {
-        "name": "sustained",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(f"{RACKS:,}-rack generated site, {devices:,} devices every "
-                           f"{poll_s:g} s, embedded store; aidc run and aidc farm"),
-        "figures": figures,
-        "ratios": ratios,
-        "baseline": "the farm's CPU answering the same polls, same run",
-        "targets": TARGETS,
-    }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"  wrote {RESULT}")
+    write_result(
+        RESULT, machine_note=f"{RACKS:,}-rack generated site, {devices:,} devices every "
+                             f"{poll_s:g} s, embedded store; aidc run and aidc farm --snmpd",
+        figures=figures, ratios=ratios, targets=TARGETS,
+        baseline="the farm's CPU (and its snmpd agents') answering the same polls, same run")
 
 
 if __name__ == "__main__":

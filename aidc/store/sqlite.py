@@ -13,6 +13,7 @@ means and maxima as from the raw samples alone, while these are kept.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -25,6 +26,7 @@ from aidc.files import private_sqlite
 from aidc.metrics import QUALITY, Sample, key_of, series_key
 from aidc.store import Aggregate, Series, StoreUnavailable
 
+log = logging.getLogger("aidc.store.sqlite")
 SQL_AGGREGATE = {"mean": "avg", "max": "max"}
 READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages are read only when touched
 
@@ -60,6 +62,9 @@ CREATE TABLE IF NOT EXISTS rolled_up (  -- the rollups hold everything written b
 );
 """
 ROLLUPS = (("rollup_1h", 3600), ("rollup_1m", 60))  # coarsest first
+# a time range of every series, searched series by series in the (series, ts) key: a
+# condition on ts alone would read the whole table
+EACH_SERIES = "series IN (SELECT id FROM series)"
 ROLL_UP_EVERY_S = 60.0
 MAX_ROLL_UP_S = 3600.0  # a store catching up rolls up an hour of samples a pass
 
@@ -146,10 +151,14 @@ class SqliteStore:
                     raise StoreUnavailable(f"{self.path}: {e}") from e
                 raise
             now = time.time()
-            if now >= self._next_roll_up:
-                self.roll_up(now)
-            if now >= self._next_retention:
-                self._apply_retention(now)
+            try:  # the samples are stored: what fails here is done again at the next write
+                if now >= self._next_roll_up:
+                    self.roll_up(now)
+                if now >= self._next_retention:
+                    self._apply_retention(now)
+            except sqlite3.Error as e:
+                self._next_roll_up = self._next_retention = now + ROLL_UP_EVERY_S
+                log.warning("event=store_upkeep_failed path=%s error=%s", self.path, e)
 
     def roll_up(self, now: float) -> None:
         """Roll up the whole minutes before ``now`` not rolled up yet (at most
@@ -165,14 +174,14 @@ class SqliteStore:
         try:
             self._db.execute(
                 "INSERT OR REPLACE INTO rollup_1m SELECT series, CAST(ts / 60 AS INTEGER) * 60"
-                " AS m, COUNT(*), AVG(value), MIN(value), MAX(value) FROM samples WHERE ts >= ?"
-                " AND ts < ? AND quality = 'good' AND value IS NOT NULL GROUP BY series, m",
-                (start, end))  # fmt: skip
+                " AS m, COUNT(*), AVG(value), MIN(value), MAX(value) FROM samples"
+                f" WHERE {EACH_SERIES} AND ts >= ? AND ts < ? AND quality = 'good'"
+                " AND value IS NOT NULL GROUP BY series, m", (start, end))  # fmt: skip
             hours = (start // 3600 * 3600, end // 3600 * 3600)  # those ``end`` completes
             self._db.execute(
                 "INSERT OR REPLACE INTO rollup_1h SELECT series, CAST(ts / 3600 AS INTEGER)"
                 " * 3600 AS h, SUM(n), SUM(mean * n) / SUM(n), MIN(lo), MAX(hi) FROM rollup_1m"
-                " WHERE ts >= ? AND ts < ? GROUP BY series, h", hours)  # fmt: skip
+                f" WHERE {EACH_SERIES} AND ts >= ? AND ts < ? GROUP BY series, h", hours)  # fmt: skip
             self._db.execute("UPDATE rolled_up SET until = ?", (end,))
             self._db.execute("COMMIT")
         except BaseException:
@@ -182,7 +191,8 @@ class SqliteStore:
 
     def _apply_retention(self, now: float) -> None:
         for table, keep_s in self.keep_s.items():
-            self._db.execute(f"DELETE FROM {table} WHERE ts < ?", (now - keep_s,))
+            self._db.execute(f"DELETE FROM {table} WHERE {EACH_SERIES} AND ts < ?",
+                             (now - keep_s,))
         self._next_retention = now + 3600
 
     def history(
