@@ -534,7 +534,7 @@ def parse_response(data: bytes) -> Response:
     return Response(request_id, error_status, error_index, varbinds)
 
 
-class SharedSocket(asyncio.DatagramProtocol):
+class SharedSocket:
     """One unconnected UDP socket that every SNMPv2c session of an event loop sends from.
 
     A socket per device ran out of file descriptors: 21,752 devices against this machine's
@@ -543,15 +543,21 @@ class SharedSocket(asyncio.DatagramProtocol):
     from the address the request went to, as a connected socket's kernel filter did. What a
     connected socket also gave, ICMP port unreachable at once, is lost: a closed port is told
     by the timeout. The socket closes with the last session that uses it.
+
+    The socket is read here, every answer waiting at each wake-up, not through asyncio's
+    datagram transport, which reads one a turn of the loop: with 4,000 PDUs polled every
+    5 s, a loop held for half a second left thousands of answers unread in the socket while
+    their requests timed out, and the devices flapped between up and down.
     """
 
     RECEIVE_BUFFER = 8 << 20  # a burst of answers; the kernel caps it at net.core.rmem_max
+    READ_AT_MOST = 1024  # answers read at one wake-up, so that timers and other I/O get turns
 
     def __init__(self, loop: asyncio.AbstractEventLoop, family: int):
         self.loop, self.family = loop, family
         self.opened = asyncio.Event()
         self.error: OSError | None = None
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
         self.users = 0
         self.pending: dict[int, tuple[tuple, asyncio.Future[Response]]] = {}
         self.sessions: dict[tuple, CommunitySession] = {}  # address -> a session polling it
@@ -570,7 +576,7 @@ class SharedSocket(asyncio.DatagramProtocol):
         shared.users += 1
         try:
             await shared.opened.wait()
-            if shared.transport is None:
+            if shared.sock is None:
                 raise shared.error or OSError("the shared SNMP socket did not open")
         except BaseException:
             shared.release()
@@ -582,7 +588,9 @@ class SharedSocket(asyncio.DatagramProtocol):
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
             sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0", 0))
-            self.transport, _ = await self.loop.create_datagram_endpoint(lambda: self, sock=sock)
+            sock.setblocking(False)
+            self.loop.add_reader(sock.fileno(), self._read)
+            self.sock = sock
         except OSError as e:
             sock.close()
             self.error = e
@@ -593,8 +601,29 @@ class SharedSocket(asyncio.DatagramProtocol):
         self.users -= 1
         if self.users == 0:
             _SHARED[self.loop].pop(self.family, None)
-            if self.transport is not None:
-                self.transport.close()
+            if self.sock is not None:
+                if not self.loop.is_closed():
+                    self.loop.remove_reader(self.sock.fileno())
+                self.sock.close()
+
+    def sendto(self, data: bytes, address: tuple) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.sendto(data, address)
+        except OSError as e:  # no buffer space, no route: the request times out
+            self.error_received(e)
+
+    def _read(self) -> None:
+        assert self.sock is not None
+        for _ in range(self.READ_AT_MOST):
+            try:
+                data, addr = self.sock.recvfrom(65_535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # an error the kernel queued on the socket
+                self.error_received(e)
+                return
+            self.datagram_received(data, addr)
 
     def next_request_id(self) -> int:
         while True:
@@ -683,14 +712,14 @@ class CommunitySession:
         """Send ``message(request_id)``, once more after half the timeout, and wait for its
         Response."""
         shared = self._shared
-        assert shared is not None and shared.transport is not None
+        assert shared is not None and shared.sock is not None
         request_id = shared.next_request_id()
         data = message(request_id)
         future = asyncio.get_running_loop().create_future()
         shared.pending[request_id] = (self._address, future)
         try:
             for _ in range(ATTEMPTS):
-                shared.transport.sendto(data, self._address)
+                shared.sendto(data, self._address)
                 await asyncio.wait((future,), timeout=self._timeout_s / ATTEMPTS)
                 if future.done():
                     return future.result()
