@@ -71,7 +71,9 @@ class SnmpdFarm:
                 chunk = members[i:i + PORTS_PER_AGENT]
                 self._configs.append([
                     "agentAddress " + ",".join(f"udp:{d.host}:{d.port}" for d in chunk),
-                    f"rocommunity {community} 127.0.0.1", *lines])
+                    f"rocommunity {community} 127.0.0.1",
+                    "dontLogTCPWrappersConnects yes",  # not a log line a request
+                    *lines])
         self.devices = [d.id for members in groups.values() for d in members]
 
     def start(self) -> None:
