@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 
@@ -28,6 +29,7 @@ class Matcher:
 MATCHER = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(=~|!~|!=|=)(.*)$")
 
 
+@lru_cache(maxsize=4096)  # a rule's matchers are asked of every series it may watch
 def parse_matcher(text: str) -> Matcher:
     """``device=cdu-1``, ``rule=~leak|pump_.*``, ``row!=B``; ValueError on anything else."""
     m = MATCHER.match(text.strip())

@@ -212,16 +212,6 @@ def render(fmt: str, t: Transition, *, site: str, receiver: str, external_url: s
     return _json(payload)
 
 
-# A group (``alerts.groups``) is told as one message: each alert in it as the format shows
-# one (its part), gathered as the format gathers several. Alertmanager push receivers are
-# never grouped: Alertmanager groups what it is pushed itself.
-PARTS: Mapping[str, Callable[[Transition, str, Context], dict[str, Any]]] = {
-    "generic": generic_payload,
-    "alertmanager": lambda t, site, context: _am_alert(t, site, context),
-    "apprise": chat_message,
-}
-
-
 def generic_group(parts: Sequence[Mapping[str, Any]], site: str,
                   group_labels: Mapping[str, str]) -> dict[str, Any]:
     """The generic JSON document (schema version 2, ``kind: group``) of a group's alerts:
@@ -328,3 +318,13 @@ def _common(dicts: Iterable[Mapping[str, str]]) -> dict[str, str]:
     for d in it:
         common = {k: v for k, v in common.items() if d.get(k) == v}
     return common
+
+
+# A group (``alerts.groups``) is told as one message: each alert in it as the format shows
+# one (its part), gathered as the format gathers several. Alertmanager push receivers are
+# never grouped: Alertmanager groups what it is pushed itself.
+PARTS: Mapping[str, Callable[[Transition, str, Context], dict[str, Any]]] = {
+    "generic": generic_payload,
+    "alertmanager": _am_alert,
+    "apprise": chat_message,
+}

@@ -108,8 +108,9 @@ class Notifier:
                     break
         return out
 
-    def receivers(self, t: Transition) -> list[Webhook]:
-        """Where ``t`` goes: where the alert is routed now, and, but for a repeat, every
+    def receivers(self, t: Transition) -> list[tuple[Webhook, Routed | None]]:
+        """Where ``t`` goes, each with how its route sends it there (None: told before, no
+        longer routed there): where the alert is routed now, and, but for a repeat, every
         webhook told of it before. A repeat (a reminder of what it is now) goes only where
         the alert is routed, to each receiver whose route's repeat has passed since it was
         last told."""
@@ -121,7 +122,7 @@ class Notifier:
         else:  # a receiver never told is due (without routes: every one, at the one repeat)
             names = {n for n, r in routed.items()
                      if n not in told or t.at - told[n] >= r.repeat_s}
-        return [w for w in self._webhooks if w.name in names]
+        return [(w, routed.get(w.name)) for w in self._webhooks if w.name in names]
 
     def _told(self, alert: Alert) -> dict[str, float]:
         """The webhooks told of ``alert`` before, and when last; without routes every one is
@@ -154,9 +155,8 @@ class Notifier:
                 key = idempotency_key(t)
                 headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: key}
                 context = self.context(t)
-                routed = self.routed(t.alert) if self._grouping else {}
-                for w in self.receivers(t):
-                    if self._grouping and self._hold(db, w, t, context, routed.get(w.name)):
+                for w, routed in self.receivers(t):
+                    if self._grouping and self._hold(db, w, t, context, routed):
                         continue
                     body = render(w.format, t, site=site, receiver=w.name,
                                   external_url=self._external_url, context=context)
@@ -203,8 +203,7 @@ class Notifier:
 
     def groups_held(self) -> int:
         """Groups holding changes not told yet."""
-        with self._outbox.transaction() as db:
-            return groups.held(db)
+        return groups.held(self._outbox.reader)
 
     async def tell_groups_forever(self, stop: asyncio.Event, idle_s: float = 1.0) -> None:
         """Tell each group when it is due, until ``stop``."""
@@ -212,12 +211,13 @@ class Notifier:
         try:
             while not stop.is_set():
                 held.clear()
-                try:
-                    self.tell_groups(time.time())
-                except Exception:  # a bug here must not end the telling of groups
-                    log.exception("event=alert_group_error")
-                with self._outbox.transaction() as db:
-                    due_at = groups.next_due(db)
+                due_at = groups.next_due(self._outbox.reader)
+                if due_at is not None and due_at <= time.time():
+                    try:
+                        self.tell_groups(time.time())
+                    except Exception:  # a bug here must not end the telling of groups
+                        log.exception("event=alert_group_error")
+                    due_at = groups.next_due(self._outbox.reader)
                 wait_s = idle_s if due_at is None else min(idle_s, due_at - time.time())
                 await wait_any([stop, held], max(0.0, wait_s))
         finally:

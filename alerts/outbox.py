@@ -194,6 +194,11 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def reader(self) -> sqlite3.Connection:
+        """The connection, for queries outside a transaction (from the owning thread)."""
+        return self._db
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; joins the caller's if one is already open."""

@@ -98,6 +98,10 @@ def rollup_query(database: str, policy: str, period_s: int, where: str = "") -> 
             f" FROM {db}.\"aidc_raw\"./.*/{where} GROUP BY time({period_s}s), *")
 
 
+def _is_v1(version: str) -> bool:
+    return version.lstrip("v").startswith("1.")
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -130,7 +134,7 @@ class InfluxStore:
         version = ping.headers.get("X-Influxdb-Version", "")
         if ping.status_code != 204 or not version:
             raise StoreUnavailable(f"{self.config.url} does not answer /ping like InfluxDB")
-        if version.lstrip("v").startswith("1.") and self.config.create_database:
+        if _is_v1(version) and self.config.create_database:
             self._post("/query", {"q": f"CREATE DATABASE {_ident(self.config.database)}"})
             self._keep()
         self.version = version
@@ -230,8 +234,8 @@ class InfluxStore:
         that far (or without aidc's policies), else the finest that does and whose periods
         make up the windows."""
         c, now = self.config, time.time()
-        if (not every_s or not c.create_database or not (self.version or "").lstrip("v")
-                .startswith("1.") or start >= now - c.raw_days * 86400):
+        if (not every_s or not c.create_database or not _is_v1(self.version or "")
+                or start >= now - c.raw_days * 86400):
             return None
         for (policy, period_s, _), days in zip(ROLLUPS, (c.minute_days, c.hour_days)):
             if (one_window or every_s % period_s == 0) and start >= now - days * 86400:
@@ -245,9 +249,7 @@ class InfluxStore:
         marker wins over an older good value (the sample is then shown as not good)."""
         self._connect()
         q = f"SELECT * FROM /.*/ WHERE time >= {int(since * 1e9)} GROUP BY *"
-        result = self._post("/query", {"q": q, "epoch": "ms"}).json()["results"][0]
-        if "error" in result:
-            raise StoreRejected(f"InfluxDB query failed: {result['error']}")
+        result = self._query(q)
         out = []
         for s in result.get("series", []):
             tags = {k: v for k, v in s.get("tags", {}).items() if v}

@@ -272,8 +272,9 @@ class SqliteStore:
                              " WHERE series IN sel AND ts >= ? AND ts < ?")
             part_args += [lo, hi]
         value = "SUM(mean * n) / SUM(n)" if aggregate == "mean" else "MAX(hi)"
-        window = "?" if every_s >= end - start else "CAST(ts / ? AS INTEGER) * ?"
-        window_args = [start] if every_s >= end - start else [every_s, every_s]
+        one_window = every_s >= end - start
+        window = "?" if one_window else "CAST(ts / ? AS INTEGER) * ?"
+        window_args = [start] if one_window else [every_s, every_s]
         sql = (f"WITH sel(id) AS (SELECT s.id FROM series s WHERE s.measurement = ?"
                f" AND s.field = ?{tag_sql}) SELECT series, {window} AS t, {value} FROM ("
                + " UNION ALL ".join(parts) + ") GROUP BY series, t ORDER BY series, t")
