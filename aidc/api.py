@@ -111,8 +111,8 @@ def by_limit_json(values: dict[str, float | None], key: str) -> dict[str, Any]:
 
 
 def rack_json(rack: RackStatus) -> dict[str, Any]:
-    # `|` makes a shallow copy; asdict's deep copy took 0.3 ms a rack
-    return vars(rack) | by_limit_json(rack.limits_kw, "limits_kw")
+    # a shallow copy: asdict's deep copy took 0.3 ms a rack
+    return rack._asdict() | by_limit_json(rack.limits_kw, "limits_kw")
 
 
 def pool_json(pool: Pool, with_racks: bool = True) -> dict[str, Any]:

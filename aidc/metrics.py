@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+import numpy as np
+
 
 class Quality(StrEnum):
     GOOD = "good"
@@ -81,6 +83,11 @@ class FreshLatest(Mapping[tuple[str, str], Sample]):
         return [s.value if k and (s := get(k)) is not None and s.good
                 and now - s.ts <= STALE_AFTER_POLLS * poll_s[k[0]] else nan for k in keys]
 
+    def good_value(self, key: tuple[str, str]) -> float:
+        """The value if good and fresh, else NaN."""
+        s = self.get(key)
+        return math.nan if s is None or not s.good else float(s.value)
+
     def __getitem__(self, key: tuple[str, str]) -> Sample:
         s = self.get(key)
         if s is None:
@@ -92,6 +99,83 @@ class FreshLatest(Mapping[tuple[str, str], Sample]):
 
     def __len__(self) -> int:
         return len(self._latest)
+
+
+class SeriesKeys(tuple):
+    """A fixed list of (device, series key), None where there is no such device, that a
+    reader reads at every tick: a `LatestTable` finds their slots once, not each tick."""
+
+    slots: np.ndarray | None = None  # in a LatestTable; -1 where not written yet
+    resolved_at = -1  # the table's series count when found
+
+
+class LatestTable:
+    """The latest good value of each series of ``keys_read`` in arrays, as polls write them
+    (NaN where the last reading was not good). A tick then copies them in microseconds and
+    reads 100,000 series by one index, where a dict of samples costs 50 ms to copy and
+    1.4 us a lookup at 10,000 racks. Written and copied on the loop only."""
+
+    def __init__(self, keys_read: frozenset[str], poll_s: Mapping[str, float]):
+        self.keys_read, self._poll_s = keys_read, poll_s
+        self.slots: dict[tuple[str, str], int] = {}
+        self._value = np.full(1024, math.nan)
+        self._ts = np.zeros(1024)
+        self._stale_after_s = np.zeros(1024)
+
+    def put(self, key: tuple[str, str], s: Sample) -> None:
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self._add(key)
+        self._value[slot] = s.value if s.good else math.nan
+        self._ts[slot] = s.ts
+
+    def _add(self, key: tuple[str, str]) -> int:
+        slot = len(self.slots)
+        if slot + 1 >= len(self._value):  # one slot always unused: the -1 of an unknown key
+            grow = len(self._value)
+            self._value = np.concatenate([self._value, np.full(grow, math.nan)])
+            self._ts = np.concatenate([self._ts, np.zeros(grow)])
+            self._stale_after_s = np.concatenate([self._stale_after_s, np.zeros(grow)])
+        self._stale_after_s[slot] = STALE_AFTER_POLLS * self._poll_s[key[0]]
+        self.slots[key] = slot
+        return slot
+
+    def at(self, now: float, latest: Mapping[tuple[str, str], Sample]) -> LatestArrays:
+        """The values as of ``now``, copied; ``latest`` answers what they do not hold."""
+        n = len(self.slots) + 1  # and the unused slot, NaN, that -1 reads
+        fresh = now - self._ts[:n] <= self._stale_after_s[:n]
+        return LatestArrays(latest, self._poll_s, now, self.slots,
+                            np.where(fresh, self._value[:n], math.nan))
+
+
+class LatestArrays(FreshLatest):
+    """`FreshLatest` whose good values of a `LatestTable`'s series come from its copy."""
+
+    __slots__ = ("_slots", "_values")
+
+    def __init__(self, latest, poll_s, now, slots: dict[tuple[str, str], int], values: np.ndarray):
+        super().__init__(latest, poll_s, now)
+        self._slots, self._values = slots, values
+
+    def good_values(self, keys: SeriesKeys | list) -> np.ndarray | list[float]:
+        if not isinstance(keys, SeriesKeys):
+            return super().good_values(keys)
+        known = len(self._values) - 1
+        if keys.slots is None or (keys.resolved_at < known and (keys.slots < 0).any()):
+            get = self._slots.get  # a dict the loop only adds to: safe to read here
+            slots = np.fromiter((get(k, -1) if k else -1 for k in keys), np.intp, len(keys))
+            keys.slots = np.where(slots < known, slots, -1)  # added since this copy: not in it
+            keys.resolved_at = known
+        slots = keys.slots
+        if keys.resolved_at > known:  # found in a later copy than this one
+            slots = np.where(slots < known, slots, -1)
+        return self._values[slots]
+
+    def good_value(self, key: tuple[str, str]) -> float:
+        slot = self._slots.get(key)
+        if slot is None or slot >= len(self._values) - 1:
+            return super().good_value(key)
+        return float(self._values[slot])
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from aidc.metrics import (
     BAD_QUALITIES,
     DeviceHealth,
     FreshLatest,
+    LatestTable,
     PollTiming,
     Quality,
     Reading,
@@ -135,6 +136,8 @@ class Runtime:
             d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
         }
         self.model = SiteModel(site)
+        self._poll_s = {d: h.poll_s for d, h in self.health.items()}
+        self.model_inputs = LatestTable(self.model.keys_read, self._poll_s)  # of `latest`
         self.status: SiteStatus | None = None
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
@@ -157,7 +160,6 @@ class Runtime:
         self.ticks = 0
         self.last_tick_ms = self.last_alerting_ms = 0.0
         self.bad_series: dict[tuple[str, str], Sample] = {}  # of latest: read bad or out of range
-        self._poll_s = {d: h.poll_s for d, h in self.health.items()}
         self._pending: list[Sample] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
@@ -274,6 +276,7 @@ class Runtime:
                     self.ever_good.update((device.id, r.key) for r in readings
                                           if r.quality is Quality.GOOD)
                     flags = self._flags.get(device.kind)
+                    inputs = self.model_inputs
                     for r in readings:
                         s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
                                    r.value, now, r.quality)
@@ -281,6 +284,8 @@ class Runtime:
                                 flags[r.metric], s, self.latest.get((device.id, r.key))):
                             self._flag_flipped.set()
                         self.latest[(device.id, r.key)] = s
+                        if r.key in inputs.keys_read:
+                            inputs.put((device.id, r.key), s)
                         if new_series:
                             self._watch(device, r.key, s)
                         if s.quality in BAD_QUALITIES:
@@ -448,8 +453,12 @@ class Runtime:
         so that polls go on meanwhile (at 10,000 racks it takes some 0.7 s); the rules and
         the alert state run on the loop, which owns them."""
         t0 = time.perf_counter()
-        latest = self.fresh_latest(now, dict(self.latest))  # polls write on meanwhile
-        status, derived = await asyncio.to_thread(self._evaluate, latest, now)
+        # polls write on meanwhile: the model reads a copy of its inputs, and the outlets
+        # (when it sums them) from a copy of the latest samples
+        inputs = self.model_inputs.at(now, dict(self.latest) if self.model.reads_outlets
+                                      else self.latest)
+        status, derived = await asyncio.to_thread(self._evaluate, inputs, now)
+        latest = self.fresh_latest(now)
         self.status = status
         self._pending.extend(derived)
         t1 = time.perf_counter()

@@ -49,8 +49,11 @@ async def timed_ticks(runtime: Runtime, latest: dict, start: float) -> tuple[flo
     longest the event loop waited meanwhile (its polls would have), and the alerts active
     after the last tick."""
     whole, alerting, blocked = [], [], []
+    runtime.latest = latest  # stamped far ahead: fresh at every tick, never re-stamped
+    for key, s in latest.items():  # and the model's inputs, as the polls would have put them
+        if key[1] in runtime.model_inputs.keys_read:
+            runtime.model_inputs.put(key, s)
     for n in range(TICKS):
-        runtime.latest = latest  # stamped far ahead: fresh at every tick, never re-stamped
         worst = [0.0]
         watch = asyncio.create_task(loop_lag(worst))
         await asyncio.sleep(0)  # the watch is running

@@ -14,7 +14,7 @@ import yaml
 
 from aidc.config import Site
 from aidc.derive import SiteModel, what_if
-from aidc.metrics import FreshLatest, Quality, Sample
+from aidc.metrics import FreshLatest, LatestTable, Quality, Sample
 
 SITE = yaml.safe_load("""
 site: hand
@@ -122,6 +122,39 @@ def test_a_value_not_refreshed_in_2_5_polls_is_unknown_to_the_tick(model):
     assert [r.power_kw for r in s.racks] == [40.0, 30.0] and "pdu-2.power_kw" not in s.missing
     s = SiteModel(model.site).evaluate(samples, 1010.5)  # a plain mapping: as they are
     assert [r.power_kw for r in s.racks] == [40.0, 30.0]
+
+
+def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
+    """The runtime's tick reads its inputs from a LatestTable's copy, not the samples: the
+    same status, stale and bad values unknown alike; a series first read after the copy is
+    unknown to it (and known to the next), and the table grows past its first 1024 slots."""
+    poll_s = dict.fromkeys(["meter", "ups-1", "pdu-1", "pdu-2", "cdu-1", "cdu-2"], 4.0)
+    samples = latest(bad=(("cdu-2", "flow_lpm"),))
+    samples[("pdu-2", "power_kw")] = samples[("pdu-2", "power_kw")]._replace(ts=989.0)  # stale
+    table = LatestTable(model.keys_read, poll_s)
+    for key, s in samples.items():
+        if key != ("ups-1", "output_power_kw"):
+            table.put(key, s)
+    copy = table.at(1000.0, samples)
+    table.put(("ups-1", "output_power_kw"), samples[("ups-1", "output_power_kw")])  # after it
+    for n in range(1100):  # past the first allocation; reads nothing the model reads
+        table.put(("pdu-1", f"current_a{{phase={n + 4}}}"), samples[("pdu-1", "power_kw")])
+
+    def seen(status):
+        return [(r.power_kw, r.headroom_kw, r.limiting, r.limits_kw) for r in status.racks], \
+            status.pue, status.missing
+
+    expected = dict(samples)
+    del expected[("ups-1", "output_power_kw")]
+    by_arrays = SiteModel(model.site).evaluate(copy, 1000.0)
+    assert seen(by_arrays) == seen(SiteModel(model.site).evaluate(
+        FreshLatest(expected, poll_s, 1000.0), 1000.0))
+    assert "ups-1.output_power_kw" in by_arrays.missing and "pdu-2.power_kw" in by_arrays.missing
+    assert "cdu-2.flow_lpm" in by_arrays.missing
+    later = SiteModel(model.site)
+    later.evaluate(copy, 1000.0)  # its keys found once: a series added since is found again
+    assert seen(later.evaluate(table.at(1000.0, samples), 1000.0)) == seen(
+        SiteModel(model.site).evaluate(FreshLatest(samples, poll_s, 1000.0), 1000.0))
 
 
 def test_a_cdu_with_no_pump_running_carries_nothing(model):
