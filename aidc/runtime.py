@@ -268,30 +268,31 @@ class Runtime:
                     collector = await self._renew(device, collector, deadline_s)
                 else:
                     bad = sum(r.quality is not Quality.GOOD for r in readings)
-                    keys = tuple(r.key for r in readings)
+                    keys = tuple(r.key for r in readings)  # (series_key() each: made once)
                     new_series = device.kind in self._own_rules and \
                         keys != self.series_of.get(device.id)
                     self.series_of[device.id] = keys
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
-                    self.ever_good.update((device.id, r.key) for r in readings
+                    self.ever_good.update((device.id, k) for r, k in zip(readings, keys)
                                           if r.quality is Quality.GOOD)
                     flags = self._flags.get(device.kind)
                     inputs = self.model_inputs
-                    for r in readings:
+                    for r, k in zip(readings, keys):
+                        key = (device.id, k)
                         s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
                                    r.value, now, r.quality)
                         if flags and r.metric in flags and flipped(
-                                flags[r.metric], s, self.latest.get((device.id, r.key))):
+                                flags[r.metric], s, self.latest.get(key)):
                             self._flag_flipped.set()
-                        self.latest[(device.id, r.key)] = s
-                        if r.key in inputs.keys_read:
-                            inputs.put((device.id, r.key), s)
+                        self.latest[key] = s
+                        if k in inputs.keys_read:
+                            inputs.put(key, s)
                         if new_series:
-                            self._watch(device, r.key, s)
+                            self._watch(device, k, s)
                         if s.quality in BAD_QUALITIES:
-                            self.bad_series[(device.id, r.key)] = s
+                            self.bad_series[key] = s
                         elif self.bad_series:
-                            self.bad_series.pop((device.id, r.key), None)
+                            self.bad_series.pop(key, None)
                         self._pending.append(s)
                 if self._not_heard_from:
                     self._not_heard_from.discard(device.id)

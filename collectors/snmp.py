@@ -43,6 +43,7 @@ import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import fmean
 from typing import Any, NamedTuple, Protocol
 
@@ -500,6 +501,7 @@ def value_of(tag: int, contents: bytes) -> Raw:
     return EXCEPTIONS.get(tag) or f"not a number ({TYPE_NAMES.get(tag, f'tag 0x{tag:02x}')})"
 
 
+@lru_cache(maxsize=65536)  # the same OIDs every poll, of every device of a profile
 def oid_text(contents: bytes) -> str:
     """Dotted form of OBJECT IDENTIFIER contents octets (X.690 8.19: base-128 sub-identifiers,
     the first two arcs packed into one as 40 x first + second)."""
