@@ -8,9 +8,9 @@ a test checks its paths against the server's routes.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, get_type_hints
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, create_model
 
 from aidc import __version__
 from aidc.api import (
@@ -34,7 +34,10 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type
 
 
 def schema_of(cls, *, drop: tuple[str, ...] = (), **props: dict) -> dict[str, Any]:
-    """The JSON schema of a dataclass or model, some properties replaced or dropped."""
+    """The JSON schema of a dataclass, model or named tuple (served as an object), some
+    properties replaced or dropped."""
+    if issubclass(cls, tuple):
+        cls = create_model(cls.__name__, **{k: (t, ...) for k, t in get_type_hints(cls).items()})
     s = TypeAdapter(cls).json_schema(mode="serialization")
     s["properties"] = {k: v for k, v in s["properties"].items() if k not in drop} | props
     s["required"] = sorted((set(s.get("required", ())) - set(drop)) | set(props))
