@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import plotly.graph_objects as go
+
 from aidc.api import alert_counts, pool_json, site_state
 from aidc.config import load_site
 from aidc.derive import BackupStatus, Pool
@@ -129,13 +131,15 @@ def test_the_floor_colours_known_racks_and_greys_the_unknown():
     assert values["A01"] == 100 * 40 / 120 and values["A02"] is None
     assert rack_values(racks, capture, {}, "liquid_kw")["A01"] == 40 * 0.9
     fig = floor_figure(floor_plan(site), racks, values, "pct_design")
-    known, grey = fig.data[0], fig.data[1]
-    assert known.z[0][0] == values["A01"] and known.z[0][1] != known.z[0][1]  # NaN: not drawn
-    assert grey.z[0][1] == 0 and grey.z[0][0] != grey.z[0][0]  # drawn grey, said unknown
-    assert "unknown" in grey.hovertext[0][1] and known.customdata[1][1] == "B02"
+    go.Figure(fig)  # valid as plotly has it
+    known, grey = fig["data"][0], fig["data"][1]
+    assert known["z"][0][0] == values["A01"] and known["z"][0][1] != known["z"][0][1]  # NaN
+    assert grey["z"][0][1] == 0 and grey["z"][0][0] != grey["z"][0][0]  # drawn grey, unknown
+    assert "unknown" in grey["hovertext"][0][1] and known["customdata"][1][1] == "B02"
     limiting = floor_figure(floor_plan(site), racks,
                             rack_values(racks, capture, {}, "limiting"), "limiting")
-    assert {t.name for t in limiting.data if t.type == "scatter"} >= {"feed", "loop", "none"}
+    go.Figure(limiting)
+    assert {t["name"] for t in limiting["data"] if t["type"] == "scatter"} >= {"feed", "loop", "none"}
 
 
 def test_a_rack_takes_the_worst_alert_of_what_it_depends_on():
