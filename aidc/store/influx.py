@@ -207,27 +207,61 @@ class InfluxStore:
         one_window = bool(every_s) and every_s >= end - start
         source, f = _ident(measurement), _ident(field)
         select = f"{aggregate}({f})" if every_s else f
-        policy = self._rollup_for(start, every_s, one_window)
-        if policy is not None:
-            source = f"{_ident(policy)}.{source}"
-            select = (f"sum({_ident('sum_' + field)}) / sum({_ident('count_' + field)})"
-                      if aggregate == "mean" else f"max({_ident('max_' + field)})")
         group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s and not one_window else "*"
-        result = self._query(f"SELECT {select} FROM {source} "
-                             f"WHERE {' AND '.join(conditions)} GROUP BY {group}")
+        policy = self._rollup_for(start, every_s, one_window)
+        if policy is None:
+            result = self._query(f"SELECT {select} FROM {source} "
+                                 f"WHERE {' AND '.join(conditions)} GROUP BY {group}")
+            rows = {tuple(s.get("tags", {}).items()): s["values"] for s in result.get("series", [])}
+        else:
+            rows = self._rolled_rows(policy, measurement, field, start, end, conditions[2:],
+                                     every_s, one_window, group, aggregate)
         found = [
-            Series(
-                measurement,
-                {k: v for k, v in s.get("tags", {}).items() if v},
-                field,
-                [(start if one_window else t / 1000, v) for t, v in s["values"] if v is not None],
-            )
-            for s in result.get("series", [])
+            Series(measurement, {k: v for k, v in tags if v}, field,
+                   [(start if one_window else t / 1000, v) for t, v in values if v is not None])
+            for tags, values in rows.items()
         ]
         if labels is None:
             return found
         wanted = series_key(field, labels)
         return [s for s in found if key_of(field, s.tags) == wanted]
+
+    def _rolled_rows(self, policy: str, measurement: str, field: str, start: float, end: float,
+                     conditions: list[str], every_s: float, one_window: bool, group: str,
+                     aggregate: Aggregate) -> dict[tuple, list[list]]:
+        """The windows before the raw samples' reach from rollup ``policy``, the rest from
+        the raw samples (the rollup holds nothing from before aidc made it, and lags its
+        continuous query): each window's (time ms, mean or max) by series tags."""
+        reach = time.time() - self.config.raw_days * 86400
+        split = reach if one_window else math.ceil(reach / every_s) * every_s  # a window's edge
+        f = _ident(field)
+        parts = {}  # (tags, window) -> [sum, count] or [max]
+        for source, since, until, select in (
+                (f"{_ident(policy)}.{_ident(measurement)}", start, f"< {int(split * 1e9)}",
+                 f"sum({_ident('sum_' + field)}), sum({_ident('count_' + field)})"
+                 if aggregate == "mean" else f"max({_ident('max_' + field)})"),
+                (_ident(measurement), split, f"<= {int(end * 1e9)}",
+                 f"sum({f}), count({f})" if aggregate == "mean" else f"max({f})")):
+            where = " AND ".join([f"time >= {int(max(since, start) * 1e9)}", f"time {until}",
+                                  *conditions])
+            result = self._query(f"SELECT {select} FROM {source} WHERE {where} GROUP BY {group}")
+            for s in result.get("series", []):
+                tags = tuple(s.get("tags", {}).items())
+                for t, *values in s["values"]:
+                    if values[0] is None:
+                        continue
+                    t = 0 if one_window else t  # (each side answers at its own lower bound)
+                    if (tags, t) not in parts:
+                        parts[(tags, t)] = values
+                    elif aggregate == "mean":  # one window on both sides of the split
+                        parts[(tags, t)] = [a + b for a, b in zip(parts[(tags, t)], values)]
+                    else:
+                        parts[(tags, t)] = [max(parts[(tags, t)][0], values[0])]
+        rows: dict[tuple, list[list]] = {}
+        for (tags, t), values in sorted(parts.items(), key=lambda item: item[0][1]):
+            rows.setdefault(tags, []).append([t, values[0] / values[1] if aggregate == "mean"
+                                              else values[0]])
+        return rows
 
     def _rollup_for(self, start: float, every_s: float | None, one_window: bool) -> str | None:
         """The rollup a query from ``start`` reads: none while the raw samples reach back
