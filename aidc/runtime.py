@@ -459,7 +459,7 @@ class Runtime:
         inputs = self.model_inputs.at(now, dict(self.latest) if self.model.reads_outlets
                                       else self.latest)
         status, derived = await asyncio.to_thread(self._evaluate, inputs, now)
-        latest = self.fresh_latest(now)
+        latest = inputs  # the rules judge what the model computed from
         self.status = status
         self._pending.extend(derived)
         t1 = time.perf_counter()

@@ -127,7 +127,9 @@ def test_a_value_not_refreshed_in_2_5_polls_is_unknown_to_the_tick(model):
 def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
     """The runtime's tick reads its inputs from a LatestTable's copy, not the samples: the
     same status, stale and bad values unknown alike; a series first read after the copy is
-    unknown to it (and known to the next), and the table grows past its first 1024 slots."""
+    unknown to it (and known to the next), a reading after it is not seen (the rules judge
+    the copy's samples, which the model computed from), and the table grows past its first
+    1024 slots."""
     poll_s = dict.fromkeys(["meter", "ups-1", "pdu-1", "pdu-2", "cdu-1", "cdu-2"], 4.0)
     samples = latest(bad=(("cdu-2", "flow_lpm"),))
     samples[("pdu-2", "power_kw")] = samples[("pdu-2", "power_kw")]._replace(ts=989.0)  # stale
@@ -137,6 +139,10 @@ def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
             table.put(key, s)
     copy = table.at(1000.0, samples)
     table.put(("ups-1", "output_power_kw"), samples[("ups-1", "output_power_kw")])  # after it
+    leak = samples[("cdu-1", "leak")]
+    table.put(("cdu-1", "leak"), leak._replace(value=1.0, ts=1000.5))  # a leak polled after it
+    assert copy.get(("cdu-1", "leak")) == leak and copy.good_value(("cdu-1", "leak")) == 0.0
+    assert copy.get(("pdu-2", "power_kw")).quality is Quality.STALE
     for n in range(1100):  # past the first allocation; reads nothing the model reads
         table.put(("pdu-1", f"current_a{{phase={n + 4}}}"), samples[("pdu-1", "power_kw")])
 
@@ -153,6 +159,7 @@ def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
     assert "cdu-2.flow_lpm" in by_arrays.missing
     later = SiteModel(model.site)
     later.evaluate(copy, 1000.0)  # its keys found once: a series added since is found again
+    samples[("cdu-1", "leak")] = table.at(1000.5, samples).get(("cdu-1", "leak"))
     assert seen(later.evaluate(table.at(1000.0, samples), 1000.0)) == seen(
         SiteModel(model.site).evaluate(FreshLatest(samples, poll_s, 1000.0), 1000.0))
 
