@@ -507,22 +507,29 @@ def test_an_influxdb_trend_past_the_raw_reach_reads_the_rollup_only_for_what_raw
     after the start the rollup holds nothing recent (its continuous query has not run, and
     never runs over what was written before it). Hand-computed: the rollup's hour 20 h ago
     holds 4 values summing to 10 and 1 value of 2 (max 5); the raw hour 3 h ago holds 1, 2
-    and 6."""
+    and 6. A room's series only the raw samples hold stays apart, and the site's is one
+    series whichever side answers."""
     db = f"split{free_port()}"
     s = InfluxStore(StoreConfig(backend="influxdb", url=influxd.url, database=db, raw_days=0.5,
                                 minute_days=2, hour_days=30))
     now = time.time()
     old, new = (float(int(now - h * 3600) // 3600 * 3600) for h in (20, 3))
-    s.write([Sample("site", PUE, "pue", v, new + 10 * i) for i, v in enumerate((1.0, 2.0, 6.0))])
+    s.write([Sample("site", PUE, "pue", v, new + 10 * i) for i, v in enumerate((1.0, 2.0, 6.0))]
+            + [Sample("site", PUE | {"room": "r1"}, "pue", 9.0, new)])
     s._post("/write", {"precision": "s", "rp": "aidc_1m"},
             f"site,site=s sum_pue=10,count_pue=4i,max_pue=3 {int(old)}\n"
             f"site,site=s sum_pue=2,count_pue=1i,max_pue=5 {int(old + 60)}")
     back = now - 0.9 * 86400
     assert s._rollup_for(back, 3600, False) == "aidc_1m"
-    [hourly] = s.history("site", "pue", back, now, every_s=3600)
-    assert hourly.points == [(old, pytest.approx(12 / 5)), (new, pytest.approx(3.0))]
-    [peak] = s.history("site", "pue", back, now, every_s=3600, aggregate="max")
-    assert peak.points == [(old, 5.0), (new, 6.0)]
-    [whole] = s.history("site", "pue", back, now, every_s=now - back)  # one window, both sides
-    assert whole.points == [(back, pytest.approx(21 / 8))]
+    def by_room(**kw):
+        series = s.history("site", "pue", back, now, **kw)
+        assert len(series) == 2  # the site's, and the room's
+        return {x.tags.get("room"): x.points for x in series}
+
+    assert by_room(every_s=3600) == {None: [(old, pytest.approx(12 / 5)), (new, pytest.approx(3.0))],
+                                     "r1": [(new, 9.0)]}
+    assert by_room(every_s=3600, aggregate="max") == {None: [(old, 5.0), (new, 6.0)],
+                                                      "r1": [(new, 9.0)]}
+    whole = by_room(every_s=now - back)  # one window, on both sides of the raw reach
+    assert whole == {None: [(back, pytest.approx(21 / 8))], "r1": [(back, 9.0)]}
     s.close()

@@ -245,8 +245,8 @@ class InfluxStore:
             where = " AND ".join([f"time >= {int(max(since, start) * 1e9)}", f"time {until}",
                                   *conditions])
             result = self._query(f"SELECT {select} FROM {source} WHERE {where} GROUP BY {group}")
-            for s in result.get("series", []):
-                tags = tuple(s.get("tags", {}).items())
+            for s in result.get("series", []):  # one series by its tags as Series has them
+                tags = tuple(sorted((k, v) for k, v in s.get("tags", {}).items() if v))
                 for t, *values in s["values"]:
                     if values[0] is None:
                         continue
