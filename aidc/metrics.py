@@ -150,7 +150,7 @@ class LatestTable:
         they do not hold."""
         n = len(self.slots) + 1  # and the unused slot, NaN, that -1 reads
         fresh = now - self._ts[:n] <= self._stale_after_s[:n]
-        return LatestArrays(latest, self._poll_s, now, self.slots, self._samples.copy(),
+        return LatestArrays(latest, self._poll_s, now, self, self._samples.copy(),
                             np.where(fresh, self._value[:n], math.nan))
 
 
@@ -160,25 +160,27 @@ class LatestArrays(FreshLatest):
     (a leak cleared by a poll meanwhile must not end the cause of the racks' alerts while
     the model still counts it)."""
 
-    __slots__ = ("_samples", "_slots", "_values")
+    __slots__ = ("_samples", "_table", "_values")
 
-    def __init__(self, latest, poll_s, now, slots: dict[tuple[str, str], int],
-                 samples: list[Sample], values: np.ndarray):
+    def __init__(self, latest, poll_s, now, table: LatestTable, samples: list[Sample],
+                 values: np.ndarray):
         super().__init__(latest, poll_s, now)
-        self._slots, self._samples, self._values = slots, samples, values
+        self._table, self._samples, self._values = table, samples, values
 
     def get(self, key: tuple[str, str], default: Sample | None = None) -> Sample | None:
-        slot = self._slots.get(key)
-        if slot is None or slot >= len(self._samples):
+        if key[1] not in self._table.keys_read:
             return super().get(key, default)
+        slot = self._table.slots.get(key)  # a dict the loop only adds to: safe to read here
+        if slot is None or slot >= len(self._samples):  # first read after the copy
+            return default
         return self._judged(self._samples[slot], key[0])
 
-    def good_values(self, keys: SeriesKeys | list) -> np.ndarray | list[float]:
+    def good_values(self, keys: SeriesKeys | list) -> np.ndarray:
         if not isinstance(keys, SeriesKeys):
-            return super().good_values(keys)
+            keys = SeriesKeys(keys)  # found for this call only
         known = len(self._values) - 1
         if keys.slots is None or (keys.resolved_at < known and (keys.slots < 0).any()):
-            get = self._slots.get  # a dict the loop only adds to: safe to read here
+            get = self._table.slots.get
             slots = np.fromiter((get(k, -1) if k else -1 for k in keys), np.intp, len(keys))
             keys.slots = np.where(slots < known, slots, -1)  # added since this copy: not in it
             keys.resolved_at = known
@@ -186,12 +188,6 @@ class LatestArrays(FreshLatest):
         if keys.resolved_at > known:  # found in a later copy than this one
             slots = np.where(slots < known, slots, -1)
         return self._values[slots]
-
-    def good_value(self, key: tuple[str, str]) -> float:
-        slot = self._slots.get(key)
-        if slot is None or slot >= len(self._values) - 1:
-            return super().good_value(key)
-        return float(self._values[slot])
 
 
 @dataclass(frozen=True, slots=True)

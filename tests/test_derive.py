@@ -143,6 +143,7 @@ def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
     table.put(("cdu-1", "leak"), leak._replace(value=1.0, ts=1000.5))  # a leak polled after it
     assert copy.get(("cdu-1", "leak")) == leak and copy.good_value(("cdu-1", "leak")) == 0.0
     assert copy.get(("pdu-2", "power_kw")).quality is Quality.STALE
+    assert copy.get(("ups-1", "output_power_kw")) is None  # first put after it: not in it
     for n in range(1100):  # past the first allocation; reads nothing the model reads
         table.put(("pdu-1", f"current_a{{phase={n + 4}}}"), samples[("pdu-1", "power_kw")])
 

@@ -202,19 +202,19 @@ class InfluxStore:
         aggregate: Aggregate = "mean",
     ) -> list[Series]:
         self._connect()
-        conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}"]
-        conditions += [f"{_ident(k)} = {_literal(v)}" for k, v in (where or {}).items()]
+        tag_conditions = [f"{_ident(k)} = {_literal(v)}" for k, v in (where or {}).items()]
         one_window = bool(every_s) and every_s >= end - start
         source, f = _ident(measurement), _ident(field)
         select = f"{aggregate}({f})" if every_s else f
         group = f"time({int(every_s * 1000)}ms), * fill(none)" if every_s and not one_window else "*"
         policy = self._rollup_for(start, every_s, one_window)
         if policy is None:
+            conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}", *tag_conditions]
             result = self._query(f"SELECT {select} FROM {source} "
                                  f"WHERE {' AND '.join(conditions)} GROUP BY {group}")
             rows = {tuple(s.get("tags", {}).items()): s["values"] for s in result.get("series", [])}
         else:
-            rows = self._rolled_rows(policy, measurement, field, start, end, conditions[2:],
+            rows = self._rolled_rows(policy, measurement, field, start, end, tag_conditions,
                                      every_s, one_window, group, aggregate)
         found = [
             Series(measurement, {k: v for k, v in tags if v}, field,
