@@ -61,7 +61,6 @@ from collectors.profiles import OpcuaPoint, OpcuaProfile
 log = logging.getLogger("aidc.simulator.opcua")
 REFRESH_S = 0.1
 CHUNK_BYTES = 65536
-_PAUSES = {"active": 0, "was_enabled": True}  # the process's one garbage collector, shared
 NODEID_KEYS = ("ns=", "nsu=", "i=", "s=", "g=", "b=")
 SERVICE_NAMES = {
     getattr(ua.ObjectIds, name): name.removesuffix("Request_Encoding_DefaultBinary")
@@ -187,8 +186,7 @@ class OpcuaDeviceServer:
         logging.getLogger("asyncua").setLevel(logging.WARNING)
         server = Server()
         server.iserver.load_standard_address_space = _load_standard_address_space(server)
-        with _cycle_collector_paused():
-            await server.init()  # the standard address space: most of the start-up
+        await server.init()  # the standard address space (shared: see _LazyNodes)
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}")
         server.socket_address = ("127.0.0.1", 0)  # behind the device's port (see _relay)
         server.iserver.match_discovery_source_ip = False  # endpoints name the device's port
@@ -362,45 +360,64 @@ def _refuse_deadbands(server: Server) -> None:
 _STANDARD_NODES_LOCK = threading.Lock()  # servers starting together build it once
 
 
-def _standard_nodes() -> bytes:
-    """asyncua's standard address space (~6,000 nodes, Part 5), built once per process and
-    kept pickled: a server unpickles its own copy in a third of the ~2 s it takes to build."""
+def _standard_nodes() -> dict[ua.NodeId, bytes]:
+    """asyncua's standard address space (~6,000 nodes, Part 5), built once per process, each
+    node kept pickled (bytes, which the garbage collector never scans)."""
     with _STANDARD_NODES_LOCK:
         return _build_standard_nodes()
 
 
 @functools.cache
-def _build_standard_nodes() -> bytes:
-    space = AddressSpace()  # (start() pauses the cycle collector meanwhile)
-    fill_address_space(NodeManagementService(space))
-    return pickle.dumps(space._nodes, protocol=pickle.HIGHEST_PROTOCOL)
+def _build_standard_nodes() -> dict[ua.NodeId, bytes]:
+    space = AddressSpace()
+    with _cycle_collector_paused():
+        fill_address_space(NodeManagementService(space))
+    return {nodeid: pickle.dumps(node, protocol=pickle.HIGHEST_PROTOCOL)
+            for nodeid, node in space._nodes.items()}
+
+
+class _LazyNodes(dict):
+    """One server's nodes: its own, and a standard node unpickled on first access (as
+    asyncua's own shelf, AddressSpace.load_aspace_shelf, does from a file). A whole copy
+    per server was a million small objects, which the cycle collector scanned in every
+    full collection: seconds with the event loop held, while two simulated supercaps ran."""
+
+    def __init__(self, standard: dict[ua.NodeId, bytes]):
+        super().__init__()
+        self.standard = standard
+
+    def __missing__(self, nodeid: ua.NodeId) -> Any:
+        node = self[nodeid] = pickle.loads(self.standard[nodeid])
+        return node
+
+    def get(self, nodeid: Any, default: Any = None) -> Any:
+        return self[nodeid] if nodeid in self else default  # noqa: SIM401 (dict.get skips __missing__)
+
+    def __contains__(self, nodeid: object) -> bool:
+        return dict.__contains__(self, nodeid) or nodeid in self.standard
 
 
 def _load_standard_address_space(server: Server) -> Callable[..., Any]:
     """A replacement for the server's own loader (InternalServer.load_standard_address_space)
-    that takes a copy of the process's one standard address space."""
+    that shares the process's one standard address space."""
 
     async def load(shelf_file: Any = None) -> None:
-        server.iserver.aspace._nodes = pickle.loads(await asyncio.to_thread(_standard_nodes))
+        server.iserver.aspace._nodes = _LazyNodes(await asyncio.to_thread(_standard_nodes))
 
     return load
 
 
 @contextlib.contextmanager
 def _cycle_collector_paused() -> Iterator[None]:
-    """asyncua builds its ~6,000-node standard address space from millions of small objects,
-    which sets off one full garbage collection after another: pausing the cycle collector
-    for that second makes start-up ~40 % faster (reference counting still frees memory).
-    Simulators starting together share one pause, counted in _PAUSES."""
-    if _PAUSES["active"] == 0:
-        _PAUSES["was_enabled"] = gc.isenabled()
-        gc.disable()
-    _PAUSES["active"] += 1
+    """asyncua builds its standard address space from millions of small objects, which sets
+    off one full garbage collection after another: pausing the cycle collector for that
+    second makes the build ~40 % faster (reference counting still frees memory)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         yield
     finally:
-        _PAUSES["active"] -= 1
-        if _PAUSES["active"] == 0 and _PAUSES["was_enabled"]:
+        if was_enabled:
             gc.enable()
 
 
