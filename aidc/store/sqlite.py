@@ -91,8 +91,9 @@ class SqliteStore:
             self._db.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
         self._db.executescript(SCHEMA)
         self._add_keys()
-        self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE("
-                         "(SELECT MIN(ts) FROM samples), ?)", (time.time(),))
+        # (the oldest sample is a scan of the whole table: only for a store without the row)
+        self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE((SELECT MIN(ts) "
+                         "FROM samples), ?) WHERE NOT EXISTS (SELECT 1 FROM rolled_up)", (time.time(),))
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str, str], int] | None = None  # loaded by the first write
         self._seen: dict[tuple, int] = {}  # (measurement, field, *tags as given) -> id
