@@ -266,8 +266,9 @@ def rows_of(point: SnmpPoint, column: Column) -> dict[str, tuple[str, Raw]]:
     return rows
 
 
+@lru_cache(maxsize=65536)  # the same OIDs every walk, of every device of a profile
 def index_key(index: str) -> tuple[int, ...]:
-    return tuple(int(arc) for arc in index.split("."))
+    return tuple(map(int, index.split(".")))
 
 
 def raw_of(raws: list[Raw]) -> object:
@@ -656,6 +657,12 @@ _SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, SharedSo
 )
 
 
+def _no_answer(future: asyncio.Future) -> None:
+    """An attempt's time is up: its request is answered by None (sent again, or given up)."""
+    if not future.done():
+        future.set_result(None)
+
+
 async def address_of(host: str, port: int) -> list[tuple]:
     """getaddrinfo for UDP; an address written as numbers is read at once (asyncio sends
     every lookup to a thread: 20,000 of them stalled the start)."""
@@ -715,16 +722,21 @@ class CommunitySession:
         Response."""
         shared = self._shared
         assert shared is not None and shared.sock is not None
+        loop = asyncio.get_running_loop()
         request_id = shared.next_request_id()
         data = message(request_id)
-        future = asyncio.get_running_loop().create_future()
-        shared.pending[request_id] = (self._address, future)
         try:
-            for _ in range(ATTEMPTS):
+            for _ in range(ATTEMPTS):  # a timer and a future an attempt: a third of the CPU
+                future = loop.create_future()  # of asyncio.wait's, on every request
+                shared.pending[request_id] = (self._address, future)
                 shared.sendto(data, self._address)
-                await asyncio.wait((future,), timeout=self._timeout_s / ATTEMPTS)
-                if future.done():
-                    return future.result()
+                timer = loop.call_later(self._timeout_s / ATTEMPTS, _no_answer, future)
+                try:
+                    response = await future
+                finally:
+                    timer.cancel()
+                if response is not None:
+                    return response
         finally:
             del shared.pending[request_id]
         raise DeviceUnreachable(
