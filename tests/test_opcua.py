@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import queue
@@ -919,6 +920,34 @@ def test_restarted_server_is_read_again_with_its_new_namespace_index(mode: str) 
     assert by_metric(after)["supply_temp_c"].value == pytest.approx(36.0)
     assert {r.quality for r in after} == {Quality.GOOD}
     assert leftover == set()
+
+
+def test_a_simulated_device_does_not_hold_a_copy_of_the_standard_address_space() -> None:
+    """Each simulated OPC-UA device shares the process's one standard address space and is
+    read (a client browses it) as before: a copy each was ~500,000 objects, whose full
+    garbage collections held a test's event loop for seconds (every device of the
+    end-to-end site timed out at once)."""
+    device = cdu(free_port())
+    profile = load_profile("cdu_plc_opcua")
+
+    async def scenario() -> tuple[int, list[Reading]]:
+        first = OpcuaDeviceServer(profile, "127.0.0.1", free_port(), lambda: dict(CDU))
+        await first.start()  # builds the shared standard nodes, if no test did yet
+        gc.collect()
+        before = len(gc.get_objects())
+        server = OpcuaDeviceServer(profile, "127.0.0.1", device.port, lambda: dict(CDU))
+        await server.start()
+        try:
+            readings = await read_once(device)
+            gc.collect()
+            return len(gc.get_objects()) - before, readings
+        finally:
+            await server.stop()
+            await first.stop()
+
+    grown, readings = asyncio.run(scenario())
+    assert by_metric(readings)["supply_temp_c"].value == pytest.approx(35.0)
+    assert grown < 50_000, f"a second simulated device made {grown:,} objects"
 
 
 def test_silent_server_times_out_and_leaves_nothing_running() -> None:
