@@ -656,6 +656,51 @@ def test_an_answer_from_another_address_is_not_taken() -> None:
     asyncio.run(main())
 
 
+class LosesEachRequestOnce(asyncio.DatagramProtocol):
+    """A link to an agent that loses the first copy of every request: only a collector
+    that sends a request again is answered."""
+
+    def __init__(self, agent_port: int) -> None:
+        self.agent = ("127.0.0.1", agent_port)
+        self.lost: set[bytes] = set()
+        self.client: tuple | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        if addr == self.agent:
+            self.transport.sendto(data, self.client)
+        elif data in self.lost:
+            self.client = addr
+            self.transport.sendto(data, self.agent)
+        else:
+            self.lost.add(data)
+
+
+def test_a_lost_request_is_sent_again_and_its_answer_taken() -> None:
+    """UDP loses datagrams: a request unanswered for half the timeout goes out once more
+    (the same request id), and the answer to that copy is the poll's."""
+    async def main() -> tuple[dict[str, Reading], int]:
+        server = SnmpDeviceServer(load_profile("ups_rfc1628"), "127.0.0.1", free_port("udp"),
+                                  lambda: UPS_VALUES)  # fmt: skip
+        await server.start()
+        link, lossy = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: LosesEachRequestOnce(server.port), local_addr=("127.0.0.1", 0))
+        c = make_collector(ups_device(link.get_extra_info("sockname")[1]), timeout_s=2.0)
+        try:
+            return by_key(await c.read()), len(lossy.lost)
+        finally:
+            await c.close()
+            link.close()
+            await server.stop()
+
+    readings, lost = asyncio.run(main())
+    assert lost >= 1
+    assert {r.quality for r in readings.values()} == {Quality.GOOD}
+    assert readings["output_power_kw"].value == pytest.approx(212.4)
+
+
 @pytest.mark.parametrize("version", ["2c", "3"])
 def test_a_slow_device_never_delays_another(version: str) -> None:
     """One device answers a minute late (``delay_s``), a second one at once: polled together
