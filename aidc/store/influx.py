@@ -102,6 +102,13 @@ def _is_v1(version: str) -> bool:
     return version.lstrip("v").startswith("1.")
 
 
+def _tags_of(series: dict) -> tuple[tuple[str, str], ...]:
+    """A result series' tags as Series has them: GROUP BY * names every tag key of the
+    measurement, empty where the series has none (a rollup's series and the raw one are
+    then the same series)."""
+    return tuple((k, v) for k, v in series.get("tags", {}).items() if v)
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -212,12 +219,12 @@ class InfluxStore:
             conditions = [f"time >= {int(start * 1e9)}", f"time <= {int(end * 1e9)}", *tag_conditions]
             result = self._query(f"SELECT {select} FROM {source} "
                                  f"WHERE {' AND '.join(conditions)} GROUP BY {group}")
-            rows = {tuple(s.get("tags", {}).items()): s["values"] for s in result.get("series", [])}
+            rows = {_tags_of(s): s["values"] for s in result.get("series", [])}
         else:
             rows = self._rolled_rows(policy, measurement, field, start, end, tag_conditions,
                                      every_s, one_window, group, aggregate)
         found = [
-            Series(measurement, {k: v for k, v in tags if v}, field,
+            Series(measurement, dict(tags), field,
                    [(start if one_window else t / 1000, v) for t, v in values if v is not None])
             for tags, values in rows.items()
         ]
@@ -245,8 +252,8 @@ class InfluxStore:
             where = " AND ".join([f"time >= {int(max(since, start) * 1e9)}", f"time {until}",
                                   *conditions])
             result = self._query(f"SELECT {select} FROM {source} WHERE {where} GROUP BY {group}")
-            for s in result.get("series", []):  # one series by its tags as Series has them
-                tags = tuple(sorted((k, v) for k, v in s.get("tags", {}).items() if v))
+            for s in result.get("series", []):
+                tags = _tags_of(s)
                 for t, *values in s["values"]:
                     if values[0] is None:
                         continue
