@@ -5,6 +5,12 @@
   and `InfluxStore.write` (a real influxd). Baselines, the same run: SQLite taking the same
   rows already built (`executemany` into the same table, a transaction a batch), and influxd
   taking the same points already rendered as line protocol, a request a batch.
+- **Sustained ingest** on the embedded store: the same site's series for SUSTAINED_MIN
+  minutes, as the runtime's writer gives them (a flush a second, each with the fifth of the
+  devices polled in it; a poll every 5 s), rolled up each minute. CPU a sample, minute by
+  minute: a store of samples clustered by series grows a page a series, and the cost of a
+  write grew with it. Baseline, the same run: the same rows into the series-clustered
+  table directly, as the store wrote them until moving them in from a small table.
 - **A 30-day trend** of a site metric (300 windows, as the console asks it) on the embedded
   store with its minute and hour rollups, against the same store read raw (its rollups not
   made). The store keeps each series under its own key, so the other series of a large site
@@ -30,6 +36,7 @@ from benchmarks.common import write_result
 from tests.conftest import Influxd
 
 DEVICES, FIELDS, ROUNDS, BATCH = 4_400, 10, 10, 5_000
+SUSTAINED_MIN = 15
 TREND_DAYS, TREND_POINTS, TREND_CALLS, TICK_S = 30, 300, 10, 5
 RESULT = Path(__file__).parent / "results" / "storage.json"
 TARGETS = {"embedded_samples_per_s": 300_000, "influxdb_points_per_s": 200_000,
@@ -114,6 +121,59 @@ def influxdb(tmp: Path, data: list[list[Sample]]) -> tuple[float, float, int]:
         server.stop()
 
 
+def sustained(tmp: Path) -> tuple[list[float], list[float]]:
+    """CPU µs a sample, minute by minute, through the store and into the table alone."""
+    start = time.time() - (SUSTAINED_MIN + 5) * 60
+    tags = [{"site": "bench", "device": f"pdu-{d:04d}"} for d in range(DEVICES)]
+    ids = {(t["device"], f"field_{f}"): i for i, (t, f) in
+           enumerate((t, f) for t in tags for f in range(FIELDS))}
+
+    def flush(second: int) -> list[Sample]:  # the devices polled in that second
+        return [Sample("pdu", t, f"field_{f}", float(second), start + second)
+                for t in tags[second % 5::5] for f in range(FIELDS)]
+
+    store = SqliteStore(tmp / "sustained.sqlite")
+    store._next_roll_up = store._next_retention = float("inf")  # rolled up on the flushes' clock
+    import sqlite3
+
+    db = sqlite3.connect(tmp / "sustained_baseline.sqlite", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+
+    def alone(samples: list[Sample]) -> None:
+        rows = [(ids[s.tags["device"], s.field], s.ts, s.value, "good") for s in samples]
+        for batch in batches(rows):
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", batch)
+            db.execute("COMMIT")
+
+    def ours(samples: list[Sample]) -> None:
+        for batch in batches(samples):
+            store.write(batch)
+
+    per_minute: dict[str, list[float]] = {"ours": [], "alone": []}
+    for minute in range(SUSTAINED_MIN):
+        cpu = {"ours": 0.0, "alone": 0.0}
+        for second in range(minute * 60, (minute + 1) * 60):
+            samples = flush(second)
+            for name, write in (("ours", ours), ("alone", alone)):
+                t0 = time.process_time()
+                write(samples)
+                cpu[name] += time.process_time() - t0
+        t0 = time.process_time()
+        with store._lock:
+            store.roll_up(start + (minute + 1) * 60)
+        cpu["ours"] += time.process_time() - t0
+        for name, seconds in cpu.items():
+            per_minute[name].append(seconds / (60 * DEVICES * FIELDS / 5) * 1e6)
+        print(f"  minute {minute + 1}: µs a sample, ours {per_minute['ours'][-1]:.1f},"
+              f" into the table alone {per_minute['alone'][-1]:.1f}", flush=True)
+    store.close()
+    db.close()
+    return per_minute["ours"], per_minute["alone"]
+
+
 def trend(tmp: Path) -> tuple[float, float, int]:
     """Median ms of a 30-day trend rolled up and raw, and the raw points it spans."""
     now = time.time()
@@ -160,12 +220,20 @@ def main() -> None:
                     "line_protocol_alone_samples_per_s": round(baseline_i),
                     "line_protocol_alone_points_per_s": round(baseline_i / per_line),
                     "samples_per_point": per_line}
+        ours_s, alone_s = sustained(tmp)
+        figures |= {"sustained_first_minute_us_a_sample": round(ours_s[0], 1),
+                    f"sustained_minute_{SUSTAINED_MIN}_us_a_sample": round(ours_s[-1], 1),
+                    "sustained_alone_first_minute_us_a_sample": round(alone_s[0], 1),
+                    f"sustained_alone_minute_{SUSTAINED_MIN}_us_a_sample": round(alone_s[-1], 1)}
         rolled, raw, points = trend(tmp)
         figures |= {"trend_30d_rolled_up_ms": round(rolled, 1), "trend_30d_raw_ms": round(raw, 1),
                     "trend_30d_raw_points": points}
     ratios = {"embedded_vs_sqlite_alone": round(ours / baseline, 2),
               "influxdb_vs_line_protocol_alone": round(ours_i / baseline_i, 2),
-              "trend_30d_rolled_up_vs_raw": round(rolled / raw, 3)}
+              "trend_30d_rolled_up_vs_raw": round(rolled / raw, 3),
+              f"sustained_minute_{SUSTAINED_MIN}_vs_alone": round(ours_s[-1] / alone_s[-1], 2),
+              f"sustained_minute_{SUSTAINED_MIN}_vs_first": round(ours_s[-1] / ours_s[0], 2),
+              f"sustained_alone_minute_{SUSTAINED_MIN}_vs_first": round(alone_s[-1] / alone_s[0], 2)}
     for k, v in figures.items():
         print(f"  {k:<36}{v:>14,}")
     for k, v in ratios.items():
@@ -175,7 +243,8 @@ def main() -> None:
     write_result(
         RESULT, machine_note=f"influxd on 127.0.0.1, {DEVICES:,} devices x {FIELDS} fields, "
                              f"batches of {BATCH:,}", figures=figures, ratios=ratios,
-        baseline="the same rows into SQLite alone and the same points as pre-rendered line "
+        baseline="the same rows into SQLite alone (sustained: into the series-clustered table "
+                 "directly) and the same points as pre-rendered line "
                  "protocol, a request a batch; the same 30 days read raw; same run",
         targets={k: f"{'<' if k.endswith('_ms') else '>'} {v}" for k, v in TARGETS.items()})
 

@@ -283,6 +283,42 @@ def test_latest_gives_the_newest_sample_of_every_device_series_with_its_quality(
     assert store.latest(T0 + 30) == {}
 
 
+def test_sqlite_reads_a_series_the_same_across_its_move_from_the_recent_table(tmp_path):
+    """Writes land in a small table, moved into the big one at each roll-up: a series whose
+    older samples are moved and newer ones not reads the same points, windows and latest
+    sample as one written at once; a late sample older than moved ones hides nothing."""
+    def reads(s: SqliteStore) -> tuple:
+        return (by_device(s.history("cdu", "supply_temp_c", T0 - 1, T0 + 60)),
+                by_device(s.history("cdu", "supply_temp_c", T0, T0 + 19, every_s=10)),
+                by_device(s.history("cdu", "supply_temp_c", T0, T0 + 60, every_s=60,
+                                    aggregate="max")),
+                {k: (x.value, x.ts, x.quality) for k, x in s.latest(T0 - 1).items()})
+
+    data = samples()
+    whole, split = SqliteStore(tmp_path / "whole.sqlite"), SqliteStore(tmp_path / "split.sqlite")
+    whole.write(data)
+    split.write(data[:3] + data[5:6])
+    split.roll_up(time.time())
+    tables = "SELECT (SELECT count(*) FROM samples), (SELECT count(*) FROM recent)"
+    assert split._db.execute(tables).fetchone() == (4, 0)
+    split._next_roll_up = float("inf")  # the rest written before the next roll-up
+    split.write(data[3:5] + data[6:])
+    assert split._db.execute(tables).fetchone() == (4, 3)
+    assert reads(split) == reads(whole)
+    raw, windows, peak, latest = reads(split)
+    assert raw["cdu-1"] == [(T0, 40.0), (T0 + 4, 42.0), (T0 + 12, 44.0)]
+    assert windows["cdu-1"] == [(T0, 41.0), (T0 + 10, 44.0)]
+    assert peak == {"cdu-1": [(T0, 44.0)], "cdu-2": [(T0, 30.0)]}
+    assert latest[("cdu-1", "supply_temp_c")] == (44.0, T0 + 12, Quality.GOOD)
+    split.roll_up(time.time())
+    split.write([Sample("cdu", CDU, "supply_temp_c", 41.0, T0 + 2)])  # a replay, late
+    raw, _, _, latest = reads(split)
+    assert raw["cdu-1"] == [(T0, 40.0), (T0 + 2, 41.0), (T0 + 4, 42.0), (T0 + 12, 44.0)]
+    assert latest[("cdu-1", "supply_temp_c")] == (44.0, T0 + 12, Quality.GOOD)
+    whole.close()
+    split.close()
+
+
 def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
     from aidc.config import Store as Cfg
     from aidc.config import load_site
