@@ -471,7 +471,7 @@ class Runtime:
                                                   self.notifier_dead_letters,
                                                   alerting_rules={a.rule for a in alerts},
                                                   bad_series=self.bad_series,
-                                                  gateways=self.topology.devices_behind_gateway,
+                                                  topology=self.topology,
                                                   derived=derived, watched=self.watched_series,
                                                   rules=self.notifier.rules)
         try:

@@ -20,6 +20,14 @@ class Topology:
         return {d.id: d for d in self.site.devices}
 
     @cached_property
+    def devices_by_kind(self) -> dict[str, list]:
+        """The devices of each kind, in the file's order."""
+        out: dict[str, list] = {}
+        for d in self.site.devices:
+            out.setdefault(d.kind, []).append(d)
+        return out
+
+    @cached_property
     def rack_by_id(self) -> dict[str, Rack]:
         return {r.id: r for r in self.site.racks}
 

@@ -22,6 +22,7 @@ from pydantic import RootModel
 from aidc.config import DEVICE_KINDS, RuleSettings, Site, load_model
 from aidc.matchers import parse_matcher
 from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample, series_key
+from aidc.topology import Topology
 from alerts.evaluate import Condition, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
@@ -193,7 +194,7 @@ class Inputs:
     # inactive to the evaluator, and a quiet 10,000-rack site then makes next to none
     alerting_rules: Collection[str] | None = None
     bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
-    gateways: Mapping[str, list[str]] | None = None  # Modbus gateway -> the units behind it
+    given_topology: Topology | None = None  # the site's graph, made once; None: here
     derived: Iterable[Sample] = ()  # the tick's rack, room and site series (derived_samples)
     # a rule of the site's own -> the series it watches; None: scan ``latest``
     watched: Mapping[str, Iterable[tuple[str, str]]] | None = None
@@ -209,15 +210,17 @@ class Inputs:
         return {**self.rules[rule].labels, "site": self.site.site, **labels}
 
     @cached_property
-    def _by_kind(self) -> dict[str, list]:
-        by_kind: dict[str, list] = {}
-        for d in self.site.devices:
-            by_kind.setdefault(d.kind, []).append(d)
-        return by_kind
+    def topology(self) -> Topology:
+        return self.given_topology or Topology(self.site)
+
+    @property
+    def gateways(self) -> Mapping[str, list[str]]:
+        """Modbus gateway -> the units behind it."""
+        return self.topology.devices_behind_gateway
 
     def devices_of(self, kind: str) -> list:
-        """The site's devices of a kind, indexed once a tick (the rules ask ten times)."""
-        return self._by_kind.get(kind, [])
+        """The site's devices of a kind (indexed once a site: the rules ask ten times a tick)."""
+        return self.topology.devices_by_kind.get(kind, [])
 
     def keeps_inactive(self, rule: str) -> bool:
         return self.alerting_rules is None or rule in self.alerting_rules
@@ -651,7 +654,7 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        now: float = 0.0, dead_letters: int = 0,
                        alerting_rules: Collection[str] | None = None,
                        bad_series: Mapping[tuple[str, str], Sample] | None = None,
-                       gateways: Mapping[str, list[str]] | None = None,
+                       topology: Topology | None = None,
                        derived: Iterable[Sample] = (),
                        watched: Mapping[str, Iterable[tuple[str, str]]] | None = None,
                        rules: Mapping[str, Rule] | None = None,
@@ -660,7 +663,7 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
     i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
-               alerting_rules, bad_series, gateways, derived, watched, rules)
+               alerting_rules, bad_series, topology, derived, watched, rules)
     out: list[Condition] = []
     complete = True
     for group in (device_unreachable, gateway_unreachable, device_rules, model_rules,

@@ -444,7 +444,7 @@ def test_a_dark_modbus_gateway_is_one_page_for_all_its_units():
         conditions, complete = builtin_conditions(site, health, None, {},
                                                   is_active=lambda fp: back_s is not None
                                                   and fp == was_down,
-                                                  now=now, gateways=graph.devices_behind_gateway)
+                                                  now=now, topology=graph)
         assert complete
         return {(c.rule, c.labels.get("device") or c.labels["gateway"]): c.suppressed_by
                 for c in inhibit(graph, conditions, []) if c.active}
