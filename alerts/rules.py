@@ -213,11 +213,6 @@ class Inputs:
     def topology(self) -> Topology:
         return self.given_topology or Topology(self.site)
 
-    @property
-    def gateways(self) -> Mapping[str, list[str]]:
-        """Modbus gateway -> the units behind it."""
-        return self.topology.devices_behind_gateway
-
     def devices_of(self, kind: str) -> list:
         """The site's devices of a kind (indexed once a site: the rules ask ten times a tick)."""
         return self.topology.devices_by_kind.get(kind, [])
@@ -268,13 +263,14 @@ def gateway_unreachable(i: Inputs) -> list[Condition | None]:
     holds two poll intervals for the others to answer too (they would page on their own
     between the gateway's return and their next poll); a unit still dark after that is a
     unit's own fault."""
-    if not i.gateways:
+    gateways = i.topology.devices_behind_gateway  # gateway -> the units behind it
+    if not gateways:
         return []
     n = i.site.alerts.unreachable_intervals
-    behind = {u for units in i.gateways.values() for u in units}
+    behind = {u for units in gateways.values() for u in units}
     health = {h.id: h for h in i.health if h.id in behind}
     out = []
-    for gateway, units in i.gateways.items():
+    for gateway, units in gateways.items():
         hs = [health[u] for u in units if u in health]
         dark = [h for h in hs if h.failures >= n or h.stalled]
         answering = [h for h in hs if not (h.failures or h.stalled)]

@@ -21,6 +21,7 @@ Medians over the rounds (ingest) and the calls (trend).
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -65,28 +66,37 @@ def rate(write, data: list[list]) -> float:
     return statistics.median(rates)
 
 
+class SqliteAlone:
+    """The store's tables in a SQLite file opened as the store opens its own, and samples
+    written straight into ``samples`` (a transaction a batch of rows already built): the
+    baseline, and the layout the store wrote until it moved samples in from ``recent``."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.ids: dict[tuple[str, str], int] = {}
+
+    def rows(self, samples: list[Sample]) -> list[tuple]:
+        return [(self.ids.setdefault((s.tags["device"], s.field), len(self.ids)), s.ts,
+                 s.value, "good") for s in samples]
+
+    def insert(self, batch: list[tuple]) -> None:
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", batch)
+        self.db.execute("COMMIT")
+
+
 def embedded(tmp: Path, data: list[list[Sample]]) -> tuple[float, float]:
     """Samples a second through the store, and through SQLite alone."""
     store = SqliteStore(tmp / "ingest.sqlite")
     ours = rate(store.write, [batches(r) for r in data])
     store.close()
-    import sqlite3
-
-    db = sqlite3.connect(tmp / "baseline.sqlite", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(SCHEMA)
-    ids: dict[tuple, int] = {}
-    rows = [[(ids.setdefault((s.tags["device"], s.field), len(ids)), s.ts, s.value, "good")
-             for s in r] for r in data]
-
-    def insert(batch: list[tuple]) -> None:
-        db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", batch)
-        db.execute("COMMIT")
-
-    baseline = rate(insert, [batches(r) for r in rows])
-    db.close()
+    alone = SqliteAlone(tmp / "baseline.sqlite")
+    rows = [alone.rows(r) for r in data]
+    baseline = rate(alone.insert, [batches(r) for r in rows])
+    alone.db.close()
     return ours, baseline
 
 
@@ -125,8 +135,6 @@ def sustained(tmp: Path) -> tuple[list[float], list[float]]:
     """CPU µs a sample, minute by minute, through the store and into the table alone."""
     start = time.time() - (SUSTAINED_MIN + 5) * 60
     tags = [{"site": "bench", "device": f"pdu-{d:04d}"} for d in range(DEVICES)]
-    ids = {(t["device"], f"field_{f}"): i for i, (t, f) in
-           enumerate((t, f) for t in tags for f in range(FIELDS))}
 
     def flush(second: int) -> list[Sample]:  # the devices polled in that second
         return [Sample("pdu", t, f"field_{f}", float(second), start + second)
@@ -134,19 +142,11 @@ def sustained(tmp: Path) -> tuple[list[float], list[float]]:
 
     store = SqliteStore(tmp / "sustained.sqlite")
     store._next_roll_up = store._next_retention = float("inf")  # rolled up on the flushes' clock
-    import sqlite3
-
-    db = sqlite3.connect(tmp / "sustained_baseline.sqlite", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(SCHEMA)
+    table = SqliteAlone(tmp / "sustained_baseline.sqlite")
 
     def alone(samples: list[Sample]) -> None:
-        rows = [(ids[s.tags["device"], s.field], s.ts, s.value, "good") for s in samples]
-        for batch in batches(rows):
-            db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", batch)
-            db.execute("COMMIT")
+        for batch in batches(table.rows(samples)):
+            table.insert(batch)
 
     def ours(samples: list[Sample]) -> None:
         for batch in batches(samples):
@@ -170,7 +170,7 @@ def sustained(tmp: Path) -> tuple[list[float], list[float]]:
         print(f"  minute {minute + 1}: µs a sample, ours {per_minute['ours'][-1]:.1f},"
               f" into the table alone {per_minute['alone'][-1]:.1f}", flush=True)
     store.close()
-    db.close()
+    table.db.close()
     return per_minute["ours"], per_minute["alone"]
 
 
