@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,7 +29,7 @@ from aidc.derive import (
     what_if,
 )
 from aidc.matchers import MATCHER, a_matcher, parse_matcher
-from aidc.metrics import Quality
+from aidc.metrics import DeviceHealth, Quality
 from alerts.evaluate import Alert, read_history, severity_rank
 from alerts.rules import rule_pack
 from alerts.silences import Silence
@@ -161,11 +161,17 @@ def iso(ts: float | None) -> str | None:
 
 ALERT_TIMES = ("active_since", "starts_at", "last_notified_at", "acked_at", "ends_at")
 DEVICE_TIMES = ("since", "last_ok", "due_at")
+DEVICE_FIELDS = tuple(f.name for f in fields(DeviceHealth))
 
 
 def with_iso_times(fields: dict[str, Any], times: tuple[str, ...]) -> dict[str, Any]:
     """One time format in the API: ISO 8601 UTC (unix seconds inside)."""
     return fields | {k: iso(fields[k]) for k in times}
+
+
+def device_json(h: DeviceHealth) -> dict[str, Any]:
+    # its fields are flat: asdict's deep copy took 0.1 ms a device, 0.4 s for a large site
+    return with_iso_times({k: getattr(h, k) for k in DEVICE_FIELDS}, DEVICE_TIMES)
 
 
 def alert_json(a: Alert) -> dict[str, Any]:
@@ -521,7 +527,12 @@ class SiteAPI:
         return silence_json(s, now)
 
     def devices(self) -> list[dict[str, Any]]:
-        return [with_iso_times(asdict(h), DEVICE_TIMES) for h in self.runtime.health.values()]
+        return [device_json(h) for h in self.runtime.health.values()]
+
+    def devices_up(self) -> tuple[int, int]:
+        """Devices whose last poll reached them, of all."""
+        health = self.runtime.health.values()
+        return sum(h.state in REACHABLE for h in health), len(health)
 
     def device_readings(self, device_id: str) -> list[dict[str, Any]] | None:
         """Every series of one device as last read: ``value`` when good, ``read_value``
@@ -580,6 +591,7 @@ class SiteAPI:
         grace of three poll intervals): those rules can neither fire nor clear. Device
         outages are reported, not unhealthy."""
         rt, now = self.runtime, time.time()
+        up, total = self.devices_up()
         tick_age = now - rt.status.updated_at if rt.status else now - rt.started_at
         ok = tick_age < 3 * rt.site.model.tick_s + 5
         grace_s = 3 * max(rt.site.poll_s(d) + rt.site.timeout_s(d) for d in rt.site.devices)
@@ -589,8 +601,8 @@ class SiteAPI:
             "status": "stalled" if not ok else "degraded" if never else "ok",
             "inputs_never_read": never[:20],
             "last_tick_age_s": round(tick_age, 2),
-            "devices_up": sum(h.state in REACHABLE for h in rt.health.values()),
-            "devices_total": len(rt.health),
+            "devices_up": up,
+            "devices_total": total,
             "store_up": rt.writer.store_up,
             "store_error": rt.writer.store_error or None,
             "spooled_samples": rt.writer.spooled_samples(),

@@ -18,7 +18,7 @@ from dashboards.app import status_bar
 from dashboards.pages.capacity import csv_text, rack_rows, sorted_rows
 from dashboards.pages.cooling import cdu_rows
 from dashboards.pages.floor import floor_figure, floor_plan, rack_alert_state, rack_values
-from dashboards.pages.overview import redundancy_rows
+from dashboards.pages.overview import backup_rows, redundancy_rows
 from dashboards.pages.power import sankey
 from dashboards.pages.rack import limits_figure
 from dashboards.widgets import AMBER, GREEN, GREY, RED
@@ -240,13 +240,24 @@ def test_the_power_chain_leaves_out_and_names_what_is_unknown():
 
 def test_pools_reach_the_console_without_rack_lists():
     """The API keeps each pool's racks; the console's pools leave them out (every rack of the
-    site three times over, for no column), and say whether each holds its worst failure."""
+    site three times over, for no column), and say whether each holds its worst failure: those
+    that do not first, then the unknown, each in the site's order."""
     racks = [f"R{i:05d}" for i in range(5000)]
     pools = [Pool("rect-a", "rectifier", 100.0, 80.0, 5.0, 20.0, "rect-b", racks, modules_ok=12.0),
-             Pool("loop-1", "loop", None, None, None, None, None, racks[:1])]
+             Pool("loop-1", "loop", None, None, None, None, None, racks[:1]),
+             Pool("ups-b", "ups", 100.0, 90.0, -12.0, 10.0, "rect-a", racks)]
     assert pool_json(pools[0])["racks"] == racks
     console = [pool_json(p, with_racks=False) for p in pools]
     rows = redundancy_rows(console)
     assert [(r["id"], r["holds"], r["modules_ok"]) for r in rows] == [
-        ("rect-a", "yes", "12"), ("loop-1", "unknown", "")]
+        ("ups-b", "no", ""), ("loop-1", "unknown", ""), ("rect-a", "yes", "12")]
     assert all("racks" not in r for r in console + rows)
+
+
+def test_backup_chains_that_do_not_bridge_to_the_generator_come_first():
+    chains = [{"supercap": "sc-a", "bridges": True, "shortfall_s": 0.0},
+              {"supercap": "sc-b", "bridges": False, "shortfall_s": None},
+              {"supercap": "sc-c", "bridges": False, "shortfall_s": 12.5},
+              {"supercap": "sc-d", "bridges": True, "shortfall_s": 0.0}]
+    assert [(r["supercap"], r["bridges"]) for r in backup_rows(chains)] == [
+        ("sc-c", "no"), ("sc-b", "unknown"), ("sc-a", "yes"), ("sc-d", "yes")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, html
 
-from aidc.api import REACHABLE, SiteAPI
+from aidc.api import SiteAPI
 from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import (
@@ -25,6 +25,7 @@ from dashboards.widgets import (
 )
 
 CHART_RACKS = 20  # bars in the least-headroom chart: the floor and the capacity table have all
+TABLE_ROWS = 10  # a page of each table: every row is in it, 150 loops and sources at 2,000 racks
 DAY_S = 86_400.0
 
 
@@ -47,7 +48,7 @@ def layout(api: SiteAPI) -> html.Div:
                                    ("Modules OK", "modules_ok"),
                                    ("Left after the worst failure (kW)", "left_kw"),
                                    ("Worst failure", "worst_failure"), ("Holds it", "holds")],
-              numeric=("load_kw", "capacity_kw", "left_kw"),
+              numeric=("load_kw", "capacity_kw", "left_kw"), page_size=TABLE_ROWS,
               style_data_conditional=[{"if": {"filter_query": '{holds} = "no"'},
                                        "backgroundColor": "#ffebe9"},
                                       {"if": {"filter_query": f'{{holds}} = "{UNKNOWN}"'},
@@ -56,12 +57,13 @@ def layout(api: SiteAPI) -> html.Div:
         table("backup-table", [("Supercap", "supercap"), ("Load (kW)", "load_kw"),
                                ("Supercap (s)", "supercap_s"), ("Battery (s)", "battery_s"),
                                ("Needed (s)", "required_s"), ("Bridges", "bridges")],
-              numeric=("load_kw", "supercap_s", "battery_s", "required_s")),
+              numeric=("load_kw", "supercap_s", "battery_s", "required_s"),
+              page_size=TABLE_ROWS),
         html.H3("Racks with the least headroom"),
         graph("rack-chart", 300),
         table("least-headroom", [("Rack", "link"), ("Power (kW)", "power_kw"),
                                  ("Headroom (kW)", "headroom_kw"), ("Binding limit", "limiting")],
-              numeric=("power_kw", "headroom_kw"), links=("link",), page_size=10),
+              numeric=("power_kw", "headroom_kw"), links=("link",)),
     ])
 
 
@@ -91,14 +93,25 @@ def rack_figure(racks: list[dict]) -> go.Figure:
     return fig
 
 
+WORST_FIRST = {"no": 0, UNKNOWN: 1, "yes": 2}  # a large site's tables open on what needs doing
+
+
 def redundancy_rows(pools: list[dict]) -> list[dict]:
-    """Each pool, and whether it holds its worst single failure (unknown when not known)."""
+    """Each pool, and whether it holds its worst single failure (unknown when not known):
+    those that do not first, then the unknown, each in the site's order."""
     def holds(p: dict) -> str:
         return UNKNOWN if p["left_kw"] is None else "yes" if p["left_kw"] >= 0 else "no"
 
-    return [{**p, "holds": holds(p),
+    rows = [{**p, "holds": holds(p),
              "modules_ok": "" if p.get("modules_ok") is None else f"{p['modules_ok']:g}"}
             for p in pools]
+    return sorted(rows, key=lambda r: WORST_FIRST[r["holds"]])
+
+
+def backup_rows(chains: list[dict]) -> list[dict]:
+    """Each backup chain and whether it bridges to the generator, those that do not first."""
+    rows = [{**b, "bridges": bridges(b)} for b in chains]
+    return sorted(rows, key=lambda r: WORST_FIRST[r["bridges"]])
 
 
 def pue_figure(series, target: float) -> go.Figure:
@@ -119,18 +132,17 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
         Input("refresh", "n_intervals"),
     )
     def refresh(_n):
-        site, racks, devices = api.site(), api.racks(), api.devices()
-        up = sum(d["state"] in REACHABLE for d in devices)
+        site, racks, (up, total) = api.site(), api.racks(), api.devices_up()
         note = (f"instantaneous, ISO/IEC 30134-2 category {site['pue_category']}"
                 if site["pue"] is not None
                 else f"missing: {', '.join(site['missing'][:3]) or site['note']}")
         cooling = f"pPUE {fmt(site['cooling_ppue'], 3)}" if site["cooling_ppue"] else ""
-        least = [{**r, "link": rack_link(r["id"])} for r in least_headroom(racks, 10)]
+        least = [{**r, "link": rack_link(r["id"])} for r in least_headroom(racks, TABLE_ROWS)]
         return (
             fmt(site["pue"], 3), note, fmt(site["it_kw"]), fmt(site["facility_kw"]),
             fmt(site["cooling_kw"]), cooling, fmt(site["conversion_loss_kw"]),
-            f"{up} / {len(devices)}", redundancy_rows(api.pools()),
-            [{**b, "bridges": bridges(b)} for b in api.backup()],
+            f"{up} / {total}", redundancy_rows(api.pools()),
+            backup_rows(api.backup()),
             rack_figure(racks), least,
         )
 
