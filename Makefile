@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 NODE_PEERS := tests/interop/opcua
 
-.PHONY: install demo test reliability bench lint system-deps clean
+.PHONY: install demo test reliability bench lint system-deps plotly-bundle clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ system-deps:
 $(NODE_PEERS)/node_modules/.installed: $(NODE_PEERS)/package-lock.json
 	npm ci --prefix $(NODE_PEERS) --no-audit --no-fund --loglevel=error
 	touch $@
+
+## the console's plotly.js (only the trace types it draws), committed in dashboards/assets:
+## rebuild it when plotly (the Python package) moves to another plotly.js
+plotly-bundle:
+	npm ci --prefix dashboards/plotly --no-audit --no-fund --loglevel=error
+	npm run --prefix dashboards/plotly build
 
 ## everything: unit, protocol (real servers), storage (real influxd), browser (chromium)
 test: install system-deps $(NODE_PEERS)/node_modules/.installed

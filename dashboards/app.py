@@ -32,6 +32,7 @@ from dashboards.widgets import AMBER, GREEN, GREY, RED
 
 REFRESH_MS = 2000
 SLOW_REFRESH_MS = 30_000  # trends from the store: no need to read them every 2 s
+ASSET_CACHE_S = 365 * 86_400
 SESSION_CHECK_MS = 10_000  # a page whose session ended goes to /login within this
 # the page's refreshes would only fail with 401 once its session ends (12 h, or signed out
 # elsewhere): a wall screen would freeze on old numbers, so the page asks and leaves
@@ -132,6 +133,9 @@ def create_app(api: SiteAPI, server: Flask | bool = True, api_token: str | None 
     app = Dash(__name__, server=server, title=f"aidc · {api.site_name}", update_title=None,
                compress=True,  # flask-compress: brotli or gzip, as the browser accepts
                suppress_callback_exceptions=True)
+    # dashboards/assets (a plotly.js of the trace types drawn here) is fingerprinted by Dash
+    # (?m=<mtime>), so a browser may keep it a year, as Dash's own bundles are kept
+    app.server.config["SEND_FILE_MAX_AGE_DEFAULT"] = ASSET_CACHE_S
     app.layout = layout()
     app.server.before_request(partial(_refuse_malformed_update, app))
 

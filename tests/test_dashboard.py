@@ -7,6 +7,8 @@ import re
 import time
 from pathlib import Path
 
+from plotly.offline import get_plotlyjs_version
+
 from aidc.api import SiteAPI
 from aidc.net import free_port
 from dashboards.app import create_app
@@ -27,6 +29,16 @@ def wait_for(predicate, timeout_s: float = 30, what: str = "the page"):
     return wait_for_state(shown, timeout_s, what)
 
 
+# the plotly.js the page runs (the version, whether each trace type drew) and every plotly
+# script it loaded: aidc's bundle of the trace types it draws, not Dash's full one
+PLOTLY_OF_THE_PAGE = """
+const drawn = {bar: '.barlayer .point', heatmap: '.hm image', sankey: '.sankey-node',
+               scatter: '.scatterlayer .trace'};
+return [window.Plotly && window.Plotly.version,
+        Object.keys(drawn).filter(t => document.querySelector(drawn[t])),
+        performance.getEntriesByType('resource').map(e => e.name.split('?')[0])
+            .filter(n => n.includes('plotly'))];
+"""
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 RED_CSS = "rgba(207, 34, 46, 1)"  # widgets.RED as the browser reports it
 
@@ -88,6 +100,7 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     wait_for(lambda: [r.split()[0] for r in table_rows(dash_duo, "#redundancy-table")]
              == ["rect-a", "ups-b", "loop-1"], what="every source and loop")
     screenshot(dash_duo, "overview")
+    assert "bar" in dash_duo.driver.execute_script(PLOTLY_OF_THE_PAGE)[1]
 
     # the floor: two rows of four racks; clicking A03 opens its page
     open_page(dash_duo, "/floor", "#floor-map .js-plotly-plot")
@@ -95,6 +108,8 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
         "return document.querySelector('#floor-map .js-plotly-plot').data.length") >= 2,
         what="the floor map drawn")
     screenshot(dash_duo, "floor")
+    assert dash_duo.driver.execute_script(PLOTLY_OF_THE_PAGE) == [
+        get_plotlyjs_version(), ["heatmap"], [dash_duo.server_url + "/assets/plotly-aidc.min.js"]]
     click_floor_cell(dash_duo, "A", 3)
     wait_for(lambda: dash_duo.driver.current_url.endswith("/rack/A03"), what="A03's page")
     wait_for(lambda: dash_duo.find_element("#page-title").text == "Rack A03", what="its title")
@@ -218,6 +233,7 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
         "return gd.data && gd.data[0] && gd.data[0].link.value.length >= 8 && gd.data[0].node.label"),
         what="the Sankey with every link")
     assert nodes == ["utility", "rect-a", "ups-b", "conversion loss", "row A", "row B"]
+    assert dash_duo.driver.execute_script(PLOTLY_OF_THE_PAGE)[1] == ["sankey"]
     wait_for(lambda: (rows := table_rows(dash_duo, "#sources-table")) and len(rows) == 2
              and re.search(r"rect-a rectifier up .* of 13 \(N\+1, \d+ carry the load\) no$",
                            rows[0]), what="both sources, rect-a's modules")
@@ -235,6 +251,8 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     dash_duo.select_dcc_dropdown("#trend-kind", "a rack")
     wait_for(lambda: dash_duo.find_element("#trend-note").text.startswith("power_kw of A01: "),
              what="a rack's power")
+    wait_for(lambda: dash_duo.driver.execute_script(PLOTLY_OF_THE_PAGE)[1] == ["scatter"],
+             what="its line drawn")
     screenshot(dash_duo, "trends")
 
     # faults: a leak at cdu-1 turns the bar red on whatever page is open; a dark PDU is
