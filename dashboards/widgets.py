@@ -9,12 +9,17 @@ from dash.dash_table.Format import Format, Scheme
 
 CARD = {"padding": "12px 18px", "border": "1px solid #d0d7de", "borderRadius": "8px",
         "minWidth": "150px", "background": "#ffffff"}
-KW = Format(precision=1, scheme=Scheme.fixed)
+UNKNOWN = "unknown"
+UNKNOWN_STYLE = {"color": "#8c959f", "fontStyle": "italic"}
+KW = Format(precision=1, scheme=Scheme.fixed, nully=UNKNOWN)  # a number, or the word
 ROW = {"display": "flex", "gap": "12px", "flexWrap": "wrap"}
 CELL = {"fontFamily": "inherit", "padding": "6px", "textAlign": "left"}
 NOTE = {"color": "#57606a", "margin": "6px 0"}
-UNKNOWN = "unknown"
-UNKNOWN_STYLE = {"color": "#8c959f", "fontStyle": "italic"}
+# a rack's headroom limits (models.headroom.LIMITS) in the operator's words
+LIMIT_WORDS = {"design": "rack design rating", "feed": "feeds (A/B kept)",
+               "phase": "phase currents", "upstream": "upstream source, failover kept",
+               "liquid_rack": "rack manifold flow", "loop": "CDU loop, N+1 kept",
+               "air": "air allowance", "supply_class": "supply temperature class"}
 # severity and site state, as the status bar and the floor colour them
 RED, AMBER, GREEN, GREY = "#cf222e", "#bf8700", "#1a7f37", "#8c959f"
 
@@ -36,7 +41,8 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def table(table_id: str, columns: list[tuple[str, str]], numeric: tuple[str, ...] = (),
           links: tuple[str, ...] = (), **kw) -> dash_table.DataTable:
-    """A table; ``links`` are columns of markdown links (to a rack's page, say)."""
+    """A table; ``links`` are columns of markdown links (to a rack's page, say). A numeric
+    cell without a value says unknown, greyed, never blank."""
     def column(name: str, cid: str) -> dict:
         if cid in numeric:
             return {"name": name, "id": cid, "type": "numeric", "format": KW}
@@ -48,6 +54,9 @@ def table(table_id: str, columns: list[tuple[str, str]], numeric: tuple[str, ...
         id=table_id, columns=[column(name, cid) for name, cid in columns],
         style_cell=CELL, markdown_options={"link_target": "_self"},
         style_cell_conditional=[{"if": {"column_id": c}, "textAlign": "right"} for c in numeric],
+        style_data_conditional=[{"if": {"filter_query": f"{{{c}}} is nil", "column_id": c},
+                                 **UNKNOWN_STYLE} for c in numeric]
+        + kw.pop("style_data_conditional", []),
         **kw,
     )
 
@@ -57,6 +66,14 @@ def bridges(chain: dict) -> str:
     if chain["bridges"]:
         return "yes"
     return UNKNOWN if chain["shortfall_s"] is None else "no"
+
+
+def unknown_words(rack: dict) -> str:
+    """What a rack's headroom (API rack JSON) cannot be known without: its power, or the
+    limits not read."""
+    if rack["power_kw"] is None:
+        return "its power"
+    return ", ".join(LIMIT_WORDS[k] for k in rack["unknown"]) or "no limit read"
 
 
 def rack_link(rack_id: str) -> str:

@@ -16,12 +16,12 @@ from aidc.topology import Topology
 from alerts.evaluate import Alert
 from dashboards.app import status_bar
 from dashboards.pages.capacity import csv_text, rack_rows, sorted_rows
-from dashboards.pages.cooling import cdu_rows
+from dashboards.pages.cooling import cdu_rows, temperature_figure
 from dashboards.pages.floor import floor_figure, floor_plan, rack_alert_state, rack_values
 from dashboards.pages.overview import backup_rows, redundancy_rows
 from dashboards.pages.power import sankey
 from dashboards.pages.rack import limits_figure
-from dashboards.widgets import AMBER, GREEN, GREY, RED
+from dashboards.widgets import AMBER, GREEN, GREY, RED, UNKNOWN
 
 DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
 NOW = 1_800_000_000.0
@@ -135,7 +135,8 @@ def test_the_floor_colours_known_racks_and_greys_the_unknown():
     known, grey = fig["data"][0], fig["data"][1]
     assert known["z"][0][0] == values["A01"] and known["z"][0][1] != known["z"][0][1]  # NaN
     assert grey["z"][0][1] == 0 and grey["z"][0][0] != grey["z"][0][0]  # drawn grey, unknown
-    assert "unknown" in grey["hovertext"][0][1] and known["customdata"][1][1] == "B02"
+    assert "headroom unknown (its power)" in grey["hovertext"][0][1]
+    assert known["customdata"][1][1] == "B02"
     limiting = floor_figure(floor_plan(site), racks,
                             rack_values(racks, capture, {}, "limiting"), "limiting")
     go.Figure(limiting)
@@ -222,6 +223,16 @@ def test_a_cdu_is_red_where_it_leaves_its_envelope_and_only_there():
     assert unknown["alarm"] == "" and unknown["flow"] == "unknown of 900"
     assert unknown["pumps"].startswith("unknown of 2") and unknown["leak"] == "unknown"
     assert unknown["heat"] == "unknown of 500.0 usable"
+
+
+def test_a_temperature_not_read_is_a_hatched_bar_that_says_unknown_not_a_gap():
+    fig = temperature_figure(loop_of(cdu(), cdu(id="cdu-2", return_temp_c=None)))
+    _, supply, ret = fig.data
+    assert supply.y == (35.0, 35.0) and supply.text == ("", "")  # both read
+    # cdu-2's return: as tall as the tallest read, grey, hatched, "unknown" in text and hover
+    assert ret.y == (45.0, 45.0) and ret.text == ("", UNKNOWN)
+    assert ret.marker.color == ("#bf3989", GREY) and ret.marker.pattern.shape == ("", "/")
+    assert ret.customdata == ("45.0 °C", UNKNOWN)
 
 
 def test_the_power_chain_leaves_out_and_names_what_is_unknown():

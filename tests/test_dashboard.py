@@ -291,8 +291,13 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     wait_for(lambda: any(r.startswith(("pdu-b02-b pdu down", "pdu-b02-b pdu stale"))
                          for r in table_rows(dash_duo, "#rack-devices")), 20,
              "B02's dark PDU on its page")
+    wait_for(lambda: re.match(r"B pdu-b02-b \S+ unknown ", table_rows(dash_duo, "#rack-feeds")[1]),
+             what="its B feed's power unknown, not blank")
     screenshot(dash_duo, "rack-B02-under-faults")
-    open_page(dash_duo, "/", "#pue-value")
+    open_page(dash_duo, "/", "#rack-chart .js-plotly-plot")
+    wait_for(lambda: dash_duo.driver.execute_script(
+        "const d = document.querySelector('#rack-chart .js-plotly-plot').data;"
+        "return d[2] && [...d[2].x].includes('B02')"), what="B02's power a hatched unknown")
     screenshot(dash_duo, "overview-under-faults")
     assert dash_duo.get_logs() == []  # no errors in the browser console
 
@@ -341,13 +346,22 @@ def test_a_large_site_charts_the_racks_with_least_headroom_unknown_first():
     from dashboards.pages.overview import CHART_RACKS, rack_figure
 
     racks = [{"id": f"R{i:04}", "power_kw": 50.0, "headroom_kw": float(i % 97) - 3,
-              "limiting": "feed"} for i in range(500)]
-    racks[321]["headroom_kw"] = None  # unknown: shown, never ranked as a number
+              "limiting": "feed", "design_kw": 80.0, "unknown": []} for i in range(500)]
+    racks[321] |= {"headroom_kw": None, "limiting": "unknown", "unknown": ["loop"]}
+    racks[322] |= {"headroom_kw": None, "power_kw": None, "limiting": "unknown"}
+    racks[97] |= {"power_kw": None}  # its headroom an upper bound from its loop: -3 kW
     fig = rack_figure(racks)
     shown = list(fig.data[0].x)
-    assert len(shown) == CHART_RACKS and shown[0] == "R0321"
+    assert len(shown) == CHART_RACKS and shown[:2] == ["R0321", "R0322"]
+    # unknown: a hatched bar to the design rating that says what is missing, never a zero
+    power, headroom, unknown = fig.data
+    assert headroom.y[:2] == (None, None) and power.y[:2] == (50.0, None)
+    assert (unknown.x, unknown.y, unknown.text) == (
+        ("R0321", "R0322", "R0097"), (30.0, 80.0, 80.0),
+        ("unknown: CDU loop, N+1 kept", "unknown: its power", "unknown: its power"))
+    assert unknown.marker.pattern.shape == "/"
     by_id = {r["id"]: r["headroom_kw"] for r in racks}
-    known = [by_id[i] for i in shown[1:]]
+    known = [by_id[i] for i in shown[2:]]
     assert known == sorted(known) and known[0] == -3.0
     assert max(known) <= min(h for i, h in by_id.items() if h is not None and i not in shown)
     assert f"{CHART_RACKS} of 500" in fig.layout.title.text

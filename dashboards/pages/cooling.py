@@ -9,7 +9,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from dashboards.widgets import NOTE, RED, UNKNOWN, fmt, table
+from dashboards.widgets import GREY, NOTE, RED, UNKNOWN, fmt, table
 
 # the supply the loop's ASHRAE class is checked on (loops.class_checked_on)
 CLASS_ON = {"facility_supply": "facility_supply_temp_c", "technology_supply": "supply_temp_c",
@@ -74,15 +74,30 @@ def cdu_rows(loop: dict) -> list[dict]:
     return rows
 
 
+TEMPERATURES = (("facility supply °C", "facility_supply_temp_c", "#54aeff"),
+                ("supply °C", "supply_temp_c", "#0969da"), ("return °C", "return_temp_c", "#bf3989"))
+
+
 def temperature_figure(loop: dict) -> go.Figure:
+    """Each CDU's temperatures against the loop's class limit; one not read is a grey
+    hatched bar labelled unknown (as high as the tallest read, or the limit), not a gap."""
     cdus, pool = loop["cdus"], loop["pool"] or {}
     ids = [c["id"] for c in cdus]
-    fig = go.Figure([
-        go.Bar(name=name, x=ids, y=[c[key] for c in cdus], marker_color=colour)
-        for name, key, colour in (("facility supply °C", "facility_supply_temp_c", "#54aeff"),
-                                  ("supply °C", "supply_temp_c", "#0969da"),
-                                  ("return °C", "return_temp_c", "#bf3989"))])
-    if (limit := pool.get("supply_limit_c")) is not None:
+    limit = pool.get("supply_limit_c")
+    read = [c[key] for c in cdus for _, key, _ in TEMPERATURES if c[key] is not None]
+    unknown_c = max(read, default=limit or 1.0)
+
+    def bar(name: str, key: str, colour: str) -> go.Bar:
+        values = [c[key] for c in cdus]
+        return go.Bar(name=name, x=ids, y=[unknown_c if v is None else v for v in values],
+                      text=[UNKNOWN if v is None else "" for v in values], textposition="inside",
+                      customdata=[UNKNOWN if v is None else f"{v:.1f} °C" for v in values],
+                      hovertemplate=f"%{{x}} {name.removesuffix(' °C')}: %{{customdata}}<extra></extra>",
+                      marker={"color": [GREY if v is None else colour for v in values],
+                              "pattern": {"shape": ["/" if v is None else "" for v in values]}})
+
+    fig = go.Figure([bar(*t) for t in TEMPERATURES])
+    if limit is not None:
         on = (pool.get("supply_compared") or "supply").replace("_", " ")
         fig.add_hline(y=limit, line_color=RED, line_dash="dot",
                       annotation_text=f"class {loop['ashrae_class']} limit on {on}: {limit:g} °C")

@@ -16,7 +16,7 @@ from aidc.auth import Auth
 from aidc.config import Site
 from aidc.topology import Topology
 from alerts.evaluate import severity_rank
-from dashboards.widgets import AMBER, GREEN, GREY, NOTE, RED, UNKNOWN
+from dashboards.widgets import AMBER, GREEN, GREY, NOTE, RED, UNKNOWN, unknown_words
 from models.headroom import LIMITS
 
 # metric -> (label, unit); the categorical ones colour by category
@@ -179,8 +179,9 @@ def _hover(rack: str, r: dict | None, label: str, unit: str, value) -> str:
     shown = (f"{UNKNOWN}" if value is None else value if isinstance(value, str)
              else f"{value:,.1f} {unit}")
     kw = "unknown" if r["power_kw"] is None else f"{r['power_kw']:,.1f} kW"
-    room = "unknown" if r["headroom_kw"] is None or not math.isfinite(r["headroom_kw"]) \
-        else f"{r['headroom_kw']:,.1f} kW ({r['limiting']})"
+    room = (f"unknown ({unknown_words(r)})"
+            if r["headroom_kw"] is None or not math.isfinite(r["headroom_kw"])
+            else f"{r['headroom_kw']:,.1f} kW ({r['limiting']})")
     return (f"<b>{rack}</b> row {r['row']}<br>{label}: {shown}<br>power {kw} of "
             f"{r['design_kw']:g} kW design<br>headroom {room}")
 

@@ -11,6 +11,7 @@ from aidc.api import SiteAPI
 from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import (
+    GREY,
     ROW,
     UNKNOWN,
     UNKNOWN_STYLE,
@@ -22,6 +23,7 @@ from dashboards.widgets import (
     said,
     table,
     time_figure,
+    unknown_words,
 )
 
 CHART_RACKS = 20  # bars in the least-headroom chart: the floor and the capacity table have all
@@ -75,17 +77,25 @@ def least_headroom(racks: list[dict], n: int) -> list[dict]:
 
 def rack_figure(racks: list[dict]) -> go.Figure:
     """Power and headroom of each rack; past CHART_RACKS, of those with the least headroom
-    (2,000 bars are neither readable nor quick to draw)."""
+    (2,000 bars are neither readable nor quick to draw). An unknown power or headroom is a
+    grey hatched bar up to the rack's design rating, saying what is missing: never a blank."""
     title = ""
     if len(racks) > CHART_RACKS:
         title = f"the {CHART_RACKS} of {len(racks)} racks with the least headroom"
         racks = least_headroom(racks, CHART_RACKS)
     ids = [r["id"] for r in racks]
+    unknown = [r for r in racks if r["headroom_kw"] is None or r["power_kw"] is None]
     fig = go.Figure([
         go.Bar(name="power kW", x=ids, y=[r["power_kw"] for r in racks], marker_color="#0969da"),
-        go.Bar(name="headroom kW", x=ids, y=[max(r["headroom_kw"] or 0, 0) for r in racks],
+        go.Bar(name="headroom kW", x=ids,
+               y=[None if r["headroom_kw"] is None else max(r["headroom_kw"], 0) for r in racks],
                marker_color="#8cd9a0", text=[r["limiting"] or "" for r in racks],
                textposition="inside"),
+        go.Bar(name="headroom unknown", x=[r["id"] for r in unknown],
+               y=[max(r["design_kw"] - (r["power_kw"] or 0), 0) for r in unknown],
+               text=[f"unknown: {unknown_words(r)}" for r in unknown], textposition="inside",
+               hovertemplate="%{x}: %{text}<extra></extra>",  # its height is no figure
+               marker={"color": GREY, "pattern": {"shape": "/"}}),
     ])
     fig.update_layout(barmode="stack", margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30},
                       legend={"orientation": "h"}, yaxis_title="kW",

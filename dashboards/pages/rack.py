@@ -12,6 +12,7 @@ from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import (
     GREY,
+    LIMIT_WORDS,
     NOTE,
     RED,
     ROW,
@@ -26,10 +27,6 @@ from dashboards.widgets import (
 from models.headroom import LIMITS
 
 DAY_S = 86_400.0
-LIMIT_WORDS = {"design": "rack design rating", "feed": "feeds (A/B kept)",
-               "phase": "phase currents", "upstream": "upstream source, failover kept",
-               "liquid_rack": "rack manifold flow", "loop": "CDU loop, N+1 kept",
-               "air": "air allowance", "supply_class": "supply temperature class"}
 
 
 def layout(api: SiteAPI, rack_id: str) -> html.Div:
