@@ -404,8 +404,9 @@ def test_interval_pue_from_energy_counters(tmp_path):
     now = time.time()
     pdus = [p.id for p in site.devices_of("pdu")]
 
-    def counter(kind, device, kwh_then, kwh_now):
-        return [Sample(kind, {"device": device}, "energy_kwh", kwh_then, now - 3000),
+    def counter(kind, device, kwh_then, kwh_now):  # and a reading before the hour: not counted
+        return [Sample(kind, {"device": device}, "energy_kwh", kwh_then - 100, now - 5000),
+                Sample(kind, {"device": device}, "energy_kwh", kwh_then, now - 3000),
                 Sample(kind, {"device": device}, "energy_kwh", kwh_now, now - 600)]
 
     samples = [s for p in pdus for s in counter("pdu", p, 1000.0, 1025.0)]  # 16 x 25 kWh
@@ -433,9 +434,9 @@ def test_interval_pue_waits_for_enough_energy(tmp_path):
     runtime = Runtime(site, tmp_path)
     now = time.time()
     samples = [Sample("pdu", {"device": p.id}, "energy_kwh", kwh, now - dt)
-               for p in site.devices_of("pdu") for kwh, dt in ((1000.0, 60), (1000.2, 10))]
+               for p in site.devices_of("pdu") for kwh, dt in ((1000.0, 130), (1000.2, 10))]
     samples += [Sample("meter", {"device": m}, "energy_kwh", kwh, now - dt)
-                for m in ("meter-main", "meter-cooling") for kwh, dt in ((50.0, 60), (50.5, 10))]
+                for m in ("meter-main", "meter-cooling") for kwh, dt in ((50.0, 130), (50.5, 10))]
     runtime.store.write(samples)
     body = SiteAPI(runtime).interval_pue("1h")
     # IT counted 16 x 0.2 = 3.2 kWh; the counters step by 16 x 0.1 = 1.6 kWh in all
