@@ -38,11 +38,11 @@ from models import pue as pue_model
 
 if TYPE_CHECKING:  # the CLI's readers use the JSON helpers without the collectors' libraries
     from aidc.runtime import Runtime
-    from aidc.store import Series
+    from aidc.store import Aggregate, Series
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
-# a kWh counter is read at the end of each of these (the store's 1-minute and 1-hour
-# rollups hold its maximum): every 5 s sample of 4,000 PDUs over an hour took 4 s to read
+# a kWh counter is read at the start of each of these (the store's 1-minute and 1-hour
+# rollups hold its minimum): every 5 s sample of 4,000 PDUs over an hour took 4 s to read
 COUNTER_READ_EVERY_S = {"1h": 60.0, "24h": 3600.0, "30d": 3600.0}
 REACHABLE = ("up", "degraded")  # device states whose last poll reached the device
 POOL_FIELDS = {"id", "kind", "capacity_kw", "load_kw", "left_kw", "left_normal_kw",
@@ -430,9 +430,11 @@ class SiteAPI:
         """PUE over a window from energy (ISO/IEC 30134-2): the growth of the facility meter's
         and every IT PDU's kWh counter (resets handled), read from the store.
 
-        Each counter is read at the end of every COUNTER_READ_EVERY_S period (its maximum in
-        the period: the last reading, or the last before a reset); the window starts at the
-        end of a period, so that it is counted from the counters' readings then."""
+        Each counter is read at the end of every COUNTER_READ_EVERY_S period from the one
+        before the window (its maximum in the period: its last reading, or the last before a
+        reset, after which it counts from zero). A counter first read inside the window (a
+        store or a device newer than the window) starts from its first period's minimum: a
+        reset in that period would be counted whole."""
         if window not in PUE_WINDOWS_S:
             raise ValueError(f"window: expected one of {', '.join(PUE_WINDOWS_S)}")
         site, store = self.runtime.site, self.runtime.store
@@ -442,13 +444,23 @@ class SiteAPI:
         missing: list[str] = []
 
         def energy_kwh(measurement: str, devices: list[str | None]) -> float:
-            counters = {s.tags.get("device"): s.points for s in store.history(
-                measurement, "energy_kwh", start - every_s, end, every_s=every_s, aggregate="max")}
+            def read(since: float, aggregate: Aggregate) -> dict[str | None, list[tuple]]:
+                return {s.tags.get("device"): s.points for s in store.history(
+                    measurement, "energy_kwh", since, end, every_s=every_s, aggregate=aggregate)}
+
             devices = [d for d in devices if d]
-            readings = [counters.get(d, []) for d in devices]
+            ends = read(start - every_s, "max")
+            new = {d for d in devices if not ends.get(d) or ends[d][0][0] >= start}
+            firsts = read(start, "min") if new else {}
+
+            def values(d: str) -> list[float]:
+                head = firsts.get(d, [])[:1] if d in new else []
+                return [v for _, v in head + ends.get(d, [])]
+
+            readings = [values(d) for d in devices]
             padded = np.full((len(devices), max(map(len, readings), default=0) + 1), np.nan)
-            for row, points in zip(padded, readings):  # NaN past its readings: skipped
-                row[:len(points)] = [v for _, v in points]
+            for row, values in zip(padded, readings):  # NaN past its readings: skipped
+                row[:len(values)] = values
             kwh = np.atleast_1d(pue_model.energy_kwh_from_counter(padded))
             missing.extend(f"{d}.energy_kwh" for d, e in zip(devices, kwh) if math.isnan(e))
             return float(kwh.sum())

@@ -404,9 +404,11 @@ def test_interval_pue_from_energy_counters(tmp_path):
     now = time.time()
     pdus = [p.id for p in site.devices_of("pdu")]
 
-    def counter(kind, device, kwh_then, kwh_now):  # and a reading before the hour: not counted
+    def counter(kind, device, kwh_then, kwh_now):
+        # read once long before the hour (not counted), once in the minute before it or the
+        # first minute of it (the hour starts at a whole minute): counted from then
         return [Sample(kind, {"device": device}, "energy_kwh", kwh_then - 100, now - 5000),
-                Sample(kind, {"device": device}, "energy_kwh", kwh_then, now - 3000),
+                Sample(kind, {"device": device}, "energy_kwh", kwh_then, now - 3650),
                 Sample(kind, {"device": device}, "energy_kwh", kwh_now, now - 600)]
 
     samples = [s for p in pdus for s in counter("pdu", p, 1000.0, 1025.0)]  # 16 x 25 kWh

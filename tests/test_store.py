@@ -77,6 +77,13 @@ def test_window_maxima(store):
     assert by_device(got) == {"cdu-1": [(T0 + 3, 44.0)]}  # cdu-2's one point is at T0 + 1
 
 
+def test_window_minima(store):
+    store.write(samples())
+    got = store.history("cdu", "supply_temp_c", T0, T0 + 19.999, where={"device": "cdu-1"},
+                        every_s=10, aggregate="min")
+    assert by_device(got) == {"cdu-1": [(T0, 40.0), (T0 + 10, 44.0)]}  # not the bad sample
+
+
 def test_tags_with_spaces_commas_and_equals_round_trip(store):
     store.write(samples())
     (series,) = store.history("rack", "power_kw", T0 - 1, T0 + 1)
@@ -443,7 +450,8 @@ def test_sqlite_rolls_up_minutes_and_hours_of_good_values(tmp_path):
 
 
 @pytest.mark.parametrize(("every_s", "aggregate"), [
-    (600, "mean"), (3600, "max"), (7200, "mean"), (300, "max"), (1800, "mean")])
+    (600, "mean"), (3600, "max"), (7200, "mean"), (300, "max"), (1800, "mean"), (3600, "min"),
+    (300, "min")])
 def test_sqlite_reads_whole_periods_from_rollups_and_the_same_as_raw(tmp_path, every_s, aggregate):
     """Windows of whole minutes or hours over an unaligned range: whole periods come from the
     rollups, edges and the part not rolled up yet raw, and every window is what the raw
@@ -456,7 +464,7 @@ def test_sqlite_reads_whole_periods_from_rollups_and_the_same_as_raw(tmp_path, e
     pieces = s._pieces(start, end, every_s)
     assert {t for t, _, _ in pieces} >= {"rollup_1m", "samples"}  # both were read
     assert pieces[0][1] == start and pieces[-1][2] == end
-    fn = max if aggregate == "max" else (lambda v: sum(v) / len(v))
+    fn = {"max": max, "min": min, "mean": lambda v: sum(v) / len(v)}[aggregate]
     [got] = s.history("site", "pue", start, end, every_s=every_s, aggregate=aggregate)
     expected = brute(data, start, end, every_s, fn)
     assert [t for t, _ in got.points] == [t for t, _ in expected]
@@ -553,8 +561,8 @@ def test_an_influxdb_trend_past_the_raw_reach_reads_the_rollup_only_for_what_raw
     s.write([Sample("site", PUE, "pue", v, new + 10 * i) for i, v in enumerate((1.0, 2.0, 6.0))]
             + [Sample("site", PUE | {"room": "r1"}, "pue", 9.0, new)])
     s._post("/write", {"precision": "s", "rp": "aidc_1m"},
-            f"site,site=s sum_pue=10,count_pue=4i,max_pue=3 {int(old)}\n"
-            f"site,site=s sum_pue=2,count_pue=1i,max_pue=5 {int(old + 60)}")
+            f"site,site=s sum_pue=10,count_pue=4i,min_pue=1,max_pue=3 {int(old)}\n"
+            f"site,site=s sum_pue=2,count_pue=1i,min_pue=2,max_pue=5 {int(old + 60)}")
     back = now - 0.9 * 86400
     assert s._rollup_for(back, 3600, False) == "aidc_1m"
     def by_room(**kw):
@@ -565,6 +573,8 @@ def test_an_influxdb_trend_past_the_raw_reach_reads_the_rollup_only_for_what_raw
     assert by_room(every_s=3600) == {None: [(old, pytest.approx(12 / 5)), (new, pytest.approx(3.0))],
                                      "r1": [(new, 9.0)]}
     assert by_room(every_s=3600, aggregate="max") == {None: [(old, 5.0), (new, 6.0)],
+                                                      "r1": [(new, 9.0)]}
+    assert by_room(every_s=3600, aggregate="min") == {None: [(old, 1.0), (new, 1.0)],
                                                       "r1": [(new, 9.0)]}
     whole = by_room(every_s=now - back)  # one window, on both sides of the raw reach
     assert whole == {None: [(back, pytest.approx(21 / 8))], "r1": [(back, 9.0)]}

@@ -33,7 +33,7 @@ class Series:
     points: list[tuple[float, float]]  # (unix seconds, value), oldest first
 
 
-Aggregate = Literal["mean", "max"]
+Aggregate = Literal["mean", "min", "max"]
 
 
 class Store(Protocol):
@@ -52,7 +52,7 @@ class Store(Protocol):
         aggregate: Aggregate = "mean",
     ) -> list[Series]:
         """Good values of ``field`` in [start, end], one Series per tag set; with
-        ``every_s``, the ``aggregate`` (mean or max) over windows of that length, stamped
+        ``every_s``, the ``aggregate`` (mean, min or max) over windows of that length, stamped
         with the window's start (as InfluxDB's GROUP BY time does), or over [start, end] as
         one window, stamped ``start``, when ``every_s`` spans it; with
         ``labels``, only the series with exactly those labels (``{}``: none, so a PDU's

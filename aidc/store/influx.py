@@ -238,17 +238,17 @@ class InfluxStore:
                      aggregate: Aggregate) -> dict[tuple, list[list]]:
         """The windows before the raw samples' reach from rollup ``policy``, the rest from
         the raw samples (the rollup holds nothing from before aidc made it, and lags its
-        continuous query): each window's (time ms, mean or max) by series tags."""
+        continuous query): each window's (time ms, mean, min or max) by series tags."""
         reach = time.time() - self.config.raw_days * 86400
         split = reach if one_window else math.ceil(reach / every_s) * every_s  # a window's edge
         f = _ident(field)
-        parts = {}  # (tags, window) -> [sum, count] or [max]
+        parts = {}  # (tags, window) -> [sum, count], [min] or [max]
         for source, since, until, select in (
                 (f"{_ident(policy)}.{_ident(measurement)}", start, f"< {int(split * 1e9)}",
                  f"sum({_ident('sum_' + field)}), sum({_ident('count_' + field)})"
-                 if aggregate == "mean" else f"max({_ident('max_' + field)})"),
+                 if aggregate == "mean" else f"{aggregate}({_ident(f'{aggregate}_{field}')})"),
                 (_ident(measurement), split, f"<= {int(end * 1e9)}",
-                 f"sum({f}), count({f})" if aggregate == "mean" else f"max({f})")):
+                 f"sum({f}), count({f})" if aggregate == "mean" else f"{aggregate}({f})")):
             where = " AND ".join([f"time >= {int(max(since, start) * 1e9)}", f"time {until}",
                                   *conditions])
             result = self._query(f"SELECT {select} FROM {source} WHERE {where} GROUP BY {group}")
@@ -263,7 +263,8 @@ class InfluxStore:
                     elif aggregate == "mean":  # one window on both sides of the split
                         parts[(tags, t)] = [a + b for a, b in zip(parts[(tags, t)], values)]
                     else:
-                        parts[(tags, t)] = [max(parts[(tags, t)][0], values[0])]
+                        parts[(tags, t)] = [(min if aggregate == "min" else max)(
+                            parts[(tags, t)][0], values[0])]
         rows: dict[tuple, list[list]] = {}
         for (tags, t), values in sorted(parts.items(), key=lambda item: item[0][1]):
             rows.setdefault(tags, []).append([t, values[0] / values[1] if aggregate == "mean"

@@ -37,7 +37,7 @@ from aidc.metrics import QUALITY, Sample, key_of, series_key
 from aidc.store import Aggregate, Series, StoreUnavailable
 
 log = logging.getLogger("aidc.store.sqlite")
-SQL_AGGREGATE = {"mean": "avg", "max": "max"}
+SQL_AGGREGATE = {"mean": "avg", "min": "min", "max": "max"}
 READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages are read only when touched
 
 SCHEMA = """
@@ -300,11 +300,11 @@ class SqliteStore:
             args |= {f"lo{i}": lo, f"hi{i}": hi}
             if table == "samples":
                 parts.append(_raw(f"lo{i}", f"hi{i}", "<=" if hi == end else "<",
-                                  "series, ts, 1 AS n, value AS mean, value AS hi"))
+                                  "series, ts, 1 AS n, value AS mean, value AS lo, value AS hi"))
             else:
-                parts.append(f"SELECT series, ts, n, mean, hi FROM {table}"
+                parts.append(f"SELECT series, ts, n, mean, lo, hi FROM {table}"
                              f" WHERE series IN sel AND ts >= :lo{i} AND ts < :hi{i}")
-        value = "SUM(mean * n) / SUM(n)" if aggregate == "mean" else "MAX(hi)"
+        value = {"mean": "SUM(mean * n) / SUM(n)", "min": "MIN(lo)", "max": "MAX(hi)"}[aggregate]
         if every_s >= end - start:  # one window
             window = ":start"
         else:
