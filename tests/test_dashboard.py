@@ -39,6 +39,20 @@ return [window.Plotly && window.Plotly.version,
         performance.getEntriesByType('resource').map(e => e.name.split('?')[0])
             .filter(n => n.includes('plotly'))];
 """
+# plotly.js 4.1 places a y-axis title at x=Infinity when it measures every tick label
+# outside the plot's div mid-redraw (axes.js: _depth from the labels' bounding box, which
+# starts at Infinity); the title is placed again at the next draw. Seen once in about
+# fifteen runs of this file, on the trends chart (its title at y=200). Any other message is
+# an error of the page.
+PLOTLY_TITLE_MID_REDRAW = re.compile(r'<text> attribute transform: Trailing garbage, '
+                                     r'"rotate\(-90,(-?Infinity|NaN),[\d.]+\)"')
+
+
+def console_errors(dash_duo) -> list[dict]:
+    return [e for e in dash_duo.get_logs()
+            if not (e["source"] == "rendering" and PLOTLY_TITLE_MID_REDRAW.search(e["message"]))]
+
+
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 RED_CSS = "rgba(207, 34, 46, 1)"  # widgets.RED as the browser reports it
 
@@ -88,6 +102,10 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
     truth = live_site.simulated.truth()["pue"]
     assert abs(float(pue_text) - truth) / truth < 0.02
     wait_for(lambda: "category 2" in dash_duo.find_element("#pue-note").text, what="category")
+    # over 24 h, from energy counters: a number with its category, or why there is none yet
+    wait_for(lambda: re.fullmatch(r"from energy counters, ISO/IEC 30134-2 category 2|not enough "
+                                  r"energy counted yet: .* kWh in all",
+                                  dash_duo.find_element("#pue-24h-note").text), what="24 h PUE")
     wait_for(lambda: dash_duo.find_element("#site-state").text == "Normal"
              and dash_duo.find_element("#alert-counts").text == "0 critical · 0 warning",
              what="normal, no alert")
@@ -243,7 +261,7 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
 
     # trends: the site's PUE over 24 h, then the last hour, as the store downsamples them
     open_page(dash_duo, "/trends", "#trend-chart")
-    wait_for(lambda: re.match(r"pue of demo: [1-9]\d* points in 1 series, means over 288 s",
+    wait_for(lambda: re.match(r"pue of demo: [1-9]\d* points in 1 series, means over 300 s",
                               dash_duo.find_element("#trend-note").text), what="24 h of PUE")
     dash_duo.find_element("#trend-range input[value='1 h']").click()
     wait_for(lambda: "means over 12 s windows" in dash_duo.find_element("#trend-note").text,
@@ -299,7 +317,7 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
         "const d = document.querySelector('#rack-chart .js-plotly-plot').data;"
         "return d[2] && [...d[2].x].includes('B02')"), what="B02's power a hatched unknown")
     screenshot(dash_duo, "overview-under-faults")
-    assert dash_duo.get_logs() == []  # no errors in the browser console
+    assert console_errors(dash_duo) == []
 
 
 def test_an_operator_acknowledges_and_silences_from_the_page(dash_duo, live_site):
@@ -337,7 +355,7 @@ def test_an_operator_acknowledges_and_silences_from_the_page(dash_duo, live_site
                    what="the alert suppressed by the silence")
     wait_for(lambda: "PDU swap" in dash_duo.find_element("#silences-table").text,
              what="the silence listed")
-    assert dash_duo.get_logs() == []
+    assert console_errors(dash_duo) == []
 
 
 def test_a_large_site_charts_the_racks_with_least_headroom_unknown_first():

@@ -35,7 +35,7 @@ def layout(api: SiteAPI) -> html.Div:
     return html.Div([
         html.Div([
             kpi("PUE", "pue-value", "pue-note"),
-            kpi("PUE, last hour", "pue-1h", "pue-1h-note"),
+            kpi("PUE, last 24 h", "pue-24h-value", "pue-24h-note"),
             kpi("IT power (kW)", "it-kw"),
             kpi("Facility power (kW)", "facility-kw"),
             kpi("Cooling (kW)", "cooling-kw", "cooling-note"),
@@ -164,13 +164,15 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
             return said(go.Figure(), f"store unavailable: {e}")
         return pue_figure(series, api.runtime.site.model.pue_target)
 
-    @app.callback(Output("pue-1h", "children"), Output("pue-1h-note", "children"),
+    @app.callback(Output("pue-24h-value", "children"), Output("pue-24h-note", "children"),
                   Input("slow-refresh", "n_intervals"))
     def interval_pue(_n):
+        """The PUE ISO/IEC 30134-2 defines: energy over a period (here the last 24 h)."""
         try:
-            p = api.interval_pue("1h")
+            p = api.interval_pue("24h")
         except StoreUnavailable as e:
             return UNKNOWN, f"store unavailable: {e}"
         if p["pue"] is not None:
-            return fmt(p["pue"], 3), "from energy counters"
+            return fmt(p["pue"], 3), (f"from energy counters, ISO/IEC 30134-2 category "
+                                      f"{p['pue_category']}")
         return UNKNOWN, p["note"] or f"missing: {', '.join(p['missing'][:3])}"
