@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from aidc.derive import (
     PHASE_CURRENT,
@@ -77,6 +85,20 @@ class WhatIfQuestion(BaseModel):
     air_kw: float | None = Field(None, ge=0, le=10_000)
 
 
+def iso_text(value: Any) -> Any:
+    """One time format in the API, in as out: ISO 8601 text, never unix seconds."""
+    if not isinstance(value, str):
+        raise ValueError(  # noqa: TRY004 (pydantic reports ValueError, not TypeError)
+            "expected an ISO 8601 time with its zone, like 2030-01-01T00:00:00Z")
+    return value
+
+
+def before_2100(t: datetime) -> datetime:
+    if not datetime(1970, 1, 1, tzinfo=UTC) <= t < datetime(2100, 1, 1, tzinfo=UTC):
+        raise ValueError("expected a time from 1970 to 2099")
+    return t
+
+
 class AckRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: str = Field(min_length=1, max_length=100)
@@ -84,14 +106,15 @@ class AckRequest(BaseModel):
 
 class SilenceRequest(BaseModel):
     """``matchers`` like ``device=cdu-1`` or ``rule=~leak|pump_.*``; ``duration_s`` from now
-    (or from ``starts_at``, unix s)."""
+    (or from ``starts_at``, ISO 8601 with its zone, as every time of the API)."""
 
     model_config = ConfigDict(extra="forbid")
     matchers: list[Annotated[str, Field(max_length=500, json_schema_extra={
         "pattern": MATCHER.pattern}), AfterValidator(a_matcher)]] = Field(
         min_length=1, max_length=20)
     duration_s: float = Field(gt=0, le=90 * 24 * 3600)
-    starts_at: float | None = Field(None, ge=0, le=4102444800)  # at the latest 2100
+    starts_at: Annotated[AwareDatetime, BeforeValidator(iso_text),
+                         AfterValidator(before_2100)] | None = None
     created_by: str = Field(min_length=1, max_length=100)
     comment: str = Field(min_length=1, max_length=1000)
 
@@ -157,6 +180,13 @@ def silence_json(s: Silence, now: float) -> dict[str, Any]:
         "created_by": s.created_by, "comment": s.comment, "created_at": iso(s.created_at),
         "expired_by": s.expired_by,
     }  # fmt: skip
+
+
+def trend_every_s(window_s: float, points: int) -> float:
+    """The windows a trend of about ``points`` means over ``window_s`` is computed in: past a
+    minute, whole minutes (which the store reads from its rollups)."""
+    every_s = max(window_s / points, 1.0)
+    return every_s if every_s <= 60 else math.ceil(every_s / 60) * 60
 
 
 def iso(ts: float | None) -> str | None:
@@ -494,10 +524,8 @@ class SiteAPI:
         ``points`` means per series (never the raw points read into Python); windows over a
         minute are whole minutes, which the store reads from its rollups."""
         end = time.time() if end is None else end
-        every_s = max(window_s / points, 1.0)
         return self.runtime.store.history(measurement, field, end - window_s, end, where,
-                                          every_s=every_s if every_s <= 60 else
-                                          math.ceil(every_s / 60) * 60)
+                                          every_s=trend_every_s(window_s, points))
 
     def trend_subject(self, kind: str, subject: str) -> tuple[str, dict[str, str], list[str]]:
         """Where a trend of the site, a rack or a device is stored: its measurement, the tags

@@ -261,7 +261,7 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
     def add_silence():
         q = parse(SilenceRequest, request.get_json(silent=True))
         body = api.add_silence(q.matchers, q.duration_s, author(q.created_by), q.comment,
-                               q.starts_at)
+                               q.starts_at and q.starts_at.timestamp())
         return jsonify(body), 201
 
     @app.delete("/api/v1/silences/<silence_id>")

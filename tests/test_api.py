@@ -336,6 +336,24 @@ def strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+def test_a_silence_starts_at_an_iso_8601_time_with_its_zone(web):
+    """One time format in the API, in as out: a silence's start is ISO 8601 with its zone;
+    a time without a zone, unix seconds and a time past 2099 are refused."""
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    body = {"matchers": ["device=nowhere"], "duration_s": 3600, "created_by": "alice",
+            "comment": "planned"}
+    r = post(web, "/api/v1/silences", body | {"starts_at": "2030-01-01T01:00:00+01:00"},
+             headers=auth)
+    assert r.status_code == 201, r.text
+    assert (r.json()["starts_at"], r.json()["ends_at"], r.json()["state"]) == (
+        "2030-01-01T00:00:00+00:00", "2030-01-01T01:00:00+00:00", "pending")
+    for wrong, words in (("2030-01-01T00:00:00", "timezone"), (1893456000, "ISO 8601"),
+                         ("2100-01-01T00:00:00Z", "1970 to 2099")):
+        r = post(web, "/api/v1/silences", body | {"starts_at": wrong}, headers=auth)
+        assert r.status_code == 400 and "starts_at" in r.json()["error"], r.text
+        assert words in r.json()["error"]
+
+
 def test_cli_headroom_and_whatif_read_the_store(shared_live_site, tmp_path):
     shared_live_site.settled()
     common = ["--site", str(ROOT / "site_configs" / "demo.yaml"),

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import plotly.graph_objects as go
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
-from aidc.api import SiteAPI
+from aidc.api import SiteAPI, trend_every_s
 from aidc.auth import Auth
 from aidc.store import StoreUnavailable
 from dashboards.widgets import NOTE, ROW, graph, said, time_figure
@@ -110,7 +110,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
             return said(go.Figure(), f"cannot draw: {e}"), ""
         except StoreUnavailable as e:
             return said(go.Figure(), f"store unavailable: {e}"), ""
-        every_s = max(window_s / POINTS, 1.0)
+        every_s = trend_every_s(window_s, POINTS)
         note = (f"{metric} of {subject}: {sum(len(s.points) for s in series)} points in "
                 f"{len(series)} series, means over {every_s:,.0f} s windows computed by the store")
         fig = trend_figure(series, metric)
