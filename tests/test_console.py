@@ -20,7 +20,7 @@ from dashboards.pages.cooling import cdu_rows, temperature_figure
 from dashboards.pages.floor import floor_figure, floor_plan, rack_alert_state, rack_values
 from dashboards.pages.overview import backup_rows, redundancy_rows
 from dashboards.pages.power import sankey
-from dashboards.pages.rack import limits_figure
+from dashboards.pages.rack import feed_rows, limits_figure
 from dashboards.widgets import AMBER, GREEN, GREY, RED, UNKNOWN
 
 DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
@@ -263,6 +263,14 @@ def test_pools_reach_the_console_without_rack_lists():
     assert [(r["id"], r["holds"], r["modules_ok"]) for r in rows] == [
         ("ups-b", "no", ""), ("loop-1", "unknown", ""), ("rect-a", "yes", "12")]
     assert all("racks" not in r for r in console + rows)
+
+
+def test_a_phase_past_its_breakers_continuous_limit_marks_the_feed():
+    feeds = [{"side": "A", "continuous_a": 25.6, "phase_current_a": {"1": 20.0, "2": 26.1}},
+             {"side": "B", "continuous_a": 25.6, "phase_current_a": {"1": 25.6, "2": None}}]
+    rows = feed_rows(feeds)
+    assert [(r["phases"], r["over"]) for r in rows] == [("20.0 / 26.1", "yes"),
+                                                        ("25.6 / unknown", "")]
 
 
 def test_backup_chains_that_do_not_bridge_to_the_generator_come_first():

@@ -48,7 +48,10 @@ def layout(api: SiteAPI, rack_id: str) -> html.Div:
                              ("Power (kW)", "power_kw"), ("Phase currents (A)", "phases"),
                              ("Continuous limit (A)", "continuous_a"),
                              ("Breaker (A)", "breaker_a")],
-              numeric=("power_kw", "continuous_a", "breaker_a")),
+              numeric=("power_kw", "continuous_a", "breaker_a"),
+              style_data_conditional=[{"if": {"filter_query": '{over} = "yes"',
+                                              "column_id": "phases"},
+                                       "color": RED, "fontWeight": 600}]),
         html.H3("Devices it depends on"),
         table("rack-devices", [("Device", "id"), ("Kind", "kind"), ("State", "state")],
               style_data_conditional=[{"if": {"filter_query": '{state} != "up"'}, "color": RED}]),
@@ -95,10 +98,15 @@ def limits_figure(rack: dict) -> go.Figure:
 
 
 def feed_rows(feeds: list[dict]) -> list[dict]:
+    """Each feed's phase currents, ``over`` when one is past its breaker's continuous limit."""
     def amps(values: dict) -> str:
         return " / ".join(UNKNOWN if a is None else f"{a:.1f}" for a in values.values())
 
-    return [{**f, "phases": amps(f["phase_current_a"])} for f in feeds]
+    def over(f: dict) -> str:
+        return "yes" if any(a is not None and a > f["continuous_a"]
+                            for a in f["phase_current_a"].values()) else ""
+
+    return [{**f, "phases": amps(f["phase_current_a"]), "over": over(f)} for f in feeds]
 
 
 def history_figure(power, headroom) -> go.Figure:
