@@ -9,10 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from flask import Flask
 
 from aidc.api import SiteAPI
-from aidc.auth import CSRF_COOKIE, CSRF_HEADER, hash_password
-from aidc.config import User
+from aidc.auth import CSRF_COOKIE, CSRF_HEADER, Auth, hash_password
+from aidc.config import User, Web
+from aidc.http import register_routes
 from aidc.net import free_port
 from aidc.web import WebServer
 from tests.conftest import API_TOKEN, start_live_site, wait_for
@@ -83,6 +85,26 @@ def test_without_a_session_nothing_is_read(signed_site):
     # the API's bearer token stays for scripts
     assert c.get("/api/v1/site", headers={"Authorization": f"Bearer {API_TOKEN}"}).json()[
         "site"] == "demo"
+
+
+def test_anonymous_reading_opens_reads_and_never_writes(signed_site):
+    """web.anonymous_read: the API and the console read without signing in; every write
+    still needs a role or the token."""
+    live, _ = signed_site
+    app = Flask("anonymous")
+    vera = User(name="vera", role="viewer", password_hash=hash_password(PASSWORDS["vera"]))
+    register_routes(app, SiteAPI(live.runtime), Auth(Web(users=[vera], anonymous_read=True),
+                                                       API_TOKEN))
+    c = app.test_client()
+    assert c.get("/api/v1/site").get_json()["site"] == "demo"
+    assert c.get("/api/v1/racks").status_code == 200
+    silence = {"matchers": ["device=nowhere"], "duration_s": 60, "created_by": "anon",
+               "comment": "x"}
+    assert c.post("/api/v1/silences", json=silence).status_code == 401
+    assert c.post("/api/v1/alerts/x/ack", json={"by": "anon"}).status_code == 401
+    closed = Flask("closed")
+    register_routes(closed, SiteAPI(live.runtime), Auth(Web(users=[vera]), API_TOKEN))
+    assert closed.test_client().get("/api/v1/site").status_code == 401  # the default
 
 
 def test_a_wrong_password_or_a_forged_form_signs_nobody_in(signed_site):
