@@ -40,6 +40,7 @@ from alerts.evaluate import (
 from alerts.formats import alertmanager_payload, generic_payload, signature_headers
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, RetryPolicy, parse_retry_after, read_deliveries
+from dashboards.pages.alerts import deliveries_summary
 from tests.conftest import ROOT, require, wait_for
 
 FAST = RetryPolicy(base_s=0.01, cap_s=0.05)
@@ -1050,6 +1051,9 @@ def test_400_is_dead_lettered_once_and_the_queue_moves_on(open_outbox, receiver,
     assert {k: shown[k] for k in ("webhook", "alert", "status", "attempts", "last_error")} == {
         "webhook": "oncall", "alert": LEAK.fingerprint, "status": "dead", "attempts": 1,
         "last_error": "http_400"}
+    assert deliveries_summary([shown]) == "0 waiting for delivery, 1 dead letter"
+    assert deliveries_summary([shown, shown | {"status": "pending"}, shown]) == (
+        "1 waiting for delivery, 2 dead letters")
 
 
 def test_restart_sends_no_duplicate_and_delivers_the_backlog(open_outbox, receiver, reliability):

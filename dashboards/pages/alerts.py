@@ -118,6 +118,16 @@ def history_rows(history: list[dict]) -> list[dict]:
     return [{**h, "change": change(h)} for h in history]
 
 
+def deliveries_summary(deliveries: list[dict]) -> str:
+    """What the outbox holds: notifications waiting for their receiver, and dead letters
+    (refused for good, or out of attempts), which no retry will deliver."""
+    if not deliveries:
+        return "Every notification delivered."
+    dead = sum(d["status"] == "dead" for d in deliveries)
+    return (f"{len(deliveries) - dead} waiting for delivery, "
+            f"{dead} dead letter{'' if dead == 1 else 's'}")
+
+
 def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("alerts-table", "data"), Output("no-alerts", "children"),
                   Output("silences-table", "data"), Input("refresh", "n_intervals"))
@@ -131,10 +141,7 @@ def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
                   Output("deliveries-summary", "children"), Input("refresh", "n_intervals"))
     def record(_n):
         deliveries = api.notifications()
-        dead = sum(d["status"] == "dead" for d in deliveries)
-        summary = (f"{len(deliveries) - dead} waiting for delivery, {dead} dead letters"
-                   if deliveries else "Every notification delivered.")
-        return history_rows(api.alert_history(24)), deliveries, summary
+        return history_rows(api.alert_history(24)), deliveries, deliveries_summary(deliveries)
 
     @app.callback(Output("action-result", "children"), Input("ack-selected", "n_clicks"),
                   Input("silence-add", "n_clicks"), State("operator-name", "value"),
