@@ -374,10 +374,11 @@ class SiteAPI:
                         "cdus": cdus})
         return out
 
-    def power(self) -> dict[str, Any]:
+    def power(self, row: str | None = None) -> dict[str, Any]:
         """The power chain as it runs now: each rectifier and UPS (input, output, loss,
         modules, battery), the kW it sends to each row through its PDUs (unknown when one of
-        them is), and each supercap's state of charge beside its ride-through."""
+        them is), and each supercap's state of charge beside its ride-through. With ``row``,
+        that row's PDUs one by one instead (``pdus``: each one's source, rack and kW)."""
         site, graph, value = self.runtime.site, self.runtime.topology, self._reader()
         s = self.runtime.status
         pools = {p.id: p for p in s.pools} if s else {}
@@ -399,11 +400,16 @@ class SiteAPI:
                 "runtime_min": value(d.id, "runtime_min"),
             })
         flows: dict[tuple[str, str], float | None] = {}
+        pdus = []
         for pdu in site.devices_of("pdu"):
             rack = graph.rack_of_pdu.get(pdu.id)
             if rack is None:
                 continue
             key, kw = (pdu.upstream, rack.row), value(pdu.id, "power_kw")
+            if rack.row == row:
+                pdus.append({"id": pdu.id, "source": pdu.upstream, "rack": rack.id,
+                             "kw": num(kw)})
+                continue
             so_far = flows.get(key, 0.0)
             flows[key] = None if kw is None or so_far is None else so_far + kw
         backup = {b.supercap: b for b in s.backup} if s else {}
@@ -414,8 +420,9 @@ class SiteAPI:
 
         return {
             "sources": sources,
-            "flows": [{"source": src, "row": row, "kw": num(kw)}
-                      for (src, row), kw in sorted(flows.items())],
+            "flows": [{"source": src, "row": to_row, "kw": num(kw)}
+                      for (src, to_row), kw in sorted(flows.items())],
+            "pdus": pdus,
             "supercaps": [{"id": sc.id, "soc_pct": value(sc.id, "soc_pct"),
                            "state": self.runtime.health[sc.id].state} | chain(sc.id)
                           for sc in site.devices_of("supercap")],

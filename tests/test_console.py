@@ -240,13 +240,25 @@ def test_the_power_chain_leaves_out_and_names_what_is_unknown():
                          {"id": "ups-b", "input_kw": None, "loss_kw": None}],
              "flows": [{"source": "rect-a", "row": "A", "kw": 120.0},
                        {"source": "rect-a", "row": "B", "kw": 80.0},
-                       {"source": "ups-b", "row": "A", "kw": None}]}
+                       {"source": "ups-b", "row": "A", "kw": None}], "pdus": []}
     fig, unknown = sankey(power)
     [s] = fig.data
     assert list(s.node.label) == ["utility", "rect-a", "ups-b", "conversion loss", "row A", "row B"]
     assert list(zip(s.link.source, s.link.target, s.link.value)) == [
         (0, 1, 210.0), (1, 3, 10.0), (1, 4, 120.0), (1, 5, 80.0)]  # nothing drawn as 0
     assert unknown == ["ups-b input", "ups-b to row A"]
+    # row B through its PDUs to its racks: B01's two feeds, B02's B feed dark
+    power |= {"flows": power["flows"][:1] + power["flows"][2:],
+              "pdus": [{"id": "pdu-b01-a", "source": "rect-a", "rack": "B01", "kw": 30.0},
+                       {"id": "pdu-b01-b", "source": "ups-b", "rack": "B01", "kw": 25.0},
+                       {"id": "pdu-b02-b", "source": "ups-b", "rack": "B02", "kw": None}]}
+    fig, unknown = sankey(power)
+    [s] = fig.data
+    assert list(s.node.label) == ["utility", "rect-a", "ups-b", "conversion loss", "row A",
+                                  "pdu-b01-a", "pdu-b01-b", "pdu-b02-b", "rack B01", "rack B02"]
+    assert list(zip(s.link.source, s.link.target, s.link.value))[3:] == [
+        (1, 5, 30.0), (5, 8, 30.0), (2, 6, 25.0), (6, 8, 25.0)]
+    assert unknown == ["ups-b input", "ups-b to row A", "pdu-b02-b to rack B02"]
 
 
 def test_pools_reach_the_console_without_rack_lists():

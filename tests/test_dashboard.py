@@ -252,6 +252,11 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
         what="the Sankey with every link")
     assert nodes == ["utility", "rect-a", "ups-b", "conversion loss", "row A", "row B"]
     assert dash_duo.driver.execute_script(PLOTLY_OF_THE_PAGE)[1] == ["sankey"]
+    dash_duo.select_dcc_dropdown("#power-row", "B")  # row B through its PDUs to its racks
+    wait_for(lambda: dash_duo.driver.execute_script(
+        "return document.querySelector('#power-sankey .js-plotly-plot').data[0].node.label"
+    )[4:] == ["row A", *(f"pdu-b0{i}-{s}" for i in range(1, 5) for s in "ab"),
+              *(f"rack B0{i}" for i in range(1, 5))], what="row B's PDUs and racks")
     wait_for(lambda: (rows := table_rows(dash_duo, "#sources-table")) and len(rows) == 2
              and re.search(r"rect-a rectifier up .* of 13 \(N\+1, \d+ carry the load\) no$",
                            rows[0]), what="both sources, rect-a's modules")

@@ -1,5 +1,5 @@
 """Power: the chain from the utility through the rectifiers and UPS (their losses shown) to
-the rows their PDUs feed, modules OK against those the load needs, and the backup chain:
+the rows their PDUs feed (a chosen row's PDUs and racks one by one), modules OK against those the load needs, and the backup chain:
 supercap charge and ride-through, battery runtime against the generator's start."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import plotly.graph_objects as go
-from dash import Dash, Input, Output, html
+from dash import Dash, Input, Output, dcc, html
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
@@ -19,6 +19,11 @@ LOSS = "conversion loss"
 def layout(api: SiteAPI) -> html.Div:
     return html.Div([
         html.H3("From the utility to the rows (kW)"),
+        html.Label(["Through the PDUs to the racks of row ",
+                    dcc.Dropdown(sorted({r.row for r in api.runtime.site.racks}), None,
+                                 id="power-row", placeholder="none",
+                                 style={"width": "140px", "display": "inline-block",
+                                        "verticalAlign": "middle"})]),
         graph("power-sankey", 380),
         html.Div(id="power-unknown", style=NOTE),
         html.H3("Rectifiers and UPS"),
@@ -40,12 +45,16 @@ def layout(api: SiteAPI) -> html.Div:
 
 
 def sankey(power: dict) -> tuple[go.Figure, list[str]]:
-    """The chain as a Sankey, and the links left out because a value is unknown (named,
-    never drawn as zero)."""
+    """The chain as a Sankey, to the rows, and through one row's PDUs to its racks when the
+    chain has them (``power["pdus"]``); and the links left out because a value is unknown
+    (named, never drawn as zero)."""
     sources = [s["id"] for s in power["sources"]]
     rows = sorted({f"row {f['row']}" for f in power["flows"]})
-    nodes = ["utility", *sources, LOSS, *rows]
-    colours = ["#57606a", *["#0969da"] * len(sources), RED, *["#1a7f37"] * len(rows)]
+    pdus = [p["id"] for p in power["pdus"]]
+    racks = list(dict.fromkeys(f"rack {p['rack']}" for p in power["pdus"]))
+    nodes = ["utility", *sources, LOSS, *rows, *pdus, *racks]
+    colours = ["#57606a", *["#0969da"] * len(sources), RED, *["#1a7f37"] * len(rows),
+               *["#8250df"] * len(pdus), *["#1a7f37"] * len(racks)]
     at = {name: i for i, name in enumerate(nodes)}
     links, unknown = [], []
     for s in power["sources"]:
@@ -61,6 +70,12 @@ def sankey(power: dict) -> tuple[go.Figure, list[str]]:
             unknown.append(f"{f['source']} to row {f['row']}")
         else:
             links.append((at[f["source"]], at[f"row {f['row']}"], f["kw"]))
+    for p in power["pdus"]:
+        if p["kw"] is None:
+            unknown.append(f"{p['id']} to rack {p['rack']}")
+        else:
+            links += [(at[p["source"]], at[p["id"]], p["kw"]),
+                      (at[p["id"]], at[f"rack {p['rack']}"], p["kw"])]
     source, target, kw = zip(*links) if links else ((), (), ())
     fig = go.Figure(go.Sankey(
         node={"label": nodes, "pad": 18, "color": colours},
@@ -97,9 +112,9 @@ def supercap_rows(supercaps: list[dict]) -> list[dict]:
 def register(app: Dash, api: SiteAPI, auth: Auth) -> None:
     @app.callback(Output("power-sankey", "figure"), Output("power-unknown", "children"),
                   Output("sources-table", "data"), Output("supercaps-table", "data"),
-                  Input("refresh", "n_intervals"))
-    def refresh(_n):
-        power = api.power()
+                  Input("refresh", "n_intervals"), Input("power-row", "value"))
+    def refresh(_n, row):
+        power = api.power(row if isinstance(row, str) else None)
         fig, unknown = sankey(power)
         note = f"Not drawn, unknown now: {', '.join(unknown)}." if unknown else ""
         return fig, note, source_rows(power["sources"]), supercap_rows(power["supercaps"])
