@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from plotly.offline import get_plotlyjs_version
 
 from aidc.api import SiteAPI
@@ -141,6 +142,20 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
                      what="both feeds with their power")
     assert feeds[0].startswith("A pdu-a03-a rect-a") and feeds[1].startswith("B pdu-a03-b ups-b")
     assert "cdu-1" in dash_duo.find_element("#rack-devices").text
+
+    def heat_kw() -> tuple[float, float, float] | None:  # power, liquid, air, of one refresh
+        texts = [dash_duo.find_element(f"#rack-{k}").text for k in ("power", "liquid", "air")]
+        return (tuple(float(t.replace(",", "")) for t in texts)
+                if all(re.fullmatch(r"[\d,]+\.\d", t) for t in texts) else None)
+
+    power, liquid, air = wait_for(heat_kw, what="A03's liquid and air heat")
+    # no manifold meter on A03: its liquid share is its capture ratio (0.85), air the rest
+    assert liquid == pytest.approx(0.85 * power, abs=0.1)
+    assert liquid + air == pytest.approx(power, abs=0.1)
+    wait_for(lambda: dash_duo.driver.execute_script(
+        "const d = document.querySelector('#rack-history .js-plotly-plot').data;"
+        "return d.length == 2 && d[0].x.length > 0 && d[1].x.length > 0"),
+        what="A03's power and headroom over 24 h from the store")
     screenshot(dash_duo, "rack-A03")
 
     # capacity: eight racks, A03 bound by its weaker feed; the pools with their worst failures
@@ -276,6 +291,13 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
              what="a rack's power")
     wait_for(lambda: dash_duo.driver.execute_script(PLOTLY_OF_THE_PAGE)[1] == ["scatter"],
              what="its line drawn")
+    # a device's metric over a range of days (today and the two before: 3 days, 900 s means)
+    dash_duo.select_dcc_dropdown("#trend-kind", "a device")
+    dash_duo.find_element("#trend-range input[value='custom']").click()
+    wait_for(lambda: re.fullmatch(r"\w+ of [\w-]+: [1-9]\d* points in [1-9]\d* series, means over "
+                                  r"900 s windows computed by the store",
+                                  dash_duo.find_element("#trend-note").text),
+             what="a device's trend over three days")
     screenshot(dash_duo, "trends")
 
     # faults: a leak at cdu-1 turns the bar red on whatever page is open; a dark PDU is
@@ -330,6 +352,12 @@ def test_every_page_shows_the_live_site_and_a_leak_turns_the_bar_red(dash_duo, l
                         ("/capacity", "#rack-table"), ("/devices", "#devices-table")):
         open_page(dash_duo, path, shown)
         screenshot(dash_duo, f"{path[1:]}-under-faults")
+    # the leak stops: its alert resolves, and the alerts page's last 24 h say so
+    live_site.call(live_site.simulated.inject("leak", "cdu-1", None, False, None))
+    open_page(dash_duo, "/alerts", "#history-table")
+    wait_for(lambda: any(r.split("+00:00 ", 1)[-1].startswith("resolved leak")
+                         for r in table_rows(dash_duo, "#history-table")), 30,
+             "the leak resolved in the last 24 h's changes")
     assert console_errors(dash_duo) == []
 
 
