@@ -76,6 +76,16 @@ def unknown_words(rack: dict) -> str:
     return ", ".join(LIMIT_WORDS[k] for k in rack["unknown"]) or "no limit read"
 
 
+def inexact_words(rack: dict) -> str:
+    """A headroom that is unknown or only an upper bound (a limit not read), in words."""
+    h, missing = rack["headroom_kw"], f"unknown: {unknown_words(rack)}"
+    if h is None:
+        return missing
+    if h < 0:
+        return f"over by at least {-h:,.1f} kW ({rack['limiting']}); {missing}"
+    return f"at most {h:,.1f} kW; {missing}"
+
+
 def rack_link(rack_id: str) -> str:
     return f"[{rack_id}](/rack/{rack_id})"
 

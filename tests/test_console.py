@@ -119,7 +119,8 @@ def racks_of(site) -> list[dict]:
         out.append({"id": r.id, "room": r.room, "row": r.row, "design_kw": r.design_kw,
                     "power_kw": None if i == 1 else 40.0, "power_kw_peak": 41.0,
                     "headroom_kw": None if i == 1 else 80.0 - 10 * i,
-                    "limiting": "unknown" if i == 1 else "feed", "complete": i != 1})
+                    "limiting": "unknown" if i == 1 else "feed", "complete": i != 1,
+                    "unknown": []})
     return out
 
 
@@ -135,7 +136,11 @@ def test_the_floor_colours_known_racks_and_greys_the_unknown():
     known, grey = fig["data"][0], fig["data"][1]
     assert known["z"][0][0] == values["A01"] and known["z"][0][1] != known["z"][0][1]  # NaN
     assert grey["z"][0][1] == 0 and grey["z"][0][0] != grey["z"][0][0]  # drawn grey, unknown
-    assert "headroom unknown (its power)" in grey["hovertext"][0][1]
+    assert "headroom unknown: its power" in grey["hovertext"][0][1]
+    # a headroom with a limit not read is an upper bound: coloured only when it is over
+    bound = [r | {"complete": False, "unknown": ["loop"]} for r in racks[2:4]]
+    bound[1]["headroom_kw"] = -4.0
+    assert rack_values(bound, capture, {}, "headroom_kw") == {"A03": None, "A04": -4.0}
     assert known["customdata"][1][1] == "B02"
     limiting = floor_figure(floor_plan(site), racks,
                             rack_values(racks, capture, {}, "limiting"), "limiting")

@@ -405,10 +405,14 @@ def test_a_large_site_charts_the_racks_with_least_headroom_unknown_first():
     from dashboards.pages.overview import CHART_RACKS, rack_figure
 
     racks = [{"id": f"R{i:04}", "power_kw": 50.0, "headroom_kw": float(i % 97) - 3,
-              "limiting": "feed", "design_kw": 80.0, "unknown": []} for i in range(500)]
-    racks[321] |= {"headroom_kw": None, "limiting": "unknown", "unknown": ["loop"]}
-    racks[322] |= {"headroom_kw": None, "power_kw": None, "limiting": "unknown"}
-    racks[97] |= {"power_kw": None}  # its headroom an upper bound from its loop: -3 kW
+              "limiting": "feed", "design_kw": 80.0, "unknown": [], "complete": True}
+             for i in range(500)]
+    racks[321] |= {"headroom_kw": None, "limiting": "unknown", "unknown": ["loop"],
+                   "complete": False}
+    racks[322] |= {"headroom_kw": None, "power_kw": None, "limiting": "unknown",
+                   "complete": False}
+    racks[97] |= {"power_kw": None, "complete": False}  # an upper bound from its loop: -3 kW
+    racks[194] |= {"headroom_kw": 491.0, "unknown": ["feed"], "complete": False}  # at most
     fig = rack_figure(racks)
     shown = list(fig.data[0].x)
     assert len(shown) == CHART_RACKS and shown[:2] == ["R0321", "R0322"]
@@ -417,7 +421,13 @@ def test_a_large_site_charts_the_racks_with_least_headroom_unknown_first():
     assert headroom.y[:2] == (None, None) and power.y[:2] == (50.0, None)
     assert (unknown.x, unknown.y, unknown.text) == (
         ("R0321", "R0322", "R0097"), (30.0, 80.0, 80.0),
-        ("unknown: CDU loop, N+1 kept", "unknown: its power", "unknown: its power"))
+        ("unknown: CDU loop, N+1 kept", "unknown: its power",
+         "over by at least 3.0 kW (feed); unknown: its power"))
+    # a bound is not drawn as the headroom: 491 kW at most is a hatched bar to 80 kW
+    few = rack_figure(racks[190:198])
+    assert few.data[1].y[4] is None and few.data[2].x == ("R0194",)
+    assert (few.data[2].y, few.data[2].text) == (
+        (30.0,), ("at most 491.0 kW; unknown: feeds (A/B kept)",))
     assert unknown.marker.pattern.shape == "/"
     by_id = {r["id"]: r["headroom_kw"] for r in racks}
     known = [by_id[i] for i in shown[2:]]

@@ -16,7 +16,15 @@ from aidc.auth import Auth
 from aidc.config import Site
 from aidc.topology import Topology
 from alerts.evaluate import severity_rank
-from dashboards.widgets import AMBER, GREEN, GREY, NOTE, RED, UNKNOWN, unknown_words
+from dashboards.widgets import (
+    AMBER,
+    GREEN,
+    GREY,
+    NOTE,
+    RED,
+    UNKNOWN,
+    inexact_words,
+)
 from models.headroom import LIMITS
 
 # metric -> (label, unit); the categorical ones colour by category
@@ -98,6 +106,8 @@ def rack_values(racks: list[dict], capture: dict[str, float], alert_state: dict[
             return None if r["limiting"] == UNKNOWN else r["limiting"]
         if metric == "alert":
             return alert_state.get(r["id"], "none")
+        if metric == "headroom_kw" and not r["complete"]:  # an upper bound: known only
+            return r[metric] if r[metric] is not None and r[metric] < 0 else None  # if over
         return r[metric]
 
     return {r["id"]: value(r) for r in racks}
@@ -179,9 +189,13 @@ def _hover(rack: str, r: dict | None, label: str, unit: str, value) -> str:
     shown = (f"{UNKNOWN}" if value is None else value if isinstance(value, str)
              else f"{value:,.1f} {unit}")
     kw = "unknown" if r["power_kw"] is None else f"{r['power_kw']:,.1f} kW"
-    room = (f"unknown ({unknown_words(r)})"
-            if r["headroom_kw"] is None or not math.isfinite(r["headroom_kw"])
-            else f"{r['headroom_kw']:,.1f} kW ({r['limiting']})")
+    h = r["headroom_kw"]
+    if h is None or not r["complete"]:
+        room = inexact_words(r)
+    elif math.isfinite(h):
+        room = f"{h:,.1f} kW ({r['limiting']})"
+    else:
+        room = "no limit applies"
     return (f"<b>{rack}</b> row {r['row']}<br>{label}: {shown}<br>power {kw} of "
             f"{r['design_kw']:g} kW design<br>headroom {room}")
 

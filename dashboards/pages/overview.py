@@ -18,12 +18,12 @@ from dashboards.widgets import (
     bridges,
     fmt,
     graph,
+    inexact_words,
     kpi,
     rack_link,
     said,
     table,
     time_figure,
-    unknown_words,
 )
 
 CHART_RACKS = 20  # bars in the least-headroom chart: the floor and the capacity table have all
@@ -77,23 +77,27 @@ def least_headroom(racks: list[dict], n: int) -> list[dict]:
 
 def rack_figure(racks: list[dict]) -> go.Figure:
     """Power and headroom of each rack; past CHART_RACKS, of those with the least headroom
-    (2,000 bars are neither readable nor quick to draw). An unknown power or headroom is a
-    grey hatched bar up to the rack's design rating, saying what is missing: never a blank."""
+    (2,000 bars are neither readable nor quick to draw). A power or headroom not known
+    exactly (a headroom with a limit not read is only an upper bound) is a grey hatched bar
+    up to the rack's design rating, saying what is missing: never a blank, never the bound
+    drawn as if it were the headroom."""
     title = ""
     if len(racks) > CHART_RACKS:
         title = f"the {CHART_RACKS} of {len(racks)} racks with the least headroom"
         racks = least_headroom(racks, CHART_RACKS)
     ids = [r["id"] for r in racks]
-    unknown = [r for r in racks if r["headroom_kw"] is None or r["power_kw"] is None]
+    exact = {r["id"] for r in racks if r["headroom_kw"] is not None and r["complete"]
+             and r["power_kw"] is not None}
+    unknown = [r for r in racks if r["id"] not in exact]
     fig = go.Figure([
         go.Bar(name="power kW", x=ids, y=[r["power_kw"] for r in racks], marker_color="#0969da"),
         go.Bar(name="headroom kW", x=ids,
-               y=[None if r["headroom_kw"] is None else max(r["headroom_kw"], 0) for r in racks],
-               marker_color="#8cd9a0", text=[r["limiting"] or "" for r in racks],
-               textposition="inside"),
+               y=[max(r["headroom_kw"], 0) if r["id"] in exact else None for r in racks],
+               marker_color="#8cd9a0", textposition="inside",
+               text=[r["limiting"] if r["id"] in exact else "" for r in racks]),
         go.Bar(name="headroom unknown", x=[r["id"] for r in unknown],
                y=[max(r["design_kw"] - (r["power_kw"] or 0), 0) for r in unknown],
-               text=[f"unknown: {unknown_words(r)}" for r in unknown], textposition="inside",
+               text=[inexact_words(r) for r in unknown], textposition="inside",
                hovertemplate="%{x}: %{text}<extra></extra>",  # its height is no figure
                marker={"color": GREY, "pattern": {"shape": "/"}}),
     ])
