@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 
@@ -52,6 +53,20 @@ from alerts.rules import site_rules
 log = logging.getLogger(__name__)
 
 WHERE = ("room", "row", "rack", "device", "loop", "supercap")
+# the console's page for an alert of a device of these kinds with no rack (see console_path)
+PAGE_OF_KIND = {"cdu": "cooling", "rectifier": "power", "ups": "power", "supercap": "power"}
+
+
+def console_path(where: dict[str, str], kind: str | None) -> str:
+    """The console page that shows an alert: its rack's; else the page of its device's kind
+    (a CDU's loop, a source's chain), the device list for another device; else the alerts."""
+    if "rack" in where:
+        return f"/rack/{quote(where['rack'], safe='')}"
+    if "loop" in where or kind == "cdu":
+        return "/cooling"
+    if kind in PAGE_OF_KIND:
+        return f"/{PAGE_OF_KIND[kind]}"
+    return "/devices" if "device" in where else "/alerts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +147,8 @@ class Notifier:
 
     def context(self, t: Transition) -> Context:
         """Where the alert is, the racks and loops it touches, and links to its runbook (the
-        site's own, or the console's) and the console (only with ``web.external_url``)."""
+        site's own, or the console's) and the console page that shows it (only with
+        ``web.external_url``)."""
         labels = t.alert.labels
         where = dict(self._topology.device_tags.get(labels.get("device", ""), {}))
         where |= {k: labels[k] for k in WHERE if k in labels}
@@ -140,10 +156,12 @@ class Notifier:
         racks, loops = self._topology.affected(labels)
         base = self._external_url
         rule = self.rules.get(t.alert.rule)
+        device = self._topology.device_by_id.get(labels.get("device", ""))
         return Context(
             where={k: where[k] for k in WHERE if k in where}, racks=racks, loops=loops,
             runbook_url=rule.runbook(t.alert.rule, base or None) if rule else None,
-            url=f"{base}/" if base else None,
+            url=base + console_path(where, device.kind if device else labels.get("kind"))
+            if base else None,
         )
 
     def notify(self, transitions: Sequence[Transition]) -> None:

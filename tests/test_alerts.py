@@ -799,7 +799,7 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
         "where": {"site": "demo", "device": "cdu-2"},
         "affected": {"racks": on_loop_1, "loops": ["loop-1"]},
         "runbook_url": "https://aidc.example/ops/runbooks#pump_redundancy_lost",
-        "url": "https://aidc.example/ops/",
+        "url": "https://aidc.example/ops/cooling",  # the page that shows cdu-2
         "starts_at": "2023-11-14T22:13:20.000Z",
         "ends_at": None,
         "duration_s": None,
@@ -833,6 +833,22 @@ def test_a_pdu_alert_says_which_rack_room_and_row(open_outbox):
     assert context.where == {"room": rack.room, "row": rack.row, "rack": rack.id,
                              "device": rack.feed_a}  # fmt: skip
     assert (context.racks, context.loops) == ([rack.id], [rack.loop])
+
+
+def test_each_notification_links_to_the_console_page_that_shows_its_alert(open_outbox):
+    notifier = Notifier(DEMO, Alerts(), open_outbox(), external_url="https://aidc.example/ops/")
+
+    def url(rule: str, **labels: str) -> str:
+        alert = Alert(fingerprint(rule, labels), rule, labels, "critical", "s", 1.0, "firing", 0.0)
+        return notifier.context(Transition("firing", alert, 0.0)).url
+
+    base = "https://aidc.example/ops"
+    assert url("device_unreachable", device="pdu-a03-b", kind="pdu") == f"{base}/rack/A03"
+    assert url("rack_over_headroom", rack="B 02/x") == f"{base}/rack/B%2002%2Fx"
+    assert url("leak", device="cdu-1", kind="cdu") == f"{base}/cooling"
+    assert url("rectifier_modules_lost", device="rect-a", kind="rectifier") == f"{base}/power"
+    assert url("device_unreachable", device="meter-main", kind="meter") == f"{base}/devices"
+    assert url("pue_high") == f"{base}/alerts"
 
 
 def test_signature_known_vector():
@@ -928,7 +944,7 @@ def test_alertmanager_push_reaches_a_real_alertmanager_and_stays_alive(open_outb
                              "device": "cdu-1", "rack": "r01"}  # fmt: skip
     assert got["annotations"]["summary"] == "leak at cdu-1"
     assert got["annotations"]["runbook_url"] == "https://aidc.example/runbooks#leak"
-    assert got["generatorURL"] == "https://aidc.example/"
+    assert got["generatorURL"] == "https://aidc.example/rack/r01"  # the page that shows it
     ends = datetime.fromisoformat(got["endsAt"]).timestamp()
     assert ends == pytest.approx(now + 240, abs=1)  # held 4 resends, unless sent again
 
