@@ -41,7 +41,13 @@ from alerts.evaluate import Evaluator
 from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
-from alerts.rules import CRITICAL_FLAGS, Rule, StoreState, builtin_conditions
+from alerts.rules import (
+    CRITICAL_FLAGS,
+    DEAD_LETTER_ALERT_S,
+    Rule,
+    StoreState,
+    builtin_conditions,
+)
 from alerts.silences import Silences
 from collectors import Collector, DeviceUnreachable, make_collector
 
@@ -439,6 +445,7 @@ class Runtime:
         self.notifier_backlog = self.outbox.backlog()
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
         self.notifier_dead_letters = self.outbox.dead_letter_count()
+        self.notifier_dead_lately = self.outbox.dead_letter_count(since=now - DEAD_LETTER_ALERT_S)
         self.notifier_groups_held = self.notifier.groups_held()
 
     def _evaluate(self, latest: FreshLatest, now: float) -> tuple[SiteStatus, list[Sample]]:
@@ -468,7 +475,7 @@ class Runtime:
                            w.dropped_samples, w.rejected_samples, w.last_loss_at)
         conditions, complete = builtin_conditions(self.site, self.health.values(), status,
                                                   inputs, active.__contains__, store, now,
-                                                  self.notifier_dead_letters,
+                                                  self.notifier_dead_lately,
                                                   alerting_rules={a.rule for a in alerts},
                                                   bad_series=self.bad_series,
                                                   topology=self.topology,

@@ -83,6 +83,7 @@ _ADDED_COLUMNS = {
     "outbox": {
         "alert": "TEXT NOT NULL DEFAULT ''",  # the alert's fingerprint: its rows go in order
         "priority": "INTEGER NOT NULL DEFAULT 0",  # lower goes first among the alerts' heads
+        "dead_at": "REAL",  # when a receiver refused it for good (dead letters only)
     },
     "told": {"at": "REAL NOT NULL DEFAULT 0"},
 }
@@ -260,8 +261,13 @@ class Outbox:
         count = self._db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
         return count.fetchone()[0]
 
-    def dead_letter_count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
+    def dead_letter_count(self, since: float | None = None) -> int:
+        """Dead letters, all of them or those dead since ``since`` (one dead before aidc
+        kept the time is in the first count only)."""
+        if since is None:
+            return self._db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'dead'").fetchone()[0]
+        query = "SELECT COUNT(*) FROM outbox WHERE status = 'dead' AND dead_at >= ?"
+        return self._db.execute(query, (since,)).fetchone()[0]
 
     def oldest_age_s(self, now: float | None = None) -> float:
         """Age of the oldest row waiting for delivery, 0 when there is none."""
@@ -472,8 +478,9 @@ class Outbox:
         with self.transaction() as db:
             db.execute(
                 "UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ?,"
-                " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
-                (error, row.id, self._owner),
+                " dead_at = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE id = ? AND lease_owner = ?",
+                (error, self._clock(), row.id, self._owner),
             )
         self._failing.discard(row.webhook)  # it answered, if only to refuse
         log.error(

@@ -37,6 +37,7 @@ HYSTERESIS = 0.05  # an envelope alert clears 5 % inside the limit that raised i
 # ESR twice the rated value
 SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
 SAMPLES_LOST_HOLD_S = 900.0  # samples_not_stored stays active this long after a loss
+DEAD_LETTER_ALERT_S = 3600.0  # notifications_dead_lettered counts the dead letters this recent
 
 
 class Rule(RuleSettings):
@@ -188,7 +189,7 @@ class Inputs:
     is_active: Callable[[str], bool]  # fingerprint -> pending or firing now
     store: StoreState = StoreState()
     now: float = 0.0
-    dead_letters: int = 0  # notifications receivers refused for good
+    dead_letters: int = 0  # notifications receivers refused for good in DEAD_LETTER_ALERT_S
     # rules with an alert now; None: unknown. A condition known to be inactive is only
     # worth making for these (to resolve one); for the others it is left out: absent is
     # inactive to the evaluator, and a quiet 10,000-rack site then makes next to none
@@ -531,7 +532,7 @@ def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
 def notifier_rules(i: Inputs) -> list[Condition | None]:
     return [_condition(
         i, "notifications_dead_lettered", {}, i.dead_letters > 0, float(i.dead_letters),
-        f"{i.dead_letters} notification(s) refused for good by a receiver",
+        f"{i.dead_letters} notification(s) refused for good by a receiver in the last hour",
         threshold=0)]
 
 

@@ -40,6 +40,7 @@ from alerts.evaluate import (
 from alerts.formats import alertmanager_payload, generic_payload, signature_headers
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, RetryPolicy, parse_retry_after, read_deliveries
+from alerts.rules import DEAD_LETTER_ALERT_S
 from dashboards.pages.alerts import deliveries_summary
 from tests.conftest import ROOT, require, wait_for
 
@@ -1385,6 +1386,21 @@ def test_dead_letters_raise_a_warning():
 
     assert not dead(0).active
     assert dead(2).active and dead(2).value == 2 and "2 notification(s)" in dead(2).summary
+
+
+def test_the_dead_letter_alert_counts_the_last_hours_only(open_outbox, receiver):
+    """A dead letter stays for inspection, so the alert counts those of the last hour: it
+    resolves an hour after the last one (it latched forever on the first)."""
+    receiver.answers = [(400, {})]
+    p = pipeline(open_outbox, [webhook(receiver.start())])
+    p.evaluator.step(time.time(), [LEAK])
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    now = time.time()
+    assert p.outbox.dead_letter_count() == 1
+    assert p.outbox.dead_letter_count(since=now - DEAD_LETTER_ALERT_S) == 1
+    # counted from an hour before a time past its death: the alert would have resolved
+    assert p.outbox.dead_letter_count(since=now + 1) == 0
+    assert p.outbox.dead_letter_count() == 1  # kept for inspection
 
 
 def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
