@@ -228,9 +228,10 @@ class Inputs:
 
 def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None,
                value: float | None, summary: str, *, severity: str | None = None,
-               for_s: float = 0.0, threshold: float | None = None) -> Condition | None:
-    """A rule's condition over one subject. ``severity`` and ``for_s`` are the rule's where
-    it computes them; otherwise the pack's (with the site's changes) hold."""
+               for_s: float = 0.0, threshold: float | None = None,
+               unit: str | None = None) -> Condition | None:
+    """A rule's condition over one subject. ``severity``, ``for_s`` and ``unit`` are the
+    rule's where it computes them; otherwise the pack's (with the site's changes) hold."""
     spec = i.rules[rule]
     if not spec.enabled or (active is False and not i.keeps_inactive(rule)):
         return None  # off, or inactive with nothing of this rule to resolve
@@ -240,7 +241,7 @@ def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None
     return Condition(rule, labels, active, value, summary,
                      severity or spec.severity or WARNING,
                      spec.for_s if spec.for_s is not None else for_s,
-                     unit=spec.unit, threshold=threshold)
+                     unit=unit or spec.unit, threshold=threshold)
 
 
 def device_unreachable(i: Inputs) -> list[Condition | None]:
@@ -389,19 +390,22 @@ def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
     out = []
     for d in i.devices_of("supercap"):
         farads, esr = i.value(d.id, "capacitance_f"), i.value(d.id, "esr_mohm")
-        worn = [] if farads is None else (
-            [f"capacitance {farads:g} F of {d.capacitance_f:g} F rated"]
-            if farads < SUPERCAP_EOL_CAPACITANCE * d.capacitance_f else [])
-        if d.esr_mohm is not None and esr is not None and esr > SUPERCAP_EOL_ESR * d.esr_mohm:
-            worn.append(f"ESR {esr:g} mOhm, {esr / d.esr_mohm:.1f} x its rated {d.esr_mohm:g}")
+        min_f = SUPERCAP_EOL_CAPACITANCE * d.capacitance_f
+        max_esr = None if d.esr_mohm is None else SUPERCAP_EOL_ESR * d.esr_mohm
+        low_f = farads is not None and farads < min_f
+        high_esr = max_esr is not None and esr is not None and esr > max_esr
+        worn = ([f"capacitance {farads:g} F of {d.capacitance_f:g} F rated"] if low_f else []) + (
+            [f"ESR {esr:g} mOhm, {esr / d.esr_mohm:.1f} x its rated {d.esr_mohm:g}"]
+            if high_esr else [])
         known = farads is not None and (d.esr_mohm is None or esr is not None)
+        by_esr = high_esr and not low_f  # what it says is the quantity that tripped it
         out.append(_condition(
             i, "supercap_end_of_life", {"device": d.id, "kind": "supercap"},
-            True if worn else (False if known else None), farads,
+            True if worn else (False if known else None), esr if by_esr else farads,
             f"{d.id} at end of life: {'; '.join(worn)}" if worn
             else f"{d.id}: capacitance and ESR within their end-of-life limits" if known
             else f"{d.id}: capacitance or ESR unknown",
-            threshold=SUPERCAP_EOL_CAPACITANCE * d.capacitance_f))
+            threshold=max_esr if by_esr else min_f, unit="mOhm" if by_esr else None))
     return out
 
 

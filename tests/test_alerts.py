@@ -1329,6 +1329,8 @@ def test_coolant_envelope_and_supercap_wear_with_hysteresis(open_outbox):
     assert step(70, 150, 40, farads=16.5, esr=8.1) == [("firing", "supercap_end_of_life")]
     [alert] = [a for a in ev.active_alerts() if a.rule == "supercap_end_of_life"]
     assert alert.summary == "sc-a at end of life: ESR 8.1 mOhm, 2.0 x its rated 4"
+    # what it says is the quantity that tripped it: the ESR, not the capacitance in farads
+    assert (alert.value, alert.threshold, alert.unit) == (8.1, 8.0, "mOhm")
     assert step(80, 150, 40, farads=15.9) == []  # still: now by its capacitance
     assert step(90, 150, 40) == [("resolved", "supercap_end_of_life")]  # module replaced
 
