@@ -292,8 +292,13 @@ class Webhook(Strict):
     secret: SecretStr | None = None  # HMAC-SHA256 key for the X-Aidc-Signature header
     # generic: aidc's JSON; alertmanager: Alertmanager's webhook v4, for receivers written for
     # it; alertmanager_push: postable alerts for Alertmanager's own POST /api/v2/alerts;
-    # apprise: a chat or paging message through apprise (Slack, Teams, PagerDuty, email...)
-    format: Literal["generic", "alertmanager", "alertmanager_push", "apprise"] = "generic"
+    # apprise: a chat or paging message through apprise (Slack, Teams, email...);
+    # pagerduty: PagerDuty Events API v2 (https://events.pagerduty.com/v2/enqueue), each
+    # alert an incident by its fingerprint, resolved when it resolves (apprise's PagerDuty
+    # service only triggers: its incidents never resolve)
+    format: Literal["generic", "alertmanager", "alertmanager_push", "apprise",
+                    "pagerduty"] = "generic"
+    routing_key: SecretStr | None = None  # pagerduty: the integration's key, as ${ENV}
     # per receiver: a request unanswered this long is retried later (Slack, PagerDuty and
     # Alertmanager answer in well under a second; 10 s leaves a slow one room without resending)
     timeout_s: float = Field(10, gt=0, le=MAX_TIMEOUT_S)
@@ -303,6 +308,9 @@ class Webhook(Strict):
         if self.format != "apprise" and not re.match(r"https?://[^\s/]+", self.url):
             raise ValueError(f"url: format {self.format} posts over http(s): expected "
                              "http://host/... or https://host/...")
+        if self.format == "pagerduty" and self.routing_key is None:
+            raise ValueError("routing_key: format pagerduty needs its integration's routing key "
+                             "(write it as ${ENV})")
         if self.format == "apprise":
             import apprise
 
@@ -620,16 +628,18 @@ def _route_problems(alerts: Alerts) -> list[tuple[tuple, str]]:
         return []
     errors: list[tuple[tuple, str]] = []
     names = [w.name for w in alerts.webhooks]
-    pushed = {w.name for w in alerts.webhooks if w.format == "alertmanager_push"}
+    pushed = {w.name: w.format for w in alerts.webhooks
+              if w.format in ("alertmanager_push", "pagerduty")}
     for i, route in enumerate(alerts.routes):
         for j, name in enumerate(route.receivers):
             if name not in names:
                 errors.append((("alerts", "routes", i, "receivers", j),
                                f"no webhook is named '{name}' (webhooks: {', '.join(names)})"))
             elif name in pushed and route.group_by is not None:
+                service = "Alertmanager" if pushed[name] == "alertmanager_push" else "PagerDuty"
                 errors.append((("alerts", "routes", i, "group_by"),
-                               f"webhook '{name}' pushes each alert to Alertmanager, which "
-                               + "groups them itself: group on its routes instead"))
+                               f"webhook '{name}' pushes each alert to {service}, which "
+                               + "groups them itself: group there instead"))
     if alerts.routes[-1].matchers:
         errors.append((("alerts", "routes", len(alerts.routes) - 1, "matchers"),
                        ("the last route must have no matchers: it takes every alert the "

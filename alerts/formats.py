@@ -190,6 +190,37 @@ def chat_message(t: Transition, site: str, context: Context) -> dict[str, str]:
             "body": "\n".join(lines), "type": kind}
 
 
+def pagerduty_event(t: Transition, site: str, context: Context = Context()) -> dict[str, Any]:
+    """A PagerDuty Events API v2 event, without its routing key (the outbox adds it as it
+    sends, so that the key is not kept in the outbox): the alert's fingerprint is the
+    incident's dedup_key, so its escalation updates the incident and its resolution
+    resolves it."""
+    a = t.alert
+    where = {"site": site, **context.where}
+    links = [{"href": url, "text": text} for url, text in ((context.url, "aidc console"),
+                                                             (context.runbook_url, "runbook")) if url]
+    return {
+        "event_action": "resolve" if t.kind == "resolved" else "trigger",
+        "dedup_key": a.fingerprint,
+        "payload": {
+            "summary": summary(t)[:1024],  # PagerDuty's limit
+            "source": where.get("device") or where.get("rack") or site,
+            "severity": a.severity if a.severity in ("critical", "warning", "info") else "error",
+            "timestamp": iso_utc(_starts_at(t)),
+            "component": where.get("device"),
+            "group": where.get("rack") or where.get("loop"),
+            "class": a.rule,
+            "custom_details": {"kind": t.kind, "previous_severity": t.previous_severity,
+                               "value": _finite(a.value), "unit": a.unit,
+                               "threshold": _finite(a.threshold), "where": where,
+                               "affected_racks": list(context.racks),
+                               "affected_loops": list(context.loops), "labels": dict(a.labels)},
+        },
+        "links": links,
+        "client": "aidc",
+    }
+
+
 Renderer = Callable[[Transition, str, str, str, Context], Any]
 FORMATS: Mapping[str, Renderer] = {
     "generic": lambda t, site, receiver, url, context: generic_payload(t, site, context),
@@ -197,6 +228,7 @@ FORMATS: Mapping[str, Renderer] = {
         [t], site=site, receiver=receiver, external_url=url, contexts=[context]
     ),
     "apprise": lambda t, site, receiver, url, context: chat_message(t, site, context),
+    "pagerduty": lambda t, site, receiver, url, context: pagerduty_event(t, site, context),
     "alertmanager_push": lambda t, site, receiver, url, context: alertmanager_push_payload(
         [(t, context)], site, t.at
     ),

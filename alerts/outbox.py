@@ -405,14 +405,17 @@ class Outbox:
     ) -> _Outcome:
         if webhook.format == "apprise":
             return await self._attempt_apprise(webhook, row)
-        headers = dict(row.headers)
+        headers, body = dict(row.headers), row.body
+        if webhook.format == "pagerduty" and webhook.routing_key is not None:
+            body = json.dumps(json.loads(body) | {
+                "routing_key": webhook.routing_key.get_secret_value()}).encode()
         if webhook.secret is not None:
             secret = webhook.secret.get_secret_value().encode()
             headers |= signature_headers(secret, row.body, int(self._clock()))
         try:
             async with asyncio.timeout(webhook.timeout_s):
                 response = await client.post(
-                    webhook.url, content=row.body, headers=headers, timeout=webhook.timeout_s
+                    webhook.url, content=body, headers=headers, timeout=webhook.timeout_s
                 )
         except (httpx.TransportError, httpx.InvalidURL, TimeoutError) as exc:
             return self._reschedule(row, webhook.url, type(exc).__name__, None)

@@ -704,7 +704,9 @@ def test_grouping_that_cannot_work_is_refused_with_its_line(tmp_path):
     site = (ROOT / "site_configs" / "demo.yaml").read_text()
     cases = {
         "[{receivers: [am], group_by: [rule]}]": "alerts.routes[0].group_by: webhook 'am' "
-        "pushes each alert to Alertmanager, which groups them itself: group on its routes",
+        "pushes each alert to Alertmanager, which groups them itself: group there instead",
+        "[{receivers: [pd], group_by: [rule]}]": "alerts.routes[0].group_by: webhook 'pd' "
+        "pushes each alert to PagerDuty, which groups them itself: group there instead",
         "[{receivers: [am], group_by: [rule-name]}]": "alerts.routes[0].group_by[0]: String "
         "should match pattern",
         "[{receivers: [am], group_wait_s: -1}]": "alerts.routes[0].group_wait_s: Input should "
@@ -714,6 +716,8 @@ def test_grouping_that_cannot_work_is_refused_with_its_line(tmp_path):
         path = tmp_path / "site.yaml"
         text = site.replace("  webhooks: []\n", "  webhooks:\n    - {name: am, url: "
                             "'http://127.0.0.1:9/api/v2/alerts', format: alertmanager_push}\n"
+                            "    - {name: pd, url: 'http://127.0.0.1:9/v2/enqueue', format: "
+                            "pagerduty, routing_key: k}\n"
                             f"  routes: {routes}\n")
         path.write_text(text)
         with pytest.raises(ConfigError) as e:
@@ -1333,6 +1337,33 @@ def test_coolant_envelope_and_supercap_wear_with_hysteresis(open_outbox):
     assert (alert.value, alert.threshold, alert.unit) == (8.1, 8.0, "mOhm")
     assert step(80, 150, 40, farads=15.9) == []  # still: now by its capacitance
     assert step(90, 150, 40) == [("resolved", "supercap_end_of_life")]  # module replaced
+
+
+def test_pagerduty_gets_an_incident_per_alert_that_escalates_and_resolves_with_it(
+        open_outbox, receiver, tmp_path):
+    """PagerDuty's Events API v2 at a local receiver: the alert's fingerprint is the
+    incident's dedup_key, so the escalation updates it and the resolution resolves it; the
+    routing key goes out with each event and is never kept in the outbox file."""
+    hook = webhook(receiver.start(), secret=None, name="pd", format="pagerduty",
+                   routing_key=SecretStr("R0UTING-key-123"))
+    p = pipeline(open_outbox, [hook])
+    p.evaluator.step(1000, [replace(LEAK, severity="warning")])
+    p.evaluator.step(1010, [LEAK])  # critical now
+    p.evaluator.step(1125, [])
+    assert all(b"R0UTING" not in row.body for row in p.outbox.pending())
+    deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
+    events = [r.json for r in receiver.requests]
+    assert [(e["event_action"], e["dedup_key"], e["payload"]["severity"]) for e in events] == [
+        ("trigger", LEAK.fingerprint, "warning"), ("trigger", LEAK.fingerprint, "critical"),
+        ("resolve", LEAK.fingerprint, "critical")]
+    assert {e["routing_key"] for e in events} == {"R0UTING-key-123"}
+    first = events[0]["payload"]
+    assert (first["summary"], first["source"], first["group"], first["class"]) == (
+        "leak at cdu-1", "cdu-1", "r01", "leak")
+    assert events[1]["payload"]["summary"] == "escalated from warning to critical: leak at cdu-1"
+    assert not any(b"R0UTING" in f.read_bytes() for f in tmp_path.glob("alerts.sqlite*"))
+    with pytest.raises(ValueError, match="routing_key: format pagerduty needs"):
+        Webhook(name="pd", url="https://events.pagerduty.com/v2/enqueue", format="pagerduty")
 
 
 def test_chat_and_paging_go_through_apprise_and_the_outbox(open_outbox, receiver):
