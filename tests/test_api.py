@@ -440,6 +440,9 @@ def test_interval_pue_from_energy_counters(tmp_path):
     assert (body["it_kwh"], body["facility_kwh"], body["pue"]) == (400.0, 460.0, 1.15)
     assert body["cooling_ppue"] == 1.08 and body["missing"] == [] and body["pue_category"] == 2
     assert body["note"] is None  # 400 kWh >> 100 steps x 16 PDUs x 0.1 kWh = 160 kWh
+    # asked again at once (every open overview asks each 30 s): the same read, not another
+    runtime.store.write([Sample("meter", {"device": "meter-main"}, "energy_kwh", 9000.0, now)])
+    assert api.interval_pue("1h") is body
     with pytest.raises(ValueError, match="1h, 24h, 30d"):
         api.interval_pue("1y")
 
