@@ -507,14 +507,14 @@ class SiteAPI:
             new = {d for d in devices if not ends.get(d) or ends[d][0][0] >= start}
             firsts = read(start, "min") if new else {}
 
-            def values(d: str) -> list[float]:
+            def readings_of(d: str) -> list[float]:
                 head = firsts.get(d, [])[:1] if d in new else []
                 return [v for _, v in head + ends.get(d, [])]
 
-            readings = [values(d) for d in devices]
+            readings = [readings_of(d) for d in devices]
             padded = np.full((len(devices), max(map(len, readings), default=0) + 1), np.nan)
-            for row, values in zip(padded, readings):  # NaN past its readings: skipped
-                row[:len(values)] = values
+            for row, got in zip(padded, readings):  # NaN past its readings: skipped
+                row[:len(got)] = got
             kwh = np.atleast_1d(pue_model.energy_kwh_from_counter(padded))
             missing.extend(f"{d}.energy_kwh" for d, e in zip(devices, kwh) if math.isnan(e))
             return float(kwh.sum())
