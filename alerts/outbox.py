@@ -451,7 +451,7 @@ class Outbox:
             db.execute("DELETE FROM outbox WHERE id = ? AND lease_owner = ?", (row.id, self._owner))
         self._failing.discard(row.webhook)
         log.info(
-            "event=alert_delivered webhook=%s host=%s row=%d key=%s attempt=%d status=%d",
+            "event=alert_delivered webhook=%s host=%s row=%d key=%s attempt=%d status=%s",
             row.webhook, host_of(url), row.id, row.idempotency_key, row.attempts + 1, code,
         )  # fmt: skip
         return _Outcome.DELIVERED

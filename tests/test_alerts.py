@@ -1366,7 +1366,7 @@ def test_pagerduty_gets_an_incident_per_alert_that_escalates_and_resolves_with_i
         Webhook(name="pd", url="https://events.pagerduty.com/v2/enqueue", format="pagerduty")
 
 
-def test_chat_and_paging_go_through_apprise_and_the_outbox(open_outbox, receiver):
+def test_chat_and_paging_go_through_apprise_and_the_outbox(open_outbox, receiver, caplog):
     """apprise's json:// and form:// targets against local receivers: the message says what,
     where and what next; a receiver down is retried, then each message arrives once."""
     from urllib.parse import parse_qs
@@ -1384,10 +1384,14 @@ def test_chat_and_paging_go_through_apprise_and_the_outbox(open_outbox, receiver
     assert sorted(str(r.last_error) for r in p.outbox.pending()) == [
         "None", "None", "apprise_not_sent", "apprise_not_sent"]
     receiver.start(), form.start()
+    caplog.set_level(logging.INFO, logger="alerts.outbox")
     try:
         deliver_until(p.outbox, lambda: p.outbox.backlog() == 0)
     finally:
         form.stop()
+    # logged as delivered (apprise says "sent", not an HTTP status: it once broke the line)
+    assert sum("status=sent" in r.getMessage() for r in caplog.records
+               if "event=alert_delivered" in r.msg) == 4
     chat = [r.json for r in receiver.requests]
     assert [(m["title"], m["type"]) for m in chat] == [
         ("[FIRING critical] leak at demo", "failure"), ("[RESOLVED critical] leak at demo",
