@@ -50,8 +50,8 @@ if TYPE_CHECKING:  # the CLI's readers use the JSON helpers without the collecto
     from aidc.store import Aggregate, Series
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
-# a kWh counter is read at the start of each of these (the store's 1-minute and 1-hour
-# rollups hold its minimum): every 5 s sample of 4,000 PDUs over an hour took 4 s to read
+# a kWh counter is read at the end of each of these (its maximum there, which the store's
+# 1-minute and 1-hour rollups hold): every 5 s sample of 4,000 PDUs over an hour took 4 s
 COUNTER_READ_EVERY_S = {"1h": 60.0, "24h": 3600.0, "30d": 3600.0}
 # every open overview asks for the 24 h PUE each 30 s (0.3-0.5 s of reading at 2,000 racks):
 # one read serves every page and script asking within this

@@ -62,7 +62,7 @@ def console_path(where: dict[str, str], kind: str | None) -> str:
     (a CDU's loop, a source's chain), the device list for another device; else the alerts."""
     if "rack" in where:
         return f"/rack/{quote(where['rack'], safe='')}"
-    if "loop" in where or kind == "cdu":
+    if "loop" in where:
         return "/cooling"
     if kind in PAGE_OF_KIND:
         return f"/{PAGE_OF_KIND[kind]}"

@@ -1,6 +1,7 @@
 """Power: the chain from the utility through the rectifiers and UPS (their losses shown) to
-the rows their PDUs feed (a chosen row's PDUs and racks one by one), modules OK against those the load needs, and the backup chain:
-supercap charge and ride-through, battery runtime against the generator's start."""
+the rows their PDUs feed (a chosen row's PDUs and racks one by one), modules OK against
+those the load needs, and the backup chain: supercap charge and ride-through, battery
+runtime against the generator's start."""
 
 from __future__ import annotations
 
