@@ -4,7 +4,12 @@ receivers the alerts that share those labels as one notification, not one per al
 - A group's first notification goes out ``group_wait_s`` after its first alert, so that what
   one cause raises at once (a room's racks over their limits) arrives as one message.
 - Its changes after that (an alert added, resolved, escalated, or due a reminder) are
-  gathered and sent together, at most once per ``group_interval_s``.
+  gathered and sent together, at most once per ``group_interval_s``; but a critical one (an
+  alert firing or escalated at critical) goes out ``group_wait_s`` after the last
+  notification at most, as a new group's would: a page never waits out a warning's
+  interval. (Alertmanager has no such exception; there a severity in ``group_by`` moves an
+  escalated alert to a new group, told after its ``group_wait``. Here an alert stays in its
+  group, so the exception gives the same promptness.)
 - Each notification holds every alert of the group still firing and those resolved since
   the last one. An alert stays in its group until it resolves; a group with none left ends.
 
@@ -106,11 +111,17 @@ def join(db: sqlite3.Connection, webhook: str, grouping: Grouping,
 
 def hold(db: sqlite3.Connection, webhook: str, key: str, alert: str,
          subject: Mapping[str, str], firing: bool, priority: int, part: dict[str, Any],
-         now: float) -> None:
+         now: float, critical_wait_s: float | None = None) -> None:
     """Put a change of ``alert`` in group ``key`` of ``webhook``: told when its first
-    notification is due, else once ``group_interval_s`` has passed since it was last told."""
-    db.execute("UPDATE alert_group SET due_at = COALESCE(due_at, MAX(?, sent_at + interval_s))"
-               " WHERE webhook = ? AND group_key = ?", (now, webhook, key))
+    notification is due, else once ``group_interval_s`` has passed since it was last told;
+    a critical change (``critical_wait_s`` given) once that long has passed, if sooner."""
+    db.execute("UPDATE alert_group SET due_at = COALESCE(due_at, MAX(:now, sent_at + interval_s))"
+               " WHERE webhook = :webhook AND group_key = :key",
+               {"now": now, "webhook": webhook, "key": key})
+    if critical_wait_s is not None:  # before its first notification, the group's wait holds
+        db.execute("UPDATE alert_group SET due_at = MIN(due_at, MAX(:now, sent_at + :wait))"
+                   " WHERE webhook = :webhook AND group_key = :key AND sent_at IS NOT NULL",
+                   {"now": now, "wait": critical_wait_s, "webhook": webhook, "key": key})
     db.execute(
         "INSERT OR REPLACE INTO group_member VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
         (webhook, alert, key, int(firing), priority, json.dumps(sorted(subject.items())),

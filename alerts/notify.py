@@ -48,7 +48,7 @@ from alerts.formats import (
 )
 from alerts.groups import Grouping
 from alerts.outbox import Outbox, host_of, wait_any, webhooks_by_name
-from alerts.rules import site_rules
+from alerts.rules import CRITICAL, site_rules
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,11 @@ class Notifier:
                 return False
             key = groups.join(db, w.name, grouping, grouping.labels(a.rule, a.severity,
                                                                      a.labels), t.at)
+        page = t.kind in ("firing", "escalated") and a.severity == CRITICAL
+        wait_s = routed.grouping.wait_s if routed is not None and routed.grouping else 0.0
         groups.hold(db, w.name, key, a.fingerprint, a.labels, t.kind != "resolved",
                     t.delivery_priority, PARTS[w.format](t, self._topology.site.site, context),
-                    t.at)
+                    t.at, critical_wait_s=wait_s if page else None)
         self._outbox.mark_told(a.fingerprint, w.name, t.at)
         if self._held is not None:
             self._held.set()

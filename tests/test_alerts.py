@@ -586,9 +586,10 @@ def test_a_grouped_route_tells_each_group_once_per_interval_and_holds_it_through
         open_outbox):
     """Alertmanager's grouping, step by hand: a route grouping the racks' alerts by room
     sends nothing for 30 s (group_wait), then one notification per room to each receiver;
-    a resolve, an escalation and a new rack come in the next one, 300 s after the first
-    (group_interval), even across a restart; a reminder of what still fires, a repeat
-    later. An alert on an ungrouped route goes out at once."""
+    a resolve and a new rack come in the next one, 300 s after the first (group_interval),
+    even across a restart; an escalation to critical 30 s (group_wait) after the last one,
+    not 300; a reminder of what still fires, a repeat later. An alert on an ungrouped route
+    goes out at once."""
     import jsonschema
     import referencing
 
@@ -651,9 +652,8 @@ def test_a_grouped_route_tells_each_group_once_per_interval_and_holds_it_through
     assert racks(am) == racks(chat) and am["status"] == "firing"
     assert racks(first[("chat", "hall-2")]) == [("B01", "firing", "warning")]
 
-    # a resolve, an escalation and a new rack, gathered until 300 s after the first notice
-    ev.step(1100, [rack("A01", "hall-1", active=False), rack("A02", "hall-1", "critical"),
-                   rack("A03", "hall-1"), b1, LEAK])
+    # a resolve and a new rack, gathered until 300 s after the first notice
+    ev.step(1100, [rack("A01", "hall-1", active=False), a2, rack("A03", "hall-1"), b1, LEAK])
     assert new_rows() == {}
     assert notifier.tell_groups(1329) == 0
     outbox.close()  # a restart: what the groups hold is in the file
@@ -665,24 +665,39 @@ def test_a_grouped_route_tells_each_group_once_per_interval_and_holds_it_through
     assert second.keys() == {("chat", "hall-1"), ("am", "hall-1"), ("phone", "-")}
     phone = second[("phone", "-")]
     assert (phone["title"], phone["type"]) == (
-        "[FIRING:2, RESOLVED:1] rule=rack_over_headroom room=hall-1 at demo", "failure")
-    assert phone["body"].startswith("[FIRING critical] rack_over_headroom at demo\n"
-                                    "escalated from warning to critical: A02 over\n")
+        "[FIRING:2, RESOLVED:1] rule=rack_over_headroom room=hall-1 at demo", "warning")
     chat = second[("chat", "hall-1")]
     group_schema.validate({k: v for k, v in chat.items() if k != "_row"})
-    assert racks(chat) == [("A02", "firing", "critical"), ("A03", "firing", "warning"),
-                           ("A01", "resolved", "warning")]  # the critical first
-    assert [a["kind"] for a in chat["alerts"]] == ["escalated", "firing", "resolved"]
+    assert racks(chat) == [("A02", "firing", "warning"), ("A03", "firing", "warning"),
+                           ("A01", "resolved", "warning")]  # what fires first
+    assert [a["kind"] for a in chat["alerts"]] == ["firing", "firing", "resolved"]
     assert (chat["firing"], chat["resolved"]) == (2, 1)
     assert racks(second[("am", "hall-1")]) == racks(chat)
-    assert chat["_row"].priority == 0  # a critical change: sent before any warning
+    assert chat["_row"].priority == 1  # its most urgent change: a warning firing
     assert chat["_row"].alert == first[("chat", "hall-1")]["_row"].alert  # in order, one queue
     assert chat["_row"].idempotency_key != first[("chat", "hall-1")]["_row"].idempotency_key
     assert outbox.told(a1.fingerprint) == {}  # resolved: no receiver waits for it
 
-    # the room's last racks resolve: one resolved notice, and the group ends
+    # an escalation to critical goes out 30 s after the last notice (group_wait), not 300
+    ev.step(1340, [rack("A02", "hall-1", "critical"), rack("A03", "hall-1"), b1, LEAK])
+    assert new_rows() == {}
+    assert notifier.tell_groups(1359) == 0 and notifier.tell_groups(1360) == 3
+    third = new_rows()
+    phone = third[("phone", "-")]
+    assert (phone["title"], phone["type"]) == (
+        "[FIRING:2] rule=rack_over_headroom room=hall-1 at demo", "failure")
+    assert phone["body"].startswith("[FIRING critical] rack_over_headroom at demo\n"
+                                    "escalated from warning to critical: A02 over\n")
+    chat = third[("chat", "hall-1")]
+    group_schema.validate({k: v for k, v in chat.items() if k != "_row"})
+    assert racks(chat) == [("A02", "firing", "critical"), ("A03", "firing", "warning")]
+    assert [a["kind"] for a in chat["alerts"]] == ["escalated", "firing"]  # the critical first
+    assert chat["_row"].priority == 0  # a critical change: sent before any warning
+
+    # the room's last racks resolve: one resolved notice, 300 s after the last, and the
+    # group ends
     ev.step(1400, [b1, LEAK])
-    assert notifier.tell_groups(1629) == 0 and notifier.tell_groups(1630) == 3
+    assert notifier.tell_groups(1659) == 0 and notifier.tell_groups(1660) == 3
     chat = new_rows()[("chat", "hall-1")]
     assert (chat["status"], racks(chat)) == (
         "resolved", [("A02", "resolved", "critical"), ("A03", "resolved", "warning")])
