@@ -679,6 +679,7 @@ class SiteAPI:
             "store_up": rt.writer.store_up,
             "store_error": rt.writer.store_error or None,
             "spooled_samples": rt.writer.spooled_samples(),
+            "store_behind_s": round(rt.store_behind_s(now), 1),
             "dropped_samples": rt.writer.dropped_samples,
             "rejected_samples": rt.writer.rejected_samples,
         }

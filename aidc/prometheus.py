@@ -4,6 +4,7 @@ conventions (base units such as seconds, `_total` on counters)."""
 
 from __future__ import annotations
 
+import time
 from itertools import accumulate
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,9 @@ class RuntimeMetrics:
                     "spool file's rejected table).", value=w.rejected_samples),
             Gauge("aidc_store_up", "1 when the last store write succeeded.",
                   value=float(w.store_up)),
+            Gauge("aidc_store_behind_seconds", "Age of the oldest sample the store has not "
+                  "taken yet (queued, being written or spooled).",
+                  value=rt.store_behind_s(time.time())),
             Counter("aidc_model_ticks", "Model ticks run.", value=rt.ticks),
             Gauge("aidc_model_tick_seconds", "Duration of the last model tick.",
                   value=rt.last_tick_ms / 1000),

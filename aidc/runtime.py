@@ -167,6 +167,7 @@ class Runtime:
         self.last_tick_ms = self.last_alerting_ms = 0.0
         self.bad_series: dict[tuple[str, str], Sample] = {}  # of latest: read bad or out of range
         self._pending: list[Sample] = []
+        self._writing_since: float | None = None  # of the oldest sample being written now
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
         self._stopping = False
@@ -402,8 +403,21 @@ class Runtime:
         return [pending[i:i + size] for i in range(0, len(pending), size)]
 
     def _write(self, batches: list[list[Sample]]) -> None:
-        for batch in batches:  # in a worker thread: store I/O never blocks the loop
-            self.writer.write(batch)
+        try:
+            for batch in batches:  # in a worker thread: store I/O never blocks the loop
+                self._writing_since = batch[0].ts
+                self.writer.write(batch)
+        finally:
+            self._writing_since = None
+
+    def store_behind_s(self, now: float) -> float:
+        """How far behind the store is: the age of the oldest sample it has not taken yet,
+        queued, being written or spooled (0 when it holds everything). The samples of a
+        batch, and the batches, are queued in the order of their times, near enough."""
+        pending = self._pending  # the web thread asks too: the list is swapped, not cleared
+        waiting = [t for t in (self.writer.spooled_since, self._writing_since,
+                               pending[0].ts if pending else None) if t is not None]
+        return max(0.0, now - min(waiting)) if waiting else 0.0
 
     async def _flush_forever(self) -> None:
         while not self._stopping:
@@ -472,7 +486,8 @@ class Runtime:
         active = {a.fingerprint for a in alerts}
         w = self.writer
         store = StoreState(w.store_up, w.store_error, w.spooled_samples(), w.max_samples,
-                           w.dropped_samples, w.rejected_samples, w.last_loss_at)
+                           w.dropped_samples, w.rejected_samples, w.last_loss_at,
+                           self.store_behind_s(now))
         conditions, complete = builtin_conditions(self.site, self.health.values(), status,
                                                   inputs, active.__contains__, store, now,
                                                   self.notifier_dead_lately,

@@ -10,7 +10,9 @@ naming the cause); the evaluator only holds back its notifications. What inhibit
   ``feed_redundancy_lost`` and ``rack_over_headroom`` on their ``upstream`` limit;
 - a device that does not answer -> every other alert on that device;
 - a Modbus gateway none of whose units answers -> their ``device_unreachable`` (and so, as
-  above, all their alerts).
+  above, all their alerts);
+- the store not taking samples -> ``store_behind`` (the samples it has not taken age in the
+  spool meanwhile, and while it replays them).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SOURCE_LIMITS = frozenset({"upstream"})
 CDU_CAUSES = frozenset({"leak", "pump_redundancy_lost", "device_unreachable"})
 SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_on_battery", "rectifier_redundancy_lost",
                            "device_unreachable"})
+SITE_SYMPTOMS = {"store_unavailable": ("store_behind",)}  # a cause -> the site's symptoms
 # (symptom rule, subject) -> its causes, each with the limits it explains (None: any)
 Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 
@@ -41,6 +44,10 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
     cause_of: Causes = {}
     for c in conditions:
         if not c.active:
+            continue
+        if c.rule in SITE_SYMPTOMS:
+            for symptom in SITE_SYMPTOMS[c.rule]:
+                cause_of.setdefault((symptom, "*"), []).append((c.rule, None))
             continue
         if c.rule == "gateway_unreachable":
             name = f"gateway_unreachable{{gateway={c.labels['gateway']}}}"
@@ -72,6 +79,8 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
 
 
 def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:
+    if (c.rule, "*") in cause_of:
+        return cause_of[(c.rule, "*")][0][0]
     device, rack = c.labels.get("device"), c.labels.get("rack")
     if device is not None:
         key = ("gateway", device) if c.rule == "device_unreachable" else ("*", device)

@@ -32,7 +32,7 @@ TUNABLE = ("for_s", "severity", "warning", "critical")  # as far as a rule's pac
 OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "meaning", "steps")
 CRITICAL, WARNING = "critical", "warning"
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
-HYSTERESIS = 0.05  # an envelope alert clears 5 % inside the limit that raised it
+HYSTERESIS = 0.05  # an envelope (or store_behind) alert clears 5 % inside the limit that raised it
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
 # ESR twice the rated value
 SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
@@ -178,6 +178,7 @@ class StoreState:
     dropped: int = 0  # past the spool's bound
     rejected: int = 0  # refused by the store
     last_loss_at: float | None = None
+    behind_s: float = 0.0  # the age of the oldest sample the store has not taken yet
 
 
 @dataclass(frozen=True)
@@ -632,9 +633,15 @@ def model_rules(i: Inputs) -> list[Condition | None]:
 
 def store_rules(i: Inputs) -> list[Condition | None]:
     """The store not taking samples (they wait in the spool: warning, critical past 80 % of
-    its bound), and samples lost (dropped past the bound or refused by the store) within the
-    last SAMPLES_LOST_HOLD_S."""
+    its bound), taking them late (the oldest not taken yet is older than a level), and
+    samples lost (dropped past the bound or refused by the store) within the last
+    SAMPLES_LOST_HOLD_S."""
     st = i.store
+    behind = i.rules["store_behind"]
+    active = i.is_active(fingerprint("store_behind", i.labels("store_behind", {})))
+    # an alert holds its level until HYSTERESIS inside it (a lag of a few seconds at most
+    # rises and falls with each flush), whatever level the site sets
+    late = behind.level(st.behind_s / (1 - HYSTERESIS) if active else st.behind_s)
     full = st.spooled / st.spool_bound
     lost = st.last_loss_at is not None and i.now - st.last_loss_at < SAMPLES_LOST_HOLD_S
     return [
@@ -642,6 +649,10 @@ def store_rules(i: Inputs) -> list[Condition | None]:
                    f"the store is not taking samples ({st.error}): {st.spooled} wait on disk, "
                    f"{100 * full:.0f} % of the spool's bound",
                    severity=CRITICAL if full > 0.8 else WARNING),
+        _condition(i, "store_behind", {}, late is not None, st.behind_s,
+                   f"the store is {st.behind_s:.0f} s behind: it takes samples slower than "
+                   f"they come ({st.spooled} spooled)", severity=late,
+                   threshold=behind.threshold(late)),
         _condition(i, "samples_not_stored", {}, lost, float(st.dropped + st.rejected),
                    f"samples lost: {st.dropped} dropped past the spool's bound, {st.rejected} "
                    "refused by the store (kept in the spool file's rejected table)"),

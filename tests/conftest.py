@@ -6,6 +6,7 @@ installs them (tests/system-deps.sh).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -262,6 +263,57 @@ class LiveSite:
         self._thread.join(timeout=15)
         if self.receiver is not None:
             self.receiver.close()
+
+
+class Relay:
+    """A TCP relay on an asyncio loop that forwards both ways; while ``silent`` it swallows
+    everything, as a peer that lost power behind a switch does (the connection stays up,
+    nothing answers); with ``delay_s``, it holds each chunk from the client that long, as a
+    slow peer does (a request takes that much longer)."""
+
+    def __init__(self) -> None:
+        self.silent = False
+        self.delay_s = 0.0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.Task] = set()
+
+    async def start(self, target_port: int) -> None:
+        self._target = target_port
+        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._links:
+            task.cancel()
+        await asyncio.gather(*self._links, return_exceptions=True)
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._links.add(task)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer, slow=True),
+                                 self._pipe(up_reader, writer))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._links.discard(task)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    slow: bool = False) -> None:
+        while data := await source.read(65536):
+            if slow and self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if not self.silent:
+                sink.write(data)
+                await sink.drain()
+        sink.close()  # EOF on one side ends the other
 
 
 API_TOKEN = "test-token-0123456789"

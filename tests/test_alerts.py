@@ -1290,6 +1290,42 @@ def test_store_rules_say_when_samples_wait_and_when_they_are_lost():
     assert not later["samples_not_stored"].active
 
 
+def test_store_behind_fires_by_level_clears_with_hysteresis_and_is_held_while_down():
+    """The pack's levels, by hand: warning past 60 s behind, critical past 300; an alert
+    holds its level until 5 % back inside it (57 s, 285 s). While the store is unavailable, the lag (its
+    samples age in the spool) is that outage's symptom, suppressed by it."""
+    from alerts.inhibit import inhibit
+    from alerts.rules import StoreState, builtin_conditions
+
+    site = load_site(ROOT / "site_configs" / "demo.yaml")
+    fp = fingerprint("store_behind", {"site": site.site})
+
+    def behind(seconds: float, up: bool = True, active: bool = False) -> list[Condition]:
+        conditions, complete = builtin_conditions(
+            site, [], None, {}, is_active=lambda f: active and f == fp,
+            store=StoreState(up, "" if up else "down", behind_s=seconds), now=1000.0)
+        assert complete
+        return conditions
+
+    def level(seconds: float, active: bool = False) -> str | None:
+        (c,) = [c for c in behind(seconds, active=active) if c.rule == "store_behind"]
+        return c.severity if c.active else None
+
+    assert [level(s) for s in (0, 60, 61, 300, 301)] == [
+        None, None, "warning", "warning", "critical"]
+    assert [level(s, active=True) for s in (57.5, 56.9, 286, 284)] == [
+        "warning", None, "critical", "warning"]
+    (late,) = [c for c in behind(75) if c.rule == "store_behind"]
+    assert (late.value, late.threshold, late.unit) == (75, 60, "s")
+    assert "75 s behind" in late.summary
+    down = {c.rule: c for c in inhibit(Topology(site), behind(400, up=False), [])}
+    assert down["store_unavailable"].active and down["store_unavailable"].suppressed_by is None
+    assert down["store_behind"].active and down["store_behind"].severity == "critical"
+    assert down["store_behind"].suppressed_by == "store_unavailable"
+    up = {c.rule: c for c in inhibit(Topology(site), behind(400), [])}
+    assert up["store_behind"].suppressed_by is None  # the store is up: the lag is the page
+
+
 def test_battery_rules_count_runtime_left_and_a_late_generator(open_outbox):
     from aidc.metrics import Quality, Sample
     from alerts.rules import builtin_conditions

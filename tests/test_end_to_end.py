@@ -16,12 +16,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from aidc.api import SiteAPI
-from aidc.config import Alerts, Defaults, Model, Route, Site, Webhook, load_site
+from aidc.config import Alerts, Defaults, Model, Route, RuleSettings, Site, Webhook, load_site
 from aidc.config import Store as StoreConfig
 from aidc.net import free_port
 from aidc.runtime import Runtime
 from aidc.web import WebServer
 from simulators.site import SimulatedSite, on_free_ports
+from tests.conftest import Relay
 
 DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
 
@@ -211,6 +212,49 @@ def test_demo_site_end_to_end_influxdb(tmp_path, receiver, influxd):
         assert runtime.writer.store_up
 
     asyncio.run(run_site(site, tmp_path, check))
+
+
+def test_a_slow_store_pages_as_behind_and_resolves_once_caught_up(tmp_path, receiver, influxd):
+    """InfluxDB behind a relay that holds each write 0.5 s: it takes every batch, within its
+    timeout, but slower than the site makes them. ``store_behind`` pages at the site's 4 s
+    level while the store stays up (no ``store_unavailable``: nothing spools); /healthz and
+    /metrics say how far behind; the relay made fast, the writer catches up, the alert
+    resolves, and no sample was lost on the way."""
+    relay = Relay()
+    stored = {"backend": "influxdb", "url": "", "database": "slow", "batch_size": 100}
+
+    def paged(status: str) -> list[dict]:
+        return [b for b in receiver.bodies() if b["rule"] == "store_behind"
+                and b["status"] == status]
+
+    async def check(simulated, runtime, web):
+        await wait_until(lambda: runtime.ticks >= 2 and runtime.writer.store_up, 30,
+                         "two model ticks, the store written")
+        relay.delay_s = 0.5
+        await wait_until(lambda: paged("firing"), 60, "the store_behind page")
+        [fired] = paged("firing")
+        assert fired["severity"] == "warning" and fired["value"] > 4 and fired["unit"] == "s"
+        health = await get_json(web.url + "healthz")
+        assert health["store_up"] and health["spooled_samples"] == 0
+        assert health["store_behind_s"] > 4
+        assert (await scraped_metrics(web))[("aidc_store_behind_seconds", ())] > 4
+        assert not any(a.rule == "store_unavailable" for a in runtime.evaluator.active_alerts())
+        relay.delay_s = 0.0
+        await wait_until(lambda: paged("resolved"), 60, "its resolved notice")
+        assert runtime.store_behind_s(time.time()) < 4
+        assert (runtime.writer.dropped_samples, runtime.writer.rejected_samples) == (0, 0)
+
+    async def main():
+        await relay.start(influxd.port)
+        site = fast_site(receiver.url, stored | {"url": f"http://127.0.0.1:{relay.port}"})
+        alerts = site.alerts.model_copy(update={"rules": {"store_behind": RuleSettings(
+            warning=4, critical=600)}})
+        try:
+            await run_site(site.model_copy(update={"alerts": alerts}), tmp_path, check)
+        finally:
+            await relay.stop()
+
+    asyncio.run(main())
 
 
 def test_a_dark_modbus_gateway_pages_once_for_its_units(tmp_path, receiver):

@@ -20,7 +20,7 @@ from aidc.metrics import Sample
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
-from tests.conftest import ROOT, LiveSite, wait_for
+from tests.conftest import ROOT, LiveSite, Relay, wait_for
 
 SITE = """
 site: liveness
@@ -176,7 +176,7 @@ def test_an_opcua_peer_silent_mid_session_leaks_no_socket_over_50_reconnects(
 
     async def scenario() -> tuple[int, int, int, int]:
         server = OpcuaDeviceServer(load_profile("supercap_opcua"), "127.0.0.1", 0, dict)
-        relay = SilenceableRelay()
+        relay = Relay()
         await server.start()
         await relay.start(server._port.sockets[0].getsockname()[1])
         c = OpcuaCollector(supercap(relay.port), load_profile("supercap_opcua"), 0.2)
@@ -246,50 +246,6 @@ def test_an_opcua_timeout_racing_the_answer_is_a_timeout_never_a_cancellation() 
     assert answered + unreachable == 400  # no CancelledError escaped
     assert unreachable > 0  # the timeouts did land mid-way
     assert established == 0
-
-
-class SilenceableRelay:
-    """A TCP relay that forwards both ways until ``silent``: then it swallows everything, as a
-    peer that lost power behind a switch does (the connection stays up, nothing answers)."""
-
-    def __init__(self) -> None:
-        self.silent = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._links: set[asyncio.Task] = set()
-
-    async def start(self, target_port: int) -> None:
-        self._target = target_port
-        self._server = await asyncio.start_server(self._link, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._links:
-            task.cancel()
-        await asyncio.gather(*self._links, return_exceptions=True)
-
-    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._links.add(task)
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            for w in (writer, up_writer):
-                w.close()
-            self._links.discard(task)
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        while data := await source.read(65536):
-            if not self.silent:
-                sink.write(data)
-                await sink.drain()
-        sink.close()  # EOF on one side ends the other
 
 
 def test_a_flood_of_protocol_errors_is_counted_not_logged_line_by_line(tmp_path, caplog):

@@ -140,11 +140,13 @@ def test_spool_keeps_everything_through_an_influxdb_outage_and_replays_in_order(
         writer.write(b)
     assert not writer.store_up
     assert writer.spooled_samples() == 30
+    assert writer.spooled_since == T0  # the oldest waiting: what store_behind is aged from
     server.start()
     try:
         for b in batches[30:]:
             writer.write(b)
         assert writer.store_up and writer.spooled_samples() == 0 and writer.dropped_samples == 0
+        assert writer.spooled_since is None
         (series,) = store.history("pdu", "power_kw", T0 - 1, T0 + 100)
         written = [(T0 + i, float(i)) for i in range(50)]
         reliability.count("samples: influxd not started, then up (writer)", "samples", 50,
@@ -163,7 +165,11 @@ def test_spool_bound_drops_oldest_and_counts_them(tmp_path):
     # 16 samples offered, bound 10: the two oldest batches (8 samples) are dropped
     assert writer.spooled_samples() == 8
     assert writer.dropped_samples == 8
+    assert writer.spooled_since == T0 + 8  # the oldest kept
     writer.close()
+    reopened = SpooledWriter(down, tmp_path / "spool.sqlite", max_samples=10)
+    assert reopened.spooled_since == T0 + 8  # from the file, before any write
+    reopened.close()
 
 
 def _query(influxd, q: str) -> None:

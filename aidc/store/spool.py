@@ -55,6 +55,11 @@ class SpooledWriter:
         self.store_error = ""
         self.last_loss_at: float | None = None  # when a sample was last dropped or rejected
         self._spooled = self._db.execute("SELECT coalesce(sum(n), 0) FROM spool").fetchone()[0]
+        self.spooled_since = self._first_spooled_ts()  # of the oldest sample waiting
+
+    def _first_spooled_ts(self) -> float | None:
+        row = self._db.execute("SELECT payload FROM spool ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else min((s.ts for s in _decode(row[0])), default=None)
 
     def spooled_samples(self) -> int:
         """Samples waiting for the store (read without waiting for a write in progress)."""
@@ -97,8 +102,10 @@ class SpooledWriter:
     def _replay(self) -> None:
         while row := self._db.execute("SELECT id, n, payload FROM spool ORDER BY id LIMIT 1").fetchone():
             rid, n, payload = row
+            samples = _decode(payload)
+            self.spooled_since = min((s.ts for s in samples), default=self.spooled_since)
             try:
-                self.store.write(_decode(payload))  # raises StoreUnavailable: stays spooled
+                self.store.write(samples)  # raises StoreUnavailable: stays spooled
                 self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
             except StoreRejected as e:  # moved, in one transaction: a crash counts it once
                 self._db.execute("BEGIN")
@@ -106,6 +113,7 @@ class SpooledWriter:
                 self._db.execute("DELETE FROM spool WHERE id = ?", (rid,))
                 self._db.execute("COMMIT")
             self._spooled -= n
+        self.spooled_since = None
 
     def _reject(self, payload: str, n: int, error: str) -> None:
         self._db.execute("INSERT INTO rejected (at, n, error, payload) VALUES (?, ?, ?, ?)",
@@ -120,6 +128,8 @@ class SpooledWriter:
 
     def _append(self, samples: Sequence[Sample]) -> None:
         self._db.execute("INSERT INTO spool (n, payload) VALUES (?, ?)", (len(samples), _encode(samples)))
+        if self.spooled_since is None:
+            self.spooled_since = min(s.ts for s in samples)
         self._spooled += len(samples)
         while self._spooled > self.max_samples:
             rid, n = self._db.execute("SELECT id, n FROM spool ORDER BY id LIMIT 1").fetchone()
@@ -128,6 +138,7 @@ class SpooledWriter:
             self.last_loss_at = time.time()
             self._count("dropped_samples", self.dropped_samples)
             self._spooled -= n
+            self.spooled_since = self._first_spooled_ts()
             log.error("event=spool_full dropped_samples=%d bound=%d", n, self.max_samples)
 
     def close(self) -> None:
