@@ -458,8 +458,8 @@ class Runtime:
     def _count_outbox(self, now: float) -> None:
         self.notifier_backlog = self.outbox.backlog()
         self.notifier_oldest_s = self.outbox.oldest_age_s(now)
-        self.notifier_dead_letters = self.outbox.dead_letter_count()
-        self.notifier_dead_lately = self.outbox.dead_letter_count(since=now - DEAD_LETTER_ALERT_S)
+        self.notifier_dead_letters, self.notifier_dead_lately = self.outbox.dead_letter_counts(
+            since=now - DEAD_LETTER_ALERT_S)
         self.notifier_groups_held = self.notifier.groups_held()
 
     def _evaluate(self, latest: FreshLatest, now: float) -> tuple[SiteStatus, list[Sample]]:
