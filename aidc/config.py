@@ -348,7 +348,7 @@ Severity = Literal["critical", "warning", "info"]
 
 
 SUMMARY_FIELDS = ("device", "kind", "metric", "value", "unit", "threshold", "severity",
-                  "room", "row", "rack")  # what a site rule's summary may name
+                  "room", "row", "rack", "loop")  # what a rule's summary or description may name
 
 
 class RuleSettings(Strict):
@@ -379,6 +379,8 @@ class RuleSettings(Strict):
     unit: str | None = Field(None, max_length=20)
     summary: str | None = Field(None, max_length=500)  # "{device} inlet {value:.1f} {unit}"
     meaning: str | None = Field(None, max_length=2000)  # for the runbook page
+    # what its notifications say the alert means, filled as a summary is; default: meaning
+    description: str | None = Field(None, max_length=2000)
     steps: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -394,15 +396,15 @@ class RuleSettings(Strict):
             raise ValueError("a rule of the site's own takes its severity from its levels")
         return self
 
-    @field_validator("summary")
+    @field_validator("summary", "description")
     @classmethod
-    def _fillable(cls, summary: str | None) -> str | None:
+    def _fillable(cls, template: str | None) -> str | None:
         try:
-            summary is None or summary.format(**{f: 1.0 for f in SUMMARY_FIELDS})
+            template is None or template.format(**{f: 1.0 for f in SUMMARY_FIELDS})
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"cannot fill {e} (a summary may name "
+            raise ValueError(f"cannot fill {e} (a summary or description may name "
                              f"{', '.join(SUMMARY_FIELDS)})") from None
-        return summary
+        return template
 
 
 class Alerts(Strict):

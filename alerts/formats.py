@@ -1,21 +1,24 @@
-"""Webhook formats: the generic signed JSON (schema version 2) and Alertmanager webhook v4.
+"""Webhook formats: the generic signed JSON (schema version 3) and Alertmanager webhook v4.
 
-Generic body (JSON Schema: ``alerts/schema/generic-v2.json``)::
+Generic body (JSON Schema: ``alerts/schema/generic-v3.json``)::
 
-    {"version": "2", "status": "firing"|"resolved",
+    {"version": "3", "status": "firing"|"resolved",
      "kind": "firing"|"escalated"|"deescalated"|"repeat"|"resolved",
      "previous_severity": null | "...", "fingerprint": "...", "rule": "...",
      "severity": "...", "summary": "...", "labels": {...},
      "value": 1.0 | null, "unit": "kW", "threshold": 0.0 | null,
      "where": {"site": "...", "room": "...", "row": "...", "rack": "...", "device": "..."},
      "affected": {"racks": [...], "loops": [...]},
+     "description": null | "...", "next_step": null | "...",
      "runbook_url": null | "...", "url": null | "...",
      "starts_at": "2025-01-01T00:00:00.000Z", "ends_at": null | "...",
      "duration_s": null | 12.5, "site": "..."}
 
 Version 2 added kind, previous_severity, unit, threshold, where, affected, runbook_url, url
 and duration_s to version 1; a resolved notice's summary says how long it lasted, and its
-value is the one it cleared at (null when unknown).
+value is the one it cleared at (null when unknown). Version 3 added description (what the
+alert means: its rule's description, filled with its values, or its meaning) and next_step
+(its rule's first step).
 
 Signature (Stripe-like): ``X-Aidc-Timestamp: <unix s>`` and
 ``X-Aidc-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``. A receiver
@@ -37,7 +40,7 @@ from typing import Any
 
 from alerts.evaluate import Transition
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 SIGNATURE_HEADER = "X-Aidc-Signature"
 TIMESTAMP_HEADER = "X-Aidc-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -72,6 +75,8 @@ class Context:
     loops: Sequence[str] = ()
     runbook_url: str | None = None
     url: str | None = None
+    description: str | None = None  # what the alert means (its rule's description)
+    next_step: str | None = None  # what on-call does first (its rule's first step)
 
 
 def generic_payload(t: Transition, site: str, context: Context = Context()) -> dict[str, Any]:
@@ -92,6 +97,8 @@ def generic_payload(t: Transition, site: str, context: Context = Context()) -> d
         "threshold": _finite(a.threshold),
         "where": {"site": site, **context.where},
         "affected": {"racks": list(context.racks), "loops": list(context.loops)},
+        "description": context.description,
+        "next_step": context.next_step,
         "runbook_url": context.runbook_url,
         "url": context.url,
         "starts_at": iso_utc(_starts_at(t)),
@@ -182,6 +189,8 @@ def chat_message(t: Transition, site: str, context: Context) -> dict[str, str]:
                      + ("" if _finite(a.threshold) is None else f", threshold {a.threshold:g}"))
     if context.racks or context.loops:
         lines.append("affected: " + ", ".join([*context.loops, *context.racks]))
+    if context.next_step and t.kind != "resolved":
+        lines.append(f"first: {context.next_step}")
     lines += [f"{name}: {url}" for name, url in (("runbook", context.runbook_url),
                                                    ("console", context.url)) if url]
     kind = "success" if t.kind == "resolved" else "failure" if a.severity == "critical" \
@@ -214,7 +223,9 @@ def pagerduty_event(t: Transition, site: str, context: Context = Context()) -> d
                                "value": _finite(a.value), "unit": a.unit,
                                "threshold": _finite(a.threshold), "where": where,
                                "affected_racks": list(context.racks),
-                               "affected_loops": list(context.loops), "labels": dict(a.labels)},
+                               "affected_loops": list(context.loops), "labels": dict(a.labels),
+                               "description": context.description,
+                               "next_step": context.next_step},
         },
         "links": links,
         "client": "aidc",
@@ -299,6 +310,10 @@ def _am_alert(t: Transition, site: str, context: Context) -> dict[str, Any]:
         annotations["affected_racks"] = ", ".join(context.racks)
     if context.loops:
         annotations["affected_loops"] = ", ".join(context.loops)
+    if context.description:
+        annotations["description"] = context.description
+    if context.next_step:
+        annotations["next_step"] = context.next_step
     if context.runbook_url:
         annotations["runbook_url"] = context.runbook_url
     return {

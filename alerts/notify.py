@@ -146,8 +146,9 @@ class Notifier:
         return self._outbox.told(alert.fingerprint) if self._routes else {}
 
     def context(self, t: Transition) -> Context:
-        """Where the alert is, the racks and loops it touches, and links to its runbook (the
-        site's own, or the console's) and the console page that shows it (only with
+        """Where the alert is, the racks and loops it touches, what it means and what to do
+        first (its rule's description and first step), and links to its runbook (the site's
+        own, or the console's) and the console page that shows it (only with
         ``web.external_url``)."""
         labels = t.alert.labels
         where = dict(self._topology.device_tags.get(labels.get("device", ""), {}))
@@ -155,13 +156,17 @@ class Notifier:
         where.pop("site", None)
         racks, loops = self._topology.affected(labels)
         base = self._external_url
-        rule = self.rules.get(t.alert.rule)
+        a = t.alert
+        rule = self.rules.get(a.rule)
         device = self._topology.device_by_id.get(labels.get("device", ""))
         return Context(
             where={k: where[k] for k in WHERE if k in where}, racks=racks, loops=loops,
-            runbook_url=rule.runbook(t.alert.rule, base or None) if rule else None,
+            runbook_url=rule.runbook(a.rule, base or None) if rule else None,
             url=base + console_path(where, device.kind if device else labels.get("kind"))
             if base else None,
+            description=rule.description_of(labels, a.value, a.threshold, a.severity)
+            if rule else None,
+            next_step=rule.steps[0] if rule and rule.steps else None,
         )
 
     def notify(self, transitions: Sequence[Transition]) -> None:

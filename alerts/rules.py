@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import RootModel
 
-from aidc.config import DEVICE_KINDS, RuleSettings, Site, load_model
+from aidc.config import DEVICE_KINDS, SUMMARY_FIELDS, RuleSettings, Site, load_model
 from aidc.matchers import parse_matcher
 from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample, series_key
 from aidc.topology import Topology
@@ -81,6 +81,27 @@ class Rule(RuleSettings):
         first = self.warning if self.warning is not None else self.critical
         return self.critical if level == CRITICAL else first
 
+    def filled(self, template: str | None, labels: Mapping[str, str], metric: str,
+               value: float | None, threshold: float | None, severity: str) -> str | None:
+        """``template`` (a summary or description) filled with an alert's place, values and
+        unit; None without one, or when a format that fits a number is given none."""
+        if not template:
+            return None
+        fields = dict.fromkeys(SUMMARY_FIELDS, "") | dict(labels) | {
+            "metric": metric, "value": value, "unit": self.unit, "threshold": threshold,
+            "severity": severity}
+        try:
+            return template.format(**fields)
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None
+
+    def description_of(self, labels: Mapping[str, str], value: float | None,
+                       threshold: float | None, severity: str) -> str:
+        """What an alert of this rule means, for its notifications: its ``description``
+        filled, or its meaning."""
+        return self.filled(self.description, labels, labels.get("metric", self.metric or ""),
+                           value, threshold, severity) or self.meaning
+
     def runbook(self, name: str, base: str | None) -> str | None:
         """The site's own runbook, or the console's (at ``base``; none without one)."""
         return self.runbook_url or (f"{base}/runbooks#{name}" if base is not None else None)
@@ -128,7 +149,7 @@ def rule_problems(site: Site) -> list[tuple[tuple, str]]:
         else:
             takes = [f for f in ("for_s", "severity") if getattr(rule, f) is not None]
             takes += [WARNING, CRITICAL] if rule.has_levels else []
-            takes_too = ", ".join(takes + ["enabled", "labels", "runbook_url"])
+            takes_too = ", ".join(takes + ["enabled", "labels", "runbook_url", "description"])
             for field in sorted(given.model_fields_set & {*TUNABLE, *OWN_ONLY} - set(takes)):
                 out.append(((*at, field), f"rule '{name}' takes no {field}: it takes {takes_too}"
                             + (" (its condition is aidc's: name a rule of your own for another)"
@@ -520,14 +541,9 @@ def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
     subject = next((labels[k] for k in ("device", "rack", "room") if k in labels), "the site")
     if value is None:
         return f"{subject}: {key} unknown"
-    fields = {"device": "", "room": "", "row": "", "rack": ""} | labels | {
-        "metric": key, "value": value, "unit": rule.unit, "threshold": threshold,
-        "severity": level or "ok"}
-    if rule.summary:
-        try:
-            return rule.summary.format(**fields)
-        except (KeyError, IndexError, ValueError, TypeError):
-            pass  # a format that fits a number, given a name: the plain summary says it
+    filled = rule.filled(rule.summary, labels, key, value, threshold, level or "ok")
+    if filled is not None:
+        return filled
     unit = f" {rule.unit}" if rule.unit else ""
     return (f"{subject} {key} {value:g}{unit}, " + (
         f"{rule.fires} the {level} level {threshold:g}{unit}" if level

@@ -40,7 +40,7 @@ from alerts.evaluate import (
 from alerts.formats import alertmanager_payload, generic_payload, signature_headers
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, RetryPolicy, parse_retry_after, read_deliveries
-from alerts.rules import DEAD_LETTER_ALERT_S
+from alerts.rules import DEAD_LETTER_ALERT_S, rule_pack
 from dashboards.pages.alerts import deliveries_summary
 from tests.conftest import ROOT, require, wait_for
 
@@ -594,10 +594,10 @@ def test_a_grouped_route_tells_each_group_once_per_interval_and_holds_it_through
     import referencing
 
     schemas = {name: json.loads((ROOT / "alerts" / "schema" / name).read_text())
-               for name in ("generic-v2.json", "generic-group-v2.json")}
+               for name in ("generic-v3.json", "generic-group-v3.json")}
     registry = referencing.Registry().with_resources(
         (s["$id"], referencing.Resource.from_contents(s)) for s in schemas.values())
-    group_schema = jsonschema.Draft202012Validator(schemas["generic-group-v2.json"],
+    group_schema = jsonschema.Draft202012Validator(schemas["generic-group-v3.json"],
                                                    registry=registry)
     hooks = [Webhook(name="chat", url="http://127.0.0.1:9/chat"),
              Webhook(name="am", url="http://127.0.0.1:9/am", format="alertmanager"),
@@ -794,7 +794,7 @@ def test_state_change_and_outbox_rows_commit_together(open_outbox, receiver):
 def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
     import jsonschema
 
-    schema = json.loads((ROOT / "alerts" / "schema" / "generic-v2.json").read_text())
+    schema = json.loads((ROOT / "alerts" / "schema" / "generic-v3.json").read_text())
     notifier = Notifier(DEMO, Alerts(), open_outbox(), external_url="https://aidc.example/ops/")
     ev = Evaluator(open_outbox())
     pump = Condition("pump_redundancy_lost", {"site": "demo", "device": "cdu-2", "kind": "cdu"},
@@ -803,8 +803,9 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
     on_loop_1 = [r.id for r in DEMO.site.racks if r.loop == "loop-1"]
     [fired] = ev.step(1_700_000_000, [pump])
     body = generic_payload(fired, "demo", notifier.context(fired))
+    pack = rule_pack()["pump_redundancy_lost"]
     assert body == {
-        "version": "2",
+        "version": "3",
         "status": "firing",
         "kind": "firing",
         "previous_severity": None,
@@ -818,6 +819,8 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
         "threshold": 2.0,
         "where": {"site": "demo", "device": "cdu-2"},
         "affected": {"racks": on_loop_1, "loops": ["loop-1"]},
+        "description": pack.meaning,  # what it means, and what to do first
+        "next_step": "Check the pump's drive and breaker at the CDU; plan the swap.",
         "runbook_url": "https://aidc.example/ops/runbooks#pump_redundancy_lost",
         "url": "https://aidc.example/ops/cooling",  # the page that shows cdu-2
         "starts_at": "2023-11-14T22:13:20.000Z",
@@ -838,6 +841,12 @@ def test_generic_payload_tells_what_where_how_bad_and_what_next(open_outbox):
     assert (body["status"], body["value"], body["duration_s"], body["ends_at"]) == (
         "resolved", 2.0, 192.25, "2023-11-14T22:16:32.250Z")  # the value it cleared at
     jsonschema.validate(body, schema)
+    # a site's own words for a rule of the pack, filled with the alert's values and unit
+    worded = DEMO.site.model_copy(update={"alerts": Alerts(rules={"pump_redundancy_lost": {
+        "description": "{device} runs {value:g} of its {threshold:g} {unit}: {severity}"}})})
+    context = Notifier(Topology(worded), Alerts(), open_outbox()).context(up)
+    assert context.description == "cdu-2 runs 0 of its 2 pumps: critical"
+    assert context.next_step == pack.steps[0]
     with pytest.raises(jsonschema.ValidationError):  # the schema holds the payload to account
         jsonschema.validate({**body, "ends_at": None}, schema)
     bare = Notifier(DEMO, Alerts(), open_outbox()).context(resolved)  # no external_url: no links
@@ -930,7 +939,9 @@ def test_alertmanager_v4_payload_has_the_fields_receivers_parse(open_outbox, rec
         "status": "firing",
         "labels": labels,
         "annotations": {"summary": "leak at cdu-1", "value": "1",
-                        "affected_racks": ", ".join(racks), "affected_loops": "loop-1"},
+                        "affected_racks": ", ".join(racks), "affected_loops": "loop-1",
+                        "description": rule_pack()["leak"].meaning,
+                        "next_step": rule_pack()["leak"].steps[0]},
         "startsAt": "2023-11-14T22:13:20.000Z",
         "endsAt": "0001-01-01T00:00:00Z",
         "generatorURL": "",
@@ -1449,7 +1460,8 @@ def test_chat_and_paging_go_through_apprise_and_the_outbox(open_outbox, receiver
                                                          "success")]  # fmt: skip
     affected = "affected: loop-1, r01, A01, A02, A03, A04, B01, B02, B03, B04"
     assert chat[0]["message"].splitlines() == [
-        "leak at cdu-1", "site=demo rack=r01 device=cdu-1", "value 1", affected]
+        "leak at cdu-1", "site=demo rack=r01 device=cdu-1", "value 1", affected,
+        "first: Go to the CDU; isolate it if the leak is confirmed (the loop runs on the others)."]
     assert chat[1]["message"].startswith("resolved after 2 min 5 s: leak at cdu-1")
     paged = [parse_qs(r.body.decode()) for r in form.requests]
     assert [(m["title"], m["type"]) for m in paged] == [

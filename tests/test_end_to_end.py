@@ -167,7 +167,7 @@ def test_demo_site_end_to_end_embedded_store(tmp_path, receiver):
         await simulated.stop_device("pdu-a01-a")
         await wait_until(lambda: alerts_for(receiver, "pdu-a01-a", "firing"), 30, "firing webhook")
         fired = alerts_for(receiver, "pdu-a01-a", "firing")[0]
-        assert fired["rule"] == "device_unreachable" and fired["version"] == "2"
+        assert fired["rule"] == "device_unreachable" and fired["version"] == "3"
         a01 = next(r for r in site.racks if r.id == "A01")
         assert fired["where"] == {"site": site.site, "room": a01.room, "row": "A", "rack": "A01",
                                   "device": "pdu-a01-a"}  # fmt: skip
@@ -314,7 +314,9 @@ def test_a_rule_of_the_sites_own_pages_through_the_whole_chain(tmp_path, receive
         "rules": {"cdu_on_one_pump": {
             "kind": "cdu", "metric": "pumps_running", "fires": "below", "warning": 2,
             "unit": "pumps", "matchers": ["device=cdu-1"], "labels": {"team": "cooling"},
-            "summary": "{device} runs {value:g} {unit}, fewer than its {threshold:g}"}}})
+            "summary": "{device} runs {value:g} {unit}, fewer than its {threshold:g}",
+            "description": "{device} lost a pump ({severity}): the loop has no spare flow",
+            "steps": ["Check the pump's drive and breaker."]}}})
     site = site.model_copy(update={"alerts": alerts})
 
     def own(status: str) -> list[dict]:
@@ -328,6 +330,8 @@ def test_a_rule_of_the_sites_own_pages_through_the_whole_chain(tmp_path, receive
         await wait_until(lambda: own("firing"), 30, "the site's own rule to page")
         [fired] = own("firing")
         assert fired["summary"] == "cdu-1 runs 1 pumps, fewer than its 2"
+        assert fired["description"] == "cdu-1 lost a pump (warning): the loop has no spare flow"
+        assert fired["next_step"] == "Check the pump's drive and breaker."
         assert (fired["labels"]["team"], fired["value"], fired["threshold"]) == ("cooling", 1, 2)
         assert fired["severity"] == "warning" and fired["where"]["device"] == "cdu-1"
         assert {r["path"] for r in receiver.requests
