@@ -28,6 +28,7 @@ from aidc.config import Store as StoreConfig
 from aidc.config import load_site
 from aidc.net import free_port
 from aidc.store.influx import InfluxStore
+from alerts.formats import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_headers
 from simulators.site import free_port_offset
 from tests.conftest import ROOT, Influxd, wait_for
 from tests.test_alerts import Receiver
@@ -177,6 +178,11 @@ def test_store_down_receiver_down_and_kill_9_lose_nothing(tmp_path, reliability)
         reliability.count("notifications: receiver down, aidc kill -9, both back",
                           "notices", len(queued), lost=lost_notes, duplicated=duplicated)
         assert (lost_samples, lost_notes, duplicated) == (0, 0, 0)
+        # `aidc demo --webhook-secret` signs every notice, the replayed ones too
+        unsigned = [r for r in pager.requests if r.headers.get(SIGNATURE_HEADER.lower()) !=
+                    signature_headers(HOOK_SECRET.encode(), r.body,
+                                      int(r.headers[TIMESTAMP_HEADER.lower()]))[SIGNATURE_HEADER]]
+        assert pager.requests and unsigned == []
         log = aidc.log.read_text()
         assert "Traceback" not in log, log[log.index("Traceback"):][:2000]
         secrets = [(data_dir / "api-token").read_text().strip(), HOOK_SECRET]
