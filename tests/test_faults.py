@@ -134,6 +134,33 @@ def test_rectifier_module_loss_costs_its_n_plus_1(live):
     assert pages[2:] in ([("resolved", None)], [("deescalated", "critical"), ("resolved", None)])
 
 
+def test_a_source_short_of_modules_pages_once_and_holds_its_racks_alerts(live):
+    """rect-a loses 10 of its 13 modules: 120 kW left with N+1 kept, under the 230 kW its
+    racks draw. Every rack goes over its upstream limit, shown as the symptom of the
+    source's alert; on-call is paged for the source alone, and the racks' alerts resolve
+    with it, unpaged."""
+    lost = range(4, 14)
+    for module in lost:
+        inject(live, "module_loss", "rect-a", value=module)
+    racks, cause = {r.id for r in live.site.racks}, "rectifier_redundancy_lost{device=rect-a}"
+    try:
+        over = wait_for(lambda: (o := {k[1]: a for k, a in alerts(live).items()
+                                       if k[0] == "rack_over_headroom" and a.state == "firing"})
+                        .keys() == racks and o, what="every rack over its upstream limit")
+        assert {a.suppressed_by for a in over.values()} == {cause}
+        assert all(r.limiting == "upstream" for r in live.runtime.status.racks)
+        wait_for(lambda: "rectifier_redundancy_lost" in paged(live), what="the source's page")
+    finally:
+        for module in lost:
+            inject(live, "module_loss", "rect-a", value=module, on=False)
+    wait_for(lambda: not {k for k in alerts(live) if k[0] in (
+        "rack_over_headroom", "rectifier_redundancy_lost")}, what="every alert resolved")
+    wait_for(lambda: [b for b in live.receiver.bodies() if b["rule"] ==
+                      "rectifier_redundancy_lost" and b["status"] == "resolved"],
+             what="the source's resolved notice")
+    assert not paged(live) & {"rack_over_headroom", "feed_redundancy_lost"}
+
+
 @pytest.mark.parametrize("device, metric", [
     ("cdu-1", "supply_temp_c"),  # Modbus: the int16 sentinel 0x7FFF
     ("pdu-a02-b", "power_kw"),  # SNMP: APC's -1 (unsupported)
