@@ -49,7 +49,7 @@ lint: install
 
 ## benchmarks print figures + ratios against a baseline and write benchmarks/results/*.json
 bench: install
-	@for b in model collectors alerts alert_latency startup dashboard storage; do echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done
+	@for b in model collectors versus alerts alert_latency startup dashboard storage; do echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
