@@ -161,7 +161,8 @@ def health() -> dict[str, Any]:
              "last_tick_age_s": {"type": "number"}, "devices_up": {"type": "integer"},
              "devices_total": {"type": "integer"}, "store_up": {"type": "boolean"},
              "store_error": {"type": ["string", "null"]}, "spooled_samples": {"type": "integer"},
-             "store_behind_s": {"type": "number"}, "dropped_samples": {"type": "integer"}, "rejected_samples": {"type": "integer"}}
+             "store_behind_s": {"type": "number"}, "dropped_samples": {"type": "integer"},
+             "rejected_samples": {"type": "integer"}}
     return {"type": "object", "properties": props, "required": sorted(props)}
 
 

@@ -32,6 +32,7 @@ CDU_CAUSES = frozenset({"leak", "pump_redundancy_lost", "device_unreachable"})
 SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_on_battery", "rectifier_redundancy_lost",
                            "device_unreachable"})
 SITE_SYMPTOMS = {"store_unavailable": ("store_behind",)}  # a cause -> the site's symptoms
+SITE_WIDE = frozenset(s for symptoms in SITE_SYMPTOMS.values() for s in symptoms)
 # (symptom rule, subject) -> its causes, each with the limits it explains (None: any)
 Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 
@@ -79,7 +80,7 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
 
 
 def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:
-    if (c.rule, "*") in cause_of:
+    if c.rule in SITE_WIDE and (c.rule, "*") in cause_of:
         return cause_of[(c.rule, "*")][0][0]
     device, rack = c.labels.get("device"), c.labels.get("rack")
     if device is not None:

@@ -150,13 +150,13 @@ class Notifier:
         first (its rule's description and first step), and links to its runbook (the site's
         own, or the console's) and the console page that shows it (only with
         ``web.external_url``)."""
-        labels = t.alert.labels
+        a = t.alert
+        labels = a.labels
         where = dict(self._topology.device_tags.get(labels.get("device", ""), {}))
         where |= {k: labels[k] for k in WHERE if k in labels}
         where.pop("site", None)
         racks, loops = self._topology.affected(labels)
         base = self._external_url
-        a = t.alert
         rule = self.rules.get(a.rule)
         device = self._topology.device_by_id.get(labels.get("device", ""))
         return Context(

@@ -32,7 +32,7 @@ TUNABLE = ("for_s", "severity", "warning", "critical")  # as far as a rule's pac
 OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "meaning", "steps")
 CRITICAL, WARNING = "critical", "warning"
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
-HYSTERESIS = 0.05  # an envelope (or store_behind) alert clears 5 % inside the limit that raised it
+HYSTERESIS = 0.05  # an envelope or store_behind alert clears 5 % inside the limit it passed
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
 # ESR twice the rated value
 SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
