@@ -118,7 +118,9 @@ class LatestTable:
     the loop only."""
 
     def __init__(self, keys_read: frozenset[str], poll_s: Mapping[str, float]):
-        self.keys_read, self._poll_s = keys_read, poll_s
+        # the series keys kept: the model's, and those the rules of the site's own watch
+        # (added as polls first read them; a set only the loop adds to)
+        self.keys_read, self._poll_s = set(keys_read), poll_s
         self.slots: dict[tuple[str, str], int] = {}
         self._samples: list[Sample] = []
         self._value = np.full(1024, math.nan)

@@ -30,6 +30,7 @@ from aidc.metrics import (
     Quality,
     Reading,
     Sample,
+    SeriesKeys,
     backoff_s,
     worth_logging,
 )
@@ -155,6 +156,7 @@ class Runtime:
             if rule.metric is not None and rule.kind in DEVICE_KINDS:
                 self._own_rules.setdefault(rule.kind, []).append((name, rule))
         self.watched_series: dict[str, dict[tuple[str, str], None]] = {}  # rule -> series
+        self._watched_keys: dict[str, SeriesKeys] = {}  # rule -> its series, as the tick reads
         self.silences = Silences(self.outbox)
         self.evaluator = Evaluator(  # offers reminders; the notifier sends each where due
             self.outbox, repeat_s=site.alerts.shortest_repeat_s, notify=self.notifier.notify
@@ -244,6 +246,9 @@ class Runtime:
         for name, rule in self._own_rules[device.kind]:
             if rule.watches(name, sample):
                 self.watched_series.setdefault(name, {})[(device.id, key)] = None
+                self._watched_keys.pop(name, None)  # made again at the next tick
+                self.model_inputs.keys_read.add(key)  # kept in arrays: judged as a column
+                self.model_inputs.put((device.id, key), sample)
 
     async def _poll(self, device) -> None:
         health = self.health[device.id]
@@ -379,6 +384,14 @@ class Runtime:
                 if h.state != before:
                     log.warning("event=device_%s device=%s error=%r", h.state, h.id, h.error)
 
+    def _watched(self) -> dict[str, SeriesKeys]:
+        """Each rule of the site's own -> the series it watches, their slots in the tick's
+        arrays found once while the series stay the same."""
+        for name, series in self.watched_series.items():
+            if name not in self._watched_keys:
+                self._watched_keys[name] = SeriesKeys(series)
+        return self._watched_keys
+
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """asyncio's own reports (a protocol library that failed on what a device sent, a
         task nobody awaited): one structured line each, the first of a kind with its
@@ -494,7 +507,7 @@ class Runtime:
                                                   alerting_rules={a.rule for a in alerts},
                                                   bad_series=self.bad_series,
                                                   topology=self.topology,
-                                                  derived=derived, watched=self.watched_series,
+                                                  derived=derived, watched=self._watched(),
                                                   rules=self.notifier.rules)
         try:
             conditions = inhibit(self.topology, conditions, status.racks)

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
 
+import numpy as np
 from pydantic import RootModel
 
 from aidc.config import DEVICE_KINDS, SUMMARY_FIELDS, RuleSettings, Site, load_model
 from aidc.matchers import parse_matcher
-from aidc.metrics import BAD_QUALITIES, DeviceHealth, Sample, series_key
+from aidc.metrics import BAD_QUALITIES, DeviceHealth, LatestArrays, Sample, SeriesKeys, series_key
 from aidc.topology import Topology
 from alerts.evaluate import Condition, fingerprint
 
@@ -485,8 +486,10 @@ def site_own_rules(i: Inputs) -> list[Condition | None]:
     samples, the model's (rack, room, site) among this tick's derived ones; both carry their
     place (room, row, rack) and row labels. Only a series past its first level becomes a
     condition; while the rule has alerts, also one within ``clear`` of it (it may hold its
-    alert) and one unknown (it holds its alert). One back inside resolves by its absence:
-    a quiet rule over 60,000 PDU phases costs a comparison a phase."""
+    alert) and one unknown (it holds its alert). One back inside resolves by its absence.
+    In the runtime, a device's series are judged as one array against the edge (the
+    runtime keeps the series each rule watches in the tick's arrays): a quiet rule over
+    every PDU outlet costs a vector comparison, not a sample looked up an outlet."""
     out = []
     for name, rule in i.rules.items():
         if not (rule.metric and rule.enabled):
@@ -494,14 +497,14 @@ def site_own_rules(i: Inputs) -> list[Condition | None]:
         alerting = i.keeps_inactive(name)
         first = [x for x in (rule.warning, rule.critical) if x is not None]
         clear = rule.clear if alerting else 0.0
-        if rule.fires == "above":
-            edge = min(first) - clear
-            samples = [s for s in _watched(i, name, rule)
-                       if (s.value > edge if s.good else alerting)]
+        above = rule.fires == "above"
+        edge = min(first) - clear if above else max(first) + clear
+        keys = i.watched.get(name) if i.watched is not None else None
+        if isinstance(keys, SeriesKeys) and isinstance(i.latest, LatestArrays):
+            samples = _past_as_column(i.latest, keys, edge, above, alerting)
         else:
-            edge = max(first) + clear
-            samples = [s for s in _watched(i, name, rule)
-                       if (s.value < edge if s.good else alerting)]
+            samples = [s for s in _watched(i, name, rule) if (
+                (s.value > edge if above else s.value < edge) if s.good else alerting)]
         for s in samples:
             labels = series_labels(s)
             v = s.value if s.good else None
@@ -513,6 +516,19 @@ def site_own_rules(i: Inputs) -> list[Condition | None]:
                                   _summary(rule, labels, key, v, limit, level),
                                   severity=level, threshold=limit))
     return out
+
+
+def _past_as_column(latest: LatestArrays, keys: SeriesKeys, edge: float, above: bool,
+                    alerting: bool) -> list[Sample]:
+    """The latest samples of ``keys`` past ``edge`` (and, while the rule alerts, those not
+    good now), judged as one array: a sample is made only for those, not for every series
+    watched (500,000 PDU outlets at 10,000 racks)."""
+    values = latest.good_values(keys)
+    with np.errstate(invalid="ignore"):  # NaN: not good now, never past
+        past = values > edge if above else values < edge
+    if alerting:
+        past |= np.isnan(values)
+    return [s for j in np.flatnonzero(past) if (s := latest.get(keys[j])) is not None]
 
 
 PLACE = frozenset({"device", "kind", "room", "row", "rack"})

@@ -1605,6 +1605,52 @@ def test_a_site_sets_the_rule_pack_its_own_way(open_outbox):
     assert notifier.context(rect).runbook_url == "https://wiki.example/rectifiers"
 
 
+def test_a_sites_own_rule_judged_as_a_column_finds_what_a_scan_finds(monkeypatch):
+    """The runtime's way, the series a rule watches kept in the tick's arrays and compared
+    as one, gives the conditions a scan of every latest sample gives, by hand: past the
+    first level; while the rule alerts, also within its clear, and unknown (bad, stale) to
+    hold their state; never a series below."""
+    from aidc.metrics import FreshLatest, LatestTable, Quality, Sample, SeriesKeys
+    from alerts import rules
+    from alerts.rules import builtin_conditions
+
+    alerts = Alerts.model_validate({"rules": {"phase_hot": {
+        "kind": "pdu", "metric": "current_a", "fires": "above", "warning": 25, "critical": 30,
+        "clear": 2}}})
+    site = DEMO.site.model_copy(update={"alerts": alerts})
+    now, poll_s = 1000.0, {d.id: 2.0 for d in site.devices}
+    read = [(10.0, now, Quality.GOOD), (24.0, now, Quality.GOOD), (26.0, now, Quality.GOOD),
+            (31.0, now, Quality.GOOD), (None, now, Quality.BAD), (26.0, now - 60, Quality.GOOD)]
+    latest, table = {}, LatestTable(frozenset(), poll_s)
+    for n, (value, ts, quality) in enumerate(read):
+        pdu, phase = ("pdu-a01-b", "pdu-a02-b")[n // 3], str(n % 3 + 1)
+        key = (pdu, f"current_a{{phase={phase}}}")
+        latest[key] = Sample("pdu", DEMO.device_tags[pdu] | {"phase": phase}, "current_a",
+                             value, ts, quality)
+        table.keys_read.add(key[1])
+        table.put(key, latest[key])
+
+    def judged(column: bool, alerting: bool) -> list[tuple]:
+        inputs = table.at(now, latest) if column else FreshLatest(latest, poll_s, now)
+        with monkeypatch.context() as m:
+            if column:  # the arrays only: no sample looked up a series watched
+                m.setattr(rules, "_watched", None)
+            conditions, complete = builtin_conditions(
+                site, [], None, inputs, lambda fp: alerting, now=now,
+                alerting_rules={"phase_hot"} if alerting else set(),
+                watched={"phase_hot": SeriesKeys(latest)} if column else None)
+        assert complete
+        return sorted((c.labels["device"], c.labels["phase"], c.active, c.severity, c.value)
+                      for c in conditions if c.rule == "phase_hot")
+
+    quiet = [("pdu-a01-b", "3", True, "warning", 26.0), ("pdu-a02-b", "1", True, "critical", 31.0)]
+    assert judged(column=True, alerting=False) == judged(column=False, alerting=False) == quiet
+    holding = sorted([*quiet, ("pdu-a01-b", "2", True, "warning", 24.0),  # within clear
+                      ("pdu-a02-b", "2", True, "warning", None),  # bad: held
+                      ("pdu-a02-b", "3", True, "warning", None)])  # stale: held
+    assert judged(column=True, alerting=True) == judged(column=False, alerting=True) == holding
+
+
 def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
     """A rule of the site's own: every series of a metric on the devices its matchers take,
     with warning and critical levels, hysteresis and a summary of the site's words; a PDU's
