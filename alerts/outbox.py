@@ -405,12 +405,12 @@ class Outbox:
         if webhook.format == "apprise":
             return await self._attempt_apprise(webhook, row)
         headers, body = dict(row.headers), row.body
-        if webhook.format == "pagerduty" and webhook.routing_key is not None:
+        if webhook.format == "pagerduty":  # its key is added as it goes, never kept
             body = json.dumps(json.loads(body) | {
                 "routing_key": webhook.routing_key.get_secret_value()}).encode()
-        if webhook.secret is not None:
+        if webhook.secret is not None:  # what is signed is what is sent
             secret = webhook.secret.get_secret_value().encode()
-            headers |= signature_headers(secret, row.body, int(self._clock()))
+            headers |= signature_headers(secret, body, int(self._clock()))
         try:
             async with asyncio.timeout(webhook.timeout_s):
                 response = await client.post(

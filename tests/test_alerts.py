@@ -1405,8 +1405,9 @@ def test_pagerduty_gets_an_incident_per_alert_that_escalates_and_resolves_with_i
         open_outbox, receiver, tmp_path):
     """PagerDuty's Events API v2 at a local receiver: the alert's fingerprint is the
     incident's dedup_key, so the escalation updates it and the resolution resolves it; the
-    routing key goes out with each event and is never kept in the outbox file."""
-    hook = webhook(receiver.start(), secret=None, name="pd", format="pagerduty",
+    routing key goes out with each event and is never kept in the outbox file; a signature,
+    if the hook has a secret, signs what is sent, the key with it."""
+    hook = webhook(receiver.start(), name="pd", format="pagerduty",
                    routing_key=SecretStr("R0UTING-key-123"))
     p = pipeline(open_outbox, [hook])
     p.evaluator.step(1000, [replace(LEAK, severity="warning")])
@@ -1419,6 +1420,10 @@ def test_pagerduty_gets_an_incident_per_alert_that_escalates_and_resolves_with_i
         ("trigger", LEAK.fingerprint, "warning"), ("trigger", LEAK.fingerprint, "critical"),
         ("resolve", LEAK.fingerprint, "critical")]
     assert {e["routing_key"] for e in events} == {"R0UTING-key-123"}
+    for r in receiver.requests:
+        at = int(r.headers["x-aidc-timestamp"])
+        assert r.headers["x-aidc-signature"] == signature_headers(
+            SECRET.encode(), r.body, at)["X-Aidc-Signature"]
     first = events[0]["payload"]
     assert (first["summary"], first["source"], first["group"], first["class"]) == (
         "leak at cdu-1", "cdu-1", "r01", "leak")
