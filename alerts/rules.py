@@ -107,15 +107,17 @@ class Rule(RuleSettings):
         """The site's own runbook, or the console's (at ``base``; none without one)."""
         return self.runbook_url or (f"{base}/runbooks#{name}" if base is not None else None)
 
-    def level(self, value: float, active: bool = False) -> str | None:
+    def level(self, value: float, active: bool = False, hysteresis: float = 0.0) -> str | None:
         """The worst level ``value`` is past; an ``active`` alert holds a level until the
-        value is ``clear`` back inside it (hysteresis)."""
+        value is ``clear``, and the share ``hysteresis`` of the level, back inside it."""
         above = self.fires == "above"
         for severity in (CRITICAL, WARNING):
             limit = getattr(self, severity)
             if limit is None:
                 continue
-            limit += (-self.clear if above else self.clear) if active else 0.0
+            if active:
+                back = self.clear + hysteresis * abs(limit)
+                limit += -back if above else back
             if (value > limit) if above else (value < limit):
                 return severity
         return None
@@ -522,7 +524,7 @@ def _past_as_column(latest: LatestArrays, keys: SeriesKeys, edge: float, above: 
                     alerting: bool) -> list[Sample]:
     """The latest samples of ``keys`` past ``edge`` (and, while the rule alerts, those not
     good now), judged as one array: a sample is made only for those, not for every series
-    watched (500,000 PDU outlets at 10,000 racks)."""
+    watched (600,000 PDU currents at 10,000 racks)."""
     values = latest.good_values(keys)
     with np.errstate(invalid="ignore"):  # NaN: not good now, never past
         past = values > edge if above else values < edge
@@ -671,9 +673,9 @@ def store_rules(i: Inputs) -> list[Condition | None]:
     st = i.store
     behind = i.rules["store_behind"]
     active = i.is_active(fingerprint("store_behind", i.labels("store_behind", {})))
-    # an alert holds its level until HYSTERESIS inside it (a lag of a few seconds at most
-    # rises and falls with each flush), whatever level the site sets
-    late = behind.level(st.behind_s / (1 - HYSTERESIS) if active else st.behind_s)
+    # held until HYSTERESIS inside its level, whatever level the site sets: the lag rises
+    # and falls by a few seconds with each flush
+    late = behind.level(st.behind_s, active, hysteresis=HYSTERESIS)
     full = st.spooled / st.spool_bound
     lost = st.last_loss_at is not None and i.now - st.last_loss_at < SAMPLES_LOST_HOLD_S
     return [

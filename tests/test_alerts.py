@@ -1303,8 +1303,8 @@ def test_store_rules_say_when_samples_wait_and_when_they_are_lost():
 
 def test_store_behind_fires_by_level_clears_with_hysteresis_and_is_held_while_down():
     """The pack's levels, by hand: warning past 60 s behind, critical past 300; an alert
-    holds its level until 5 % back inside it (57 s, 285 s). While the store is unavailable, the lag (its
-    samples age in the spool) is that outage's symptom, suppressed by it."""
+    holds its level until 5 % back inside it (57 s, 285 s). While the store is unavailable,
+    the lag (its samples age in the spool) is that outage's symptom, suppressed by it."""
     from alerts.inhibit import inhibit
     from alerts.rules import StoreState, builtin_conditions
 
