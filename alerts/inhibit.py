@@ -31,8 +31,7 @@ SOURCE_LIMITS = frozenset({"upstream"})
 CDU_CAUSES = frozenset({"leak", "pump_redundancy_lost", "device_unreachable"})
 SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_on_battery", "rectifier_redundancy_lost",
                            "device_unreachable"})
-SITE_SYMPTOMS = {"store_unavailable": ("store_behind",)}  # a cause -> the site's symptoms
-SITE_WIDE = frozenset(s for symptoms in SITE_SYMPTOMS.values() for s in symptoms)
+SITE_CAUSE = {"store_behind": "store_unavailable"}  # a symptom of the site -> its cause
 # (symptom rule, subject) -> its causes, each with the limits it explains (None: any)
 Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 
@@ -46,9 +45,9 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
     for c in conditions:
         if not c.active:
             continue
-        if c.rule in SITE_SYMPTOMS:
-            for symptom in SITE_SYMPTOMS[c.rule]:
-                cause_of.setdefault((symptom, "*"), []).append((c.rule, None))
+        if c.rule in SITE_CAUSE.values():
+            cause_of.update({(symptom, ""): [(c.rule, None)]
+                             for symptom, cause in SITE_CAUSE.items() if cause == c.rule})
             continue
         if c.rule == "gateway_unreachable":
             name = f"gateway_unreachable{{gateway={c.labels['gateway']}}}"
@@ -80,8 +79,8 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
 
 
 def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:
-    if c.rule in SITE_WIDE and (c.rule, "*") in cause_of:
-        return cause_of[(c.rule, "*")][0][0]
+    if c.rule in SITE_CAUSE:
+        return next((name for name, _ in cause_of.get((c.rule, ""), ())), None)
     device, rack = c.labels.get("device"), c.labels.get("rack")
     if device is not None:
         key = ("gateway", device) if c.rule == "device_unreachable" else ("*", device)
