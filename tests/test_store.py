@@ -172,6 +172,29 @@ def test_spool_bound_drops_oldest_and_counts_them(tmp_path):
     reopened.close()
 
 
+def test_a_spool_from_before_the_oldest_column_says_its_oldest_sample(tmp_path):
+    """A spool file written before each row kept its oldest time: opened, it gains the
+    column and reads that row's oldest from its samples; new rows keep theirs."""
+    import sqlite3
+
+    from aidc.store.spool import _encode
+
+    path = tmp_path / "spool.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE spool (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL,"
+                   " payload TEXT NOT NULL)")
+        db.execute("INSERT INTO spool (n, payload) VALUES (2, ?)", (_encode(
+            [Sample("pdu", {"device": "p"}, "power_kw", 1.0, T0 + 5),
+             Sample("pdu", {"device": "p"}, "power_kw", 2.0, T0 + 3)]),))
+    down = InfluxStore(StoreConfig(backend="influxdb", url=f"http://127.0.0.1:{free_port()}"), timeout_s=0.5)
+    writer = SpooledWriter(down, path)
+    assert (writer.spooled_samples(), writer.spooled_since) == (2, T0 + 3)
+    writer.write([Sample("pdu", {"device": "p"}, "power_kw", 3.0, T0 + 9)])
+    with sqlite3.connect(path) as db:
+        assert [o for (o,) in db.execute("SELECT oldest FROM spool ORDER BY id")] == [None, T0 + 9]
+    writer.close()
+
+
 def _query(influxd, q: str) -> None:
     import httpx
 

@@ -25,7 +25,7 @@ from aidc.store import Store, StoreRejected, StoreUnavailable
 log = logging.getLogger("aidc.store.spool")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL,
-                                  payload TEXT NOT NULL);
+                                  payload TEXT NOT NULL, oldest REAL);
 CREATE TABLE IF NOT EXISTS rejected (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
                                      n INTEGER NOT NULL, error TEXT NOT NULL,
                                      payload TEXT NOT NULL);
@@ -47,6 +47,8 @@ class SpooledWriter:
         self._db = private_sqlite(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        if "oldest" not in {r[1] for r in self._db.execute("PRAGMA table_info(spool)")}:
+            self._db.execute("ALTER TABLE spool ADD COLUMN oldest REAL")  # a spool from before
         self._lock = threading.Lock()
         counters = dict(self._db.execute("SELECT name, value FROM counters"))
         self.dropped_samples = counters.get("dropped_samples", 0)
@@ -58,8 +60,15 @@ class SpooledWriter:
         self.spooled_since = self._first_spooled_ts()  # of the oldest sample waiting
 
     def _first_spooled_ts(self) -> float | None:
-        row = self._db.execute("SELECT payload FROM spool ORDER BY id LIMIT 1").fetchone()
-        return None if row is None else min((s.ts for s in _decode(row[0])), default=None)
+        """The time of the oldest sample spooled (a row from before the column, decoded)."""
+        row = self._db.execute("SELECT id, oldest FROM spool ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            return None
+        rid, oldest = row
+        if oldest is None:
+            (payload,) = self._db.execute("SELECT payload FROM spool WHERE id = ?", (rid,)).fetchone()
+            oldest = min((s.ts for s in _decode(payload)), default=None)
+        return oldest
 
     def spooled_samples(self) -> int:
         """Samples waiting for the store (read without waiting for a write in progress)."""
@@ -127,9 +136,11 @@ class SpooledWriter:
         self._db.execute("INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (name, value))
 
     def _append(self, samples: Sequence[Sample]) -> None:
-        self._db.execute("INSERT INTO spool (n, payload) VALUES (?, ?)", (len(samples), _encode(samples)))
+        oldest = min(s.ts for s in samples)
+        self._db.execute("INSERT INTO spool (n, payload, oldest) VALUES (?, ?, ?)",
+                         (len(samples), _encode(samples), oldest))
         if self.spooled_since is None:
-            self.spooled_since = min(s.ts for s in samples)
+            self.spooled_since = oldest
         self._spooled += len(samples)
         while self._spooled > self.max_samples:
             rid, n = self._db.execute("SELECT id, n FROM spool ORDER BY id LIMIT 1").fetchone()
