@@ -24,31 +24,15 @@ from pathlib import Path
 import yaml
 
 from aidc.config import RuleSettings, Site
-from aidc.metrics import Sample
 from aidc.runtime import Runtime
 from aidc.sitegen import generate
-from aidc.topology import Topology
-from benchmarks.common import write_result
+from benchmarks.common import device_samples, write_result
 from simulators.physics import SitePhysics
 
 RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "10000"))  # smaller to try it out
 TICKS = 15
 RESULT = Path(__file__).parent / "results" / "alerts.json"
 TARGET_MS = 50.0
-
-
-def latest_of(site: Site, physics: SitePhysics, now: float) -> dict[tuple[str, str], Sample]:
-    """Every device's values now, as the collectors would have left them: the series key
-    ``current_a{outlet=3}`` is the metric ``current_a`` with the row label ``outlet``."""
-    tags = Topology(site).device_tags
-    out = {}
-    for d in site.devices:
-        for key, value in physics.values(d.id).items():
-            if value is not None:
-                metric, _, row = key.rstrip("}").partition("{")
-                labels = dict(label.split("=") for label in row.split(",")) if row else {}
-                out[(d.id, key)] = Sample(d.kind, tags[d.id] | labels, metric, value, now)
-    return out
 
 
 async def timed_ticks(runtime: Runtime, latest: dict, start: float) -> tuple[float, float, float, int]:
@@ -93,11 +77,11 @@ def main() -> None:
         physics = SitePhysics(site)
         physics.step()
         now = time.time()
-        quiet = latest_of(site, physics, now + 86400)
+        quiet = device_samples(site, physics, now + 86400)
         for loop in site.loops:  # a leak on one CDU of each loop: isolated, the rest
             physics.faults.leak.add(loop.cdus[0])  # in reserve, every rack over its limit
         physics.step()
-        storm = latest_of(site, physics, now + 86400)
+        storm = device_samples(site, physics, now + 86400)
 
         # a rule of the site's own over every PDU's currents (its inlet and each outlet),
         # its levels above the highest: quiet, as a site's rules are nearly always

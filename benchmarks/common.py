@@ -1,4 +1,5 @@
-"""What every benchmark's results file says about the machine it ran on."""
+"""What every benchmark's results file says about the machine it ran on, and the samples
+a simulated site's collectors would leave."""
 
 from __future__ import annotations
 
@@ -7,7 +8,29 @@ import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from aidc.metrics import Sample
+from aidc.topology import Topology
+
+if TYPE_CHECKING:
+    from aidc.config import Site
+    from simulators.physics import SitePhysics
+
+
+def device_samples(site: Site, physics: SitePhysics, now: float) -> dict[tuple[str, str], Sample]:
+    """Every device's values now, as the collectors would have left them, by (device, series
+    key): the key ``current_a{outlet=3}`` is the metric ``current_a`` with the row label
+    ``outlet``, beside the device's place."""
+    tags = Topology(site).device_tags
+    out = {}
+    for d in site.devices:
+        for key, value in physics.values(d.id).items():
+            if value is not None:
+                metric, _, row = key.rstrip("}").partition("{")
+                labels = dict(label.split("=") for label in row.split(",")) if row else {}
+                out[(d.id, key)] = Sample(d.kind, tags[d.id] | labels, metric, float(value), now)
+    return out
 
 
 def machine(versions: str) -> str:

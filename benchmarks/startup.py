@@ -26,7 +26,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -41,13 +40,12 @@ import numpy as np
 from aidc.cli import _load
 from aidc.config import load_site
 from aidc.derive import SiteModel
-from aidc.metrics import Sample, key_of
+from aidc.metrics import key_of
 from aidc.net import free_port
 from aidc.sitegen import generate
 from aidc.snapshot import latest_from_store, rack_power_history
 from aidc.store import open_store
-from aidc.topology import Topology
-from benchmarks.common import machine
+from benchmarks.common import device_samples, machine
 from simulators.physics import SitePhysics
 
 SIZES = [int(n) for n in os.environ.get("AIDC_BENCH_SIZES", "1000,4000,10000").split(",")]
@@ -56,7 +54,6 @@ MEASURED_WITHIN_S = 900  # of filling a store: every command timed on it at one 
 RESULT = Path(__file__).parent / "results" / "startup.json"
 TARGETS_S = {"check": 3.0, "headroom": 3.0, "whatif": 3.0, "run_to_first_tick": 10.0}
 AIDC = [sys.executable, "-m", "aidc.cli"]
-KEY = re.compile(r"([^{]+)(?:\{(.*)\})?$")
 PYYAML_LOAD = "import sys, yaml; yaml.load(open(sys.argv[1]), Loader=yaml.CSafeLoader)"
 
 
@@ -77,15 +74,8 @@ def fill_store(site_path: Path, data_dir: Path) -> int:
     full window, never a part that aged out while the benchmark ran (readers take no
     point later than their now). The last minute is written last, as a running store holds
     it: not yet moved from the recent samples into the rest."""
-    site = load_site(site_path)
-    tags, physics, now = Topology(site).device_tags, SitePhysics(site), time.time()
-    samples = []
-    for d in site.devices:
-        for key, value in physics.values(d.id).items():
-            if value is not None:
-                field, labels = KEY.match(key).groups()
-                extra = dict(kv.split("=") for kv in labels.split(",")) if labels else {}
-                samples.append(Sample(d.kind, tags[d.id] | extra, field, float(value), now))
+    site, now = load_site(site_path), time.time()
+    samples = list(device_samples(site, SitePhysics(site), now).values())
     model = SiteModel(site)
     samples += model.derived_samples(model.evaluate(
         {(s.tags["device"], key_of(s.field, s.tags)): s for s in samples}, now))
