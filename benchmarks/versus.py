@@ -35,7 +35,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -88,6 +90,28 @@ def start(argv: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
+def measured(proc: subprocess.Popen, polls: Callable[[], float], log: Path,
+             agree: Callable[[], bool]) -> dict:
+    """The polls ``polls()`` counts and the CPU seconds of ``proc`` over WINDOW_S, from
+    WARM_UP_S after its first poll, and whether the values it read agree with those served
+    (``agree()``, asked at the window's end); ``proc`` is stopped after."""
+    try:
+        deadline = time.monotonic() + 60
+        while not polls():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{Path(proc.args[0]).name} did not poll: "
+                                 f"{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        time.sleep(WARM_UP_S)
+        polls0, cpu0 = polls(), cpu_s(proc.pid)
+        time.sleep(WINDOW_S)
+        return {"polls": polls() - polls0, "cpu_s": cpu_s(proc.pid) - cpu0,
+                "values_agree": agree()}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def free_tcp_ports(n: int) -> list[int]:
     ports: set[int] = set()
     while len(ports) < n:
@@ -120,40 +144,34 @@ def aidc_site(work: Path, name: str, snmp_ports: list[int], modbus_ports: list[i
 
 
 def good_polls(url: str, prefix: str) -> float:
-    """Polls that answered, of the devices whose ids start with ``prefix``."""
-    metrics = scrape(url)
+    """Polls that answered, of the devices whose ids start with ``prefix`` (0 before the
+    web server answers)."""
+    try:
+        metrics = scrape(url)
+    except httpx.HTTPError:
+        return 0.0
     return sum(s.value if s.name == "aidc_polls_total" else -s.value
-               for family in ("aidc_polls", "aidc_poll_errors") for s in metrics[family]
+               for family in ("aidc_polls", "aidc_poll_errors") for s in metrics.get(family, ())
                if s.name.endswith("_total") and s.labels["device"].startswith(prefix))
 
 
 def run_aidc(site: Path, work: Path, prefix: str) -> dict:
-    """`aidc run` on ``site``; the polls of the devices whose ids start with ``prefix``."""
+    """`aidc run` on ``site``; the polls of the devices whose ids start with ``prefix``, and
+    whether each read every value as served (checked at the window's end)."""
     port, log = free_port(), work / f"aidc-{prefix}.log"
     proc = start([sys.executable, "-m", "aidc.cli", "run", "--site", str(site), "--data-dir",
                   str(work / f"data-{prefix}"), "--web-port", str(port)], log)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if good_polls(url, prefix) > 0:
-                    break
-            except (httpx.HTTPError, KeyError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"aidc run did not poll: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        time.sleep(WARM_UP_S)
-        polls0, cpu0 = good_polls(url, prefix), cpu_s(proc.pid)
-        time.sleep(WINDOW_S)
-        polls, cpu = good_polls(url, prefix) - polls0, cpu_s(proc.pid) - cpu0
-        latest = httpx.get(url + "api/v1/devices", timeout=30).json()
-        agree = all(d["state"] == "up" for d in latest if d["id"].startswith(prefix))
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    return {"cpu_s": cpu, "polls": polls, "values_agree": agree}
+    url, served = f"http://127.0.0.1:{port}/", SNMP_VALUES if prefix == "ups" else MODBUS_VALUES
+
+    def agree() -> bool:
+        ids = [d["id"] for d in httpx.get(url + "api/v1/devices", timeout=30).json()
+               if d["id"].startswith(prefix)]
+        return bool(ids) and all(
+            {r["series"]: r["value"] for r in httpx.get(
+                f"{url}api/v1/devices/{device}/readings", timeout=30).json()} == served
+            for device in ids)
+
+    return measured(proc, lambda: good_polls(url, prefix), log, agree)
 
 
 # --------------------------------------------------------------------------- collectd
@@ -222,27 +240,18 @@ def run_collectd(work: Path, snmp_ports: list[int], modbus_ports: list[int],
                            check=False)
     if check.returncode:
         raise SystemExit(f"collectd refused its config: {check.stderr or check.stdout}")
-    proc = start([binary, "-f", "-C", str(conf)], work / "collectd.log")
+    log = work / "collectd.log"
+    proc = start([binary, "-f", "-C", str(conf)], log)
     per_poll = (len(SNMP_OIDS) if snmp_per_value else 1) if snmp_ports else len(MODBUS_VALUES)
-    try:
-        deadline = time.monotonic() + 60
-        while csv_rows(work / "csv")[0] == 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"collectd wrote nothing: {(work / 'collectd.log').read_text()}")
-            time.sleep(0.5)
-        time.sleep(WARM_UP_S)
-        rows0, cpu0 = csv_rows(work / "csv")[0], cpu_s(proc.pid)
-        time.sleep(WINDOW_S)
-        rows, cpu = csv_rows(work / "csv")[0] - rows0, cpu_s(proc.pid) - cpu0
-        _, last = csv_rows(work / "csv")
-    finally:
-        proc.terminate()
-        proc.wait(30)
     served = list((SNMP_VALUES if snmp_ports else MODBUS_VALUES).values())
-    agree = all(  # a file a value, gauge-v07-<date> the 8th; or ups12-<date>, all 12 a row
-        float(row[3]) == served[int(row[1].split("-")[1][1:])] if row[1].startswith("gauge-")
-        else sorted(float(v) for v in row[3:]) == sorted(served) for row in last)
-    return {"cpu_s": cpu, "polls": rows / per_poll, "values_agree": agree and bool(last)}
+
+    def agree() -> bool:  # a file a value, gauge-v07-<date> the 8th; or ups12-<date>, 12 a row
+        last = csv_rows(work / "csv")[1]
+        return bool(last) and all(
+            float(row[3]) == served[int(row[1].split("-")[1][1:])] if row[1].startswith("gauge-")
+            else sorted(float(v) for v in row[3:]) == sorted(served) for row in last)
+
+    return measured(proc, lambda: csv_rows(work / "csv")[0] / per_poll, log, agree)
 
 
 # --------------------------------------------------------------------------- snmp_exporter
@@ -259,9 +268,10 @@ def exporter_conf(work: Path) -> Path:
     return path
 
 
-async def scrape_forever(url: str, targets: list[str], stop: asyncio.Event,
+async def scrape_forever(url: str, targets: list[str], stop: threading.Event,
                          counts: dict[str, int]) -> None:
-    """Each target every POLL_S, as Prometheus' scrapes would, spread over the interval."""
+    """Each target every POLL_S, as Prometheus' scrapes would, spread over the interval,
+    until ``stop``."""
     async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=50)) as client:
         async def one(target: str, offset: float) -> None:
             await asyncio.sleep(offset)
@@ -273,8 +283,8 @@ async def scrape_forever(url: str, targets: list[str], stop: asyncio.Event,
                                     if line.startswith("v"))
                     good = r.status_code == 200 and values == sorted(SNMP_VALUES.values())
                     counts["good" if good else "bad"] += 1
-                except httpx.HTTPError:
-                    counts["bad"] += 1
+                except httpx.HTTPError:  # not listening yet, or too slow: no poll, no value
+                    pass
                 await asyncio.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
 
         await asyncio.gather(*(one(t, POLL_S * i / len(targets)) for i, t in enumerate(targets)))
@@ -284,35 +294,18 @@ def run_exporter(work: Path, snmp_ports: list[int]) -> dict:
     binary = shutil.which("prometheus-snmp-exporter")
     work.mkdir()
     port = free_port()
+    log = work / "exporter.log"
     proc = start([binary, f"--config.file={exporter_conf(work)}",
-                  f"--web.listen-address=127.0.0.1:{port}"], work / "exporter.log")
-    url = f"http://127.0.0.1:{port}/snmp"
-    counts = {"good": 0, "bad": 0}
-
-    async def measure() -> tuple[float, float]:
-        stop = asyncio.Event()
-        scraping = asyncio.create_task(scrape_forever(
-            url, [f"{HOST}:{p}" for p in snmp_ports], stop, counts))
-        deadline = time.monotonic() + 60
-        while counts["good"] == 0:
-            if proc.poll() is not None or time.monotonic() > deadline or scraping.done():
-                raise SystemExit(f"snmp_exporter answered nothing: "
-                                 f"{(work / 'exporter.log').read_text()[-2000:]}")
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(WARM_UP_S)
-        good0, cpu0 = counts["good"], cpu_s(proc.pid)
-        await asyncio.sleep(WINDOW_S)
-        result = counts["good"] - good0, cpu_s(proc.pid) - cpu0
-        stop.set()
-        await scraping
-        return result
-
+                  f"--web.listen-address=127.0.0.1:{port}"], log)
+    counts, stop = {"good": 0, "bad": 0}, threading.Event()
+    scraper = threading.Thread(target=asyncio.run, args=(scrape_forever(
+        f"http://127.0.0.1:{port}/snmp", [f"{HOST}:{p}" for p in snmp_ports], stop, counts),))
+    scraper.start()
     try:
-        polls, cpu = asyncio.run(measure())
+        return measured(proc, lambda: counts["good"], log, lambda: counts["bad"] == 0)
     finally:
-        proc.terminate()
-        proc.wait(30)
-    return {"cpu_s": cpu, "polls": polls, "values_agree": counts["bad"] == 0}
+        stop.set()
+        scraper.join()
 
 
 # --------------------------------------------------------------------------- main
