@@ -85,8 +85,9 @@ async def eventually(read, done, what: str, timeout_s: float = 30):
     """What ``read()`` gives once ``done`` holds of it."""
     deadline = time.monotonic() + timeout_s
     while not done(answer := await read()):
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
-        await asyncio.sleep(0.2)
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for " \
+            f"{what}: {str(answer)[:500]}"
+        await asyncio.sleep(0.1)
     return answer
 
 
@@ -101,14 +102,10 @@ async def check_readings_and_pue(simulated, runtime, web, started: float) -> Non
     await wait_until(lambda: runtime.ticks >= 2 and runtime.status and runtime.status.pue
                      and all(r.complete for r in runtime.status.racks),
                      30, "two model ticks with a PUE and every rack's headroom complete")
-    async def complete(path: str, done) -> object:
+    def complete(path: str, done):
         """The API's answer once ``done`` holds: a loaded machine may leave one sample stale
         for a tick, and the numbers below are checked on a complete one."""
-        deadline = time.monotonic() + 30
-        while not done(body := await get_json(web.url + path)):
-            assert time.monotonic() < deadline, f"{path} never complete: {body}"
-            await asyncio.sleep(0.1)
-        return body
+        return eventually(lambda: get_json(web.url + path), done, f"{path} complete")
 
     site = await complete("api/v1/site", lambda b: b["pue"] is not None)
     truth = simulated.truth()
