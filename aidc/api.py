@@ -665,18 +665,13 @@ class SiteAPI:
         """Serving while the model ticks (503 "stalled" when it stops). "degraded" when a
         series the model and its rules need has never once read good since start (after a
         grace of three poll intervals): those rules can neither fire nor clear. Device
-        outages are reported, not unhealthy."""
+        outages are reported, not unhealthy. A collector of a sharded site (no model) is
+        healthy while it runs."""
         rt, now = self.runtime, time.time()
         up, total = self.devices_up()
-        tick_age = now - rt.status.updated_at if rt.status else now - rt.started_at
-        ok = tick_age < 3 * rt.site.model.tick_s + 5
-        grace_s = 3 * max(rt.site.poll_s(d) + rt.site.timeout_s(d) for d in rt.site.devices)
-        never = [m for m in (rt.status.missing if rt.status else [])
-                 if tuple(m.split(".", 1)) not in rt.ever_good] if now - rt.started_at > grace_s else []
-        return ok, {
-            "status": "stalled" if not ok else "degraded" if never else "ok",
-            "inputs_never_read": never[:20],
-            "last_tick_age_s": round(tick_age, 2),
+        state = ({"status": "ok", "shard": "{}/{}".format(*rt.shard)} if rt.role == "collect"
+                 else self._ticking(now))
+        return state["status"] != "stalled", {"role": rt.role} | state | {
             "devices_up": up,
             "devices_total": total,
             "store_up": rt.writer.store_up,
@@ -686,6 +681,16 @@ class SiteAPI:
             "dropped_samples": rt.writer.dropped_samples,
             "rejected_samples": rt.writer.rejected_samples,
         }
+
+    def _ticking(self, now: float) -> dict[str, Any]:
+        rt = self.runtime
+        tick_age = now - rt.status.updated_at if rt.status else now - rt.started_at
+        ok = tick_age < 3 * rt.site.model.tick_s + 5
+        grace_s = 3 * max(rt.site.poll_s(d) + rt.site.timeout_s(d) for d in rt.site.devices)
+        never = [m for m in (rt.status.missing if rt.status else [])
+                 if tuple(m.split(".", 1)) not in rt.ever_good] if now - rt.started_at > grace_s else []
+        return {"status": "stalled" if not ok else "degraded" if never else "ok",
+                "inputs_never_read": never[:20], "last_tick_age_s": round(tick_age, 2)}
 
     def metrics(self, accept: str = "") -> tuple[bytes, str]:
         """aidc's own health for Prometheus, and its content type."""

@@ -103,7 +103,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate: bool) -> None:
+async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate: bool,
+                 role: str = "all", shard: tuple[int, int] = (1, 1)) -> None:
     import asyncio  # here and where it runs: the commands that answer and end skip its 60 ms
 
     from aidc.api import SiteAPI
@@ -121,20 +122,24 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
         simulated = SimulatedSite(site)
         await simulated.start()
     _raise_open_files_limit(site)
-    runtime = Runtime(site, data_dir)
+    runtime = Runtime(site, data_dir, role=role, shard=shard)
     gc.freeze()  # the site, its model, topology and health live as long as the process
     gc.set_threshold(*RUN_GC_THRESHOLDS)
     token = site.web.api_token.get_secret_value() if site.web.api_token else None
     if token is None and simulate:
         token = _demo_token(data_dir)
-    web = WebServer(SiteAPI(runtime), host, web_port, token)
+    web = WebServer(SiteAPI(runtime), host, web_port, token, console=role != "collect")
     if simulated:
         from simulators.control import register_fault_routes
 
         register_fault_routes(web.flask, simulated, web.auth)
     web.start()
-    print(f"aidc {'demo ' if simulate else ''}running: {web.url}  (API: {web.url}api/v1/site)"
-          "  Ctrl-C stops.", flush=True)
+    if role == "collect":
+        print(f"aidc collector {shard[0]}/{shard[1]} polling {len(runtime.polled)} of "
+              f"{len(site.devices)} devices: {web.url}healthz  Ctrl-C stops.", flush=True)
+    else:
+        print(f"aidc {'demo ' if simulate else ''}{'core ' if role == 'core' else ''}running: "
+              f"{web.url}  (API: {web.url}api/v1/site)  Ctrl-C stops.", flush=True)
     if token and simulate and not site.web.api_token:
         print(f"write actions (alert ack) take the bearer token in {data_dir / 'api-token'}")
     if simulate and (data_dir / "operator-password").exists():
@@ -192,17 +197,36 @@ def _demo_operator(data_dir: Path):
                 password_hash=hash_password(path.read_text().strip()))
 
 
-def _serve_until_stopped(site: Site, args: argparse.Namespace, simulate: bool) -> int:
+def _serve_until_stopped(site: Site, args: argparse.Namespace, simulate: bool, **role) -> int:
     import asyncio
 
-    asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate))
+    asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate, **role))
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``i/n``: the i-th of n collector shards (1 <= i <= n)."""
+    i, _, n = text.partition("/")
+    if not (i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n with 1 <= i <= n, as 2/3")
+    return int(i), int(n)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     _logging(args.verbose)
+    if args.shard and args.role != "collect":
+        return _fail("--shard says which devices a collector polls: give it with --role collect")
     site = _load(args.site)
-    return _serve_until_stopped(site, args, simulate=False)
+    if args.role != "all" and site.store.backend != "influxdb":
+        return _fail(f"--role {args.role}: collectors and the core share the site's store, "
+                     f"which must be InfluxDB (store: backend: influxdb) in {args.site}")
+    shard = args.shard or (1, 1)
+    if args.data_dir is None:  # a host may run a core and collectors: each its own spool
+        args.data_dir = {"all": "data/run", "core": "data/core"}.get(
+            args.role, f"data/collect-{shard[0]}-of-{shard[1]}")
+    if args.web_port is None:  # and its own port
+        args.web_port = 8050 + (shard[0] if args.role == "collect" else 0)
+    return _serve_until_stopped(site, args, simulate=False, role=args.role, shard=shard)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -548,12 +572,21 @@ def parser() -> argparse.ArgumentParser:
         r = sub.add_parser(name, help=helptext)
         r.add_argument("--site", default=str(DEMO_SITE) if name == "demo" else None,
                        required=name == "run", help="site file")
-        r.add_argument("--data-dir", default=f"data/{name}", help="embedded store, spool, alerts")
+        by_role = " (default: by --role)" if name == "run" else ""
+        r.add_argument("--data-dir", default=None if name == "run" else "data/demo",
+                       help="embedded store, spool, alerts" + by_role)
         r.add_argument("--host", default="127.0.0.1", help="web app and API address")
-        r.add_argument("--web-port", type=int, default=8050, help="web app and API port")
+        r.add_argument("--web-port", type=int, default=None if name == "run" else 8050,
+                       help="web app and API port (8050; a collector's health: 8050 + I)")
         r.add_argument("-v", "--verbose", action="store_true")
         r.set_defaults(func=cmd_run if name == "run" else cmd_demo)
-        if name == "demo":
+        if name == "run":
+            r.add_argument("--role", choices=("all", "collect", "core"), default="all",
+                           help="all in one process, or split: collectors poll their shard "
+                           "into InfluxDB, the core models, alerts and serves from it")
+            r.add_argument("--shard", type=_shard, metavar="I/N",
+                           help="with --role collect: poll the I-th of N shards of the devices")
+        else:
             r.add_argument("--port-offset", type=int, default=0,
                            help="add to every simulated device's port (to run two demos)")
             r.add_argument("--webhook", help="also send alert webhooks to this URL")

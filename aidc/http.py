@@ -122,6 +122,20 @@ def api_routes(app: Flask) -> MapAdapter:
     return Map(rules).bind("localhost")
 
 
+def register_health_routes(app: Flask, api: SiteAPI) -> None:
+    """``/healthz`` and ``/metrics``: open to probes and scrapers, as Auth's OPEN_PATHS say;
+    all that a collector of a sharded site serves."""
+    @app.get("/healthz")
+    def healthz():
+        ok, body = api.health()
+        return jsonify(body), 200 if ok else 503
+
+    @app.get("/metrics")
+    def metrics():
+        body, content_type = api.metrics(request.headers.get("Accept", ""))
+        return Response(body, content_type=content_type)
+
+
 def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
     app.json = FiniteJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # refused from Content-Length, unread
@@ -166,15 +180,7 @@ def register_routes(app: Flask, api: SiteAPI, auth: Auth) -> None:
     def openapi_document():
         return jsonify(openapi())
 
-    @app.get("/healthz")
-    def healthz():
-        ok, body = api.health()
-        return jsonify(body), 200 if ok else 503
-
-    @app.get("/metrics")
-    def metrics():
-        body, content_type = api.metrics(request.headers.get("Accept", ""))
-        return Response(body, content_type=content_type)
+    register_health_routes(app, api)
 
     @app.get("/api/v1/site")
     def site():

@@ -289,17 +289,38 @@ class DeviceHealth:
             self.error = f"no sample for {silent_s:.0f} s: its poll is overdue"
 
     def ok(self, now: float, poll_ms: float, points_bad: int = 0, points: int = 0) -> None:
-        """A poll that reached the device: ``up``, or ``degraded`` while some of its points
-        read bad or out of range (the device answers; its map or its sensors do not)."""
-        state = "degraded" if points_bad else "up"
-        if self.state != state:
-            self.state, self.since = state, now
-        self.last_ok, self.failures, self.stalled = now, 0, False
-        self.error = f"reachable, {points_bad} of {points} points bad" if points_bad else ""
-        self.points_bad, self.points = points_bad, points
+        """A poll that reached the device."""
+        self.heard(now, points_bad, points)
         self.polls_total += 1
         self.last_poll_ms = poll_ms
         self.retry_in_s = self.poll_s
+
+    def heard(self, at: float, points_bad: int = 0, points: int = 0) -> None:
+        """The device answered at ``at`` (a poll of ours, or a collector's that a core reads
+        from the store): ``up``, or ``degraded`` while some of its points read bad or out of
+        range (the device answers; its map or its sensors do not)."""
+        state = "degraded" if points_bad else "up"
+        if self.state != state:
+            self.state, self.since = state, at
+        self.last_ok, self.failures, self.stalled = at, 0, False
+        self.error = f"reachable, {points_bad} of {points} points bad" if points_bad else ""
+        self.points_bad, self.points = points_bad, points
+
+    def unheard(self, now: float, since: float, stale_after_s: float, down_after_s: float) -> None:
+        """As a core judges a device from the store its collectors write: ``stale`` once no
+        sample of it landed for ``stale_after_s``, ``down`` after ``down_after_s`` (counted
+        from ``since`` for a device never heard of): its collector is stopped, or cannot
+        reach it. The polls it missed count as failed, for the unreachable rule."""
+        silent_s = now - (self.last_ok or since)
+        if silent_s > down_after_s:
+            if not self.stalled:
+                self.state, self.since, self.stalled = "down", now, True
+            self.failures = int(silent_s // self.poll_s)
+            self.error = (f"no sample in the store for {silent_s:.0f} s: its collector is "
+                          "stopped or cannot reach it")
+        elif silent_s > stale_after_s and self.state in ("up", "degraded"):
+            self.state, self.since = "stale", now
+            self.error = f"no sample in the store for {silent_s:.0f} s"
 
     def fail(self, now: float, error: str) -> None:
         if self.state != "down":

@@ -17,12 +17,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from aidc.config import DEVICE_KINDS, Site
 from aidc.derive import SiteModel, SiteStatus
 from aidc.files import private_dir
 from aidc.metrics import (
     BAD_QUALITIES,
+    STALE_AFTER_POLLS,
     DeviceHealth,
     FreshLatest,
     LatestTable,
@@ -37,7 +39,7 @@ from aidc.metrics import (
 from aidc.snapshot import rack_power_history
 from aidc.store import Store, open_store
 from aidc.store.spool import SpooledWriter
-from aidc.topology import Topology
+from aidc.topology import Topology, shard_of
 from alerts.evaluate import Evaluator
 from alerts.inhibit import inhibit
 from alerts.notify import Notifier
@@ -53,6 +55,7 @@ from alerts.silences import Silences
 from collectors import Collector, DeviceUnreachable, make_collector
 
 log = logging.getLogger("aidc.runtime")
+Role = Literal["all", "collect", "core"]
 STOP_TIMEOUT_S = 10.0  # the longest a stopping runtime waits for its tasks
 WATCHDOG_S = 0.5  # how often the liveness watchdog looks at every device
 LAG_WINDOW_S = 60.0  # the loop lag reported is the worst over this window
@@ -96,6 +99,9 @@ def _drop_outcome(task: asyncio.Task) -> None:
         log.debug("event=abandoned_task_ended error=%r", task.exception())
 
 
+# a collector's sample lands in the store within its flush interval and this (the write):
+# a core reads that far back, and judges a sample stale that much later
+STORE_LATE_S = 2.0
 PROBE_REUSE_S = 2.0  # a probe ended this recently is given again, not read again
 MIN_TICK_GAP_S = 0.25  # between two ticks' starts, however often a flag flips
 
@@ -130,20 +136,31 @@ class NotAnswering(Exception):
 
 
 class Runtime:
-    def __init__(self, site: Site, data_dir: Path, store: Store | None = None):
+    """``role`` "all" runs everything in one process. A large site splits it: ``collect``
+    polls the devices of one ``shard`` (i, n) and writes them to the store, which must then
+    be InfluxDB; ``core`` polls nothing, reads the collectors' samples from the store as
+    they land, and runs the model, the alerts and the web app on them."""
+
+    def __init__(self, site: Site, data_dir: Path, store: Store | None = None,
+                 role: Role = "all", shard: tuple[int, int] = (1, 1)):
         private_dir(data_dir)
-        self.site, self.data_dir = site, data_dir
+        self.site, self.data_dir, self.role, self.shard = site, data_dir, role, shard
         self.topology = Topology(site)
         self.store = store or open_store(site.store, data_dir)
         self.writer = SpooledWriter(self.store, data_dir / "spool.sqlite")
         self.latest: dict[tuple[str, str], Sample] = {}  # (device, Reading.key) -> newest
         self.series_of: dict[str, tuple[str, ...]] = {}  # device -> its keys in `latest`
         self.ever_good: set[tuple[str, str]] = set()  # series that have read good at least once
-        self.health = {
-            d.id: DeviceHealth(d.id, d.kind, site.poll_s(d)) for d in site.devices
-        }
+        self.polled = [] if role == "core" else [
+            d for d in site.devices if shard_of(d, shard[1]) == shard[0]]
+        self.health = {d.id: DeviceHealth(d.id, d.kind, site.poll_s(d))
+                       for d in (self.polled if role == "collect" else site.devices)}
         self.model = SiteModel(site)
-        self._poll_s = {d: h.poll_s for d, h in self.health.items()}
+        # a core reads a sample a flush and a read of the store after its poll: it is
+        # judged stale that much later
+        self.late_s = STORE_LATE_S + 2 * site.store.flush_s if role == "core" else 0.0
+        self._poll_s = {d: h.poll_s + self.late_s / STALE_AFTER_POLLS
+                        for d, h in self.health.items()}
         self.model_inputs = LatestTable(self.model.keys_read, self._poll_s)  # of `latest`
         self.status: SiteStatus | None = None
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
@@ -177,7 +194,7 @@ class Runtime:
         self.poll_timing = PollTiming()
         self._probe_locks: dict[str, asyncio.Lock] = {}
         self._probes: dict[str, Probe] = {}  # each device's last probe
-        self._not_heard_from = {d.id for d in site.devices}  # no poll of theirs ended yet
+        self._not_heard_from = set(self.health)  # no poll of theirs ended yet
         self._all_heard_from = asyncio.Event()
         # a poll that flips one of these (a leak, a source on battery) ticks the model now
         self._flags: dict[str, dict[str, Callable[[float], bool]]] = {}  # kind -> metric -> test
@@ -209,16 +226,22 @@ class Runtime:
         self._loop.set_exception_handler(self._loop_error)
         tasks = [
             asyncio.create_task(self._flush_forever(), name="writer"),
-            asyncio.create_task(self._tick_forever(), name="model"),
             asyncio.create_task(self._watch_forever(), name="watchdog"),
-            asyncio.create_task(self.outbox.deliver_forever(stop), name="notifier"),
-            asyncio.create_task(self.notifier.tell_groups_forever(stop), name="alert-groups"),
-            asyncio.create_task(self.notifier.resend_to_alertmanager(
-                self.evaluator.active_alerts, stop), name="alertmanager-resend"),
         ]
-        log.info("event=runtime_started site=%s devices=%d", self.site.site, len(self.site.devices))
+        if self.role != "collect":
+            tasks += [
+                asyncio.create_task(self._tick_forever(), name="model"),
+                asyncio.create_task(self.outbox.deliver_forever(stop), name="notifier"),
+                asyncio.create_task(self.notifier.tell_groups_forever(stop), name="alert-groups"),
+                asyncio.create_task(self.notifier.resend_to_alertmanager(
+                    self.evaluator.active_alerts, stop), name="alertmanager-resend"),
+            ]
+        if self.role == "core":
+            tasks.append(asyncio.create_task(self._read_store_forever(), name="store-reader"))
+        log.info("event=runtime_started site=%s role=%s shard=%d/%d devices=%d polled=%d",
+                 self.site.site, self.role, *self.shard, len(self.site.devices), len(self.polled))
         try:
-            for i, d in enumerate(self.site.devices):
+            for i, d in enumerate(self.polled):
                 if i % START_BATCH == 0 and i:
                     await asyncio.sleep(0)  # the polls started so far, answers and timers run
                     if stop.is_set():
@@ -281,35 +304,12 @@ class Runtime:
                 else:
                     bad = sum(r.quality is not Quality.GOOD for r in readings)
                     keys = tuple(r.key for r in readings)  # (series_key() each: made once)
-                    new_series = device.kind in self._own_rules and \
-                        keys != self.series_of.get(device.id)
-                    self.series_of[device.id] = keys
+                    samples = [Sample(device.kind, tags | r.labels if r.labels else tags,
+                                      r.metric, r.value, now, r.quality) for r in readings]
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
-                    self.ever_good.update((device.id, k) for r, k in zip(readings, keys)
-                                          if r.quality is Quality.GOOD)
-                    flags = self._flags.get(device.kind)
-                    inputs = self.model_inputs
-                    for r, k in zip(readings, keys):
-                        key = (device.id, k)
-                        s = Sample(device.kind, tags | r.labels if r.labels else tags, r.metric,
-                                   r.value, now, r.quality)
-                        if flags and r.metric in flags and flipped(
-                                flags[r.metric], s, self.latest.get(key)):
-                            self._flag_flipped.set()
-                        self.latest[key] = s
-                        if k in inputs.keys_read:
-                            inputs.put(key, s)
-                        if new_series:
-                            self._watch(device, k, s)
-                        if s.quality in BAD_QUALITIES:
-                            self.bad_series[key] = s
-                        elif self.bad_series:
-                            self.bad_series.pop(key, None)
-                        self._pending.append(s)
-                if self._not_heard_from:
-                    self._not_heard_from.discard(device.id)
-                    if not self._not_heard_from:
-                        self._all_heard_from.set()
+                    self._take(device, keys, samples)
+                    self._pending += samples
+                self._heard_from(device.id)
                 health.retry_in_s = backoff_s(health.poll_s, health.failures,
                                               self.site.alerts.unreachable_intervals,
                                               self.site.defaults.backoff_max_s)
@@ -322,6 +322,35 @@ class Runtime:
         finally:
             with contextlib.suppress(Exception, TimeoutError):
                 await bounded(collector.close(), deadline_s)
+
+    def _take(self, device, keys: tuple[str, ...], samples: list[Sample]) -> None:
+        """A device's samples as newly read (by its poll, or from the store by a core),
+        with their series keys, into the latest view, the model's table and the watches."""
+        new_series = device.kind in self._own_rules and keys != self.series_of.get(device.id)
+        self.series_of[device.id] = keys
+        flags = self._flags.get(device.kind)
+        inputs = self.model_inputs
+        for k, s in zip(keys, samples):
+            key = (device.id, k)
+            if s.quality is Quality.GOOD:
+                self.ever_good.add(key)
+            if flags and s.field in flags and flipped(flags[s.field], s, self.latest.get(key)):
+                self._flag_flipped.set()
+            self.latest[key] = s
+            if k in inputs.keys_read:
+                inputs.put(key, s)
+            if new_series:
+                self._watch(device, k, s)
+            if s.quality in BAD_QUALITIES:
+                self.bad_series[key] = s
+            elif self.bad_series:
+                self.bad_series.pop(key, None)
+
+    def _heard_from(self, device_id: str) -> None:
+        if self._not_heard_from:
+            self._not_heard_from.discard(device_id)
+            if not self._not_heard_from:
+                self._all_heard_from.set()
 
     async def probe(self, device_id: str) -> Probe:
         """Read one device now, once, on a connection of its own, as `aidc probe` does; what
@@ -431,6 +460,52 @@ class Runtime:
         waiting = [t for t in (self.writer.spooled_since, self._writing_since,
                                pending[0].ts if pending else None) if t is not None]
         return max(0.0, now - min(waiting)) if waiting else 0.0
+
+    async def _read_store_forever(self) -> None:
+        """A core's polls: every ``flush_s``, the samples the collectors wrote since the
+        last read (from STORE_LATE_S and a flush before it) into the latest view, as a poll
+        would put them, and each device judged by its newest sample. A write that lands
+        later is not read: the poll after it is. While the store cannot be read, nothing is
+        judged: its outage is not the devices'."""
+        intervals, flush_s = self.site.alerts.unreachable_intervals, self.site.store.flush_s
+        since = self.started_at - STALE_AFTER_POLLS * max(self._poll_s.values(), default=0)
+        failures = 0
+        while not self._stopping:
+            now = time.time()
+            try:
+                fresh = await asyncio.to_thread(self.store.latest, since)
+            except Exception as e:  # noqa: BLE001  (down, or answering garbage: read again)
+                failures += 1
+                if worth_logging(failures):
+                    log.warning("event=store_unread count=%d error=%r", failures, str(e)[:300])
+            else:
+                failures, since = 0, now - STORE_LATE_S - flush_s
+                self._take_from_store(fresh)
+                for h in self.health.values():
+                    h.unheard(now, self.started_at, STALE_AFTER_POLLS * h.poll_s + self.late_s,
+                              intervals * h.poll_s + self.late_s)
+            await asyncio.sleep(flush_s)
+
+    def _take_from_store(self, fresh: dict[tuple[str, str], Sample]) -> None:
+        by_device: dict[str, list[tuple[str, Sample]]] = {}
+        for (device_id, key), s in fresh.items():
+            if device_id in self.health:
+                by_device.setdefault(device_id, []).append((key, s))
+        for device_id, news in by_device.items():
+            latest = self.latest
+            news = [(k, s) for k, s in news
+                    if (old := latest.get((device_id, k))) is None or s.ts > old.ts]
+            if not news:
+                continue  # nothing newer than what was read before
+            series = {k: latest[device_id, k] for k in self.series_of.get(device_id, ())}
+            series.update(news)
+            newest = max(s.ts for s in series.values())
+            keys = tuple(sorted(series))
+            device = self.topology.device_by_id[device_id]
+            self._take(device, keys, [series[k] for k in keys])
+            bad = sum(not s.good for s in series.values() if s.ts == newest)
+            self.health[device_id].heard(newest, bad, sum(s.ts == newest for s in series.values()))
+            self._heard_from(device_id)
 
     async def _flush_forever(self) -> None:
         while not self._stopping:

@@ -5,6 +5,7 @@ Tags stay bounded by the topology (site, room, row, rack, device): never values 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -171,6 +172,14 @@ class Topology:
                 f"  {room} row {row}: {len(racks)} racks, {design:g} kW design, {ab} with A/B feeds"
             )
         return "\n".join(lines)
+
+
+def shard_of(device, shards: int) -> int:
+    """The collector shard (1..``shards``) that polls ``device``: a stable hash of its
+    endpoint, the same in every process and run (Python's own ``hash`` of a str is not), so
+    that the Modbus units behind one gateway stay in one shard and queue on one connection."""
+    digest = hashlib.blake2b(f"{device.host}:{device.port}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards + 1
 
 
 def _few(ids: list[str], most: int = 8) -> str:

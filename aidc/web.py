@@ -12,7 +12,7 @@ from waitress.server import create_server
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from aidc.http import MAX_BODY_BYTES, register_routes
+from aidc.http import MAX_BODY_BYTES, register_health_routes, register_routes
 from dashboards.app import create_app
 
 log = logging.getLogger("aidc.web")
@@ -21,11 +21,16 @@ THREADS = 8  # requests served at once: the console's refreshes, the API, /metri
 
 class WebServer:
     def __init__(self, api: SiteAPI, host: str = "127.0.0.1", port: int = 8050,
-                 api_token: str | None = None):
+                 api_token: str | None = None, console: bool = True):
+        """``console`` False (a collector of a sharded site): ``/healthz`` and ``/metrics``
+        alone."""
         self.flask = Flask("aidc")
         self.auth = Auth(api.runtime.site.web, api_token, api.runtime.data_dir)
-        register_routes(self.flask, api, self.auth)
-        self.dash = create_app(api, server=self.flask, auth=self.auth)
+        if console:
+            register_routes(self.flask, api, self.auth)
+            self.dash = create_app(api, server=self.flask, auth=self.auth)
+        else:
+            register_health_routes(self.flask, api)
         # Flask answers an oversized body with a JSON 413 from its Content-Length; waitress
         # bounds a chunked one (which has none) before the app reads it. poll(), not select():
         # with a socket per device the process holds descriptors past 1,024, where select()
