@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -102,6 +103,7 @@ def _drop_outcome(task: asyncio.Task) -> None:
 # a collector's sample lands in the store within its flush interval and this (the write):
 # a core reads that far back, and judges a sample stale that much later
 STORE_LATE_S = 2.0
+FULL_READ_S = 60.0  # a core reads every series this often, those it needs every flush
 PROBE_REUSE_S = 2.0  # a probe ended this recently is given again, not read again
 MIN_TICK_GAP_S = 0.25  # between two ticks' starts, however often a flag flips
 
@@ -465,15 +467,21 @@ class Runtime:
         """A core's polls: every ``flush_s``, the samples the collectors wrote since the
         last read (from STORE_LATE_S and a flush before it) into the latest view, as a poll
         would put them, and each device judged by its newest sample. A write that lands
-        later is not read: the poll after it is. While the store cannot be read, nothing is
-        judged: its outage is not the devices'."""
+        later is not read: the poll after it is. Each read takes every series without
+        labels and those the model and the rules read; every FULL_READ_S, every series (a
+        PDU's outlets, most of a site's, for the device pages and the quality rule). While
+        the store cannot be read, nothing is judged: its outage is not the devices'."""
         intervals, flush_s = self.site.alerts.unreachable_intervals, self.site.store.flush_s
-        since = self.started_at - STALE_AFTER_POLLS * max(self._poll_s.values(), default=0)
+        newest_s = max((h.poll_s for h in self.health.values()), default=0) + self.late_s
+        since, full_at, unlabelled = self.started_at - newest_s, -math.inf, frozenset()
         failures = 0
         while not self._stopping:
             now = time.time()
+            full = now - full_at >= FULL_READ_S
+            keys = None if full else unlabelled | self.model_inputs.keys_read
             try:
-                fresh = await asyncio.to_thread(self.store.latest, since)
+                fresh = await asyncio.to_thread(
+                    self.store.latest, min(since, now - newest_s) if full else since, keys)
             except Exception as e:  # noqa: BLE001  (down, or answering garbage: read again)
                 failures += 1
                 if worth_logging(failures):
@@ -481,6 +489,9 @@ class Runtime:
             else:
                 failures, since = 0, now - STORE_LATE_S - flush_s
                 self._take_from_store(fresh)
+                if full:
+                    full_at = now
+                    unlabelled = frozenset(k for _, k in fresh if "{" not in k)
                 for h in self.health.values():
                     h.unheard(now, self.started_at, STALE_AFTER_POLLS * h.poll_s + self.late_s,
                               intervals * h.poll_s + self.late_s)
