@@ -27,7 +27,7 @@ from pydantic import (
     ValidationError,
 )
 
-from aidc.derive import (
+from aidc.core.derive import (
     PHASE_CURRENT,
     RACK_FIELDS,
     SITE_FIELDS,
@@ -38,16 +38,16 @@ from aidc.derive import (
     num,
     what_if,
 )
-from aidc.matchers import MATCHER, a_matcher, parse_matcher
-from aidc.metrics import DeviceHealth, Quality
+from aidc.core.matchers import MATCHER, a_matcher, parse_matcher
+from aidc.core.metrics import DeviceHealth, Quality
 from alerts.evaluate import Alert, read_history, severity_rank
 from alerts.rules import rule_pack
 from alerts.silences import Silence
 from models import pue as pue_model
 
 if TYPE_CHECKING:  # the CLI's readers use the JSON helpers without the collectors' libraries
+    from aidc.core.store import Aggregate, Series
     from aidc.runtime import Runtime
-    from aidc.store import Aggregate, Series
 
 PUE_WINDOWS_S = {"1h": 3600.0, "24h": 86400.0, "30d": 30 * 86400.0}
 # a kWh counter is read at the end of each of these (its maximum there, which the store's

@@ -25,8 +25,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import Flask, jsonify, redirect, request, session
 
-from aidc.config import ConfigError, User, Web, load_users
-from aidc.files import private_file
+from aidc.core.config import ConfigError, User, Web, load_users
+from aidc.core.files import private_file
 
 log = logging.getLogger("aidc.auth")
 ROLES = {"viewer": 0, "operator": 1, "admin": 2}

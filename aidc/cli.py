@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from aidc.config import ConfigError, Site, Webhook, load_site
+from aidc.core.config import ConfigError, Site, Webhook, load_site
 from alerts.rules import rule_problems
 from collectors.profiles import ProfileError, load_profile
 
@@ -51,7 +51,7 @@ def _rule_metric_problems(site: Site) -> list[tuple[tuple, str]]:
     own = {name: rule for name, rule in site.alerts.rules.items() if rule.metric is not None}
     if not own:
         return []
-    from aidc.derive import RACK_FIELDS, ROOM_FIELDS, SITE_FIELDS  # only for such rules
+    from aidc.core.derive import RACK_FIELDS, ROOM_FIELDS, SITE_FIELDS  # only for such rules
 
     read = {"rack": set(RACK_FIELDS), "room": set(ROOM_FIELDS), "site": set(SITE_FIELDS)}
     for kind, profile in {(d.kind, d.profile) for d in site.devices}:
@@ -95,7 +95,7 @@ def _logging(verbose: bool) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from aidc.topology import Topology
+    from aidc.core.topology import Topology
 
     site = _load(args.file)
     print(f"{args.file}: ok")
@@ -174,7 +174,7 @@ def _demo_token(data_dir: Path) -> str:
     """A random token for the demo's write actions, kept in a file only its owner reads."""
     import secrets
 
-    from aidc.files import private_file
+    from aidc.core.files import private_file
 
     path = data_dir / "api-token"
     if not path.exists():
@@ -187,8 +187,8 @@ def _demo_operator(data_dir: Path):
     import secrets
 
     from aidc.auth import hash_password
-    from aidc.config import User
-    from aidc.files import private_file
+    from aidc.core.config import User
+    from aidc.core.files import private_file
 
     path = data_dir / "operator-password"
     if not path.exists():
@@ -366,8 +366,8 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def _store_status(args: argparse.Namespace):
-    from aidc.snapshot import NoRecentData, status_from_store
-    from aidc.store import StoreUnavailable, open_store
+    from aidc.core.snapshot import NoRecentData, status_from_store
+    from aidc.core.store import StoreUnavailable, open_store
 
     site = _load(args.site)
     gc.freeze()  # kept to the end: full collections need not walk it (0.4 s at 10,000 racks)
@@ -431,7 +431,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
 
 def cmd_whatif(args: argparse.Namespace) -> int:
     from aidc.api import strict_json, what_if_json
-    from aidc.derive import what_if
+    from aidc.core.derive import what_if
 
     model, status = _store_status(args)
     try:
@@ -515,7 +515,7 @@ def _print_orders(name: str, words: list[int], configured: str | None) -> None:
 
 
 def cmd_gen_site(args: argparse.Namespace) -> int:
-    from aidc.sitegen import generate
+    from aidc.core.sitegen import generate
 
     try:
         return _write_out(generate(args.racks, args.seed, args.first_port), args.output)

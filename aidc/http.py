@@ -20,7 +20,7 @@ from werkzeug.routing import Map, MapAdapter, Rule
 
 from aidc.api import AckRequest, SilenceRequest, SiteAPI, one_line
 from aidc.auth import Auth
-from aidc.derive import NotInSite
+from aidc.core.derive import NotInSite
 from aidc.openapi import openapi
 from aidc.runtime import NotAnswering
 from alerts.evaluate import HISTORY_DAYS

@@ -21,8 +21,8 @@ from aidc.api import (
     SilenceRequest,
     WhatIfQuestion,
 )
-from aidc.derive import BackupStatus, Pool, RackStatus, WhatIf
-from aidc.metrics import DeviceHealth
+from aidc.core.derive import BackupStatus, Pool, RackStatus, WhatIf
+from aidc.core.metrics import DeviceHealth
 from alerts.evaluate import Alert
 from alerts.rules import Rule
 

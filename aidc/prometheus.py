@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 
 from aidc.api import REACHABLE
-from aidc.metrics import POLL_DELAY_BUCKETS_S
+from aidc.core.metrics import POLL_DELAY_BUCKETS_S
 
 if TYPE_CHECKING:
     from aidc.runtime import Runtime

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aidc.config import DEVICE_KINDS, Site
-from aidc.derive import SiteModel, SiteStatus
-from aidc.files import private_dir
-from aidc.metrics import (
+from aidc.core.config import DEVICE_KINDS, Site
+from aidc.core.derive import SiteModel, SiteStatus
+from aidc.core.files import private_dir
+from aidc.core.metrics import (
     BAD_QUALITIES,
     STALE_AFTER_POLLS,
     DeviceHealth,
@@ -37,10 +37,10 @@ from aidc.metrics import (
     backoff_s,
     worth_logging,
 )
-from aidc.snapshot import rack_power_history
-from aidc.store import Store, open_store
-from aidc.store.spool import SpooledWriter
-from aidc.topology import Topology, shard_of
+from aidc.core.snapshot import rack_power_history
+from aidc.core.store import Store, open_store
+from aidc.core.store.spool import SpooledWriter
+from aidc.core.topology import Topology, shard_of
 from alerts.evaluate import Evaluator
 from alerts.inhibit import inhibit
 from alerts.notify import Notifier

@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from aidc.config import REPEAT_S
+from aidc.core.config import REPEAT_S
 
 if TYPE_CHECKING:
     from alerts.outbox import Outbox

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from aidc.topology import Topology
+from aidc.core.topology import Topology
 from alerts.evaluate import Condition
 
 if TYPE_CHECKING:
-    from aidc.derive import RackStatus
+    from aidc.core.derive import RackStatus
 
 LOOP_LIMITS = frozenset({"loop", "supply_class"})
 SOURCE_LIMITS = frozenset({"upstream"})

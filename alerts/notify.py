@@ -29,9 +29,9 @@ from urllib.parse import quote
 
 import httpx
 
-from aidc.config import Alerts, Webhook
-from aidc.matchers import parse_matcher
-from aidc.topology import Topology
+from aidc.core.config import Alerts, Webhook
+from aidc.core.matchers import parse_matcher
+from aidc.core.topology import Topology
 from alerts import groups
 from alerts.evaluate import Alert, Transition
 from alerts.formats import (

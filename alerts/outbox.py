@@ -46,8 +46,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from aidc.config import Webhook
-from aidc.files import private_sqlite
+from aidc.core.config import Webhook
+from aidc.core.files import private_sqlite
 from alerts.formats import signature_headers
 
 log = logging.getLogger(__name__)

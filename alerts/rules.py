@@ -20,10 +20,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import RootModel
 
-from aidc.config import DEVICE_KINDS, SUMMARY_FIELDS, RuleSettings, Site, load_model
-from aidc.matchers import parse_matcher
-from aidc.metrics import BAD_QUALITIES, DeviceHealth, LatestArrays, Sample, SeriesKeys, series_key
-from aidc.topology import Topology
+from aidc.core.config import DEVICE_KINDS, SUMMARY_FIELDS, RuleSettings, Site, load_model
+from aidc.core.matchers import parse_matcher
+from aidc.core.metrics import (
+    BAD_QUALITIES,
+    DeviceHealth,
+    LatestArrays,
+    Sample,
+    SeriesKeys,
+    series_key,
+)
+from aidc.core.topology import Topology
 from alerts.evaluate import Condition, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
@@ -209,7 +216,7 @@ class StoreState:
 class Inputs:
     site: Site
     health: Iterable[DeviceHealth]
-    status: object  # aidc.derive.SiteStatus, or None before the first tick
+    status: object  # aidc.core.derive.SiteStatus, or None before the first tick
     latest: Mapping[tuple[str, str], Sample]
     is_active: Callable[[str], bool]  # fingerprint -> pending or firing now
     store: StoreState = StoreState()

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from aidc.matchers import Matcher, checked
+from aidc.core.matchers import Matcher, checked
 from alerts.evaluate import Condition
 
 if TYPE_CHECKING:

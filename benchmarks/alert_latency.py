@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from aidc.config import load_site
-from aidc.net import free_port
+from aidc.core.config import load_site
+from aidc.core.net import free_port
 from alerts.outbox import Outbox
 from benchmarks.common import machine
 from simulators.site import free_port_offset

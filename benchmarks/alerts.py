@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from aidc.config import RuleSettings, Site
+from aidc.core.config import RuleSettings, Site
+from aidc.core.sitegen import generate
 from aidc.runtime import Runtime
-from aidc.sitegen import generate
 from benchmarks.common import device_samples, write_result
 from simulators.physics import SitePhysics
 

@@ -65,9 +65,9 @@ from benchmarks.common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aidc.config import Meter, PowerSource
-from aidc.metrics import Quality
-from aidc.net import free_port
+from aidc.core.config import Meter, PowerSource
+from aidc.core.metrics import Quality
+from aidc.core.net import free_port
 from collectors import DeviceUnreachable
 from collectors.modbus import ModbusCollector
 from collectors.profiles import load_profile

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aidc.metrics import Sample
-from aidc.topology import Topology
+from aidc.core.metrics import Sample
+from aidc.core.topology import Topology
 
 if TYPE_CHECKING:
-    from aidc.config import Site
+    from aidc.core.config import Site
     from simulators.physics import SitePhysics
 
 

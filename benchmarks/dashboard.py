@@ -40,14 +40,14 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 
-from aidc.config import Store as StoreConfig
-from aidc.config import load_site
-from aidc.derive import RACK_FIELDS, SITE_FIELDS
-from aidc.metrics import Sample
-from aidc.net import free_port
-from aidc.sitegen import generate
-from aidc.store.influx import InfluxStore
-from aidc.store.sqlite import SqliteStore
+from aidc.core.config import Store as StoreConfig
+from aidc.core.config import load_site
+from aidc.core.derive import RACK_FIELDS, SITE_FIELDS
+from aidc.core.metrics import Sample
+from aidc.core.net import free_port
+from aidc.core.sitegen import generate
+from aidc.core.store.influx import InfluxStore
+from aidc.core.store.sqlite import SqliteStore
 from benchmarks.common import write_result
 from dashboards.pages.capacity import TABLE_ROWS
 from dashboards.pages.overview import CHART_RACKS

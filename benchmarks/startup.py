@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from aidc.cli import _load
-from aidc.config import load_site
-from aidc.derive import SiteModel
-from aidc.metrics import key_of
-from aidc.net import free_port
-from aidc.sitegen import generate
-from aidc.snapshot import latest_from_store, rack_power_history
-from aidc.store import open_store
+from aidc.core.config import load_site
+from aidc.core.derive import SiteModel
+from aidc.core.metrics import key_of
+from aidc.core.net import free_port
+from aidc.core.sitegen import generate
+from aidc.core.snapshot import latest_from_store, rack_power_history
+from aidc.core.store import open_store
 from benchmarks.common import device_samples, machine
 from simulators.physics import SitePhysics
 

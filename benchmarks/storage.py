@@ -29,10 +29,10 @@ from pathlib import Path
 
 import httpx
 
-from aidc.config import Store as StoreConfig
-from aidc.metrics import Sample
-from aidc.store.influx import InfluxStore, to_line_protocol
-from aidc.store.sqlite import SCHEMA, SqliteStore
+from aidc.core.config import Store as StoreConfig
+from aidc.core.metrics import Sample
+from aidc.core.store.influx import InfluxStore, to_line_protocol
+from aidc.core.store.sqlite import SCHEMA, SqliteStore
 from benchmarks.common import write_result
 from tests.conftest import Influxd
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from aidc.config import Site, load_site
-from aidc.metrics import POLL_DELAY_BUCKETS_S
-from aidc.net import free_port
+from aidc.core.config import Site, load_site
+from aidc.core.metrics import POLL_DELAY_BUCKETS_S
+from aidc.core.net import free_port
 from benchmarks.common import write_result
 from tests.conftest import Influxd
 

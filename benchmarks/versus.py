@@ -42,7 +42,7 @@ from pathlib import Path
 
 import httpx
 
-from aidc.net import free_port
+from aidc.core.net import free_port
 from benchmarks.collectors import (
     HOST,
     MODBUS_VALUES,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from aidc.metrics import Reading
+from aidc.core.metrics import Reading
 from collectors.profiles import load_profile
 
 
@@ -36,7 +36,7 @@ class Collector(ABC):
 
 
 def make_collector(device: Any, timeout_s: float, poll_s: float | None = None) -> Collector:
-    """The collector for ``device`` (an aidc.config device) by its protocol."""
+    """The collector for ``device`` (an aidc.core.config device) by its protocol."""
     profile = load_profile(device.profile)
     if profile.protocol != device.protocol:
         raise ValueError(

@@ -47,8 +47,8 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from aidc.config import DeviceBase
-from aidc.metrics import Quality, Reading, check_limits
+from aidc.core.config import DeviceBase
+from aidc.core.metrics import Quality, Reading, check_limits
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import ByteOrder, ModbusPoint, ModbusProfile
 

@@ -1,6 +1,6 @@
 """OPC-UA collector: one session per device, every point in one subscription or one Read.
 
-Options (``opcua:`` of a device in the site file, aidc.config.OpcuaSettings):
+Options (``opcua:`` of a device in the site file, aidc.core.config.OpcuaSettings):
 
 - ``mode: subscribe`` (default) creates one subscription with one monitored item per point
   (OPC UA Part 4 §5.13, §5.12: sampling at a quarter of the publishing interval, a queue of
@@ -55,7 +55,7 @@ from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.crypto import security_policies, uacrypto
 from cryptography import x509
 
-from aidc.metrics import Quality, Reading, check_limits
+from aidc.core.metrics import Quality, Reading, check_limits
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import OpcuaPoint
 
@@ -142,7 +142,7 @@ def parse_node(point: OpcuaPoint) -> Target:
 
 def parse_security(text: str) -> Security | None:
     """``opcua.security`` ("None" or "Policy,Mode,cert,key[,server_cert]"), already checked
-    by the site config (aidc.config.OpcuaSettings)."""
+    by the site config (aidc.core.config.OpcuaSettings)."""
     parts = [part.strip() for part in text.split(",")]
     if parts == ["None"]:
         return None

@@ -55,8 +55,8 @@ from pysnmp.entity.engine import SnmpEngine
 from pysnmp.entity.rfc3413 import cmdgen
 from pysnmp.proto import rfc1902, rfc1905
 
-from aidc.config import SnmpSettings
-from aidc.metrics import Quality, Reading, check_limits, worth_logging
+from aidc.core.config import SnmpSettings
+from aidc.core.metrics import Quality, Reading, check_limits, worth_logging
 from collectors import Collector, DeviceUnreachable
 from collectors.profiles import SnmpPoint, SnmpProfile
 

@@ -16,7 +16,7 @@ from flask import Flask, jsonify, request, session
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from aidc.config import Web
+from aidc.core.config import Web
 from dashboards.pages import (
     alerts,
     capacity,

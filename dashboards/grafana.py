@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from aidc.config import Site
+from aidc.core.config import Site
 
 DATASOURCE = {"type": "influxdb", "uid": "${DS_AIDC}"}
 WIDTH = 24  # Grafana's grid

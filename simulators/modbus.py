@@ -37,7 +37,7 @@ from collections.abc import Set as AbstractSet
 from enum import IntEnum
 from itertools import pairwise
 
-from aidc.metrics import series_key
+from aidc.core.metrics import series_key
 from collectors.profiles import ByteOrder, ModbusPoint, ModbusProfile
 
 Values = Callable[[], Mapping[str, float | None]]

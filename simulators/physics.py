@@ -16,8 +16,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from aidc.config import Site
-from aidc.metrics import series_key
+from aidc.core.config import Site
+from aidc.core.metrics import series_key
 
 # PG25 near 40 C (REFERENCE 2, CoolProp INCOMP::MPG[0.25]); the simulator keeps its own
 # constants so that it does not share the model's property code.

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from aidc.config import Site
+from aidc.core.config import Site
 from collectors.profiles import load_profile
 from simulators.physics import SitePhysics
 
@@ -169,7 +169,7 @@ def relocate(site: Site, port_of) -> Site:
 
 def on_free_ports(site: Site) -> Site:
     """Every device on its own port, free right now: for tests and side-by-side demos."""
-    from aidc.net import free_ports
+    from aidc.core.net import free_ports
 
     ports = free_ports([d.transport for d in site.devices])
     by_device = dict(zip((d.id for d in site.devices), ports))
@@ -178,6 +178,6 @@ def on_free_ports(site: Site) -> Site:
 
 def free_port_offset(site: Site) -> int:
     """An `aidc demo --port-offset` that puts every device of ``site`` on a port free now."""
-    from aidc.net import free_offset
+    from aidc.core.net import free_offset
 
     return free_offset([(d.transport, d.port) for d in site.devices])

@@ -21,7 +21,7 @@ value (the first code that maps to it); a ``counter_bits`` point serves it modul
 2**counter_bits, as a real counter rolls over. A point over several OIDs with ``reduce: sum``
 serves an even share of the value on each OID; with ``mean`` or ``max`` the value itself on
 each. A ``rows`` point serves one instance per ``values()`` key ``metric{label=index}``
-(``aidc.metrics.series_key`` form, e.g. ``current_a{phase=2}``): the column's OID + index, or
+(``aidc.core.metrics.series_key`` form, e.g. ``current_a{phase=2}``): the column's OID + index, or
 the index in place of the ``*``. A value of None is a sensor fault: the point's first
 sentinel, or noSuchInstance when it has none (a walk skips it). A metric missing from
 ``values()`` is an object the device does not implement: noSuchObject. A value it cannot
@@ -73,7 +73,7 @@ from pysnmp.proto.api import v2c
 from pysnmp.proto.proxy import rfc2576
 from pysnmp.smi import error as smi_error
 
-from aidc.metrics import series_key
+from aidc.core.metrics import series_key
 from collectors.profiles import SnmpPoint, SnmpProfile
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class SnmpDeviceServer:
 
     ``v3_users``: SNMPv3 users, each ``{"user": ..., "auth_protocol": "none" | "SHA" |
     "SHA256", "auth_key": ..., "priv_protocol": "none" | "AES128", "priv_key": ...}`` (the
-    names of aidc.config.SnmpSettings); without them the server speaks v1/v2c only."""
+    names of aidc.core.config.SnmpSettings); without them the server speaks v1/v2c only."""
 
     def __init__(
         self,

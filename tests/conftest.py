@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aidc.net import free_port
+from aidc.core.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.reliability"]  # the `reliability` fixture and table
@@ -323,7 +323,7 @@ def start_live_site(data_dir: Path, **web) -> LiveSite:
     """The demo site live on free ports; ``web`` adds to its web section (users, say)."""
     from pydantic import SecretStr
 
-    from aidc.config import Alerts, Defaults, Model, Web, Webhook, load_site
+    from aidc.core.config import Alerts, Defaults, Model, Web, Webhook, load_site
     from simulators.site import on_free_ports
 
     receiver = Receiver()  # what on-call would get

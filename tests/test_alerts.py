@@ -25,9 +25,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from aidc.config import Alerts, ConfigError, Route, Webhook, load_site
-from aidc.net import free_port
-from aidc.topology import Topology
+from aidc.core.config import Alerts, ConfigError, Route, Webhook, load_site
+from aidc.core.net import free_port
+from aidc.core.topology import Topology
 from alerts.evaluate import (
     HISTORY_DAYS,
     Alert,
@@ -418,7 +418,7 @@ def test_a_dark_modbus_gateway_is_one_page_for_all_its_units():
     """Units behind one gateway that all stop answering are one cause: the gateway pages,
     with the racks its units measure; their own alerts are its suppressed symptoms. One
     unit still answering means the gateway is up: then the dark unit pages itself."""
-    from aidc.metrics import DeviceHealth
+    from aidc.core.metrics import DeviceHealth
     from alerts.inhibit import inhibit
     from alerts.rules import builtin_conditions
 
@@ -468,7 +468,7 @@ def test_a_dark_modbus_gateway_is_one_page_for_all_its_units():
 
 
 def test_silence_matchers_states_and_refusals(open_outbox):
-    from aidc.matchers import Matcher, parse_matcher
+    from aidc.core.matchers import Matcher, parse_matcher
     from alerts.silences import Silences
 
     silences = Silences(open_outbox())
@@ -1272,7 +1272,7 @@ def test_logs_name_the_host_and_never_a_secret(open_outbox, receiver, caplog):
 
 
 def test_store_rules_say_when_samples_wait_and_when_they_are_lost():
-    from aidc.config import load_site
+    from aidc.core.config import load_site
     from alerts.rules import SAMPLES_LOST_HOLD_S, StoreState, builtin_conditions
     from tests.conftest import ROOT
 
@@ -1338,7 +1338,7 @@ def test_store_behind_fires_by_level_clears_with_hysteresis_and_is_held_while_do
 
 
 def test_battery_rules_count_runtime_left_and_a_late_generator(open_outbox):
-    from aidc.metrics import Quality, Sample
+    from aidc.core.metrics import Quality, Sample
     from alerts.rules import builtin_conditions
 
     site = DEMO.site
@@ -1369,7 +1369,7 @@ def test_battery_rules_count_runtime_left_and_a_late_generator(open_outbox):
 def test_coolant_envelope_and_supercap_wear_with_hysteresis(open_outbox):
     """cdu-1: min_flow_lpm 100, max_dp_kpa 100 (for 30 s, clearing 5 % inside); sc-a: 20 F
     and 4 mOhm rated (end of life below 16 F or above 8 mOhm)."""
-    from aidc.metrics import Sample
+    from aidc.core.metrics import Sample
     from alerts.rules import builtin_conditions
 
     ev = Evaluator(open_outbox())
@@ -1511,7 +1511,7 @@ def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
     """A bug in one rule group (here: model_rules raising) is logged; the other groups still
     fire, and the alerts the failed group raised keep their state instead of resolving."""
     import alerts.rules
-    from aidc.config import load_site
+    from aidc.core.config import load_site
     from alerts.rules import builtin_conditions
     from tests.conftest import ROOT
 
@@ -1558,7 +1558,7 @@ def test_a_site_sets_the_rule_pack_its_own_way(open_outbox):
     """The rules' levels, for, severity, labels and runbook are data (alerts/rules.yaml): a
     site raises the battery levels, turns the leak rule off, delays the UPS alert and labels
     it for its power team's route, makes dead letters critical, and names its own runbook."""
-    from aidc.metrics import Sample
+    from aidc.core.metrics import Sample
     from alerts.rules import builtin_conditions
 
     power, chat = (Webhook(name=n, url=f"http://127.0.0.1:9/{n}") for n in ("power", "chat"))
@@ -1615,7 +1615,7 @@ def test_a_sites_own_rule_judged_as_a_column_finds_what_a_scan_finds(monkeypatch
     as one, gives the conditions a scan of every latest sample gives, by hand: past the
     first level; while the rule alerts, also within its clear, and unknown (bad, stale) to
     hold their state; never a series below."""
-    from aidc.metrics import FreshLatest, LatestTable, Quality, Sample, SeriesKeys
+    from aidc.core.metrics import FreshLatest, LatestTable, Quality, Sample, SeriesKeys
     from alerts import rules
     from alerts.rules import builtin_conditions
 
@@ -1660,7 +1660,7 @@ def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
     """A rule of the site's own: every series of a metric on the devices its matchers take,
     with warning and critical levels, hysteresis and a summary of the site's words; a PDU's
     phases each alert on their own."""
-    from aidc.metrics import Sample
+    from aidc.core.metrics import Sample
     from alerts.rules import builtin_conditions
 
     alerts = Alerts.model_validate({"rules": {

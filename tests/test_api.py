@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from aidc.api import SiteAPI
-from aidc.net import free_port
+from aidc.core.net import free_port
 from aidc.web import WebServer
 from tests.conftest import API_TOKEN, wait_for
 
@@ -413,8 +413,8 @@ def test_demo_signs_with_a_secret_from_env_or_file_never_the_command_line(tmp_pa
 
 def test_interval_pue_from_energy_counters(tmp_path):
     """Hand-written counter readings in a real store; PUE from their growth."""
-    from aidc.config import load_site
-    from aidc.metrics import Sample
+    from aidc.core.config import load_site
+    from aidc.core.metrics import Sample
     from aidc.runtime import Runtime
 
     site = load_site(ROOT / "site_configs" / "demo.yaml")
@@ -449,8 +449,8 @@ def test_interval_pue_from_energy_counters(tmp_path):
 
 def test_interval_pue_waits_for_enough_energy(tmp_path):
     """Minutes of a demo: the PDUs' 0.1 kWh steps would dominate the ratio. No number yet."""
-    from aidc.config import load_site
-    from aidc.metrics import Sample
+    from aidc.core.config import load_site
+    from aidc.core.metrics import Sample
     from aidc.runtime import Runtime
 
     site = load_site(ROOT / "site_configs" / "demo.yaml")
@@ -469,7 +469,7 @@ def test_interval_pue_waits_for_enough_energy(tmp_path):
 
 
 def test_interval_pue_says_what_is_missing(tmp_path):
-    from aidc.config import load_site
+    from aidc.core.config import load_site
     from aidc.runtime import Runtime
 
     api = SiteAPI(Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path))
@@ -526,7 +526,7 @@ def test_healthz_is_degraded_while_an_input_has_never_read_good(tmp_path):
     """A rule whose input never arrives can neither fire nor clear: /healthz must not say
     "ok" then. Past the start-up grace, series the model needed and never once read good
     make it "degraded" and are named; one good read each and it is "ok" again."""
-    from aidc.config import load_site
+    from aidc.core.config import load_site
     from aidc.runtime import Runtime
 
     runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path)

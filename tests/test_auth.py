@@ -13,9 +13,9 @@ from flask import Flask
 
 from aidc.api import SiteAPI
 from aidc.auth import CSRF_COOKIE, CSRF_HEADER, Auth, hash_password
-from aidc.config import User, Web
+from aidc.core.config import User, Web
+from aidc.core.net import free_port
 from aidc.http import register_routes
-from aidc.net import free_port
 from aidc.web import WebServer
 from tests.conftest import API_TOKEN, start_live_site, wait_for
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from aidc.cli import main
-from aidc.config import load_site
-from aidc.topology import Topology
+from aidc.core.config import load_site
+from aidc.core.topology import Topology
 
 CASES = Path(__file__).parent / "cases"
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_console_script_gives_one_line_not_a_traceback(tmp_path):
 
 
 def test_backoff_waits_for_the_alert_then_doubles_to_its_cap():
-    from aidc.metrics import backoff_s
+    from aidc.core.metrics import backoff_s
 
     # poll 2 s, alert after 3 failures, cap 30 s: 2, 2, 2 (failures 0-2), then 4, 8, 16, 30, 30
     assert [backoff_s(2, f, 3, 30) for f in range(8)] == [2, 2, 2, 4, 8, 16, 30, 30]

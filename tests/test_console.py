@@ -10,9 +10,9 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from aidc.api import alert_counts, pool_json, site_state
-from aidc.config import load_site
-from aidc.derive import BackupStatus, Pool
-from aidc.topology import Topology
+from aidc.core.config import load_site
+from aidc.core.derive import BackupStatus, Pool
+from aidc.core.topology import Topology
 from alerts.evaluate import Alert
 from dashboards.app import status_bar
 from dashboards.pages.capacity import csv_text, rack_rows, sorted_rows

@@ -11,7 +11,7 @@ import pytest
 from plotly.offline import get_plotlyjs_version
 
 from aidc.api import SiteAPI
-from aidc.net import free_port
+from aidc.core.net import free_port
 from dashboards.app import create_app
 from tests.conftest import API_TOKEN
 from tests.conftest import wait_for as wait_for_state

@@ -12,9 +12,9 @@ import time
 import pytest
 import yaml
 
-from aidc.config import Site
-from aidc.derive import SiteModel, what_if
-from aidc.metrics import FreshLatest, LatestTable, Quality, Sample
+from aidc.core.config import Site
+from aidc.core.derive import SiteModel, what_if
+from aidc.core.metrics import FreshLatest, LatestTable, Quality, Sample
 
 SITE = yaml.safe_load("""
 site: hand
@@ -271,7 +271,7 @@ def test_a_reader_that_fetches_only_series_read_gets_the_same_answer(where):
     answer from those alone must equal the answer from everything a poll gives."""
     from pathlib import Path
 
-    from aidc.config import load_site
+    from aidc.core.config import load_site
     from simulators.physics import SitePhysics
 
     site = load_site(Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml")
@@ -304,8 +304,8 @@ def test_the_store_history_of_rack_power_is_tick_by_tick_in_the_last_minute_and_
     it, each rack's maximum, stamped at the last minute's start."""
     import numpy as np
 
-    from aidc.snapshot import rack_power_history
-    from aidc.store.sqlite import SqliteStore
+    from aidc.core.snapshot import rack_power_history
+    from aidc.core.store.sqlite import SqliteStore
 
     model = SiteModel(Site.model_validate(SITE))
     assert model.site.model.peak_window_s == 300

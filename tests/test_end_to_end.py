@@ -16,9 +16,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from aidc.api import SiteAPI
-from aidc.config import Alerts, Defaults, Model, Route, RuleSettings, Site, Webhook, load_site
-from aidc.config import Store as StoreConfig
-from aidc.net import free_port
+from aidc.core.config import Alerts, Defaults, Model, Route, RuleSettings, Site, Webhook, load_site
+from aidc.core.config import Store as StoreConfig
+from aidc.core.net import free_port
 from aidc.runtime import Runtime
 from aidc.web import WebServer
 from simulators.site import SimulatedSite, on_free_ports

@@ -17,9 +17,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aidc.config import MAX_DEPTH, MAX_NODES, ConfigError, _read_exact, secret_value
-from aidc.fastyaml import read_plain_yaml
-from aidc.sitegen import generate
+from aidc.core.config import MAX_DEPTH, MAX_NODES, ConfigError, _read_exact, secret_value
+from aidc.core.fastyaml import read_plain_yaml
+from aidc.core.sitegen import generate
 from tests.test_config_fuzz import BASES, mutated
 
 ROOT = Path(__file__).resolve().parent.parent

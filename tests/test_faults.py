@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from aidc.metrics import Quality
+from aidc.core.metrics import Quality
 from tests.conftest import wait_for
 
 

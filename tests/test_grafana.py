@@ -10,13 +10,13 @@ import time
 
 import httpx
 
-from aidc.config import Store as StoreConfig
-from aidc.config import load_site
-from aidc.derive import SiteModel
-from aidc.metrics import Sample
-from aidc.net import free_port
-from aidc.store.influx import InfluxStore
-from aidc.topology import Topology
+from aidc.core.config import Store as StoreConfig
+from aidc.core.config import load_site
+from aidc.core.derive import SiteModel
+from aidc.core.metrics import Sample
+from aidc.core.net import free_port
+from aidc.core.store.influx import InfluxStore
+from aidc.core.topology import Topology
 from simulators.physics import SitePhysics
 from tests.conftest import ROOT
 

@@ -21,7 +21,7 @@ import threading
 
 import pytest
 
-from aidc.config import load_site
+from aidc.core.config import load_site
 from aidc.runtime import bounded
 from collectors import DeviceUnreachable, make_collector
 from simulators.site import SimulatedSite, on_free_ports

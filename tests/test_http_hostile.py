@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aidc.api import SiteAPI
-from aidc.config import load_site
+from aidc.core.config import load_site
+from aidc.core.net import free_port
 from aidc.http import MAX_BODY_BYTES
-from aidc.net import free_port
 from aidc.runtime import Runtime
 from aidc.web import WebServer
 from simulators.control import register_fault_routes

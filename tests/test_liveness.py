@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from aidc.config import load_site
-from aidc.metrics import Sample
+from aidc.core.config import load_site
+from aidc.core.metrics import Sample
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
@@ -304,7 +304,7 @@ def test_a_restarted_runtime_holds_the_peak_it_had_before(tmp_path: Path) -> Non
     forget it: the first tick after a restart holds the rack power the last run wrote."""
     import time
 
-    from aidc.store import open_store
+    from aidc.core.store import open_store
 
     path = tmp_path / "site.yaml"
     path.write_text(SITE.replace("model: {tick_s: 0.3}", "model: {tick_s: 120}"))
@@ -391,8 +391,8 @@ def _start_watched(tmp_path: Path, stop_at: int | None) -> tuple[int, list[int],
     """The site's device count; the poll tasks that existed each time another coroutine ran
     while `Runtime.run` started them (it sets stop once it has seen ``stop_at``, or all); and
     how many polls the runtime made in all."""
+    from aidc.core.sitegen import generate
     from aidc.runtime import Runtime
-    from aidc.sitegen import generate
 
     path = tmp_path / "site.yaml"
     path.write_text(generate(120))  # 264 devices; nothing listens on their ports
@@ -449,7 +449,7 @@ def test_aidc_run_takes_the_hard_open_files_limit_and_says_when_it_is_short(tmp_
     import subprocess
     import sys
 
-    from aidc.sitegen import generate
+    from aidc.core.sitegen import generate
 
     path = tmp_path / "site.yaml"
     path.write_text(generate(40))  # 2 meters, a rectifier, 3 CDUs, 2 supercaps: 8 connections
@@ -457,7 +457,7 @@ def test_aidc_run_takes_the_hard_open_files_limit_and_says_when_it_is_short(tmp_
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, int(sys.argv[2])))\n"
         "from aidc.cli import _raise_open_files_limit\n"
-        "from aidc.config import load_site\n"
+        "from aidc.core.config import load_site\n"
         "_raise_open_files_limit(load_site(sys.argv[1]))\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
     )
@@ -486,7 +486,7 @@ def test_aidc_outlives_a_client_that_hangs_up_mid_answer(tmp_path) -> None:
 
     import httpx
 
-    from aidc.net import free_port
+    from aidc.core.net import free_port
     from simulators.site import free_port_offset
 
     demo = ROOT / "site_configs" / "demo.yaml"

@@ -19,9 +19,9 @@ from contextlib import asynccontextmanager
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from aidc.config import DeviceBase, ModbusSettings
-from aidc.metrics import Quality, Reading, series_key
-from aidc.net import free_port
+from aidc.core.config import DeviceBase, ModbusSettings
+from aidc.core.metrics import Quality, Reading, series_key
+from aidc.core.net import free_port
 from collectors import DeviceUnreachable, make_collector
 from collectors.modbus import (
     SILENT_LIMIT,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from aidc.api import pool_json, rack_json, strict_json, what_if_json
-from aidc.config import load_site
-from aidc.derive import SiteModel, SiteStatus, what_if
-from aidc.metrics import Quality, Sample
+from aidc.core.config import load_site
+from aidc.core.derive import SiteModel, SiteStatus, what_if
+from aidc.core.metrics import Quality, Sample
 
 CASES = Path(__file__).parent / "cases" / "model"
 NOW = 1_000_000.0

@@ -37,9 +37,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from aidc.config import Cdu, OpcuaSettings, Supercap
-from aidc.metrics import Quality, Reading
-from aidc.net import free_port
+from aidc.core.config import Cdu, OpcuaSettings, Supercap
+from aidc.core.metrics import Quality, Reading
+from aidc.core.net import free_port
 from collectors import DeviceUnreachable, make_collector
 from collectors.opcua import OpcuaCollector, _monitored_item, decode
 from collectors.profiles import OpcuaPoint, load_profile

@@ -11,7 +11,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from aidc.api import SiteAPI
-from aidc.net import free_port
+from aidc.core.net import free_port
 from aidc.openapi import openapi
 from aidc.web import WebServer
 from tests.conftest import API_TOKEN, start_live_site

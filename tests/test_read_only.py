@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from aidc.config import load_site
-from aidc.metrics import Quality
-from aidc.net import free_ports
+from aidc.core.config import load_site
+from aidc.core.metrics import Quality
+from aidc.core.net import free_ports
 from aidc.runtime import Runtime
 from collectors.profiles import PROFILE_DIR
 from simulators.site import SimulatedSite

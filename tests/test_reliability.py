@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 
-from aidc.config import Store as StoreConfig
-from aidc.config import load_site
-from aidc.net import free_port
-from aidc.store.influx import InfluxStore
+from aidc.core.config import Store as StoreConfig
+from aidc.core.config import load_site
+from aidc.core.net import free_port
+from aidc.core.store.influx import InfluxStore
 from alerts.formats import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_headers
 from simulators.site import free_port_offset
 from tests.conftest import ROOT, Influxd, wait_for

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from aidc.config import load_site
-from aidc.net import free_port
-from aidc.topology import shard_of
+from aidc.core.config import load_site
+from aidc.core.net import free_port
+from aidc.core.topology import shard_of
 from simulators.physics import SitePhysics
 from simulators.site import SimulatedSite, on_free_ports
 from tests.conftest import wait_for
@@ -187,7 +187,7 @@ def test_shards_split_a_large_site_evenly_and_keep_a_gateways_units_together():
     assert len({shard_of(d, 4) for d in units}) == 1  # one gateway, one shard
     # the same shard in every process: another interpreter, its str hashes salted otherwise
     mine = [shard_of(d, 7) for d in endpoints[:50]]
-    code = ("from types import SimpleNamespace as D; from aidc.topology import shard_of; "
+    code = ("from types import SimpleNamespace as D; from aidc.core.topology import shard_of; "
             "print([shard_of(D(host='127.0.0.1', port=20_000 + i), 7) for i in range(50)])")
     theirs = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"})

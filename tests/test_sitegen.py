@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aidc.cli import main
-from aidc.config import load_site
+from aidc.core.config import load_site
 from simulators.site import on_free_ports
 from tests.conftest import LiveSite, wait_for
 
@@ -61,7 +61,7 @@ def test_aidc_run_polls_a_farm_in_a_process_of_its_own(tmp_path, snmp_by):
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from aidc.net import free_port
+    from aidc.core.net import free_port
     from simulators.site import free_port_offset
 
     path = tmp_path / "site.yaml"

@@ -24,9 +24,9 @@ from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import rfc1902, rfc1905
 from pysnmp.proto.api import v2c
 
-from aidc.config import DeviceBase, Pdu, PowerSource, SnmpSettings
-from aidc.metrics import Quality, Reading
-from aidc.net import free_port, free_ports
+from aidc.core.config import DeviceBase, Pdu, PowerSource, SnmpSettings
+from aidc.core.metrics import Quality, Reading
+from aidc.core.net import free_port, free_ports
 from collectors import DeviceUnreachable, make_collector
 from collectors.profiles import ProfileError, load_profile
 from collectors.snmp import (

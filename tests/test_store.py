@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from aidc.config import Store as StoreConfig
-from aidc.metrics import Quality, Sample
-from aidc.net import free_port
-from aidc.store.influx import InfluxStore, rollup_query, to_line_protocol
-from aidc.store.spool import SpooledWriter
-from aidc.store.sqlite import SqliteStore
+from aidc.core.config import Store as StoreConfig
+from aidc.core.metrics import Quality, Sample
+from aidc.core.net import free_port
+from aidc.core.store.influx import InfluxStore, rollup_query, to_line_protocol
+from aidc.core.store.spool import SpooledWriter
+from aidc.core.store.sqlite import SqliteStore
 from tests.conftest import Influxd
 
 T0 = float(int(time.time()) // 10 * 10 - 3600)  # an hour ago (inside retention), on a 10 s edge
@@ -177,7 +177,7 @@ def test_a_spool_from_before_the_oldest_column_says_its_oldest_sample(tmp_path):
     column and reads that row's oldest from its samples; new rows keep theirs."""
     import sqlite3
 
-    from aidc.store.spool import _encode
+    from aidc.core.store.spool import _encode
 
     path = tmp_path / "spool.sqlite"
     with sqlite3.connect(path) as db:
@@ -356,8 +356,8 @@ def test_sqlite_reads_a_series_the_same_across_its_move_from_the_recent_table(tm
 
 
 def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
-    from aidc.config import Store as Cfg
-    from aidc.config import load_site
+    from aidc.core.config import Store as Cfg
+    from aidc.core.config import load_site
     from aidc.runtime import Runtime
     from tests.conftest import ROOT
 
@@ -372,7 +372,7 @@ def test_the_data_directory_is_private(tmp_path):
     """0700 for the directory, 0600 for every database and its -wal/-shm files."""
     import stat
 
-    from aidc.config import load_site
+    from aidc.core.config import load_site
     from aidc.runtime import Runtime
     from tests.conftest import ROOT
 

@@ -1,6 +1,6 @@
 """Device profiles: register, OID and node maps as data (one YAML file per device model).
 
-A profile maps a vendor's points onto canonical metrics (see aidc.metrics). Collectors decode
+A profile maps a vendor's points onto canonical metrics (see aidc.core.metrics). Collectors decode
 with it and simulators encode with it; the two share these files and nothing else, so that a
 bug in one encoder cannot hide itself in the other.
 """

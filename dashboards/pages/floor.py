@@ -13,8 +13,8 @@ from plotly.subplots import make_subplots
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from aidc.config import Site
-from aidc.topology import Topology
+from aidc.core.config import Site
+from aidc.core.topology import Topology
 from alerts.evaluate import severity_rank
 from dashboards.widgets import (
     AMBER,

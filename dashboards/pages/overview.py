@@ -9,7 +9,7 @@ from dash import Dash, Input, Output, html
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from aidc.store import StoreUnavailable
+from aidc.core.store import StoreUnavailable
 from dashboards.widgets import (
     GREY,
     ROW,

@@ -12,7 +12,7 @@ from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from aidc.api import SiteAPI, trend_every_s
 from aidc.auth import Auth
-from aidc.store import StoreUnavailable
+from aidc.core.store import StoreUnavailable
 from dashboards.widgets import NOTE, ROW, graph, said, time_figure
 
 RANGES_S = {"1 h": 3600.0, "24 h": 86_400.0, "7 d": 7 * 86_400.0, "30 d": 30 * 86_400.0}

@@ -18,11 +18,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from aidc.files import private_sqlite
-from aidc.metrics import Quality, Sample
-from aidc.store import Store, StoreRejected, StoreUnavailable
+from aidc.core.files import private_sqlite
+from aidc.core.metrics import Quality, Sample
+from aidc.core.store import Store, StoreRejected, StoreUnavailable
 
-log = logging.getLogger("aidc.store.spool")
+log = logging.getLogger("aidc.core.store.spool")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL,
                                   payload TEXT NOT NULL, oldest REAL);

@@ -8,10 +8,10 @@ from itertools import chain
 
 import numpy as np
 
-from aidc.config import Site
-from aidc.derive import SWING_WINDOW_S, SiteModel, SiteStatus
-from aidc.metrics import STALE_AFTER_POLLS, Sample
-from aidc.store import Series, Store
+from aidc.core.config import Site
+from aidc.core.derive import SWING_WINDOW_S, SiteModel, SiteStatus
+from aidc.core.metrics import STALE_AFTER_POLLS, Sample
+from aidc.core.store import Series, Store
 
 
 class NoRecentData(Exception):

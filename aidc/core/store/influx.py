@@ -26,11 +26,11 @@ from functools import lru_cache
 import httpx
 from influxdb_client import Point
 
-from aidc.config import Store as StoreConfig
-from aidc.metrics import TOPOLOGY_TAGS, Quality, Sample, key_of, series_key
-from aidc.store import Aggregate, Series, StoreRejected, StoreUnavailable
+from aidc.core.config import Store as StoreConfig
+from aidc.core.metrics import TOPOLOGY_TAGS, Quality, Sample, key_of, series_key
+from aidc.core.store import Aggregate, Series, StoreRejected, StoreUnavailable
 
-log = logging.getLogger("aidc.store.influx")
+log = logging.getLogger("aidc.core.store.influx")
 # answers that say "not now" rather than "not this": a token rotated (401), a grant missing
 # (403), a database dropped (404), a timeout or rate limit (408, 429). The batch is kept.
 OUTAGE = {401, 403, 404, 408, 429}

@@ -32,11 +32,11 @@ from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
 
-from aidc.files import private_sqlite
-from aidc.metrics import QUALITY, Sample, key_of, series_key
-from aidc.store import Aggregate, Series, StoreUnavailable
+from aidc.core.files import private_sqlite
+from aidc.core.metrics import QUALITY, Sample, key_of, series_key
+from aidc.core.store import Aggregate, Series, StoreUnavailable
 
-log = logging.getLogger("aidc.store.sqlite")
+log = logging.getLogger("aidc.core.store.sqlite")
 SQL_AGGREGATE = {"mean": "avg", "min": "min", "max": "max"}
 READER_MMAP_BYTES = 1 << 30  # address space, not memory: pages are read only when touched
 

@@ -16,9 +16,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from aidc.config import Site
-from aidc.metrics import FreshLatest, Sample, SeriesKeys, series_key
-from aidc.topology import Topology
+from aidc.core.config import Site
+from aidc.core.metrics import FreshLatest, Sample, SeriesKeys, series_key
+from aidc.core.topology import Topology
 from models import backup, cooling, power
 from models import pue as pue_model
 from models.headroom import LIMITS, RackHeadroom, rack_headroom

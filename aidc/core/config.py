@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from aidc.fastyaml import read_plain_yaml
-from aidc.matchers import a_matcher
+from aidc.core.fastyaml import read_plain_yaml
+from aidc.core.matchers import a_matcher
 
 Protocol = Literal["modbus", "snmp", "opcua"]
 DeviceKind = Literal["pdu", "rectifier", "ups", "cdu", "manifold", "supercap", "meter"]

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
-from aidc.config import Rack, Site
+from aidc.core.config import Rack, Site
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from aidc.config import Store as StoreConfig
-from aidc.metrics import Sample
+from aidc.core.config import Store as StoreConfig
+from aidc.core.metrics import Sample
 
 
 class StoreUnavailable(Exception):
@@ -73,10 +73,10 @@ def open_store(config: StoreConfig, data_dir: Path, create: bool = True) -> Stor
     """The site's store; ``create=False`` (readers such as `aidc headroom`) refuses to make
     an empty embedded store where none is, and says where it looked."""
     if config.backend == "influxdb":
-        from aidc.store.influx import InfluxStore
+        from aidc.core.store.influx import InfluxStore
 
         return InfluxStore(config)
-    from aidc.store.sqlite import SqliteStore
+    from aidc.core.store.sqlite import SqliteStore
 
     path = Path(config.path)
     path = path if path.is_absolute() else data_dir / path
