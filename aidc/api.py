@@ -671,6 +671,10 @@ class SiteAPI:
         up, total = self.devices_up()
         state = ({"status": "ok", "shard": "{}/{}".format(*rt.shard)} if rt.role == "collect"
                  else self._ticking(now))
+        if rt.role == "core":  # the samples it models come from the store
+            read_at, failed_at, error = rt.store_read
+            state |= {"store_read_at": iso(read_at), "store_read_failed_at": iso(failed_at),
+                      "store_read_error": error}
         return state["status"] != "stalled", {"role": rt.role} | state | {
             "devices_up": up,
             "devices_total": total,

@@ -160,6 +160,9 @@ class Runtime:
         self.model = SiteModel(site)
         # a core reads a sample a flush and a read of the store after its poll: it is
         # judged stale that much later
+        # a core's last read of the store that worked, and since then the last that failed
+        # and why: (read at, failed at, error), replaced whole (the web thread reads it)
+        self.store_read: tuple[float | None, float | None, str | None] = (None, None, None)
         self.late_s = STORE_LATE_S + 2 * site.store.flush_s if role == "core" else 0.0
         self._poll_s = {d: h.poll_s + self.late_s / STALE_AFTER_POLLS
                         for d, h in self.health.items()}
@@ -484,10 +487,12 @@ class Runtime:
                     self.store.latest, min(since, now - newest_s) if full else since, keys)
             except Exception as e:  # noqa: BLE001  (down, or answering garbage: read again)
                 failures += 1
+                self.store_read = (self.store_read[0], time.time(), str(e)[:300])
                 if worth_logging(failures):
                     log.warning("event=store_unread count=%d error=%r", failures, str(e)[:300])
             else:
                 failures, since = 0, now - STORE_LATE_S - flush_s
+                self.store_read = (now, None, None)
                 self._take_from_store(fresh)
                 if full:
                     full_at = now

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ from aidc.core.net import free_port
 from aidc.core.topology import shard_of
 from simulators.physics import SitePhysics
 from simulators.site import SimulatedSite, on_free_ports
-from tests.conftest import wait_for
+from tests.conftest import Relay, wait_for
 
 DEMO = Path(__file__).resolve().parent.parent / "site_configs" / "demo.yaml"
 
@@ -89,16 +90,18 @@ class Aidc:
             self.proc.wait(timeout=20)
 
 
-def site_file(tmp: Path, farm: StillFarm, influxd, database: str) -> Path:
-    """The farm's site, polled every second, storing into ``database`` of the test's influxd."""
+def site_file(tmp: Path, farm: StillFarm, influxd, database: str, url: str | None = None,
+              name: str | None = None) -> Path:
+    """The farm's site, polled every second, storing into ``database`` of the test's influxd
+    (at ``url``, when a relay stands before it)."""
     data = farm.site.model_dump(mode="json", exclude_defaults=True) | {
         "defaults": {"poll_s": 1.0, "timeout_s": 2.0},
         "model": {"tick_s": 0.5},
-        "store": {"backend": "influxdb", "url": influxd.url, "database": database,
+        "store": {"backend": "influxdb", "url": url or influxd.url, "database": database,
                   "flush_s": 0.3},
         "alerts": {"unreachable_intervals": 3},
     }
-    path = tmp / f"{database}.yaml"
+    path = tmp / f"{name or database}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
@@ -160,6 +163,60 @@ def test_two_collectors_and_a_core_answer_as_one_process_and_a_killed_one_shows_
         finally:
             for aidc in running:
                 aidc.stop()
+
+
+def test_a_core_that_cannot_read_the_store_judges_no_device_down(tmp_path, influxd):
+    """The store unreachable from the core alone: the devices' silence is the store's, not
+    theirs. The core pages for the store, keeps every device as last heard, and reads on
+    once the store answers again."""
+    tag = uuid.uuid4().hex[:8]
+    relay = Relay()
+    with StillFarm() as farm:
+        asyncio.run_coroutine_threadsafe(relay.start(int(influxd.url.rsplit(":", 1)[1])),
+                                         farm.loop).result(10)
+        database = f"outage_{tag}"
+        through_relay = site_file(tmp_path, farm, influxd, database,
+                                  url=f"http://127.0.0.1:{relay.port}", name="core")
+        direct = site_file(tmp_path, farm, influxd, database)
+        running = [core := Aidc(tmp_path, "core", through_relay, "--role", "core"),
+                   *(Aidc(tmp_path, f"collect-{i}", direct, "--role", "collect", "--shard",
+                          f"{i}/2") for i in (1, 2))]
+        try:
+            wait_for(lambda: settled(core), timeout_s=60, what="the core settled")
+            relay.silent = True
+            down_after_s = 3 * 1.0 + 2.0 + 2 * 0.3  # unreachable_intervals polls, the store's delay
+
+            def failed_to_read_past_the_grace():
+                health = core.get("/healthz")  # first: the devices as judged after it
+                devices = core.get("/api/v1/devices")
+                if not (devices and health and health["store_read_failed_at"]):
+                    return None
+                newest = max(seconds(d["last_ok"]) for d in devices)
+                failed = seconds(health["store_read_failed_at"])
+                return failed > newest + down_after_s + 1 and (devices, health)
+
+            devices, health = wait_for(failed_to_read_past_the_grace, timeout_s=60,
+                                       what="a failed read of the store past a device's grace")
+            assert "unreachable" in health["store_read_error"] or "timed out" in \
+                health["store_read_error"], health
+            assert {d["state"] for d in devices} == {"up"}, [d for d in devices if d["state"] != "up"]
+            alerts = wait_for(lambda: [a["rule"] for a in core.get("/api/v1/alerts") or []
+                                       if a["state"] == "firing"], what="the store's alert")
+            assert "store_unavailable" in alerts and "device_unreachable" not in alerts, alerts
+            relay.silent = False
+            read_again = time.time()
+            wait_for(lambda: (devices := core.get("/api/v1/devices")) and all(
+                seconds(d["last_ok"]) > read_again and d["state"] == "up" for d in devices),
+                timeout_s=60,
+                what="the core reading every device again")
+        finally:
+            for aidc in running:
+                aidc.stop()
+            asyncio.run_coroutine_threadsafe(relay.stop(), farm.loop).result(10)
+
+
+def seconds(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def aidc_run(*args: str) -> subprocess.CompletedProcess:
