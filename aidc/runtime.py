@@ -158,11 +158,11 @@ class Runtime:
         self.health = {d.id: DeviceHealth(d.id, d.kind, site.poll_s(d))
                        for d in (self.polled if role == "collect" else site.devices)}
         self.model = SiteModel(site)
-        # a core reads a sample a flush and a read of the store after its poll: it is
-        # judged stale that much later
         # a core's last read of the store that worked, and since then the last that failed
         # and why: (read at, failed at, error), replaced whole (the web thread reads it)
         self.store_read: tuple[float | None, float | None, str | None] = (None, None, None)
+        # a core reads a sample a flush and a read of the store after its poll: it is
+        # judged stale that much later
         self.late_s = STORE_LATE_S + 2 * site.store.flush_s if role == "core" else 0.0
         self._poll_s = {d: h.poll_s + self.late_s / STALE_AFTER_POLLS
                         for d, h in self.health.items()}
@@ -503,6 +503,8 @@ class Runtime:
             await asyncio.sleep(flush_s)
 
     def _take_from_store(self, fresh: dict[tuple[str, str], Sample]) -> None:
+        """What a core read, device by device, as its polls would have taken it: only the
+        series newer than those it has, each device heard of at its newest sample."""
         by_device: dict[str, list[tuple[str, Sample]]] = {}
         for (device_id, key), s in fresh.items():
             if device_id in self.health:
