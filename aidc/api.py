@@ -284,7 +284,7 @@ class SiteAPI:
         return self.runtime.site.site
 
     def site(self) -> dict[str, Any]:
-        s, alerts = self.runtime.status, self.runtime.evaluator.active_alerts()
+        s, alerts = self.runtime.view.status, self.runtime.view.alerts  # of one tick
         return {
             "site": self.site_name,
             "pue": s.pue if s else None,
@@ -576,7 +576,7 @@ class SiteAPI:
 
     def acknowledge(self, fingerprint: str, by: str) -> dict[str, Any]:
         """Acknowledge an active alert (runs on the runtime's loop, which owns the state)."""
-        return alert_json(self.runtime.call_soon(self.runtime.evaluator.acknowledge, fingerprint, by))
+        return alert_json(self.runtime.call_soon(self.runtime.acknowledge, fingerprint, by))
 
     def silences(self) -> list[dict[str, Any]]:
         now = time.time()  # as of the last tick (or change): read on the runtime's thread
@@ -652,7 +652,7 @@ class SiteAPI:
                 for d in read_deliveries(self.runtime.alerts_db, limit)]
 
     def alerts(self) -> list[dict[str, Any]]:
-        return [alert_json(a) for a in self.runtime.evaluator.active_alerts()]
+        return [alert_json(a) for a in self.runtime.view.alerts]
 
     def rules(self) -> list[dict[str, Any]]:
         """The site's rules as they run: aidc's pack with the site's changes, and its own."""

@@ -41,7 +41,7 @@ from aidc.core.snapshot import rack_power_history
 from aidc.core.store import Store, open_store
 from aidc.core.store.spool import SpooledWriter
 from aidc.core.topology import Topology, shard_of
-from alerts.evaluate import Evaluator
+from alerts.evaluate import Alert, Evaluator
 from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
@@ -133,6 +133,16 @@ class Probe:
         return self.at + self.elapsed_ms / 1000
 
 
+@dataclass(frozen=True, slots=True)
+class TickView:
+    """What the web reads of the runtime, published whole at the end of each tick (and
+    when an alert is acknowledged): the tick's results and the alerts they left, so that
+    an answer never pairs one tick's figures with another's alerts."""
+
+    status: SiteStatus | None = None
+    alerts: tuple[Alert, ...] = ()  # pending and firing, oldest first
+
+
 class NotAnswering(Exception):
     """A call from another thread that the runtime's loop did not take (stopped or busy)."""
 
@@ -167,7 +177,7 @@ class Runtime:
         self._poll_s = {d: h.poll_s + self.late_s / STALE_AFTER_POLLS
                         for d, h in self.health.items()}
         self.model_inputs = LatestTable(self.model.keys_read, self._poll_s)  # of `latest`
-        self.status: SiteStatus | None = None
+        self.view = TickView()  # what the web reads: published whole, never changed
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts, self.outbox, site.web.external_url)
@@ -206,6 +216,17 @@ class Runtime:
         for f in CRITICAL_FLAGS:
             self._flags.setdefault(f.kind, {})[f.metric] = f.test
         self._flag_flipped = asyncio.Event()
+
+    @property
+    def status(self) -> SiteStatus | None:
+        """The last tick's results (None before the first)."""
+        return self.view.status
+
+    def acknowledge(self, fingerprint: str, by: str) -> Alert:
+        """On the loop: an operator's acknowledgement, published at once."""
+        alert = self.evaluator.acknowledge(fingerprint, by)
+        self.view = TickView(self.view.status, tuple(self.evaluator.active_alerts()))
+        return alert
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
         """Run ``fn(*args)`` on the runtime's event loop (which owns the alert state and its
@@ -585,7 +606,6 @@ class Runtime:
         inputs = self.model_inputs.at(now, dict(self.latest) if self.model.reads_outlets
                                       else self.latest)
         status, derived = await asyncio.to_thread(self._evaluate, inputs, now)
-        self.status = status
         self._pending.extend(derived)
         t1 = time.perf_counter()
         alerts = self.evaluator.active_alerts()
@@ -610,6 +630,7 @@ class Runtime:
         # notifications commit with the state change; a rule that failed resolves nothing
         self.evaluator.step(now, conditions, hold_absent=not complete)
         self._count_outbox(now)
+        self.view = TickView(status, tuple(self.evaluator.active_alerts()))
         self.ticks += 1
         t2 = time.perf_counter()
         self.last_tick_ms, self.last_alerting_ms = (t2 - t0) * 1000, (t2 - t1) * 1000

@@ -527,10 +527,10 @@ def test_healthz_is_degraded_while_an_input_has_never_read_good(tmp_path):
     "ok" then. Past the start-up grace, series the model needed and never once read good
     make it "degraded" and are named; one good read each and it is "ok" again."""
     from aidc.core.config import load_site
-    from aidc.runtime import Runtime
+    from aidc.runtime import Runtime, TickView
 
     runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path)
-    runtime.status = runtime.model.evaluate({}, time.time())  # every input missing
+    runtime.view = TickView(runtime.model.evaluate({}, time.time()))  # every input missing
     api = SiteAPI(runtime)
     assert api.health()[1]["status"] == "ok"  # still starting: the grace
     runtime.started_at -= 600
