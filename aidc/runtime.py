@@ -177,7 +177,6 @@ class Runtime:
         self._poll_s = {d: h.poll_s + self.late_s / STALE_AFTER_POLLS
                         for d, h in self.health.items()}
         self.model_inputs = LatestTable(self.model.keys_read, self._poll_s)  # of `latest`
-        self.view = TickView()  # what the web reads: published whole, never changed
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts, self.outbox, site.web.external_url)
@@ -193,6 +192,9 @@ class Runtime:
         self.evaluator = Evaluator(  # offers reminders; the notifier sends each where due
             self.outbox, repeat_s=site.alerts.shortest_repeat_s, notify=self.notifier.notify
         )
+        # what the web reads, published whole and never changed: before the first tick, the
+        # alerts the last run left
+        self.view = TickView(alerts=tuple(self.evaluator.active_alerts()))
         # read by /metrics from the web thread (the outbox's SQLite belongs to the loop);
         # from the file at start: a backlog left by the last run shows before the first tick
         self._count_outbox(time.time())
@@ -608,7 +610,7 @@ class Runtime:
         status, derived = await asyncio.to_thread(self._evaluate, inputs, now)
         self._pending.extend(derived)
         t1 = time.perf_counter()
-        alerts = self.evaluator.active_alerts()
+        alerts = self.view.alerts  # the evaluator's, as the last tick (or an ack) left them
         active = {a.fingerprint for a in alerts}
         w = self.writer
         store = StoreState(w.store_up, w.store_error, w.spooled_samples(), w.max_samples,

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -227,7 +228,7 @@ class Evaluator:
 
     def active_alerts(self) -> list[Alert]:
         """Pending and firing alerts, oldest first."""
-        return sorted(self._alerts.values(), key=lambda a: (a.active_since, a.fingerprint))
+        return sorted(self._alerts.values(), key=attrgetter("active_since", "fingerprint"))
 
     def acknowledge(self, fingerprint: str, by: str, at: float | None = None) -> Alert:
         """Mark an active alert acknowledged: no repeats until it resolves. KeyError if unknown."""
