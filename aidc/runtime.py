@@ -507,7 +507,7 @@ class Runtime:
             keys = None if full else unlabelled | self.model_inputs.keys_read
             try:
                 fresh = await asyncio.to_thread(
-                    self.store.latest, min(since, now - newest_s) if full else since, keys)
+                    self._read_store, min(since, now - newest_s) if full else since, keys)
             except Exception as e:  # noqa: BLE001  (down, or answering garbage: read again)
                 failures += 1
                 self.store_read = (self.store_read[0], time.time(), str(e)[:300])
@@ -516,23 +516,34 @@ class Runtime:
             else:
                 failures, since = 0, now - STORE_LATE_S - flush_s
                 self.store_read = (now, None, None)
-                self._take_from_store(fresh)
+                await self._take_from_store(fresh)
                 if full:
                     full_at = now
-                    unlabelled = frozenset(k for _, k in fresh if "{" not in k)
+                    unlabelled = frozenset(k for news in fresh.values() for k, _ in news
+                                           if "{" not in k)
                 for h in self.health.values():
                     h.unheard(now, self.started_at, STALE_AFTER_POLLS * h.poll_s + self.late_s,
                               intervals * h.poll_s + self.late_s)
             await asyncio.sleep(flush_s)
 
-    def _take_from_store(self, fresh: dict[tuple[str, str], Sample]) -> None:
-        """What a core read, device by device, as its polls would have taken it: only the
-        series newer than those it has, each device heard of at its newest sample."""
+    def _read_store(self, since: float, keys: frozenset[str] | None
+                    ) -> dict[str, list[tuple[str, Sample]]]:
+        """In a worker thread: the samples of the site's devices written since ``since``
+        (of the series with ``keys``), device by device, as (series key, sample)."""
         by_device: dict[str, list[tuple[str, Sample]]] = {}
-        for (device_id, key), s in fresh.items():
+        for (device_id, key), s in self.store.latest(since, keys).items():
             if device_id in self.health:
                 by_device.setdefault(device_id, []).append((key, s))
-        for device_id, news in by_device.items():
+        return by_device
+
+    async def _take_from_store(self, by_device: dict[str, list[tuple[str, Sample]]]) -> None:
+        """What a core read, device by device, as its polls would have taken it: only the
+        series newer than those it has, each device heard of at its newest sample. The loop
+        runs between every START_BATCH devices: a read of every series of a 2,000-rack site
+        (257,000) held it 0.9-1.5 s in one go."""
+        for i, (device_id, news) in enumerate(by_device.items()):
+            if i % START_BATCH == 0 and i:
+                await asyncio.sleep(0)
             latest = self.latest
             news = [(k, s) for k, s in news
                     if (old := latest.get((device_id, k))) is None or s.ts > old.ts]
