@@ -335,7 +335,7 @@ class Runtime:
                     samples = [Sample(device.kind, tags | r.labels if r.labels else tags,
                                       r.metric, r.value, now, r.quality) for r in readings]
                     health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
-                    self._take(device, keys, samples)
+                    self._take(device, keys, keys, samples)
                     self._pending += samples
                 self._heard_from(device.id)
                 health.retry_in_s = backoff_s(health.poll_s, health.failures,
@@ -351,11 +351,13 @@ class Runtime:
             with contextlib.suppress(Exception, TimeoutError):
                 await bounded(collector.close(), deadline_s)
 
-    def _take(self, device, keys: tuple[str, ...], samples: list[Sample]) -> None:
+    def _take(self, device, series: tuple[str, ...], keys: tuple[str, ...],
+              samples: list[Sample]) -> None:
         """A device's samples as newly read (by its poll, or from the store by a core),
-        with their series keys, into the latest view, the model's table and the watches."""
-        new_series = device.kind in self._own_rules and keys != self.series_of.get(device.id)
-        self.series_of[device.id] = keys
+        with their series keys, into the latest view, the model's table and the watches;
+        ``series``: the keys of every series the device has."""
+        new_series = device.kind in self._own_rules and series != self.series_of.get(device.id)
+        self.series_of[device.id] = series
         flags = self._flags.get(device.kind)
         inputs = self.model_inputs
         for k, s in zip(keys, samples):
@@ -550,14 +552,14 @@ class Runtime:
                     if (old := latest.get((device_id, k))) is None or s.ts > old.ts]
             if not news:
                 continue  # nothing newer than what was read before
-            series = {k: latest[device_id, k] for k in self.series_of.get(device_id, ())}
-            series.update(news)
-            newest = max(s.ts for s in series.values())
-            keys = tuple(sorted(series))
-            device = self.topology.device_by_id[device_id]
-            self._take(device, keys, [series[k] for k in keys])
-            bad = sum(not s.good for s in series.values() if s.ts == newest)
-            self.health[device_id].heard(newest, bad, sum(s.ts == newest for s in series.values()))
+            known = self.series_of.get(device_id, ())
+            keys, samples = zip(*news)
+            added = set(keys).difference(known)  # the read's other series: as they were
+            series = tuple(sorted((*known, *added))) if added else known
+            self._take(self.topology.device_by_id[device_id], series, keys, list(samples))
+            newest = max(s.ts for s in samples)  # of the device's last poll the store had
+            polled = [s for s in samples if s.ts == newest]
+            self.health[device_id].heard(newest, sum(not s.good for s in polled), len(polled))
             self._heard_from(device_id)
 
     async def _flush_forever(self) -> None:
