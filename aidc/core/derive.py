@@ -12,12 +12,14 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
 
 from aidc.core.config import Site
-from aidc.core.metrics import FreshLatest, Sample, SeriesKeys, series_key
+from aidc.core.metrics import FreshLatest, Quality, Sample, SeriesKeys, series_key
 from aidc.core.topology import Topology
 from models import backup, cooling, power
 from models import pue as pue_model
@@ -125,6 +127,10 @@ class SiteStatus:
     # last column with none: what-if places new racks against it (power.SourcePools)
     source_left_by_failure_kw: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)),
                                                   repr=False)
+    # (racks, RACK_FIELDS) the racks' figures rounded as in `racks`, NaN unknown: what
+    # derived_samples writes, taken a field of every rack at a time
+    rack_values_kw: np.ndarray = field(default_factory=lambda: np.zeros((0, len(RACK_FIELDS))),
+                                       repr=False, compare=False)
 
 
 def num(x) -> float | None:
@@ -145,6 +151,9 @@ class SiteModel:
         racks = site.racks
         self.rack_ids = [r.id for r in racks]
         self.rack_rooms, self.rack_rows = [r.room for r in racks], [r.row for r in racks]
+        self.rooms = list(dict.fromkeys(self.rack_rooms))
+        room_index = {room: i for i, room in enumerate(self.rooms)}
+        self.rack_room = np.array([room_index[r] for r in self.rack_rooms], dtype=np.intp)
         self.design_kw = np.array([r.design_kw for r in racks])
         self.capture = np.array([r.capture_ratio for r in racks])
         self.air_kw = np.array([np.inf if r.air_kw is None else r.air_kw for r in racks])
@@ -164,6 +173,8 @@ class SiteModel:
             SeriesKeys((p.id, key) if p and (n == 1 or p.phases == 3) else None
                        for p in pdus for n, key in zip(PHASES, PHASE_CURRENT))
             for pdus in (pdus_a, pdus_b)]
+        self.pdu_present = [np.array([p is not None for p in pdus]) for pdus in (pdus_a, pdus_b)]
+        self.phase_carried = [np.array([k is not None for k in keys]) for keys in self.phase_series]
 
         self.sources = site.devices_of("rectifier") + site.devices_of("ups")
         self.source_ids = [s.id for s in self.sources]
@@ -175,6 +186,7 @@ class SiteModel:
         self.source_module_kw = np.array([np.nan if s.module_kw is None else s.module_kw
                                           for s in self.sources])
         self.source_spare = np.array([s.spare_modules for s in self.sources], dtype=float)
+        self.modular_ids = [s.id if s.module_kw else None for s in self.sources]
 
         self.loops = site.loops
         loop_index = {lp.id: i for i, lp in enumerate(self.loops)}
@@ -194,6 +206,9 @@ class SiteModel:
         self.loop_limit_c = np.array([cooling.ASHRAE_SUPPLY_LIMIT_C[lp.ashrae_class] for lp in self.loops])
         self.loop_supply_metric = ["facility_supply_temp_c" if lp.class_checked_on == "facility_supply"
                                    else "supply_temp_c" for lp in self.loops]
+        self.loop_supply_keys = SeriesKeys((c, metric) for lp, metric in
+                                           zip(self.loops, self.loop_supply_metric) for c in lp.cdus)
+        self.loop_first_cdu = np.cumsum([0] + [len(lp.cdus) for lp in self.loops[:-1]], dtype=np.intp)
 
         # the racks' own liquid limits (a manifold's maximum flow at a design rise)
         loops = [self.loops[k] if k >= 0 else None for k in self.rack_loop]
@@ -203,6 +218,7 @@ class SiteModel:
             np.nan if m is None else m.design_dt_k or (lp.design_dt_k if lp else np.nan)
             for m, lp in zip(liquid, loops)])
         self.manifold_meter = [m.meter if m else None for m in liquid]
+        self.manifold_metered = np.array([m is not None for m in self.manifold_meter])
         self.rack_fluid = np.array([lp.fluid if lp else "PG25" for lp in loops])
         self.rack_design_supply_c = np.array([lp.design_supply_c if lp else 35.0 for lp in loops])
 
@@ -225,9 +241,19 @@ class SiteModel:
         pairs = {(int(sc), int(source)) for sc, *sources in zip(
             self.rack_supercap[behind], self.feed_a_source[behind], self.feed_b_source[behind])
             for source in sources if source >= 0}
-        self.supercap_sources: list[list[int]] = [[] for _ in self.supercaps]
+        supercap_sources: list[list[int]] = [[] for _ in self.supercaps]
         for sc, source in sorted(pairs):
-            self.supercap_sources[sc].append(source)
+            supercap_sources[sc].append(source)
+        # as rows of one matrix, padded with the index of a +inf past the sources
+        width = max(map(len, supercap_sources), default=0)
+        self.supercap_sources = np.array([s + [len(self.sources)] * (width - len(s))
+                                          for s in supercap_sources], dtype=np.intp
+                                         ).reshape(len(self.supercaps), width)
+        behind_supercaps = {source for _, source in pairs}  # the UPS runtimes backup reads
+        self.backup_ups_ids = [s.id if s.kind == "ups" and i in behind_supercaps else None
+                               for i, s in enumerate(self.sources)]
+        self.source_battery_min = np.array([np.nan if s.battery_runtime_min is None
+                                            else s.battery_runtime_min for s in self.sources])
 
         meters = site.devices_of("meter")
         self.facility_meter = next((m.id for m in meters if m.role == "facility"), None)
@@ -296,8 +322,7 @@ class SiteModel:
         phase = self._phase_headroom_kw(series, load_kw, feed_a_kw, feed_b_kw)
 
         source_out = many(self.source_ids, "output_power_kw")
-        modules_ok = np.array([good(s.id, "modules_ok") if s.module_kw else math.nan
-                               for s in self.sources])
+        modules_ok = many(self.modular_ids, "modules_ok")
         source_capacity = power.modular_capacity_kw(
             self.source_rating_kw, self.source_module_kw, modules_ok, self.source_spare)
 
@@ -316,10 +341,9 @@ class SiteModel:
             self.cdu_fluid)
         heat_measured = cooling.loop_heat_kw(cdu_heat, self.cdu_loop, n_loops)
         loop_heat = np.where(np.isnan(heat_measured), heat_from_racks, heat_measured)
-        loop_supply_c = np.array([
-            np.max([good(c, metric) for c in lp.cdus])
-            for lp, metric in zip(self.loops, self.loop_supply_metric)
-        ])  # the warmest supply among the loop's CDUs; one unknown: unknown
+        # the warmest supply among each loop's CDUs; one unknown: unknown
+        loop_supply_c = (np.maximum.reduceat(series(self.loop_supply_keys), self.loop_first_cdu)
+                         if self.loops else np.zeros(0))
 
         liquid_capacity, liquid_heat = self._rack_liquid(many, load_kw)
         h = rack_headroom(
@@ -347,16 +371,18 @@ class SiteModel:
         pools += self._loop_pools(h, cdu_capacity, loop_capacity, loop_capacity_all, loop_heat,
                                   heat_measured, heat_from_racks, loop_supply_c)
         energy = self._facility(good, many, rack_kw, source_out, latest)
+        rack_values = np.round(np.column_stack((rack_kw, peak_kw, h.headroom_kw, h.limits_kw)), 3)
         return SiteStatus(
             updated_at=now,
             pue_category=self.pue_category,
-            racks=self._racks(rack_kw, peak_kw, h),
+            racks=self._racks(rack_values, h),
             pools=pools,
-            backup=self._backup(good, many, rack_kw),
+            backup=self._backup(many, rack_kw),
             cdus=[CduStatus(c.id, num(cap), num(heat))
                   for c, cap, heat in zip(self.cdus, cdu_capacity, cdu_heat)],
             missing=list(missing),
             source_left_by_failure_kw=h.sources.left_by_failure_kw,
+            rack_values_kw=rack_values,
             **energy,
         )
 
@@ -414,7 +440,7 @@ class SiteModel:
         """Each rack manifold's heat capacity at its maximum flow and design rise, and the
         heat in it now: measured (flow x rho cp x dT) where a meter is named, else capture
         x load. Properties at the metered supply temperature, else the loop's design one."""
-        metered = [m is not None for m in self.manifold_meter]
+        metered = self.manifold_metered
         flow, supply, ret = (many(self.manifold_meter, metric)
                              for metric in ("flow_lpm", "supply_temp_c", "return_temp_c"))
         supply_c = np.where(metered, supply, self.rack_design_supply_c)
@@ -437,53 +463,50 @@ class SiteModel:
         (``rack_kw``, its peak) with its own phase balance, so its phase currents scale by
         rack kW / feed kW."""
         out = np.full(len(self.rack_ids), np.inf)
-        for pdus, feed_kw, keys, ratings in zip((self.pdus_a, self.pdus_b), (feed_a_kw, feed_b_kw),
-                                                self.phase_series, self.pdu_ratings):
-            present = np.array([p is not None for p in pdus])
+        for present, feed_kw, keys, carried, ratings in zip(
+                self.pdu_present, (feed_a_kw, feed_b_kw), self.phase_series, self.phase_carried,
+                self.pdu_ratings):
             if not present.any():
                 continue
-            carried = np.array([k is not None for k in keys])
-            amps = np.where(carried, series(keys), 0.0).reshape(len(pdus), len(PHASES))
+            amps = np.where(carried, series(keys), 0.0).reshape(len(present), len(PHASES))
             safe_kw = np.where(feed_kw > 0, feed_kw, 1.0)
             scale = np.where(self.single_feed | (feed_kw == 0), 1.0, rack_kw / safe_kw)  # NaN stays
             kw = power.phase_headroom_kw(amps * scale[:, None], np.zeros_like(amps), *ratings)
             out = np.where(present, np.minimum(out, kw), out)  # unknown currents: unknown
         return out
 
-    def _racks(self, rack_kw, peak_kw, h: RackHeadroom) -> list[RackStatus]:
-        limits = [dict(zip(LIMITS, row)) for row in _numbers(h.limits_kw)]
+    def _racks(self, values: np.ndarray, h: RackHeadroom) -> list[RackStatus]:
+        """The racks' records, from their rounded figures (SiteStatus.rack_values_kw)."""
+        power, peak, headroom = _known(values[:, :-len(LIMITS)].T)
+        limits = map(dict, map(zip, repeat(LIMITS), _known(values[:, -len(LIMITS):])))
         return list(map(RackStatus._make, zip(
-            self.rack_ids, self.rack_rooms, self.rack_rows, self.design_kw.tolist(),
-            _numbers(rack_kw), _numbers(peak_kw), _numbers(h.headroom_kw), h.limiting.tolist(),
-            h.complete.tolist(), limits)))
+            self.rack_ids, self.rack_rooms, self.rack_rows, self.design_kw.tolist(), power, peak,
+            headroom, h.limiting.tolist(), h.complete.tolist(), limits)))
 
     def _source_pools(self, h: RackHeadroom, capacity, load, modules_ok) -> list[Pool]:
-        pools, sources = [], h.sources
-        for i, s in enumerate(self.sources):
-            worst = int(sources.worst_failure[i])
-            pools.append(Pool(
-                s.id, s.kind, num(capacity[i]), num(load[i]), num(sources.left_after_failure_kw[i]),
-                num(sources.left_normal_kw[i]), self.sources[worst].id if worst >= 0 else None,
-                self.source_racks[i], rating_kw=s.rating_kw,
-                modules_ok=num(modules_ok[i]) if s.module_kw else None))
-        return pools
+        worst = [self.source_ids[w] if w >= 0 else None for w in h.sources.worst_failure.tolist()]
+        columns = _numbers(np.stack((capacity, load, h.sources.left_after_failure_kw,
+                                     h.sources.left_normal_kw, modules_ok)).reshape(5, -1))
+        return [Pool(s.id, s.kind, cap, kw, left, left_normal, w, racks, rating_kw=s.rating_kw,
+                     modules_ok=ok if s.module_kw else None)
+                for s, cap, kw, left, left_normal, ok, w, racks
+                in zip(self.sources, *columns, worst, self.source_racks)]
 
     def _loop_pools(self, h: RackHeadroom, cdu_capacity, capacity, capacity_all, heat,
                     heat_measured, heat_from_racks, supply_c) -> list[Pool]:
-        pools = []
         largest = cooling.largest_cdu(cdu_capacity, self.cdu_loop, len(self.loops))
-        for i, lp in enumerate(self.loops):
-            reserved = self.cdus[largest[i]].id if self.loop_redundant[i] and largest[i] >= 0 else None
-            pools.append(Pool(
-                lp.id, "loop", num(capacity[i]), num(heat[i]), num(h.loop_pool_kw[i]),
-                num(capacity_all[i] - heat[i]), reserved, self.loop_racks[i],
-                rating_kw=float(self.loop_rated_kw[i]),
-                heat_measured_kw=num(heat_measured[i]), heat_from_racks_kw=num(heat_from_racks[i]),
-                supply_temp_c=num(supply_c[i]), supply_limit_c=float(self.loop_limit_c[i]),
-                supply_compared=lp.class_checked_on))
-        return pools
+        reserved = [self.cdu_ids[c] if redundant and c >= 0 else None
+                    for c, redundant in zip(largest.tolist(), self.loop_redundant.tolist())]
+        columns = _numbers(np.stack((capacity, heat, h.loop_pool_kw, capacity_all - heat,
+                                     heat_measured, heat_from_racks, supply_c)).reshape(7, -1))
+        return [Pool(lp.id, "loop", cap, kw, left, left_normal, spare, racks, rating_kw=rating,
+                     heat_measured_kw=measured, heat_from_racks_kw=from_racks, supply_temp_c=supply,
+                     supply_limit_c=limit, supply_compared=lp.class_checked_on)
+                for lp, cap, kw, left, left_normal, measured, from_racks, supply, spare, racks,
+                rating, limit in zip(self.loops, *columns, reserved, self.loop_racks,
+                                     self.loop_rated_kw.tolist(), self.loop_limit_c.tolist())]
 
-    def _backup(self, good, many, rack_kw) -> list[BackupStatus]:
+    def _backup(self, many, rack_kw) -> list[BackupStatus]:
         """Each supercap's ride-through chain and smoothing, all supercaps at once."""
         m, n = self.site.model, len(self.supercaps)
         ids = self.supercap_ids
@@ -493,20 +516,21 @@ class SiteModel:
         v = many(ids, "voltage_v")
         energy_j = backup.supercap_usable_energy_j(many(ids, "capacitance_f"), v, self.supercap_vmin_v)
         supercap_s = backup.ride_through_s(energy_j, load_kw, m.supercap_efficiency)
-        battery_s = np.array([self._battery_s(good, sources) for sources in self.supercap_sources])
+        battery_s = self._battery_s(many)
         chain = backup.backup_chain(supercap_s, battery_s, m.generator_start_s, m.transfer_s)
         smoothing = backup.supercap_max_power_kw(v, many(ids, "esr_mohm"))
-        columns = zip(load_kw, energy_j / 1000, supercap_s, battery_s, chain.bridge_s,
-                      chain.shortfall_s, backup.power_swing_kw(row_kw.T),
-                      backup.power_ramp_kw_per_s(ts, row_kw.T), smoothing)
+        columns = _numbers(np.stack((
+            load_kw, energy_j / 1000, supercap_s, battery_s, chain.bridge_s, chain.shortfall_s,
+            backup.power_swing_kw(row_kw.T), backup.power_ramp_kw_per_s(ts, row_kw.T),
+            smoothing)).reshape(9, n))
         return [
             BackupStatus(
-                supercap=sc, load_kw=num(load), usable_energy_kj=num(kj), supercap_s=num(sc_s),
-                battery_s=num(bat_s), bridge_s=num(bridge), required_s=float(chain.required_s[i]),
-                shortfall_s=num(short), bridges=bool(chain.bridges[i]), swing_kw=num(swing),
-                ramp_kw_per_s=num(ramp), smoothing_kw=num(smooth))
-            for i, (sc, (load, kj, sc_s, bat_s, bridge, short, swing, ramp, smooth))
-            in enumerate(zip(ids, columns))
+                supercap=sc, load_kw=load, usable_energy_kj=kj, supercap_s=sc_s, battery_s=bat_s,
+                bridge_s=bridge, required_s=required, shortfall_s=short, bridges=bridges,
+                swing_kw=swing, ramp_kw_per_s=ramp, smoothing_kw=smooth)
+            for sc, load, kj, sc_s, bat_s, bridge, short, swing, ramp, smooth, required, bridges
+            in zip(ids, *columns, np.broadcast_to(chain.required_s, n).tolist(),
+                   np.broadcast_to(chain.bridges, n).tolist())
         ]
 
     def _last_minute(self, n_supercaps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -518,40 +542,45 @@ class SiteModel:
                 for _, p in recent]
         return np.array([t for t, _ in recent]), np.array(sums).reshape(len(recent), n_supercaps)
 
-    def _battery_s(self, good, sources: list[int]) -> float:
-        """The weakest battery behind these sources: UPS runtime, or configured."""
-        seconds = []
-        for i in sources:
-            s = self.sources[i]
-            runtime = good(s.id, "runtime_min") if s.kind == "ups" else math.nan
-            if math.isnan(runtime) and s.battery_runtime_min is not None:
-                runtime = s.battery_runtime_min
-            seconds.append(runtime * 60)
-        return float(np.min(seconds)) if seconds else math.nan  # one unknown: unknown
+    def _battery_s(self, many) -> np.ndarray:
+        """Each supercap's weakest battery behind its sources: the UPS's runtime, or the
+        one configured; one unknown: unknown, and no source: unknown."""
+        runtime_min = many(self.backup_ups_ids, "runtime_min")
+        runtime_min = np.where(np.isnan(runtime_min), self.source_battery_min, runtime_min)
+        seconds = np.append(runtime_min * 60, np.inf)[self.supercap_sources]  # (the pad: inf)
+        weakest = seconds.min(axis=1, initial=np.inf)
+        return np.where(np.isinf(weakest), np.nan, weakest)
 
     def derived_samples(self, status: SiteStatus) -> list[Sample]:
-        """The tick's results as samples of the `rack`, `room` and `site` measurements."""
-        t = status.updated_at
-        site_fields = {k: getattr(status, k) for k in SITE_FIELDS}
-        out = [Sample("site", {"site": self.site.site}, k, v, t) for k, v in site_fields.items() if v is not None]
-        racks = status.racks
-        columns = zip(*((r.power_kw, r.power_kw_peak, r.headroom_kw, *r.limits_kw.values())
-                        for r in racks))
-        for k, values in zip(RACK_FIELDS, columns):  # a field of every rack at a time
-            out += [Sample("rack", tags, k, v, t) for tags, v in zip(self.rack_tags, values)
-                    if v is not None and v - v == 0]  # (known and finite)
-        rooms: dict[str, list[float | None]] = {}
-        for r in racks:
-            rooms.setdefault(r.room, []).append(r.power_kw)
-        out += [Sample("room", {"site": self.site.site, "room": room}, ROOM_FIELDS[0], sum(kw), t)
-                for room, kw in rooms.items() if None not in kw]
+        """The tick's results as samples of the `rack`, `room` and `site` measurements: a
+        field of every rack at a time, each sample made in C (90,000 a tick at 10,000 racks)."""
+        t, good, site = status.updated_at, Quality.GOOD, self.site.site
+        make = partial(tuple.__new__, Sample)
+        out = [make(("site", {"site": site}, k, v, t, good))
+               for k in SITE_FIELDS if (v := getattr(status, k)) is not None]
+        values = status.rack_values_kw
+        for k, column in zip(RACK_FIELDS, values.T):
+            known = np.flatnonzero(np.isfinite(column))  # (known and limited)
+            tags = self.rack_tags if len(known) == len(column) else [
+                self.rack_tags[i] for i in known.tolist()]
+            out += map(make, zip(repeat("rack"), tags, repeat(k), column[known].tolist(),
+                                 repeat(t), repeat(good)))
+        power = values[:, RACK_FIELDS.index("power_kw")]
+        unknown = np.bincount(self.rack_room, np.isnan(power), len(self.rooms))
+        room_kw = np.bincount(self.rack_room, np.nan_to_num(power), len(self.rooms))
+        out += [make(("room", {"site": site, "room": room}, ROOM_FIELDS[0], kw, t, good))
+                for room, kw, n in zip(self.rooms, room_kw.tolist(), unknown) if not n]
         return out
+
+
+def _known(values: np.ndarray) -> list:
+    """An array as JSON-friendly Python numbers: NaN (unknown) -> None, in one pass."""
+    return np.where(np.isnan(values), None, values).tolist()
 
 
 def _numbers(values: np.ndarray) -> list:
     """An array as JSON-friendly Python numbers (num() element by element, in one pass)."""
-    rounded = np.round(values, 3)
-    return np.where(np.isnan(rounded), None, rounded).tolist()
+    return _known(np.round(values, 3))
 
 
 def _outlet_power_kw(latest: dict[tuple[str, str], Sample]) -> dict[str, float]:
