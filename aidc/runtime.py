@@ -48,6 +48,7 @@ from alerts.outbox import Outbox
 from alerts.rules import (
     CRITICAL_FLAGS,
     DEAD_LETTER_ALERT_S,
+    RULE_KEYS_READ,
     Rule,
     StoreState,
     builtin_conditions,
@@ -176,7 +177,8 @@ class Runtime:
         self.late_s = STORE_LATE_S + 2 * site.store.flush_s if role == "core" else 0.0
         self._poll_s = {d: h.poll_s + self.late_s / STALE_AFTER_POLLS
                         for d, h in self.health.items()}
-        self.model_inputs = LatestTable(self.model.keys_read, self._poll_s)  # of `latest`
+        # of `latest`, the series the model and the built-in rules read, in arrays
+        self.model_inputs = LatestTable(self.model.keys_read | RULE_KEYS_READ, self._poll_s)
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts, self.outbox, site.web.external_url)

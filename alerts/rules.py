@@ -21,10 +21,12 @@ import numpy as np
 from pydantic import RootModel
 
 from aidc.core.config import DEVICE_KINDS, SUMMARY_FIELDS, RuleSettings, Site, load_model
+from aidc.core.derive import RACK_FIELDS
 from aidc.core.matchers import parse_matcher
 from aidc.core.metrics import (
     BAD_QUALITIES,
     DeviceHealth,
+    FreshLatest,
     LatestArrays,
     Sample,
     SeriesKeys,
@@ -41,6 +43,13 @@ OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "
 CRITICAL, WARNING = "critical", "warning"
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
 HYSTERESIS = 0.05  # an envelope or store_behind alert clears 5 % inside the limit it passed
+# the series the built-in rules read of each device of a kind: the runtime keeps them in the
+# tick's arrays (beside the model's), so that a rule reads a kind's column in one go
+# a rack's headroom and its feed limit, in the model's columns of every rack's figures
+RACK_LIMITS_JUDGED = [RACK_FIELDS.index("headroom_kw"), RACK_FIELDS.index("headroom_feed_kw")]
+RULE_KEYS_READ = frozenset({"leak", "on_battery", "battery_current_a", "soc_pct", "pumps_running",
+                       "modules_ok", "modules_total", "flow_lpm", "dp_kpa", "capacitance_f",
+                       "esr_mohm", "runtime_min"})
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
 # ESR twice the rated value
 SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
@@ -257,6 +266,15 @@ class Inputs:
         s = self.latest.get((device, metric))
         return float(s.value) if s is not None and s.good else None
 
+    def column(self, kind: str, metric: str) -> list[float | None]:
+        """``value`` of each device of ``kind``, in their order: one read of the tick's
+        arrays where they hold the series (RULE_KEYS_READ), else a lookup each."""
+        latest = self.latest
+        if isinstance(latest, FreshLatest) and latest.holds(metric):
+            values = latest.good_values(self.topology.series_keys(kind, metric))
+            return np.where(np.isnan(values), None, values).tolist()
+        return [self.value(d.id, metric) for d in self.devices_of(kind)]
+
 
 def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None,
                value: float | None, summary: str, *, severity: str | None = None,
@@ -321,13 +339,16 @@ def gateway_unreachable(i: Inputs) -> list[Condition | None]:
 
 def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
           summary: str, threshold: float | None = None) -> list[Condition | None]:
-    """One condition per device of ``kind`` from one of its metrics."""
-    out = []
-    for d in i.devices_of(kind):
-        v = i.value(d.id, metric)
+    """One condition per device of ``kind`` from one of its metrics (made only for the
+    devices found active or unknown, unless the rule has an alert to resolve)."""
+    keep, out = i.keeps_inactive(rule), []
+    for d, v in zip(i.devices_of(kind), i.column(kind, metric)):
+        active = None if v is None else test(v)
+        if active is False and not keep:
+            continue
         text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
-        out.append(_condition(i, rule, {"device": d.id, "kind": kind},
-                              None if v is None else test(v), v, text, threshold=threshold))
+        out.append(_condition(i, rule, {"device": d.id, "kind": kind}, active, v, text,
+                              threshold=threshold))
     return out
 
 
@@ -335,10 +356,11 @@ def _levels(i: Inputs, rule: str, kind: str, metric: str,
             summary: str) -> list[Condition | None]:
     """One condition per device of ``kind``: a metric below the rule's warning or critical
     threshold, at the worst level it is below."""
-    spec, out = i.rules[rule], []
-    for d in i.devices_of(kind):
-        v = i.value(d.id, metric)
+    spec, keep, out = i.rules[rule], i.keeps_inactive(rule), []
+    for d, v in zip(i.devices_of(kind), i.column(kind, metric)):
         level = None if v is None else spec.level(v)
+        if v is not None and level is None and not keep:
+            continue
         out.append(_condition(
             i, rule, {"device": d.id, "kind": kind}, None if v is None else level is not None,
             v, f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v),
@@ -389,7 +411,7 @@ def _beyond(i: Inputs, rule: str, labels: dict[str, str], value: float | None,
     active clears only once the value is HYSTERESIS inside the limit."""
     if value is None:
         return None
-    if i.is_active(fingerprint(rule, i.labels(rule, labels))):
+    if i.keeps_inactive(rule) and i.is_active(fingerprint(rule, i.labels(rule, labels))):
         limit *= (1 + HYSTERESIS) if below else (1 - HYSTERESIS)
     return value < limit if below else value > limit
 
@@ -398,20 +420,24 @@ def _coolant_envelope(i: Inputs) -> list[Condition | None]:
     """Each CDU's secondary flow and differential pressure against the vendor's envelope
     (``min_flow_lpm``, ``max_dp_kpa``), where the site file gives it."""
     out = []
-    for d in i.devices_of("cdu"):
+    for d, flow, dp in zip(i.devices_of("cdu"), i.column("cdu", "flow_lpm"),
+                           i.column("cdu", "dp_kpa")):
         if d.min_flow_lpm is not None:
-            out.append(_envelope(i, "coolant_flow_low", d.id, "flow_lpm", d.min_flow_lpm, True))
+            out.append(_envelope(i, "coolant_flow_low", d.id, "flow_lpm", flow, d.min_flow_lpm,
+                                 True))
         if d.max_dp_kpa is not None:
-            out.append(_envelope(i, "coolant_dp_high", d.id, "dp_kpa", d.max_dp_kpa, False))
+            out.append(_envelope(i, "coolant_dp_high", d.id, "dp_kpa", dp, d.max_dp_kpa, False))
     return out
 
 
-def _envelope(i: Inputs, rule: str, cdu: str, metric: str, limit: float,
+def _envelope(i: Inputs, rule: str, cdu: str, metric: str, v: float | None, limit: float,
               below: bool) -> Condition | None:
     labels = {"device": cdu, "kind": "cdu"}
-    v = i.value(cdu, metric)
+    active = _beyond(i, rule, labels, v, limit, below)
+    if active is False and not i.keeps_inactive(rule):
+        return None
     return _condition(
-        i, rule, labels, _beyond(i, rule, labels, v, limit, below), v,
+        i, rule, labels, active, v,
         f"{cdu}: {metric} {'unknown' if v is None else f'{v:g}'} "
         f"{'below its minimum' if below else 'above its maximum'} {limit:g}",
         threshold=limit)
@@ -419,9 +445,9 @@ def _envelope(i: Inputs, rule: str, cdu: str, metric: str, limit: float,
 
 def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
     """Capacitance 20 % below rated, or ESR twice rated (when the site file gives it)."""
-    out = []
-    for d in i.devices_of("supercap"):
-        farads, esr = i.value(d.id, "capacitance_f"), i.value(d.id, "esr_mohm")
+    keep, out = i.keeps_inactive("supercap_end_of_life"), []
+    for d, farads, esr in zip(i.devices_of("supercap"), i.column("supercap", "capacitance_f"),
+                              i.column("supercap", "esr_mohm")):
         min_f = SUPERCAP_EOL_CAPACITANCE * d.capacitance_f
         max_esr = None if d.esr_mohm is None else SUPERCAP_EOL_ESR * d.esr_mohm
         low_f = farads is not None and farads < min_f
@@ -430,6 +456,8 @@ def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
             [f"ESR {esr:g} mOhm, {esr / d.esr_mohm:.1f} x its rated {d.esr_mohm:g}"]
             if high_esr else [])
         known = farads is not None and (d.esr_mohm is None or esr is not None)
+        if known and not worn and not keep:
+            continue
         by_esr = high_esr and not low_f  # what it says is the quantity that tripped it
         out.append(_condition(
             i, "supercap_end_of_life", {"device": d.id, "kind": "supercap"},
@@ -447,22 +475,29 @@ def _battery(i: Inputs) -> list[Condition | None]:
     its start + transfer time (NFPA 110: Type 10 means 10 s)."""
     late_s = i.site.model.generator_start_s + i.site.model.transfer_s + GENERATOR_MARGIN_S
     runtime = i.rules["battery_runtime_low"]
+    keep_low, keep_late = (i.keeps_inactive("battery_runtime_low"),
+                           i.keeps_inactive("generator_not_taking_load"))
+    ups = zip(i.devices_of("ups"), i.column("ups", "on_battery"), i.column("ups", "runtime_min"))
+    rectifiers = zip(i.devices_of("rectifier"), i.column("rectifier", "battery_current_a"))
     out = []
-    for d in i.devices_of("ups") + i.devices_of("rectifier"):
+    for d, *values in (*ups, *rectifiers):
         labels = {"device": d.id, "kind": d.kind}
         if d.kind == "ups":
-            signal, minutes = i.value(d.id, "on_battery"), i.value(d.id, "runtime_min")
+            signal, minutes = values
             on = None if signal is None else signal >= 1
             left = None if minutes is None else minutes * 60
             level = None if left is None else runtime.level(left)
             low = None if on is None or left is None else on and level is not None
-            out.append(_condition(
-                i, "battery_runtime_low", labels, low, left,
-                f"{d.id} on battery with {'?' if left is None else f'{left:.0f}'} s left",
-                severity=level, threshold=runtime.threshold(level)))
+            if low is not False or keep_low:
+                out.append(_condition(
+                    i, "battery_runtime_low", labels, low, left,
+                    f"{d.id} on battery with {'?' if left is None else f'{left:.0f}'} s left",
+                    severity=level, threshold=runtime.threshold(level)))
         else:
-            current = i.value(d.id, "battery_current_a")
+            (current,) = values
             on, left = None if current is None else current > 0, None
+        if on is False and not keep_late:
+            continue
         out.append(_condition(
             i, "generator_not_taking_load", labels, on, left,
             f"{d.id} is still on battery {late_s:g} s after the outage: the generator has not "
@@ -585,9 +620,10 @@ def notifier_rules(i: Inputs) -> list[Condition | None]:
 def _pump_redundancy(i: Inputs) -> list[Condition | None]:
     """A CDU running fewer pumps than installed has lost its spare (warning); fewer than its
     maximum flow needs, it has lost capacity too (critical)."""
-    out = []
-    for d in i.devices_of("cdu"):
-        running = i.value(d.id, "pumps_running")
+    keep, out = i.keeps_inactive("pump_redundancy_lost"), []
+    for d, running in zip(i.devices_of("cdu"), i.column("cdu", "pumps_running")):
+        if running is not None and running >= d.pumps and not keep:
+            continue
         short = running is not None and running < d.pumps_required
         if running is None:
             summary = f"{d.id}: pumps_running unknown"
@@ -606,11 +642,13 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
     """Modules lost: warning while no more are lost than the source spares, critical beyond;
     the summary says how much usable capacity (its redundancy kept) went with them."""
     pools = {p.id: p for p in i.status.pools} if i.status else {}
-    out = []
-    for d in i.devices_of("rectifier"):
-        ok = i.value(d.id, "modules_ok")
-        total = d.modules or i.value(d.id, "modules_total")
+    keep, out = i.keeps_inactive("rectifier_redundancy_lost"), []
+    for d, ok, reported in zip(i.devices_of("rectifier"), i.column("rectifier", "modules_ok"),
+                               i.column("rectifier", "modules_total")):
+        total = d.modules or reported
         lost = None if ok is None or total is None else total - ok
+        if lost is not None and not lost > 0 and not keep:
+            continue
         spare = d.spare_modules if d.modules else (1 if d.redundancy == "N+1" else 0)
         summary = (f"{d.id}: {'?' if lost is None else f'{lost:g}'} of "
                    f"{'?' if total is None else f'{total:g}'} modules out")
@@ -633,7 +671,14 @@ def model_rules(i: Inputs) -> list[Condition | None]:
     out = []
     keep_over, keep_feed = (i.keeps_inactive("rack_over_headroom"),
                             i.keeps_inactive("feed_redundancy_lost"))
-    for r in s.racks:  # only the racks over a limit, unknown, or with an alert to resolve
+    racks = s.racks  # only the racks over a limit, unknown, or with an alert to resolve
+    if keep_over or keep_feed:
+        judged = range(len(racks))
+    else:  # found in the rounded columns of every rack: not a number >= 0
+        limits = s.rack_values_kw[:, RACK_LIMITS_JUDGED]
+        with np.errstate(invalid="ignore"):
+            judged = np.flatnonzero(~(limits >= 0).all(axis=1)).tolist()
+    for r in map(racks.__getitem__, judged):
         feed = r.limits_kw.get("feed")
         over = None if r.headroom_kw is None else r.headroom_kw < 0
         if over is not False or keep_over:
@@ -647,24 +692,28 @@ def model_rules(i: Inputs) -> list[Condition | None]:
                 i, "feed_redundancy_lost", {"rack": r.id, "row": r.row}, short, feed,
                 f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
                 threshold=0))
+    keep_hot, keep_short, keep_swing = map(i.keeps_inactive, (
+        "supply_over_class", "backup_shortfall", "power_swing_over_smoothing"))
     for p in s.pools:
-        if p.kind == "loop":
-            hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
+        hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
+        if p.kind == "loop" and (hot is not False or keep_hot):
             out.append(_condition(
                 i, "supply_over_class", {"loop": p.id}, hot, p.supply_temp_c,
                 f"loop {p.id} facility water {p.supply_temp_c} C is over its class limit "
                 f"{p.supply_limit_c:g} C", threshold=p.supply_limit_c))
     for b in s.backup:
-        out.append(_condition(
-            i, "backup_shortfall", {"supercap": b.supercap},
-            None if b.shortfall_s is None else b.shortfall_s > 0, b.shortfall_s,
-            f"backup behind {b.supercap} bridges {b.bridge_s} s of the {b.required_s:g} s "
-            "the generator needs", threshold=0))
+        short = None if b.shortfall_s is None else b.shortfall_s > 0
+        if short is not False or keep_short:
+            out.append(_condition(
+                i, "backup_shortfall", {"supercap": b.supercap}, short, b.shortfall_s,
+                f"backup behind {b.supercap} bridges {b.bridge_s} s of the {b.required_s:g} s "
+                "the generator needs", threshold=0))
         swing = None if b.swing_kw is None or b.smoothing_kw is None else b.swing_kw > b.smoothing_kw
-        out.append(_condition(
-            i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw,
-            f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth",
-            threshold=b.smoothing_kw))
+        if swing is not False or keep_swing:
+            out.append(_condition(
+                i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw,
+                f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth",
+                threshold=b.smoothing_kw))
     target = i.site.model.pue_target
     out.append(_condition(
         i, "pue_above_target", {}, None if s.pue is None else s.pue > target, s.pue,

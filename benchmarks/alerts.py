@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from aidc.cli import RUN_GC_THRESHOLDS
 from aidc.core.config import RuleSettings, Site
 from aidc.core.sitegen import generate
 from aidc.runtime import Runtime
@@ -99,7 +100,8 @@ def main() -> None:
                 runtime = Runtime(at, Path(tmp) / name)
                 if name == "rule_scan":  # the baseline: each series watched looked up, one by one
                     runtime._watched = lambda rt=runtime: rt.watched_series
-                gc.freeze()  # as `aidc run` does once its runtime is made
+                gc.set_threshold(*RUN_GC_THRESHOLDS)  # as `aidc run` does once its runtime
+                gc.freeze()  # is made
                 await timed_ticks(runtime, latest, now)  # warm-up: caches, first notifications
                 results[name] = await timed_ticks(runtime, latest, now + 3600)
                 runtime.outbox.close()

@@ -15,6 +15,7 @@ import yaml
 from aidc.core.config import Site
 from aidc.core.derive import SiteModel, what_if
 from aidc.core.metrics import FreshLatest, LatestTable, Quality, Sample
+from alerts.rules import RULE_KEYS_READ, Inputs, builtin_conditions
 
 SITE = yaml.safe_load("""
 site: hand
@@ -163,6 +164,42 @@ def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
     samples[("cdu-1", "leak")] = table.at(1000.5, samples).get(("cdu-1", "leak"))
     assert seen(later.evaluate(table.at(1000.0, samples), 1000.0)) == seen(
         SiteModel(model.site).evaluate(FreshLatest(samples, poll_s, 1000.0), 1000.0))
+
+
+def test_the_rules_judge_a_column_of_the_tick_arrays_as_they_judge_each_sample(model):
+    """The built-in rules read each kind's series from the tick's arrays, a column at a
+    time (RULE_KEYS_READ), and make conditions only for what is active or unknown unless
+    a rule has alerts to resolve: the same conditions as from the samples one by one, with
+    bad, stale and never-polled values unknown alike."""
+    poll_s = dict.fromkeys(["meter", "ups-1", "pdu-1", "pdu-2", "cdu-1", "cdu-2"], 4.0)
+    samples = latest({("ups-1", "on_battery"): 1.0, ("ups-1", "runtime_min"): 2.0,
+                      ("cdu-1", "leak"): 1.0, ("cdu-2", "pumps_running"): 1.0},
+                     bad=(("cdu-2", "flow_lpm"),))
+    samples[("cdu-1", "pumps_running")] = samples[("cdu-1", "pumps_running")]._replace(ts=989.0)
+    table = LatestTable(model.keys_read | RULE_KEYS_READ, poll_s)
+    for key, s in samples.items():
+        table.put(key, s)
+    copy, one_by_one = table.at(1000.0, samples), FreshLatest(samples, poll_s, 1000.0)
+    status = model.evaluate(copy, 1000.0)
+    inputs = Inputs(model.site, [], status, copy, lambda fp: False)
+    assert inputs.column("cdu", "leak") == [1.0, 0.0]
+    assert inputs.column("cdu", "pumps_running") == [None, 1.0]  # stale; and one short
+    assert inputs.column("cdu", "flow_lpm") == [200.0, None]  # bad
+    assert inputs.column("ups", "modules_ok") == [None]  # never polled
+
+    def judged(latest, alerting_rules):
+        conditions, complete = builtin_conditions(model.site, [], status, latest, now=1000.0,
+                                                  alerting_rules=alerting_rules)
+        assert complete
+        return sorted((c.rule, sorted(c.labels.items()), c.active, c.value, c.summary,
+                       c.severity, c.threshold) for c in conditions)
+
+    for alerting_rules in (None, ()):  # every rule with alerts to resolve; none
+        assert judged(copy, alerting_rules) == judged(one_by_one, alerting_rules)
+    fired = {(c[0], dict(c[1]).get("device")) for c in judged(copy, ()) if c[2]}
+    assert {("leak", "cdu-1"), ("ups_on_battery", "ups-1"), ("battery_runtime_low", "ups-1"),
+            ("pump_redundancy_lost", "cdu-2")} <= fired
+    assert len(judged(copy, None)) > len(judged(copy, ()))  # the inactive, to resolve
 
 
 def test_a_cdu_with_no_pump_running_carries_nothing(model):

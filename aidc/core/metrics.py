@@ -84,6 +84,10 @@ class FreshLatest(Mapping[tuple[str, str], Sample]):
         return [s.value if k and (s := get(k)) is not None and s.good
                 and now - s.ts <= STALE_AFTER_POLLS * poll_s[k[0]] else nan for k in keys]
 
+    def holds(self, metric: str) -> bool:
+        """Whether good_values reads this series key from arrays (a column at a time)."""
+        return False
+
     def good_value(self, key: tuple[str, str]) -> float:
         """The value if good and fresh, else NaN."""
         s = self.get(key)
@@ -176,6 +180,9 @@ class LatestArrays(FreshLatest):
         if slot is None or slot >= len(self._samples):  # first read after the copy
             return default
         return self._judged(self._samples[slot], key[0])
+
+    def holds(self, metric: str) -> bool:
+        return metric in self._table.keys_read
 
     def good_values(self, keys: SeriesKeys | list) -> np.ndarray:
         if not isinstance(keys, SeriesKeys):

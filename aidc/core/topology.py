@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from aidc.core.config import Rack, Site
+from aidc.core.metrics import SeriesKeys
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,19 @@ class Topology:
         for d in self.site.devices:
             out.setdefault(d.kind, []).append(d)
         return out
+
+    @cached_property
+    def _series_keys(self) -> dict[tuple[str, str], SeriesKeys]:
+        return {}
+
+    def series_keys(self, kind: str, metric: str) -> SeriesKeys:
+        """(device, metric) of each device of ``kind``, made once: a reader of a tick's
+        arrays finds their slots once, not at every tick."""
+        keys = self._series_keys.get((kind, metric))
+        if keys is None:
+            keys = self._series_keys[kind, metric] = SeriesKeys(
+                (d.id, metric) for d in self.devices_by_kind.get(kind, []))
+        return keys
 
     @cached_property
     def rack_by_id(self) -> dict[str, Rack]:
