@@ -16,7 +16,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -304,7 +304,6 @@ class Runtime:
                 self.model_inputs.put((device.id, key), sample)
 
     async def _poll(self, device) -> None:
-        health = self.health[device.id]
         tags = self.topology.device_tags[device.id]
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -314,40 +313,43 @@ class Runtime:
         endpoint = f"{device.host}:{device.port}"
         sharing = len(self.topology.devices_behind_gateway.get(endpoint, [device.id]))
         deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
-        health.due_at = time.time() + deadline_s
+        self._changed(device.id, due_at=time.time() + deadline_s)
         collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
         try:
             while not self._stopping:
                 started, now = loop.time(), time.time()
-                if health.polls_total:
+                if self.health[device.id].polls_total:
                     self.poll_timing.started(max(0.0, started - next_at))
-                health.due_at = now + deadline_s
+                self._changed(device.id, due_at=now + deadline_s)
                 try:
                     readings = await bounded(collector.read(), deadline_s)
                 except (DeviceUnreachable, TimeoutError) as e:
-                    self._device_failed(device, health, now, str(e) or type(e).__name__)
+                    self._device_failed(device, now, str(e) or type(e).__name__)
                     collector = await self._renew(device, collector, deadline_s)
                 except Exception as e:  # a bug: keep polling the others, log the traceback
                     log.exception("event=poll_error device=%s", device.id)
-                    self._device_failed(device, health, now, f"internal error: {e!r}")
+                    self._device_failed(device, now, f"internal error: {e!r}")
                     collector = await self._renew(device, collector, deadline_s)
                 else:
                     bad = sum(r.quality is not Quality.GOOD for r in readings)
                     keys = tuple(r.key for r in readings)  # (series_key() each: made once)
                     samples = [Sample(device.kind, tags | r.labels if r.labels else tags,
                                       r.metric, r.value, now, r.quality) for r in readings]
-                    health.ok(now, (loop.time() - started) * 1000, bad, len(readings))
+                    self.health[device.id] = self.health[device.id].ok(
+                        now, (loop.time() - started) * 1000, bad, len(readings))
                     self._take(device, keys, keys, samples)
                     self._pending += samples
                 self._heard_from(device.id)
-                health.retry_in_s = backoff_s(health.poll_s, health.failures,
-                                              self.site.alerts.unreachable_intervals,
-                                              self.site.defaults.backoff_max_s)
-                next_at += health.retry_in_s
+                health = self.health[device.id]
+                retry_in_s = backoff_s(health.poll_s, health.failures,
+                                       self.site.alerts.unreachable_intervals,
+                                       self.site.defaults.backoff_max_s)
+                next_at += retry_in_s
                 if next_at < loop.time():  # missed ticks are skipped, not bunched
-                    self.poll_timing.missed += 1 + int((loop.time() - next_at) // health.retry_in_s)
-                    next_at = loop.time() + health.retry_in_s
-                health.due_at = time.time() + (next_at - loop.time()) + deadline_s
+                    self.poll_timing.missed += 1 + int((loop.time() - next_at) // retry_in_s)
+                    next_at = loop.time() + retry_in_s
+                self._changed(device.id, retry_in_s=retry_in_s,
+                              due_at=time.time() + (next_at - loop.time()) + deadline_s)
                 await asyncio.sleep(next_at - loop.time())
         finally:
             with contextlib.suppress(Exception, TimeoutError):
@@ -440,10 +442,11 @@ class Runtime:
             self.loop_lag_s = max(lag for _, lag in lags)
             now = time.time()
             for h in self.health.values():
-                before = h.state
-                h.watch(now, intervals * h.poll_s)
-                if h.state != before:
-                    log.warning("event=device_%s device=%s error=%r", h.state, h.id, h.error)
+                if (watched := h.watch(now, intervals * h.poll_s)) is not h:
+                    self.health[h.id] = watched  # (a value replaced: the dict keeps its size)
+                    if watched.state != h.state:
+                        log.warning("event=device_%s device=%s error=%r", watched.state, h.id,
+                                    watched.error)
 
     def _watched(self) -> dict[str, SeriesKeys]:
         """Each rule of the site's own -> the series it watches, their slots in the tick's
@@ -465,10 +468,16 @@ class Runtime:
             log.warning("event=loop_error count=%d message=%r error=%r", count, message[:200],
                         error, exc_info=error if count == 1 else None)  # fmt: skip
 
-    def _device_failed(self, device, health: DeviceHealth, now: float, error: str) -> None:
+    def _changed(self, device_id: str, **changes) -> None:
+        """A device's health record replaced by one with ``changes`` (records are
+        immutable: the web reads them from its threads)."""
+        self.health[device_id] = replace(self.health[device_id], **changes)
+
+    def _device_failed(self, device, now: float, error: str) -> None:
+        health = self.health[device.id]
         if health.state != "down":
             log.warning("event=device_unreachable device=%s error=%r", device.id, error)
-        health.fail(now, error)
+        self.health[device.id] = health.fail(now, error)
 
     def _take_pending(self) -> list[list[Sample]]:
         """What polls and ticks queued, in batches of store.batch_size (on the loop only)."""
@@ -526,8 +535,9 @@ class Runtime:
                     unlabelled = frozenset(k for news in fresh.values() for k, _ in news
                                            if "{" not in k)
                 for h in self.health.values():
-                    h.unheard(now, self.started_at, STALE_AFTER_POLLS * h.poll_s + self.late_s,
-                              intervals * h.poll_s + self.late_s)
+                    self.health[h.id] = h.unheard(
+                        now, self.started_at, STALE_AFTER_POLLS * h.poll_s + self.late_s,
+                        intervals * h.poll_s + self.late_s)
             await asyncio.sleep(flush_s)
 
     def _read_store(self, since: float, keys: frozenset[str] | None
@@ -561,7 +571,8 @@ class Runtime:
             self._take(self.topology.device_by_id[device_id], series, keys, list(samples))
             newest = max(s.ts for s in samples)  # of the device's last poll the store had
             polled = [s for s in samples if s.ts == newest]
-            self.health[device_id].heard(newest, sum(not s.good for s in polled), len(polled))
+            self.health[device_id] = self.health[device_id].heard(
+                newest, sum(not s.good for s in polled), len(polled))
             self._heard_from(device_id)
 
     async def _flush_forever(self) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
 
 from aidc.core.config import load_site
-from aidc.core.metrics import Sample
+from aidc.core.metrics import DeviceHealth, Sample
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
@@ -523,3 +524,22 @@ def test_aidc_outlives_a_client_that_hangs_up_mid_answer(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_health_record_is_replaced_whole_never_changed_under_a_reader():
+    """The web reads device health from its threads: each change makes a new record (the
+    loop puts it in place of the old), so a record once read stays whole as it was."""
+    h = DeviceHealth("pdu-1", "pdu", 5.0)
+    up = h.ok(100.0, 12.0, 0, 20)
+    down = up.fail(105.0, "timeout")
+    assert (h.state, h.polls_total, up.state, down.state) == ("unknown", 0, "up", "down")
+    assert (up.since, up.failures, up.error, up.polls_total, up.retry_in_s) == (100.0, 0, "", 1, 5.0)
+    assert (down.since, down.failures, down.errors_total, down.polls_total) == (105.0, 1, 1, 2)
+    assert down.fail(110.0, "timeout").since == 105.0  # still down since the first
+    degraded = down.ok(115.0, 9.0, 2, 20)
+    assert (degraded.state, degraded.error) == ("degraded", "reachable, 2 of 20 points bad")
+    stuck = replace(degraded, due_at=120.0)  # its next poll had to end by 120 s
+    assert stuck.watch(125.0, 4.0).state == "down" and stuck.watch(121.0, 4.0).state == "stale"
+    assert stuck.watch(119.0, 4.0) is stuck  # not due yet: the same record
+    with pytest.raises(FrozenInstanceError):
+        up.state = "down"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -258,9 +258,11 @@ class PollTiming:
         self.late_s += late_s
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class DeviceHealth:
-    """How polling one device goes: what `/metrics`, the API and the unreachable rule read."""
+    """How polling one device goes: what `/metrics`, the API and the unreachable rule read.
+    Immutable: the loop replaces a device's record whole, so a reader in another thread (the
+    web) sees each record as of one change, never half of one."""
 
     id: str
     kind: str
@@ -280,62 +282,65 @@ class DeviceHealth:
     points: int = 0
     stalled: bool = False  # the watchdog found no poll ending for too long
 
-    def watch(self, now: float, down_after_s: float) -> None:
+    def _now_in(self, state: str, at: float, **changes) -> DeviceHealth:
+        """The record with ``changes``, in ``state`` since ``at`` unless it was already."""
+        if self.state != state:
+            changes.update(state=state, since=at)
+        return replace(self, **changes)
+
+    def watch(self, now: float, down_after_s: float) -> DeviceHealth:
         """The liveness watchdog: a poll that has not ended by ``due_at`` makes the device
         ``stale``, and ``down`` once ``down_after_s`` more went by, whatever its collector
         believes (a hung subscription, a half-open socket, a wedged await)."""
         if self.due_at is None or now <= self.due_at:
-            return
+            return self
         silent_s = now - (self.last_ok or self.due_at)
         if now - self.due_at >= down_after_s:
             if not self.stalled:
-                self.state, self.since, self.stalled = "down", now, True
-                self.error = f"no poll ended for {silent_s:.0f} s: its collector is stuck"
+                return replace(self, state="down", since=now, stalled=True,
+                               error=f"no poll ended for {silent_s:.0f} s: its collector is stuck")
         elif self.state not in ("stale", "down"):
-            self.state, self.since = "stale", now
-            self.error = f"no sample for {silent_s:.0f} s: its poll is overdue"
+            return replace(self, state="stale", since=now,
+                           error=f"no sample for {silent_s:.0f} s: its poll is overdue")
+        return self
 
-    def ok(self, now: float, poll_ms: float, points_bad: int = 0, points: int = 0) -> None:
-        """A poll that reached the device."""
-        self.heard(now, points_bad, points)
-        self.polls_total += 1
-        self.last_poll_ms = poll_ms
-        self.retry_in_s = self.poll_s
+    def ok(self, now: float, poll_ms: float, points_bad: int = 0, points: int = 0,
+           **changes) -> DeviceHealth:
+        """A poll that reached the device (and ``changes`` of the poll's own)."""
+        return self.heard(now, points_bad, points, polls_total=self.polls_total + 1,
+                          last_poll_ms=poll_ms, retry_in_s=self.poll_s, **changes)
 
-    def heard(self, at: float, points_bad: int = 0, points: int = 0) -> None:
+    def heard(self, at: float, points_bad: int = 0, points: int = 0, **changes) -> DeviceHealth:
         """The device answered at ``at`` (a poll of ours, or a collector's that a core reads
         from the store): ``up``, or ``degraded`` while some of its points read bad or out of
         range (the device answers; its map or its sensors do not)."""
-        state = "degraded" if points_bad else "up"
-        if self.state != state:
-            self.state, self.since = state, at
-        self.last_ok, self.failures, self.stalled = at, 0, False
-        self.error = f"reachable, {points_bad} of {points} points bad" if points_bad else ""
-        self.points_bad, self.points = points_bad, points
+        return self._now_in(
+            "degraded" if points_bad else "up", at, last_ok=at, failures=0, stalled=False,
+            error=f"reachable, {points_bad} of {points} points bad" if points_bad else "",
+            points_bad=points_bad, points=points, **changes)
 
-    def unheard(self, now: float, since: float, stale_after_s: float, down_after_s: float) -> None:
+    def unheard(self, now: float, since: float, stale_after_s: float,
+                down_after_s: float) -> DeviceHealth:
         """As a core judges a device from the store its collectors write: ``stale`` once no
         sample of it landed for ``stale_after_s``, ``down`` after ``down_after_s`` (counted
         from ``since`` for a device never heard of): its collector is stopped, or cannot
         reach it. The polls it missed count as failed, for the unreachable rule."""
         silent_s = now - (self.last_ok or since)
         if silent_s > down_after_s:
-            if not self.stalled:
-                self.state, self.since, self.stalled = "down", now, True
-            self.failures = int(silent_s // self.poll_s)
-            self.error = (f"no sample in the store for {silent_s:.0f} s: its collector is "
-                          "stopped or cannot reach it")
-        elif silent_s > stale_after_s and self.state in ("up", "degraded"):
-            self.state, self.since = "stale", now
-            self.error = f"no sample in the store for {silent_s:.0f} s"
+            changes = {} if self.stalled else {"state": "down", "since": now, "stalled": True}
+            return replace(self, failures=int(silent_s // self.poll_s), **changes,
+                           error=f"no sample in the store for {silent_s:.0f} s: its collector "
+                                 "is stopped or cannot reach it")
+        if silent_s > stale_after_s and self.state in ("up", "degraded"):
+            return replace(self, state="stale", since=now,
+                           error=f"no sample in the store for {silent_s:.0f} s")
+        return self
 
-    def fail(self, now: float, error: str) -> None:
-        if self.state != "down":
-            self.state, self.since = "down", now
-        self.failures += 1
-        self.error, self.stalled = error, False
-        self.polls_total += 1
-        self.errors_total += 1
+    def fail(self, now: float, error: str) -> DeviceHealth:
+        """A poll that did not reach the device."""
+        return self._now_in("down", now, failures=self.failures + 1, error=error,
+                            stalled=False, polls_total=self.polls_total + 1,
+                            errors_total=self.errors_total + 1)
 
 
 def backoff_s(poll_s: float, failures: int, grace: int, cap_s: float) -> float:
