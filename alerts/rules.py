@@ -45,11 +45,11 @@ GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator cou
 HYSTERESIS = 0.05  # an envelope or store_behind alert clears 5 % inside the limit it passed
 # the series the built-in rules read of each device of a kind: the runtime keeps them in the
 # tick's arrays (beside the model's), so that a rule reads a kind's column in one go
+RULE_KEYS_READ = frozenset({
+    "leak", "on_battery", "battery_current_a", "soc_pct", "pumps_running", "modules_ok",
+    "modules_total", "flow_lpm", "dp_kpa", "capacitance_f", "esr_mohm", "runtime_min"})
 # a rack's headroom and its feed limit, in the model's columns of every rack's figures
 RACK_LIMITS_JUDGED = [RACK_FIELDS.index("headroom_kw"), RACK_FIELDS.index("headroom_feed_kw")]
-RULE_KEYS_READ = frozenset({"leak", "on_battery", "battery_current_a", "soc_pct", "pumps_running",
-                       "modules_ok", "modules_total", "flow_lpm", "dp_kpa", "capacitance_f",
-                       "esr_mohm", "runtime_min"})
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
 # ESR twice the rated value
 SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0

@@ -486,7 +486,7 @@ class SiteModel:
     def _source_pools(self, h: RackHeadroom, capacity, load, modules_ok) -> list[Pool]:
         worst = [self.source_ids[w] if w >= 0 else None for w in h.sources.worst_failure.tolist()]
         columns = _numbers(np.stack((capacity, load, h.sources.left_after_failure_kw,
-                                     h.sources.left_normal_kw, modules_ok)).reshape(5, -1))
+                                     h.sources.left_normal_kw, modules_ok)))
         return [Pool(s.id, s.kind, cap, kw, left, left_normal, w, racks, rating_kw=s.rating_kw,
                      modules_ok=ok if s.module_kw else None)
                 for s, cap, kw, left, left_normal, ok, w, racks
@@ -498,7 +498,7 @@ class SiteModel:
         reserved = [self.cdu_ids[c] if redundant and c >= 0 else None
                     for c, redundant in zip(largest.tolist(), self.loop_redundant.tolist())]
         columns = _numbers(np.stack((capacity, heat, h.loop_pool_kw, capacity_all - heat,
-                                     heat_measured, heat_from_racks, supply_c)).reshape(7, -1))
+                                     heat_measured, heat_from_racks, supply_c)))
         return [Pool(lp.id, "loop", cap, kw, left, left_normal, spare, racks, rating_kw=rating,
                      heat_measured_kw=measured, heat_from_racks_kw=from_racks, supply_temp_c=supply,
                      supply_limit_c=limit, supply_compared=lp.class_checked_on)
@@ -522,7 +522,7 @@ class SiteModel:
         columns = _numbers(np.stack((
             load_kw, energy_j / 1000, supercap_s, battery_s, chain.bridge_s, chain.shortfall_s,
             backup.power_swing_kw(row_kw.T), backup.power_ramp_kw_per_s(ts, row_kw.T),
-            smoothing)).reshape(9, n))
+            smoothing)))
         return [
             BackupStatus(
                 supercap=sc, load_kw=load, usable_energy_kj=kj, supercap_s=sc_s, battery_s=bat_s,
