@@ -378,8 +378,7 @@ class SiteModel:
             racks=self._racks(rack_values, h),
             pools=pools,
             backup=self._backup(many, rack_kw),
-            cdus=[CduStatus(c.id, num(cap), num(heat))
-                  for c, cap, heat in zip(self.cdus, cdu_capacity, cdu_heat)],
+            cdus=list(map(CduStatus, self.cdu_ids, *_numbers(np.stack((cdu_capacity, cdu_heat))))),
             missing=list(missing),
             source_left_by_failure_kw=h.sources.left_by_failure_kw,
             rack_values_kw=rack_values,
@@ -479,7 +478,7 @@ class SiteModel:
         """The racks' records, from their rounded figures (SiteStatus.rack_values_kw)."""
         power, peak, headroom = _known(values[:, :-len(LIMITS)].T)
         limits = map(dict, map(zip, repeat(LIMITS), _known(values[:, -len(LIMITS):])))
-        return list(map(RackStatus._make, zip(
+        return list(map(partial(tuple.__new__, RackStatus), zip(
             self.rack_ids, self.rack_rooms, self.rack_rows, self.design_kw.tolist(), power, peak,
             headroom, h.limiting.tolist(), h.complete.tolist(), limits)))
 
