@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from aidc.core.config import load_site
 from aidc.core.metrics import DeviceHealth, Sample
+from aidc.runtime import others_first
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
@@ -543,3 +545,24 @@ def test_a_health_record_is_replaced_whole_never_changed_under_a_reader():
     assert stuck.watch(119.0, 4.0) is stuck  # not due yet: the same record
     with pytest.raises(FrozenInstanceError):
         up.state = "down"
+
+
+def test_a_tick_between_its_stages_lets_a_poll_whose_timer_expired_go_first():
+    """Between the stages of a tick the polls run: a poll whose sleep ended while a stage
+    held the loop goes before the tick's next stage (``sleep(0)`` would put it after)."""
+    async def tick_and_poll() -> list[str]:
+        order: list[str] = []
+
+        async def poll() -> None:
+            await asyncio.sleep(0.001)
+            order.append("poll")
+
+        task = asyncio.create_task(poll())
+        await asyncio.sleep(0)  # the poll sleeps on its timer
+        time.sleep(0.01)  # noqa: ASYNC251  (a stage of the tick holds the loop past it)
+        await others_first()
+        order.append("the tick's next stage")
+        await task
+        return order
+
+    assert asyncio.run(tick_and_poll()) == ["poll", "the tick's next stage"]
