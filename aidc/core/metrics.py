@@ -304,11 +304,11 @@ class DeviceHealth:
                            error=f"no sample for {silent_s:.0f} s: its poll is overdue")
         return self
 
-    def ok(self, now: float, poll_ms: float, points_bad: int = 0, points: int = 0,
-           **changes) -> DeviceHealth:
-        """A poll that reached the device (and ``changes`` of the poll's own)."""
+    def ok(self, now: float, poll_ms: float, points_bad: int = 0, points: int = 0
+           ) -> DeviceHealth:
+        """A poll that reached the device."""
         return self.heard(now, points_bad, points, polls_total=self.polls_total + 1,
-                          last_poll_ms=poll_ms, retry_in_s=self.poll_s, **changes)
+                          last_poll_ms=poll_ms, retry_in_s=self.poll_s)
 
     def heard(self, at: float, points_bad: int = 0, points: int = 0, **changes) -> DeviceHealth:
         """The device answered at ``at`` (a poll of ours, or a collector's that a core reads
