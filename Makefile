@@ -50,6 +50,7 @@ lint: install
 ## benchmarks print figures + ratios against a baseline and write benchmarks/results/*.json
 bench: install
 	@for b in model collectors versus alerts alert_latency startup dashboard storage; do echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done
+	@echo "== every target"; $(PY) -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
