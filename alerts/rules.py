@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -764,15 +764,24 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
     """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
     is logged and left out: the others still fire, and the caller holds the alerts it has
     no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
-    i = Inputs(site, list(health), status, latest, is_active, store, now, dead_letters,
-               alerting_rules, bad_series, topology, derived, watched, rules)
     out: list[Condition] = []
     complete = True
+    for found in conditions_by_group(Inputs(
+            site, list(health), status, latest, is_active, store, now, dead_letters,
+            alerting_rules, bad_series, topology, derived, watched, rules)):
+        out += found or []
+        complete &= found is not None
+    return out, complete
+
+
+def conditions_by_group(i: Inputs) -> Iterator[list[Condition] | None]:
+    """Each group's conditions in turn (the runtime lets the polls run between them); None
+    for a group that failed (a bug: logged)."""
     for group in (device_unreachable, gateway_unreachable, device_rules, model_rules,
                   store_rules, notifier_rules, site_own_rules):
         try:
-            out += [c for c in group(i) if c is not None]
+            found = [c for c in group(i) if c is not None]
         except Exception:
             log.exception("event=rule_error rules=%s", group.__name__)
-            complete = False
-    return out, complete
+            found = None
+        yield found
