@@ -49,6 +49,7 @@ lint: install
 
 ## benchmarks print figures + ratios against a baseline and write benchmarks/results/*.json
 bench: install
+	@AIDC_BENCH_DEPS=1 sh tests/system-deps.sh
 	@for b in model collectors versus alerts alert_latency startup dashboard storage; do echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done
 	@echo "== every target"; $(PY) -m benchmarks.summary
 

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The third-party servers, peers and browser that the tests run for real.
+# The third-party servers, peers and browser that the tests run for real (and, with
+# AIDC_BENCH_DEPS=1, the tools the benchmarks compare aidc with).
 # As root, missing Debian packages are installed; otherwise we say exactly what to install.
 set -eu
 need=""
@@ -15,6 +16,10 @@ check mbpoll mbpoll
 check node nodejs
 check prometheus-alertmanager prometheus-alertmanager
 check npm npm
+if [ "${AIDC_BENCH_DEPS:-}" = 1 ]; then  # what benchmarks/versus.py measures aidc against
+  check collectd collectd-core
+  check prometheus-snmp-exporter prometheus-snmp-exporter
+fi
 need=$(echo "$need" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//;s/ *$//')
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -24,7 +29,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   # the tests start their own snmpd on free ports; the packaged service on :161 is not wanted
   if command -v systemctl >/dev/null 2>&1; then
     systemctl disable --now snmpd nut-server nut-monitor nut-driver.target \
-      prometheus-alertmanager >/dev/null 2>&1 || true
+      prometheus-alertmanager collectd prometheus-snmp-exporter >/dev/null 2>&1 || true
   fi
 else
   echo "missing: $need. Install them with: sudo apt-get install $need" >&2
