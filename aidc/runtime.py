@@ -321,7 +321,6 @@ class Runtime:
         endpoint = f"{device.host}:{device.port}"
         sharing = len(self.topology.devices_behind_gateway.get(endpoint, [device.id]))
         deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
-        self._changed(device.id, due_at=time.time() + deadline_s)
         collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
         try:
             while not self._stopping:

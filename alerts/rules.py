@@ -262,6 +262,12 @@ class Inputs:
     def keeps_inactive(self, rule: str) -> bool:
         return self.alerting_rules is None or rule in self.alerting_rules
 
+    def worth(self, rule: str, active: bool | None) -> bool:
+        """Whether a condition is worth making: active, unknown (it holds its state), or of
+        a rule with alerts to resolve. A rule asks before it writes the summary: a quiet
+        10,000-rack site would otherwise format thousands a tick, then drop them."""
+        return active is not False or self.keeps_inactive(rule)
+
     def value(self, device: str, metric: str) -> float | None:
         s = self.latest.get((device, metric))
         return float(s.value) if s is not None and s.good else None
@@ -283,7 +289,7 @@ def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None
     """A rule's condition over one subject. ``severity``, ``for_s`` and ``unit`` are the
     rule's where it computes them; otherwise the pack's (with the site's changes) hold."""
     spec = i.rules[rule]
-    if not spec.enabled or (active is False and not i.keeps_inactive(rule)):
+    if not spec.enabled or not i.worth(rule, active):
         return None  # off, or inactive with nothing of this rule to resolve
     labels = i.labels(rule, labels)
     if active is None:  # unknown: hold whatever state it has
@@ -341,10 +347,10 @@ def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], 
           summary: str, threshold: float | None = None) -> list[Condition | None]:
     """One condition per device of ``kind`` from one of its metrics (made only for the
     devices found active or unknown, unless the rule has an alert to resolve)."""
-    keep, out = i.keeps_inactive(rule), []
+    out = []
     for d, v in zip(i.devices_of(kind), i.column(kind, metric)):
         active = None if v is None else test(v)
-        if active is False and not keep:
+        if not i.worth(rule, active):
             continue
         text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
         out.append(_condition(i, rule, {"device": d.id, "kind": kind}, active, v, text,
@@ -356,14 +362,14 @@ def _levels(i: Inputs, rule: str, kind: str, metric: str,
             summary: str) -> list[Condition | None]:
     """One condition per device of ``kind``: a metric below the rule's warning or critical
     threshold, at the worst level it is below."""
-    spec, keep, out = i.rules[rule], i.keeps_inactive(rule), []
+    spec, out = i.rules[rule], []
     for d, v in zip(i.devices_of(kind), i.column(kind, metric)):
         level = None if v is None else spec.level(v)
-        if v is not None and level is None and not keep:
+        active = None if v is None else level is not None
+        if not i.worth(rule, active):
             continue
         out.append(_condition(
-            i, rule, {"device": d.id, "kind": kind}, None if v is None else level is not None,
-            v, f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v),
+            i, rule, {"device": d.id, "kind": kind}, active, v, f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v),
             severity=level, threshold=spec.threshold(level)))
     return out
 
@@ -434,7 +440,7 @@ def _envelope(i: Inputs, rule: str, cdu: str, metric: str, v: float | None, limi
               below: bool) -> Condition | None:
     labels = {"device": cdu, "kind": "cdu"}
     active = _beyond(i, rule, labels, v, limit, below)
-    if active is False and not i.keeps_inactive(rule):
+    if not i.worth(rule, active):
         return None
     return _condition(
         i, rule, labels, active, v,
@@ -445,7 +451,7 @@ def _envelope(i: Inputs, rule: str, cdu: str, metric: str, v: float | None, limi
 
 def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
     """Capacitance 20 % below rated, or ESR twice rated (when the site file gives it)."""
-    keep, out = i.keeps_inactive("supercap_end_of_life"), []
+    out = []
     for d, farads, esr in zip(i.devices_of("supercap"), i.column("supercap", "capacitance_f"),
                               i.column("supercap", "esr_mohm")):
         min_f = SUPERCAP_EOL_CAPACITANCE * d.capacitance_f
@@ -456,12 +462,13 @@ def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
             [f"ESR {esr:g} mOhm, {esr / d.esr_mohm:.1f} x its rated {d.esr_mohm:g}"]
             if high_esr else [])
         known = farads is not None and (d.esr_mohm is None or esr is not None)
-        if known and not worn and not keep:
+        active = True if worn else (False if known else None)
+        if not i.worth("supercap_end_of_life", active):
             continue
         by_esr = high_esr and not low_f  # what it says is the quantity that tripped it
         out.append(_condition(
-            i, "supercap_end_of_life", {"device": d.id, "kind": "supercap"},
-            True if worn else (False if known else None), esr if by_esr else farads,
+            i, "supercap_end_of_life", {"device": d.id, "kind": "supercap"}, active,
+            esr if by_esr else farads,
             f"{d.id} at end of life: {'; '.join(worn)}" if worn
             else f"{d.id}: capacitance and ESR within their end-of-life limits" if known
             else f"{d.id}: capacitance or ESR unknown",
@@ -475,8 +482,6 @@ def _battery(i: Inputs) -> list[Condition | None]:
     its start + transfer time (NFPA 110: Type 10 means 10 s)."""
     late_s = i.site.model.generator_start_s + i.site.model.transfer_s + GENERATOR_MARGIN_S
     runtime = i.rules["battery_runtime_low"]
-    keep_low, keep_late = (i.keeps_inactive("battery_runtime_low"),
-                           i.keeps_inactive("generator_not_taking_load"))
     ups = zip(i.devices_of("ups"), i.column("ups", "on_battery"), i.column("ups", "runtime_min"))
     rectifiers = zip(i.devices_of("rectifier"), i.column("rectifier", "battery_current_a"))
     out = []
@@ -488,7 +493,7 @@ def _battery(i: Inputs) -> list[Condition | None]:
             left = None if minutes is None else minutes * 60
             level = None if left is None else runtime.level(left)
             low = None if on is None or left is None else on and level is not None
-            if low is not False or keep_low:
+            if i.worth("battery_runtime_low", low):
                 out.append(_condition(
                     i, "battery_runtime_low", labels, low, left,
                     f"{d.id} on battery with {'?' if left is None else f'{left:.0f}'} s left",
@@ -496,7 +501,7 @@ def _battery(i: Inputs) -> list[Condition | None]:
         else:
             (current,) = values
             on, left = None if current is None else current > 0, None
-        if on is False and not keep_late:
+        if not i.worth("generator_not_taking_load", on):
             continue
         out.append(_condition(
             i, "generator_not_taking_load", labels, on, left,
@@ -620,9 +625,10 @@ def notifier_rules(i: Inputs) -> list[Condition | None]:
 def _pump_redundancy(i: Inputs) -> list[Condition | None]:
     """A CDU running fewer pumps than installed has lost its spare (warning); fewer than its
     maximum flow needs, it has lost capacity too (critical)."""
-    keep, out = i.keeps_inactive("pump_redundancy_lost"), []
+    out = []
     for d, running in zip(i.devices_of("cdu"), i.column("cdu", "pumps_running")):
-        if running is not None and running >= d.pumps and not keep:
+        active = None if running is None else running < d.pumps
+        if not i.worth("pump_redundancy_lost", active):
             continue
         short = running is not None and running < d.pumps_required
         if running is None:
@@ -632,8 +638,7 @@ def _pump_redundancy(i: Inputs) -> list[Condition | None]:
                 f"below the {d.pumps_required} its full flow needs, its capacity is cut"
                 if short else "no spare pump left")
         out.append(_condition(i, "pump_redundancy_lost", {"device": d.id, "kind": "cdu"},
-                              None if running is None else running < d.pumps, running,
-                              summary, severity=CRITICAL if short else WARNING,
+                              active, running, summary, severity=CRITICAL if short else WARNING,
                               threshold=d.pumps))
     return out
 
@@ -642,12 +647,13 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
     """Modules lost: warning while no more are lost than the source spares, critical beyond;
     the summary says how much usable capacity (its redundancy kept) went with them."""
     pools = {p.id: p for p in i.status.pools} if i.status else {}
-    keep, out = i.keeps_inactive("rectifier_redundancy_lost"), []
+    out = []
     for d, ok, reported in zip(i.devices_of("rectifier"), i.column("rectifier", "modules_ok"),
                                i.column("rectifier", "modules_total")):
         total = d.modules or reported
         lost = None if ok is None or total is None else total - ok
-        if lost is not None and not lost > 0 and not keep:
+        active = None if lost is None else lost > 0
+        if not i.worth("rectifier_redundancy_lost", active):
             continue
         spare = d.spare_modules if d.modules else (1 if d.redundancy == "N+1" else 0)
         summary = (f"{d.id}: {'?' if lost is None else f'{lost:g}'} of "
@@ -658,8 +664,8 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
             summary += (f": {pool.capacity_kw:g} of {full:g} kW usable with "
                         f"{d.redundancy} kept ({full - pool.capacity_kw:g} kW lost)")
         out.append(_condition(
-            i, "rectifier_redundancy_lost", {"device": d.id, "kind": "rectifier"},
-            None if lost is None else lost > 0, lost, summary,
+            i, "rectifier_redundancy_lost", {"device": d.id, "kind": "rectifier"}, active,
+            lost, summary,
             severity=CRITICAL if (lost or 0) > spare else WARNING, threshold=0))
     return out
 
@@ -669,10 +675,8 @@ def model_rules(i: Inputs) -> list[Condition | None]:
     if s is None:
         return []
     out = []
-    keep_over, keep_feed = (i.keeps_inactive("rack_over_headroom"),
-                            i.keeps_inactive("feed_redundancy_lost"))
     racks = s.racks  # only the racks over a limit, unknown, or with an alert to resolve
-    if keep_over or keep_feed:
+    if i.keeps_inactive("rack_over_headroom") or i.keeps_inactive("feed_redundancy_lost"):
         judged = range(len(racks))
     else:  # found in the rounded columns of every rack: not a number >= 0
         limits = s.rack_values_kw[:, RACK_LIMITS_JUDGED]
@@ -681,35 +685,33 @@ def model_rules(i: Inputs) -> list[Condition | None]:
     for r in map(racks.__getitem__, judged):
         feed = r.limits_kw.get("feed")
         over = None if r.headroom_kw is None else r.headroom_kw < 0
-        if over is not False or keep_over:
+        if i.worth("rack_over_headroom", over):
             out.append(_condition(
                 i, "rack_over_headroom", {"rack": r.id, "row": r.row}, over, r.headroom_kw,
                 f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW",
                 threshold=0))
         short = None if feed is None else feed < 0
-        if short is not False or keep_feed:
+        if i.worth("feed_redundancy_lost", short):
             out.append(_condition(
                 i, "feed_redundancy_lost", {"rack": r.id, "row": r.row}, short, feed,
                 f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
                 threshold=0))
-    keep_hot, keep_short, keep_swing = map(i.keeps_inactive, (
-        "supply_over_class", "backup_shortfall", "power_swing_over_smoothing"))
     for p in s.pools:
         hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
-        if p.kind == "loop" and (hot is not False or keep_hot):
+        if p.kind == "loop" and i.worth("supply_over_class", hot):
             out.append(_condition(
                 i, "supply_over_class", {"loop": p.id}, hot, p.supply_temp_c,
                 f"loop {p.id} facility water {p.supply_temp_c} C is over its class limit "
                 f"{p.supply_limit_c:g} C", threshold=p.supply_limit_c))
     for b in s.backup:
         short = None if b.shortfall_s is None else b.shortfall_s > 0
-        if short is not False or keep_short:
+        if i.worth("backup_shortfall", short):
             out.append(_condition(
                 i, "backup_shortfall", {"supercap": b.supercap}, short, b.shortfall_s,
                 f"backup behind {b.supercap} bridges {b.bridge_s} s of the {b.required_s:g} s "
                 "the generator needs", threshold=0))
         swing = None if b.swing_kw is None or b.smoothing_kw is None else b.swing_kw > b.smoothing_kw
-        if swing is not False or keep_swing:
+        if i.worth("power_swing_over_smoothing", swing):
             out.append(_condition(
                 i, "power_swing_over_smoothing", {"supercap": b.supercap}, swing, b.swing_kw,
                 f"rack power steps of {b.swing_kw} kW exceed what {b.supercap} can smooth",

@@ -25,6 +25,10 @@ def verdict(value, target: str) -> str:
     return "met" if COMPARE[found[1]](value, float(found[2])) else "MISSED"
 
 
+def shown(value) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def rows() -> list[tuple[str, str, str, str, str, str]]:
     out = []
     for path in sorted(RESULTS.glob("*.json")):
@@ -35,8 +39,7 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
             for figure in [name] if name in known else [
                     f for f in known if f.endswith(f"_{name}")] or [name]:
                 value = known.get(figure)
-                out.append((path.stem, figure, "-" if value is None else f"{value:g}"
-                            if isinstance(value, float) else str(value), str(target),
+                out.append((path.stem, figure, shown(value), str(target),
                             verdict(value, target), (result.get("date") or "")[:10]))
     return out
 
