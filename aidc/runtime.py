@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -33,6 +33,7 @@ from aidc.core.metrics import (
     Quality,
     Reading,
     Sample,
+    SampleColumns,
     SeriesKeys,
     backoff_s,
     worth_logging,
@@ -213,6 +214,7 @@ class Runtime:
         self.last_tick_ms = self.last_alerting_ms = 0.0
         self.bad_series: dict[tuple[str, str], Sample] = {}  # of latest: read bad or out of range
         self._pending: list[Sample] = []
+        self._pending_columns: list[SampleColumns] = []  # the ticks' rack series
         self._writing_since: float | None = None  # of the oldest sample being written now
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_errors: dict[tuple[str, str], int] = {}
@@ -486,13 +488,15 @@ class Runtime:
             log.warning("event=device_unreachable device=%s error=%r", device.id, error)
         self.health[device.id] = health.fail(now, error)
 
-    def _take_pending(self) -> list[list[Sample]]:
+    def _take_pending(self) -> list[Sequence[Sample]]:
         """What polls and ticks queued, in batches of store.batch_size (on the loop only)."""
         pending, self._pending = self._pending, []
+        columns, self._pending_columns = self._pending_columns, []
         size = self.site.store.batch_size
-        return [pending[i:i + size] for i in range(0, len(pending), size)]
+        return [*(pending[i:i + size] for i in range(0, len(pending), size)),
+                *(part for c in columns for part in c.split(size))]
 
-    def _write(self, batches: list[list[Sample]]) -> None:
+    def _write(self, batches: list[Sequence[Sample]]) -> None:
         try:
             for batch in batches:  # in a worker thread: store I/O never blocks the loop
                 self._writing_since = batch[0].ts
@@ -504,9 +508,11 @@ class Runtime:
         """How far behind the store is: the age of the oldest sample it has not taken yet,
         queued, being written or spooled (0 when it holds everything). The samples of a
         batch, and the batches, are queued in the order of their times, near enough."""
-        pending = self._pending  # the web thread asks too: the list is swapped, not cleared
+        # the web thread asks too: the lists are swapped, not cleared
+        pending, columns = self._pending, self._pending_columns
         waiting = [t for t in (self.writer.spooled_since, self._writing_since,
-                               pending[0].ts if pending else None) if t is not None]
+                               pending[0].ts if pending else None,
+                               columns[0].ts if columns else None) if t is not None]
         return max(0.0, now - min(waiting)) if waiting else 0.0
 
     async def _read_store_forever(self) -> None:
@@ -625,8 +631,9 @@ class Runtime:
             since=now - DEAD_LETTER_ALERT_S)
         self.notifier_groups_held = self.notifier.groups_held()
 
-    def _evaluate(self, latest: FreshLatest, now: float) -> tuple[SiteStatus, list[Sample]]:
-        return (status := self.model.evaluate(latest, now)), self.model.derived_samples(status)
+    def _evaluate(self, latest: FreshLatest, now: float) -> tuple[
+            SiteStatus, list[Sample], SampleColumns]:
+        return (status := self.model.evaluate(latest, now)), *self.model.derived_series(status)
 
     def fresh_latest(self, now: float) -> FreshLatest:
         """The latest samples as of ``now``, a good one not refreshed for 2.5 of its
@@ -642,8 +649,9 @@ class Runtime:
         t0 = time.perf_counter()
         inputs = self.model_inputs.at(now, dict(self.latest) if self.model.reads_outlets
                                       else self.latest)
-        status, derived = await asyncio.to_thread(self._evaluate, inputs, now)
+        status, derived, rack_series = await asyncio.to_thread(self._evaluate, inputs, now)
         self._pending.extend(derived)
+        self._pending_columns.append(rack_series)
         t1 = time.perf_counter()
         alerts = self.view.alerts  # the evaluator's, as the last tick (or an ack) left them
         active = {a.fingerprint for a in alerts}
@@ -655,7 +663,7 @@ class Runtime:
         for found in conditions_by_group(Inputs(
                 self.site, list(self.health.values()), status, inputs, active.__contains__,
                 store, now, self.notifier_dead_lately, alerting_rules={a.rule for a in alerts},
-                bad_series=self.bad_series, given_topology=self.topology, derived=derived,
+                bad_series=self.bad_series, given_topology=self.topology, derived=[*derived, rack_series],
                 watched=self._watched(), given_rules=self.notifier.rules)):
             conditions += found or []
             complete &= found is not None  # a group that failed resolves nothing

@@ -29,6 +29,7 @@ from aidc.core.metrics import (
     FreshLatest,
     LatestArrays,
     Sample,
+    SampleColumns,
     SeriesKeys,
     series_key,
 )
@@ -237,7 +238,8 @@ class Inputs:
     alerting_rules: Collection[str] | None = None
     bad_series: Mapping[tuple[str, str], Sample] | None = None  # None: scan ``latest``
     given_topology: Topology | None = None  # the site's graph, made once; None: here
-    derived: Iterable[Sample] = ()  # the tick's rack, room and site series (derived_samples)
+    # the tick's rack, room and site series (SiteModel.derived_series)
+    derived: Iterable[Sample | SampleColumns] = ()
     # a rule of the site's own -> the series it watches; None: scan ``latest``
     watched: Mapping[str, Iterable[tuple[str, str]]] | None = None
     given_rules: Mapping[str, Rule] | None = None  # site_rules(site), made once; None: here
@@ -594,8 +596,14 @@ def _watched(i: Inputs, name: str, rule: Rule) -> list[Sample]:
     one, a scan of every latest sample)."""
     if rule.kind not in DEVICE_KINDS:  # the model's
         kind, metric = rule.kind, rule.metric
-        return [s for s in i.derived if s.field == metric and s.measurement == kind
-                and (not rule.matchers or rule.watches(name, s))]
+        found: list[Sample] = []
+        for d in i.derived:
+            if isinstance(d, SampleColumns):
+                if d.measurement == kind and metric in d.fields:
+                    found += d.samples(metric)
+            elif d.field == metric and d.measurement == kind:
+                found.append(d)
+        return [s for s in found if not rule.matchers or rule.watches(name, s)]
     if i.watched is not None:
         return [s for k in i.watched.get(name, ()) if (s := i.latest.get(k)) is not None]
     return [s for k in i.latest if (s := i.latest.get(k)) is not None and rule.watches(name, s)]
@@ -759,7 +767,7 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        alerting_rules: Collection[str] | None = None,
                        bad_series: Mapping[tuple[str, str], Sample] | None = None,
                        topology: Topology | None = None,
-                       derived: Iterable[Sample] = (),
+                       derived: Iterable[Sample | SampleColumns] = (),
                        watched: Mapping[str, Iterable[tuple[str, str]]] | None = None,
                        rules: Mapping[str, Rule] | None = None,
                        ) -> tuple[list[Condition], bool]:

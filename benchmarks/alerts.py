@@ -33,7 +33,9 @@ from simulators.physics import SitePhysics
 RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "10000"))  # smaller to try it out
 TICKS = 15
 RESULT = Path(__file__).parent / "results" / "alerts.json"
-TARGET_MS = 50.0
+TARGET_MS = 50.0  # the whole tick, and its alerting stage
+LOOP_HELD_TARGET_MS = 20.0
+STATES = ("quiet", "storm", "rule")  # rule_scan is the rule's baseline
 
 
 async def timed_ticks(runtime: Runtime, latest: dict, start: float) -> tuple[float, float, float, int]:
@@ -123,12 +125,14 @@ def main() -> None:
         ratios[f"{name}_alerting_vs_model"] = round(alerting / model, 2)
         print(f"  {name:<8}{whole:>15.1f}{model:>10.1f}{alerting:>13.1f}{alerting / model:>9.2f}"
               f"{held:>14.1f}{active:>8}")  # fmt: skip
-    print(f"  target: alerting <= {TARGET_MS:g} ms per tick; loop held: the longest the event "
-          "loop (its polls) waited during a tick")
+    print(f"  targets: the whole tick and its alerting < {TARGET_MS:g} ms; loop held (the longest "
+          f"the event loop, its polls, waited during a tick) <= {LOOP_HELD_TARGET_MS:g} ms")
     write_result(
         RESULT, machine_note="the runtime's tick, embedded store, no webhook", figures=figures,
         ratios=ratios, baseline="the rest of the same tick (model and derived series), same run",
-        targets={f"{state}_alerting_ms": f"<= {TARGET_MS:g}" for state in ("quiet", "storm", "rule")})
+        targets={f"{state}_{figure}": target for state in STATES for figure, target in (
+            ("tick_ms", f"< {TARGET_MS:g}"), ("alerting_ms", f"<= {TARGET_MS:g}"),
+            ("loop_held_ms", f"<= {LOOP_HELD_TARGET_MS:g}"))})
 
 
 if __name__ == "__main__":

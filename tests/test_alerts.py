@@ -1660,7 +1660,9 @@ def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
     """A rule of the site's own: every series of a metric on the devices its matchers take,
     with warning and critical levels, hysteresis and a summary of the site's words; a PDU's
     phases each alert on their own."""
-    from aidc.core.metrics import Sample
+    import numpy as np
+
+    from aidc.core.metrics import Sample, SampleColumns
     from alerts.rules import builtin_conditions
 
     alerts = Alerts.model_validate({"rules": {
@@ -1684,8 +1686,10 @@ def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
             "pdu", tags["pdu-a01-b"] | {"phase": str(p)}, "current_a", a, at)
             for p, a in enumerate(phase_a, 1)}
         active = {a.fingerprint for a in ev.active_alerts()}
-        derived = [Sample("rack", {"site": "demo", "room": "hall-1", "row": rack[0], "rack": rack},
-                          "headroom_kw", kw, at) for rack, kw in (headroom_kw or {}).items()]
+        racks = list(headroom_kw or {})  # as the runtime passes them: the tick's array
+        derived = [SampleColumns(
+            "rack", [{"site": "demo", "room": "hall-1", "row": r[0], "rack": r} for r in racks],
+            ("power_kw", "headroom_kw"), np.array([[np.nan, headroom_kw[r]] for r in racks]).reshape(-1, 2), at)]
         conditions, complete = builtin_conditions(site, [], None, latest, active.__contains__,
                                                   now=at, derived=derived)
         assert complete

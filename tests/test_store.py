@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from aidc.core.config import Store as StoreConfig
-from aidc.core.metrics import Quality, Sample
+from aidc.core.metrics import Quality, Sample, SampleColumns
 from aidc.core.net import free_port
 from aidc.core.store.influx import InfluxStore, rollup_query, to_line_protocol
 from aidc.core.store.spool import SpooledWriter
@@ -91,6 +92,43 @@ def test_tags_with_spaces_commas_and_equals_round_trip(store):
     assert series.points == [(T0, 80.5)]
 
 
+def rack_columns(at: float, values: list[list[float]], tags: list | None = None) -> SampleColumns:
+    """A tick's rack series as the model gives them: three racks (tags that need escaping)
+    by two fields, NaN where a rack has no value."""
+    tags = tags or [{"site": "s", "room": "hall 1,west", "rack": f"A={i}"} for i in range(3)]
+    return SampleColumns("rack", tags, ("power_kw", "headroom_kw"), np.array(values), at)
+
+
+def test_a_ticks_rack_columns_are_stored_as_their_samples(store):
+    """Written from the array, in parts of a batch's size, a tick after another on the same
+    racks (the ids found once) and on a rack more: each value where its sample would be,
+    and none where the array had none."""
+    first = rack_columns(T0, [[80.5, 19.5], [np.nan, np.nan], [12.0, np.nan]])
+    assert len(first) == 3
+    assert [(s.tags["rack"], s.field, s.value) for s in first] == [
+        ("A=0", "power_kw", 80.5), ("A=2", "power_kw", 12.0), ("A=0", "headroom_kw", 19.5)]
+    for part in first.split(3):  # a row (two fields) a part
+        store.write(part)
+    store.write(rack_columns(T0 + 5, [[81.0, 19.0], [40.0, -2.5], [np.nan, 7.0]], first.tags))
+    store.write(rack_columns(T0 + 10, [[1.0, 2.0]],
+                             [{"site": "s", "room": "hall 1,west", "rack": "B=1"}]))
+
+    def stored(field):
+        return {s.tags["rack"]: s.points for s in store.history("rack", field, T0 - 1, T0 + 11)}
+
+    assert stored("power_kw") == {"A=0": [(T0, 80.5), (T0 + 5, 81.0)], "A=1": [(T0 + 5, 40.0)],
+                                  "A=2": [(T0, 12.0)], "B=1": [(T0 + 10, 1.0)]}
+    assert stored("headroom_kw") == {"A=0": [(T0, 19.5), (T0 + 5, 19.0)], "A=1": [(T0 + 5, -2.5)],
+                                     "A=2": [(T0 + 5, 7.0)], "B=1": [(T0 + 10, 2.0)]}
+
+
+def test_line_protocol_of_rack_columns_is_that_of_their_samples():
+    columns = rack_columns(T0, [[80.5, 19.5], [np.nan, 3.0], [np.nan, np.nan]])
+    assert sorted(to_line_protocol(columns).splitlines()) == sorted(
+        to_line_protocol(list(columns)).splitlines())
+    assert len(to_line_protocol(columns).splitlines()) == 2  # a line a rack with a value
+
+
 def test_line_protocol_marks_quality_instead_of_hiding_it():
     lines = to_line_protocol(samples()[2:4]).splitlines()
     ms = int(T0 * 1000)
@@ -138,8 +176,9 @@ def test_spool_keeps_everything_through_an_influxdb_outage_and_replays_in_order(
     ]
     for b in batches[:30]:
         writer.write(b)
+    writer.write(rack_columns(T0 + 1, [[80.5, 19.5], [np.nan, np.nan], [12.0, np.nan]]))
     assert not writer.store_up
-    assert writer.spooled_samples() == 30
+    assert writer.spooled_samples() == 33  # and a tick's rack array, as its samples
     assert writer.spooled_since == T0  # the oldest waiting: what store_behind is aged from
     server.start()
     try:
@@ -152,6 +191,8 @@ def test_spool_keeps_everything_through_an_influxdb_outage_and_replays_in_order(
         reliability.count("samples: influxd not started, then up (writer)", "samples", 50,
                           lost=len(set(written) - set(series.points)))
         assert series.points == written
+        assert {s.tags["rack"]: s.points for s in store.history("rack", "power_kw", T0, T0 + 2)
+                } == {"A=0": [(T0 + 1, 80.5)], "A=2": [(T0 + 1, 12.0)]}
     finally:
         server.stop()
         writer.close()
@@ -364,8 +405,9 @@ def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
     site = load_site(ROOT / "site_configs" / "demo.yaml")
     runtime = Runtime(site.model_copy(update={"store": Cfg(batch_size=2)}), tmp_path)
     runtime._pending = samples()[:5]
-    assert [len(b) for b in runtime._take_pending()] == [2, 2, 1]
-    assert runtime._pending == []
+    runtime._pending_columns = [rack_columns(T0, [[1.0, 2.0], [3.0, np.nan], [5.0, 6.0]])]
+    assert [len(b) for b in runtime._take_pending()] == [2, 2, 1, 2, 1, 2]  # a rack a part
+    assert runtime._pending == runtime._pending_columns == []
 
 
 def test_the_data_directory_is_private(tmp_path):

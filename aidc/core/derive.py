@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from aidc.core.config import Site
-from aidc.core.metrics import FreshLatest, Quality, Sample, SeriesKeys, series_key
+from aidc.core.metrics import FreshLatest, Quality, Sample, SampleColumns, SeriesKeys, series_key
 from aidc.core.topology import Topology
 from models import backup, cooling, power
 from models import pue as pue_model
@@ -551,25 +551,25 @@ class SiteModel:
         return np.where(np.isinf(weakest), np.nan, weakest)
 
     def derived_samples(self, status: SiteStatus) -> list[Sample]:
-        """The tick's results as samples of the `rack`, `room` and `site` measurements: a
-        field of every rack at a time, each sample made in C (90,000 a tick at 10,000 racks)."""
+        """The tick's results as samples of the `site`, `room` and `rack` measurements."""
+        samples, racks = self.derived_series(status)
+        return [*samples, *racks]
+
+    def derived_series(self, status: SiteStatus) -> tuple[list[Sample], SampleColumns]:
+        """The tick's results: the `site` and `room` samples, and the `rack` series as the
+        rounded array they were computed in (known and limited values only: 90,000 at
+        10,000 racks, which the stores take from the array)."""
         t, good, site = status.updated_at, Quality.GOOD, self.site.site
         make = partial(tuple.__new__, Sample)
         out = [make(("site", {"site": site}, k, v, t, good))
                for k in SITE_FIELDS if (v := getattr(status, k)) is not None]
         values = status.rack_values_kw
-        for k, column in zip(RACK_FIELDS, values.T):
-            known = np.flatnonzero(np.isfinite(column))  # (known and limited)
-            tags = self.rack_tags if len(known) == len(column) else [
-                self.rack_tags[i] for i in known.tolist()]
-            out += map(make, zip(repeat("rack"), tags, repeat(k), column[known].tolist(),
-                                 repeat(t), repeat(good)))
         power = values[:, RACK_FIELDS.index("power_kw")]
         unknown = np.bincount(self.rack_room, np.isnan(power), len(self.rooms))
         room_kw = np.bincount(self.rack_room, np.nan_to_num(power), len(self.rooms))
         out += [make(("room", {"site": site, "room": room}, ROOM_FIELDS[0], kw, t, good))
                 for room, kw, n in zip(self.rooms, room_kw.tolist(), unknown) if not n]
-        return out
+        return out, SampleColumns("rack", self.rack_tags, RACK_FIELDS, values, t)
 
 
 def _known(values: np.ndarray) -> list:

@@ -27,7 +27,7 @@ import httpx
 from influxdb_client import Point
 
 from aidc.core.config import Store as StoreConfig
-from aidc.core.metrics import TOPOLOGY_TAGS, Quality, Sample, key_of, series_key
+from aidc.core.metrics import TOPOLOGY_TAGS, Quality, Sample, SampleColumns, key_of, series_key
 from aidc.core.store import Aggregate, Series, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("aidc.core.store.influx")
@@ -43,6 +43,8 @@ def to_line_protocol(samples: Sequence[Sample]) -> str:
     The escaping is influxdb-client's: its ``Point`` renders each tag set, field name and
     string once, and the lines are put together here from those pieces. A ``Point`` a line
     took five times as long as the rest of a write to influxd (``benchmarks/storage.py``)."""
+    if isinstance(samples, SampleColumns):
+        return _column_lines(samples)
     points: dict[tuple, dict[str, float | str]] = {}
     for s in samples:
         fields = points.setdefault((s.measurement, tuple(s.tags.items()), round(s.ts * 1000)), {})
@@ -58,6 +60,21 @@ def to_line_protocol(samples: Sequence[Sample]) -> str:
                             if not isinstance(v, float) or math.isfinite(v))
         if rendered:  # a point of no finite value is no point (as Point renders it)
             lines.append(f"{_series(measurement, tags)} {rendered} {ts_ms}")
+    return "\n".join(lines)
+
+
+def _column_lines(columns: SampleColumns) -> str:
+    """A line a row of SampleColumns (good values all, at one time), its fields in name
+    order as `to_line_protocol` puts them, read from the array."""
+    order = sorted(range(len(columns.fields)), key=columns.fields.__getitem__)
+    keys = [_field_key(columns.fields[j]) for j in order]
+    rows, ts_ms = columns.rows, round(columns.ts * 1000)
+    lines = []
+    for tags, row in zip(columns.tags[rows.start:rows.stop],
+                         columns.values[rows.start:rows.stop, order].tolist()):
+        rendered = ",".join(f"{k}={_value(v)}" for k, v in zip(keys, row) if math.isfinite(v))
+        if rendered:
+            lines.append(f"{_series(columns.measurement, tuple(tags.items()))} {rendered} {ts_ms}")
     return "\n".join(lines)
 
 

@@ -28,12 +28,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
-from itertools import groupby
+from itertools import groupby, repeat
 from operator import itemgetter
 from pathlib import Path
 
+import numpy as np
+
 from aidc.core.files import private_sqlite
-from aidc.core.metrics import QUALITY, Sample, key_of, series_key
+from aidc.core.metrics import QUALITY, Sample, SampleColumns, key_of, series_key
 from aidc.core.store import Aggregate, Series, StoreUnavailable
 
 log = logging.getLogger("aidc.core.store.sqlite")
@@ -128,6 +130,8 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str, str], int] | None = None  # loaded by the first write
         self._seen: dict[tuple, int] = {}  # (measurement, field, *tags as given) -> id
+        # (measurement, field) -> the tag sets of SampleColumns written, and their series' ids
+        self._column_ids: dict[tuple[str, str], tuple[list, np.ndarray]] = {}
         self._next_retention = self._next_roll_up = 0.0
 
     def _add_keys(self) -> None:
@@ -145,6 +149,20 @@ class SqliteStore:
                     for i, t, f in self._db.execute("SELECT id, tags, field FROM series")])
             self._db.execute("COMMIT")
         self._db.execute("CREATE INDEX IF NOT EXISTS series_by_key ON series (key)")
+
+    def _column_rows(self, columns: SampleColumns) -> list[tuple]:
+        """The rows of SampleColumns, a field of every row at a time; the series' ids found
+        once for the tag sets (the model's racks, the same list every tick)."""
+        rows: list[tuple] = []
+        for field in columns.fields:
+            ids = self._column_ids.get((columns.measurement, field))
+            if ids is None or ids[0] is not columns.tags:
+                ids = columns.tags, np.array([self._series_id(
+                    Sample(columns.measurement, tags, field, None, 0)) for tags in columns.tags])
+                self._column_ids[columns.measurement, field] = ids
+            at, values = columns.column(field)
+            rows += zip(ids[1][at].tolist(), repeat(columns.ts), values, repeat("good"))
+        return rows
 
     def _series_id(self, s: Sample) -> int:
         """The id of the sample's series, made if new. Looked up by the tags as given
@@ -170,7 +188,8 @@ class SqliteStore:
         with self._lock:
             self._db.execute("BEGIN")
             try:
-                rows = [(self._series_id(s), s.ts, s.value, str(s.quality)) for s in samples]
+                rows = (self._column_rows(samples) if isinstance(samples, SampleColumns) else
+                        [(self._series_id(s), s.ts, s.value, str(s.quality)) for s in samples])
                 self._db.executemany("INSERT OR REPLACE INTO recent VALUES (?, ?, ?, ?)", rows)
                 self._db.executemany(NEWER, rows)
                 if rows:  # rolled up again from the oldest (raw older than that is not kept)
@@ -179,7 +198,8 @@ class SqliteStore:
                 self._db.execute("COMMIT")
             except BaseException as e:
                 self._db.execute("ROLLBACK")
-                self._series, self._seen = None, {}  # series inserted in the batch are gone
+                # series inserted in the batch are gone
+                self._series, self._seen, self._column_ids = None, {}, {}
                 if isinstance(e, sqlite3.OperationalError):  # disk full, I/O error, locked
                     raise StoreUnavailable(f"{self.path}: {e}") from e
                 raise
