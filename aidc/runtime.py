@@ -499,7 +499,8 @@ class Runtime:
     def _write(self, batches: list[Sequence[Sample]]) -> None:
         try:
             for batch in batches:  # in a worker thread: store I/O never blocks the loop
-                self._writing_since = batch[0].ts
+                self._writing_since = (batch.ts if isinstance(batch, SampleColumns)
+                                       else batch[0].ts)  # (columns: never made samples)
                 self.writer.write(batch)
         finally:
             self._writing_since = None

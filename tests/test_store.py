@@ -405,9 +405,16 @@ def test_the_runtime_writes_in_batches_of_store_batch_size(tmp_path):
     site = load_site(ROOT / "site_configs" / "demo.yaml")
     runtime = Runtime(site.model_copy(update={"store": Cfg(batch_size=2)}), tmp_path)
     runtime._pending = samples()[:5]
-    runtime._pending_columns = [rack_columns(T0, [[1.0, 2.0], [3.0, np.nan], [5.0, 6.0]])]
-    assert [len(b) for b in runtime._take_pending()] == [2, 2, 1, 2, 1, 2]  # a rack a part
+    runtime._pending_columns = [rack_columns(T0, [[1.0, 2.0], [np.nan, np.nan], [5.0, 6.0]])]
+    batches = runtime._take_pending()
+    assert [len(b) for b in batches] == [2, 2, 1, 2, 0, 2]  # a rack a part
     assert runtime._pending == runtime._pending_columns == []
+    runtime._write(batches)  # the parts written from the array, never made into samples
+    assert not any("_all" in vars(b) for b in batches if isinstance(b, SampleColumns))
+    assert {s.tags["rack"]: s.points for s in runtime.store.history(
+        "rack", "headroom_kw", T0, T0)} == {"A=0": [(T0, 2.0)], "A=2": [(T0, 6.0)]}
+    runtime.writer.close()
+    runtime.store.close()
 
 
 def test_the_data_directory_is_private(tmp_path):
