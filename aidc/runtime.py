@@ -117,6 +117,7 @@ STORE_LATE_S = 2.0
 FULL_READ_S = 60.0  # a core reads every series this often, those it needs every flush
 PROBE_REUSE_S = 2.0  # a probe ended this recently is given again, not read again
 MIN_TICK_GAP_S = 0.25  # between two ticks' starts, however often a flag flips
+POLL_GRID_S = 0.25  # polls wake on this grid of the loop's clock, those due in one step at once
 
 
 def poll_phase(device_id: str) -> float:
@@ -127,6 +128,14 @@ def poll_phase(device_id: str) -> float:
     loop (as Prometheus offsets each target's scrapes by a hash, for the same reason)."""
     digest = hashlib.blake2b(device_id.encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") / 2**32
+
+
+def poll_wake_at(due_at: float) -> float:
+    """When a poll due at ``due_at`` (the loop's clock) starts: the next step of
+    POLL_GRID_S, the same time for every poll due within one step. Each wake-up of the
+    loop costs CPU of its own: 200 SNMP devices, each woken at its own phase, took 1.14 ms
+    of the process's CPU a poll, against 0.56 woken on this grid (benchmarks/versus.py)."""
+    return math.ceil(due_at / POLL_GRID_S) * POLL_GRID_S
 
 
 def flipped(test: Callable[[float], bool], new: Sample, old: Sample | None) -> bool:
@@ -327,7 +336,7 @@ class Runtime:
     async def _poll(self, device) -> None:
         tags = self.topology.device_tags[device.id]
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        next_at = wake_at = loop.time()
         # a collector respects its own timeout; this deadline only guards against a library
         # that does not. Units behind one Modbus gateway queue for it, so each may wait a
         # timeout per unit ahead.
@@ -340,7 +349,7 @@ class Runtime:
             while not self._stopping:
                 started, now = loop.time(), time.time()
                 if self.health[device.id].polls_total:
-                    self.poll_timing.started(max(0.0, started - next_at))
+                    self.poll_timing.started(max(0.0, started - wake_at))
                 self._changed(device.id, due_at=now + deadline_s)
                 try:
                     readings = await bounded(collector.read(), deadline_s)
@@ -371,9 +380,10 @@ class Runtime:
                     next_at = loop.time() + retry_in_s
                 if phase is not None:  # once, after the first: to the device's own phase
                     next_at, phase = next_at + phase * retry_in_s, None
+                wake_at = poll_wake_at(next_at)
                 self._changed(device.id, retry_in_s=retry_in_s,
-                              due_at=time.time() + (next_at - loop.time()) + deadline_s)
-                await asyncio.sleep(next_at - loop.time())
+                              due_at=time.time() + (wake_at - loop.time()) + deadline_s)
+                await asyncio.sleep(wake_at - loop.time())
         finally:
             with contextlib.suppress(Exception, TimeoutError):
                 await bounded(collector.close(), deadline_s)
