@@ -21,7 +21,7 @@ import pytest
 
 from aidc.core.config import load_site
 from aidc.core.metrics import DeviceHealth, Sample
-from aidc.runtime import POLL_GRID_S, others_first, poll_phase, poll_wake_at
+from aidc.runtime import others_first, poll_grid_s, poll_phase, poll_wake_at
 from collectors import DeviceUnreachable
 from collectors.opcua import OpcuaCollector
 from simulators.site import on_free_ports
@@ -588,20 +588,31 @@ def test_a_sites_polls_are_spread_over_the_interval_by_a_stable_phase_each():
     assert float(other_process.stdout) == poll_phase("cdu-1")
 
 
-def test_polls_due_within_one_step_of_the_grid_wake_the_loop_once():
-    """Spread polls wake the loop on a grid, not each at its own phase (a wake-up costs
-    CPU: 200 SNMP devices took twice the CPU a poll): the polls due within one step start
-    at one time, the step's end, never before they are due; a schedule kept by adding the
-    interval does not drift on it."""
-    start = 4938 * POLL_GRID_S + 1e-3  # a step's start (the loop's clock), and just after
-    due = [start + k * POLL_GRID_S / 8 for k in range(8)]  # all within that step
-    wakes = {poll_wake_at(t) for t in due}
+def test_a_sites_polls_wake_the_loop_in_batches_of_about_200():
+    """The grid's step: about 200 polls due in each (a wake-up of the loop costs CPU of its
+    own: 200 SNMP devices each woken alone took twice the CPU a poll), from 0.25 s to a
+    quarter of the interval (a poll starts at most that late)."""
+    assert poll_grid_s(4352, 5.0) == 0.25  # 5 s * 200 / 4,352 = 0.23: at least 0.25
+    assert poll_grid_s(1000, 5.0) == 1.0  # 5 s * 200 / 1,000
+    assert poll_grid_s(200, 5.0) == 1.25  # 5 s * 200 / 200 = 5: at most a quarter of 5 s
+    assert poll_grid_s(25, 2.0) == 0.5 and poll_grid_s(0, 5.0) == 1.25  # (a core polls none)
+
+
+@pytest.mark.parametrize("grid_s", [0.25, 1.0, 1.25])
+def test_polls_due_within_one_step_of_the_grid_wake_the_loop_once(grid_s: float):
+    """Spread polls wake the loop on the grid, not each at its own phase: the polls due
+    within one step start at one time, the step's end, never before they are due; a
+    schedule kept by adding the interval does not drift on it."""
+    start = 4938 * grid_s + 1e-3  # just after a step's start (the loop's clock)
+    due = [start + k * grid_s / 8 for k in range(8)]  # all within that step
+    wakes = {poll_wake_at(t, grid_s) for t in due}
     assert len(wakes) == 1
     (wake,) = wakes
-    assert all(t <= wake < t + POLL_GRID_S for t in due)
-    assert poll_wake_at(wake) == wake and poll_wake_at(wake + 1e-6) == wake + POLL_GRID_S
+    assert all(t <= wake < t + grid_s for t in due)
+    assert poll_wake_at(wake, grid_s) == wake
+    assert poll_wake_at(wake + 1e-6, grid_s) == wake + grid_s
     next_at, late = start, []
-    for _ in range(10_000):  # a day of 5 s polls, as the poll loop adds them
+    for _ in range(20_000):  # a day of 5 s polls, as the poll loop adds them
         next_at += 5.0
-        late.append(poll_wake_at(next_at) - next_at)
-    assert 0 <= min(late) and max(late) < POLL_GRID_S
+        late.append(poll_wake_at(next_at, grid_s) - next_at)
+    assert 0 <= min(late) and max(late) < grid_s
