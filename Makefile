@@ -50,8 +50,11 @@ lint: install
 ## benchmarks print figures + ratios against a baseline and write benchmarks/results/*.json
 bench: install
 	@AIDC_BENCH_DEPS=1 sh tests/system-deps.sh
-	@for b in model collectors versus alerts alert_latency startup dashboard storage; do echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done
-	@echo "== every target"; $(PY) -m benchmarks.summary
+	@start=$$(date +%s); \
+	for b in model collectors versus alerts alert_latency startup dashboard storage sustained; do \
+		echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done; \
+	echo "== every target (the benchmarks took $$(( ($$(date +%s) - start + 30) / 60 )) min)"
+	@$(PY) -m benchmarks.summary
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

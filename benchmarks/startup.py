@@ -195,7 +195,7 @@ def main() -> None:
         "figures": figures | growth,
         "ratios": ratios,
         "targets": {f"{k}_{SIZES[-1]}_racks_s": f"< {v:g}" for k, v in TARGETS_S.items()}
-        | {"growth_exponent": "< 1.15"},
+        | {f"{name}_growth_exponent": "< 1.15" for name in rows if name != "pyyaml_csafe_load"},
     }, indent=2) + "\n")
     print(f"wrote {RESULT}")
 

@@ -35,12 +35,9 @@ def rows() -> list[tuple[str, str, str, str, str, str]]:
         result = json.loads(path.read_text())
         known = result.get("figures", {}) | result.get("ratios", {})
         for name, target in (result.get("targets") or {}).items():
-            # a target of several figures (`growth_exponent`: each command's) holds for each
-            for figure in [name] if name in known else [
-                    f for f in known if f.endswith(f"_{name}")] or [name]:
-                value = known.get(figure)
-                out.append((path.stem, figure, shown(value), str(target),
-                            verdict(value, target), (result.get("date") or "")[:10]))
+            value = known.get(name)
+            out.append((path.stem, name, shown(value), str(target), verdict(value, target),
+                        (result.get("date") or "")[:10]))
     return out
 
 
