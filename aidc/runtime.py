@@ -43,7 +43,7 @@ from aidc.core.snapshot import rack_power_history
 from aidc.core.store import Store, open_store
 from aidc.core.store.spool import SpooledWriter
 from aidc.core.topology import Topology, shard_of
-from alerts.evaluate import Alert, Evaluator
+from alerts.evaluate import ActiveAlerts, Alert, ConditionColumn, Evaluator
 from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
@@ -179,8 +179,13 @@ class TickView:
     when an alert is acknowledged): the tick's results and the alerts they left, so that
     an answer never pairs one tick's figures with another's alerts."""
 
-    status: SiteStatus | None = None
-    alerts: tuple[Alert, ...] = ()  # pending and firing, oldest first
+    status: SiteStatus | None  # None before the first tick
+    active: ActiveAlerts
+
+    @property
+    def alerts(self) -> tuple[Alert, ...]:
+        """Pending and firing, oldest first (made when first read)."""
+        return self.active.alerts
 
 
 class NotAnswering(Exception):
@@ -237,7 +242,7 @@ class Runtime:
         )
         # what the web reads, published whole and never changed: before the first tick, the
         # alerts the last run left
-        self.view = TickView(alerts=tuple(self.evaluator.active_alerts()))
+        self.view = TickView(None, self.evaluator.alerts())
         # read by /metrics from the web thread (the outbox's SQLite belongs to the loop);
         # from the file at start: a backlog left by the last run shows before the first tick
         self._count_outbox(time.time())
@@ -271,7 +276,7 @@ class Runtime:
     def acknowledge(self, fingerprint: str, by: str) -> Alert:
         """On the loop: an operator's acknowledgement, published at once."""
         alert = self.evaluator.acknowledge(fingerprint, by)
-        self.view = TickView(self.view.status, tuple(self.evaluator.active_alerts()))
+        self.view = TickView(self.view.status, self.evaluator.alerts())
         return alert
 
     def call_soon(self, fn, *args, timeout_s: float = 5.0):
@@ -682,8 +687,9 @@ class Runtime:
         polls go on meanwhile (at 10,000 racks it takes some 50 ms); the rules judge the same
         copy (the outlets, when the model sums them, from a copy of every latest sample) on
         the loop, which owns the alert state; the polls run between each group of rules, the
-        inhibition, the evaluator and publishing (in a storm, 10,000 conditions take each
-        stage 15-25 ms)."""
+        inhibition, the evaluator and publishing. A rule over every rack goes through them
+        as one column (alerts.evaluate.ConditionColumn): in a storm, 10,000 racks' alerts that
+        stay as they were cost each stage a few ms, not 15-50."""
         t0 = time.perf_counter()
         inputs = self.model_inputs.at(now, dict(self.latest) if self.model.reads_outlets
                                       else self.latest)
@@ -691,32 +697,33 @@ class Runtime:
         self._pending.extend(derived)
         self._pending_columns.append(rack_series)
         t1 = time.perf_counter()
-        alerts = self.view.alerts  # the evaluator's, as the last tick (or an ack) left them
-        active = {a.fingerprint for a in alerts}
         w = self.writer
         store = StoreState(w.store_up, w.store_error, w.spooled_samples(), w.max_samples,
                            w.dropped_samples, w.rejected_samples, w.last_loss_at,
                            self.store_behind_s(now))
-        conditions, complete = [], True
-        for found in conditions_by_group(Inputs(
-                self.site, list(self.health.values()), status, inputs, active.__contains__,
-                store, now, self.notifier_dead_lately, alerting_rules={a.rule for a in alerts},
-                bad_series=self.bad_series, given_topology=self.topology, derived=[*derived, rack_series],
+        conditions, columns, complete = [], [], True
+        for found in conditions_by_group(Inputs(  # the alerts as the last tick (or an
+                # acknowledgement) left them
+                self.site, list(self.health.values()), status, inputs, self.evaluator.is_active,
+                store, now, self.notifier_dead_lately,
+                alerting_rules=self.evaluator.alerting_rules(), bad_series=self.bad_series,
+                given_topology=self.topology, derived=[*derived, rack_series],
                 watched=self._watched(), given_rules=self.notifier.rules)):
-            conditions += found or []
+            for c in found or ():
+                (columns if isinstance(c, ConditionColumn) else conditions).append(c)
             complete &= found is not None  # a group that failed resolves nothing
             await others_first()
         try:
-            conditions = inhibit(self.topology, conditions, status.racks)
+            conditions = inhibit(self.topology, conditions, status.racks, columns)
         except Exception:  # a bug here must cost extra pages, never the tick
             log.exception("event=inhibit_error")
         await others_first()
-        conditions = self.silences.apply(conditions, now)
+        conditions = self.silences.apply(conditions, now, columns)
         # notifications commit with the state change; a rule that failed resolves nothing
-        self.evaluator.step(now, conditions, hold_absent=not complete)
+        self.evaluator.step(now, conditions, hold_absent=not complete, columns=columns)
         await others_first()  # (an acknowledgement meanwhile publishes its own view)
         self._count_outbox(now)
-        self.view = TickView(status, tuple(self.evaluator.active_alerts()))
+        self.view = TickView(status, self.evaluator.alerts())
         self.ticks += 1
         t2 = time.perf_counter()
         self.last_tick_ms, self.last_alerting_ms = (t2 - t0) * 1000, (t2 - t1) * 1000

@@ -17,11 +17,13 @@ naming the cause); the evaluator only holds back its notifications. What inhibit
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from aidc.core.topology import Topology
-from alerts.evaluate import Condition
+from alerts.evaluate import Condition, ConditionColumn
 
 if TYPE_CHECKING:
     from aidc.core.derive import RackStatus
@@ -31,17 +33,23 @@ SOURCE_LIMITS = frozenset({"upstream"})
 CDU_CAUSES = frozenset({"leak", "pump_redundancy_lost", "device_unreachable"})
 SOURCE_CAUSES = frozenset({"ups_on_battery", "rectifier_on_battery", "rectifier_redundancy_lost",
                            "device_unreachable"})
+RACK_SYMPTOMS = frozenset({"rack_over_headroom", "feed_redundancy_lost"})
 SITE_CAUSE = {"store_behind": "store_unavailable"}  # a symptom of the site -> its cause
 # (symptom rule, subject) -> its causes, each with the limits it explains (None: any)
 Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
+# a cause of rack symptoms: its name, the symptom rule, the racks' group (loop or source) in
+# Topology.rack_positions and its key, and the limits it explains (None: any)
+RackCause = tuple[str, str, str, str, frozenset[str] | None]
 
 
-def inhibit(graph: Topology, conditions: Iterable[Condition],
-            racks: Iterable[RackStatus]) -> list[Condition]:
-    """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause;
-    ``racks`` (the model's status) say which limit binds each rack now."""
+def inhibit(graph: Topology, conditions: Iterable[Condition], racks: Sequence[RackStatus],
+            columns: Iterable[ConditionColumn] = ()) -> list[Condition]:
+    """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause, and on
+    each of ``columns`` (a rack rule over every rack), its ``suppressed_by`` set; ``racks``
+    (the model's status) say which limit binds each rack now."""
     conditions = list(conditions)
     cause_of: Causes = {}
+    rack_causes: list[RackCause] = []
     for c in conditions:
         if not c.active:
             continue
@@ -61,13 +69,17 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
         if c.rule == "device_unreachable":
             cause_of.setdefault(("*", device), []).append((name, None))
         if c.rule in CDU_CAUSES and device in graph.loop_of_cdu:
-            for rack in graph.racks_on_loop.get(graph.loop_of_cdu[device], ()):
-                cause_of.setdefault(("rack_over_headroom", rack), []).append((name, LOOP_LIMITS))
+            rack_causes.append((name, "rack_over_headroom", "racks_on_loop",
+                                graph.loop_of_cdu[device], LOOP_LIMITS))
         if c.rule in SOURCE_CAUSES:
-            for rack in graph.racks_on_source.get(device, ()):
-                cause_of.setdefault(("rack_over_headroom", rack), []).append((name, SOURCE_LIMITS))
-                cause_of.setdefault(("feed_redundancy_lost", rack), []).append((name, None))
-
+            rack_causes += [(name, "rack_over_headroom", "racks_on_source", device, SOURCE_LIMITS),
+                            (name, "feed_redundancy_lost", "racks_on_source", device, None)]
+    if rack_causes:
+        _suppress_columns(graph, rack_causes, racks, columns)
+        if any(c.rule in RACK_SYMPTOMS for c in conditions):  # a rack rule made one by one
+            for name, rule, group, key, limits in rack_causes:
+                for rack in getattr(graph, group).get(key, ()):
+                    cause_of.setdefault((rule, rack), []).append((name, limits))
     if not cause_of:
         return conditions
     limiting = {r.id: r.limiting for r in racks}
@@ -76,6 +88,27 @@ def inhibit(graph: Topology, conditions: Iterable[Condition],
         cause = _cause(c, cause_of, limiting)
         out.append(c.suppressed(cause) if cause else c)
     return out
+
+
+def _suppress_columns(graph: Topology, rack_causes: list[RackCause],
+                      racks: Sequence[RackStatus], columns: Iterable[ConditionColumn]) -> None:
+    """Each column's ``suppressed_by``: the first cause of the racks' symptom whose limits
+    hold the rack's binding limit, as arrays over the racks."""
+    limiting = None
+    for col in columns:
+        by = np.full(len(col.labels), None, object)
+        for name, rule, group, key, limits in rack_causes:
+            at = graph.rack_positions[group].get(key)
+            if rule != col.rule or at is None:
+                continue
+            if limits is not None:
+                if limiting is None:
+                    limiting = np.array([r.limiting for r in racks], object)
+                binding = limiting[at]
+                at = at[np.logical_or.reduce([binding == limit for limit in limits])]
+            at = at[np.equal(by[at], None)]  # the first cause holds
+            by[at] = name
+        col.suppressed_by = by[col.subjects]
 
 
 def _cause(c: Condition, cause_of: Causes, limiting: dict[str, str | None]) -> str | None:

@@ -34,7 +34,7 @@ from aidc.core.metrics import (
     series_key,
 )
 from aidc.core.topology import Topology
-from alerts.evaluate import Condition, fingerprint
+from alerts.evaluate import Condition, ConditionColumn, fingerprint
 
 log = logging.getLogger("aidc.alerts.rules")
 
@@ -50,7 +50,7 @@ RULE_KEYS_READ = frozenset({
     "leak", "on_battery", "battery_current_a", "soc_pct", "pumps_running", "modules_ok",
     "modules_total", "flow_lpm", "dp_kpa", "capacitance_f", "esr_mohm", "runtime_min"})
 # a rack's headroom and its feed limit, in the model's columns of every rack's figures
-RACK_LIMITS_JUDGED = [RACK_FIELDS.index("headroom_kw"), RACK_FIELDS.index("headroom_feed_kw")]
+HEADROOM, FEED_HEADROOM = RACK_FIELDS.index("headroom_kw"), RACK_FIELDS.index("headroom_feed_kw")
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
 # ESR twice the rated value
 SUPERCAP_EOL_CAPACITANCE, SUPERCAP_EOL_ESR = 0.8, 2.0
@@ -678,32 +678,18 @@ def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
     return out
 
 
-def model_rules(i: Inputs) -> list[Condition | None]:
+def model_rules(i: Inputs) -> list[Condition | ConditionColumn | None]:
     s = i.status
     if s is None:
         return []
-    out = []
-    racks = s.racks  # only the racks over a limit, unknown, or with an alert to resolve
-    if i.keeps_inactive("rack_over_headroom") or i.keeps_inactive("feed_redundancy_lost"):
-        judged = range(len(racks))
-    else:  # found in the rounded columns of every rack: not a number >= 0
-        limits = s.rack_values_kw[:, RACK_LIMITS_JUDGED]
-        with np.errstate(invalid="ignore"):
-            judged = np.flatnonzero(~(limits >= 0).all(axis=1)).tolist()
-    for r in map(racks.__getitem__, judged):
-        feed = r.limits_kw.get("feed")
-        over = None if r.headroom_kw is None else r.headroom_kw < 0
-        if i.worth("rack_over_headroom", over):
-            out.append(_condition(
-                i, "rack_over_headroom", {"rack": r.id, "row": r.row}, over, r.headroom_kw,
-                f"rack {r.id} is over its {r.limiting} limit by {-(r.headroom_kw or 0):.1f} kW",
-                threshold=0))
-        short = None if feed is None else feed < 0
-        if i.worth("feed_redundancy_lost", short):
-            out.append(_condition(
-                i, "feed_redundancy_lost", {"rack": r.id, "row": r.row}, short, feed,
-                f"rack {r.id} draws more than one feed can carry: losing a feed drops it",
-                threshold=0))
+    racks = s.racks
+    out: list[Condition | ConditionColumn | None] = [
+        _rack_column(i, "rack_over_headroom", s.rack_values_kw[:, HEADROOM], lambda r: (
+            f"rack {racks[r].id} is over its {racks[r].limiting} limit by "
+            f"{-(racks[r].headroom_kw or 0):.1f} kW")),
+        _rack_column(i, "feed_redundancy_lost", s.rack_values_kw[:, FEED_HEADROOM], lambda r: (
+            f"rack {racks[r].id} draws more than one feed can carry: losing a feed drops it")),
+    ]
     for p in s.pools:
         hot = None if p.supply_temp_c is None else p.supply_temp_c > p.supply_limit_c
         if p.kind == "loop" and i.worth("supply_over_class", hot):
@@ -729,6 +715,33 @@ def model_rules(i: Inputs) -> list[Condition | None]:
         i, "pue_above_target", {}, None if s.pue is None else s.pue > target, s.pue,
         f"PUE {s.pue} above the target {target:g}", threshold=target))
     return out
+
+
+def _rack_column(i: Inputs, rule: str, headroom_kw: np.ndarray,
+                 summary: Callable[[int], str]) -> ConditionColumn | None:
+    """A rack rule over every rack at once: active where ``headroom_kw`` (the model's
+    rounded figure of each rack) is below 0, as its alert is where it is unknown; judged only
+    where active or unknown unless the rule has alerts to resolve."""
+    spec = i.rules[rule]
+    if not spec.enabled:
+        return None
+    memo = i.topology.memo
+    key = ("rack_subjects", rule, i.site.site, tuple(spec.labels.items()))
+    if key not in memo:  # the same objects every tick: the evaluator knows them again
+        labels = [i.labels(rule, {"rack": r.id, "row": r.row}) for r in i.site.racks]
+        memo[key] = labels, [fingerprint(rule, x) for x in labels]
+    labels, fingerprints = memo[key]
+    unknown = np.isnan(headroom_kw)
+    with np.errstate(invalid="ignore"):
+        over = headroom_kw < 0
+    subjects = (np.arange(len(headroom_kw)) if i.keeps_inactive(rule)
+                else np.flatnonzero(over | unknown))
+    active = over[subjects]
+    for k in np.flatnonzero(unknown[subjects]).tolist():  # unknown: hold whatever state it has
+        active[k] = i.is_active(fingerprints[subjects[k]])
+    return ConditionColumn(rule, labels, fingerprints, subjects, active, headroom_kw[subjects],
+                           summary, spec.severity or WARNING,
+                           spec.for_s if spec.for_s is not None else 0.0, spec.unit, 0)
 
 
 def store_rules(i: Inputs) -> list[Condition | None]:
@@ -771,22 +784,24 @@ def builtin_conditions(site: Site, health: Iterable[DeviceHealth], status,
                        watched: Mapping[str, Iterable[tuple[str, str]]] | None = None,
                        rules: Mapping[str, Rule] | None = None,
                        ) -> tuple[list[Condition], bool]:
-    """Every rule's conditions, and whether every rule group ran. A group that fails (a bug)
-    is logged and left out: the others still fire, and the caller holds the alerts it has
-    no condition for (Evaluator.step(hold_absent=True)) rather than resolve them."""
+    """Every rule's conditions (a column's, one by one), and whether every rule group ran.
+    A group that fails (a bug) is logged and left out: the others still fire, and the caller
+    holds the alerts it has no condition for (Evaluator.step(hold_absent=True)) rather than
+    resolve them."""
     out: list[Condition] = []
     complete = True
     for found in conditions_by_group(Inputs(
             site, list(health), status, latest, is_active, store, now, dead_letters,
             alerting_rules, bad_series, topology, derived, watched, rules)):
-        out += found or []
+        for c in found or ():
+            out += c.conditions() if isinstance(c, ConditionColumn) else [c]
         complete &= found is not None
     return out, complete
 
 
-def conditions_by_group(i: Inputs) -> Iterator[list[Condition] | None]:
-    """Each group's conditions in turn (the runtime lets the polls run between them); None
-    for a group that failed (a bug: logged)."""
+def conditions_by_group(i: Inputs) -> Iterator[list[Condition | ConditionColumn] | None]:
+    """Each group's conditions in turn (the runtime lets the polls run between them), a rule
+    over every rack as one column; None for a group that failed (a bug: logged)."""
     for group in (device_unreachable, gateway_unreachable, device_rules, model_rules,
                   store_rules, notifier_rules, site_own_rules):
         try:

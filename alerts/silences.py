@@ -16,8 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 from aidc.core.matchers import Matcher, checked
-from alerts.evaluate import Condition
+from alerts.evaluate import Condition, ConditionColumn
 
 if TYPE_CHECKING:
     from alerts.outbox import Outbox
@@ -114,16 +116,27 @@ class Silences:
         self.listed = [_silence(r) for r in rows]
         return self.listed
 
-    def apply(self, conditions: Iterable[Condition], now: float) -> list[Condition]:
-        """``conditions`` with the silenced ones suppressed (an inhibition cause stays). Reads
-        ``listed``, which every add and expire refresh: no file read on the tick's path."""
+    def apply(self, conditions: Iterable[Condition], now: float,
+              columns: Iterable[ConditionColumn] = ()) -> list[Condition]:
+        """``conditions`` with the silenced ones suppressed (an inhibition cause stays), and
+        so each of ``columns``' subjects. Reads ``listed``, which every add and expire
+        refresh: no file read on the tick's path."""
         active = [s for s in self.listed if s.state(now) == "active"]
-        out = []
-        for c in conditions:
-            hit = None if c.suppressed_by else next(
-                (s for s in active if s.silences(c.rule, c.labels, now)), None)
-            out.append(replace(c, suppressed_by=f"silence {hit.id}") if hit else c)
-        return out
+        if not active:
+            return list(conditions)
+
+        def hit(rule: str, labels: Mapping[str, str]) -> str | None:
+            s = next((s for s in active if s.silences(rule, labels, now)), None)
+            return None if s is None else f"silence {s.id}"
+
+        for col in columns:
+            by = (col.suppressed_by if col.suppressed_by is not None
+                  else np.full(len(col.subjects), None, object))
+            for k, i in enumerate(col.subjects.tolist()):
+                by[k] = by[k] or hit(col.rule, col.labels[i])
+            col.suppressed_by = by
+        return [c if c.suppressed_by or (silenced := hit(c.rule, c.labels)) is None
+                else replace(c, suppressed_by=silenced) for c in conditions]
 
 
 def _row(s: Silence) -> tuple:

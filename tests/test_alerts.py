@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import SecretStr
 
@@ -32,6 +33,7 @@ from alerts.evaluate import (
     HISTORY_DAYS,
     Alert,
     Condition,
+    ConditionColumn,
     Evaluator,
     Transition,
     fingerprint,
@@ -380,6 +382,62 @@ def test_a_suppressed_alert_pages_only_once_its_cause_is_gone(open_outbox):
     assert kinds(ev.step(50, [])) == ["resolved"]  # it was paged, so its end is too
 
 
+def column_steps(seed: int, subjects: int = 6, steps: int = 400):
+    """A column rule's evaluations at random: subjects judged (all, or some), active,
+    suppressed, values; some steps incomplete; an acknowledgement now and then."""
+    rnd = random.Random(seed)
+    labels = [{"rack": f"r{i:02d}"} for i in range(subjects)]
+    fps = [fingerprint("rack_over_headroom", x) for x in labels]
+    now, out = 1000.0, []
+    for _ in range(steps):
+        now += rnd.choice([1, 5, 10, 40, 120])
+        judged = np.arange(subjects) if rnd.random() < 0.8 else np.array(
+            sorted(rnd.sample(range(subjects), rnd.randint(0, subjects))), np.intp)
+        sticky = rnd.random() < 0.85  # most steps change little, as a tick does
+        prev = out[-1][1] if out and sticky else None
+        active = np.array([rnd.random() < 0.6 for _ in judged], bool)
+        by = np.array([rnd.choice([None, None, "leak{device=cdu-1}", "silence s1"])
+                       for _ in judged], object)
+        if prev is not None and len(prev.subjects) == len(judged):
+            active, by = prev.active.copy(), prev.suppressed_by.copy()
+            flip = rnd.randrange(len(judged)) if len(judged) else None
+            if flip is not None and rnd.random() < 0.3:
+                active[flip] = not active[flip]
+        value = np.array([rnd.choice([np.nan, -3.5, -12.25]) for _ in judged])
+        col = ConditionColumn("rack_over_headroom", labels, fps, judged, active, value,
+                              lambda i: f"rack r{i:02d} is over", "critical", 30.0, "kW", 0,
+                              by)  # fmt: skip
+        ack = rnd.choice(fps) if rnd.random() < 0.05 else None
+        out.append((now, col, rnd.random() < 0.1, ack))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_column_steps_as_its_conditions_one_by_one(open_outbox, monkeypatch, seed):
+    """A rule over every rack is judged as one column, its steady alerts (active, held back
+    by the same cause, no timer due) left as they are: the same transitions and alerts as
+    its conditions taken one by one, through pending, firing, repeats, suppression,
+    acknowledgements, incomplete evaluations and subjects left out."""
+    from alerts import evaluate
+
+    one_by_one = Evaluator(open_outbox(), repeat_s=100)
+    columns = Evaluator(open_outbox(), repeat_s=100)
+    taken: list[int] = []  # conditions each step took one by one: one_by_one's, columns'
+    merge = evaluate._merge
+    monkeypatch.setattr(evaluate, "_merge", lambda cs: taken.append(len(cs)) or merge(cs))
+    heard = set()
+    for now, col, incomplete, ack in column_steps(seed):
+        if ack is not None and one_by_one.is_active(ack):
+            assert one_by_one.acknowledge(ack, "ops", now) == columns.acknowledge(ack, "ops", now)
+        expected = one_by_one.step(now, col.conditions(), hold_absent=incomplete)
+        got = columns.step(now, [], hold_absent=incomplete, columns=[col])
+        assert [(t.kind, t.alert) for t in got] == [(t.kind, t.alert) for t in expected]
+        assert columns.active_alerts() == one_by_one.active_alerts()
+        heard |= {t.kind for t in got}
+    assert heard == {"firing", "repeat", "resolved"}
+    assert sum(taken[1::2]) < sum(taken[::2]) / 2  # the steady ones were left as they were
+
+
 def test_inhibition_follows_the_power_and_cooling_graph():
     from alerts.inhibit import inhibit
 
@@ -412,6 +470,17 @@ def test_inhibition_follows_the_power_and_cooling_graph():
         assert (over is not None) == (r.id in on_loop_1 and limiting[r.id] == "loop")
     inactive = [replace(c, active=False) for c in causes]
     assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, racks))
+
+    # a rule over every rack as one column (as the runtime judges them): the same causes
+    for rule, subjects in (("feed_redundancy_lost", slice(None)),
+                           ("rack_over_headroom", slice(1, None, 2))):
+        labels = [{"rack": r.id} for r in site.racks]
+        judged = np.arange(len(labels))[subjects]
+        col = ConditionColumn(rule, labels, [fingerprint(rule, x) for x in labels], judged,
+                              np.ones(len(judged), bool), np.zeros(len(judged)), str)
+        assert inhibit(Topology(site), causes, racks, [col]) and col.suppressed_by is not None
+        assert col.suppressed_by.tolist() == [out[(rule, labels[i]["rack"])] for i in judged]
+        assert any(col.suppressed_by)
 
 
 def test_a_dark_modbus_gateway_is_one_page_for_all_its_units():
@@ -485,6 +554,11 @@ def test_silence_matchers_states_and_refusals(open_outbox):
     assert all(c.suppressed_by is None for c in silences.apply([leak], now=99))
     inhibited = replace(leak, suppressed_by="device_unreachable{device=cdu-1}")
     assert silences.apply([inhibited], now=150)[0].suppressed_by == inhibited.suppressed_by
+    col = ConditionColumn("leak", [leak.labels, other.labels, inhibited.labels], ["a", "b", "c"],
+                          np.arange(3), np.ones(3, bool), np.ones(3), str,
+                          suppressed_by=np.array([None, None, inhibited.suppressed_by]))
+    silences.apply([], now=150, columns=[col])  # a column's subjects, as one by one
+    assert col.suppressed_by.tolist() == [f"silence {cdu1.id}", None, inhibited.suppressed_by]
     assert Matcher("row", "B", "!=").matches("x", {"row": "A"})
     assert not Matcher("row", "A|B", "!~").matches("x", {"row": "A"})
 

@@ -200,7 +200,8 @@ def test_every_rule_that_can_fire_has_a_runbook(web):
     source = (ROOT / "alerts" / "rules.py").read_text()
     fired = {node.args[1].value for node in ast.walk(ast.parse(source))
              if isinstance(node, ast.Call)
-             and getattr(node.func, "id", "") in ("_condition", "_flag", "_levels", "_envelope")
+             and getattr(node.func, "id", "") in ("_condition", "_flag", "_levels", "_envelope",
+                                                  "_rack_column")
              and isinstance(node.args[1], ast.Constant)}  # fmt: skip
     fired |= {f.rule for f in CRITICAL_FLAGS}
     assert len(fired) >= 12 and fired == set(rule_pack())
@@ -530,7 +531,8 @@ def test_healthz_is_degraded_while_an_input_has_never_read_good(tmp_path):
     from aidc.runtime import Runtime, TickView
 
     runtime = Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path)
-    runtime.view = TickView(runtime.model.evaluate({}, time.time()))  # every input missing
+    runtime.view = TickView(runtime.model.evaluate({}, time.time()),  # every input missing
+                            runtime.evaluator.alerts())
     api = SiteAPI(runtime)
     assert api.health()[1]["status"] == "ok"  # still starting: the grace
     runtime.started_at -= 600

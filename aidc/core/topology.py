@@ -9,6 +9,8 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from aidc.core.config import Rack, Site
 from aidc.core.metrics import SeriesKeys
 
@@ -87,6 +89,21 @@ class Topology:
             if d.protocol == "modbus":
                 by_endpoint.setdefault(f"{d.host}:{d.port}", []).append(d.id)
         return {k: units for k, units in by_endpoint.items() if len(units) > 1}
+
+    @cached_property
+    def rack_positions(self) -> dict[str, dict[str, np.ndarray]]:
+        """``racks_on_loop`` and ``racks_on_source`` as the racks' positions in the site's
+        order (the model's): a rule over every rack at once reads them as arrays."""
+        index = {r.id: i for i, r in enumerate(self.site.racks)}
+        return {name: {k: np.array([index[r] for r in racks], np.intp)
+                       for k, racks in getattr(self, name).items()}
+                for name in ("racks_on_loop", "racks_on_source")}
+
+    @cached_property
+    def memo(self) -> dict:
+        """What a layer above derives once a site from it (alerts.rules: every rack's labels
+        and fingerprints for a rule)."""
+        return {}
 
     @cached_property
     def racks_on_supercap(self) -> dict[str, list[str]]:
