@@ -714,7 +714,8 @@ class Runtime:
             complete &= found is not None  # a group that failed resolves nothing
             await others_first()
         try:
-            conditions = inhibit(self.topology, conditions, status.racks, columns)
+            conditions = inhibit(self.topology, conditions, status.racks, columns,
+                                 status.rack_limiting)
         except Exception:  # a bug here must cost extra pages, never the tick
             log.exception("event=inhibit_error")
         await others_first()

@@ -43,10 +43,13 @@ RackCause = tuple[str, str, str, str, frozenset[str] | None]
 
 
 def inhibit(graph: Topology, conditions: Iterable[Condition], racks: Sequence[RackStatus],
-            columns: Iterable[ConditionColumn] = ()) -> list[Condition]:
+            columns: Iterable[ConditionColumn] = (),
+            rack_limiting: np.ndarray | None = None) -> list[Condition]:
     """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause, and on
     each of ``columns`` (a rack rule over every rack), its ``suppressed_by`` set; ``racks``
-    (the model's status) say which limit binds each rack now."""
+    (the model's status) say which limit binds each rack now, as ``rack_limiting`` does in
+    the site's order if given (the records are then read only for a rack rule's conditions
+    made one by one)."""
     conditions = list(conditions)
     cause_of: Causes = {}
     rack_causes: list[RackCause] = []
@@ -74,15 +77,17 @@ def inhibit(graph: Topology, conditions: Iterable[Condition], racks: Sequence[Ra
         if c.rule in SOURCE_CAUSES:
             rack_causes += [(name, "rack_over_headroom", "racks_on_source", device, SOURCE_LIMITS),
                             (name, "feed_redundancy_lost", "racks_on_source", device, None)]
+    one_by_one = any(c.rule in RACK_SYMPTOMS for c in conditions)  # a rack rule's
     if rack_causes:
-        _suppress_columns(graph, rack_causes, racks, columns)
-        if any(c.rule in RACK_SYMPTOMS for c in conditions):  # a rack rule made one by one
-            for name, rule, group, key, limits in rack_causes:
-                for rack in getattr(graph, group).get(key, ()):
-                    cause_of.setdefault((rule, rack), []).append((name, limits))
+        if rack_limiting is None:
+            rack_limiting = np.array([r.limiting for r in racks], object)
+        _suppress_columns(graph, rack_causes, rack_limiting, columns)
+        for name, rule, group, key, limits in rack_causes if one_by_one else ():
+            for rack in getattr(graph, group).get(key, ()):
+                cause_of.setdefault((rule, rack), []).append((name, limits))
     if not cause_of:
         return conditions
-    limiting = {r.id: r.limiting for r in racks}
+    limiting = {r.id: r.limiting for r in racks} if one_by_one else {}
     out = []
     for c in conditions:
         cause = _cause(c, cause_of, limiting)
@@ -90,11 +95,10 @@ def inhibit(graph: Topology, conditions: Iterable[Condition], racks: Sequence[Ra
     return out
 
 
-def _suppress_columns(graph: Topology, rack_causes: list[RackCause],
-                      racks: Sequence[RackStatus], columns: Iterable[ConditionColumn]) -> None:
+def _suppress_columns(graph: Topology, rack_causes: list[RackCause], limiting: np.ndarray,
+                      columns: Iterable[ConditionColumn]) -> None:
     """Each column's ``suppressed_by``: the first cause of the racks' symptom whose limits
     hold the rack's binding limit, as arrays over the racks."""
-    limiting = None
     for col in columns:
         by = np.full(len(col.labels), None, object)
         for name, rule, group, key, limits in rack_causes:
@@ -102,8 +106,6 @@ def _suppress_columns(graph: Topology, rack_causes: list[RackCause],
             if rule != col.rule or at is None:
                 continue
             if limits is not None:
-                if limiting is None:
-                    limiting = np.array([r.limiting for r in racks], object)
                 binding = limiting[at]
                 at = at[np.logical_or.reduce([binding == limit for limit in limits])]
             at = at[np.equal(by[at], None)]  # the first cause holds

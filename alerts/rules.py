@@ -682,11 +682,11 @@ def model_rules(i: Inputs) -> list[Condition | ConditionColumn | None]:
     s = i.status
     if s is None:
         return []
-    racks = s.racks
-    out: list[Condition | ConditionColumn | None] = [
-        _rack_column(i, "rack_over_headroom", s.rack_values_kw[:, HEADROOM], lambda r: (
-            f"rack {racks[r].id} is over its {racks[r].limiting} limit by "
-            f"{-(racks[r].headroom_kw or 0):.1f} kW")),
+    racks, headroom, limiting = i.site.racks, s.rack_values_kw[:, HEADROOM], s.rack_limiting
+    out: list[Condition | ConditionColumn | None] = [  # (the racks' records are not made)
+        _rack_column(i, "rack_over_headroom", headroom, lambda r: (
+            f"rack {racks[r].id} is over its {limiting[r]} limit by "
+            f"{-np.nan_to_num(headroom[r]):.1f} kW")),
         _rack_column(i, "feed_redundancy_lost", s.rack_values_kw[:, FEED_HEADROOM], lambda r: (
             f"rack {racks[r].id} draws more than one feed can carry: losing a feed drops it")),
     ]

@@ -205,8 +205,13 @@ def test_the_rules_judge_a_column_of_the_tick_arrays_as_they_judge_each_sample(m
 def test_a_cdu_with_no_pump_running_carries_nothing(model):
     # cdu-2 stopped: N+1 must lose the largest remaining (cdu-1, 90 kW): 0 kW capacity left
     s = model.evaluate(latest({("cdu-2", "pumps_running"): 0.0}), 1000.0)
+    # the rack rule judges the tick's arrays: what the racks' records say
+    conditions, _ = builtin_conditions(model.site, [], s, {}, now=1000.0, alerting_rules=())
+    over = {c.labels["rack"]: c for c in conditions if c.rule == "rack_over_headroom"}
     assert {p.id: p.capacity_kw for p in s.pools}["loop-1"] == 0
     assert s.racks[1].limiting == "loop" and s.racks[1].headroom_kw == pytest.approx(-70)
+    assert over[s.racks[1].id].active and over[s.racks[1].id].value == s.racks[1].headroom_kw
+    assert over[s.racks[1].id].summary == f"rack {s.racks[1].id} is over its loop limit by 70.0 kW"
 
 
 def test_capacity_holds_the_peak_of_the_window(model):

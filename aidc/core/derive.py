@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from itertools import repeat
 from typing import NamedTuple
 
@@ -102,6 +102,33 @@ class CduStatus:
     heat_kw: float | None  # carried now: flow x rho cp x (return - supply)
 
 
+class Racks(Sequence[RackStatus]):
+    """The racks' records, made from the tick's arrays when first read (a reader of the
+    web, `aidc headroom`): a tick that only writes and judges the arrays makes none (10,000
+    racks: 10-20 ms a tick)."""
+
+    def __init__(self, make: Callable[[], list[RackStatus]]):
+        self._make = make
+
+    @cached_property
+    def _records(self) -> list[RackStatus]:
+        return self._make()
+
+    def __getitem__(self, i):
+        return self._records[i]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._records)
+
+
 @dataclass(frozen=True)
 class SiteStatus:
     updated_at: float
@@ -114,7 +141,7 @@ class SiteStatus:
     power_ppue: float | None
     conversion_loss_kw: float | None
     measured_share: float | None
-    racks: list[RackStatus]
+    racks: Sequence[RackStatus]
     pools: list[Pool]
     backup: list[BackupStatus]
     missing: list[str]  # series the model needed but had no good value for
@@ -131,6 +158,9 @@ class SiteStatus:
     # derived_samples writes, taken a field of every rack at a time
     rack_values_kw: np.ndarray = field(default_factory=lambda: np.zeros((0, len(RACK_FIELDS))),
                                        repr=False, compare=False)
+    # (racks,) the name of each rack's binding limit, as in `racks`
+    rack_limiting: np.ndarray = field(default_factory=lambda: np.array([], str), repr=False,
+                                      compare=False)
 
 
 def num(x) -> float | None:
@@ -375,13 +405,14 @@ class SiteModel:
         return SiteStatus(
             updated_at=now,
             pue_category=self.pue_category,
-            racks=self._racks(rack_values, h),
+            racks=Racks(partial(self._racks, rack_values, h)),
             pools=pools,
             backup=self._backup(many, rack_kw),
             cdus=list(map(CduStatus, self.cdu_ids, *_numbers(np.stack((cdu_capacity, cdu_heat))))),
             missing=list(missing),
             source_left_by_failure_kw=h.sources.left_by_failure_kw,
             rack_values_kw=rack_values,
+            rack_limiting=h.limiting,
             **energy,
         )
 
