@@ -714,8 +714,7 @@ class Runtime:
             complete &= found is not None  # a group that failed resolves nothing
             await others_first()
         try:
-            conditions = inhibit(self.topology, conditions, status.racks, columns,
-                                 status.rack_limiting)
+            conditions = inhibit(self.topology, conditions, status.rack_limiting, columns)
         except Exception:  # a bug here must cost extra pages, never the tick
             log.exception("event=inhibit_error")
         await others_first()

@@ -18,15 +18,11 @@ naming the cause); the evaluator only holds back its notifications. What inhibit
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aidc.core.topology import Topology
 from alerts.evaluate import Condition, ConditionColumn
-
-if TYPE_CHECKING:
-    from aidc.core.derive import RackStatus
 
 LOOP_LIMITS = frozenset({"loop", "supply_class"})
 SOURCE_LIMITS = frozenset({"upstream"})
@@ -42,14 +38,12 @@ Causes = dict[tuple[str, str], list[tuple[str, frozenset[str] | None]]]
 RackCause = tuple[str, str, str, str, frozenset[str] | None]
 
 
-def inhibit(graph: Topology, conditions: Iterable[Condition], racks: Sequence[RackStatus],
-            columns: Iterable[ConditionColumn] = (),
-            rack_limiting: np.ndarray | None = None) -> list[Condition]:
+def inhibit(graph: Topology, conditions: Iterable[Condition], rack_limiting: Sequence[str],
+            columns: Iterable[ConditionColumn] = ()) -> list[Condition]:
     """``conditions`` with ``suppressed_by`` set on the symptoms of an active cause, and on
-    each of ``columns`` (a rack rule over every rack), its ``suppressed_by`` set; ``racks``
-    (the model's status) say which limit binds each rack now, as ``rack_limiting`` does in
-    the site's order if given (the records are then read only for a rack rule's conditions
-    made one by one)."""
+    each of ``columns`` (a rack rule over every rack), its ``suppressed_by`` set;
+    ``rack_limiting``, the limit that binds each rack now in the site's order (the model's
+    SiteStatus.rack_limiting), says which of its causes explains a rack's symptom."""
     conditions = list(conditions)
     cause_of: Causes = {}
     rack_causes: list[RackCause] = []
@@ -79,15 +73,13 @@ def inhibit(graph: Topology, conditions: Iterable[Condition], racks: Sequence[Ra
                             (name, "feed_redundancy_lost", "racks_on_source", device, None)]
     one_by_one = any(c.rule in RACK_SYMPTOMS for c in conditions)  # a rack rule's
     if rack_causes:
-        if rack_limiting is None:
-            rack_limiting = np.array([r.limiting for r in racks], object)
-        _suppress_columns(graph, rack_causes, rack_limiting, columns)
+        _suppress_columns(graph, rack_causes, np.asarray(rack_limiting), columns)
         for name, rule, group, key, limits in rack_causes if one_by_one else ():
             for rack in getattr(graph, group).get(key, ()):
                 cause_of.setdefault((rule, rack), []).append((name, limits))
     if not cause_of:
         return conditions
-    limiting = {r.id: r.limiting for r in racks} if one_by_one else {}
+    limiting = dict(zip(graph.rack_by_id, rack_limiting, strict=True)) if one_by_one else {}
     out = []
     for c in conditions:
         cause = _cause(c, cause_of, limiting)

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -458,9 +457,9 @@ def test_inhibition_follows_the_power_and_cooling_graph():
     symptoms = [cond("feed_redundancy_lost", rack=r.id) for r in site.racks] + [
         cond("rack_over_headroom", rack=r.id) for r in site.racks]
     limiting = {r.id: "loop" if i % 2 else "feed" for i, r in enumerate(site.racks)}
-    racks = [SimpleNamespace(id=r, limiting=limit) for r, limit in limiting.items()]
+    binding = list(limiting.values())  # each rack's binding limit, in the site's order
     out = {(c.rule, c.labels.get("rack") or c.labels["device"]): c.suppressed_by
-           for c in inhibit(Topology(site), causes + symptoms, racks)}  # fmt: skip
+           for c in inhibit(Topology(site), causes + symptoms, binding)}  # fmt: skip
     assert out[("ups_on_battery", "ups-b")] is None  # a cause stays a page
     assert out[("leak", cdu)] == f"device_unreachable{{device={cdu}}}"  # its device is dark
     for r in site.racks:
@@ -469,7 +468,7 @@ def test_inhibition_follows_the_power_and_cooling_graph():
         over = out[("rack_over_headroom", r.id)]  # the loop explains only a loop limit
         assert (over is not None) == (r.id in on_loop_1 and limiting[r.id] == "loop")
     inactive = [replace(c, active=False) for c in causes]
-    assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, racks))
+    assert all(c.suppressed_by is None for c in inhibit(Topology(site), inactive + symptoms, binding))
 
     # a rule over every rack as one column (as the runtime judges them): the same causes
     for rule, subjects in (("feed_redundancy_lost", slice(None)),
@@ -478,7 +477,7 @@ def test_inhibition_follows_the_power_and_cooling_graph():
         judged = np.arange(len(labels))[subjects]
         col = ConditionColumn(rule, labels, [fingerprint(rule, x) for x in labels], judged,
                               np.ones(len(judged), bool), np.zeros(len(judged)), str)
-        assert inhibit(Topology(site), causes, racks, [col]) and col.suppressed_by is not None
+        assert inhibit(Topology(site), causes, binding, [col]) and col.suppressed_by is not None
         assert col.suppressed_by.tolist() == [out[(rule, labels[i]["rack"])] for i in judged]
         assert any(col.suppressed_by)
 
