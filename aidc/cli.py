@@ -370,7 +370,10 @@ def _store_status(args: argparse.Namespace):
     from aidc.core.store import StoreUnavailable, open_store
 
     site = _load(args.site)
-    gc.freeze()  # kept to the end: full collections need not walk it (0.4 s at 10,000 racks)
+    # The command reads, answers and exits, and makes no reference cycles that need its
+    # collector: at 10,000 racks the collections walked the site, the store's rows and the
+    # model's records again and again (0.2-0.3 s of a 2.3 s answer).
+    gc.disable()
     try:
         store = open_store(site.store, Path(args.data_dir), create=False)
     except StoreUnavailable as e:
