@@ -11,6 +11,7 @@ Every unsafe request of a session carries its CSRF token: the Dash renderer send
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -37,7 +38,13 @@ UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 OPEN_PATHS = ("/login", "/healthz", "/metrics", "/_dash-component-suites/", "/assets/")
 USERS_FILE_CHECK_S = 1.0  # how often the users file is looked at for a change
 HASHER = PasswordHasher()
-_NOBODY = HASHER.hash(secrets.token_hex(16))  # verified against for an unknown name
+
+
+@functools.cache
+def _nobody() -> str:
+    """The hash an unknown name is verified against: made on the first sign-in (100 ms of
+    argon2, which every `aidc run` and test paid at import)."""
+    return HASHER.hash(secrets.token_hex(16))
 
 
 def hash_password(password: str) -> str:
@@ -94,10 +101,12 @@ class Auth:
         log.info("event=users_file_read users=%d file=%s", len(users), self._users_file)
 
     def verify(self, name: str, password: str) -> User | None:
-        """The user if the password is theirs; an unknown name costs the same hash."""
+        """The user if the password is theirs; an unknown name costs the same hash (the first
+        sign-in, of any name, also makes the unknown names' hash)."""
+        nobody = _nobody()
         user = self.users.get(name)
         try:
-            HASHER.verify(user.password_hash.get_secret_value() if user else _NOBODY, password)
+            HASHER.verify(user.password_hash.get_secret_value() if user else nobody, password)
         except (VerificationError, InvalidHashError):
             return None
         return user
