@@ -52,7 +52,8 @@ bench: install
 	@AIDC_BENCH_DEPS=1 sh tests/system-deps.sh
 	@start=$$(date +%s); \
 	for b in model collectors versus alerts alert_latency startup dashboard storage sustained; do \
-		echo "== $$b"; $(PY) -m benchmarks.$$b || exit 1; done; \
+		echo "== $$b"; t=$$(date +%s); $(PY) -m benchmarks.$$b || exit 1; \
+		echo "== $$b took $$(( $$(date +%s) - t )) s"; done; \
 	echo "== every target (the benchmarks took $$(( ($$(date +%s) - start + 30) / 60 )) min)"
 	@$(PY) -m benchmarks.summary
 

@@ -55,7 +55,7 @@ from simulators.site import free_port_offset
 from tests.conftest import Influxd
 
 RACKS = int(os.environ.get("AIDC_BENCH_RACKS", "2000"))
-REPEATS = 5
+REPEATS = 3
 RESULT = Path(__file__).parent / "results" / "dashboard.json"
 TARGETS_MS = {"cold_render_ms": 3000.0, "warm_render_ms": 1500.0, "floor_callback_ms": 100.0,
               "trend_30d_sqlite_ms": 500.0, "trend_30d_influxdb_ms": 500.0}

@@ -37,7 +37,7 @@ from benchmarks.common import write_result
 from tests.conftest import Influxd
 
 DEVICES, FIELDS, ROUNDS, BATCH = 4_400, 10, 10, 5_000
-SUSTAINED_MIN = 15
+SUSTAINED_MIN = 10
 TREND_DAYS, TREND_POINTS, TREND_CALLS, TICK_S = 30, 300, 10, 5
 RESULT = Path(__file__).parent / "results" / "storage.json"
 TARGETS = {"embedded_samples_per_s": 300_000, "influxdb_points_per_s": 200_000,
