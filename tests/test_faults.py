@@ -36,6 +36,19 @@ def sample(live, device, metric):
     return live.runtime.latest.get((device, metric))
 
 
+def pool(status, pool_id: str):
+    return {p.id: p for p in status.pools}[pool_id]
+
+
+def known_pool(live, pool_id: str):
+    """The pool at the next tick that knows its capacity. A tick may find a device's last
+    sample stale (the live site polls every 0.5 s, stale after 1.25 s, which a loaded
+    machine can delay a poll by): the capacity is then unknown, never a number, and the
+    first number shown must be right."""
+    return wait_for(lambda: (p := pool(live.runtime.status, pool_id)).capacity_kw is not None
+                    and p, what=f"{pool_id}'s capacity known")
+
+
 def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
     inject(live, "utility_outage")
     try:
@@ -56,25 +69,27 @@ def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
 
 def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
     def loop():
-        return {p.id: p for p in live.runtime.status.pools}["loop-1"]
+        return pool(live.runtime.status, "loop-1")
 
-    assert loop().capacity_kw == 600  # 2 x 600 kW, N+1: one in reserve
+    assert known_pool(live, "loop-1").capacity_kw == 600  # 2 x 600 kW, N+1: one in reserve
     # cdu-2 loses one of its two pumps: one still gives its full flow, so its capacity
     # holds and only the spare pump is gone
     inject(live, "pump_failure", "cdu-2")
     wait_for(lambda: ("pump_redundancy_lost", "cdu-2") in alerts(live), what="pump alert")
     assert alerts(live)[("pump_redundancy_lost", "cdu-2")].severity == "warning"
-    assert loop().capacity_kw == 600
+    assert known_pool(live, "loop-1").capacity_kw == 600
     # cdu-1 leaks: it is to be isolated, so the loop keeps cdu-2 in reserve and has nothing
     # left with its redundancy kept; without a further loss, 600 kW minus the heat
     inject(live, "leak", "cdu-1")
     racks = {r.id for r in live.site.racks}
     try:
         wait_for(lambda: ("leak", "cdu-1") in alerts(live), what="leak alert")
-        pool = wait_for(lambda: loop().capacity_kw == 0 and loop(), what="the loop's capacity cut")
-        assert pool.worst_failure == "cdu-2"
-        assert pool.left_normal_kw == pytest.approx(600 - pool.load_kw, abs=0.01)
-        assert all(r.limiting == "loop" for r in live.runtime.status.racks)
+        status = wait_for(lambda: pool(s := live.runtime.status, "loop-1").capacity_kw == 0 and s,
+                          what="the loop's capacity cut")  # one tick's figures, read together
+        cut = pool(status, "loop-1")
+        assert cut.worst_failure == "cdu-2"
+        assert cut.left_normal_kw == pytest.approx(600 - cut.load_kw, abs=0.01)
+        assert all(r.limiting == "loop" for r in status.racks)
         # every rack is over its loop limit: symptoms of the CDUs, shown but suppressed
         over = wait_for(lambda: (o := {k[1]: a for k, a in alerts(live).items()
                                        if k[0] == "rack_over_headroom" and a.state == "firing"})
@@ -102,9 +117,9 @@ def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
 
 def test_rectifier_module_loss_costs_its_n_plus_1(live):
     def rect():
-        return {p.id: p for p in live.runtime.status.pools}["rect-a"]
+        return pool(live.runtime.status, "rect-a")
 
-    assert rect().capacity_kw == 720  # (13 - 1 spare) x 60 kW
+    assert known_pool(live, "rect-a").capacity_kw == 720  # (13 - 1 spare) x 60 kW
     inject(live, "module_loss", "rect-a", value=4)
     try:
         wait_for(lambda: ("rectifier_redundancy_lost", "rect-a") in alerts(live),
