@@ -71,14 +71,16 @@ def inhibit(graph: Topology, conditions: Iterable[Condition], rack_limiting: Seq
         if c.rule in SOURCE_CAUSES:
             rack_causes += [(name, "rack_over_headroom", "racks_on_source", device, SOURCE_LIMITS),
                             (name, "feed_redundancy_lost", "racks_on_source", device, None)]
-    one_by_one = any(c.rule in RACK_SYMPTOMS for c in conditions)  # a rack rule's
     if rack_causes:
         _suppress_columns(graph, rack_causes, np.asarray(rack_limiting), columns)
-        for name, rule, group, key, limits in rack_causes if one_by_one else ():
+    one_by_one = any(c.rule in RACK_SYMPTOMS for c in conditions)  # a rack rule not a column
+    if rack_causes and one_by_one:
+        for name, rule, group, key, limits in rack_causes:
             for rack in getattr(graph, group).get(key, ()):
                 cause_of.setdefault((rule, rack), []).append((name, limits))
     if not cause_of:
         return conditions
+    # by rack id, for the racks' symptoms that come one by one (none: no map to make)
     limiting = dict(zip(graph.rack_by_id, rack_limiting, strict=True)) if one_by_one else {}
     out = []
     for c in conditions:
