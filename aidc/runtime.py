@@ -48,13 +48,13 @@ from alerts.inhibit import inhibit
 from alerts.notify import Notifier
 from alerts.outbox import Outbox
 from alerts.rules import (
-    CRITICAL_FLAGS,
     DEAD_LETTER_ALERT_S,
     RULE_KEYS_READ,
     Inputs,
     Rule,
     StoreState,
     conditions_by_group,
+    paging_tests,
 )
 from alerts.silences import Silences
 from collectors import Collector, DeviceUnreachable, make_collector
@@ -148,8 +148,8 @@ def poll_wake_at(due_at: float, grid_s: float) -> float:
     return math.ceil(due_at / grid_s) * grid_s
 
 
-def flipped(test: Callable[[float], bool], new: Sample, old: Sample | None) -> bool:
-    """Whether ``new`` flips a flag's ``test`` that ``old`` held the other way (both good)."""
+def flipped(test: Callable[[float], object], new: Sample, old: Sample | None) -> bool:
+    """Whether ``new`` changes what a flag's ``test`` made of ``old`` (both good)."""
     return old is not None and old.good and new.good and test(old.value) != test(new.value)
 
 
@@ -228,12 +228,13 @@ class Runtime:
         self.alerts_db = data_dir / "alerts.sqlite"  # alert state, history and the outbox
         self.outbox = Outbox(self.alerts_db, site.alerts.webhooks)
         self.notifier = Notifier(self.topology, site.alerts, self.outbox, site.web.external_url)
-        # the series each rule of the site's own watches, indexed as polls first read them:
-        # a tick need not scan every series of a large site (1.3 million at 10,000 racks)
-        self._own_rules: dict[str, list[tuple[str, Rule]]] = {}  # device kind -> its rules
+        # the series each rule over a device's metric (the pack's and the site's own) watches,
+        # indexed as polls first read them: a tick need not scan every series of a large site
+        # (1.3 million at 10,000 racks)
+        self._metric_rules: dict[str, list[tuple[str, Rule]]] = {}  # device kind -> its rules
         for name, rule in self.notifier.rules.items():
             if rule.metric is not None and rule.kind in DEVICE_KINDS:
-                self._own_rules.setdefault(rule.kind, []).append((name, rule))
+                self._metric_rules.setdefault(rule.kind, []).append((name, rule))
         self.watched_series: dict[str, dict[tuple[str, str], None]] = {}  # rule -> series
         self._watched_keys: dict[str, SeriesKeys] = {}  # rule -> its series, as the tick reads
         self.silences = Silences(self.outbox)
@@ -263,9 +264,7 @@ class Runtime:
         self._not_heard_from = set(self.health)  # no poll of theirs ended yet
         self._all_heard_from = asyncio.Event()
         # a poll that flips one of these (a leak, a source on battery) ticks the model now
-        self._flags: dict[str, dict[str, Callable[[float], bool]]] = {}  # kind -> metric -> test
-        for f in CRITICAL_FLAGS:
-            self._flags.setdefault(f.kind, {})[f.metric] = f.test
+        self._flags = paging_tests(self.notifier.rules)  # kind -> metric -> test
         self._flag_flipped = asyncio.Event()
 
     @property
@@ -342,8 +341,8 @@ class Runtime:
 
     def _watch(self, device, key: str, sample: Sample) -> None:
         """Index a series a poll reads first (or again after a change of the device's
-        series) for the rules of the site's own that watch it."""
-        for name, rule in self._own_rules[device.kind]:
+        series) for the rules over a metric that watch it."""
+        for name, rule in self._metric_rules[device.kind]:
             if rule.watches(name, sample):
                 self.watched_series.setdefault(name, {})[(device.id, key)] = None
                 self._watched_keys.pop(name, None)  # made again at the next tick
@@ -410,7 +409,7 @@ class Runtime:
         """A device's samples as newly read (by its poll, or from the store by a core),
         with their series keys, into the latest view, the model's table and the watches;
         ``series``: the keys of every series the device has."""
-        new_series = device.kind in self._own_rules and series != self.series_of.get(device.id)
+        new_series = device.kind in self._metric_rules and series != self.series_of.get(device.id)
         self.series_of[device.id] = series
         flags = self._flags.get(device.kind)
         inputs = self.model_inputs
@@ -499,7 +498,7 @@ class Runtime:
                                     watched.error)
 
     def _watched(self) -> dict[str, SeriesKeys]:
-        """Each rule of the site's own -> the series it watches, their slots in the tick's
+        """Each rule over a device metric -> the series it watches, their slots in the tick's
         arrays found once while the series stay the same."""
         for name, series in self.watched_series.items():
             if name not in self._watched_keys:

@@ -109,7 +109,7 @@ class Condition:
     active: bool
     value: float | None = None
     summary: str = ""
-    severity: str = "warning"
+    severity: str | None = "warning"  # None: as its alert has it (unknown: it holds its state)
     for_s: float = 0.0
     suppressed_by: str | None = None  # the firing cause that explains it (alerts.inhibit)
     unit: str = ""  # of value and threshold
@@ -441,12 +441,13 @@ def _advance(
     if alert is None:
         alert = Alert(
             fingerprint=cond.fingerprint, rule=cond.rule, labels=dict(cond.labels),
-            severity=cond.severity, summary=cond.summary, value=cond.value,
+            severity=cond.severity or "warning", summary=cond.summary, value=cond.value,
             state="pending", active_since=now,
         )  # fmt: skip
     before = alert.severity
+    severity = cond.severity or before
     alert = Alert(  # as dataclasses.replace, at a fraction of its cost: every alert, every tick
-        alert.fingerprint, alert.rule, alert.labels, cond.severity, cond.summary, cond.value,
+        alert.fingerprint, alert.rule, alert.labels, severity, cond.summary, cond.value,
         alert.state, alert.active_since, alert.starts_at, alert.last_notified_at,
         alert.acked_by, alert.acked_at, cond.suppressed_by, cond.unit, cond.threshold,
     )  # fmt: skip
@@ -459,7 +460,7 @@ def _advance(
     if alert.last_notified_at is None:  # fired now, or while it was suppressed
         fired = replace(alert, last_notified_at=now)
         return fired, Transition("firing", fired, now)
-    if cond.severity != before:
+    if severity != before:
         return _severity_changed(alert, before, now)
     return _repeat(alert, now, repeat_s)
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import RootModel
 
-from aidc.core.config import DEVICE_KINDS, SUMMARY_FIELDS, RuleSettings, Site, load_model
+from aidc.core.config import (
+    DEVICE_KINDS,
+    SUMMARY_FIELDS,
+    RuleSettings,
+    Site,
+    device_setting_problem,
+    load_model,
+)
 from aidc.core.derive import RACK_FIELDS
 from aidc.core.matchers import parse_matcher
 from aidc.core.metrics import (
@@ -28,6 +35,7 @@ from aidc.core.metrics import (
     DeviceHealth,
     FreshLatest,
     LatestArrays,
+    Quality,
     Sample,
     SampleColumns,
     SeriesKeys,
@@ -39,16 +47,15 @@ from alerts.evaluate import Condition, ConditionColumn, fingerprint
 log = logging.getLogger("aidc.alerts.rules")
 
 PACK = Path(__file__).with_name("rules.yaml")
-TUNABLE = ("for_s", "severity", "warning", "critical")  # as far as a rule's pack entry has them
-OWN_ONLY = ("kind", "metric", "fires", "clear", "matchers", "unit", "summary", "meaning", "steps")
+TUNABLE = ("for_s", "severity", "warning", "critical", "clear")  # as far as its pack entry has
+OWN_ONLY = ("kind", "metric", "fires", "matchers", "unit", "summary", "meaning", "steps")
 CRITICAL, WARNING = "critical", "warning"
 GENERATOR_MARGIN_S = 30.0  # beyond its start + transfer, before a generator counts as late
-HYSTERESIS = 0.05  # an envelope or store_behind alert clears 5 % inside the limit it passed
-# the series the built-in rules read of each device of a kind: the runtime keeps them in the
-# tick's arrays (beside the model's), so that a rule reads a kind's column in one go
-RULE_KEYS_READ = frozenset({
-    "leak", "on_battery", "battery_current_a", "soc_pct", "pumps_running", "modules_ok",
-    "modules_total", "flow_lpm", "dp_kpa", "capacitance_f", "esr_mohm", "runtime_min"})
+# the series the pack's rules of more than a metric read of each device of a kind: the runtime
+# keeps them in the tick's arrays (beside the model's and those the rules over a metric
+# watch), so that a rule reads a kind's column in one go
+RULE_KEYS_READ = frozenset({"on_battery", "battery_current_a", "modules_ok", "modules_total",
+                            "capacitance_f", "esr_mohm", "runtime_min"})
 # a rack's headroom and its feed limit, in the model's columns of every rack's figures
 HEADROOM, FEED_HEADROOM = RACK_FIELDS.index("headroom_kw"), RACK_FIELDS.index("headroom_feed_kw")
 # end of life of a supercapacitor (IEC 62391-1 practice): capacitance 20 % below rated, or
@@ -82,10 +89,14 @@ class Rule(RuleSettings):
     def settings_text(self) -> str:
         """How the rule is set, in words: ``fires below 600 s (warning), 300 s (critical).``"""
         unit = f" {self.unit}" if self.unit else ""
-        levels = ", ".join(f"{getattr(self, s):g}{unit} ({s})" for s in (WARNING, CRITICAL)
-                           if getattr(self, s) is not None)
+        levels = ", ".join(
+            f"{'its ' + level if isinstance(level, str) else f'{level:g}{unit}'} ({s})"
+            for s in (WARNING, CRITICAL) if (level := getattr(self, s)) is not None)
         parts = [self.severity or (f"fires {self.fires} {levels}" if levels
                                    else "severity by cause")]
+        if self.clear:
+            parts.append(f"clears {self.clear}{'' if isinstance(self.clear, str) else unit} "
+                         "inside it")
         if self.metric:
             parts.insert(0, f"{self.kind} {self.metric}")
         if self.for_s:
@@ -94,20 +105,54 @@ class Rule(RuleSettings):
             parts.insert(0, "off at this site")
         return "; ".join(parts) + (f". Value in {self.unit}." if self.unit else ".")
 
-    def threshold(self, level: str | None) -> float | None:
+    def levels_of(self, device=None) -> tuple[float | None, float | None]:
+        """(warning, critical): a level that names a setting is ``device``'s own (None where
+        its entry leaves it out, or without a device)."""
+        def of(level: float | str | None) -> float | None:
+            value = getattr(device, level, None) if isinstance(level, str) else level
+            return None if value is None else float(value)
+
+        return of(self.warning), of(self.critical)
+
+    @property
+    def per_device(self) -> bool:
+        """Whether a level names a device's own setting."""
+        return isinstance(self.warning, str) or isinstance(self.critical, str)
+
+    def threshold(self, level: str | None, levels=None) -> float | None:
         """The threshold of ``level``; not past any, the first level's."""
-        first = self.warning if self.warning is not None else self.critical
-        return self.critical if level == CRITICAL else first
+        warning, critical = levels or self.levels_of()
+        return critical if level == CRITICAL or warning is None else warning
+
+    def back(self, limit: float) -> float:
+        """How far back inside ``limit`` an active alert clears (``clear``; "5%" of it)."""
+        if isinstance(self.clear, str):
+            return float(self.clear.rstrip(" %")) / 100 * abs(limit)
+        return self.clear
+
+    def edge(self, levels=None, active: bool = False) -> float | None:
+        """The value past which the rule's first level holds (an active alert's, with
+        ``clear``); None without a level."""
+        first = [x for x in levels or self.levels_of() if x is not None]
+        if not first:
+            return None
+        above = self.fires == "above"
+        edge = min(first) if above else max(first)
+        back = self.back(edge) if active else 0.0
+        return edge - back if above else edge + back
 
     def filled(self, template: str | None, labels: Mapping[str, str], metric: str,
-               value: float | None, threshold: float | None, severity: str) -> str | None:
-        """``template`` (a summary or description) filled with an alert's place, values and
-        unit; None without one, or when a format that fits a number is given none."""
+               value: float | None, threshold: float | None, severity: str,
+               levels=(None, None)) -> str | None:
+        """``template`` (a summary or description) filled with an alert's place, values,
+        levels and unit; None without one, or when a format that fits a number is given
+        none."""
         if not template:
             return None
         fields = dict.fromkeys(SUMMARY_FIELDS, "") | dict(labels) | {
             "metric": metric, "value": value, "unit": self.unit, "threshold": threshold,
-            "severity": severity}
+            "severity": severity} | {k: v for k, v in zip((WARNING, CRITICAL), levels)
+                                     if v is not None}
         try:
             return template.format(**fields)
         except (KeyError, IndexError, ValueError, TypeError):
@@ -124,17 +169,15 @@ class Rule(RuleSettings):
         """The site's own runbook, or the console's (at ``base``; none without one)."""
         return self.runbook_url or (f"{base}/runbooks#{name}" if base is not None else None)
 
-    def level(self, value: float, active: bool = False, hysteresis: float = 0.0) -> str | None:
+    def level(self, value: float, active: bool = False, levels=None) -> str | None:
         """The worst level ``value`` is past; an ``active`` alert holds a level until the
-        value is ``clear``, and the share ``hysteresis`` of the level, back inside it."""
+        value is ``clear`` back inside it."""
         above = self.fires == "above"
-        for severity in (CRITICAL, WARNING):
-            limit = getattr(self, severity)
+        for severity, limit in zip((CRITICAL, WARNING), reversed(levels or self.levels_of())):
             if limit is None:
                 continue
             if active:
-                back = self.clear + hysteresis * abs(limit)
-                limit += -back if above else back
+                limit += -self.back(limit) if above else self.back(limit)
             if (value > limit) if above else (value < limit):
                 return severity
         return None
@@ -169,6 +212,7 @@ def rule_problems(site: Site) -> list[tuple[tuple, str]]:
         else:
             takes = [f for f in ("for_s", "severity") if getattr(rule, f) is not None]
             takes += [WARNING, CRITICAL] if rule.has_levels else []
+            takes += ["clear"] if "clear" in rule.model_fields_set else []
             takes_too = ", ".join(takes + ["enabled", "labels", "runbook_url", "description"])
             for field in sorted(given.model_fields_set & {*TUNABLE, *OWN_ONLY} - set(takes)):
                 out.append(((*at, field), f"rule '{name}' takes no {field}: it takes {takes_too}"
@@ -176,7 +220,12 @@ def rule_problems(site: Site) -> list[tuple[tuple, str]]:
                                if field in OWN_ONLY else "")))
             merged = _changed(rule, given)
         worst, first, fires = merged.critical, merged.warning, merged.fires
-        if worst is not None and first is not None and \
+        for level in (WARNING, CRITICAL):
+            setting = getattr(merged, level)
+            if isinstance(setting, str) and \
+                    (why := device_setting_problem(merged.kind, setting)) is not None:
+                out.append(((*at, level), why))
+        if isinstance(worst, float) and isinstance(first, float) and \
                 not (worst > first if fires == "above" else worst < first):
             why = f"{worst:g} must be {fires} the warning level {first:g}: it fires {fires} them"
             out.append(((*at, CRITICAL), why))
@@ -294,10 +343,11 @@ def _condition(i: Inputs, rule: str, labels: dict[str, str], active: bool | None
     if not spec.enabled or not i.worth(rule, active):
         return None  # off, or inactive with nothing of this rule to resolve
     labels = i.labels(rule, labels)
-    if active is None:  # unknown: hold whatever state it has
-        active = i.is_active(fingerprint(rule, labels))
-    return Condition(rule, labels, active, value, summary,
-                     severity or spec.severity or WARNING,
+    if active is None:  # unknown: hold whatever state it has, its severity too
+        active, severity = i.is_active(fingerprint(rule, labels)), None
+    else:
+        severity = severity or spec.severity or WARNING
+    return Condition(rule, labels, active, value, summary, severity,
                      spec.for_s if spec.for_s is not None else for_s,
                      unit=unit or spec.unit, threshold=threshold)
 
@@ -345,110 +395,9 @@ def gateway_unreachable(i: Inputs) -> list[Condition | None]:
     return out
 
 
-def _flag(i: Inputs, rule: str, kind: str, metric: str, test: Callable[[float], bool],
-          summary: str, threshold: float | None = None) -> list[Condition | None]:
-    """One condition per device of ``kind`` from one of its metrics (made only for the
-    devices found active or unknown, unless the rule has an alert to resolve)."""
-    out = []
-    for d, v in zip(i.devices_of(kind), i.column(kind, metric)):
-        active = None if v is None else test(v)
-        if not i.worth(rule, active):
-            continue
-        text = f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v)
-        out.append(_condition(i, rule, {"device": d.id, "kind": kind}, active, v, text,
-                              threshold=threshold))
-    return out
-
-
-def _levels(i: Inputs, rule: str, kind: str, metric: str,
-            summary: str) -> list[Condition | None]:
-    """One condition per device of ``kind``: a metric below the rule's warning or critical
-    threshold, at the worst level it is below."""
-    spec, out = i.rules[rule], []
-    for d, v in zip(i.devices_of(kind), i.column(kind, metric)):
-        level = None if v is None else spec.level(v)
-        active = None if v is None else level is not None
-        if not i.worth(rule, active):
-            continue
-        out.append(_condition(
-            i, rule, {"device": d.id, "kind": kind}, active, v, f"{d.id}: {metric} unknown" if v is None else summary.format(device=d.id, value=v),
-            severity=level, threshold=spec.threshold(level)))
-    return out
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A rule that holds at once (no ``for``) on one metric of a device kind: the runtime
-    evaluates as soon as a poll flips ``test``, not at its next tick."""
-
-    rule: str
-    kind: str
-    metric: str
-    test: Callable[[float], bool]
-    summary: str
-    threshold: float | None = None
-
-
-CRITICAL_FLAGS = (
-    Flag("leak", "cdu", "leak", lambda v: v >= 1, "leak detected at {device}"),
-    Flag("ups_on_battery", "ups", "on_battery", lambda v: v >= 1,
-         "{device} is on battery: utility power lost"),
-    Flag("rectifier_on_battery", "rectifier", "battery_current_a", lambda v: v > 0,
-         "{device} discharges its battery ({value:.0f} A): its AC input is lost", threshold=0),
-)
-
-
 def device_rules(i: Inputs) -> list[Condition | None]:
-    return (
-        [c for f in CRITICAL_FLAGS
-         for c in _flag(i, f.rule, f.kind, f.metric, f.test, f.summary, f.threshold)]
-        + _pump_redundancy(i)
-        + _levels(i, "supercap_soc_low", "supercap", "soc_pct",
-                  "{device} state of charge {value:.0f} %")
-        + _rectifier_redundancy(i)
-        + _coolant_envelope(i)
-        + _supercap_end_of_life(i)
-        + _battery(i)
-        + _bad_quality(i)
-    )
-
-
-def _beyond(i: Inputs, rule: str, labels: dict[str, str], value: float | None,
-            limit: float, below: bool) -> bool | None:
-    """``value`` past ``limit`` (below it, or above), with hysteresis: an alert already
-    active clears only once the value is HYSTERESIS inside the limit."""
-    if value is None:
-        return None
-    if i.keeps_inactive(rule) and i.is_active(fingerprint(rule, i.labels(rule, labels))):
-        limit *= (1 + HYSTERESIS) if below else (1 - HYSTERESIS)
-    return value < limit if below else value > limit
-
-
-def _coolant_envelope(i: Inputs) -> list[Condition | None]:
-    """Each CDU's secondary flow and differential pressure against the vendor's envelope
-    (``min_flow_lpm``, ``max_dp_kpa``), where the site file gives it."""
-    out = []
-    for d, flow, dp in zip(i.devices_of("cdu"), i.column("cdu", "flow_lpm"),
-                           i.column("cdu", "dp_kpa")):
-        if d.min_flow_lpm is not None:
-            out.append(_envelope(i, "coolant_flow_low", d.id, "flow_lpm", flow, d.min_flow_lpm,
-                                 True))
-        if d.max_dp_kpa is not None:
-            out.append(_envelope(i, "coolant_dp_high", d.id, "dp_kpa", dp, d.max_dp_kpa, False))
-    return out
-
-
-def _envelope(i: Inputs, rule: str, cdu: str, metric: str, v: float | None, limit: float,
-              below: bool) -> Condition | None:
-    labels = {"device": cdu, "kind": "cdu"}
-    active = _beyond(i, rule, labels, v, limit, below)
-    if not i.worth(rule, active):
-        return None
-    return _condition(
-        i, rule, labels, active, v,
-        f"{cdu}: {metric} {'unknown' if v is None else f'{v:g}'} "
-        f"{'below its minimum' if below else 'above its maximum'} {limit:g}",
-        threshold=limit)
+    """The pack's rules over devices whose condition is more than a metric past a level."""
+    return _rectifier_redundancy(i) + _supercap_end_of_life(i) + _battery(i) + _bad_quality(i)
 
 
 def _supercap_end_of_life(i: Inputs) -> list[Condition | None]:
@@ -531,54 +480,120 @@ def _bad_quality(i: Inputs) -> list[Condition | None]:
     return out
 
 
-def site_own_rules(i: Inputs) -> list[Condition | None]:
-    """The site's own rules: each series they watch (a PDU's phases each; every rack's
-    headroom), at the worst level it is past. A device's series are among the latest
-    samples, the model's (rack, room, site) among this tick's derived ones; both carry their
-    place (room, row, rack) and row labels. Only a series past its first level becomes a
-    condition; while the rule has alerts, also one within ``clear`` of it (it may hold its
-    alert) and one unknown (it holds its alert). One back inside resolves by its absence.
-    In the runtime, a device's series are judged as one array against the edge (the
-    runtime keeps the series each rule watches in the tick's arrays): a quiet rule over
-    every PDU outlet costs a vector comparison, not a sample looked up an outlet."""
+def metric_rules(i: Inputs) -> list[Condition | None]:
+    """The rules over a metric, the pack's and the site's own: each series they watch (a
+    PDU's phases each; every rack's headroom), at the worst level it is past (a device's own
+    where a level names one of its settings; a device without it is not judged). A device's
+    series are among the latest samples, the model's (rack, room, site) among this tick's
+    derived ones; both carry their place (room, row, rack) and row labels. Only a series
+    past its first level becomes a condition; while the rule has alerts, also one within
+    ``clear`` of it (it may hold its alert) and one unknown (it holds its alert). One back
+    inside resolves by its absence. In the runtime, a device's series are judged as one
+    array against the edge (the runtime keeps the series each rule watches in the tick's
+    arrays): a quiet rule over every PDU outlet costs a vector comparison, not a sample
+    looked up an outlet."""
     out = []
+    devices = i.topology.device_by_id
     for name, rule in i.rules.items():
         if not (rule.metric and rule.enabled):
             continue
         alerting = i.keeps_inactive(name)
-        first = [x for x in (rule.warning, rule.critical) if x is not None]
-        clear = rule.clear if alerting else 0.0
         above = rule.fires == "above"
-        edge = min(first) - clear if above else max(first) + clear
         keys = i.watched.get(name) if i.watched is not None else None
         if isinstance(keys, SeriesKeys) and isinstance(i.latest, LatestArrays):
-            samples = _past_as_column(i.latest, keys, edge, above, alerting)
+            samples = _past_as_column(i.latest, keys, _edges(i, name, rule, keys, alerting),
+                                      above, alerting)
+            read = _devices_of(i, name, keys) if alerting else set()
         else:
-            samples = [s for s in _watched(i, name, rule) if (
-                (s.value > edge if above else s.value < edge) if s.good else alerting)]
+            samples, read = [], set()
+            for s in _watched(i, name, rule):
+                read.add(device := s.tags.get("device"))
+                edge = rule.edge(rule.levels_of(devices.get(device)), alerting)
+                if edge is not None and (
+                        (s.value > edge if above else s.value < edge) if s.good else alerting):
+                    samples.append(s)
+        if alerting and rule.kind in DEVICE_KINDS:
+            samples += _never_read(i, name, rule, read)
         for s in samples:
             labels = series_labels(s)
+            levels = rule.levels_of(devices.get(labels.get("device")))
             v = s.value if s.good else None
             level = None if v is None else rule.level(
-                v, i.is_active(fingerprint(name, i.labels(name, labels))))
-            limit = rule.threshold(level)
+                v, i.is_active(fingerprint(name, i.labels(name, labels))), levels)
+            limit = rule.threshold(level, levels)
             key = series_key(s.field, {k: labels[k] for k in labels.keys() - PLACE})
             out.append(_condition(i, name, labels, None if v is None else level is not None, v,
-                                  _summary(rule, labels, key, v, limit, level),
+                                  _summary(rule, labels, key, v, limit, level, levels),
                                   severity=level, threshold=limit))
     return out
 
 
-def _past_as_column(latest: LatestArrays, keys: SeriesKeys, edge: float, above: bool,
-                    alerting: bool) -> list[Sample]:
+def paging_tests(rules: Mapping[str, Rule]) -> dict[str, dict[str, Callable[[float], tuple]]]:
+    """Device kind -> metric -> which of its critical levels a value is past, for the rules
+    over a device's metric that page at once (a critical level of their own, no ``for_s``):
+    a poll that changes it (a leak, a source on battery) ticks the model now, not at the
+    next tick."""
+    levels: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+    for rule in rules.values():
+        if rule.enabled and rule.kind in DEVICE_KINDS and not rule.for_s and \
+                isinstance(rule.critical, float):
+            levels.setdefault((rule.kind, rule.metric), []).append(
+                (rule.critical, rule.fires == "above"))
+    tests: dict[str, dict[str, Callable[[float], tuple]]] = {}
+    for (kind, metric), past in levels.items():
+        tests.setdefault(kind, {})[metric] = \
+            lambda v, past=tuple(past): tuple(v > x if above else v < x for x, above in past)
+    return tests
+
+
+def _never_read(i: Inputs, name: str, rule: Rule, read: set[str]) -> list[Sample]:
+    """An unknown sample of ``rule``'s metric for each device of its kind with no series of
+    it read since start (dark since then) and an alert of it (from the last run): the alert
+    holds its state until the device answers, as a stale series' does."""
+    tags = i.topology.device_tags
+    out = []
+    for d in i.devices_of(rule.kind):
+        if d.id not in read:
+            s = Sample(rule.kind, tags[d.id], rule.metric, None, 0.0, Quality.STALE)
+            if i.is_active(fingerprint(name, i.labels(name, series_labels(s)))):
+                out.append(s)
+    return out
+
+
+def _devices_of(i: Inputs, name: str, keys: SeriesKeys) -> set[str]:
+    """The devices of ``keys`` (the series ``name`` watches), found once for the same keys."""
+    found = i.topology.memo.get(("devices", name))
+    if found is None or found[0] is not keys:
+        found = i.topology.memo["devices", name] = keys, {device for device, _ in keys}
+    return found[1]
+
+
+def _edges(i: Inputs, name: str, rule: Rule, keys: SeriesKeys,
+           alerting: bool) -> float | np.ndarray:
+    """``rule``'s edge (Rule.edge) for each of ``keys``: one number, or each device's own
+    where a level names its setting (NaN: it has none), found once for the same keys."""
+    if not rule.per_device:
+        edge = rule.edge(active=alerting)
+        return np.nan if edge is None else edge
+    memo, devices = i.topology.memo, i.topology.device_by_id
+    found = memo.get(("edges", name, alerting))
+    if found is None or found[0] is not keys or found[1] is not rule:
+        edges = [rule.edge(rule.levels_of(devices.get(device)), alerting) for device, _ in keys]
+        found = memo["edges", name, alerting] = keys, rule, np.array(
+            [np.nan if e is None else e for e in edges], dtype=float)
+    return found[2]
+
+
+def _past_as_column(latest: LatestArrays, keys: SeriesKeys, edge: float | np.ndarray,
+                    above: bool, alerting: bool) -> list[Sample]:
     """The latest samples of ``keys`` past ``edge`` (and, while the rule alerts, those not
-    good now), judged as one array: a sample is made only for those, not for every series
-    watched (600,000 PDU currents at 10,000 racks)."""
+    good now where it has an edge), judged as one array: a sample is made only for those,
+    not for every series watched (600,000 PDU currents at 10,000 racks)."""
     values = latest.good_values(keys)
-    with np.errstate(invalid="ignore"):  # NaN: not good now, never past
+    with np.errstate(invalid="ignore"):  # NaN: not good now, or no edge: never past
         past = values > edge if above else values < edge
     if alerting:
-        past |= np.isnan(values)
+        past |= np.isnan(values) & ~np.isnan(edge)
     return [s for j in np.flatnonzero(past) if (s := latest.get(keys[j])) is not None]
 
 
@@ -610,11 +625,11 @@ def _watched(i: Inputs, name: str, rule: Rule) -> list[Sample]:
 
 
 def _summary(rule: Rule, labels: dict[str, str], key: str, value: float | None,
-             threshold: float | None, level: str | None) -> str:
+             threshold: float | None, level: str | None, levels) -> str:
     subject = next((labels[k] for k in ("device", "rack", "room") if k in labels), "the site")
     if value is None:
         return f"{subject}: {key} unknown"
-    filled = rule.filled(rule.summary, labels, key, value, threshold, level or "ok")
+    filled = rule.filled(rule.summary, labels, key, value, threshold, level or "ok", levels)
     if filled is not None:
         return filled
     unit = f" {rule.unit}" if rule.unit else ""
@@ -628,27 +643,6 @@ def notifier_rules(i: Inputs) -> list[Condition | None]:
         i, "notifications_dead_lettered", {}, i.dead_letters > 0, float(i.dead_letters),
         f"{i.dead_letters} notification(s) refused for good by a receiver in the last hour",
         threshold=0)]
-
-
-def _pump_redundancy(i: Inputs) -> list[Condition | None]:
-    """A CDU running fewer pumps than installed has lost its spare (warning); fewer than its
-    maximum flow needs, it has lost capacity too (critical)."""
-    out = []
-    for d, running in zip(i.devices_of("cdu"), i.column("cdu", "pumps_running")):
-        active = None if running is None else running < d.pumps
-        if not i.worth("pump_redundancy_lost", active):
-            continue
-        short = running is not None and running < d.pumps_required
-        if running is None:
-            summary = f"{d.id}: pumps_running unknown"
-        else:
-            summary = f"{d.id} runs {running:g} of {d.pumps} pumps: " + (
-                f"below the {d.pumps_required} its full flow needs, its capacity is cut"
-                if short else "no spare pump left")
-        out.append(_condition(i, "pump_redundancy_lost", {"device": d.id, "kind": "cdu"},
-                              active, running, summary, severity=CRITICAL if short else WARNING,
-                              threshold=d.pumps))
-    return out
 
 
 def _rectifier_redundancy(i: Inputs) -> list[Condition | None]:
@@ -752,9 +746,7 @@ def store_rules(i: Inputs) -> list[Condition | None]:
     st = i.store
     behind = i.rules["store_behind"]
     active = i.is_active(fingerprint("store_behind", i.labels("store_behind", {})))
-    # held until HYSTERESIS inside its level, whatever level the site sets: the lag rises
-    # and falls by a few seconds with each flush
-    late = behind.level(st.behind_s, active, hysteresis=HYSTERESIS)
+    late = behind.level(st.behind_s, active)  # held until its `clear` back inside its level
     full = st.spooled / st.spool_bound
     lost = st.last_loss_at is not None and i.now - st.last_loss_at < SAMPLES_LOST_HOLD_S
     return [
@@ -803,7 +795,7 @@ def conditions_by_group(i: Inputs) -> Iterator[list[Condition | ConditionColumn]
     """Each group's conditions in turn (the runtime lets the polls run between them), a rule
     over every rack as one column; None for a group that failed (a bug: logged)."""
     for group in (device_unreachable, gateway_unreachable, device_rules, model_rules,
-                  store_rules, notifier_rules, site_own_rules):
+                  store_rules, notifier_rules, metric_rules):
         try:
             found = [c for c in group(i) if c is not None]
         except Exception:

@@ -48,7 +48,7 @@ async def timed_ticks(runtime: Runtime, latest: dict, start: float) -> tuple[flo
     for key, s in latest.items():  # and the model's inputs, as the polls would have put them
         if key[1] in runtime.model_inputs.keys_read:
             runtime.model_inputs.put(key, s)
-        if s.measurement in runtime._own_rules:  # and the series the site's rules watch
+        if s.measurement in runtime._metric_rules:  # and the series the rules over a metric watch
             runtime._watch(devices[key[0]], key[1], s)
     for n in range(TICKS):
         worst = [0.0]

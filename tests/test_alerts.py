@@ -1450,7 +1450,8 @@ def test_coolant_envelope_and_supercap_wear_with_hysteresis(open_outbox):
     def step(at: float, flow: float, dp: float, farads: float = 20.0, esr: float = 4.0):
         values = {("cdu-1", "flow_lpm"): flow, ("cdu-1", "dp_kpa"): dp,
                   ("sc-a", "capacitance_f"): farads, ("sc-a", "esr_mohm"): esr}
-        latest = {k: Sample("x", {}, k[1], v, at) for k, v in values.items()}
+        latest = {(d, m): Sample(DEMO.device_by_id[d].kind, DEMO.device_tags[d], m, v, at)
+                  for (d, m), v in values.items()}
         conditions, _ = builtin_conditions(DEMO.site, [], None, latest,
                                            lambda fp: fp in {a.fingerprint for a in
                                                              ev.active_alerts()}, now=at)
@@ -1585,6 +1586,7 @@ def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
     fire, and the alerts the failed group raised keep their state instead of resolving."""
     import alerts.rules
     from aidc.core.config import load_site
+    from aidc.core.metrics import Sample
     from alerts.rules import builtin_conditions
     from tests.conftest import ROOT
 
@@ -1598,13 +1600,14 @@ def test_a_rule_that_fails_resolves_nothing(open_outbox, monkeypatch, caplog):
         raise TypeError("a bug")
 
     monkeypatch.setattr(alerts.rules, "model_rules", broken)
-    conditions, complete = builtin_conditions(site, [], None, {})
+    wet = Sample("cdu", DEMO.device_tags["cdu-1"], "leak", 1.0, 0.0)
+    conditions, complete = builtin_conditions(site, [], None, {("cdu-1", "leak"): wet})
     assert not complete and "event=rule_error rules=broken" in caplog.text
     assert {c.rule for c in conditions} >= {"leak", "store_unavailable"}  # the others ran
     ev.step(10.0, conditions, hold_absent=not complete)
-    assert [a.rule for a in ev.active_alerts()] == ["pue_above_target"]  # held, not resolved
+    assert sorted(a.rule for a in ev.active_alerts()) == ["leak", "pue_above_target"]  # held
     ev.step(20.0, conditions)  # a complete evaluation without it: now it resolves
-    assert ev.active_alerts() == []
+    assert [a.rule for a in ev.active_alerts()] == ["leak"]
 
 
 def test_an_outbox_from_before_per_route_repeats_opens_with_its_receivers_due(tmp_path):
@@ -1646,7 +1649,7 @@ def test_a_site_sets_the_rule_pack_its_own_way(open_outbox):
     site = DEMO.site.model_copy(update={"alerts": alerts})
 
     def conditions(s, runtime_min: float) -> dict[tuple[str, str | None], Condition]:
-        latest = {(d, m): Sample(k, {}, m, v, 0.0) for d, k, m, v in (
+        latest = {(d, m): Sample(k, DEMO.device_tags[d], m, v, 0.0) for d, k, m, v in (
             ("ups-b", "ups", "on_battery", 1.0), ("ups-b", "ups", "runtime_min", runtime_min),
             ("cdu-1", "cdu", "leak", 1.0), ("rect-a", "rectifier", "battery_current_a", 50.0))}
         out, complete = builtin_conditions(s, [], None, latest, dead_letters=1)
@@ -1708,13 +1711,17 @@ def test_a_sites_own_rule_judged_as_a_column_finds_what_a_scan_finds(monkeypatch
         table.keys_read.add(key[1])
         table.put(key, latest[key])
 
+    alerts = {rules.fingerprint("phase_hot", {"site": "demo"} | rules.series_labels(s))
+              for s in latest.values()}  # one of every series read (while the rule alerts)
+
     def judged(column: bool, alerting: bool) -> list[tuple]:
         inputs = table.at(now, latest) if column else FreshLatest(latest, poll_s, now)
         with monkeypatch.context() as m:
             if column:  # the arrays only: no sample looked up a series watched
-                m.setattr(rules, "_watched", None)
+                m.setattr(rules, "_watched", lambda i, name, rule: [] if name != "phase_hot"
+                          else pytest.fail("phase_hot's series looked up one by one"))
             conditions, complete = builtin_conditions(
-                site, [], None, inputs, lambda fp: alerting, now=now,
+                site, [], None, inputs, lambda fp: alerting and fp in alerts, now=now,
                 alerting_rules={"phase_hot"} if alerting else set(),
                 watched={"phase_hot": SeriesKeys(latest)} if column else None)
         assert complete
@@ -1724,8 +1731,8 @@ def test_a_sites_own_rule_judged_as_a_column_finds_what_a_scan_finds(monkeypatch
     quiet = [("pdu-a01-b", "3", True, "warning", 26.0), ("pdu-a02-b", "1", True, "critical", 31.0)]
     assert judged(column=True, alerting=False) == judged(column=False, alerting=False) == quiet
     holding = sorted([*quiet, ("pdu-a01-b", "2", True, "warning", 24.0),  # within clear
-                      ("pdu-a02-b", "2", True, "warning", None),  # bad: held
-                      ("pdu-a02-b", "3", True, "warning", None)])  # stale: held
+                      ("pdu-a02-b", "2", True, None, None),  # bad: held, at its severity
+                      ("pdu-a02-b", "3", True, None, None)])  # stale: held
     assert judged(column=True, alerting=True) == judged(column=False, alerting=True) == holding
 
 
@@ -1792,3 +1799,112 @@ def test_a_site_adds_its_own_rules_over_device_metrics(open_outbox):
          "B01 headroom_kw -1.5 kW, below the critical level 0 kW"),
         ("firing", "rack_headroom_low", "warning",
          "A01 headroom_kw 3 kW, below the warning level 5 kW")]
+
+
+def test_a_rule_over_a_metric_judges_each_device_against_its_own_setting(monkeypatch):
+    """A level may name a number of each device's entry in the site file (the pack's
+    coolant_flow_low: a CDU's min_flow_lpm; a site's own rule: a PDU's breaker_a): each
+    device is judged against its own, and one without it not at all; the runtime's column
+    finds what a scan of every sample finds."""
+    from aidc.core.metrics import FreshLatest, LatestTable, Sample, SeriesKeys
+    from alerts import rules
+    from alerts.rules import builtin_conditions
+
+    own = {"cdu-1": {"min_flow_lpm": None}, "cdu-2": {"min_flow_lpm": 300.0},
+           "pdu-a02-a": {"breaker_a": 300.0}}
+    alerts = Alerts.model_validate({"rules": {"phase_over_breaker": {
+        "kind": "pdu", "metric": "current_a", "fires": "above", "critical": "breaker_a",
+        "unit": "A", "summary": "{device} phase over its {critical:g} A breaker"}}})
+    site = DEMO.site.model_copy(update={"alerts": alerts, "devices": [
+        d.model_copy(update=own.get(d.id, {})) for d in DEMO.site.devices]})
+    topology = Topology(site)
+    now, poll_s = 1000.0, {d.id: 2.0 for d in site.devices}
+    read = {("cdu-1", "flow_lpm", None): 50.0,  # no minimum of its own: not judged
+            ("cdu-2", "flow_lpm", None): 150.0,  # below its 300
+            ("pdu-a01-a", "current_a", "1"): 320.0,  # within its 450 A
+            ("pdu-a02-a", "current_a", "1"): 320.0,  # over its 300 A
+            ("pdu-a02-a", "current_a", "2"): 290.0}
+    latest, table = {}, LatestTable(frozenset(), poll_s)
+    watched: dict[str, list] = {"coolant_flow_low": [], "phase_over_breaker": []}
+    for (device, metric, phase), value in read.items():
+        labels = {"phase": phase} if phase else {}
+        key = (device, metric + (f"{{phase={phase}}}" if phase else ""))
+        latest[key] = Sample(topology.device_by_id[device].kind,
+                             topology.device_tags[device] | labels, metric, value, now)
+        table.keys_read.add(key[1])
+        table.put(key, latest[key])
+        watched["coolant_flow_low" if metric == "flow_lpm" else "phase_over_breaker"].append(key)
+
+    def judged(column: bool) -> list[tuple]:
+        inputs = table.at(now, latest) if column else FreshLatest(latest, poll_s, now)
+        with monkeypatch.context() as m:
+            if column:  # the arrays only: no sample looked up a series watched
+                m.setattr(rules, "_watched", lambda i, name, rule: [] if name not in watched
+                          else pytest.fail(f"{name}'s series looked up one by one"))
+            conditions, complete = builtin_conditions(
+                site, [], None, inputs, now=now, alerting_rules=(), topology=topology,
+                watched={n: SeriesKeys(k) for n, k in watched.items()} if column else None)
+        assert complete
+        return sorted((c.rule, c.labels["device"], c.severity, c.value, c.threshold, c.summary)
+                      for c in conditions if c.rule in watched)
+
+    assert judged(column=True) == judged(column=False) == [
+        ("coolant_flow_low", "cdu-2", "critical", 150.0, 300.0,
+         "cdu-2: flow_lpm 150 below its minimum 300"),
+        ("phase_over_breaker", "pdu-a02-a", "critical", 320.0, 300.0,
+         "pdu-a02-a phase over its 300 A breaker")]
+
+
+def test_an_alert_of_a_device_dark_since_start_holds_until_it_answers(open_outbox):
+    """A leak alert the last run left, its CDU not read once since start: the leak is
+    unknown, so the alert neither resolves nor changes, its severity neither (nor a
+    rectifier's, whose modules are unknown); the first dry reading resolves it."""
+    from aidc.core.metrics import Sample
+    from alerts.rules import builtin_conditions
+
+    ev = Evaluator(open_outbox())
+    wet = Sample("cdu", DEMO.device_tags["cdu-1"], "leak", 1.0, 0.0)
+    short = Sample("rectifier", DEMO.device_tags["rect-a"], "modules_ok", 10.0, 0.0)
+
+    def step(at: float, latest: dict) -> list[tuple]:
+        conditions, complete = builtin_conditions(
+            DEMO.site, [], None, latest, lambda fp: fp in {a.fingerprint for a in
+                                                           ev.active_alerts()},
+            now=at, alerting_rules={a.rule for a in ev.active_alerts()})
+        assert complete
+        return sorted((t.kind, t.alert.rule) for t in ev.step(at, conditions))
+
+    assert step(0, {("cdu-1", "leak"): wet, ("rect-a", "modules_ok"): short}) == [
+        ("firing", "leak"), ("firing", "rectifier_redundancy_lost")]  # 3 of 13 lost, N+1
+    assert step(10, {}) == []  # restarted, both dark since: held, still critical
+    assert sorted((a.rule, a.labels["device"], a.state, a.severity)
+                  for a in ev.active_alerts()) == [
+        ("leak", "cdu-1", "firing", "critical"),
+        ("rectifier_redundancy_lost", "rect-a", "firing", "critical")]
+    assert step(20, {("cdu-1", "leak"): wet._replace(value=0.0, ts=20.0)}) == [
+        ("resolved", "leak")]  # (the rectifier still unknown: held)
+
+
+def test_a_rule_that_pages_at_once_ticks_the_model_when_a_poll_crosses_its_level():
+    """The runtime ticks at once (not at its next tick) when a poll crosses the critical
+    level of a rule over a device's metric that has no for_s: the pack's leak and sources
+    on battery, a site's own such rule; not a rule that waits, has no critical level of its
+    own number, or is off."""
+    from alerts.rules import paging_tests, rule_pack, site_rules
+
+    pack = paging_tests(rule_pack())
+    assert {(k, m) for k, metrics in pack.items() for m in metrics} == {
+        ("cdu", "leak"), ("ups", "on_battery"), ("rectifier", "battery_current_a")}
+    assert pack["cdu"]["leak"](1.0) != pack["cdu"]["leak"](0.0)
+    assert pack["rectifier"]["battery_current_a"](-2.0) == pack["rectifier"][
+        "battery_current_a"](0.0)  # charging is no news
+    alerts = Alerts.model_validate({"rules": {
+        "leak": {"enabled": False},
+        "inlet_hot": {"kind": "cdu", "metric": "supply_temp_c", "fires": "above",
+                      "warning": 40, "critical": 45},
+        "inlet_warm": {"kind": "cdu", "metric": "supply_temp_c", "fires": "above",
+                       "critical": 42, "for_s": 60}}})
+    site = paging_tests(site_rules(DEMO.site.model_copy(update={"alerts": alerts})))
+    assert set(site["cdu"]) == {"supply_temp_c"}  # the leak rule is off; inlet_warm waits
+    crossed = site["cdu"]["supply_temp_c"]
+    assert crossed(44.0) == crossed(41.0) and crossed(44.0) != crossed(46.0)

@@ -195,29 +195,32 @@ def test_the_console_scripts_come_compressed_and_cached_for_a_year(web):
 def test_every_rule_that_can_fire_has_a_runbook(web):
     import ast
 
-    from alerts.rules import CRITICAL_FLAGS, rule_pack
+    from alerts.rules import rule_pack
 
     source = (ROOT / "alerts" / "rules.py").read_text()
     fired = {node.args[1].value for node in ast.walk(ast.parse(source))
              if isinstance(node, ast.Call)
-             and getattr(node.func, "id", "") in ("_condition", "_flag", "_levels", "_envelope",
-                                                  "_rack_column")
+             and getattr(node.func, "id", "") in ("_condition", "_rack_column")
              and isinstance(node.args[1], ast.Constant)}  # fmt: skip
-    fired |= {f.rule for f in CRITICAL_FLAGS}
-    assert len(fired) >= 12 and fired == set(rule_pack())
+    over_a_metric = {name for name, rule in rule_pack().items() if rule.metric}
+    assert len(fired) >= 12 and len(over_a_metric) >= 7
+    assert fired | over_a_metric == set(rule_pack()) and not fired & over_a_metric
     page = get(web, "/runbooks")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for rule in rule_pack():
         assert f'<section id="{rule}">' in page.text
     # each as the site has it: the demo keeps the pack's levels and delays
     assert "fires below 600 s (warning), 300 s (critical)" in page.text
-    assert "critical; after 30 s. Value in L/min." in page.text  # coolant_flow_low
+    flow_low = ("cdu flow_lpm; fires below its min_flow_lpm (critical); clears 5% inside it; "
+                "after 30 s. Value in L/min.")  # each CDU against its own
+    assert flow_low in page.text
     # and so does the API, for scripts
     rules = {r["name"]: r for r in get(web, "/api/v1/rules").json()}
     assert rules.keys() == set(rule_pack()) and {r["source"] for r in rules.values()} == {"aidc"}
     low = rules["battery_runtime_low"]
     assert (low["warning"], low["critical"], low["fires"], low["unit"]) == (600, 300, "below", "s")
-    assert rules["coolant_flow_low"]["settings"] == "critical; after 30 s. Value in L/min."
+    assert rules["coolant_flow_low"]["settings"] == flow_low
+    assert rules["coolant_flow_low"]["critical"] == "min_flow_lpm"
 
 
 def test_headroom_filters_by_row_and_min_kw(web):

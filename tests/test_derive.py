@@ -47,11 +47,14 @@ READINGS = {
 }
 
 
+KIND = {d["id"]: d["kind"] for d in SITE["devices"]} | {"sc": "supercap"}  # (sc: added in a test)
+
+
 def latest(overrides: dict | None = None, bad: tuple = ()) -> dict:
     values = READINGS | (overrides or {})
     return {
-        key: Sample("x", {"device": key[0]}, key[1], None if key in bad else v, 1000.0,
-                    Quality.BAD if key in bad else Quality.GOOD)
+        key: Sample(KIND[key[0]], {"device": key[0]}, key[1], None if key in bad else v,
+                    1000.0, Quality.BAD if key in bad else Quality.GOOD)
         for key, v in values.items()
     }
 
@@ -167,10 +170,10 @@ def test_the_runtimes_input_arrays_answer_as_the_samples_do(model):
 
 
 def test_the_rules_judge_a_column_of_the_tick_arrays_as_they_judge_each_sample(model):
-    """The built-in rules read each kind's series from the tick's arrays, a column at a
-    time (RULE_KEYS_READ), and make conditions only for what is active or unknown unless
-    a rule has alerts to resolve: the same conditions as from the samples one by one, with
-    bad, stale and never-polled values unknown alike."""
+    """The pack's rules read each kind's series from the tick's arrays, a column at a time
+    (RULE_KEYS_READ; those over a metric, the series they watch), and make conditions only
+    for what is active or unknown unless a rule has alerts to resolve: the same conditions
+    as from the samples one by one, with bad, stale and never-polled values unknown alike."""
     poll_s = dict.fromkeys(["meter", "ups-1", "pdu-1", "pdu-2", "cdu-1", "cdu-2"], 4.0)
     samples = latest({("ups-1", "on_battery"): 1.0, ("ups-1", "runtime_min"): 2.0,
                       ("cdu-1", "leak"): 1.0, ("cdu-2", "pumps_running"): 1.0},

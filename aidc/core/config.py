@@ -348,7 +348,28 @@ Severity = Literal["critical", "warning", "info"]
 
 
 SUMMARY_FIELDS = ("device", "kind", "metric", "value", "unit", "threshold", "severity",
-                  "room", "row", "rack", "loop")  # what a rule's summary or description may name
+                  "warning", "critical", "room", "row", "rack", "loop")  # what a rule's
+# summary or description may name (warning, critical: the subject's levels)
+# a rule's level: a number in its unit, or the name of a number each device's entry in the site
+# file gives (a CDU's min_flow_lpm), so that each device is judged against its own
+Level = float | Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
+# how far back inside its level an alert clears: in the rule's unit, or a share of the level
+Clear = Annotated[float, Field(ge=0)] | Annotated[str, StringConstraints(
+    pattern=r"^[0-9]+(\.[0-9]+)? ?%$")]
+
+
+def device_setting_problem(kind: str | None, setting: str) -> str | None:
+    """Why ``setting`` is not a number a device of ``kind`` has in the site file, or None."""
+    classes = [c for c in get_args(get_args(Device)[0])
+               if kind in get_args(c.model_fields["kind"].annotation)]
+    if not classes:
+        return f"a level named '{setting}' needs a device kind ({', '.join(DEVICE_KINDS)})"
+    numbers = sorted(n for n, f in classes[0].model_fields.items()  # its own, not a port's
+                     if n not in DeviceBase.model_fields
+                     and {int, float} & {f.annotation, *get_args(f.annotation)})
+    if setting not in numbers:
+        return f"a {kind} has no number '{setting}' (it has {', '.join(numbers)})"
+    return None
 
 
 class RuleSettings(Strict):
@@ -356,25 +377,26 @@ class RuleSettings(Strict):
 
     For a rule of aidc's pack, what the site changes; what is not given stays as the pack has
     it. Such a rule takes only the settings its pack entry has (``for_s``, ``severity``,
-    ``warning``/``critical``), besides ``enabled``, ``labels`` (added to its alerts, for
-    routes to match) and ``runbook_url``. A name the pack does not have is the site's own
-    rule: every series of a ``metric`` of a ``kind`` (a device's, rows too: each phase of a
-    PDU; or the model's: a rack's, a room's, the site's) that ``fires`` above or below its
-    ``warning``/``critical`` levels, where its ``matchers`` take it (over device, kind, room,
-    row, rack and row labels)."""
+    ``warning``/``critical``, ``clear``), besides ``enabled``, ``labels`` (added to its
+    alerts, for routes to match), ``runbook_url`` and ``description``. A name the pack does
+    not have is the site's own rule over a metric, as the pack's rules over a metric are:
+    every series of a ``metric`` of a ``kind`` (a device's, rows too: each phase of a PDU; or
+    the model's: a rack's, a room's, the site's) that ``fires`` above or below its
+    ``warning``/``critical`` levels (a device's own number where a level names one), where
+    its ``matchers`` take it (over device, kind, room, row, rack and row labels)."""
 
     enabled: bool = True
     for_s: float | None = Field(None, ge=0, le=DAY_S)  # the condition holds this long first
     severity: Severity | None = None  # of a rule with one severity
-    warning: float | None = None  # the levels of a rule with levels, in the rule's unit
-    critical: float | None = None
+    warning: Level | None = None  # the levels of a rule with levels
+    critical: Level | None = None
     labels: dict[LabelName, str] = {}
     runbook_url: str | None = Field(None, pattern=r"^https?://\S+$", max_length=2000)
     # a rule of the site's own
     kind: DeviceKind | ModelKind | None = None
     metric: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")  # as the store names it
     fires: Literal["above", "below"] | None = None
-    clear: float = Field(0.0, ge=0)  # hysteresis: clears this far back inside its level
+    clear: Clear = 0.0  # hysteresis: clears this far back inside its level ("5%": of it)
     matchers: list[Annotated[str, AfterValidator(a_matcher)]] = []
     unit: str | None = Field(None, max_length=20)
     summary: str | None = Field(None, max_length=500)  # "{device} inlet {value:.1f} {unit}"
@@ -393,7 +415,10 @@ class RuleSettings(Strict):
         if self.warning is None and self.critical is None:
             raise ValueError("a rule of the site's own needs a warning or critical level")
         if self.severity is not None:
-            raise ValueError("a rule of the site's own takes its severity from its levels")
+            raise ValueError("a rule over a metric takes its severity from its levels")
+        for level in (self.warning, self.critical):
+            if isinstance(level, str) and (why := device_setting_problem(self.kind, level)):
+                raise ValueError(why)
         return self
 
     @field_validator("summary", "description")
