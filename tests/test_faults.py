@@ -163,7 +163,14 @@ def test_a_source_short_of_modules_pages_once_and_holds_its_racks_alerts(live):
                                        if k[0] == "rack_over_headroom" and a.state == "firing"})
                         .keys() == racks and o, what="every rack over its upstream limit")
         assert {a.suppressed_by for a in over.values()} == {cause}
-        assert all(r.limiting == "upstream" for r in live.runtime.status.racks)
+        # (at a tick that knows every rack's upstream limit: one that found a PDU's sample
+        # stale shows that rack's limit unknown, never a number)
+        def upstream_known(status):
+            return all(r.limits_kw["upstream"] is not None for r in status.racks) and status
+
+        known = wait_for(lambda: upstream_known(live.runtime.status),
+                         what="every rack's upstream limit known")
+        assert all(r.limiting == "upstream" for r in known.racks)
         wait_for(lambda: "rectifier_redundancy_lost" in paged(live), what="the source's page")
     finally:
         for module in lost:
