@@ -233,7 +233,7 @@ class Runtime:
         # (1.3 million at 10,000 racks)
         self._metric_rules: dict[str, list[tuple[str, Rule]]] = {}  # device kind -> its rules
         for name, rule in self.notifier.rules.items():
-            if rule.metric is not None and rule.kind in DEVICE_KINDS:
+            if rule.enabled and rule.metric is not None and rule.kind in DEVICE_KINDS:
                 self._metric_rules.setdefault(rule.kind, []).append((name, rule))
         self.watched_series: dict[str, dict[tuple[str, str], None]] = {}  # rule -> series
         self._watched_keys: dict[str, SeriesKeys] = {}  # rule -> its series, as the tick reads

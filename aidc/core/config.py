@@ -18,6 +18,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -350,12 +351,29 @@ Severity = Literal["critical", "warning", "info"]
 SUMMARY_FIELDS = ("device", "kind", "metric", "value", "unit", "threshold", "severity",
                   "warning", "critical", "room", "row", "rack", "loop")  # what a rule's
 # summary or description may name (warning, critical: the subject's levels)
-# a rule's level: a number in its unit, or the name of a number each device's entry in the site
-# file gives (a CDU's min_flow_lpm), so that each device is judged against its own
-Level = float | Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")]
-# how far back inside its level an alert clears: in the rule's unit, or a share of the level
-Clear = Annotated[float, Field(ge=0)] | Annotated[str, StringConstraints(
-    pattern=r"^[0-9]+(\.[0-9]+)? ?%$")]
+
+
+def a_level(value: object) -> object:
+    """A rule's level: a number in its unit, or the name of a number each device's entry in
+    the site file gives (a CDU's min_flow_lpm), so that each device is judged by its own."""
+    if isinstance(value, str) and not re.fullmatch(r"[a-z][a-z0-9_]*", value):
+        raise ValueError(f"'{value}' is neither a number nor the name of a number each device "
+                         "has (as min_flow_lpm)")
+    return value
+
+
+def a_clear(value: object) -> object:
+    """How far back inside its level an alert clears: in the rule's unit, or a share of the
+    level ("5%")."""
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]+(\.[0-9]+)? ?%", value):
+        raise ValueError(f"'{value}' is neither a number nor a share of the level (as 5%)")
+    if isinstance(value, int | float) and value < 0:
+        raise ValueError(f"{value:g} is below 0 (how far back inside its level it clears)")
+    return value
+
+
+Level = Annotated[float | str, BeforeValidator(a_level)]
+Clear = Annotated[float | str, BeforeValidator(a_clear)]
 
 
 def device_setting_problem(kind: str | None, setting: str) -> str | None:
