@@ -342,9 +342,10 @@ def test_a_blocked_event_loop_shows_as_lag(small_site: LiveSite) -> None:
     late_before, missed_before = sum(timing.counts[-3:]), timing.missed  # over 1 s late
     runtime.call_soon(time.sleep, 1.5)  # runs on the loop: nothing else runs meanwhile
     wait_for(lambda: runtime.loop_lag_s >= 1.0, what="the lag measured")
-    # the polls due meanwhile started over a second late, and skipped the intervals missed
-    wait_for(lambda: sum(timing.counts[-3:]) >= late_before + len(runtime.health),
-             what="every device's late poll counted")
+    # the polls due meanwhile started over a second late (a poll under way when the loop
+    # blocked ends late instead, which a loaded machine makes likely: CI run 810), and every
+    # device skipped the intervals it missed, whichever it was
+    wait_for(lambda: sum(timing.counts[-3:]) > late_before, what="the late polls counted")
     wait_for(lambda: timing.missed >= missed_before + len(runtime.health),
              what="the intervals they skipped counted")
     lines = SiteAPI(runtime).metrics()[0].decode().splitlines()
@@ -352,7 +353,7 @@ def test_a_blocked_event_loop_shows_as_lag(small_site: LiveSite) -> None:
     assert float(line.split()[1]) >= 1.0
     buckets = [float(x.split()[1]) for x in lines
                if x.startswith("aidc_poll_start_delay_seconds_bucket")]
-    assert buckets == sorted(buckets) and buckets[-1] - buckets[-4] >= len(runtime.health)
+    assert buckets == sorted(buckets) and buckets[-1] - buckets[-4] >= 1  # (over 1 s late)
 
 
 def test_the_model_evaluates_while_the_loop_goes_on_polling(tmp_path: Path) -> None:
