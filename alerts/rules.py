@@ -1,11 +1,14 @@
-"""Built-in rules: conditions derived each tick from device health, latest values and the
-model's status. What each rule means, its severity or levels, its ``for_s``, labels and
-runbook are data: the rule pack ``alerts/rules.yaml``, which a site changes rule by rule
-under ``alerts.rules`` in its site file.
+"""The rules, judged each tick. What each rule means, its severity or levels, its ``for_s``,
+labels and runbook are data: the rule pack ``alerts/rules.yaml``, which a site changes rule
+by rule under ``alerts.rules`` in its site file, and extends with rules of its own. A rule
+over a metric (kind, metric, fires, levels) is data whole, the pack's and the site's alike
+(``metric_rules``); the others' conditions follow device health, the site's graph, the
+model's status or aidc's own state, and are code here.
 
 A rule whose input is unknown (device unreachable, value not good) neither fires nor
-resolves: it keeps its current state, so a data-source outage raises one alert (the device
-is unreachable) instead of firing or clearing every alert that depends on it.
+resolves, nor changes severity: it keeps its current state, so a data-source outage raises
+one alert (the device is unreachable) instead of firing or clearing every alert that
+depends on it.
 """
 
 from __future__ import annotations
