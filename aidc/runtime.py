@@ -64,6 +64,9 @@ Role = Literal["all", "collect", "core"]
 STOP_TIMEOUT_S = 10.0  # the longest a stopping runtime waits for its tasks
 WATCHDOG_S = 0.5  # how often the liveness watchdog looks at every device
 LAG_WINDOW_S = 60.0  # the loop lag reported is the worst over this window
+# devices' changes of state logged a line each in a second; beyond (a switch down at a large
+# site: 20,000 lines), the rest are counted in one line at the second's end
+STATE_LINES_A_SECOND = 20
 CANCEL_GRACE_S = 1.0  # what a cancelled poll gets to close its connections when stopping
 # polls start this many at a time, the loop running between: a device's first poll takes
 # some 0.2 ms of the loop before its first wait, and 21,752 at once held it for 4 s (the
@@ -266,6 +269,8 @@ class Runtime:
         # a poll that flips one of these (a leak, a source on battery) ticks the model now
         self._flags = paging_tests(self.notifier.rules)  # kind -> metric -> test
         self._flag_flipped = asyncio.Event()
+        self._state_lines = 0  # devices' changes of state logged this second
+        self._states_unlogged: dict[str, list[str]] = {}  # state -> devices, past the lines
 
     @property
     def status(self) -> SiteStatus | None:
@@ -337,6 +342,7 @@ class Runtime:
             self.writer.close()
             self.store.close()
             self.outbox.close()
+            self._log_states_unlogged()
             log.info("event=runtime_stopped")
 
     def _watch(self, device, key: str, sample: Sample) -> None:
@@ -482,6 +488,7 @@ class Runtime:
         intervals = self.site.alerts.unreachable_intervals
         loop = asyncio.get_running_loop()
         lags: deque[tuple[float, float]] = deque()  # (loop time, lag s) over LAG_WINDOW_S
+        logged_at = loop.time()  # of the last count of the changes of state not logged
         while not self._stopping:
             asleep_at = loop.time()
             await asyncio.sleep(WATCHDOG_S)
@@ -494,8 +501,10 @@ class Runtime:
                 if (watched := h.watch(now, intervals * h.poll_s)) is not h:
                     self.health[h.id] = watched  # (a value replaced: the dict keeps its size)
                     if watched.state != h.state:
-                        log.warning("event=device_%s device=%s error=%r", watched.state, h.id,
-                                    watched.error)
+                        self._log_state(watched.state, h.id, watched.error)
+            if loop.time() - logged_at >= 1.0:
+                self._log_states_unlogged()
+                logged_at = loop.time()
 
     def _watched(self) -> dict[str, SeriesKeys]:
         """Each rule over a device metric -> the series it watches, their slots in the tick's
@@ -525,8 +534,26 @@ class Runtime:
     def _device_failed(self, device, now: float, error: str) -> None:
         health = self.health[device.id]
         if health.state != "down":
-            log.warning("event=device_unreachable device=%s error=%r", device.id, error)
+            self._log_state("unreachable", device.id, error)
         self.health[device.id] = health.fail(now, error)
+
+    def _log_state(self, state: str, device_id: str, error: str) -> None:
+        """A device's change of state: a line each, up to STATE_LINES_A_SECOND a second;
+        the rest are counted by ``_log_states_unlogged``."""
+        if self._state_lines < STATE_LINES_A_SECOND:
+            self._state_lines += 1
+            log.warning("event=device_%s device=%s error=%r", state, device_id, error)
+        else:
+            self._states_unlogged.setdefault(state, []).append(device_id)
+
+    def _log_states_unlogged(self) -> None:
+        """One line a state for the changes of state a second that had no line of their own;
+        each device's state and error are in /api/v1/devices."""
+        for state, devices in self._states_unlogged.items():
+            log.warning("event=devices_%s count=%d devices=%s%s (not logged one by one)",
+                        state, len(devices), ",".join(devices[:5]),
+                        f" and {len(devices) - 5} more" if len(devices) > 5 else "")
+        self._states_unlogged, self._state_lines = {}, 0
 
     def _take_pending(self) -> list[Sequence[Sample]]:
         """What polls and ticks queued, in batches of store.batch_size (on the loop only)."""

@@ -617,3 +617,31 @@ def test_polls_due_within_one_step_of_the_grid_wake_the_loop_once(grid_s: float)
         next_at += 5.0
         late.append(poll_wake_at(next_at, grid_s) - next_at)
     assert 0 <= min(late) and max(late) < grid_s
+
+
+def test_a_mass_outage_logs_a_line_a_device_up_to_a_burst_then_counts(tmp_path: Path, caplog,
+                                                                       monkeypatch) -> None:
+    """Every device of the demo (25) unreachable at once, as a switch going down does: the
+    first STATE_LINES_A_SECOND (here 10) get a line each; the rest one line that counts and
+    names the first of them, at the second's end. A device already down logs nothing again."""
+    import logging
+
+    from aidc import runtime as module
+
+    monkeypatch.setattr(module, "STATE_LINES_A_SECOND", 10)
+    runtime = module.Runtime(load_site(ROOT / "site_configs" / "demo.yaml"), tmp_path)
+    devices = runtime.site.devices
+    with caplog.at_level(logging.WARNING, logger="aidc.runtime"):
+        for d in devices:
+            runtime._device_failed(d, 1000.0, "timed out")
+        runtime._device_failed(devices[0], 1001.0, "timed out")  # down already: no line
+        runtime._log_states_unlogged()
+        runtime._log_states_unlogged()  # nothing left to count: no line
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:10] == [f"event=device_unreachable device={d.id} error='timed out'"
+                          for d in devices[:10]]
+    rest = [d.id for d in devices[10:]]
+    counted = (f"event=devices_unreachable count=15 devices={','.join(rest[:5])} and 10 more "
+               "(not logged one by one)")
+    assert len(rest) == 15 and lines[10:] == [counted]
+    assert all(h.state == "down" for h in runtime.health.values())
