@@ -198,7 +198,8 @@ def rule_pack() -> dict[str, Rule]:
 
 def rule_problems(site: Site) -> list[tuple[tuple, str]]:
     """Changes to rules the pack does not have, or settings a rule does not take; a rule of
-    the site's own that shadows one of the pack; levels the wrong way round."""
+    the site's own that shadows one of the pack; a level naming a number its kind of device
+    does not have; levels the wrong way round."""
     if not site.alerts.rules:
         return []
     pack, out = rule_pack(), []
@@ -222,12 +223,11 @@ def rule_problems(site: Site) -> list[tuple[tuple, str]]:
                             + (" (its condition is aidc's: name a rule of your own for another)"
                                if field in OWN_ONLY else "")))
             merged = _changed(rule, given)
+            for level in (WARNING, CRITICAL):  # (a rule of the site's own: checked as read)
+                if isinstance(setting := getattr(given, level), str) and \
+                        (why := device_setting_problem(rule.kind, setting)) is not None:
+                    out.append(((*at, level), why))
         worst, first, fires = merged.critical, merged.warning, merged.fires
-        for level in (WARNING, CRITICAL):
-            setting = getattr(merged, level)
-            if isinstance(setting, str) and \
-                    (why := device_setting_problem(merged.kind, setting)) is not None:
-                out.append(((*at, level), why))
         if isinstance(worst, float) and isinstance(first, float) and \
                 not (worst > first if fires == "above" else worst < first):
             why = f"{worst:g} must be {fires} the warning level {first:g}: it fires {fires} them"
