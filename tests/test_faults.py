@@ -40,13 +40,20 @@ def pool(status, pool_id: str):
     return {p.id: p for p in status.pools}[pool_id]
 
 
+def a_tick(live, holds, what: str):
+    """The status of the next tick for which ``holds(status)``, its figures read together
+    (two reads could straddle ticks). A tick may find a device's last sample stale (the live
+    site polls every 0.5 s, stale after 1.25 s, which a loaded machine can delay a poll by):
+    what it measures is then unknown, never a number, so a test waits for a tick that knows
+    before it checks the number."""
+    return wait_for(lambda: holds(s := live.runtime.status) and s, what=what)
+
+
 def known_pool(live, pool_id: str):
-    """The pool at the next tick that knows its capacity. A tick may find a device's last
-    sample stale (the live site polls every 0.5 s, stale after 1.25 s, which a loaded
-    machine can delay a poll by): the capacity is then unknown, never a number, and the
-    first number shown must be right."""
-    return wait_for(lambda: (p := pool(live.runtime.status, pool_id)).capacity_kw is not None
-                    and p, what=f"{pool_id}'s capacity known")
+    """The pool at the next tick that knows its capacity: the first number shown must be
+    right."""
+    return pool(a_tick(live, lambda s: pool(s, pool_id).capacity_kw is not None,
+                       f"{pool_id}'s capacity known"), pool_id)
 
 
 def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
@@ -68,9 +75,6 @@ def test_utility_outage_puts_the_ups_on_battery_and_the_supercaps_to_work(live):
 
 
 def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
-    def loop():
-        return pool(live.runtime.status, "loop-1")
-
     assert known_pool(live, "loop-1").capacity_kw == 600  # 2 x 600 kW, N+1: one in reserve
     # cdu-2 loses one of its two pumps: one still gives its full flow, so its capacity
     # holds and only the spare pump is gone
@@ -84,8 +88,8 @@ def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
     racks = {r.id for r in live.site.racks}
     try:
         wait_for(lambda: ("leak", "cdu-1") in alerts(live), what="leak alert")
-        status = wait_for(lambda: pool(s := live.runtime.status, "loop-1").capacity_kw == 0 and s,
-                          what="the loop's capacity cut")  # one tick's figures, read together
+        status = a_tick(live, lambda s: pool(s, "loop-1").capacity_kw == 0,
+                        "the loop's capacity cut")
         cut = pool(status, "loop-1")
         assert cut.worst_failure == "cdu-2"
         assert cut.left_normal_kw == pytest.approx(600 - cut.load_kw, abs=0.01)
@@ -102,7 +106,7 @@ def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
         inject(live, "pump_failure", "cdu-2", on=False)
     wait_for(lambda: not {("leak", "cdu-1"), ("pump_redundancy_lost", "cdu-2")} & set(alerts(live)),
              what="both alerts to resolve")
-    wait_for(lambda: loop().capacity_kw == 600, what="the loop's capacity back")
+    a_tick(live, lambda s: pool(s, "loop-1").capacity_kw == 600, "the loop's capacity back")
     def pages() -> list[tuple[str, str]]:  # (a loaded machine may page a missed poll too)
         return sorted((b["rule"], b["status"]) for b in live.receiver.bodies()
                       if b["rule"] in ("leak", "pump_redundancy_lost", "rack_over_headroom"))
@@ -116,9 +120,6 @@ def test_leak_and_pump_failure_alert_and_cut_the_loop_capacity(live):
 
 
 def test_rectifier_module_loss_costs_its_n_plus_1(live):
-    def rect():
-        return pool(live.runtime.status, "rect-a")
-
     assert known_pool(live, "rect-a").capacity_kw == 720  # (13 - 1 spare) x 60 kW
     inject(live, "module_loss", "rect-a", value=4)
     try:
@@ -129,12 +130,12 @@ def test_rectifier_module_loss_costs_its_n_plus_1(live):
         alert = alerts(live)[("rectifier_redundancy_lost", "rect-a")]
         assert alert.severity == "warning"
         assert "660 of 720 kW usable with N+1 kept (60 kW lost)" in alert.summary
-        assert wait_for(lambda: rect().capacity_kw == 660, what="660 kW usable")
+        a_tick(live, lambda s: pool(s, "rect-a").capacity_kw == 660, "660 kW usable")
         # a second module, more than it spares: critical, 600 kW
         inject(live, "module_loss", "rect-a", value=5)
         alert = wait_for(lambda: (a := alerts(live).get(("rectifier_redundancy_lost", "rect-a")))
                          and a.severity == "critical" and a, what="the alert to escalate")
-        assert wait_for(lambda: rect().capacity_kw == 600, what="600 kW usable")
+        a_tick(live, lambda s: pool(s, "rect-a").capacity_kw == 600, "600 kW usable")
     finally:
         inject(live, "module_loss", "rect-a", value=4, on=False)
         inject(live, "module_loss", "rect-a", value=5, on=False)
@@ -163,13 +164,8 @@ def test_a_source_short_of_modules_pages_once_and_holds_its_racks_alerts(live):
                                        if k[0] == "rack_over_headroom" and a.state == "firing"})
                         .keys() == racks and o, what="every rack over its upstream limit")
         assert {a.suppressed_by for a in over.values()} == {cause}
-        # (at a tick that knows every rack's upstream limit: one that found a PDU's sample
-        # stale shows that rack's limit unknown, never a number)
-        def upstream_known(status):
-            return all(r.limits_kw["upstream"] is not None for r in status.racks) and status
-
-        known = wait_for(lambda: upstream_known(live.runtime.status),
-                         what="every rack's upstream limit known")
+        known = a_tick(live, lambda s: all(r.limits_kw["upstream"] is not None
+                                           for r in s.racks), "every rack's upstream limit known")
         assert all(r.limiting == "upstream" for r in known.racks)
         wait_for(lambda: "rectifier_redundancy_lost" in paged(live), what="the source's page")
     finally:
