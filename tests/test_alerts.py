@@ -1889,11 +1889,12 @@ def test_an_alert_of_a_device_dark_since_start_holds_until_it_answers(open_outbo
         ("resolved", "leak")]  # (the rectifier still unknown: held)
 
 
-def test_a_rule_that_pages_at_once_ticks_the_model_when_a_poll_crosses_its_level():
-    """The runtime ticks at once (not at its next tick) when a poll crosses the critical
-    level of a rule over a device's metric that has no for_s: the pack's leak and sources
-    on battery, a site's own such rule; not a rule that waits, has no critical level of its
-    own number, or is off."""
+def test_the_rules_whose_crossing_ticks_the_model_at_once():
+    """Which crossings the runtime ticks the model for at once (paging_tests; the tick
+    itself: test_end_to_end's leak a poll after it starts): the critical level of a rule
+    over a device's metric with no for_s, the pack's leak and sources on battery and a
+    site's own such rule; not a rule that waits, whose critical level is each device's own
+    number, or that is off."""
     from alerts.rules import paging_tests, rule_pack, site_rules
 
     pack = paging_tests(rule_pack())
