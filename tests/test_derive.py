@@ -14,7 +14,7 @@ import yaml
 
 from aidc.core.config import Site
 from aidc.core.derive import SiteModel, what_if
-from aidc.core.metrics import FreshLatest, LatestTable, Quality, Sample
+from aidc.core.metrics import FreshLatest, LatestTable, LatestValues, Quality, Sample
 from alerts.rules import RULE_KEYS_READ, Inputs, builtin_conditions
 
 SITE = yaml.safe_load("""
@@ -273,9 +273,13 @@ def test_pue_category_follows_where_it_is_measured(where, category, it_kw):
     site = Site.model_validate(SITE | {"model": {"it_measured_at": where}})
     outlets = {(p, f"power_kw{{outlet={n}}}"): kw for p, kw in (("pdu-1", 20.0), ("pdu-2", 13.0))
                for n in (1, 2)}
-    s = SiteModel(site).evaluate(latest(outlets), 1000.0)
-    assert (s.pue_category, s.it_kw) == (category, it_kw)
-    assert s.pue == pytest.approx(80 / it_kw, abs=1e-3)
+    for read in (latest(outlets), LatestValues.of(latest(outlets))):  # the runtime's, a reader's
+        s = SiteModel(site).evaluate(read, 1000.0)
+        assert (s.pue_category, s.it_kw) == (category, it_kw)
+        assert s.pue == pytest.approx(80 / it_kw, abs=1e-3)
+    # an outlet not read well: that PDU's input is unknown, and so are IT power and PUE
+    s = SiteModel(site).evaluate(LatestValues.of(latest(outlets, bad=(("pdu-2", "power_kw{outlet=1}"),))), 1000.0)
+    assert (s.it_kw is None) == (category == 3)
 
 
 def test_derived_samples_name_each_rack_value_and_leave_out_unknown_and_unlimited(model):

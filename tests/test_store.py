@@ -358,6 +358,12 @@ def test_latest_gives_the_newest_sample_of_every_device_series_with_its_quality(
     assert got[("cdu-2", "supply_temp_c")].quality is Quality.BAD
     assert got[("cdu-2", "supply_temp_c")].value is None
     assert store.latest(T0 + 30) == {}
+    # what a reader evaluates the model on: the same series' good values, NaN if not good
+    values = store.latest_values(T0 - 1)
+    assert sorted(values) == sorted(got)
+    assert values.good_value(("cdu-1", "supply_temp_c")) == 44.0
+    assert np.isnan(values.good_values([("cdu-2", "supply_temp_c"), ("cdu-9", "x"), None])).all()
+    assert list(store.latest_values(T0 - 1, keys={"flow_lpm"})) == []
 
 
 def test_sqlite_reads_a_series_the_same_across_its_move_from_the_recent_table(tmp_path):
@@ -481,7 +487,37 @@ def test_a_store_made_before_series_keys_gets_them_once(tmp_path):
         ({"device": "p", "outlet": "3", "site": "s"}, 0.5)]
     s.write([Sample("pdu", {"device": "p", "site": "s"}, "power_kw", 9.5, T0 + 5)])
     assert [x.value for x in s.latest(T0 - 1, keys={"power_kw"}).values()] == [9.5]
+    assert s.latest_values(T0 - 1, keys={"power_kw"}).good_value(("p", "power_kw")) == 9.5
     s.close()
+
+
+def test_a_store_made_before_series_devices_gets_them_once(tmp_path):
+    """Until 2026-12-03 series had a key and no device column: a reader of the latest
+    values finds each device's series by both once it is added."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    s = SqliteStore(path)
+    s.write([Sample("pdu", {"device": "p", "site": "s"}, "power_kw", 9.0, T0),
+             Sample("rack", {"rack": "R1", "site": "s"}, "power_kw", 9.0, T0)])
+    s.close()
+    db = sqlite3.connect(path)  # as it was
+    db.executescript("""
+        DROP INDEX series_by_key_device;
+        ALTER TABLE series DROP COLUMN device;
+        CREATE INDEX series_by_key ON series (key);
+    """)
+    db.close()
+    s = SqliteStore(path)
+    assert list(s.latest_values(T0 - 1, keys={"power_kw"})) == [("p", "power_kw")]
+    s.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT key, device FROM series ORDER BY id").fetchall() == [
+        ("power_kw", "p"), ("power_kw", None)]
+    assert [name for (name,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'series'"
+        " AND sql IS NOT NULL")] == ["series_by_key_device"]
+    db.close()
 
 
 # ---------------------------------------------------------------- rollups (embedded)

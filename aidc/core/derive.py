@@ -19,7 +19,15 @@ from typing import NamedTuple
 import numpy as np
 
 from aidc.core.config import Site
-from aidc.core.metrics import FreshLatest, Quality, Sample, SampleColumns, SeriesKeys, series_key
+from aidc.core.metrics import (
+    FreshLatest,
+    LatestValues,
+    Quality,
+    Sample,
+    SampleColumns,
+    SeriesKeys,
+    series_key,
+)
 from aidc.core.topology import Topology
 from models import backup, cooling, power
 from models import pue as pue_model
@@ -315,10 +323,11 @@ class SiteModel:
                 devices, SeriesKeys((d, metric) if d else None for d in devices))
         return made[1]
 
-    def evaluate(self, latest: Mapping[tuple[str, str], Sample], now: float) -> SiteStatus:
+    def evaluate(self, latest: Mapping[tuple[str, str], Sample] | LatestValues,
+                 now: float) -> SiteStatus:
         missing: dict[str, None] = {}  # in order, once each
 
-        if not isinstance(latest, FreshLatest):  # judged fresh by the reader (store, tests)
+        if not isinstance(latest, FreshLatest | LatestValues):  # judged fresh by the reader
             latest = FreshLatest(latest, None, now)
 
         def series(keys: SeriesKeys) -> np.ndarray:
@@ -613,13 +622,13 @@ def _numbers(values: np.ndarray) -> list:
     return _known(np.round(values, 3))
 
 
-def _outlet_power_kw(latest: dict[tuple[str, str], Sample]) -> dict[str, float]:
+def _outlet_power_kw(latest: FreshLatest | LatestValues) -> dict[str, float]:
     """Each PDU's IT equipment input: the sum of its outlets' good power_kw{outlet=N}, in one
-    pass over the latest samples (ISO/IEC 30134-2 category 3)."""
+    pass over the latest series (ISO/IEC 30134-2 category 3)."""
     out: dict[str, float] = {}
-    for (device, key), s in latest.items():
+    for device, key in latest:
         if key.startswith("power_kw{outlet="):
-            out[device] = out.get(device, 0.0) + (float(s.value) if s.good else math.nan)
+            out[device] = out.get(device, 0.0) + latest.good_value((device, key))
     return out
 
 

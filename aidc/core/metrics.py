@@ -160,6 +160,38 @@ class FreshLatest(Mapping[tuple[str, str], Sample]):
         return len(self._latest)
 
 
+class LatestValues:
+    """The good values of the newest samples by (device, series key), NaN where not good,
+    as a reader of the store takes them (fresh by its ``since``): arrays, not a `Sample` a
+    series, which cost a reader of 88,754 series at 10,000 racks 0.3 s to make. What
+    `SiteModel.evaluate` reads, as it reads a `FreshLatest`."""
+
+    def __init__(self, keys: list[tuple[str, str]], values: np.ndarray):
+        self._keys, self._values = keys, np.append(values, math.nan)  # [-1]: unknown
+
+    @classmethod
+    def of(cls, latest: Mapping[tuple[str, str], Sample]) -> LatestValues:
+        return cls(list(latest), np.array(
+            [s.value if s.good else math.nan for s in latest.values()], float))
+
+    @cached_property
+    def _slots(self) -> dict[tuple[str, str], int]:
+        return dict(zip(self._keys, range(len(self._keys))))
+
+    def good_values(self, keys: Sequence[tuple[str, str] | None]) -> np.ndarray:
+        get = self._slots.get
+        return self._values[np.fromiter((get(k, -1) if k else -1 for k in keys), np.intp, len(keys))]
+
+    def good_value(self, key: tuple[str, str]) -> float:
+        return float(self._values[self._slots.get(key, -1)])
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 class SeriesKeys(tuple):
     """A fixed list of (device, series key), None where there is no such device, that a
     reader reads at every tick: a `LatestTable` finds their slots once, not each tick."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from aidc.core.config import Site
 from aidc.core.derive import SWING_WINDOW_S, SiteModel, SiteStatus
-from aidc.core.metrics import STALE_AFTER_POLLS, Sample
+from aidc.core.metrics import STALE_AFTER_POLLS, LatestValues
 from aidc.core.store import Series, Store
 
 
@@ -20,13 +20,13 @@ class NoRecentData(Exception):
 
 def latest_from_store(
     site: Site, store: Store, now: float, keys: frozenset[str] | None = None
-) -> dict[tuple[str, str], Sample]:
-    """The newest sample of every device series, keyed like the runtime's latest view; a
-    sample older than 2.5 poll intervals is not taken (the runtime would call it stale), with
-    the writer's flush interval on top: a sample reaches the store that much after the
-    runtime has it. With ``keys``, only the series with those keys."""
+) -> LatestValues:
+    """The good value of the newest sample of every device series, keyed like the runtime's
+    latest view; a sample older than 2.5 poll intervals is not taken (the runtime would call
+    it stale), with the writer's flush interval on top: a sample reaches the store that much
+    after the runtime has it. With ``keys``, only the series with those keys."""
     horizon_s = STALE_AFTER_POLLS * max(site.poll_s(d) for d in site.devices) + site.store.flush_s
-    out = store.latest(now - horizon_s, keys)
+    out = store.latest_values(now - horizon_s, keys)
     if not out:
         raise NoRecentData(
             f"no samples newer than {horizon_s:g} s in the store: is `aidc run` collecting?"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from aidc.core.config import Store as StoreConfig
-from aidc.core.metrics import Sample
+from aidc.core.metrics import LatestValues, Sample
 
 
 class StoreUnavailable(Exception):
@@ -65,6 +65,10 @@ class Store(Protocol):
         quality, keyed like the runtime's latest view: (device, ``series_key``); with
         ``keys``, only of the series with those keys. Series of no device (the rack and
         site values the model derives) are not in it."""
+
+    def latest_values(self, since: float, keys: Collection[str] | None = None) -> LatestValues:
+        """The good values of what `latest` gives, as arrays: what a reader of the store
+        evaluates the model on."""
 
     def close(self) -> None: ...
 

@@ -27,7 +27,15 @@ import httpx
 from influxdb_client import Point
 
 from aidc.core.config import Store as StoreConfig
-from aidc.core.metrics import TOPOLOGY_TAGS, Quality, Sample, SampleColumns, key_of, series_key
+from aidc.core.metrics import (
+    TOPOLOGY_TAGS,
+    LatestValues,
+    Quality,
+    Sample,
+    SampleColumns,
+    key_of,
+    series_key,
+)
 from aidc.core.store import Aggregate, Series, StoreRejected, StoreUnavailable
 
 log = logging.getLogger("aidc.core.store.influx")
@@ -361,6 +369,9 @@ class InfluxStore:
                     out.append(Sample(measurement, tags, base, None, ts, Quality(q)))
         by_key = {(s.tags["device"], key_of(s.field, s.tags)): s for s in out if "device" in s.tags}
         return by_key if keys is None else {k: s for k, s in by_key.items() if k[1] in keys}
+
+    def latest_values(self, since: float, keys: Collection[str] | None = None) -> LatestValues:
+        return LatestValues.of(self.latest(since, keys))
 
     def close(self) -> None:
         self._http.close()

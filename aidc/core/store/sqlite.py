@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from aidc.core.files import private_sqlite
-from aidc.core.metrics import QUALITY, Sample, SampleColumns, key_of, series_key
+from aidc.core.metrics import QUALITY, LatestValues, Sample, SampleColumns, key_of, series_key
 from aidc.core.store import Aggregate, Series, StoreUnavailable
 
 log = logging.getLogger("aidc.core.store.sqlite")
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS series (
   tags TEXT NOT NULL,            -- JSON object, keys sorted
   field TEXT NOT NULL,
   key TEXT,                      -- series_key: the field and its labels
+  device TEXT,                   -- the device's id; NULL: a series of the model's (a rack's)
   UNIQUE (measurement, tags, field)
 );
 CREATE TABLE IF NOT EXISTS samples (
@@ -135,20 +136,26 @@ class SqliteStore:
         self._next_retention = self._next_roll_up = 0.0
 
     def _add_keys(self) -> None:
-        """Stores made before series had their key column get it once, so that readers
-        select the series they need by index instead of parsing every tag set."""
-        def keyed() -> bool:
-            return any(row[1] == "key" for row in self._db.execute("PRAGMA table_info(series)"))
+        """Stores made before series had their key and device columns get them once, so
+        that readers select the series they need by index instead of parsing every tag set;
+        an index of both, which a reader of the latest samples reads alone (at 10,000 racks,
+        88,754 series of 1.4 million by their keys: 0.24 s, against 0.43 s by key alone)."""
+        def columns() -> set[str]:
+            return {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
 
-        if not keyed():
-            self._db.execute("BEGIN IMMEDIATE")  # another process may be adding it too
-            if not keyed():
+        if not {"key", "device"} <= columns():
+            self._db.execute("BEGIN IMMEDIATE")  # another process may be adding them too
+            if "key" not in columns():
                 self._db.execute("ALTER TABLE series ADD COLUMN key TEXT")
                 self._db.executemany("UPDATE series SET key = ? WHERE id = ?", [
                     (key_of(f, json.loads(t)), i)
                     for i, t, f in self._db.execute("SELECT id, tags, field FROM series")])
+            if "device" not in columns():
+                self._db.execute("ALTER TABLE series ADD COLUMN device TEXT")
+                self._db.execute("UPDATE series SET device = json_extract(tags, '$.device')")
+                self._db.execute("DROP INDEX IF EXISTS series_by_key")  # of the key alone
             self._db.execute("COMMIT")
-        self._db.execute("CREATE INDEX IF NOT EXISTS series_by_key ON series (key)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS series_by_key_device ON series (key, device)")
 
     def _column_rows(self, columns: SampleColumns) -> list[tuple]:
         """The rows of SampleColumns, a field of every row at a time; the series' ids found
@@ -177,8 +184,8 @@ class SqliteStore:
         key = (s.measurement, json.dumps(s.tags, sort_keys=True), s.field)
         if key not in self._series:
             cur = self._db.execute(
-                "INSERT INTO series (measurement, tags, field, key) VALUES (?, ?, ?, ?)",
-                (*key, key_of(s.field, s.tags)),
+                "INSERT INTO series (measurement, tags, field, key, device) VALUES (?, ?, ?, ?, ?)",
+                (*key, key_of(s.field, s.tags), s.tags.get("device")),
             )
             self._series[key] = cur.lastrowid
         self._seen[seen] = self._series[key]
@@ -349,21 +356,27 @@ class SqliteStore:
     def latest(
         self, since: float, keys: Collection[str] | None = None
     ) -> dict[tuple[str, str], Sample]:
-        sql = ("SELECT s.key, s.measurement, s.tags, s.field, n.value, n.ts, n.quality"
-               " FROM newest n JOIN series s ON s.id = n.series"
-               " WHERE json_extract(s.tags, '$.device') IS NOT NULL AND n.ts >= ?")
+        rows = self._newest("s.device, s.key, s.measurement, s.tags, s.field, n.value, n.ts,"
+                            " n.quality", since, keys)
+        return {(device, key): Sample(m, tags, f, v, ts, QUALITY[q])
+                for (device, key, m, _, f, v, ts, q), tags in zip(rows, _decoded(r[3] for r in rows))}
+
+    def latest_values(self, since: float, keys: Collection[str] | None = None) -> LatestValues:
+        rows = self._newest("s.device, s.key, CASE WHEN n.quality = 'good' THEN n.value END",
+                            since, keys)
+        return LatestValues([(d, k) for d, k, _ in rows], np.array([r[2] for r in rows], float))
+
+    def _newest(self, columns: str, since: float, keys: Collection[str] | None) -> list[tuple]:
+        """Of each device series written at or after ``since`` (with ``keys``, of those
+        keys, found by the index of keys and devices), the newest sample's ``columns``."""
+        sql = (f"SELECT {columns} FROM series s JOIN newest n ON n.series = s.id"
+               " WHERE s.device IS NOT NULL AND n.ts >= ?")
         args: tuple = (since,)
-        if keys is not None:  # the series in id order, as they lie in the file, not in the
-            # key index's order: a page is then read once (0.25 s less for 88,000 series)
-            sql += (" AND s.id IN (SELECT id FROM series"
-                    " WHERE key IN (SELECT value FROM json_each(?)))")
+        if keys is not None:
+            sql += " AND s.key IN (SELECT value FROM json_each(?))"
             args += (json.dumps(sorted(keys)),)
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
-        return {
-            (tags["device"], key): Sample(m, tags, f, v, ts, QUALITY[q])
-            for (key, m, _, f, v, ts, q), tags in zip(rows, _decoded(row[2] for row in rows))
-        }
+            return self._db.execute(sql, args).fetchall()
 
     def count(self) -> int:
         with self._lock:
