@@ -74,6 +74,7 @@ CANCEL_GRACE_S = 1.0  # what a cancelled poll gets to close its connections when
 # tick that falls in the start waits a round of the loop: at 10,000 racks, with 100 a round,
 # the first tick took 2.5-2.9 s (its alerting 1.8-2.1), with 20, 1.0-1.2 s (0.6-0.75)
 START_BATCH = 20
+TAKE_BATCH = 100  # devices a core takes from a read of the store between rounds of the loop
 
 
 async def bounded(awaitable, timeout_s: float):
@@ -637,11 +638,11 @@ class Runtime:
     async def _take_from_store(self, by_device: dict[str, list[tuple[str, Sample]]]) -> None:
         """What a core read, device by device, as its polls would have taken it: only the
         series newer than those it has, each device heard of at its newest sample. The loop
-        runs between every START_BATCH devices: a read of every series of a 2,000-rack site
-        (257,000) held it 0.5-0.7 s in one go, 0.15-0.35 s 100 devices at a time (the
-        garbage collector's passes over the new samples)."""
+        runs between every TAKE_BATCH devices: a read of every series of a 2,000-rack site
+        (257,000) held it 0.5-0.7 s in one go, 0.15-0.35 s so (the garbage collector's
+        passes over the new samples)."""
         for i, (device_id, news) in enumerate(by_device.items()):
-            if i % START_BATCH == 0 and i:
+            if i % TAKE_BATCH == 0 and i:
                 await others_first()
             latest = self.latest
             news = [(k, s) for k, s in news
