@@ -509,11 +509,11 @@ def metric_rules(i: Inputs) -> list[Condition | None]:
             read = _devices_of(i, name, keys) if alerting else set()
         else:
             samples, read = [], set()
-            fixed = None if rule.per_device else rule.edge(active=alerting)  # (found once)
+            own, edge = rule.per_device, rule.edge(active=alerting)  # (numbers: found once)
             for s in _watched(i, name, rule):
                 read.add(device := s.tags.get("device"))
-                edge = fixed if fixed is not None else rule.edge(
-                    rule.levels_of(devices.get(device)), alerting)
+                if own:
+                    edge = rule.edge(rule.levels_of(devices.get(device)), alerting)
                 if edge is not None and (
                         (s.value > edge if above else s.value < edge) if s.good else alerting):
                     samples.append(s)
