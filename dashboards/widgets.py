@@ -4,6 +4,7 @@ are unknown, and the colours of severity."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 
@@ -22,6 +23,15 @@ LIMIT_WORDS = {"design": "rack design rating", "feed": "feeds (A/B kept)",
                "air": "air allowance", "supply_class": "supply temperature class"}
 # severity and site state, as the status bar and the floor colour them
 RED, AMBER, GREEN, GREY = "#cf222e", "#bf8700", "#1a7f37", "#8c959f"
+
+# Every chart keeps its tick labels shown. plotly.py's template sets the axis title's
+# standoff, which plotly.js measures from the labels' bounding box. A redraw that finds every
+# label past the div hides them all ('hide past div', the default). Their box then stays at
+# +/-Infinity, so the title goes to x=Infinity and Chromium logs an error.
+# A label past the div is clipped by the SVG anyway.
+pio.templates["aidc"] = go.layout.Template(layout={
+    "xaxis": {"ticklabeloverflow": "allow"}, "yaxis": {"ticklabeloverflow": "allow"}})
+pio.templates.default = "plotly+aidc"
 
 
 def kpi(label: str, value_id: str, note_id: str | None = None) -> html.Div:
