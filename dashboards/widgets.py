@@ -4,7 +4,6 @@ are unknown, and the colours of severity."""
 from __future__ import annotations
 
 import plotly.graph_objects as go
-import plotly.io as pio
 from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 
@@ -23,15 +22,6 @@ LIMIT_WORDS = {"design": "rack design rating", "feed": "feeds (A/B kept)",
                "air": "air allowance", "supply_class": "supply temperature class"}
 # severity and site state, as the status bar and the floor colour them
 RED, AMBER, GREEN, GREY = "#cf222e", "#bf8700", "#1a7f37", "#8c959f"
-
-# Every chart keeps its tick labels shown. plotly.py's template sets the axis title's
-# standoff, which plotly.js measures from the labels' bounding box. A redraw that finds every
-# label past the div hides them all ('hide past div', the default). Their box then stays at
-# +/-Infinity, so the title goes to x=Infinity and Chromium logs an error.
-# A label past the div is clipped by the SVG anyway.
-pio.templates["aidc"] = go.layout.Template(layout={
-    "xaxis": {"ticklabeloverflow": "allow"}, "yaxis": {"ticklabeloverflow": "allow"}})
-pio.templates.default = "plotly+aidc"
 
 
 def kpi(label: str, value_id: str, note_id: str | None = None) -> html.Div:
@@ -105,12 +95,21 @@ def graph(graph_id: str, height_px: int = 300) -> dcc.Graph:
                      style={"height": f"{height_px}px"})
 
 
+def titled_axis(title: str) -> dict:
+    """An axis with a title and its tick labels always shown. plotly.py's template gives the
+    title a standoff, which plotly.js measures from the labels' bounding box; a redraw that
+    found every label past the div hid them all (its default, 'hide past div'), so the box
+    stayed at +/-Infinity, the title went to x=Infinity and Chromium logged an error. A label
+    past the div is clipped by the SVG anyway."""
+    return {"title": title, "ticklabeloverflow": "allow"}
+
+
 def time_figure(lines: list[tuple[str, list[tuple[float, float]]]], y_title: str) -> go.Figure:
     """Lines over time from the store's (unix s, value) points, one per (name, points)."""
     fig = go.Figure([go.Scatter(x=[t * 1000 for t, _ in points], y=[v for _, v in points],
                                 mode="lines", name=name) for name, points in lines])
     fig.update_layout(margin={"l": 50, "r": 10, "t": 10, "b": 30}, xaxis_type="date",
-                      yaxis_title=y_title, legend={"orientation": "h"})
+                      yaxis=titled_axis(y_title), legend={"orientation": "h"})
     return fig
 
 

@@ -9,7 +9,7 @@ from dash import Dash, Input, Output, dcc, html
 
 from aidc.api import SiteAPI
 from aidc.auth import Auth
-from dashboards.widgets import GREY, NOTE, RED, UNKNOWN, fmt, table
+from dashboards.widgets import GREY, NOTE, RED, UNKNOWN, fmt, table, titled_axis
 
 # the supply the loop's ASHRAE class is checked on (loops.class_checked_on)
 CLASS_ON = {"facility_supply": "facility_supply_temp_c", "technology_supply": "supply_temp_c",
@@ -102,7 +102,7 @@ def temperature_figure(loop: dict) -> go.Figure:
         fig.add_hline(y=limit, line_color=RED, line_dash="dot",
                       annotation_text=f"class {loop['ashrae_class']} limit on {on}: {limit:g} °C")
     fig.update_layout(barmode="group", margin={"l": 40, "r": 10, "t": 10, "b": 30},
-                      yaxis_title="°C", legend={"orientation": "h"}, height=240)
+                      yaxis=titled_axis("°C"), legend={"orientation": "h"}, height=240)
     return fig
 
 

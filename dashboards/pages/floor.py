@@ -24,6 +24,7 @@ from dashboards.widgets import (
     RED,
     UNKNOWN,
     inexact_words,
+    titled_axis,
 )
 from models.headroom import LIMITS
 
@@ -121,7 +122,7 @@ def floor_layout(plans: list[RoomPlan]) -> dict:
                         row_heights=[len(p.rows) + 1 for p in plans])
     for k, plan in enumerate(plans, start=1):
         fig.update_yaxes(autorange="reversed", type="category", row=k, col=1)
-        fig.update_xaxes(title_text="position", dtick=1 if plan.slots <= 40 else None,
+        fig.update_xaxes(titled_axis("position"), dtick=1 if plan.slots <= 40 else None,
                          row=k, col=1)
     fig.update_layout(margin={"l": 40, "r": 10, "t": 30, "b": 30}, plot_bgcolor="#ffffff",
                       legend={"orientation": "h"},

@@ -24,6 +24,7 @@ from dashboards.widgets import (
     said,
     table,
     time_figure,
+    titled_axis,
 )
 
 CHART_RACKS = 20  # bars in the least-headroom chart: the floor and the capacity table have all
@@ -102,7 +103,7 @@ def rack_figure(racks: list[dict]) -> go.Figure:
                marker={"color": GREY, "pattern": {"shape": "/"}}),
     ])
     fig.update_layout(barmode="stack", margin={"l": 40, "r": 10, "t": 30 if title else 10, "b": 30},
-                      legend={"orientation": "h"}, yaxis_title="kW",
+                      legend={"orientation": "h"}, yaxis=titled_axis("kW"),
                       title={"text": title, "font": {"size": 13}})
     return fig
 

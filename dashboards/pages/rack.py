@@ -23,6 +23,7 @@ from dashboards.widgets import (
     said,
     table,
     time_figure,
+    titled_axis,
 )
 from models.headroom import LIMITS
 
@@ -92,7 +93,7 @@ def limits_figure(rack: dict) -> go.Figure:
     fig = go.Figure(go.Bar(y=names, x=values, orientation="h", text=texts,
                            textposition="auto", marker={"color": colours,
                                                         "pattern": {"shape": patterns}}))
-    fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 30}, xaxis_title="kW left",
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 30}, xaxis=titled_axis("kW left"),
                       yaxis={"autorange": "reversed"})
     return fig
 
