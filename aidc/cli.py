@@ -104,12 +104,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate: bool,
-                 role: str = "all", shard: tuple[int, int] = (1, 1)) -> None:
+                 role: str = "all", shard: tuple[int, int] = (1, 1)) -> int:
     import asyncio  # here and where it runs: the commands that answer and end skip its 60 ms
 
-    from aidc.api import SiteAPI
     from aidc.runtime import Runtime
-    from aidc.web import WebServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -128,12 +126,16 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
     token = site.web.api_token.get_secret_value() if site.web.api_token else None
     if token is None and simulate:
         token = _demo_token(data_dir)
-    web = WebServer(SiteAPI(runtime), host, web_port, token, console=role != "collect")
-    if simulated:
-        from simulators.control import register_fault_routes
-
-        register_fault_routes(web.flask, simulated, web.auth)
-    web.start()
+    # the runtime first: its first tick comes a tick interval after its start at the latest,
+    # and the web (Dash and plotly imported, the console built: 0.6-0.7 s) is made meanwhile
+    running = asyncio.create_task(runtime.run(stop))
+    try:
+        web = await asyncio.to_thread(_web, runtime, simulated, host, web_port, token, role)
+    except OSError as e:  # the port taken, the address not this host's
+        stop.set()
+        await running
+        print(f"error: cannot serve on {host}:{web_port}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
     if role == "collect":
         print(f"aidc collector {shard[0]}/{shard[1]} polling {len(runtime.polled)} of "
               f"{len(site.devices)} devices: {web.url}healthz  Ctrl-C stops.", flush=True)
@@ -145,12 +147,27 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
     if simulate and (data_dir / "operator-password").exists():
         print(f"sign in as 'operator' with the password in {data_dir / 'operator-password'}")
     try:
-        await runtime.run(stop)
+        await running
     finally:
         web.stop()
         if simulated:
             await simulated.stop()
         print("aidc stopped.", flush=True)
+    return 0
+
+
+def _web(runtime, simulated, host: str, port: int, token: str | None, role: str):
+    """The web server of a runtime, serving (the console too unless a collector's)."""
+    from aidc.api import SiteAPI
+    from aidc.web import WebServer
+
+    web = WebServer(SiteAPI(runtime), host, port, token, console=role != "collect")
+    if simulated:
+        from simulators.control import register_fault_routes
+
+        register_fault_routes(web.flask, simulated, web.auth)
+    web.start()
+    return web
 
 
 def _raise_open_files_limit(site: Site) -> None:
@@ -200,8 +217,8 @@ def _demo_operator(data_dir: Path):
 def _serve_until_stopped(site: Site, args: argparse.Namespace, simulate: bool, **role) -> int:
     import asyncio
 
-    asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate, **role))
-    return 0
+    return asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate,
+                              **role))
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -531,6 +531,26 @@ def test_aidc_outlives_a_client_that_hangs_up_mid_answer(tmp_path) -> None:
         proc.wait(timeout=30)
 
 
+def test_a_web_port_taken_is_said_in_one_line_and_the_runtime_stops_cleanly(tmp_path: Path):
+    """`aidc run` starts its runtime before its web (whose console takes a while to build):
+    when the web cannot listen, the polls already started stop and the stores close."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "aidc.cli", "run", "--site",
+             str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(tmp_path / "data"),
+             "--web-port", str(port)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+            check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert [line for line in done.stderr.splitlines() if not line[:4].isdigit()] == [
+        f"error: cannot serve on 127.0.0.1:{port}: Address already in use"]  # no traceback
+    assert "event=runtime_stopped" in done.stderr and "aidc running" not in done.stdout
+
+
 def test_a_health_record_is_replaced_whole_never_changed_under_a_reader():
     """The web reads device health from its threads: each change makes a new record (the
     loop puts it in place of the old), so a record once read stays whole as it was."""
