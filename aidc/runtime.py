@@ -55,6 +55,7 @@ from alerts.rules import (
     StoreState,
     conditions_by_group,
     paging_tests,
+    prepare_rack_rules,
 )
 from alerts.silences import Silences
 from collectors import Collector, DeviceUnreachable, make_collector
@@ -670,10 +671,10 @@ class Runtime:
         at most a tick interval after the start, its peak window holding what the store
         kept from before the start; then one every tick interval, or sooner when a poll
         flips a critical flag: a leak pages a poll after it starts, not a tick later."""
-        peaks_read = asyncio.create_task(asyncio.to_thread(self._peaks_from_store))
+        prepared = asyncio.create_task(asyncio.to_thread(self._before_first_tick))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_heard_from.wait(), self.site.model.tick_s)
-        await peaks_read  # bounded by the store's own timeouts; the tick owns the peaks next
+        await prepared  # bounded by the store's own timeouts; the tick owns the peaks next
         loop = asyncio.get_running_loop()
         while not self._stopping:
             started = loop.time()
@@ -688,9 +689,13 @@ class Runtime:
 
     # ------------------------------------------------------------------ the model tick
 
-    def _peaks_from_store(self) -> None:
-        """Capacity holds the peak of the whole window, restart or not: a runtime that
-        started with an empty window would show a restarted site more headroom than it has."""
+    def _before_first_tick(self) -> None:
+        """What the first tick needs that is not a poll's, while the first polls run: the
+        rack rules' subjects, and the peak window as the store kept it. Capacity holds the
+        peak of the whole window, restart or not: a runtime that started with an empty window
+        would show a restarted site more headroom than it has."""
+        with contextlib.suppress(Exception):  # (a bug: the tick's own try says which)
+            prepare_rack_rules(self.site, self.topology, self.notifier.rules)
         try:
             self.model.peaks.extend(rack_power_history(self.model, self.store, time.time()))
         except Exception as e:  # noqa: BLE001  (a store down or broken: the window starts empty)

@@ -91,9 +91,12 @@ def fingerprint(rule: str, labels: Mapping[str, str]) -> str:
     return _fingerprint(rule, tuple(labels.items()))
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps makes one a call
+
+
 @lru_cache(maxsize=1 << 18)  # the same subjects come back every tick
 def _fingerprint(rule: str, labels: tuple[tuple[str, str], ...]) -> str:
-    identity = json.dumps([rule, sorted(labels)], separators=(",", ":"))
+    identity = _COMPACT_JSON.encode([rule, sorted(labels)])
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 

@@ -716,6 +716,29 @@ def model_rules(i: Inputs) -> list[Condition | ConditionColumn | None]:
     return out
 
 
+RACK_RULES = ("rack_over_headroom", "feed_redundancy_lost")  # model_rules' columns
+
+
+def rack_subjects(site: Site, topology: Topology, rule: str, spec: Rule
+                  ) -> tuple[list[dict[str, str]], list[str]]:
+    """A rack rule's labels and fingerprints for every rack (Inputs.labels' for each), made
+    once a site: the same objects every tick, which the evaluator knows again."""
+    key = ("rack_subjects", rule, site.site, tuple(spec.labels.items()))
+    if key not in topology.memo:
+        labels = [{**spec.labels, "site": site.site, "rack": r.id, "row": r.row}
+                  for r in site.racks]
+        topology.memo[key] = labels, [fingerprint(rule, x) for x in labels]
+    return topology.memo[key]
+
+
+def prepare_rack_rules(site: Site, topology: Topology, rules: Mapping[str, Rule]) -> None:
+    """What the first tick would make for the rules over every rack, made before it (in a
+    worker thread while the first polls run): 0.2-0.3 s at 10,000 racks."""
+    for rule in RACK_RULES:
+        if rules[rule].enabled:
+            rack_subjects(site, topology, rule, rules[rule])
+
+
 def _rack_column(i: Inputs, rule: str, headroom_kw: np.ndarray,
                  summary: Callable[[int], str]) -> ConditionColumn | None:
     """A rack rule over every rack at once: active where ``headroom_kw`` (the model's
@@ -724,12 +747,7 @@ def _rack_column(i: Inputs, rule: str, headroom_kw: np.ndarray,
     spec = i.rules[rule]
     if not spec.enabled:
         return None
-    memo = i.topology.memo
-    key = ("rack_subjects", rule, i.site.site, tuple(spec.labels.items()))
-    if key not in memo:  # the same objects every tick: the evaluator knows them again
-        labels = [i.labels(rule, {"rack": r.id, "row": r.row}) for r in i.site.racks]
-        memo[key] = labels, [fingerprint(rule, x) for x in labels]
-    labels, fingerprints = memo[key]
+    labels, fingerprints = rack_subjects(i.site, i.topology, rule, spec)
     unknown = np.isnan(headroom_kw)
     with np.errstate(invalid="ignore"):
         over = headroom_kw < 0
