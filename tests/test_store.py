@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import numpy as np
@@ -334,6 +335,24 @@ def test_sqlite_store_survives_reopen(tmp_path):
     assert s.count() == 8
     s.close()
 
+
+
+def test_a_series_is_one_whatever_the_order_of_its_tags_across_reopens_and_rollbacks(tmp_path):
+    """The writer knows a series by its tags as given, else finds it in the file (by its
+    sorted tags) before making it: never twice, and never an id a rolled-back batch made."""
+    turned = dict(reversed(CDU.items()))
+    s = SqliteStore(tmp_path / "a.sqlite")
+    s.write([Sample("cdu", CDU, "supply_temp_c", 45.0, T0)])
+    s.write([Sample("cdu", turned, "supply_temp_c", 45.5, T0 + 1)])
+    with pytest.raises(sqlite3.ProgrammingError):  # a value no number: the batch rolled back
+        s.write([Sample("cdu", CDU2, "supply_temp_c", 30.0, T0), Sample("cdu", CDU2, "x", {}, T0)])
+    s.write([Sample("cdu", CDU2, "supply_temp_c", 31.0, T0 + 2)])
+    s.close()
+    s = SqliteStore(tmp_path / "a.sqlite")
+    s.write([Sample("cdu", turned, "supply_temp_c", 46.0, T0 + 2)])
+    got = by_device(s.history("cdu", "supply_temp_c", T0 - 1, T0 + 60))
+    assert got == {"cdu-1": [(T0, 45.0), (T0 + 1, 45.5), (T0 + 2, 46.0)], "cdu-2": [(T0 + 2, 31.0)]}
+    s.close()
 
 def test_sqlite_retention_deletes_old_samples(tmp_path):
     s = SqliteStore(tmp_path / "r.sqlite", raw_days=1)
