@@ -129,6 +129,7 @@ class SqliteStore:
         self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE((SELECT MIN(ts) "
                          "FROM samples), ?) WHERE NOT EXISTS (SELECT 1 FROM rolled_up)", (time.time(),))
         self._lock = threading.Lock()
+        self._series: dict[tuple[str, str, str], int] | None = None  # loaded by the first write
         self._seen: dict[tuple, int] = {}  # (measurement, field, *names, *values) -> id
         # (measurement, field) -> the tag sets of SampleColumns written, and their series' ids
         self._column_ids: dict[tuple[str, str], tuple[list, np.ndarray]] = {}
@@ -172,19 +173,23 @@ class SqliteStore:
 
     def _series_id(self, s: Sample) -> int:
         """The id of the sample's series, made if new. Looked up by the tags as given
-        (sorting and encoding them a sample took most of a write's time), then in the file
-        once a process: a map of every series stored held 390 bytes a series (550 MB at
-        10,000 racks, read in 3.7 s by the first write)."""
+        (sorting and encoding them a sample took most of a write's time), then as stored."""
         seen = (s.measurement, s.field, *s.tags, *s.tags.values())  # flat: a third the bytes
         found = self._seen.get(seen)
-        if found is None:
-            key = (s.measurement, json.dumps(s.tags, sort_keys=True), s.field)
-            row = self._db.execute("SELECT id FROM series WHERE measurement = ? AND tags = ?"
-                                   " AND field = ?", key).fetchone()
-            found = self._seen[seen] = row[0] if row else self._db.execute(
+        if found is not None:
+            return found
+        if self._series is None:
+            self._series = {(m, t, f): i for i, m, t, f in self._db.execute(
+                "SELECT id, measurement, tags, field FROM series")}
+        key = (s.measurement, json.dumps(s.tags, sort_keys=True), s.field)
+        if key not in self._series:
+            cur = self._db.execute(
                 "INSERT INTO series (measurement, tags, field, key, device) VALUES (?, ?, ?, ?, ?)",
-                (*key, key_of(s.field, s.tags), s.tags.get("device"))).lastrowid
-        return found
+                (*key, key_of(s.field, s.tags), s.tags.get("device")),
+            )
+            self._series[key] = cur.lastrowid
+        self._seen[seen] = self._series[key]
+        return self._series[key]
 
     def write(self, samples: Sequence[Sample]) -> None:
         with self._lock:
@@ -201,7 +206,7 @@ class SqliteStore:
             except BaseException as e:
                 self._db.execute("ROLLBACK")
                 # series inserted in the batch are gone
-                self._seen, self._column_ids = {}, {}
+                self._series, self._seen, self._column_ids = None, {}, {}
                 if isinstance(e, sqlite3.OperationalError):  # disk full, I/O error, locked
                     raise StoreUnavailable(f"{self.path}: {e}") from e
                 raise
