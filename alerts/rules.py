@@ -260,6 +260,12 @@ def _own(given: RuleSettings) -> Rule:
         "meaning": meaning, "for_s": given.for_s or 0.0, "unit": given.unit or ""})
 
 
+def alert_labels(spec: Rule, site: Site, subject: dict[str, str]) -> dict[str, str]:
+    """An alert's labels: the rule's own (from the pack and the site), the site's name, and
+    the subject's, which no added label may change."""
+    return {**spec.labels, "site": site.site, **subject}
+
+
 @dataclass(frozen=True)
 class StoreState:
     """What the writer knows of the store, for the store rules."""
@@ -301,9 +307,7 @@ class Inputs:
         return self.given_rules if self.given_rules is not None else site_rules(self.site)
 
     def labels(self, rule: str, labels: dict[str, str]) -> dict[str, str]:
-        """An alert's labels: the rule's own (from the pack and the site), the site's name,
-        and the subject's, which no added label may change."""
-        return {**self.rules[rule].labels, "site": self.site.site, **labels}
+        return alert_labels(self.rules[rule], self.site, labels)
 
     @cached_property
     def topology(self) -> Topology:
@@ -721,12 +725,11 @@ RACK_RULES = ("rack_over_headroom", "feed_redundancy_lost")  # model_rules' colu
 
 def rack_subjects(site: Site, topology: Topology, rule: str, spec: Rule
                   ) -> tuple[list[dict[str, str]], list[str]]:
-    """A rack rule's labels and fingerprints for every rack (Inputs.labels' for each), made
-    once a site: the same objects every tick, which the evaluator knows again."""
+    """A rack rule's labels and fingerprints for every rack, made once a site: the same
+    objects every tick, which the evaluator knows again."""
     key = ("rack_subjects", rule, site.site, tuple(spec.labels.items()))
     if key not in topology.memo:
-        labels = [{**spec.labels, "site": site.site, "rack": r.id, "row": r.row}
-                  for r in site.racks]
+        labels = [alert_labels(spec, site, {"rack": r.id, "row": r.row}) for r in site.racks]
         topology.memo[key] = labels, [fingerprint(rule, x) for x in labels]
     return topology.memo[key]
 

@@ -336,7 +336,6 @@ def test_sqlite_store_survives_reopen(tmp_path):
     s.close()
 
 
-
 def test_a_series_is_one_whatever_the_order_of_its_tags_across_reopens_and_rollbacks(tmp_path):
     """The writer knows a series by its tags as given, else finds it in the file (by its
     sorted tags) before making it: never twice, and never an id a rolled-back batch made."""
@@ -353,6 +352,7 @@ def test_a_series_is_one_whatever_the_order_of_its_tags_across_reopens_and_rollb
     got = by_device(s.history("cdu", "supply_temp_c", T0 - 1, T0 + 60))
     assert got == {"cdu-1": [(T0, 45.0), (T0 + 1, 45.5), (T0 + 2, 46.0)], "cdu-2": [(T0 + 2, 31.0)]}
     s.close()
+
 
 def test_sqlite_retention_deletes_old_samples(tmp_path):
     s = SqliteStore(tmp_path / "r.sqlite", raw_days=1)
