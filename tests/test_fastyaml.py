@@ -10,6 +10,7 @@ every style; and the fast reading must really be taken for the files people have
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aidc.core.config import MAX_DEPTH, MAX_NODES, ConfigError, _read_exact, secret_value
-from aidc.core.fastyaml import read_plain_yaml
+from aidc.core.fastyaml import _LONGEST_WORD, read_plain_yaml
 from aidc.core.sitegen import generate
 from tests.test_config_fuzz import BASES, mutated
 
@@ -68,6 +69,8 @@ TRAPS = [  # (YAML, whether the fast reading can vouch for it)
     ("a: 1\n---\nb: 2\n", False), ("- a\n", False), ("a: 'it''s'\n", True),
     ("a: x # comment: NO\n", True), ("a: \"${AIDC_TEST_SECRET}\"\n", True),
     ("a: \"${AIDC_UNSET_VARIABLE}\"\n", False), ("a: 5\nb: -0.5\nc: true\nd: [1, {e: f}]\n", True),
+    ("a: FALSE\n", False), ("FALSE: a\n", False), ("a: Falsey\nb: nothing\n", True),
+    ("a: [offset, 'off']\n", True), ("a: \"x\\ty\"\nb: Off\n", False), ("a: file:x\n", False),
 ]  # fmt: skip
 
 
@@ -76,6 +79,13 @@ def test_a_yaml_11_trap_is_read_as_pyyaml_reads_it_or_left_to_pyyaml(text, vouch
                                                                       monkeypatch):
     monkeypatch.setenv("AIDC_TEST_SECRET", "s3cret")
     assert (check(text, tmp_path) is not None) == vouched
+
+
+def test_no_word_yaml_11_types_is_longer_than_the_fast_reading_looks_at():
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items():
+        for _, regexp in resolvers if first and first.isalpha() else ():
+            longest = re._parser.parse(regexp.pattern, regexp.flags).getwidth()[1]
+            assert longest <= _LONGEST_WORD, (first, regexp.pattern)
 
 
 @pytest.mark.parametrize("depth", range(MAX_DEPTH - 3, MAX_DEPTH + 3))
