@@ -58,7 +58,7 @@ from alerts.rules import (
     prepare_rack_rules,
 )
 from alerts.silences import Silences
-from collectors import Collector, DeviceUnreachable, make_collector
+from collectors import Collector, DeviceUnreachable, import_protocols, make_collector
 
 log = logging.getLogger("aidc.runtime")
 Role = Literal["all", "collect", "core"]
@@ -326,6 +326,7 @@ class Runtime:
         log.info("event=runtime_started site=%s role=%s shard=%d/%d devices=%d polled=%d",
                  self.site.site, self.role, *self.shard, len(self.site.devices), len(self.polled))
         try:
+            await asyncio.to_thread(import_protocols, {d.protocol for d in self.polled})
             for i, d in enumerate(self.polled):
                 if i % START_BATCH == 0 and i:
                     await asyncio.sleep(0)  # the polls started so far, answers and timers run

@@ -6,7 +6,9 @@ They import aidc (config, metrics) and the profiles, never models or dashboards.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 from aidc.core.metrics import Reading
@@ -35,6 +37,26 @@ class Collector(ABC):
         """Release connections; the next read() reconnects."""
 
 
+PROTOCOL_MODULES = {"modbus": ("collectors.modbus", "ModbusCollector"),
+                    "snmp": ("collectors.snmp", "SnmpCollector"),
+                    "opcua": ("collectors.opcua", "OpcuaCollector")}
+
+
+def collector_class(protocol: str) -> type[Collector]:
+    """The collector of a protocol, its module (and protocol library) imported when first
+    asked for: a process that polls no OPC-UA device never imports asyncua."""
+    module, name = PROTOCOL_MODULES[protocol]
+    return getattr(importlib.import_module(module), name)
+
+
+def import_protocols(protocols: Iterable[str]) -> None:
+    """Import the collectors of ``protocols`` ahead of their first poll, in a worker thread:
+    asyncua takes 0.6 s to import and pysnmp 0.2 s, which held the event loop at the first
+    poll of each."""
+    for protocol in protocols:
+        collector_class(protocol)
+
+
 def make_collector(device: Any, timeout_s: float, poll_s: float | None = None) -> Collector:
     """The collector for ``device`` (an aidc.core.config device) by its protocol."""
     profile = load_profile(device.profile)
@@ -43,12 +65,6 @@ def make_collector(device: Any, timeout_s: float, poll_s: float | None = None) -
             f"device {device.id}: profile {device.profile} is for {profile.protocol}, "
             f"not {device.protocol}"
         )
-    if device.protocol == "modbus":
-        from collectors.modbus import ModbusCollector as cls
-    elif device.protocol == "snmp":
-        from collectors.snmp import SnmpCollector as cls
-    else:
-        from collectors.opcua import OpcuaCollector as cls
-    collector = cls(device, profile, timeout_s)
+    collector = collector_class(device.protocol)(device, profile, timeout_s)
     collector.poll_s = poll_s or device.poll_s or Collector.poll_s
     return collector
