@@ -47,7 +47,7 @@ from alerts.formats import (
     signature_headers,
 )
 from alerts.groups import Grouping
-from alerts.outbox import Outbox, host_of, wait_any, webhooks_by_name
+from alerts.outbox import Outbox, host_of, http_client, wait_any, webhooks_by_name
 from alerts.rules import CRITICAL, site_rules
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class Notifier:
         """Re-post the firing alerts to every ``alertmanager_push`` receiver until ``stop``."""
         if not any(w.format == "alertmanager_push" for w in self._webhooks):
             return
-        async with httpx.AsyncClient(follow_redirects=False) as client:
+        async with await http_client() as client:
             while not stop.is_set():
                 await self.resend_once(client, active(), time.time())
                 try:
