@@ -631,7 +631,7 @@ class SiteAPI:
         if device is None:
             return None
         p = self.runtime.call_soon(self.runtime.probe, device_id, timeout_s=probe_deadline_s(
-            self.runtime.site.timeout_s(device)) * 2 + 1)  # a probe of it may be under way
+            device, self.runtime.site.timeout_s(device)) * 2 + 1)  # a probe of it may be under way
         return {"device": p.device, "read_at": iso(p.at), "elapsed_ms": round(p.elapsed_ms, 1),
                 "error": p.error, "readings": [
                     reading_json(r.key, r.value, r.quality)

@@ -58,7 +58,13 @@ from alerts.rules import (
     prepare_rack_rules,
 )
 from alerts.silences import Silences
-from collectors import Collector, DeviceUnreachable, import_protocols, make_collector
+from collectors import (
+    Collector,
+    DeviceUnreachable,
+    collector_class,
+    import_protocols,
+    make_collector,
+)
 
 log = logging.getLogger("aidc.runtime")
 Role = Literal["all", "collect", "core"]
@@ -163,9 +169,17 @@ def flipped(test: Callable[[float], object], new: Sample, old: Sample | None) ->
     return old is not None and old.good and new.good and test(old.value) != test(new.value)
 
 
-def probe_deadline_s(timeout_s: float) -> float:
-    """The longest a probe may take: a connection and a read, each within the timeout."""
-    return max(3 * timeout_s, 1.0)
+def read_deadline_s(device, timeout_s: float, units_sharing: int = 1) -> float:
+    """The longest the runtime waits on one read of ``device``: its collector gives up by
+    itself within ``timeouts_a_read`` timeouts; then a timeout more, and one for each unit
+    queued for the same Modbus gateway (``units_sharing``, itself included)."""
+    timeouts = collector_class(device.protocol).timeouts_a_read + 1 + units_sharing
+    return max(timeouts * timeout_s, 1.0)
+
+
+def probe_deadline_s(device, timeout_s: float) -> float:
+    """The longest a probe may take: a connection and a read, on a connection of its own."""
+    return read_deadline_s(device, timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,7 +386,7 @@ class Runtime:
         # timeout per unit ahead.
         endpoint = f"{device.host}:{device.port}"
         sharing = len(self.topology.devices_behind_gateway.get(endpoint, [device.id]))
-        deadline_s = max(self.site.timeout_s(device) * (2 + sharing), 1.0)
+        deadline_s = read_deadline_s(device, self.site.timeout_s(device), sharing)
         collector = make_collector(device, self.site.timeout_s(device), self.site.poll_s(device))
         phase: float | None = poll_phase(device.id)
         try:
@@ -460,7 +474,7 @@ class Runtime:
             if last is not None and time.time() - last.done_at < PROBE_REUSE_S:
                 return last
             loop, at = asyncio.get_running_loop(), time.time()
-            started, deadline_s = loop.time(), probe_deadline_s(self.site.timeout_s(device))
+            started, deadline_s = loop.time(), probe_deadline_s(device, self.site.timeout_s(device))
             collector = make_collector(device, self.site.timeout_s(device))
             readings, error = (), None
             try:

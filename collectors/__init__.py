@@ -23,6 +23,7 @@ class Collector(ABC):
     """Reads one device once per call to :meth:`read`."""
 
     poll_s: float = 5.0  # the device's effective poll interval (subscriptions pace by it)
+    timeouts_a_read: int = 1  # the most timeouts one read() takes before it gives up itself
 
     def __init__(self, device: Any, profile: Any, timeout_s: float):
         self.device, self.profile, self.timeout_s = device, profile, timeout_s
@@ -50,9 +51,9 @@ def collector_class(protocol: str) -> type[Collector]:
 
 
 def import_protocols(protocols: Iterable[str]) -> None:
-    """Import the collectors of ``protocols`` ahead of their first poll, in a worker thread:
-    asyncua takes 0.6 s to import and pysnmp 0.2 s, which held the event loop at the first
-    poll of each."""
+    """Import the collectors of ``protocols`` ahead of their first poll (the runtime calls
+    this in a worker thread): asyncua takes 0.6 s to import and pysnmp 0.2 s, which held the
+    event loop at the first poll of a device of theirs."""
     for protocol in protocols:
         collector_class(protocol)
 

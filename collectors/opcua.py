@@ -67,6 +67,11 @@ KEEPALIVE_PROBE_S = SESSION_TIMEOUT_S / 3  # asyncua's own server-state Read; po
 LIFETIME_COUNT = 10_000  # publishing intervals without a Publish request before the server
 # ends the subscription (Part 4 §5.13.1.1): far longer than any wait between two polls
 INTEGRITY_S = 300.0  # a subscribed device is also read whole this often
+# A read that opens a session makes some seven requests (channel, endpoints, channel, session,
+# activation, browse paths, subscription), each bounded by the timeout by asyncua: bounded
+# whole by one timeout, a server slow to set up (here a loaded one, at 0.3-0.5 s a request)
+# never came up, each attempt torn down and begun again from scratch.
+SETUP_TIMEOUTS = 3
 FLOATING = {"Float", "Double"}
 NUMERIC = FLOATING | {"Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32",
                       "Int64", "UInt64"}
@@ -196,6 +201,8 @@ class _Latest:
 class OpcuaCollector(Collector):
     """Reads one OPC-UA device; keeps its session between polls and rebuilds it on failure."""
 
+    timeouts_a_read = SETUP_TIMEOUTS
+
     def __init__(self, device: Any, profile: Any, timeout_s: float):
         super().__init__(device, profile, timeout_s)
         self.url = f"opc.tcp://{device.host}:{device.port}"
@@ -206,19 +213,22 @@ class OpcuaCollector(Collector):
         self._latest: _Latest | None = None  # while subscribed
 
     async def read(self) -> list[Reading]:
-        """One Reading per point; DeviceUnreachable when no session answers within timeout_s."""
-        deadline = asyncio.timeout(self.timeout_s)
+        """One Reading per point; DeviceUnreachable when the session does not answer within
+        timeout_s, or none is opened within SETUP_TIMEOUTS of them."""
+        opening = self._client is None
+        deadline = asyncio.timeout(self.timeout_s * (SETUP_TIMEOUTS if opening else 1))
         try:
             async with deadline:
                 values = await self._datavalues()
         except (OSError, TimeoutError, ua.UaError) as e:
             await self.close()
-            raise DeviceUnreachable(f"{self.url}: {self._reason(e)}") from e
+            setup_timed_out = opening and deadline.expired()
+            raise DeviceUnreachable(f"{self.url}: {self._reason(e, setup_timed_out)}") from e
         except asyncio.CancelledError as e:
             if not _our_timeout(deadline):
                 raise
             await self.close()  # the timeout, raced by an answer (see _our_timeout)
-            raise DeviceUnreachable(f"{self.url}: {self._reason(TimeoutError())}") from e
+            raise DeviceUnreachable(f"{self.url}: {self._reason(TimeoutError(), opening)}") from e
         return [decode(p, v) for p, v in zip(self.profile.points, values, strict=True)]
 
     async def close(self) -> None:
@@ -241,8 +251,10 @@ class OpcuaCollector(Collector):
         finally:
             _tear_down(client, protocol)
 
-    def _reason(self, error: Exception) -> str:
+    def _reason(self, error: Exception, setup_timed_out: bool = False) -> str:
         """One line for the operator: what failed and, where it helps, what to do."""
+        if setup_timed_out:
+            return f"no session within {self.timeout_s * SETUP_TIMEOUTS:g} s"
         if isinstance(error, TimeoutError):
             return f"no answer within {self.timeout_s:g} s"
         if isinstance(error, ua.UaStatusCodeError) and error.code in HINTS:

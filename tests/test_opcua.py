@@ -44,7 +44,7 @@ from collectors import DeviceUnreachable, make_collector
 from collectors.opcua import OpcuaCollector, _monitored_item, decode
 from collectors.profiles import OpcuaPoint, load_profile
 from simulators.opcua import DeviceSecurity, DeviceUsers, OpcuaDeviceServer
-from tests.conftest import while_the_other_waits
+from tests.conftest import Relay, while_the_other_waits
 
 TIMEOUT_S = 1.0  # in the tests that time a failure
 PATIENT_S = 5.0  # in the others: a loaded CI machine is slow, and they count, not time
@@ -948,6 +948,37 @@ def test_a_simulated_device_does_not_hold_a_copy_of_the_standard_address_space()
     grown, readings = asyncio.run(scenario())
     assert by_metric(readings)["supply_temp_c"].value == pytest.approx(35.0)
     assert grown < 50_000, f"a second simulated device made {grown:,} objects"
+
+
+def test_a_server_slow_to_open_a_session_comes_up(supercap_server: Served) -> None:
+    """Opening a session takes some nine requests (channels, endpoints, session, activation,
+    subscription, the first Read). Bounded whole by one timeout, a server slow to answer each
+    (a loaded one: 16-34 simulated supercaps of the 2,000-rack benchmark never came up in 600
+    s) was torn down at every attempt and begun again. Each request has the timeout; opening
+    the session, SETUP_TIMEOUTS of them."""
+
+    async def scenario() -> tuple[float, list[Reading], str]:
+        relay = Relay()
+        await relay.start(supercap_server.port)
+        relay.delay_s = 0.5  # each request: 0.5 s of a 3 s timeout
+        c = collector(supercap(relay.port, "subscribe"), 3.0)
+        try:
+            started = time.monotonic()
+            opened = await c.read()
+            elapsed = time.monotonic() - started
+            relay.delay_s = 4.0  # a request now takes more than the timeout
+            with pytest.raises(DeviceUnreachable) as slower:
+                for _ in range(2):  # (the first may find a publish that came before)
+                    await c.read()
+            return elapsed, opened, str(slower.value)
+        finally:
+            await c.close()
+            await relay.stop()
+
+    elapsed, opened, slower = asyncio.run(scenario())
+    assert elapsed > 3.0  # the delays alone: more than one timeout (not a bound on speed)
+    assert {r.quality for r in opened} == {Quality.GOOD}
+    assert "no answer within 3 s" in slower  # a session open: each read has one timeout
 
 
 def test_silent_server_times_out_and_leaves_nothing_running() -> None:
