@@ -532,8 +532,8 @@ def _row(r: tuple) -> OutboxRow:
 
 
 async def http_client() -> httpx.AsyncClient:
-    """A client for webhooks, made in a worker thread: loading the CA certificates held the
-    event loop (every poll) for 55-180 ms."""
+    """A client for webhooks, made in a worker thread: loading its CA certificates on the
+    event loop held every poll for 55-180 ms."""
     return await asyncio.to_thread(
         httpx.AsyncClient, headers={"User-Agent": _USER_AGENT}, follow_redirects=False)
 
