@@ -625,12 +625,12 @@ class SiteAPI:
         """One device read now, as `aidc probe` reads it: each series with what came off
         the wire (``raw``), its value when good and its quality; or the error. None for an
         unknown device; NotAnswering when the runtime is not running."""
-        from aidc.runtime import probe_deadline_s
+        from aidc.runtime import read_deadline_s
 
         device = self.runtime.topology.device_by_id.get(device_id)
         if device is None:
             return None
-        p = self.runtime.call_soon(self.runtime.probe, device_id, timeout_s=probe_deadline_s(
+        p = self.runtime.call_soon(self.runtime.probe, device_id, timeout_s=read_deadline_s(
             device, self.runtime.site.timeout_s(device)) * 2 + 1)  # a probe of it may be under way
         return {"device": p.device, "read_at": iso(p.at), "elapsed_ms": round(p.elapsed_ms, 1),
                 "error": p.error, "readings": [

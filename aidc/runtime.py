@@ -170,16 +170,12 @@ def flipped(test: Callable[[float], object], new: Sample, old: Sample | None) ->
 
 
 def read_deadline_s(device, timeout_s: float, units_sharing: int = 1) -> float:
-    """The longest the runtime waits on one read of ``device``: its collector gives up by
-    itself within ``timeouts_a_read`` timeouts; then a timeout more, and one for each unit
-    queued for the same Modbus gateway (``units_sharing``, itself included)."""
+    """The longest the runtime waits on one read of ``device`` (a poll's, or a probe's on a
+    connection of its own): its collector gives up by itself within ``timeouts_a_read``
+    timeouts; then a timeout more, and one for each unit queued for the same Modbus gateway
+    (``units_sharing``, itself included)."""
     timeouts = collector_class(device.protocol).timeouts_a_read + 1 + units_sharing
     return max(timeouts * timeout_s, 1.0)
-
-
-def probe_deadline_s(device, timeout_s: float) -> float:
-    """The longest a probe may take: a connection and a read, on a connection of its own."""
-    return read_deadline_s(device, timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,7 +470,7 @@ class Runtime:
             if last is not None and time.time() - last.done_at < PROBE_REUSE_S:
                 return last
             loop, at = asyncio.get_running_loop(), time.time()
-            started, deadline_s = loop.time(), probe_deadline_s(device, self.site.timeout_s(device))
+            started, deadline_s = loop.time(), read_deadline_s(device, self.site.timeout_s(device))
             collector = make_collector(device, self.site.timeout_s(device))
             readings, error = (), None
             try:
