@@ -67,10 +67,10 @@ KEEPALIVE_PROBE_S = SESSION_TIMEOUT_S / 3  # asyncua's own server-state Read; po
 LIFETIME_COUNT = 10_000  # publishing intervals without a Publish request before the server
 # ends the subscription (Part 4 §5.13.1.1): far longer than any wait between two polls
 INTEGRITY_S = 300.0  # a subscribed device is also read whole this often
-# A read that opens a session makes some seven requests (channel, endpoints, channel, session,
-# activation, browse paths, subscription), each bounded by the timeout by asyncua: bounded
-# whole by one timeout, a server slow to set up (here a loaded one, at 0.3-0.5 s a request)
-# never came up, each attempt torn down and begun again from scratch.
+# A read that opens a session makes some nine requests (channels, endpoints, session,
+# activation, browse paths, subscription, the first Read), each bounded by the timeout by
+# asyncua: bounded whole by one timeout, a server slow to set up (a loaded one) never came
+# up, each attempt torn down and begun again from scratch.
 SETUP_TIMEOUTS = 3
 FLOATING = {"Float", "Double"}
 NUMERIC = FLOATING | {"Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32",
