@@ -124,20 +124,20 @@ def read_plain_yaml(
 
 def _maybe_typed(document: str) -> set[str]:
     """The distinct strings (keys and values) of a JSON document that YAML 1.1 may type when
-    written plain: empty, or starting where one of its implicit resolvers looks, and no
-    longer than _LONGEST_WORD when that is a letter. Picked by their first byte and length
-    in numpy: a Python string for each of a large file's 1.3 million took 0.2 s."""
-    if "\\" in document:  # escapes: read each string properly
+    written plain (a superset: the caller asks PyYAML's resolver of each): empty, or starting
+    where one of its implicit resolvers looks, and no longer than _LONGEST_WORD when that is a
+    letter. Picked by their first byte and length in numpy: a Python string for each of a
+    large file's 1.3 million took 0.2 s."""
+    if "\\" in document:  # escapes (rare): read each string properly
         found = {json.loads(s) for s in re.findall(r'"(?:[^"\\]|\\.)*"', document)}
-        return {s for s in found if not s or s[0] in _TYPED_FIRST
-                and (len(s) <= _LONGEST_WORD or not s[0].isalpha())}
+        return {s for s in found if not s or s[0] in _TYPED_FIRST}
     data = document.encode()
     raw = np.frombuffer(data, dtype=np.uint8)
     quotes = np.flatnonzero(raw == ord('"'))  # no escapes: each opens or closes a string
     if len(quotes) % 2:
         raise _Unsure("a quote that rapidyaml did not escape")
-    start, end = quotes[0::2] + 1, quotes[1::2]
-    first, length = raw[np.minimum(start, len(raw) - 1)], end - start
+    start, end = quotes[0::2] + 1, quotes[1::2]  # a closing quote follows each start
+    first, length = raw[start], end - start
     pick = (length == 0) | _TYPED[first] & ~(_WORD[first] & (length > _LONGEST_WORD))
     return {data[s:e].decode() for s, e in zip(start[pick].tolist(), end[pick].tolist())}
 
