@@ -71,6 +71,8 @@ TRAPS = [  # (YAML, whether the fast reading can vouch for it)
     ("a: \"${AIDC_UNSET_VARIABLE}\"\n", False), ("a: 5\nb: -0.5\nc: true\nd: [1, {e: f}]\n", True),
     ("a: FALSE\n", False), ("FALSE: a\n", False), ("a: Falsey\nb: nothing\n", True),
     ("a: [offset, 'off']\n", True), ("a: \"x\\ty\"\nb: Off\n", False), ("a: file:x\n", False),
+    ("a: [{i\n  b: c}]\n", False), ("a: [{i b: c}]\n", True), ("'x y': 1\n", True),
+    ("a: {" + "k" * 600 + ": 1}\n", False),
 ]  # fmt: skip
 
 

@@ -38,6 +38,9 @@ _BRACKETS = np.zeros(256, dtype=np.int8)
 _BRACKETS[[ord("["), ord("{")]], _BRACKETS[[ord("]"), ord("}")]] = 1, -1
 _MARKS = _BRACKETS != 0
 _MARKS[ord('"')] = True
+# PyYAML refuses an implicit key whose ':' is more than 1024 characters from its start (quotes
+# and spaces count): a key past half that is left to PyYAML
+LONG_KEY_CHARS = 512
 _TYPED = np.zeros(256, dtype=bool)  # first bytes that YAML 1.1's implicit resolvers look at
 _TYPED[[ord(c) for c in _TYPED_FIRST]] = True
 _WORD = _TYPED & np.array([chr(b).isalpha() for b in range(256)])  # of bool and null words
@@ -69,11 +72,25 @@ def _refuse_constant(token: str) -> Any:
     raise _Unsure(token)
 
 
-def _mapping(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _mapping(pairs: list[tuple[str, Any]], keys: set[str]) -> dict[str, Any]:
+    """A JSON object as a dict, its keys added to ``keys``."""
     out = dict(pairs)
     if len(out) != len(pairs):
         raise _Unsure("a duplicate key")
+    keys.update(out)
     return out
+
+
+def _key_on_one_line(key: str, text: str) -> bool:
+    """Whether ``key`` is surely written on one line of ``text``, as YAML's implicit keys must
+    be, and short (LONG_KEY_CHARS). rapidyaml also reads a plain key that a flow
+    mapping folds over two lines (``{i<newline> manifold: x}`` as 'i manifold'), which PyYAML
+    refuses; only a key with a space or a line break can be one."""
+    if len(key) > LONG_KEY_CHARS:
+        return False
+    if " " not in key and "\n" not in key:
+        return True
+    return re.search(re.escape(key) + "['\"]? *:", text) is not None
 
 
 @contextmanager
@@ -113,8 +130,11 @@ def read_plain_yaml(
             return None
         # integers need no hook: JSON has no leading zeros (YAML 1.1's octal), so json.loads
         # refuses rapidyaml's ``-07``, and quotes its ``010`` (checked as strings above)
-        data = json.loads(document, object_pairs_hook=_mapping, parse_float=_plain_float,
-                          parse_constant=_refuse_constant)
+        keys: set[str] = set()
+        data = json.loads(document, object_pairs_hook=functools.partial(_mapping, keys=keys),
+                          parse_float=_plain_float, parse_constant=_refuse_constant)
+        if not all(_key_on_one_line(k, text) for k in keys):
+            return None
         if secret is not None and ("${" in document or '"file:' in document):
             data = _map_strings(data, secret)
     except (_Unsure, ValueError, RecursionError, ryml.ExceptionBasic):
