@@ -341,9 +341,10 @@ class Runtime:
         try:
             await asyncio.to_thread(import_protocols, {d.protocol for d in self.polled})
             for i, d in enumerate(self.polled):
-                if i % START_BATCH == 0 and i:
-                    await asyncio.sleep(0)  # the polls started so far, answers and timers run
-                    if stop.is_set():
+                if i % START_BATCH == 0:
+                    if i:
+                        await asyncio.sleep(0)  # the polls started so far, answers and timers run
+                    if stop.is_set():  # (also while the protocols were imported)
                         break
                 tasks.append(asyncio.create_task(self._poll(d), name=f"poll-{d.id}"))
             await stop.wait()
