@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import gc
 import logging
@@ -107,12 +108,13 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
                  role: str = "all", shard: tuple[int, int] = (1, 1)) -> int:
     import asyncio  # here and where it runs: the commands that answer and end skip its 60 ms
 
-    from aidc.runtime import Runtime
-
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # Ctrl-C from here on stops the runtime cleanly
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    from aidc.runtime import Runtime
+
     simulated = None
     if simulate:
         from simulators.site import SimulatedSite
@@ -137,15 +139,17 @@ async def _serve(site: Site, data_dir: Path, host: str, web_port: int, simulate:
         print(f"error: cannot serve on {host}:{web_port}: {e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     if role == "collect":
-        print(f"aidc collector {shard[0]}/{shard[1]} polling {len(runtime.polled)} of "
-              f"{len(site.devices)} devices: {web.url}healthz  Ctrl-C stops.", flush=True)
+        banner = [f"aidc collector {shard[0]}/{shard[1]} polling {len(runtime.polled)} of "
+                  + f"{len(site.devices)} devices: {web.url}healthz  Ctrl-C stops."]
     else:
-        print(f"aidc {'demo ' if simulate else ''}{'core ' if role == 'core' else ''}running: "
-              f"{web.url}  (API: {web.url}api/v1/site)  Ctrl-C stops.", flush=True)
+        banner = [f"aidc {'demo ' if simulate else ''}{'core ' if role == 'core' else ''}"
+                  + f"running: {web.url}  (API: {web.url}api/v1/site)  Ctrl-C stops."]
     if token and simulate and not site.web.api_token:
-        print(f"write actions (alert ack) take the bearer token in {data_dir / 'api-token'}")
+        banner.append(f"write actions (alert ack) take the bearer token in {data_dir / 'api-token'}")
     if simulate and (data_dir / "operator-password").exists():
-        print(f"sign in as 'operator' with the password in {data_dir / 'operator-password'}")
+        banner.append(f"sign in as 'operator' with the password in {data_dir / 'operator-password'}")
+    if not stop.is_set():  # Ctrl-C while the web was made: the runtime stops, it is not running
+        print("\n".join(banner), flush=True)
     try:
         await running
     finally:
@@ -702,6 +706,13 @@ def console() -> None:
     except BrokenPipeError:  # as the Python docs advise: no second error while exiting
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
+    except KeyboardInterrupt:  # Ctrl-C before the command took it (reading the site file,
+        # 1.2 s at 10,000 racks): no traceback, and ended by SIGINT, as the shell expects
+        logging.shutdown()
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     # Everything is written and closed. What is left is freeing the site's objects one by
     # one, 0.9 s at 10,000 racks (700,000 objects): the OS takes the memory back at once.
     logging.shutdown()
