@@ -571,7 +571,7 @@ def test_ctrl_c_while_a_command_reads_its_site_file_ends_it_quietly(tmp_path: Pa
     # background job of a script): a handler of ours is the default once aidc is exec'ed
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "aidc.cli", "check", str(fifo)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "aidc", "check", str(fifo)], cwd=ROOT,
                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     finally:
         signal.signal(signal.SIGINT, previous)
