@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-*; touch $@
 
+## byte-compiled as pip compiles an installed package (an editable install is not): where
+## PYTHONDONTWRITEBYTECODE is set, each command compiled its modules again (0.1-0.3 s)
 install: $(STAMP)
+	$(PY) -m compileall -q aidc collectors models alerts dashboards simulators benchmarks
 
 ## the whole simulated site (simulators, collectors, model, alerts, web) on the embedded store
 demo: install
