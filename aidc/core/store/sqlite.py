@@ -129,7 +129,8 @@ class SqliteStore:
         self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE((SELECT MIN(ts) "
                          "FROM samples), ?) WHERE NOT EXISTS (SELECT 1 FROM rolled_up)", (time.time(),))
         self._lock = threading.Lock()
-        self._series: dict[tuple[str, str, str], int] | None = None  # loaded by the first write
+        # the file's series not yet written by this process: read whole by the first write
+        self._series: dict[tuple[str, str, str], int] | None = None
         self._seen: dict[tuple, int] = {}  # (measurement, field, *names, *values) -> id
         # (measurement, field) -> the tag sets of SampleColumns written, and their series' ids
         self._column_ids: dict[tuple[str, str], tuple[list, np.ndarray]] = {}
@@ -173,7 +174,9 @@ class SqliteStore:
 
     def _series_id(self, s: Sample) -> int:
         """The id of the sample's series, made if new. Looked up by the tags as given
-        (sorting and encoding them a sample took most of a write's time), then as stored."""
+        (sorting and encoding them a sample took most of a write's time), then as stored: in
+        the map of the file's series (one query, not one a series: on a cold cache each was a
+        random read), which gives it up, so that the process holds each series once."""
         seen = (s.measurement, s.field, *s.tags, *s.tags.values())  # flat: a third the bytes
         found = self._seen.get(seen)
         if found is not None:
@@ -182,14 +185,14 @@ class SqliteStore:
             self._series = {(m, t, f): i for i, m, t, f in self._db.execute(
                 "SELECT id, measurement, tags, field FROM series")}
         key = (s.measurement, json.dumps(s.tags, sort_keys=True), s.field)
-        if key not in self._series:
-            cur = self._db.execute(
-                "INSERT INTO series (measurement, tags, field, key, device) VALUES (?, ?, ?, ?, ?)",
-                (*key, key_of(s.field, s.tags), s.tags.get("device")),
-            )
-            self._series[key] = cur.lastrowid
-        self._seen[seen] = self._series[key]
-        return self._series[key]
+        found = self._series.pop(key, None)  # known from now on by its tags as given alone
+        if found is None:  # new, or already known by its tags given in another order
+            (found,) = self._db.execute(
+                "INSERT INTO series (measurement, tags, field, key, device) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (measurement, tags, field) DO UPDATE SET key = excluded.key"
+                " RETURNING id", (*key, key_of(s.field, s.tags), s.tags.get("device"))).fetchone()
+        self._seen[seen] = found
+        return found
 
     def write(self, samples: Sequence[Sample]) -> None:
         with self._lock:
