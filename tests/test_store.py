@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 
@@ -587,12 +588,17 @@ def test_sqlite_rolls_up_minutes_and_hours_of_good_values(tmp_path):
     (300, "min")])
 def test_sqlite_reads_whole_periods_from_rollups_and_the_same_as_raw(tmp_path, every_s, aggregate):
     """Windows of whole minutes or hours over an unaligned range: whole periods come from the
-    rollups, edges and the part not rolled up yet raw, and every window is what the raw
-    samples give."""
+    rollups, edges and the part not rolled up yet raw (moved, or still recent: written after
+    the roll-up), and every window is what the raw samples give."""
     data = three_hours()
     s = SqliteStore(tmp_path / "r.sqlite")
     s.write(data)
     rolled_up(s, H0 + 2 * 3600 + 30)  # the third hour is not rolled up yet
+    late = [Sample("site", PUE, "pue", 7.5 - i % 9, H0 + 2 * 3600 + 5 + 20 * i) for i in range(180)]
+    s._next_roll_up = math.inf  # not moved by this write: recent, beside moved samples
+    s.write(late)
+    assert s._db.execute("SELECT COUNT(*) FROM recent").fetchone() == (180,)
+    data += late
     start, end = H0 + 125, H0 + 3 * 3600 - 35
     pieces = s._pieces(start, end, every_s)
     assert {t for t, _, _ in pieces} >= {"rollup_1m", "samples"}  # both were read
@@ -605,6 +611,26 @@ def test_sqlite_reads_whole_periods_from_rollups_and_the_same_as_raw(tmp_path, e
     [one] = s.history("site", "pue", start, end, every_s=end - start, aggregate=aggregate)
     everything = [x.value for x in data if start <= x.ts <= end and x.quality is Quality.GOOD]
     assert one.points[0] == (start, pytest.approx(fn(everything), abs=1e-12))
+    s.close()
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "min", "max"])
+def test_a_range_that_ends_on_a_rolled_up_minute_takes_none_of_that_minute(tmp_path, aggregate):
+    """The rollup row stamped ``end`` holds [end, end + 60 s): only its sample at ``end`` is
+    in the range, read raw."""
+    data = three_hours()
+    s = SqliteStore(tmp_path / "r.sqlite")
+    s.write(data)
+    rolled_up(s, H0 + 3 * 3600)
+    start, end = H0 + 125, H0 + 7200
+    assert ("rollup_1m", end) in [(table, hi) for table, _, hi in s._pieces(start, end, 600)]
+    fn = {"max": max, "min": min, "mean": lambda v: sum(v) / len(v)}[aggregate]
+    for every_s in (600, end - start):
+        [got] = s.history("site", "pue", start, end, every_s=every_s, aggregate=aggregate)
+        expected = brute(data, start, end, every_s, fn) if every_s == 600 else [(start, fn(
+            [x.value for x in data if start <= x.ts <= end and x.quality is Quality.GOOD]))]
+        assert [t for t, _ in got.points] == [t for t, _ in expected]
+        assert [v for _, v in got.points] == pytest.approx([v for _, v in expected], abs=1e-12)
     s.close()
 
 
