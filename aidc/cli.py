@@ -220,8 +220,13 @@ def _demo_operator(data_dir: Path):
 def _serve_until_stopped(site: Site, args: argparse.Namespace, simulate: bool, **role) -> int:
     import asyncio
 
-    return asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate,
-                              **role))
+    from aidc.core.store import StoreUnavailable
+
+    try:
+        return asyncio.run(_serve(site, Path(args.data_dir), args.host, args.web_port, simulate,
+                                  **role))
+    except StoreUnavailable as e:  # its file, at the start: locked past the timeout, disk full
+        return _fail(str(e))
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -395,6 +396,23 @@ def test_cli_headroom_and_whatif_read_the_store(shared_live_site, tmp_path):
     bad = cli("headroom", "--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir", str(typo))
     assert bad.returncode == 2 and f"no store at {typo / 'aidc.sqlite'}" in bad.stderr
     assert not typo.exists()
+
+
+def test_a_store_held_by_another_process_stops_aidc_run_in_one_line(tmp_path):
+    """Another process holds the write lock of the store's file (a second `aidc run` on the
+    same data directory, mid-transaction): the run that cannot make its store says so."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    holder = sqlite3.connect(data / "aidc.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        out = cli("run", "--site", str(ROOT / "site_configs" / "demo.yaml"), "--data-dir",
+                  str(data), "--web-port", str(free_port()))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"error: {data / 'aidc.sqlite'}: database is locked" in out.stderr
 
 
 def test_demo_signs_with_a_secret_from_env_or_file_never_the_command_line(tmp_path, monkeypatch):

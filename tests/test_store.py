@@ -12,6 +12,7 @@ import pytest
 from aidc.core.config import Store as StoreConfig
 from aidc.core.metrics import Quality, Sample, SampleColumns
 from aidc.core.net import free_port
+from aidc.core.store import StoreUnavailable
 from aidc.core.store.influx import InfluxStore, rollup_query, to_line_protocol
 from aidc.core.store.spool import SpooledWriter
 from aidc.core.store.sqlite import SqliteStore
@@ -335,6 +336,40 @@ def test_sqlite_store_survives_reopen(tmp_path):
     assert got["cdu-1"][-1] == (T0 + 14, 46.0)
     assert s.count() == 8
     s.close()
+
+
+def test_a_reader_opens_and_reads_while_the_runtime_holds_the_write_lock(tmp_path):
+    """`aidc headroom` opens the store while `aidc run` writes or rolls up: it must not wait
+    for that transaction to end, and reads what was committed."""
+    path = tmp_path / "held.sqlite"
+    writer = SqliteStore(path)
+    writer.write([Sample("pdu", {"device": "pdu-1"}, "power_kw", 10.0 + i, T0 + i) for i in range(3)])
+    writer.roll_up(T0 + 60)
+    writer.write([Sample("pdu", {"device": "pdu-1"}, "power_kw", 20.0, T0 + 70)])
+    writer._db.execute("BEGIN IMMEDIATE")  # a write under way
+    try:
+        reader = SqliteStore(path, reader=True)
+        assert reader.latest_values(T0).good_value(("pdu-1", "power_kw")) == 20.0
+        [series] = reader.history("pdu", "power_kw", T0, T0 + 70, every_s=100, aggregate="max")
+        assert series.points == [(T0, 20.0)]
+        reader.close()
+    finally:
+        writer._db.execute("ROLLBACK")
+    writer.close()
+
+
+def test_a_store_that_stays_locked_is_unavailable_in_one_line(tmp_path):
+    """A new store cannot be made while another process holds its file's write lock: after
+    SQLite's timeout, the store is unavailable, with the file named (no traceback)."""
+    path = tmp_path / "locked.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match=r"locked\.sqlite: database is locked"):
+            SqliteStore(path)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 def test_a_series_is_one_whatever_the_order_of_its_tags_across_reopens_and_rollbacks(tmp_path):

@@ -110,19 +110,16 @@ class SqliteStore:
         self.keep_s = {"samples": raw_days * 86400, "rollup_1m": minute_days * 86400,
                        "rollup_1h": hour_days * 86400}
         self._db = private_sqlite(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        if reader:
-            self._db.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
-        self._db.executescript(SCHEMA)
-        self._add_keys()
-        if not self._db.execute("SELECT 1 FROM newest LIMIT 1").fetchone():  # a store made
-            # before the table, or empty: a scan of every sample, once
-            self._db.execute("INSERT INTO newest SELECT series, max(ts), value, quality"
-                             " FROM samples GROUP BY series")
-        # (the oldest sample is a scan of the whole table: only for a store without the row)
-        self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE((SELECT MIN(ts) "
-                         "FROM samples), ?) WHERE NOT EXISTS (SELECT 1 FROM rolled_up)", (time.time(),))
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            if reader:
+                self._db.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
+            self._db.executescript(SCHEMA)
+            self._upgrade()
+        except sqlite3.OperationalError as e:  # locked past the timeout, disk full, I/O error
+            self._db.close()
+            raise StoreUnavailable(f"{path}: {e}") from None
         self._lock = threading.Lock()
         # the file's series not yet written by this process: read whole by the first write
         self._series: dict[tuple[str, str, str], int] | None = None
@@ -130,6 +127,21 @@ class SqliteStore:
         # (measurement, field) -> the tag sets of SampleColumns written, and their series' ids
         self._column_ids: dict[tuple[str, str], tuple[list, np.ndarray]] = {}
         self._next_retention = self._next_roll_up = 0.0
+
+    def _upgrade(self) -> None:
+        """What a store made by an older aidc lacks, added once. A store that has it all is
+        not written to: a reader that wrote would wait for the runtime's write transactions
+        (its flushes, its roll-ups), and fail after SQLite's timeout."""
+        self._add_keys()
+        if (not self._db.execute("SELECT 1 FROM newest LIMIT 1").fetchone()
+                and self._db.execute("SELECT 1 FROM samples LIMIT 1").fetchone()):
+            # a store made before the table: a scan of every sample, once
+            self._db.execute("INSERT INTO newest SELECT series, max(ts), value, quality"
+                             " FROM samples GROUP BY series")
+        if not self._db.execute("SELECT 1 FROM rolled_up").fetchone():
+            # (the oldest sample is a scan of the whole table: only for a store without the row)
+            self._db.execute("INSERT OR IGNORE INTO rolled_up SELECT 1, COALESCE((SELECT MIN(ts)"
+                             " FROM samples), ?)", (time.time(),))
 
     def _add_keys(self) -> None:
         """Stores made before series had their key and device columns get them once, so
