@@ -120,7 +120,15 @@ class SqliteStore:
         except sqlite3.OperationalError as e:  # locked past the timeout, disk full, I/O error
             self._db.close()
             raise StoreUnavailable(f"{path}: {e}") from None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # of the writes' connection
+        # Reads take a connection of their own, but for a reader's: in WAL mode it reads what
+        # was committed while a write goes on (a roll-up at 2,000 racks holds one for 4 s,
+        # which a console's trend waited for out).
+        self._reads, self._reads_lock = self._db, self._lock
+        if not reader:
+            self._reads = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._reads.execute("PRAGMA query_only = ON")
+            self._reads_lock = threading.Lock()
         # the file's series not yet written by this process: read whole by the first write
         self._series: dict[tuple[str, str, str], int] | None = None
         self._seen: dict[tuple, int] = {}  # (measurement, field, *names, *values) -> id
@@ -293,19 +301,16 @@ class SqliteStore:
         if every_s:
             return self._as_series(measurement, field, self._windows(
                 sel, args, self._pieces(start, end, every_s), start, end, every_s, aggregate))
-        with self._lock:  # the two tables merged in key order, not sorted
-            rows = self._db.execute(sel + " UNION ALL ".join(
-                f"SELECT series, ts, value FROM {table} WHERE series IN sel AND ts >= :start"
-                f" AND ts <= :end{GOOD}" for table in ("samples", "recent"))
-                + " ORDER BY series, ts", args).fetchall()
+        rows = self._read(sel + " UNION ALL ".join(  # the two tables merged in key order
+            f"SELECT series, ts, value FROM {table} WHERE series IN sel AND ts >= :start"
+            f" AND ts <= :end{GOOD}" for table in ("samples", "recent")) + " ORDER BY series, ts", args)
         return self._as_series(measurement, field, rows)
 
     def _pieces(self, start: float, end: float, every_s: float) -> list[tuple[str, float, float]]:
         """[start, end] as (table, from, to) pieces, oldest first: whole periods of a
         rollup where the windows of ``every_s`` are made of them (one window: any) and the
         rollup holds them, the rest raw (the last raw piece includes ``end``)."""
-        with self._lock:
-            (until,) = self._db.execute("SELECT until FROM rolled_up").fetchone()
+        [(until,)] = self._read("SELECT until FROM rolled_up")
         one_window = every_s >= end - start
 
         def split(lo: float, hi: float, levels: tuple) -> list[tuple[str, float, float]]:
@@ -346,18 +351,15 @@ class SqliteStore:
                       for t in (("samples", "recent") if raw else (table,))]
         sql = (f"{sel}SELECT series, t, {value} FROM (" + " UNION ALL ".join(parts)
                + ") GROUP BY series, t ORDER BY series, t")
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._read(sql, args)
 
     def _as_series(self, measurement: str, field: str, rows: list[tuple]) -> list[Series]:
         """Series of (series id, time, value) rows in series order."""
         points = {series: [(float(t), v) for _, t, v in series_rows]
                   for series, series_rows in groupby(rows, key=itemgetter(0))}
-        with self._lock:  # a tag set once a series, not once a point
-            tag_sets = self._db.execute(
-                "SELECT s.tags FROM json_each(?) j JOIN series s ON s.id = j.value ORDER BY j.key",
-                (json.dumps(list(points)),),
-            ).fetchall()
+        tag_sets = self._read(  # a tag set once a series, not once a point
+            "SELECT s.tags FROM json_each(?) j JOIN series s ON s.id = j.value ORDER BY j.key",
+            (json.dumps(list(points)),))
         return [Series(measurement, tags, field, pts) for tags, pts
                 in zip(_decoded(t for (t,) in tag_sets), points.values(), strict=True)]
 
@@ -383,14 +385,17 @@ class SqliteStore:
         if keys is not None:
             sql += " AND s.key IN (SELECT value FROM json_each(?))"
             args += (json.dumps(sorted(keys)),)
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._read(sql, args)
 
     def count(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT (SELECT count(*) FROM samples)"
-                                    " + (SELECT count(*) FROM recent)").fetchone()[0]
+        return self._read("SELECT (SELECT count(*) FROM samples) + (SELECT count(*) FROM recent)")[0][0]
+
+    def _read(self, sql: str, args: tuple | dict = ()) -> list[tuple]:
+        with self._reads_lock:
+            return self._reads.execute(sql, args).fetchall()
 
     def close(self) -> None:
+        with self._reads_lock:
+            self._reads.close()
         with self._lock:
             self._db.close()
