@@ -586,6 +586,7 @@ def test_a_store_made_before_series_devices_gets_them_once(tmp_path):
     db = sqlite3.connect(path)  # as it was
     db.executescript("""
         DROP INDEX series_by_key_device;
+        DROP INDEX series_by_device;
         ALTER TABLE series DROP COLUMN device;
         CREATE INDEX series_by_key ON series (key);
     """)
@@ -598,7 +599,7 @@ def test_a_store_made_before_series_devices_gets_them_once(tmp_path):
         ("power_kw", "p"), ("power_kw", None)]
     assert [name for (name,) in db.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'series'"
-        " AND sql IS NOT NULL")] == ["series_by_key_device"]
+        " AND sql IS NOT NULL")] == ["series_by_key_device", "series_by_device"]
     db.close()
 
 

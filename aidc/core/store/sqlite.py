@@ -117,13 +117,16 @@ class SqliteStore:
                 self._db.execute(f"PRAGMA mmap_size={READER_MMAP_BYTES}")
             self._db.executescript(SCHEMA)
             self._upgrade()
+            if not reader:  # a device's trend (its console page) found its series by a scan
+                # of every series' tags: 120 ms at 2,000 racks; by this index, under 1 ms
+                self._db.execute("CREATE INDEX IF NOT EXISTS series_by_device ON series (device)")
         except sqlite3.OperationalError as e:  # locked past the timeout, disk full, I/O error
             self._db.close()
             raise StoreUnavailable(f"{path}: {e}") from None
         self._lock = threading.Lock()  # of the writes' connection
         # Reads take a connection of their own, but for a reader's: in WAL mode it reads what
-        # was committed while a write goes on (a roll-up at 2,000 racks holds one for 4 s,
-        # which a console's trend waited for out).
+        # was committed while a write goes on (a roll-up at 2,000 racks holds one 4-6 s,
+        # which a console's trend waited out).
         self._reads, self._reads_lock = self._db, self._lock
         if not reader:
             self._reads = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -291,8 +294,12 @@ class SqliteStore:
         args: dict = {"m": measurement, "f": field, "start": start, "end": end}
         tag_sql = ""
         for i, (k, v) in enumerate((where or {}).items()):
-            tag_sql += f" AND json_extract(s.tags, :path{i}) = :tag{i}"
-            args |= {f"path{i}": f"$.{k}", f"tag{i}": v}
+            if k == "device":  # by its index, not a JSON parse of every series' tags
+                tag_sql += f" AND s.device = :tag{i}"
+            else:
+                tag_sql += f" AND json_extract(s.tags, :path{i}) = :tag{i}"
+                args[f"path{i}"] = f"$.{k}"
+            args[f"tag{i}"] = v
         if labels is not None:
             tag_sql += " AND s.key = :key"
             args["key"] = series_key(field, labels)
