@@ -386,8 +386,9 @@ def test_the_runtime_reads_its_store_while_it_writes_or_rolls_up(tmp_path):
 
 
 def test_a_store_that_stays_locked_is_unavailable_in_one_line(tmp_path):
-    """A new store cannot be made while another process holds its file's write lock: after
-    SQLite's timeout, the store is unavailable, with the file named (no traceback)."""
+    """A new store cannot be made while another process holds its file's write lock: the
+    store is unavailable (at once here: SQLite does not wait to change the journal mode),
+    with the file named, and no traceback."""
     path = tmp_path / "locked.sqlite"
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")

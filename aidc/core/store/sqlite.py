@@ -307,7 +307,7 @@ class SqliteStore:
                f" AND s.field = :f{tag_sql}) ")
         if every_s:
             return self._as_series(measurement, field, self._windows(
-                sel, args, self._pieces(start, end, every_s), start, end, every_s, aggregate))
+                sel, args, start, end, every_s, aggregate))
         rows = self._read(sel + " UNION ALL ".join(  # the two tables merged in key order
             f"SELECT series, ts, value FROM {table} WHERE series IN sel AND ts >= :start"
             f" AND ts <= :end{GOOD}" for table in ("samples", "recent")) + " ORDER BY series, ts", args)
@@ -333,9 +333,9 @@ class SqliteStore:
 
         return split(start, end, ROLLUPS)
 
-    def _windows(self, sel: str, args: dict, pieces: list[tuple[str, float, float]],
-                 start: float, end: float, every_s: float, aggregate: Aggregate) -> list[tuple]:
-        """(series, window, value) rows over the ``pieces``, each table's part aggregated by
+    def _windows(self, sel: str, args: dict, start: float, end: float, every_s: float,
+                 aggregate: Aggregate) -> list[tuple]:
+        """(series, window, value) rows over the range's pieces, each table's part aggregated by
         itself in its key order (their rows' union sorted as a whole took a quarter longer),
         then the parts together: the rollups' counts and means weigh in as the raw samples
         they stand for."""
@@ -349,7 +349,7 @@ class SqliteStore:
             "min": ("MIN(value) AS v", "MIN(lo) AS v", "MIN(v)"),
             "max": ("MAX(value) AS v", "MAX(hi) AS v", "MAX(v)")}[aggregate]
         parts = []
-        for i, (table, lo, hi) in enumerate(pieces):
+        for i, (table, lo, hi) in enumerate(self._pieces(start, end, every_s)):
             args |= {f"lo{i}": lo, f"hi{i}": hi}
             raw = table == "samples"
             parts += [f"SELECT series, {window} AS t, {of_raw if raw else of_rollup} FROM {t}"
@@ -402,7 +402,8 @@ class SqliteStore:
             return self._reads.execute(sql, args).fetchall()
 
     def close(self) -> None:
-        with self._reads_lock:
-            self._reads.close()
+        if self._reads is not self._db:
+            with self._reads_lock:
+                self._reads.close()
         with self._lock:
             self._db.close()
