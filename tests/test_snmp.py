@@ -40,6 +40,7 @@ from collectors.snmp import (
     parse_response,
     walk,
 )
+from simulators import snmp as sim
 from simulators.snmp import SnmpDeviceServer
 from tests.conftest import while_the_other_waits
 
@@ -838,6 +839,67 @@ def net_snmp(tool: str, *args: str, version: str = "-v2c") -> dict[str, str]:
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if "No more variables left" not in line]
     return dict(line.split(" = ", 1) for line in lines if " = " in line)
+
+
+@pytest.mark.parametrize("value", [
+    *(rfc1902.Integer32(n) for n in (0, 1, 127, 128, 255, 256, -1, -128, -129, -(2**31), 2**31 - 1)),
+    rfc1902.Counter32(2**32 - 1), rfc1902.Gauge32(2**31), rfc1902.Unsigned32(0),
+    rfc1902.TimeTicks(4_000_000_000), rfc1902.Counter64(2**64 - 1),
+    rfc1902.OctetString("aidc"), rfc1902.ObjectIdentifier("1.3.6.1.4.1.318"),
+    rfc1905.noSuchObject, rfc1905.noSuchInstance, rfc1905.endOfMibView, sim.V2C_NULL,
+])
+def test_the_simulators_own_encoding_of_a_value_reads_back_as_that_value(value) -> None:
+    """pyasn1 reads it back as the same type and value; the bytes are pyasn1's, but for a
+    negative number whose first octet pyasn1 pads (-128: ff 80), where ours take the fewest
+    octets that X.690 8.3.2 asks for."""
+    ours = sim._value_ber(value)
+    decoded, rest = decoder.decode(ours, asn1Spec=type(value)())
+    assert (rest, decoded.tagSet, decoded) == (b"", value.tagSet, value)
+    if not isinstance(value, rfc1902.Integer32) or value >= 0:
+        assert ours == encoder.encode(value)
+    else:
+        assert ours[1] == (~int(value)).bit_length() // 8 + 1  # -128: 1 octet, -129: 2
+
+
+@pytest.mark.parametrize("oid", [(1, 3, 6, 1, 2, 1, 1, 3, 0), (2, 100, 3), (0, 39),
+                                 (1, 3, 6, 1, 4, 1, 13742, 6, 5, 4, 3, 1, 4, 1, 2**32 - 1, 16383)])
+def test_the_simulators_own_oid_encoding_is_pyasn1s_both_ways(oid) -> None:
+    encoded = encoder.encode(rfc1902.ObjectName(oid))
+    assert sim._oid_ber(oid) == encoded
+    assert sim._arcs(encoded[2:]) == oid
+
+
+def test_the_simulators_v2c_answers_byte_for_byte_as_through_pyasn1(monkeypatch) -> None:
+    """Each request answered by the simulator's own codec, then by pysnmp's message API
+    (pyasn1) on the same MIB: the same message, a genErr and a wrong community included."""
+    server = SnmpDeviceServer(load_profile("pdu_apc_rpdu2"), "127.0.0.1", 0, lambda: PDU_VALUES)
+    server._mib = sim.ProfileMib(server.profile, server.values)  # (no socket: answered directly)
+    endpoint = sim.CommunityEndpoint(server)
+
+    def request(tag: int, oids: list[str], fields=(0, 0), community=b"public", rid=2**31 - 1):
+        varbinds = b"".join(sim._ber(0x30, sim._oid_ber(sim.parse_oid(o)) + b"\x05\x00")
+                            for o in oids)
+        pdu = b"".join(sim._ber_integer(0x02, n) for n in (rid, *fields))
+        return sim._ber(0x30, b"\x02\x01\x01" + sim._ber(0x04, community)
+                        + sim._ber(tag, pdu + sim._ber(0x30, varbinds)))
+
+    scalars = [f"{APC}.4.3.1.5.1", f"{APC}.4.3.1.9.1", f"{APC}.9.9.9.0"]  # the last: no object
+    requests = [request(0xA0, scalars), request(0xA1, [APC, f"{APC}.6.3.1.5"], rid=0),
+                request(0xA5, [f"{APC}.4.3.1.5.1", f"{APC}.6.3.1.5", f"{APC}.6.3.1.6"], (1, 10)),
+                request(0xA5, [f"{APC}.6"], (0, 200)), request(0xA0, scalars, community=b"x")]
+    ours = [endpoint._respond(r) for r in requests]
+    server.refuse = {"power_kw"}
+    ours.append(endpoint._respond(requests[0]))
+    monkeypatch.setattr(sim.V2cRequest, "parse", lambda data: None)
+    server.refuse = set()
+    theirs = [endpoint._respond(r) for r in requests]
+    server.refuse = {"power_kw"}
+    theirs.append(endpoint._respond(requests[0]))
+    assert ours == theirs
+    assert ours[-2] is None and all(ours[:-2]) and ours[-1]
+    assert decoder.decode(ours[-1], asn1Spec=v2c.Message())[0]["data"][
+        "response"]["error-status"] == 5  # genErr
+    assert server.pdu_types_seen == {"GetRequest": 4, "GetNextRequest": 2, "GetBulkRequest": 4}
 
 
 def test_net_snmp_reads_the_simulator() -> None:
