@@ -524,8 +524,8 @@ class SiteAPI:
 
         it_devices = [f for f in (*model.feed_a, *model.feed_b) if f]
         it_kwh = energy_kwh("pdu", it_devices)
-        facility_kwh = energy_kwh("meter", [model.facility_meter])
-        cooling_kwh = energy_kwh("meter", [model.cooling_meter]) if model.cooling_meter else math.nan
+        facility_kwh = energy_kwh("meter", model.facility_meters)
+        cooling_kwh = energy_kwh("meter", model.cooling_meters) if model.cooling_meters else math.nan
         # each counter is read to one step of its register: until the energy counted dwarfs
         # those steps, the ratio says more about rounding than about the site
         by_id = {d.id: d for d in site.devices}

@@ -72,7 +72,8 @@ def test_model_case(case: str) -> None:
         "racks": {r.id: rack_json(r) for r in status.racks},
         "pools": {p.id: pool_json(p) for p in status.pools},
         "site": {k: getattr(status, k) for k in ("pue", "pue_category", "it_kw", "facility_kw",
-                                                 "measured_share", "unaccounted", "pue_at_least")},
+                                                 "cooling_kw", "cooling_ppue", "measured_share",
+                                                 "unaccounted", "pue_at_least", "missing")},
     }
     strict_json(actual)  # every figure is a number JSON can carry, or null
     problems = []

@@ -294,8 +294,10 @@ class SiteModel:
                                             else s.battery_runtime_min for s in self.sources])
 
         meters = site.devices_of("meter")
-        self.facility_meter = next((m.id for m in meters if m.role == "facility"), None)
-        self.cooling_meter = next((m.id for m in meters if m.role == "cooling"), None)
+        # a site fed by several incomers meters each: its facility power is their sum (ISO/IEC
+        # 30134-2: all the energy the facility takes), and so is a cooling plant's
+        self.facility_meters = [m.id for m in meters if m.role == "facility"]
+        self.cooling_meters = [m.id for m in meters if m.role == "cooling"]
         self.other_meters = [m.id for m in meters if m.role == "other"]
         self.pue_category = pue_model.pue_category(site.model.it_measured_at)
         self.keys_read = frozenset({  # the series keys `evaluate` reads, outlets aside
@@ -437,18 +439,18 @@ class SiteModel:
             outlets = _outlet_power_kw(latest)
             it_kw = float(np.sum([outlets.get(p.id, math.nan) for p in self.pdus_a + self.pdus_b if p]))
         declared = dict(self.site.model.unmetered_kw)
-        if self.cooling_meter:
-            cooling_kw = good(self.cooling_meter, "power_kw")
+        if self.cooling_meters:  # unknown if one is
+            cooling_kw = float(np.sum(many(self.cooling_meters, "power_kw")))
         else:
             cooling_kw = declared.get("cooling", math.nan)
         source_in = many(self.source_ids, "input_power_kw")
         loss_kw = float(np.sum(pue_model.conversion_loss_kw(source_in, source_out)))
         unaccounted, note, at_least = [], None, math.nan
-        if self.facility_meter:
-            facility_kw, share = good(self.facility_meter, "power_kw"), 1.0
+        if self.facility_meters:
+            facility_kw, share = float(np.sum(many(self.facility_meters, "power_kw"))), 1.0
         else:  # the sum of what is metered, plus the declared unmetered loads
             metered = float(np.sum(source_in) + np.sum(many(self.other_meters, "power_kw")))
-            if self.cooling_meter:
+            if self.cooling_meters:
                 metered += cooling_kw
             elif "cooling" not in declared:
                 unaccounted.append("cooling")
