@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from aidc.core.config import Site
@@ -132,8 +133,10 @@ class SitePhysics:
         cooling_kw += AIR_HANDLING_KW_PER_KW_AIR * heat_air_kw
 
         facility_kw = source_in_kw + cooling_kw + LIGHTING_OFFICE_KW
+        of_role = {"facility": facility_kw, "cooling": cooling_kw}  # shared by a role's meters
+        sharing = Counter(m.role for m in self._meters)
         for m in self._meters:
-            kw = {"facility": facility_kw, "cooling": cooling_kw}.get(m.role, LIGHTING_OFFICE_KW)
+            kw = of_role[m.role] / sharing[m.role] if m.role in of_role else LIGHTING_OFFICE_KW
             v[m.id] = {
                 "power_kw": kw,
                 "voltage_v": 415.0,

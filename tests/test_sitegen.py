@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from aidc.cli import main
 from aidc.core.config import load_site
+from aidc.core.derive import SiteModel
+from aidc.core.metrics import Sample
+from simulators.physics import SitePhysics
 from simulators.site import on_free_ports
 from tests.conftest import LiveSite, wait_for
 
@@ -17,7 +22,8 @@ def test_a_generated_site_is_valid_and_sized_for_failover(tmp_path, capsys):
     kinds = {k: sum(d.kind == k for d in site.devices) for k in ("pdu", "rectifier", "ups",
                                                                   "cdu", "supercap", "meter")}
     # 100 racks: 5 rows of 20, 3 pods of 2 rows (the last one half), 3 CDUs a loop
-    assert kinds == {"pdu": 200, "rectifier": 3, "ups": 3, "cdu": 9, "supercap": 5, "meter": 2}
+    # and a pod's incomer and cooling-plant feeder, each metered
+    assert kinds == {"pdu": 200, "rectifier": 3, "ups": 3, "cdu": 9, "supercap": 5, "meter": 6}
     assert len({d.port for d in site.devices if d.protocol == "snmp"}) == 203
     for pod in ("1", "2", "3"):  # either source carries its pod at every rack's design power
         racks = [r for r in site.racks if site.device(r.feed_a).upstream == f"rect-{pod}"]
@@ -26,7 +32,28 @@ def test_a_generated_site_is_valid_and_sized_for_failover(tmp_path, capsys):
         assert (rect.modules - rect.spare_modules) * rect.module_kw >= design_kw
         assert ups.rating_kw >= design_kw
     assert main(["check", str(path)]) == 0
-    assert "site gen-100: 1 room(s), 100 racks, 222 devices" in capsys.readouterr().out
+    assert "site gen-100: 1 room(s), 100 racks, 226 devices" in capsys.readouterr().out
+
+
+def test_a_generated_sites_facility_power_is_the_sum_of_its_pods_incomers(tmp_path):
+    """The model on the simulator's values of a 3-pod site: facility and cooling power are
+    the sums of the pods' meters (the simulator shares each evenly among them), and PUE is
+    the physics' own (to the model's 0.001); the first incomer alone gave a third of it."""
+    path = tmp_path / "site.yaml"
+    main(["gen-site", "--racks", "100", "-o", str(path)])
+    site = load_site(path)
+    physics = SitePhysics(site)
+    physics.step()
+    truth, now = physics.truth(), time.time()
+    latest = {(d.id, key): Sample(d.kind, {"device": d.id}, key, value, now)
+              for d in site.devices for key, value in physics.values(d.id).items()}
+    model = SiteModel(site)
+    assert model.facility_meters == ["facility-1", "facility-2", "facility-3"]
+    status = model.evaluate(latest, now)
+    assert status.facility_kw == pytest.approx(truth["facility_kw"], abs=1e-3)
+    assert status.cooling_kw == pytest.approx(truth["cooling_kw"], abs=1e-3)
+    assert status.pue == pytest.approx(truth["pue"], abs=1e-3) and status.pue > 1
+    assert latest[("facility-1", "power_kw")].value == pytest.approx(truth["facility_kw"] / 3)
 
 
 def test_the_simulators_serve_a_generated_site(tmp_path):

@@ -3,7 +3,9 @@
 Rows of 20 racks of 40-120 kW, two rows to a pod. Each pod has a modular HVDC rectifier
 (A feeds, DC PDUs) and a UPS (B feeds, 3-phase PDUs), each able to carry the whole pod
 alone; a PG25 loop of three CDUs (N+1) sized for the pod's heat; and a supercap per row.
-One facility meter and one cooling meter. Every device on 127.0.0.1: SNMP devices on UDP
+Each pod has its own incomer and cooling-plant feeder, each metered (roles facility and
+cooling): a single low-voltage meter would read a 2,000-rack site's 100 MW, past its range
+(10 kA), and its PUE unknown. Every device on 127.0.0.1: SNMP devices on UDP
 ports, the others on TCP ports, both counted up from ``first_port`` and kept below the
 kernel's ephemeral range (about 22,000 devices of each kind), so that ``aidc demo --site``
 can serve the whole site from the simulators.
@@ -49,10 +51,6 @@ def generate(racks: int, seed: int = 1, first_port: int = 10_000) -> str:
         "rooms:",
         *(f"  - {{id: hall{h + 1}, rows: [{_rows(h * ROWS_PER_ROOM, rows)}]}}" for h in range(rooms)),
         "devices:",
-        (f"  - {{id: meter-main, kind: meter, role: facility, protocol: modbus, "
-         f"port: {port(tcp)}, profile: power_meter}}"),
-        (f"  - {{id: meter-cooling, kind: meter, role: cooling, protocol: modbus, "
-         f"port: {port(tcp)}, profile: power_meter}}"),
     ]
     rack_lines, loop_lines = [], []
     for pod in range(pods):
@@ -62,6 +60,8 @@ def generate(racks: int, seed: int = 1, first_port: int = 10_000) -> str:
         modules = -(-peak_kw // MODULE_KW) + 1  # N+1
         rect, ups = f"rect-{pod + 1}", f"ups-{pod + 1}"
         out += [
+            *(f"  - {{id: {role}-{pod + 1}, kind: meter, role: {role}, protocol: modbus, "
+              f"port: {port(tcp)}, profile: power_meter}}" for role in ("facility", "cooling")),
             (f"  - {{id: {rect}, kind: rectifier, protocol: modbus, port: {port(tcp)}, "
              f"profile: hvdc_rectifier, rating_kw: {modules * MODULE_KW}, modules: {modules}, "
              f"module_kw: {MODULE_KW}, redundancy: N+1, efficiency: 0.975, "
