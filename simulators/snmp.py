@@ -3,7 +3,7 @@
 Answers GetRequest, GetNextRequest and GetBulkRequest (RFC 3416 4.2.1-4.2.3) from one MIB of
 its own, reached two ways:
 
-- SNMPv2c with the device's community: a BER codec of this module's own (``V2cMessage``) on a
+- SNMPv2c with the device's community: a BER codec of this module's own (``V2cRequest``) on a
   plain asyncio UDP endpoint. Through pyasn1 a PDU's poll took some 2 ms of CPU, and a farm
   of 4,000 PDUs polled every 5 s more than a core: `aidc demo` of a 2,000-rack site answered
   its polls late, and a tenth of its devices read as down. SNMPv1 goes through pysnmp's
