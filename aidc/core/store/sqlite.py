@@ -124,7 +124,6 @@ class SqliteStore:
             if not reader:  # a device's trend (its console page) found its series by a scan
                 # of every series' tags: 120 ms at 2,000 racks; by this index, under 1 ms
                 self._db.execute("CREATE INDEX IF NOT EXISTS series_by_device ON series (device)")
-                self._db.execute("PRAGMA temp_store = MEMORY")
                 self._db.execute(BATCH)
         except sqlite3.OperationalError as e:  # locked past the timeout, disk full, I/O error
             self._db.close()
