@@ -1,7 +1,7 @@
 """Benchmark: how fast a big site checks, answers and starts, as users run it (whole processes).
 
 For sites of 1,000, 4,000 and 10,000 racks from `aidc gen-site` (2 PDUs a rack, one CDU per
-20 racks; 10,000 racks is 21,752 devices), each command is timed from exec to exit:
+20 racks; 10,000 racks is 22,250 devices), each command is timed from exec to exit:
 
 - `aidc check FILE`;
 - `aidc headroom --json` and `aidc whatif --json` on an embedded store that holds one poll of
