@@ -64,6 +64,7 @@ class SitePhysics:
         self.devices = {d.id: d for d in site.devices}
         # who feeds whom, once: a step at 2,000 racks otherwise scanned every PDU per source
         self._pdus, self._meters = site.devices_of("pdu"), site.devices_of("meter")
+        self._meters_sharing = Counter(m.role for m in self._meters)  # a role's power, evenly
         self._sources = site.devices_of("rectifier") + site.devices_of("ups")
         self._pdus_of = {s.id: [p.id for p in self._pdus if p.upstream == s.id]
                          for s in self._sources}
@@ -133,10 +134,10 @@ class SitePhysics:
         cooling_kw += AIR_HANDLING_KW_PER_KW_AIR * heat_air_kw
 
         facility_kw = source_in_kw + cooling_kw + LIGHTING_OFFICE_KW
-        of_role = {"facility": facility_kw, "cooling": cooling_kw}  # shared by a role's meters
-        sharing = Counter(m.role for m in self._meters)
+        of_role = {"facility": facility_kw, "cooling": cooling_kw}
         for m in self._meters:
-            kw = of_role[m.role] / sharing[m.role] if m.role in of_role else LIGHTING_OFFICE_KW
+            kw = (of_role[m.role] / self._meters_sharing[m.role] if m.role in of_role
+                  else LIGHTING_OFFICE_KW)
             v[m.id] = {
                 "power_kw": kw,
                 "voltage_v": 415.0,

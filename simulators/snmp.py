@@ -101,11 +101,11 @@ SYNTAX: dict[Oid, type] = {
 GEN_ERR, AUTHORIZATION_ERROR = 5, 16  # RFC 3416 error-status
 MAX_BULK_VARBINDS = 64
 PDU_KINDS = {  # the requests answered
-    "GetRequest": v2c.GetRequestPDU.tagSet,
-    "GetNextRequest": v2c.GetNextRequestPDU.tagSet,
-    "GetBulkRequest": v2c.GetBulkRequestPDU.tagSet,
+    v2c.GetRequestPDU.tagSet: "GetRequest",
+    v2c.GetNextRequestPDU.tagSet: "GetNextRequest",
+    v2c.GetBulkRequestPDU.tagSet: "GetBulkRequest",
 }
-READ_PDUS = tuple(PDU_KINDS.values())
+READ_PDUS, READ_KINDS = tuple(PDU_KINDS), frozenset(PDU_KINDS.values())
 ROW_KEY = re.compile(r"([a-z][a-z0-9_]*)\{([a-z][a-z0-9_]*)=(\d+(?:\.\d+)*)\}")
 AUTH = {
     "none": config.USM_AUTH_NONE,
@@ -249,8 +249,8 @@ class ProfileMib:
         if pdu.tagSet == v2c.GetBulkRequestPDU.tagSet:
             fields = (int(v2c.apiBulkPDU.get_non_repeaters(pdu)),
                       int(v2c.apiBulkPDU.get_max_repetitions(pdu)))
-        kind = next(k for k, t in PDU_KINDS.items() if t == pdu.tagSet)
-        status, index, found = self.lookup(kind, [tuple(n) for n, _ in request], fields, refuse)
+        status, index, found = self.lookup(PDU_KINDS[pdu.tagSet], [tuple(n) for n, _ in request],
+                                           fields, refuse)
         if status:
             return status, index, list(request)
         return 0, 0, [(rfc1902.ObjectName(name), value) for name, value in found]
@@ -410,7 +410,7 @@ class SnmpDeviceServer:
         if request.community != self.community.encode():
             return None
         self.pdu_types_seen[request.kind] += 1
-        if self._mib is None or request.kind not in PDU_KINDS:
+        if self._mib is None or request.kind not in READ_KINDS:
             return None
         status, index, found = self._mib.lookup(request.kind, request.names, request.fields,
                                                 self.refuse)
@@ -539,18 +539,20 @@ class V2cRequest(NamedTuple):
             integers = []
             for _ in range(3):  # request-id, and the two fields
                 tag, start, at = _tlv(data, at)
+                if tag != 0x02:
+                    return None
                 integers.append(int.from_bytes(data[start:at], "big", signed=True))
-            tag_l, at, end = _tlv(data, at)
+            tag, at, end = _tlv(data, at)
             names = []
-            while at < end:
-                tag_v, start, at = _tlv(data, at)
+            while tag == 0x30 and at < end:
+                tag, start, at = _tlv(data, at)
                 tag_o, start, stop = _tlv(data, start)
-                if (tag_v, tag_o) != (0x30, 0x06):
+                if (tag, tag_o) != (0x30, 0x06):
                     return None
                 names.append(_arcs(data[start:stop]))
         except (IndexError, ValueError):
             return None
-        if tag_l != 0x30 or not names:
+        if tag != 0x30:
             return None
         return cls(data[c_start:c_end], V2C_KINDS[pdu], integers[0], (integers[1], integers[2]),
                    names)

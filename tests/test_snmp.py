@@ -886,7 +886,8 @@ def test_the_simulators_v2c_answers_byte_for_byte_as_through_pyasn1(monkeypatch)
     scalars = [f"{APC}.4.3.1.5.1", f"{APC}.4.3.1.9.1", f"{APC}.9.9.9.0"]  # the last: no object
     requests = [request(0xA0, scalars), request(0xA1, [APC, f"{APC}.6.3.1.5"], rid=0),
                 request(0xA5, [f"{APC}.4.3.1.5.1", f"{APC}.6.3.1.5", f"{APC}.6.3.1.6"], (1, 10)),
-                request(0xA5, [f"{APC}.6"], (0, 200)), request(0xA0, scalars, community=b"x")]
+                request(0xA5, [f"{APC}.6"], (0, 200)), request(0xA0, []),  # no varbind: none
+                request(0xA0, scalars, community=b"x")]
     ours = [endpoint._respond(r) for r in requests]
     server.refuse = {"power_kw"}
     ours.append(endpoint._respond(requests[0]))
@@ -899,7 +900,7 @@ def test_the_simulators_v2c_answers_byte_for_byte_as_through_pyasn1(monkeypatch)
     assert ours[-2] is None and all(ours[:-2]) and ours[-1]
     assert decoder.decode(ours[-1], asn1Spec=v2c.Message())[0]["data"][
         "response"]["error-status"] == 5  # genErr
-    assert server.pdu_types_seen == {"GetRequest": 4, "GetNextRequest": 2, "GetBulkRequest": 4}
+    assert server.pdu_types_seen == {"GetRequest": 6, "GetNextRequest": 2, "GetBulkRequest": 4}
 
 
 def test_net_snmp_reads_the_simulator() -> None:
