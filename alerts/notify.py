@@ -47,7 +47,7 @@ from alerts.formats import (
     signature_headers,
 )
 from alerts.groups import Grouping
-from alerts.outbox import Outbox, host_of, http_client, wait_any, webhooks_by_name
+from alerts.outbox import IDLE_S, Outbox, host_of, http_client, wait_any, webhooks_by_name
 from alerts.rules import CRITICAL, site_rules
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class Notifier:
         """Groups holding changes not told yet."""
         return groups.held(self._outbox.reader)
 
-    async def tell_groups_forever(self, stop: asyncio.Event, idle_s: float = 1.0) -> None:
+    async def tell_groups_forever(self, stop: asyncio.Event, idle_s: float = IDLE_S) -> None:
         """Tell each group when it is due, until ``stop``."""
         held = self._held = asyncio.Event()
         try:
