@@ -14,8 +14,8 @@ cost less, whatever it leaves out. Three kinds:
 - ``pymodbus``: the same read through pymodbus' ``AsyncModbusTcpClient``, the library the
   Modbus collector is built on; pymodbus decodes the answer into registers, not values.
 
-``python -m benchmarks.floors KIND POLL_S COUNT_FILE PORT...``: writes the number of polls
-answered so far into COUNT_FILE every second, until terminated.
+``python -m benchmarks.floors KIND POLL_S REPORT PORT...``: writes the number of polls
+answered so far and its CPU seconds into REPORT at each step, until terminated.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import asyncio
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,24 +45,24 @@ class Polls:
 
 
 async def on_grid(ports: list[int], poll_s: float, send: Callable[[list[int]], None],
-                  count_file: Path) -> None:
-    """``send(ports due)`` at each step of aidc's grid, each port once every ``poll_s``."""
+                  report: Path) -> None:
+    """``send(ports due)`` at each step of aidc's grid, each port once every ``poll_s``; then
+    the polls answered so far and the process's CPU seconds into ``report``."""
     loop = asyncio.get_running_loop()
     grid_s = poll_grid_s(len(ports), poll_s)
     steps = round(poll_s / grid_s)
     due = [ports[i::steps] for i in range(steps)]
     step, wake_at = 0, poll_wake_at(loop.time(), grid_s)
-    written_at = loop.time()
+    written = report.with_suffix(".new")
     while True:
         await asyncio.sleep(wake_at - loop.time())
         send(due[step % steps])
         step, wake_at = step + 1, wake_at + grid_s
-        if loop.time() - written_at >= 1.0:
-            count_file.write_text(str(Polls.answered))
-            written_at = loop.time()
+        written.write_text(f"{Polls.answered} {time.process_time()}")
+        written.replace(report)  # whole: a reader never sees half of it
 
 
-async def snmp(ports: list[int], poll_s: float, count_file: Path) -> None:
+async def snmp(ports: list[int], poll_s: float, report: Path) -> None:
     oids = [encoder.encode(univ.ObjectIdentifier(f"{UPS}.{suffix}")) for suffix in SNMP_OIDS]
     request = get_request(b"public", 1, oids)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -78,7 +79,7 @@ async def snmp(ports: list[int], poll_s: float, count_file: Path) -> None:
 
     asyncio.get_running_loop().add_reader(sock.fileno(), read)
     await on_grid(ports, poll_s, lambda due: [sock.sendto(request, (HOST, p)) for p in due],
-                  count_file)
+                  report)
 
 
 class ModbusAnswers(asyncio.Protocol):
@@ -92,14 +93,14 @@ class ModbusAnswers(asyncio.Protocol):
             Polls.answered += 1
 
 
-async def modbus(ports: list[int], poll_s: float, count_file: Path) -> None:
+async def modbus(ports: list[int], poll_s: float, report: Path) -> None:
     loop = asyncio.get_running_loop()
     transports = {p: (await loop.create_connection(ModbusAnswers, HOST, p))[0] for p in ports}
     await on_grid(ports, poll_s, lambda due: [transports[p].write(MODBUS_REQUEST) for p in due],
-                  count_file)
+                  report)
 
 
-async def pymodbus(ports: list[int], poll_s: float, count_file: Path) -> None:
+async def pymodbus(ports: list[int], poll_s: float, report: Path) -> None:
     from pymodbus.client import AsyncModbusTcpClient
 
     clients = {}
@@ -119,10 +120,10 @@ async def pymodbus(ports: list[int], poll_s: float, count_file: Path) -> None:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    await on_grid(ports, poll_s, send, count_file)
+    await on_grid(ports, poll_s, send, report)
 
 
 if __name__ == "__main__":
-    kind, poll_s, count_file, *port_args = sys.argv[1:]
+    kind, poll_s, report, *port_args = sys.argv[1:]
     poll = {"snmp": snmp, "modbus": modbus, "pymodbus": pymodbus}[kind]
-    asyncio.run(poll([int(p) for p in port_args], float(poll_s), Path(count_file)))
+    asyncio.run(poll([int(p) for p in port_args], float(poll_s), Path(report)))

@@ -22,7 +22,8 @@ the same window after a warm-up:
 - **the floor** (benchmarks/floors.py): a Python process that polls the same devices on
   aidc's own grid and does nothing else: a request made once, the answers counted, no value
   decoded; for Modbus also through pymodbus, the collector's library. No Python collector
-  of this design can cost less a poll.
+  of this design can cost less a poll. It counts its polls and its CPU itself, at the same
+  instant, over half the window.
 
 Each figure is CPU seconds of the whole process over the window (the sum of its threads'
 run time, from /proc), per poll. The ratios are aidc's against collectd's (targets: SNMP <= 0.5, Modbus <=
@@ -70,6 +71,7 @@ POLL_S = 5
 WARM_UP_S = 15  # past every device's move to its phase (its second poll, 1-2 intervals on)
 FLOOR_WARM_UP_S = 5  # the floor's polls keep one phase from the first
 WINDOW_S = float(os.environ.get("AIDC_BENCH_WINDOW_S", "30"))
+FLOOR_WINDOW_S = WINDOW_S / 2  # its polls and CPU are counted at one instant: exact
 SNMPD_PORTS = 100
 RESULT = Path(__file__).parent / "results" / "versus.json"
 TARGETS = {"snmp": 0.5, "modbus": 0.2}  # aidc's CPU a poll against collectd's
@@ -98,20 +100,24 @@ def start(argv: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
+def first_poll(proc: subprocess.Popen, polls: Callable[[], float], log: Path) -> None:
+    """Until ``polls()`` counts one (a minute at most, and while ``proc`` runs)."""
+    deadline = time.monotonic() + 60
+    while not polls():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"{Path(proc.args[0]).name} did not poll: "
+                             f"{log.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
 def measured(proc: subprocess.Popen, polls: Callable[[], float], log: Path,
-             agree: Callable[[], bool | None], warm_up_s: float = WARM_UP_S) -> dict:
+             agree: Callable[[], bool]) -> dict:
     """The polls ``polls()`` counts and the CPU seconds of ``proc`` over WINDOW_S, from
-    ``warm_up_s`` after its first poll, and whether the values it read agree with those
-    served (``agree()``, asked at the window's end; None: it reads none); ``proc`` is
-    stopped after."""
+    WARM_UP_S after its first poll, and whether the values it read agree with those served
+    (``agree()``, asked at the window's end); ``proc`` is stopped after."""
     try:
-        deadline = time.monotonic() + 60
-        while not polls():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{Path(proc.args[0]).name} did not poll: "
-                                 f"{log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        time.sleep(warm_up_s)
+        first_poll(proc, polls, log)
+        time.sleep(WARM_UP_S)
         polls0, cpu0, threads0 = polls(), cpu_s(proc.pid), threads_cpu_s(proc.pid)
         time.sleep(WINDOW_S)
         polls1, cpu1, threads1 = polls(), cpu_s(proc.pid), threads_cpu_s(proc.pid)
@@ -335,13 +341,26 @@ def run_exporter(work: Path, snmp_ports: list[int]) -> dict:
 
 
 def run_floor(work: Path, kind: str, ports: list[int]) -> dict:
-    """benchmarks/floors.py's ``kind`` polling ``ports``: the least a Python poll costs."""
-    count, log = work / f"floor-{kind}.count", work / f"floor-{kind}.log"
-    count.write_text("0")
-    proc = start([sys.executable, "-m", "benchmarks.floors", kind, str(POLL_S), str(count),
+    """benchmarks/floors.py's ``kind`` polling ``ports``: its polls answered and its CPU
+    seconds over FLOOR_WINDOW_S, both as it counted them at one step of its grid."""
+    report, log = work / f"floor-{kind}.report", work / f"floor-{kind}.log"
+    proc = start([sys.executable, "-m", "benchmarks.floors", kind, str(POLL_S), str(report),
                   *map(str, ports)], log)
-    return measured(proc, lambda: float(count.read_text() or 0), log, lambda: None,
-                    warm_up_s=FLOOR_WARM_UP_S)
+
+    def counted() -> tuple[float, float]:  # (polls answered, CPU seconds)
+        polls, cpu = report.read_text().split() if report.exists() else (0, 0)
+        return float(polls), float(cpu)
+
+    try:
+        first_poll(proc, lambda: counted()[0], log)
+        time.sleep(FLOOR_WARM_UP_S)
+        polls0, cpu0 = counted()
+        time.sleep(FLOOR_WINDOW_S)
+        polls1, cpu1 = counted()
+        return {"polls": polls1 - polls0, "cpu_s": cpu1 - cpu0, "values_agree": None}
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 # --------------------------------------------------------------------------- main
