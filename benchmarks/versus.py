@@ -409,7 +409,7 @@ def main() -> None:
         if r["values_agree"] is not None:
             figures[f"{name}_values_agree"] = r["values_agree"]
         agree = "-" if r["values_agree"] is None else r["values_agree"]
-        print(f"  {name:<26}{r['polls']:>8.0f}{r['cpu_s']:>9.2f}{per_poll:>13.3f}{agree!s:>11}")
+        print(f"  {name:<26}{r['polls']:>8.0f}{r['cpu_s']:>9.3f}{per_poll:>13.3f}{agree!s:>11}")
     for proto, system, baseline in (
             ("snmp", "aidc", "collectd"), ("snmp", "aidc", "collectd_per_value"),
             ("snmp", "aidc", "exporter"), ("modbus", "aidc", "collectd"),
