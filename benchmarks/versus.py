@@ -26,9 +26,10 @@ the same window after a warm-up:
   instant, over half the window.
 
 Each figure is CPU seconds of the whole process over the window (the sum of its threads'
-run time, from /proc), per poll. The ratios are aidc's against collectd's (targets: SNMP <= 0.5, Modbus <=
-0.2) and against snmp_exporter's, and the floor's against collectd's: where the floor's is
-above a target, no Python process reaches it. Values read are checked against those served.
+run time, from /proc), per poll. The ratios are aidc's against collectd's (targets: SNMP
+<= 0.5, Modbus <= 0.2) and against snmp_exporter's, and the floor's against collectd's:
+what a target leaves above the floor is all a Python process has a poll to decode the
+values, store them and run the model. Values read are checked against those served.
 Prints a table and writes benchmarks/results/versus.json. A benchmark never asserts.
 """
 
