@@ -243,15 +243,19 @@ class LiveSite:
             time.sleep(0.1)
 
     def settled(self) -> None:
-        """Wait until every device answers and every rack's headroom is complete: a loaded
-        machine may leave a sample stale for a moment, and a test reading numbers must not
-        read that moment."""
+        """Wait until every device answers and every rack's headroom is complete, and what
+        the polls read until then is in the store: a loaded machine may leave a sample stale
+        for a moment, or a flush behind (a console page then read a counter as missing, CI
+        run 856), and a test reading numbers must not read that moment."""
         def complete() -> bool:
             rt = self.runtime
             return (all(h.state == "up" for h in rt.health.values()) and rt.status is not None
                     and all(r.complete for r in rt.status.racks))
 
         wait_for(complete, what="every device up and every rack's headroom complete")
+        read_by = time.time()
+        wait_for(lambda: time.time() - self.runtime.store_behind_s(time.time()) > read_by,
+                 what="the store holding every sample read until the site settled")
 
     def call(self, coro, timeout_s: float = 10):
         import asyncio
