@@ -543,16 +543,16 @@ class V2cRequest(NamedTuple):
                     return None
                 integers.append(int.from_bytes(data[start:at], "big", signed=True))
             tag, at, end = _tlv(data, at)
+            if tag != 0x30:  # the varbind list
+                return None
             names = []
-            while tag == 0x30 and at < end:
+            while at < end:
                 tag, start, at = _tlv(data, at)
                 tag_o, start, stop = _tlv(data, start)
                 if (tag, tag_o) != (0x30, 0x06):
                     return None
                 names.append(_arcs(data[start:stop]))
         except (IndexError, ValueError):
-            return None
-        if tag != 0x30:
             return None
         return cls(data[c_start:c_end], V2C_KINDS[pdu], integers[0], (integers[1], integers[2]),
                    names)
